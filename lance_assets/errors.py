@@ -51,3 +51,7 @@ class CommitConflictError(LanceAssetsError):
 
 class StorageError(LanceAssetsError):
     """The storage layer failed (permissions, full disk, network); nothing was committed."""
+
+
+class UnknownFeatureFlagError(UnsupportedFeatureError):
+    """The manifest sets a reader or writer feature flag we do not implement."""

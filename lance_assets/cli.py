@@ -1,0 +1,136 @@
+"""``lance-assets``: inspect and compact Lance datasets from the terminal.
+
+Parsing and presentation only; all work is done by ``lance_assets.engine``.
+Expected failures print one line and exit 2; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lance_assets.engine.inspect import DEFAULT_TARGET_ROWS_PER_FRAGMENT, Inspection, inspect_dataset
+from lance_assets.errors import LanceAssetsError
+
+EXIT_ERROR = 2
+
+
+def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values that parse as JSON (numbers, booleans, objects) are decoded."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--storage-option expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _print_inspection(report: Inspection, console: Console, max_fragments: int) -> None:
+    s = report.summary
+    console.print(f"[bold]{report.uri}[/bold]  version {report.version}  storage {report.storage_version}  ({report.naming_scheme} manifest names, written by {report.writer or '?'})")
+    console.print(
+        f"feature flags: reader {', '.join(report.reader_feature_flags) or 'none'}; "
+        f"writer {', '.join(report.writer_feature_flags) or 'none'}"
+    )
+    schema = Table(title="schema", title_justify="left")
+    for col in ("id", "parent", "name", "type", "nullable"):
+        schema.add_column(col)
+    for f in report.schema:
+        schema.add_row(str(f.id), str(f.parent_id), f.name, f.logical_type, "yes" if f.nullable else "no")
+    console.print(schema)
+    frags = Table(title=f"fragments ({s.fragments})", title_justify="left")
+    for col in ("id", "physical rows", "deleted", "files", "bytes", "file version"):
+        frags.add_column(col, justify="right" if col != "file version" else "left")
+    for f in report.fragments[:max_fragments]:
+        frags.add_row(str(f.id), f"{f.physical_rows:,}", f"{f.deleted_rows:,}", str(f.files), human_bytes(f.bytes), f.file_version)
+    if len(report.fragments) > max_fragments:
+        frags.add_row("…", f"{len(report.fragments) - max_fragments} more", "", "", "", "")
+    console.print(frags)
+    if report.indices:
+        idx = Table(title="indices", title_justify="left")
+        for col in ("name", "fields", "fragments"):
+            idx.add_column(col)
+        for i in report.indices:
+            idx.add_row(i.name, ",".join(map(str, i.fields)), "?" if i.fragment_ids is None else str(len(i.fragment_ids)))
+        console.print(idx)
+    console.print(
+        f"rows {s.rows:,} (+{s.deleted_rows:,} deleted) in {s.fragments:,} fragments, {s.data_files:,} data files, "
+        f"{human_bytes(s.bytes)}; [bold]{s.small_fragments:,}[/bold] fragments under {s.target_rows_per_fragment:,} rows"
+    )
+    console.print("size histogram: " + ", ".join(f"{k}: {v}" for k, v in s.histogram.items()))
+
+
+def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+    report = inspect_dataset(
+        args.uri,
+        version=args.version,
+        target_rows_per_fragment=args.target_rows_per_fragment,
+        storage_options=args.storage_options,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        _print_inspection(report, console, args.max_fragments)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lance-assets", description="Keep Lance datasets compact.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
+        p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+        p.add_argument(
+            "--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+            help="passed to the fsspec filesystem (repeatable)",
+        )
+        p.add_argument("--target-rows-per-fragment", type=int, default=DEFAULT_TARGET_ROWS_PER_FRAGMENT)
+
+    p = sub.add_parser("inspect", help="versions, schema, fragments and a fragmentation summary")
+    common(p)
+    p.add_argument("--version", type=int, default=None, help="inspect this version instead of the latest")
+    p.add_argument("--max-fragments", type=int, default=50, help="fragments listed in the table output")
+    p.set_defaults(run=_cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=False)
+    err = Console(stderr=True)
+    try:
+        args.storage_options = _storage_options(args.storage_options)
+        return int(args.run(args, console))
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    except LanceAssetsError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

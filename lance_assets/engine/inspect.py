@@ -1,0 +1,180 @@
+"""A dataset's health at one version: what is there and how fragmented it is.
+
+Everything comes from one manifest read (plus a size lookup only for data
+files whose size the manifest does not record), so it is cheap enough for a
+Dagster sensor to run on every tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lance_assets._proto import file_pb2
+from lance_assets.engine.dataset import Dataset
+from lance_assets.format import manifest as mf
+from lance_assets.io import Storage
+
+DEFAULT_TARGET_ROWS_PER_FRAGMENT = 1024 * 1024
+
+# Upper bounds (exclusive) of the byte-size histogram buckets.
+_HISTOGRAM_BOUNDS: list[tuple[str, float]] = [
+    ("<64KiB", 64 * 2**10),
+    ("64KiB-1MiB", 2**20),
+    ("1-16MiB", 16 * 2**20),
+    ("16-256MiB", 256 * 2**20),
+    ("256MiB-1GiB", 2**30),
+    (">=1GiB", float("inf")),
+]
+
+
+@dataclass(frozen=True)
+class SchemaField:
+    id: int
+    parent_id: int
+    name: str
+    logical_type: str
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class FragmentInfo:
+    id: int
+    physical_rows: int
+    deleted_rows: int
+    files: int
+    bytes: int
+    file_version: str
+    has_deletion_file: bool
+
+    @property
+    def live_rows(self) -> int:
+        return self.physical_rows - self.deleted_rows
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    name: str
+    uuid: str
+    fields: list[int]
+    fragment_ids: list[int] | None  # None when the bitmap could not be decoded
+
+
+@dataclass(frozen=True)
+class Summary:
+    fragments: int
+    small_fragments: int
+    target_rows_per_fragment: int
+    rows: int
+    deleted_rows: int
+    bytes: int
+    data_files: int
+    histogram: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Inspection:
+    uri: str
+    version: int
+    storage_version: str
+    naming_scheme: str
+    reader_feature_flags: list[str]
+    writer_feature_flags: list[str]
+    stable_row_ids: bool
+    schema: list[SchemaField]
+    fragments: list[FragmentInfo]
+    indices: list[IndexInfo]
+    config: dict[str, str]
+    summary: Summary
+    writer: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _schema(fields: list[file_pb2.Field]) -> list[SchemaField]:
+    return [SchemaField(f.id, f.parent_id, f.name, f.logical_type, f.nullable) for f in fields]
+
+
+def _fragment_bytes(ds: Dataset, fragment: Any) -> int:
+    total = 0
+    for df in fragment.files:
+        total += df.file_size_bytes or ds.storage.size(ds.data_file_path(df))
+    return total
+
+
+def _histogram(sizes: list[int]) -> dict[str, int]:
+    counts = {label: 0 for label, _ in _HISTOGRAM_BOUNDS}
+    for size in sizes:
+        for label, bound in _HISTOGRAM_BOUNDS:
+            if size < bound:
+                counts[label] += 1
+                break
+    return counts
+
+
+def _index_infos(ds: Dataset) -> list[IndexInfo]:
+    from lance_assets.format.roaring import decode_bitmap  # local: codec is optional for inspection
+
+    out = []
+    for idx in ds.indices:
+        try:
+            frags: list[int] | None = list(decode_bitmap(idx.fragment_bitmap)) if idx.fragment_bitmap else []
+        except Exception:  # noqa: BLE001 - a bad bitmap must not break a health report
+            frags = None
+        out.append(IndexInfo(idx.name, idx.uuid.uuid.hex(), list(idx.fields), frags))
+    return out
+
+
+def inspect_dataset(
+    uri: str | Storage | Dataset,
+    *,
+    version: int | None = None,
+    target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Inspection:
+    """Inventory and fragmentation summary of one dataset version."""
+    ds = uri if isinstance(uri, Dataset) else Dataset.open(uri, version, storage_options)
+    m = ds.manifest
+    frags = []
+    for f in m.fragments:
+        versions = {mf.storage_version_name(mf.data_file_version(df)) for df in f.files}
+        frags.append(
+            FragmentInfo(
+                id=f.id,
+                physical_rows=f.physical_rows,
+                deleted_rows=f.deletion_file.num_deleted_rows if f.HasField("deletion_file") else 0,
+                files=len(f.files),
+                bytes=_fragment_bytes(ds, f),
+                file_version=",".join(sorted(versions)),
+                has_deletion_file=f.HasField("deletion_file"),
+            )
+        )
+    summary = Summary(
+        fragments=len(frags),
+        small_fragments=sum(1 for f in frags if f.physical_rows < target_rows_per_fragment),
+        target_rows_per_fragment=target_rows_per_fragment,
+        rows=sum(f.live_rows for f in frags),
+        deleted_rows=sum(f.deleted_rows for f in frags),
+        bytes=sum(f.bytes for f in frags),
+        data_files=sum(f.files for f in frags),
+        histogram=_histogram([f.bytes for f in frags]),
+    )
+    wv = m.writer_version
+    return Inspection(
+        uri=ds.uri,
+        version=ds.version,
+        storage_version=mf.storage_version_name(ds.storage_version),
+        naming_scheme=ds.location.scheme.value,
+        reader_feature_flags=mf.flag_names(m.reader_feature_flags),
+        writer_feature_flags=mf.flag_names(m.writer_feature_flags),
+        stable_row_ids=ds.stable_row_ids,
+        schema=_schema(list(m.fields)),
+        fragments=frags,
+        indices=_index_infos(ds),
+        config=dict(m.config),
+        summary=summary,
+        writer=f"{wv.library} {wv.version}".strip(),
+    )
