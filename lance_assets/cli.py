@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lance_assets.engine.inspect import DEFAULT_TARGET_ROWS_PER_FRAGMENT, Inspection, inspect_dataset
@@ -45,7 +46,7 @@ def human_bytes(n: float) -> str:
 
 def _print_inspection(report: Inspection, console: Console, max_fragments: int) -> None:
     s = report.summary
-    console.print(f"[bold]{report.uri}[/bold]  version {report.version}  storage {report.storage_version}  ({report.naming_scheme} manifest names, written by {report.writer or '?'})")
+    console.print(f"[bold]{escape(report.uri)}[/bold]  version {report.version}  storage {report.storage_version}  ({report.naming_scheme} manifest names, written by {escape(report.writer or '?')})")
     console.print(
         f"feature flags: reader {', '.join(report.reader_feature_flags) or 'none'}; "
         f"writer {', '.join(report.writer_feature_flags) or 'none'}"
@@ -54,7 +55,7 @@ def _print_inspection(report: Inspection, console: Console, max_fragments: int) 
     for col in ("id", "parent", "name", "type", "nullable"):
         schema.add_column(col)
     for f in report.schema:
-        schema.add_row(str(f.id), str(f.parent_id), f.name, f.logical_type, "yes" if f.nullable else "no")
+        schema.add_row(str(f.id), str(f.parent_id), escape(f.name), escape(f.logical_type), "yes" if f.nullable else "no")
     console.print(schema)
     frags = Table(title=f"fragments ({s.fragments})", title_justify="left")
     for col in ("id", "physical rows", "deleted", "files", "bytes", "file version"):
@@ -69,7 +70,7 @@ def _print_inspection(report: Inspection, console: Console, max_fragments: int) 
         for col in ("name", "fields", "fragments"):
             idx.add_column(col)
         for i in report.indices:
-            idx.add_row(i.name, ",".join(map(str, i.fields)), "?" if i.fragment_ids is None else str(len(i.fragment_ids)))
+            idx.add_row(escape(i.name), ",".join(map(str, i.fields)), "?" if i.fragment_ids is None else str(len(i.fragment_ids)))
         console.print(idx)
     console.print(
         f"rows {s.rows:,} (+{s.deleted_rows:,} deleted) in {s.fragments:,} fragments, {s.data_files:,} data files, "
@@ -124,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     except LanceAssetsError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        # escape: paths and messages may contain [..] (rich markup); soft_wrap: one line, never wrapped
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_ERROR
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -192,8 +192,10 @@ class NamingScheme(Enum):
     V2 = "v2"
 
 
-_V2_NAME = re.compile(r"^(\d{20})\.manifest$")
-_V1_NAME = re.compile(r"^(\d+)\.manifest$")
+# ASCII digits only and fullmatch (not ``$``, which also matches before a trailing newline):
+# Lance parses these names as u64, so "١٢.manifest" or "1.manifest\n" are not versions.
+_V2_NAME = re.compile(r"([0-9]{20})\.manifest")
+_V1_NAME = re.compile(r"([0-9]+)\.manifest")
 
 
 def manifest_name(version: int, scheme: NamingScheme) -> str:
@@ -204,10 +206,12 @@ def manifest_name(version: int, scheme: NamingScheme) -> str:
 
 def parse_manifest_name(name: str) -> tuple[int, NamingScheme] | None:
     """Version and scheme of a ``_versions/`` entry; None for anything else (staging, hints, detached)."""
-    m = _V2_NAME.match(name)
+    m = _V2_NAME.fullmatch(name)
     if m:
-        return _U64_MAX - int(m.group(1)), NamingScheme.V2
-    m = _V1_NAME.match(name)
+        inverted = int(m.group(1))
+        # 20 digits can exceed u64::MAX; such a name is no version (it would come out negative).
+        return (_U64_MAX - inverted, NamingScheme.V2) if inverted <= _U64_MAX else None
+    m = _V1_NAME.fullmatch(name)
     if m:
         return int(m.group(1)), NamingScheme.V1
     return None

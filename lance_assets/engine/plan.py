@@ -1,0 +1,319 @@
+"""Which fragments to merge, into how many files, and why the others are left alone.
+
+Planning reads the manifest only (no data file is opened), so it is fast on
+datasets with 100,000 fragments and safe to run from a sensor. It follows
+Lance's own candidate selection and binning (fact sheet §7.2), and additionally
+simulates the output files so that a task which would not reduce the number
+of fragments is never run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lance_assets._proto import file_pb2, table_pb2
+from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.options import CompactionOptions
+from lance_assets.format import manifest as mf
+from lance_assets.format.protobuf import unknown_field_numbers
+from lance_assets.format.roaring import decode_bitmap
+
+# Reasons a fragment is not compacted; stable strings, part of the JSON output.
+REASON_EXCLUDED = "excluded"
+REASON_DELETIONS = "deletions"
+REASON_LARGE = "at_target_size"
+REASON_INDEXED = "indexed"
+REASON_UNKNOWN_FIELDS = "unknown_fragment_fields"
+REASON_FILE_VERSION = "file_version_mismatch"
+REASON_BASE_PATH = "base_path"
+REASON_EXTERNAL_ROW_IDS = "external_row_ids"
+REASON_COLUMN_MAPPING = "column_mapping"
+REASON_EMPTY = "empty"
+REASON_LEGACY = "legacy_format"
+REASON_BLOB = "blob_column"
+REASON_ALONE = "no_neighbour"
+REASON_NO_REDUCTION = "no_reduction"
+REASON_SOURCE_LIMIT = "max_source_fragments"
+
+BLOB_METADATA_KEY = "lance-encoding:blob"
+BLOB_V2_EXTENSION = "lance.blob.v2"
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One data file a task will write: the fragments copied into it, in order."""
+
+    fragment_ids: tuple[int, ...]
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class CompactionTask:
+    """Adjacent fragments merged as one Rewrite group."""
+
+    task_id: int
+    fragment_ids: tuple[int, ...]
+    rows: int
+    bytes: int
+    outputs: tuple[OutputFile, ...]
+
+
+@dataclass(frozen=True)
+class SkippedFragment:
+    fragment_id: int
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CompactionPlan:
+    """Everything ``execute_task`` and ``commit_compaction`` need, small enough to ship anywhere."""
+
+    uri: str
+    read_version: int
+    storage_version: str
+    tasks: tuple[CompactionTask, ...]
+    skipped: tuple[SkippedFragment, ...]
+    options: CompactionOptions
+
+    @property
+    def bytes_to_read(self) -> int:
+        return sum(t.bytes for t in self.tasks)
+
+    @property
+    def fragments_to_compact(self) -> int:
+        return sum(len(t.fragment_ids) for t in self.tasks)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["options"] = self.options.to_dict()
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], storage_options: dict[str, Any] | None = None) -> CompactionPlan:
+        options = CompactionOptions.from_dict({**data["options"], "storage_options": storage_options or {}})
+        tasks = tuple(
+            CompactionTask(
+                task_id=t["task_id"],
+                fragment_ids=tuple(t["fragment_ids"]),
+                rows=t["rows"],
+                bytes=t["bytes"],
+                outputs=tuple(OutputFile(tuple(o["fragment_ids"]), o["rows"], o["bytes"]) for o in t["outputs"]),
+            )
+            for t in data["tasks"]
+        )
+        skipped = tuple(SkippedFragment(**s) for s in data["skipped"])
+        return cls(data["uri"], data["read_version"], data["storage_version"], tasks, skipped, options)
+
+
+# --- fragment properties ---------------------------------------------------------
+def field_layout(fragment: table_pb2.DataFragment, live_ids: set[int]) -> tuple[tuple[int, bool], ...] | str:
+    """(field id, owns a column) for every live field the fragment stores, in id order.
+
+    Fragments can only share an output file when their layouts are equal. A
+    string return is the reason the mapping cannot be trusted.
+    """
+    seen: dict[int, bool] = {}
+    for df in fragment.files:
+        if len(df.fields) != len(df.column_indices):
+            return f"data file {df.path} has {len(df.fields)} fields but {len(df.column_indices)} column indices"
+        columns = [c for c in df.column_indices if c >= 0]
+        if sorted(columns) != list(range(len(columns))):
+            return f"data file {df.path} column indices {list(df.column_indices)} are not a permutation"
+        for fid, col in zip(df.fields, df.column_indices):
+            if fid not in live_ids:
+                continue  # dropped (or tombstoned) field: its column is not copied
+            if fid in seen:
+                return f"field {fid} is stored in two data files"
+            seen[fid] = col >= 0
+    return tuple(sorted(seen.items()))
+
+
+def is_blob_field(field: file_pb2.Field) -> bool:
+    return field.metadata.get(BLOB_METADATA_KEY, b"").lower() == b"true" or field.extension_name == BLOB_V2_EXTENSION
+
+
+def _index_sets(ds: Dataset) -> dict[int, frozenset[str]] | None:
+    """Fragment id -> uuids of the indices covering it; None = an index covers everything."""
+    cover: dict[int, set[str]] = {}
+    for idx in ds.indices:
+        if not idx.fragment_bitmap:
+            return None
+        for fid in decode_bitmap(idx.fragment_bitmap, path=ds.uri):
+            cover.setdefault(fid, set()).add(idx.uuid.uuid.hex())
+    return {k: frozenset(v) for k, v in cover.items()}
+
+
+def _fragment_bytes(fragment: table_pb2.DataFragment) -> int:
+    return sum(df.file_size_bytes for df in fragment.files)
+
+
+# --- planning ----------------------------------------------------------------------
+def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None) -> CompactionPlan:
+    """Plan a compaction of the latest version (or of the given opened Dataset)."""
+    options = options or CompactionOptions()
+    ds = uri if isinstance(uri, Dataset) else Dataset.open(uri, storage_options=options.storage_options)
+    mf.check_feature_flags(ds.manifest, path=ds.uri, for_write=True)
+    fragments = ds.fragments
+    skipped: list[SkippedFragment] = []
+
+    def skip_all(reason: str, detail: str) -> CompactionPlan:
+        return CompactionPlan(
+            ds.uri, ds.version, mf.storage_version_name(ds.storage_version), (),
+            tuple(SkippedFragment(f.id, reason, detail) for f in fragments), options,
+        )
+
+    if ds.storage_version == mf.LEGACY:
+        return skip_all(REASON_LEGACY, "binary copy of legacy (0.x) data files is not supported yet")
+    blobs = [f.name for f in ds.manifest.fields if is_blob_field(f)]
+    if blobs:
+        return skip_all(REASON_BLOB, f"blob columns store absolute positions inside page data: {', '.join(blobs)}")
+
+    live_ids = {f.id for f in ds.manifest.fields}
+    index_sets = _index_sets(ds)
+    # Without stable row ids, rewriting rows would leave indices pointing at old addresses.
+    index_blocks = bool(ds.indices) and not ds.stable_row_ids
+
+    # Each candidate carries the key that must match for it to share a bin with its neighbour.
+    candidates: list[tuple[table_pb2.DataFragment, Any] | None] = []
+    for frag in fragments:
+        reason = _candidate_reason(ds, frag, options, live_ids, index_sets, index_blocks)
+        if isinstance(reason, SkippedFragment):
+            skipped.append(reason)
+            candidates.append(None)
+            continue
+        candidates.append((frag, reason))
+
+    tasks: list[CompactionTask] = []
+    source_budget = options.max_source_fragments
+    for bin_ in _bins(candidates):
+        for group in _split_by_target(bin_, options.target_rows_per_fragment):
+            ids = [f.id for f in group]
+            if len(group) < 2:
+                skipped.extend(SkippedFragment(i, REASON_ALONE, "no adjacent small fragment with the same layout and indices") for i in ids)
+                continue
+            outputs = _outputs(group, options)
+            if len(outputs) >= len(group):
+                skipped.extend(SkippedFragment(i, REASON_NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids)
+                continue
+            if source_budget is not None and len(group) > source_budget:
+                skipped.extend(SkippedFragment(i, REASON_SOURCE_LIMIT, f"limit of {options.max_source_fragments} source fragments reached") for i in ids)
+                source_budget = 0
+                continue
+            if source_budget is not None:
+                source_budget -= len(group)
+            tasks.append(
+                CompactionTask(
+                    task_id=len(tasks),
+                    fragment_ids=tuple(ids),
+                    rows=sum(f.physical_rows for f in group),
+                    bytes=sum(_fragment_bytes(f) for f in group),
+                    outputs=outputs,
+                )
+            )
+    skipped.sort(key=lambda s: s.fragment_id)
+    return CompactionPlan(ds.uri, ds.version, mf.storage_version_name(ds.storage_version), tuple(tasks), tuple(skipped), options)
+
+
+def _candidate_reason(
+    ds: Dataset,
+    frag: table_pb2.DataFragment,
+    options: CompactionOptions,
+    live_ids: set[int],
+    index_sets: dict[int, frozenset[str]] | None,
+    index_blocks: bool,
+) -> SkippedFragment | tuple[Any, ...]:
+    """Why ``frag`` cannot be compacted, or its bin key when it can."""
+
+    def skip(reason: str, detail: str = "") -> SkippedFragment:
+        return SkippedFragment(frag.id, reason, detail)
+
+    if frag.id in options.excluded_fragment_ids:
+        return skip(REASON_EXCLUDED, "listed in excluded_fragment_ids")
+    if frag.physical_rows == 0 or not len(frag.files):
+        return skip(REASON_EMPTY, "fragment has no rows or no data files")
+    if frag.HasField("deletion_file"):
+        return skip(REASON_DELETIONS, f"{frag.deletion_file.num_deleted_rows} deleted rows")
+    if frag.physical_rows >= options.target_rows_per_fragment:
+        return skip(REASON_LARGE, f"{frag.physical_rows} rows >= target {options.target_rows_per_fragment}")
+    unknown = unknown_field_numbers(frag) + [n for df in frag.files for n in unknown_field_numbers(df)]
+    if unknown:
+        return skip(REASON_UNKNOWN_FIELDS, f"fields {sorted(set(unknown))} written by a newer Lance (e.g. data overlays)")
+    if any(mf.data_file_version(df) != ds.storage_version for df in frag.files):
+        return skip(REASON_FILE_VERSION, "a data file's version differs from the dataset's storage version")
+    if any(df.HasField("base_id") for df in frag.files):
+        return skip(REASON_BASE_PATH, "data files under another base path")
+    if frag.HasField("external_row_ids") or frag.HasField("external_created_at_versions") or frag.HasField("external_last_updated_at_versions"):
+        return skip(REASON_EXTERNAL_ROW_IDS, "row-id or version sequences stored in external files")
+    if ds.stable_row_ids and not frag.HasField("inline_row_ids"):
+        return skip(REASON_EXTERNAL_ROW_IDS, "stable-row-id dataset fragment without a row-id sequence")
+    layout = field_layout(frag, live_ids)
+    if isinstance(layout, str):
+        return skip(REASON_COLUMN_MAPPING, layout)
+    covering = frozenset() if index_sets is None else index_sets.get(frag.id, frozenset())
+    if index_blocks and (index_sets is None or covering):
+        return skip(REASON_INDEXED, "covered by an index on a dataset without stable row ids")
+    return (layout, None if index_sets is None else covering)
+
+
+def _bins(candidates: Sequence[tuple[table_pb2.DataFragment, Any] | None]) -> Iterable[list[table_pb2.DataFragment]]:
+    """Runs of consecutive candidates with equal bin keys."""
+    current: list[table_pb2.DataFragment] = []
+    key: Any = object()
+    for item in candidates:
+        if item is None or item[1] != key:
+            if current:
+                yield current
+            current = []
+        if item is not None:
+            current.append(item[0])
+            key = item[1]
+    if current:
+        yield current
+
+
+def _split_by_target(bin_: list[table_pb2.DataFragment], target: int) -> Iterable[list[table_pb2.DataFragment]]:
+    """Lance's greedy split: cut once a group reaches the target, if the rest reaches it too."""
+    remaining = sum(f.physical_rows for f in bin_)
+    group: list[table_pb2.DataFragment] = []
+    rows = 0
+    for frag in bin_:
+        group.append(frag)
+        rows += frag.physical_rows
+        remaining -= frag.physical_rows
+        if rows >= target and remaining >= target:
+            yield group
+            group, rows = [], 0
+    if group:
+        yield group
+
+
+def _outputs(group: list[table_pb2.DataFragment], options: CompactionOptions) -> tuple[OutputFile, ...]:
+    """Split a group into output files at input boundaries (pages line up nowhere else)."""
+    outputs: list[OutputFile] = []
+    ids: list[int] = []
+    rows = size = 0
+    byte_cap = options.max_bytes_per_file
+    for frag in group:
+        frag_rows, frag_bytes = frag.physical_rows, _fragment_bytes(frag)
+        over_rows = rows + frag_rows > options.row_cap
+        over_bytes = byte_cap is not None and size + frag_bytes > byte_cap
+        if ids and (over_rows or over_bytes):
+            outputs.append(OutputFile(tuple(ids), rows, size))
+            ids, rows, size = [], 0, 0
+        ids.append(frag.id)
+        rows += frag_rows
+        size += frag_bytes
+        if rows >= options.target_rows_per_fragment:
+            outputs.append(OutputFile(tuple(ids), rows, size))
+            ids, rows, size = [], 0, 0
+    if ids:
+        outputs.append(OutputFile(tuple(ids), rows, size))
+    return tuple(outputs)

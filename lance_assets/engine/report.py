@@ -1,0 +1,81 @@
+"""What a task produced and what a compaction did: small, picklable, JSON-ready records."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lance_assets._proto import table_pb2
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    """The outcome of one task: new fragments (ids unassigned) or the reason it stopped.
+
+    Fragments travel as base64 protobuf so a result can cross process and
+    machine boundaries (Dagster dynamic outputs, JSON) without loss.
+    """
+
+    task_id: int
+    old_fragment_ids: tuple[int, ...]
+    new_fragments: tuple[str, ...] = ()
+    files_written: tuple[str, ...] = ()
+    rows: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    skipped_reason: str = ""
+    skipped_detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.skipped_reason
+
+    @staticmethod
+    def encode_fragment(fragment: table_pb2.DataFragment) -> str:
+        return base64.b64encode(fragment.SerializeToString()).decode("ascii")
+
+    def fragments(self) -> list[table_pb2.DataFragment]:
+        out = []
+        for data in self.new_fragments:
+            frag = table_pb2.DataFragment()
+            frag.ParseFromString(base64.b64decode(data))
+            out.append(frag)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RewriteResult:
+        data = dict(data)
+        for key in ("old_fragment_ids", "new_fragments", "files_written"):
+            data[key] = tuple(data.get(key) or ())
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """The JSON the CLI prints and the metadata Dagster records; key names are a public interface."""
+
+    uri: str
+    read_version: int
+    version: int | None
+    fragments_removed: int = 0
+    fragments_added: int = 0
+    files_removed: int = 0
+    files_added: int = 0
+    rows: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    tasks: int = 0
+    tasks_skipped: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    dry_run: bool = False
+    plan: dict[str, Any] | None = None
+    retries: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
