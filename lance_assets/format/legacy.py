@@ -6,10 +6,12 @@ A legacy file (dataset storage version "0.1"/"legacy", file version 0.0–0.2) i
     [dictionary values] [u32 len + Manifest (schema only)] [u32 len + Metadata]
     [i64 metadata position][u16 major][u16 minor]["LANC"]          <- 16-byte footer
 
-Everything after the page data is "the tail"; an I/O caller fetches it with one or two ranged
-reads: call :func:`parse_tail` on the last N bytes (say :data:`DEFAULT_TAIL_SIZE`); it returns
-either the parsed :class:`LegacyFileMetadata` or :class:`NeedMore` naming the earliest offset
-it needs, and a second call with the tail read from that offset always succeeds or fails.
+Everything from the page table on is "the tail". An I/O caller reads the last N bytes (say
+:data:`DEFAULT_TAIL_SIZE`) and calls :func:`parse_tail`; it returns the parsed
+:class:`LegacyFileMetadata` or :class:`NeedMore` with an offset strictly before the tail it was
+given; the caller re-reads from there to the end and calls again. The offsets come from the
+footer (metadata position), then from Metadata (page table position), so there are at most two
+NeedMore in a row once the footer is in hand; one 64 KiB read is enough for typical files.
 
 Pure functions over bytes (no handles, no clocks). Every position, length and count read from
 the file is checked against the file size *before* anything is sized from it, so a forged file
@@ -354,16 +356,20 @@ _FIXED_BITS = {
     "double": 64, "date64:ms": 64, "lance.bfloat16": 16,
 }  # fmt: skip
 _VAR_BINARY = frozenset({"string", "binary", "large_string", "large_binary", "json"})
+_LIST_TYPES = frozenset({"list", "list.struct", "large_list", "large_list.struct"})
 
 
 def _fixed_bits(lt: str) -> int | None:
     """Bits per value of a fixed-stride logical type, or None if it is not one we know."""
-    factor = 1
-    while lt.startswith("fixed_size_list:"):  # iterative: nesting depth comes from the file
-        inner, _, n = lt[len("fixed_size_list:") :].rpartition(":")
-        if not n.isdigit() or int(n) == 0 or not inner:
+    factor, depth = 1, 0
+    while lt.startswith("fixed_size_list:"):  # nesting depth comes from the file: bound it
+        depth += 1
+        if depth > 32:
             return None
-        factor, lt = factor * int(n), inner
+        inner, _, n = lt[len("fixed_size_list:") :].rpartition(":")
+        if not (count := _small_int(n)) or not inner:
+            return None
+        factor, lt = factor * count, inner
     if lt in _FIXED_BITS:
         bits = _FIXED_BITS[lt]
     elif lt.startswith(("time32:",)):
@@ -374,11 +380,18 @@ def _fixed_bits(lt: str) -> int | None:
         bits = 128
     elif lt.startswith("decimal:256:"):
         bits = 256
-    elif lt.startswith("fixed_size_binary:") and lt[18:].isdigit() and int(lt[18:]) > 0:
-        bits = 8 * int(lt[18:])
+    elif lt.startswith("fixed_size_binary:") and (width := _small_int(lt[18:])):
+        bits = 8 * width
     else:
         return None
     return bits * factor
+
+
+def _small_int(text: str) -> int | None:
+    """A positive decimal count as Lance writes it (an i32); None for anything else."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) == 0:
+        return None
+    return int(text)
 
 
 def page_extent(layout: FieldLayout, page: LegacyPage) -> tuple[int, int]:
@@ -396,13 +409,16 @@ def page_extent(layout: FieldLayout, page: LegacyPage) -> tuple[int, int]:
 
 
 def field_layouts(meta: LegacyFileMetadata, *, path: str | None = None) -> tuple[FieldLayout, ...]:
-    """Classify every schema field and check each page's fixed part lies inside the data region.
+    """Classify every schema field, in schema order, and check its pages against the file.
 
     The copier uses this to refuse DICTIONARY fields and to find VAR_BINARY pages, whose
-    positions arrays hold absolute file offsets. Unknown logical types raise
-    UnsupportedFeatureError (Lance's own legacy reader cannot read them either).
+    positions arrays hold absolute file offsets. Checks (CorruptFileError): each page's fixed
+    part lies inside the data region, and outside lists each page holds one value per batch row
+    (list offsets: one more). Unknown logical types raise UnsupportedFeatureError (Lance's own
+    legacy reader cannot read them either).
     """
     in_list = _under_list(meta.fields, path)
+    batch_rows = meta.batch_rows
     out = []
     for f in meta.fields:
         lt, dictionary = f.logical_type, None
@@ -410,20 +426,24 @@ def field_layouts(meta: LegacyFileMetadata, *, path: str | None = None) -> tuple
             enc, bits = LegacyEncoding.STRUCT, None
         elif lt == "null":
             enc, bits = LegacyEncoding.NULL, None
-        elif lt in ("list", "list.struct", "large_list", "large_list.struct"):
+        elif lt in _LIST_TYPES:
             enc, bits = LegacyEncoding.LIST_OFFSETS, 64 if lt.startswith("large") else 32
         elif lt in _VAR_BINARY:
             enc, bits = LegacyEncoding.VAR_BINARY, None
         elif lt.startswith("dict:"):
             enc, dictionary = LegacyEncoding.DICTIONARY, _dictionary(f, meta, path)
-            parts = lt.split(":")
-            bits = _fixed_bits(parts[2]) if len(parts) == 4 and parts[2].startswith(("int", "uint")) else None
+            key = lt.split(":")[2]  # dict:<values>:<keys>:<ordered>, checked by _dictionary
+            bits = _fixed_bits(key) if key.startswith(("int", "uint")) else None
             if bits is None:
-                raise UnsupportedFeatureError(f"field {f.name!r}: unsupported dictionary type {lt!r}", path=path)
+                raise UnsupportedFeatureError(
+                    f"field {f.name!r}: unsupported dictionary type {lt!r}", path=path
+                )
         elif (bits := _fixed_bits(lt)) is not None:
             enc = LegacyEncoding.PLAIN
         else:
-            raise UnsupportedFeatureError(f"field {f.name!r}: unsupported legacy type {lt!r}", path=path)
+            raise UnsupportedFeatureError(
+                f"field {f.name!r}: unsupported legacy type {lt!r}", path=path
+            )
         layout = FieldLayout(
             field_id=f.id,
             parent_id=f.parent_id,
@@ -435,7 +455,7 @@ def field_layouts(meta: LegacyFileMetadata, *, path: str | None = None) -> tuple
             dictionary=dictionary,
         )
         if enc is not LegacyEncoding.STRUCT:
-            for batch, rows in enumerate(meta.batch_rows):
+            for batch, rows in enumerate(batch_rows):
                 page = meta.page(f.id, batch)
                 start, end = page_extent(layout, page)
                 if end > meta.data_end:
@@ -444,8 +464,6 @@ def field_layouts(meta: LegacyFileMetadata, *, path: str | None = None) -> tuple
                         f" region end {meta.data_end}",
                         path=path,
                     )
-                # Outside lists every page holds one value per row (offsets: one more); a copier
-                # relies on that, so a mismatch is corruption rather than something to carry.
                 want = rows + (enc is LegacyEncoding.LIST_OFFSETS)
                 if not in_list[f.id] and page.length != want:
                     raise CorruptFileError(
@@ -460,24 +478,35 @@ def field_layouts(meta: LegacyFileMetadata, *, path: str | None = None) -> tuple
 def _under_list(fields: tuple[LegacyField, ...], path: str | None) -> dict[int, bool]:
     """field id -> whether some ancestor is a list (then value counts are item counts)."""
     by_id = {f.id: f for f in fields}
-    out: dict[int, bool] = {}
+    memo: dict[int, bool] = {}  # memoised so a forged deep chain stays linear
     for f in fields:
-        cur, steps, listed = f, 0, False
-        while cur.parent_id != -1:
+        chain: list[LegacyField] = []
+        seen: set[int] = set()
+        cur = f
+        while cur.id not in memo:
+            if cur.parent_id == -1:
+                memo[cur.id] = False
+                break
             parent = by_id.get(cur.parent_id)
-            steps += 1
-            if parent is None or steps > len(fields):  # dangling parent or a cycle
+            if parent is None or cur.id in seen:  # dangling parent or a cycle
                 raise CorruptFileError(f"field {f.name!r} has a broken parent chain", path=path)
-            listed = listed or parent.logical_type.startswith(("list", "large_list"))
+            seen.add(cur.id)
+            chain.append(cur)
             cur = parent
-        out[f.id] = listed
-    return out
+        for node in reversed(chain):
+            parent = by_id[node.parent_id]
+            memo[node.id] = memo[parent.id] or parent.logical_type in _LIST_TYPES
+    return memo
 
 
 def _dictionary(f: LegacyField, meta: LegacyFileMetadata, path: str | None) -> LegacyDictionary:
     """Where a dictionary field's values live; they must lie before the embedded manifest."""
     parts = f.logical_type.split(":")
-    if f.dictionary_offset is None or f.dictionary_length is None or len(parts) != 4:
+    if len(parts) != 4:
+        raise UnsupportedFeatureError(
+            f"field {f.name!r}: unsupported dictionary type {f.logical_type!r}", path=path
+        )
+    if f.dictionary_offset is None or f.dictionary_length is None:
         raise CorruptFileError(f"dictionary field {f.name!r} has no dictionary location", path=path)
     off, n = f.dictionary_offset, f.dictionary_length
     if parts[1] in _VAR_BINARY:
@@ -485,7 +514,11 @@ def _dictionary(f: LegacyField, meta: LegacyFileMetadata, path: str | None) -> L
     elif (bits := _fixed_bits(parts[1])) is not None:
         enc, end = LegacyEncoding.PLAIN, off + (n * bits + 7) // 8
     else:
-        raise UnsupportedFeatureError(f"field {f.name!r}: unsupported dictionary values {parts[1]!r}", path=path)
+        raise UnsupportedFeatureError(
+            f"field {f.name!r}: unsupported dictionary values {parts[1]!r}", path=path
+        )
     if not (0 <= off and 0 <= n and end <= meta.manifest_position):
-        raise CorruptFileError(f"dictionary of field {f.name!r} at {off} (+{n} values) is out of range", path=path)
+        raise CorruptFileError(
+            f"dictionary of field {f.name!r} at {off} (+{n} values) is out of range", path=path
+        )
     return LegacyDictionary(offset=off, length=n, values_encoding=enc, value_bits=bits)

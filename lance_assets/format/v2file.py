@@ -1,0 +1,739 @@
+"""Lance v2.x data files (file versions 2.0-2.3): read the tail, judge copy safety, write a tail.
+
+A binary-copy compactor moves encoded pages between files without decoding them. That is only
+sound when everything that names a file position lives in the metadata we rewrite: the page and
+column buffer offsets in ``ColumnMetadata``, the CMO/GBO tables and the footer. This module
+reads that metadata, says per column whether the encodings are position independent, and
+builds the metadata that follows the copied data region of a new file.
+
+Layout (all little-endian; see the format notes, section 1)::
+
+    [data buffers][GB0 = FileDescriptor][column metadatas][CMO table][GBO table][40-byte footer]
+
+Pure functions over bytes and messages: the caller does the I/O. ``parse_tail`` tells the
+caller which bytes it still needs instead of reading them itself.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from lance_assets._proto import encodings_v2_0_pb2 as enc20
+from lance_assets._proto import encodings_v2_1_pb2 as enc21
+from lance_assets._proto import file2_pb2, file_pb2
+from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedVersionError
+from lance_assets.format.protobuf import parse, unknown_field_numbers
+
+ColumnMetadata = file2_pb2.ColumnMetadata
+Page = file2_pb2.ColumnMetadata.Page
+
+MAGIC = b"LANC"
+FOOTER_SIZE = 40
+ALIGNMENT = 64
+#: A tail read of this size holds the whole metadata of typical files in one request.
+DEFAULT_TAIL_BYTES = 64 * 1024
+
+_FOOTER = struct.Struct("<QQQIIHH4s")
+_ENTRY = struct.Struct("<QQ")  # (position, size) in the CMO and GBO tables
+
+_URL_ARRAY_20 = "/lance.encodings.ArrayEncoding"
+_URL_COLUMN = "/lance.encodings.ColumnEncoding"
+_URL_LAYOUT_21 = "/lance.encodings21.PageLayout"
+_URL_PLANAR_23 = "/lance.encodings23.PlanarLayout"
+
+# Oneofs that select "which encoding": unset means a variant our protos do not know.
+_SELECTORS = {
+    "lance.encodings.ArrayEncoding": "array_encoding",
+    "lance.encodings.Nullable": "nullability",
+    "lance.encodings.ColumnEncoding": "column_encoding",
+    "lance.encodings21.PageLayout": "layout",
+    "lance.encodings21.CompressiveEncoding": "compression",
+}
+# Fields pylance 14 writes in 2.2 page layouts that the snapshot protos lack (observed: a varint
+# on mini-block layouts; rep/def descriptions on all-null layouts). They describe page-local
+# bytes; any other unknown field is refused.
+_KNOWN_EXTENSIONS_22 = {
+    "lance.encodings21.MiniBlockLayout": {10},
+    "lance.encodings21.AllNullLayout": {6, 7, 8, 9, 10},
+}
+# 2.3 PlanarLayout (no proto available): top-level fields {1: structure, 2: value plane}; the
+# value plane holds one of 1 chunked, 2 zipped, 3 constant, 4 all-null (observed with pylance 14).
+_PLANAR_TOP_FIELDS = {1, 2}
+_PLANAR_VALUE_KINDS = {1: "chunked", 2: "zipped", 3: "constant", 4: "all-null"}
+
+_BLOB_METADATA_KEY = "lance-encoding:blob"
+_BLOB_V2_EXTENSION = "lance.blob.v2"
+
+
+class FileVersion(StrEnum):
+    """A v2 data-file version. The footer spells 2.0 as (0, 3); the manifest as (2, 0)."""
+
+    V2_0 = "2.0"
+    V2_1 = "2.1"
+    V2_2 = "2.2"
+    V2_3 = "2.3"
+
+    @property
+    def footer_pair(self) -> tuple[int, int]:
+        """(major, minor) written in the 40-byte footer."""
+        return (0, 3) if self is FileVersion.V2_0 else self.manifest_pair
+
+    @property
+    def manifest_pair(self) -> tuple[int, int]:
+        """(major, minor) written in the manifest's ``DataFile``."""
+        major, minor = self.value.split(".")
+        return int(major), int(minor)
+
+    @property
+    def aligned(self) -> bool:
+        """Whether readers require 64-byte aligned page buffers and global buffers (2.1+)."""
+        return self is not FileVersion.V2_0
+
+    @classmethod
+    def from_footer_pair(cls, major: int, minor: int, *, path: str | None = None) -> FileVersion:
+        """Map a footer version pair; legacy (0.x) and unknown pairs raise UnsupportedVersionError."""
+        if (major, minor) == (0, 3):
+            return cls.V2_0
+        return cls._from_v2_pair(major, minor, path=path, where="footer")
+
+    @classmethod
+    def from_manifest_pair(cls, major: int, minor: int, *, path: str | None = None) -> FileVersion:
+        """Map a manifest ``DataFile`` version pair (2.0 is (2, 0) there)."""
+        return cls._from_v2_pair(major, minor, path=path, where="manifest")
+
+    @classmethod
+    def _from_v2_pair(cls, major: int, minor: int, *, path: str | None, where: str) -> FileVersion:
+        if major == 0 and minor <= 2:
+            raise UnsupportedVersionError(
+                f"legacy (v1) Lance data file (version {major}.{minor} in the {where}); "
+                "the v2 file parser cannot read it",
+                path=path,
+            )
+        for version in cls:
+            if version.manifest_pair == (major, minor):
+                return version
+        raise UnsupportedVersionError(
+            f"unknown Lance file version {major}.{minor} in the {where}", path=path
+        )
+
+
+@dataclass(frozen=True)
+class Footer:
+    """The 40 bytes at the end of every v2 file, validated against the file size."""
+
+    column_meta_start: int
+    cmo_table_position: int
+    gbo_table_position: int
+    num_global_buffers: int
+    num_columns: int
+    version: FileVersion
+    file_size: int
+
+
+@dataclass(frozen=True)
+class NeedMore:
+    """``parse_tail`` needs the bytes ``[offset, file_size)``; ``offset`` < the tail it was given."""
+
+    offset: int
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    """One page's buffers (absolute offsets, exact sizes), value count and first row."""
+
+    buffer_offsets: tuple[int, ...]
+    buffer_sizes: tuple[int, ...]
+    length: int
+    priority: int
+
+
+@dataclass(frozen=True)
+class V2FileMetadata:
+    """Everything after the data region of a v2 file, parsed and checked for consistency.
+
+    ``columns`` are the protobuf messages (unknown fields kept) so a copier can re-emit them;
+    ``data_end`` is where GB0 starts, i.e. the end of the region holding all data buffers.
+    """
+
+    path: str | None
+    file_size: int
+    footer: Footer
+    descriptor: file_pb2.FileDescriptor
+    columns: tuple[file2_pb2.ColumnMetadata, ...]
+    column_ranges: tuple[tuple[int, int], ...]
+    global_buffers: tuple[tuple[int, int], ...]
+    pages: tuple[tuple[PageInfo, ...], ...]
+    data_end: int
+
+    @property
+    def version(self) -> FileVersion:
+        return self.footer.version
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.descriptor.length)
+
+    @property
+    def num_columns(self) -> int:
+        return len(self.columns)
+
+    @property
+    def fields(self) -> tuple[file_pb2.Field, ...]:
+        """Schema fields as stored in GB0: pre-order, parents included, with ids."""
+        return tuple(self.descriptor.schema.fields)
+
+
+def padding_for(position: int, alignment: int = ALIGNMENT) -> int:
+    """Bytes to add after ``position`` so the next write starts ``alignment``-aligned."""
+    return -position % alignment
+
+
+def parse_footer(data: bytes, file_size: int, *, path: str | None = None) -> Footer:
+    """Parse and validate the footer from the last bytes of a file (``data`` ends at EOF).
+
+    The tables must sit exactly where the native writer puts them (CMO table, then GBO table,
+    then footer), which also bounds every count by the file size.
+    """
+    if file_size < FOOTER_SIZE or len(data) < FOOTER_SIZE:
+        raise CorruptFileError(
+            f"file of {file_size} bytes is too small for a Lance v2 footer", path=path
+        )
+    cm_start, cmo, gbo, n_gb, n_col, major, minor, magic = _FOOTER.unpack(
+        bytes(data[-FOOTER_SIZE:])
+    )
+    if magic != MAGIC:
+        raise CorruptFileError(f"not a Lance file (magic {magic!r}, expected {MAGIC!r})", path=path)
+    version = FileVersion.from_footer_pair(major, minor, path=path)
+    footer_pos = file_size - FOOTER_SIZE
+    if not cm_start <= cmo <= gbo <= footer_pos:
+        raise CorruptFileError(
+            f"footer positions out of order (column metadata {cm_start}, CMO table {cmo}, "
+            f"GBO table {gbo}, footer {footer_pos})",
+            path=path,
+        )
+    if gbo - cmo != _ENTRY.size * n_col:
+        raise CorruptFileError(
+            f"CMO table of {gbo - cmo} bytes does not hold {n_col} columns", path=path
+        )
+    if footer_pos - gbo != _ENTRY.size * n_gb or n_gb < 1:
+        raise CorruptFileError(
+            f"GBO table of {footer_pos - gbo} bytes does not hold {n_gb} global buffers "
+            "(at least the schema buffer is required)",
+            path=path,
+        )
+    return Footer(cm_start, cmo, gbo, n_gb, n_col, version, file_size)
+
+
+def parse_tail(
+    tail: bytes, tail_offset: int, file_size: int, *, path: str | None = None
+) -> V2FileMetadata | NeedMore:
+    """Parse a file's metadata from its last bytes, or say which earlier bytes are missing.
+
+    ``tail`` must be the bytes ``[tail_offset, file_size)``. Read e.g. the last
+    ``DEFAULT_TAIL_BYTES``; on ``NeedMore(offset)`` prepend ``[offset, tail_offset)`` and call
+    again. Offsets strictly decrease, so the loop ends (normally after at most one extra read).
+    """
+    if tail_offset < 0 or tail_offset + len(tail) != file_size:
+        raise ValueError("tail must hold exactly the bytes [tail_offset, file_size)")
+    if len(tail) < FOOTER_SIZE and tail_offset > 0:
+        return NeedMore(max(0, file_size - FOOTER_SIZE))
+    footer = parse_footer(tail, file_size, path=path)
+    if footer.gbo_table_position < tail_offset:
+        return NeedMore(footer.column_meta_start)
+
+    def view(position: int, size: int) -> bytes:
+        return bytes(tail[position - tail_offset : position - tail_offset + size])
+
+    global_buffers = tuple(
+        _ENTRY.unpack(view(footer.gbo_table_position + i * _ENTRY.size, _ENTRY.size))
+        for i in range(footer.num_global_buffers)
+    )
+    for i, (pos, size) in enumerate(global_buffers):
+        if pos + size > footer.column_meta_start:
+            raise CorruptFileError(
+                f"global buffer {i} ({pos}+{size}) overlaps the column metadata", path=path
+            )
+        if footer.version.aligned and pos % ALIGNMENT:
+            raise CorruptFileError(f"global buffer {i} at {pos} is not 64-byte aligned", path=path)
+    gb0_pos, gb0_size = global_buffers[0]
+    if gb0_pos < tail_offset:
+        return NeedMore(gb0_pos)
+
+    descriptor = parse(
+        file_pb2.FileDescriptor, view(gb0_pos, gb0_size), path=path, what="file descriptor (GB0)"
+    )
+    if not descriptor.HasField("schema"):
+        raise CorruptFileError("file descriptor (GB0) has no schema", path=path)
+    column_ranges = tuple(
+        _ENTRY.unpack(view(footer.cmo_table_position + i * _ENTRY.size, _ENTRY.size))
+        for i in range(footer.num_columns)
+    )
+    columns: list[file2_pb2.ColumnMetadata] = []
+    for i, (pos, size) in enumerate(column_ranges):
+        if pos < footer.column_meta_start or pos + size > footer.cmo_table_position:
+            raise CorruptFileError(
+                f"column {i} metadata ({pos}+{size}) lies outside the column metadata region",
+                path=path,
+            )
+        columns.append(
+            parse(file2_pb2.ColumnMetadata, view(pos, size), path=path, what=f"column {i} metadata")
+        )
+    pages = tuple(
+        _check_column(i, col, footer.version, gb0_pos, descriptor.length, path)
+        for i, col in enumerate(columns)
+    )
+    return V2FileMetadata(
+        path=path,
+        file_size=file_size,
+        footer=footer,
+        descriptor=descriptor,
+        columns=tuple(columns),
+        column_ranges=column_ranges,
+        global_buffers=global_buffers,
+        pages=pages,
+        data_end=gb0_pos,
+    )
+
+
+def _check_buffers(
+    offsets: Sequence[int], sizes: Sequence[int], aligned: bool, data_end: int
+) -> str | None:
+    if len(offsets) != len(sizes):
+        return f"{len(offsets)} buffer offsets but {len(sizes)} sizes"
+    for pos, size in zip(offsets, sizes, strict=True):
+        if pos + size > data_end:
+            return f"buffer {pos}+{size} extends past the data region (ends at {data_end})"
+        if aligned and pos % ALIGNMENT:
+            return f"buffer offset {pos} is not 64-byte aligned"
+    return None
+
+
+def _check_column(
+    index: int,
+    column: file2_pb2.ColumnMetadata,
+    version: FileVersion,
+    data_end: int,
+    num_rows: int,
+    path: str | None,
+) -> tuple[PageInfo, ...]:
+    """Reject buffers outside the data region, misalignment Lance would reject, and (2.1+) pages
+    that do not cover exactly the file's rows: a copier trusts all of these."""
+    problem = _check_buffers(column.buffer_offsets, column.buffer_sizes, False, data_end)
+    if problem:
+        raise CorruptFileError(f"column {index}: {problem}", path=path)
+    infos = []
+    for p, page in enumerate(column.pages):
+        problem = _check_buffers(page.buffer_offsets, page.buffer_sizes, version.aligned, data_end)
+        if problem:
+            raise CorruptFileError(f"column {index} page {p}: {problem}", path=path)
+        infos.append(
+            PageInfo(tuple(page.buffer_offsets), tuple(page.buffer_sizes), page.length, page.priority)
+        )
+    covered = sum(info.length for info in infos)
+    if version.aligned and covered != num_rows:
+        raise CorruptFileError(
+            f"column {index} pages hold {covered} rows but the file has {num_rows}", path=path
+        )
+    return tuple(infos)
+
+
+# --------------------------------------------------------------------------------------------
+# Copy safety
+
+
+@dataclass(frozen=True)
+class ColumnSafety:
+    """Whether one column can be relocated by rewriting its ColumnMetadata offsets alone.
+
+    ``struct_header`` marks a 2.0 struct column (no buffers) whose pages must be collapsed into
+    one when merging. ``deferred_encodings`` and ``column_buffers`` are absolute (position,
+    size) pairs that a copier would have to relocate; both currently make a column refused.
+    """
+
+    index: int
+    reasons: tuple[str, ...]
+    struct_header: bool
+    deferred_encodings: tuple[tuple[int, int], ...]
+    column_buffers: tuple[tuple[int, int], ...]
+
+    @property
+    def copyable(self) -> bool:
+        return not self.reasons
+
+    @property
+    def reason(self) -> str | None:
+        return "; ".join(self.reasons) or None
+
+
+@dataclass(frozen=True)
+class FileSafety:
+    """Copy-safety verdict for one file: file-wide reasons plus one entry per column."""
+
+    path: str | None
+    version: FileVersion
+    file_reasons: tuple[str, ...]
+    columns: tuple[ColumnSafety, ...]
+
+    @property
+    def copyable(self) -> bool:
+        return not self.file_reasons and all(c.copyable for c in self.columns)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Every reason, column reasons prefixed with the column index."""
+        per_column = (f"column {c.index}: {r}" for c in self.columns for r in c.reasons)
+        return (*self.file_reasons, *per_column)
+
+
+def blob_fields(descriptor: file_pb2.FileDescriptor) -> tuple[file_pb2.Field, ...]:
+    """Schema fields that are blob columns (legacy blob metadata or the blob v2 extension).
+
+    Blob pages hold absolute positions of the blob bytes (or point at sidecar files), and in
+    2.2+ they are ordinary packed structs, so the schema is the only reliable signal.
+    """
+    found = []
+    for field in descriptor.schema.fields:
+        metadata = field.metadata
+        if (
+            bytes(metadata.get(_BLOB_METADATA_KEY, b"")).lower() == b"true"
+            or field.extension_name == _BLOB_V2_EXTENSION
+            or bytes(metadata.get("ARROW:extension:name", b"")) == _BLOB_V2_EXTENSION.encode()
+        ):
+            found.append(field)
+    return tuple(found)
+
+
+def inspect_copy_safety(meta: V2FileMetadata) -> FileSafety:
+    """Judge every column of a parsed file; undecodable encoding bytes raise CorruptFileError."""
+    file_reasons = []
+    if len(meta.global_buffers) > 1:
+        file_reasons.append(
+            f"{len(meta.global_buffers)} global buffers: only the schema buffer (GB0) is rebuilt"
+        )
+    for field in blob_fields(meta.descriptor):
+        file_reasons.append(
+            f"blob field {field.name!r} (id {field.id}): blob pages hold absolute positions"
+        )
+    columns = tuple(_column_safety(i, col, meta) for i, col in enumerate(meta.columns))
+    return FileSafety(meta.path, meta.version, tuple(file_reasons), columns)
+
+
+def _column_safety(index: int, column: file2_pb2.ColumnMetadata, meta: V2FileMetadata) -> ColumnSafety:
+    reasons: dict[str, None] = {}  # ordered set: one line per distinct problem
+    deferred: list[tuple[int, int]] = []
+    path = meta.path
+    col_buffers = tuple(zip(column.buffer_offsets, column.buffer_sizes, strict=True))
+    if col_buffers:
+        reasons["column-level buffers (per-file data the column encoding describes)"] = None
+    blob = _encoding_bytes(column.encoding, deferred, reasons, "column encoding")
+    if blob is not None:
+        for r in _column_encoding_reasons(blob, path, index):
+            reasons[r] = None
+    for p, page in enumerate(column.pages):
+        blob = _encoding_bytes(page.encoding, deferred, reasons, "page encoding")
+        if blob is not None:
+            for r in _page_encoding_reasons(blob, meta.version, path, f"column {index} page {p}"):
+                reasons[r] = None
+    struct_header = meta.version is FileVersion.V2_0 and is_struct_header_column(column)
+    return ColumnSafety(index, tuple(reasons), struct_header, tuple(deferred), col_buffers)
+
+
+def _encoding_bytes(
+    encoding: file2_pb2.Encoding,
+    deferred: list[tuple[int, int]],
+    reasons: dict[str, None],
+    what: str,
+) -> bytes | None:
+    kind = encoding.WhichOneof("location")
+    if kind == "direct":
+        return encoding.direct.encoding
+    if kind == "indirect":
+        loc = (encoding.indirect.buffer_location, encoding.indirect.buffer_length)
+        deferred.append(loc)
+        reasons[f"deferred {what} (absolute location; Lance readers do not support it)"] = None
+    else:
+        reasons[f"missing {what}"] = None
+    return None
+
+
+def _unpack_any(blob: bytes, path: str | None, what: str) -> any_pb2.Any:
+    return parse(any_pb2.Any, blob, path=path, what=what)
+
+
+def _column_encoding_reasons(blob: bytes, path: str | None, index: int) -> list[str]:
+    wrapped = _unpack_any(blob, path, f"column {index} encoding")
+    if wrapped.type_url != _URL_COLUMN:
+        return [f"unknown column encoding type {wrapped.type_url!r}"]
+    enc = parse(enc20.ColumnEncoding, wrapped.value, path=path, what=f"column {index} encoding")
+    reasons = list(_tree_reasons(enc, {}))
+    kind = enc.WhichOneof("column_encoding")
+    if kind == "blob":
+        reasons.append("blob column encoding (pages hold absolute blob positions)")
+    elif kind == "zone_index":
+        reasons.append("column statistics (zone index) describe one file only")
+    return reasons
+
+
+def _page_encoding_reasons(blob: bytes, version: FileVersion, path: str | None, what: str) -> list[str]:
+    wrapped = _unpack_any(blob, path, f"{what} encoding")
+    expected = {
+        FileVersion.V2_0: _URL_ARRAY_20,
+        FileVersion.V2_1: _URL_LAYOUT_21,
+        FileVersion.V2_2: _URL_LAYOUT_21,
+        FileVersion.V2_3: _URL_PLANAR_23,
+    }[version]
+    if wrapped.type_url != expected:
+        return [f"unexpected page encoding type {wrapped.type_url!r} in a {version} file"]
+    if version is FileVersion.V2_0:
+        return list(_tree_reasons(parse(enc20.ArrayEncoding, wrapped.value, path=path, what=what), {}))
+    if version is FileVersion.V2_3:
+        return _planar_reasons(wrapped.value)
+    layout = parse(enc21.PageLayout, wrapped.value, path=path, what=what)
+    allowed = _KNOWN_EXTENSIONS_22 if version is FileVersion.V2_2 else {}
+    reasons = list(_tree_reasons(layout, allowed))
+    if layout.WhichOneof("layout") == "blob_layout":
+        reasons.append("blob page layout (page holds absolute blob positions)")
+    return reasons
+
+
+def _tree_reasons(msg: Message, allowed_unknown: dict[str, set[int]]) -> Iterator[str]:
+    """Walk a decoded encoding tree for anything that is not provably page-local."""
+    name = msg.DESCRIPTOR.full_name
+    unknown = set(unknown_field_numbers(msg)) - allowed_unknown.get(name, set())
+    if unknown:
+        yield f"unknown encoding: {name} has unknown field(s) {sorted(unknown)}"
+    selector = _SELECTORS.get(name)
+    if selector and msg.WhichOneof(selector) is None:
+        yield f"unknown encoding: {name} selects no known variant"
+    if isinstance(msg, enc20.Buffer) and msg.buffer_type != enc20.Buffer.page:
+        kind = {enc20.Buffer.column: "column", enc20.Buffer.file: "file"}.get(msg.buffer_type)
+        yield f"encoding references a {kind or msg.buffer_type} buffer, not a page buffer"
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        children = value if field.label == field.LABEL_REPEATED else [value]
+        for child in children:
+            yield from _tree_reasons(child, allowed_unknown)
+
+
+def _wire_fields(data: bytes) -> list[tuple[int, int, bytes | int]] | None:
+    """Top-level (field, wire type, value) of a protobuf message; None when malformed."""
+    fields: list[tuple[int, int, bytes | int]] = []
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        result = shift = 0
+        while True:
+            if i >= len(data) or shift > 63:
+                raise ValueError
+            byte = data[i]
+            i += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return result
+
+    try:
+        while i < len(data):
+            key = varint()
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                return None
+            if wire == 0:
+                fields.append((number, wire, varint()))
+            elif wire in (1, 5):
+                width = 8 if wire == 1 else 4
+                if i + width > len(data):
+                    return None
+                fields.append((number, wire, data[i : i + width]))
+                i += width
+            elif wire == 2:
+                size = varint()
+                if i + size > len(data):
+                    return None
+                fields.append((number, wire, data[i : i + size]))
+                i += size
+            else:
+                return None
+    except ValueError:
+        return None
+    return fields
+
+
+def _planar_reasons(value: bytes) -> list[str]:
+    """Conservative shape check of a 2.3 PlanarLayout (we have no proto for it).
+
+    Accept only the shapes pylance 14 was observed to write, all of which proved position
+    independent (identical encodings and page bytes when the same data is written at other
+    file offsets, and merged files read back correctly). Anything else is refused.
+    """
+    top = _wire_fields(value)
+    if top is None:
+        return ["malformed 2.3 PlanarLayout"]
+    numbers = [number for number, _, _ in top]
+    if not set(numbers) <= _PLANAR_TOP_FIELDS or numbers.count(2) != 1:
+        return [f"unknown 2.3 PlanarLayout shape (fields {numbers})"]
+    plane_value = next(v for n, _, v in top if n == 2)
+    plane = _wire_fields(plane_value) if isinstance(plane_value, bytes) else None
+    if plane is None or len(plane) != 1 or plane[0][1] != 2 or plane[0][0] not in _PLANAR_VALUE_KINDS:
+        kinds = [n for n, _, _ in plane or []]
+        return [f"unknown 2.3 PlanarLayout value plane (fields {kinds})"]
+    return []
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def is_struct_header_column(column: file2_pb2.ColumnMetadata) -> bool:
+    """A 2.0 struct column: every page is ``ArrayEncoding.struct`` with no buffers.
+
+    2.0 readers accept exactly one page for such a column, so merged files must collapse them.
+    """
+    if not column.pages or column.buffer_offsets:
+        return False
+    for page in column.pages:
+        if page.buffer_offsets or page.encoding.WhichOneof("location") != "direct":
+            return False
+        wrapped = any_pb2.Any()
+        array = enc20.ArrayEncoding()
+        try:
+            wrapped.ParseFromString(page.encoding.direct.encoding)
+            array.ParseFromString(wrapped.value)
+        except Exception:  # noqa: BLE001 - undecodable means "not a struct header"
+            return False
+        if wrapped.type_url != _URL_ARRAY_20 or array.WhichOneof("array_encoding") != "struct":
+            return False
+    return True
+
+
+def merge_struct_header_pages(pages: Sequence[file2_pb2.ColumnMetadata.Page]) -> Page:
+    """One struct page spanning all input pages: length = sum of lengths, priority 0.
+
+    The sum (not the row count) is right also for a struct nested in a list, whose length is
+    an item count.
+    """
+    if not pages:
+        raise ValueError("no struct pages to merge")
+    merged = Page()
+    merged.CopyFrom(pages[0])
+    merged.length = sum(page.length for page in pages)
+    merged.priority = 0
+    return merged
+
+
+def relocate_page(
+    page: file2_pb2.ColumnMetadata.Page, new_offsets: Sequence[int], row_offset: int
+) -> Page:
+    """Copy of ``page`` with new absolute buffer offsets and ``priority += row_offset``.
+
+    Everything else (sizes, length, encoding bytes, unknown fields) stays byte-identical.
+    """
+    if len(new_offsets) != len(page.buffer_offsets):
+        raise ValueError(f"{len(new_offsets)} offsets for {len(page.buffer_offsets)} buffers")
+    if page.encoding.WhichOneof("location") == "indirect":
+        raise ValueError("page has a deferred encoding at an absolute position; refuse the file")
+    moved = Page()
+    moved.CopyFrom(page)
+    moved.buffer_offsets[:] = [int(o) for o in new_offsets]
+    moved.priority = page.priority + row_offset
+    return moved
+
+
+def merge_column(
+    parts: Sequence[file2_pb2.ColumnMetadata],
+    deltas: Sequence[int],
+    row_offsets: Sequence[int],
+    version: FileVersion,
+    *,
+    path: str | None = None,
+) -> file2_pb2.ColumnMetadata:
+    """The output ColumnMetadata for one column whose input files were copied in order.
+
+    ``deltas[k]`` is how far file k's bytes moved (output position - input position) and
+    ``row_offsets[k]`` the rows written before file k. Refuses (CompactionRefusedError) column
+    encodings that differ between files and column-level buffers; 2.0 struct headers collapse.
+    """
+    if not parts or not len(parts) == len(deltas) == len(row_offsets):
+        raise ValueError("parts, deltas and row_offsets must be non-empty and equally long")
+    first = parts[0].encoding.SerializeToString(deterministic=True)
+    for k, part in enumerate(parts):
+        if part.buffer_offsets:
+            raise CompactionRefusedError(f"input {k} has column-level buffers", path=path)
+        if part.encoding.SerializeToString(deterministic=True) != first:
+            raise CompactionRefusedError(
+                f"input {k} has a different column encoding than input 0", path=path
+            )
+    merged = file2_pb2.ColumnMetadata()
+    merged.CopyFrom(parts[0])
+    del merged.pages[:]
+    if version is FileVersion.V2_0 and all(is_struct_header_column(p) for p in parts):
+        merged.pages.append(merge_struct_header_pages([pg for p in parts for pg in p.pages]))
+        return merged
+    for part, delta, rows in zip(parts, deltas, row_offsets, strict=True):
+        for page in part.pages:
+            merged.pages.append(relocate_page(page, [o + delta for o in page.buffer_offsets], rows))
+    return merged
+
+
+def with_num_rows(descriptor: file_pb2.FileDescriptor, num_rows: int) -> file_pb2.FileDescriptor:
+    """Copy of a FileDescriptor with ``length`` set: a merged file must carry the summed count."""
+    out = file_pb2.FileDescriptor()
+    out.CopyFrom(descriptor)
+    out.length = num_rows
+    return out
+
+
+def build_tail(
+    data_end: int,
+    columns: Sequence[file2_pb2.ColumnMetadata],
+    descriptor: file_pb2.FileDescriptor,
+    version: FileVersion,
+) -> bytes:
+    """Bytes to append after ``data_end`` bytes of data to finish a v2 file.
+
+    Zero padding so GB0 starts 64-aligned (required by 2.1+ readers, harmless for 2.0), GB0,
+    the column metadatas, the CMO and GBO tables and the footer with ``version.footer_pair``.
+    Raises ValueError when a page points past ``data_end`` or is misaligned for ``version``:
+    that would be a copier bug producing a file Lance cannot read.
+    """
+    if not descriptor.HasField("schema"):
+        raise ValueError("file descriptor has no schema")
+    for i, column in enumerate(columns):
+        problem = _check_buffers(column.buffer_offsets, column.buffer_sizes, False, data_end)
+        for page in column.pages:
+            problem = problem or _check_buffers(
+                page.buffer_offsets, page.buffer_sizes, version.aligned, data_end
+            )
+        if problem:
+            raise ValueError(f"column {i}: {problem}")
+    pad = padding_for(data_end)
+    gb0_pos = data_end + pad
+    gb0 = descriptor.SerializeToString(deterministic=True)
+    out = bytearray(pad)
+    out += gb0
+    column_meta_start = gb0_pos + len(gb0)
+    entries = []
+    position = column_meta_start
+    for column in columns:
+        blob = column.SerializeToString(deterministic=True)
+        entries.append((position, len(blob)))
+        out += blob
+        position += len(blob)
+    cmo_position = position
+    for entry in entries:
+        out += _ENTRY.pack(*entry)
+    gbo_position = cmo_position + _ENTRY.size * len(entries)
+    out += _ENTRY.pack(gb0_pos, len(gb0))
+    major, minor = version.footer_pair
+    out += _FOOTER.pack(
+        column_meta_start, cmo_position, gbo_position, 1, len(columns), major, minor, MAGIC
+    )
+    return bytes(out)
