@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lance_assets.engine.inspect import DEFAULT_TARGET_ROWS_PER_FRAGMENT, Inspection, inspect_dataset
+from lance_assets.engine.inspect import Inspection, inspect_dataset
 from lance_assets.errors import LanceAssetsError
 
 EXIT_ERROR = 2
@@ -93,6 +93,58 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _print_report(report: CompactionReport, console: Console) -> None:
+    if report.dry_run:
+        console.print(f"[bold]dry run[/bold] on version {report.read_version}: {report.tasks} tasks would merge {report.fragments_removed} fragments into {report.fragments_added}, reading {human_bytes(report.bytes_read)}")
+    elif report.version is None:
+        console.print(f"nothing to compact at version {report.read_version}")
+    else:
+        rate = report.bytes_read / report.seconds / 2**20 if report.seconds else 0.0
+        console.print(
+            f"committed version [bold]{report.version}[/bold] (read {report.read_version}): {report.fragments_removed} fragments -> "
+            f"{report.fragments_added}, {report.files_removed} files removed, {report.files_added} added, {report.rows:,} rows, "
+            f"{human_bytes(report.bytes_written)} written in {report.seconds:.2f}s ({rate:.1f} MiB/s)"
+        )
+    reasons: dict[str, int] = {}
+    for s in report.skipped:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    if reasons:
+        console.print("skipped fragments: " + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())))
+
+
+def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
+    options = CompactionOptions(
+        target_rows_per_fragment=args.target_rows_per_fragment,
+        max_rows_per_file=args.max_rows_per_file,
+        max_bytes_per_file=args.max_bytes_per_file,
+        read_batch_bytes=args.read_batch_bytes,
+        max_source_fragments=args.max_source_fragments,
+        excluded_fragment_ids=frozenset(args.exclude),
+        storage_options=args.storage_options,
+        dry_run=args.dry_run,
+    )
+    show_progress = not args.json and console.is_terminal
+    if show_progress:
+        with Progress(
+            TextColumn("[progress.description]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeElapsedColumn(), console=console, transient=True,
+        ) as bar:
+            planned = plan_compaction(args.uri, options)
+            copy_bar = bar.add_task(f"copying {len(planned.tasks)} tasks", total=planned.bytes_to_read or None)
+            report = dry_run_report(planned) if options.dry_run else run_plan(
+                planned,
+                progress=lambda n: bar.advance(copy_bar, n),
+                on_task_done=lambda r: bar.update(copy_bar, description=f"task {r.task_id + 1}/{len(planned.tasks)} done"),
+            )
+    else:
+        report = compact(args.uri, options)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        _print_report(report, console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lance-assets", description="Keep Lance datasets compact.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, default=None, help="inspect this version instead of the latest")
     p.add_argument("--max-fragments", type=int, default=50, help="fragments listed in the table output")
     p.set_defaults(run=_cmd_inspect)
+
+    p = sub.add_parser("compact", help="merge small fragments by binary copy and commit a new version")
+    common(p)
+    p.add_argument("--max-rows-per-file", type=int, default=None)
+    p.add_argument("--max-bytes-per-file", type=int, default=None)
+    p.add_argument("--read-batch-bytes", type=int, default=DEFAULT_READ_BATCH_BYTES, help="bound on bytes held in memory per task")
+    p.add_argument("--max-source-fragments", type=int, default=None)
+    p.add_argument("--exclude", type=int, action="append", default=[], metavar="FRAGMENT_ID", help="never compact this fragment (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="plan only: report what would be read and written")
+    p.set_defaults(run=_cmd_compact)
     return parser
 
 

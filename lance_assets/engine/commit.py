@@ -173,7 +173,7 @@ def _build(
     return mf.build_manifest_file(m, txn, index_section), txn, m.transaction_file
 
 
-def _remove(storage: Storage, paths: Iterable[str]) -> None:
+def remove_files(storage: Storage, paths: Iterable[str]) -> None:
     for rel in paths:
         try:
             storage.delete(rel, missing_ok=True)
@@ -193,7 +193,7 @@ def commit_compaction(
     storage = uri if isinstance(uri, Storage) else Storage(uri, plan.options.storage_options)
     done = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
-    _remove(storage, (p for r in failed for p in r.files_written))
+    remove_files(storage, (p for r in failed for p in r.files_written))
     skipped = [{"fragment_id": s.fragment_id, "reason": s.reason, "detail": s.detail} for s in plan.skipped]
     skipped += [{"fragment_id": i, "reason": r.skipped_reason, "detail": r.skipped_detail} for r in failed for i in r.old_fragment_ids]
     base = dict(
@@ -232,7 +232,7 @@ def commit_compaction(
                     raise CommitConflictError(f"gave up after {max_retries} attempts: other writers keep committing", path=storage.uri) from None
                 time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
     except BaseException:
-        _remove(storage, written + ([txn_rel] if txn_rel else []))
+        remove_files(storage, written + ([txn_rel] if txn_rel else []))
         raise
     try:
         storage.write(HINT_FILE, f'{{"version":{target.version}}}'.encode())

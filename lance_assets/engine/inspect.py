@@ -13,10 +13,12 @@ from typing import Any
 
 from lance_assets._proto import file_pb2
 from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
+from lance_assets.errors import CorruptFileError
 from lance_assets.format import manifest as mf
+from lance_assets.format.roaring import decode_bitmap
 from lance_assets.io import Storage
 
-DEFAULT_TARGET_ROWS_PER_FRAGMENT = 1024 * 1024
 
 # Upper bounds (exclusive) of the byte-size histogram buckets.
 _HISTOGRAM_BOUNDS: list[tuple[str, float]] = [
@@ -116,13 +118,11 @@ def _histogram(sizes: list[int]) -> dict[str, int]:
 
 
 def _index_infos(ds: Dataset) -> list[IndexInfo]:
-    from lance_assets.format.roaring import decode_bitmap  # local: codec is optional for inspection
-
     out = []
     for idx in ds.indices:
         try:
             frags: list[int] | None = list(decode_bitmap(idx.fragment_bitmap)) if idx.fragment_bitmap else []
-        except Exception:  # noqa: BLE001 - a bad bitmap must not break a health report
+        except CorruptFileError:  # a bad bitmap must not break a health report
             frags = None
         out.append(IndexInfo(idx.name, idx.uuid.uuid.hex(), list(idx.fields), frags))
     return out

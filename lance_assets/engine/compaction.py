@@ -1,0 +1,87 @@
+"""``compact``: plan, run every task, commit once. The one-call form of the engine."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from collections.abc import Callable
+
+from lance_assets.engine.commit import commit_compaction, remove_files
+from lance_assets.engine.copy import execute_task
+from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.options import CompactionOptions
+from lance_assets.engine.plan import CompactionPlan, plan_compaction
+from lance_assets.engine.report import CompactionReport, RewriteResult
+from lance_assets.io import Storage
+
+ProgressCallback = Callable[[int], None]
+
+
+def dry_run_report(plan: CompactionPlan, seconds: float = 0.0) -> CompactionReport:
+    """What a compaction would do: the plan's bytes, nothing written or committed."""
+    return CompactionReport(
+        uri=plan.uri,
+        read_version=plan.read_version,
+        version=None,
+        fragments_removed=plan.fragments_to_compact,
+        fragments_added=sum(len(t.outputs) for t in plan.tasks),
+        rows=sum(t.rows for t in plan.tasks),
+        bytes_read=plan.bytes_to_read,
+        bytes_written=plan.bytes_to_read,
+        seconds=seconds,
+        tasks=len(plan.tasks),
+        skipped=[{"fragment_id": s.fragment_id, "reason": s.reason, "detail": s.detail} for s in plan.skipped],
+        dry_run=True,
+        plan=plan.to_dict(),
+    )
+
+
+def run_plan(
+    plan: CompactionPlan,
+    *,
+    storage: Storage | None = None,
+    progress: ProgressCallback | None = None,
+    on_task_done: Callable[[RewriteResult], None] | None = None,
+) -> CompactionReport:
+    """Copy every task of ``plan`` in this process and commit them together.
+
+    ``progress`` receives byte counts as pages are copied; ``on_task_done``
+    each task's result. Distributed runners call ``execute_task`` and
+    ``commit_compaction`` themselves instead.
+    """
+    started = time.monotonic()
+    storage = storage or Storage(plan.uri, plan.options.storage_options)
+    results: list[RewriteResult] = []
+    try:
+        for task in plan.tasks:
+            result = execute_task(storage, plan, task, progress=progress)
+            results.append(result)
+            if on_task_done:
+                on_task_done(result)
+    except BaseException:
+        # Nothing is committed: remove what finished tasks wrote before re-raising.
+        remove_files(storage, (p for r in results for p in r.files_written))
+        raise
+    report = commit_compaction(storage, plan, results)
+    return replace(report, seconds=time.monotonic() - started)
+
+
+def compact(
+    uri: str,
+    options: CompactionOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    on_task_done: Callable[[RewriteResult], None] | None = None,
+) -> CompactionReport:
+    """Compact the latest version of ``uri``: plan, copy every task, commit all groups atomically.
+
+    With ``options.dry_run`` only the plan is made and reported.
+    """
+    options = options or CompactionOptions()
+    started = time.monotonic()
+    storage = Storage(uri, options.storage_options)
+    plan = plan_compaction(Dataset.open(storage), options)
+    if options.dry_run:
+        return dry_run_report(plan, time.monotonic() - started)
+    report = run_plan(plan, storage=storage, progress=progress, on_task_done=on_task_done)
+    return replace(report, seconds=time.monotonic() - started)

@@ -1,0 +1,334 @@
+"""One compaction task: copy the pages of adjacent fragments into new data files.
+
+No value is decoded. For every output file we read the inputs' metadata,
+decide which byte extents hold the columns we keep, copy those extents in
+chunks of at most ``read_batch_bytes`` (the memory bound), and write new
+column metadata whose absolute offsets and row priorities point at the copies.
+Anything that cannot be relocated exactly is refused with a reason, never
+copied approximately.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from lance_assets._proto import file2_pb2, file_pb2, table_pb2
+from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.plan import CompactionPlan, CompactionTask
+from lance_assets.engine.report import RewriteResult
+from lance_assets.errors import CompactionRefusedError, CorruptFileError
+from lance_assets.format import manifest as mf
+from lance_assets.format import v2file
+from lance_assets.format.rowids import concat_row_id_sequences, concat_version_sequences
+from lance_assets.io import Storage
+
+DATA_DIR = "data"
+REASON_NOT_COPYABLE = "not_copyable"
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One input data file: its parsed metadata and the columns we take from it."""
+
+    rel_path: str
+    meta: v2file.V2FileMetadata
+    columns: dict[int, int]  # field id -> column index in this file, for live fields that own a column
+
+
+@dataclass(frozen=True)
+class _Extent:
+    """A byte range of a source file copied to ``dest`` in the output."""
+
+    start: int
+    end: int
+    dest: int
+
+
+def read_v2_metadata(storage: Storage, rel_path: str, size_hint: int = 0) -> v2file.V2FileMetadata:
+    """Parse a v2 data file's metadata with one tail read (two for unusually large metadata)."""
+    tail, size = storage.read_tail(rel_path, v2file.DEFAULT_TAIL_BYTES, size_hint or None)
+    offset = size - len(tail)
+    while True:
+        parsed = v2file.parse_tail(tail, offset, size, path=storage.url(rel_path))
+        if not isinstance(parsed, v2file.NeedMore):
+            return parsed
+        if parsed.offset >= offset:
+            raise CorruptFileError("metadata parser asked for bytes it already has", path=storage.url(rel_path))
+        tail = storage.read(rel_path, parsed.offset, offset) + tail
+        offset = parsed.offset
+
+
+def _schema_order(manifest: table_pb2.Manifest) -> dict[int, int]:
+    return {f.id: i for i, f in enumerate(manifest.fields)}
+
+
+def _sources(ds: Dataset, frag: table_pb2.DataFragment, live: dict[int, int]) -> list[_Source]:
+    out = []
+    for df in frag.files:
+        rel = ds.data_file_path(df)
+        meta = read_v2_metadata(ds.storage, rel, df.file_size_bytes)
+        where = ds.storage.url(rel)
+        expected = mf.storage_version_name(ds.storage_version)
+        if meta.version.value != expected:
+            raise CompactionRefusedError(f"file version {meta.version.value} differs from the dataset's {expected}", path=where)
+        if meta.num_rows != frag.physical_rows:
+            raise CompactionRefusedError(f"file holds {meta.num_rows} rows but fragment {frag.id} has {frag.physical_rows}", path=where)
+        owned = [c for c in df.column_indices if c >= 0]
+        if len(owned) != meta.num_columns:
+            raise CompactionRefusedError(
+                f"manifest maps {len(owned)} columns but the file has {meta.num_columns}; cannot tell which field owns which column",
+                path=where,
+            )
+        columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in live and col >= 0}
+        safety = v2file.inspect_copy_safety(meta)
+        problems = list(safety.file_reasons) + [
+            f"column {c.index}: {c.reason}" for c in safety.columns if c.index in columns.values() and not c.copyable
+        ]
+        if problems:
+            raise CompactionRefusedError("; ".join(problems), path=where)
+        out.append(_Source(rel, meta, columns))
+    return out
+
+
+def _extents(meta: v2file.V2FileMetadata, columns: Sequence[int], dest: int) -> list[_Extent]:
+    """Source byte ranges holding the given columns, placed from ``dest`` on.
+
+    When every column is kept the whole data region is one extent (padding
+    included), which keeps copies large and sequential. Otherwise the kept
+    buffers are coalesced where they touch. 2.1+ destinations keep the
+    source's offset modulo 64, so copied buffers stay aligned.
+    """
+    if len(columns) == meta.num_columns:
+        spans = [(0, meta.data_end)]
+    else:
+        raw = sorted(
+            (o, o + s)
+            for c in columns
+            for page in meta.columns[c].pages
+            for o, s in zip(page.buffer_offsets, page.buffer_sizes)
+            if s
+        )
+        spans = []
+        for start, end in raw:
+            if spans and start <= spans[-1][1] + (v2file.ALIGNMENT - 1 if meta.version.aligned else 0):
+                spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+            else:
+                spans.append((start, end))
+    out = []
+    for start, end in spans:
+        if meta.version.aligned:
+            dest += (start - dest) % v2file.ALIGNMENT
+        out.append(_Extent(start, end, dest))
+        dest += end - start
+    return out
+
+
+def _relocator(extents: Sequence[_Extent]) -> Callable[[int], int]:
+    starts = [e.start for e in extents]
+
+    def move(offset: int) -> int:
+        i = bisect.bisect_right(starts, offset) - 1
+        if i < 0 or offset > extents[i].end:
+            raise CompactionRefusedError(f"buffer at {offset} lies outside every copied extent (copier bug)")
+        return offset - extents[i].start + extents[i].dest
+
+    return move
+
+
+def _merge_column(
+    parts: Sequence[file2_pb2.ColumnMetadata],
+    moves: Sequence[Callable[[int], int]],
+    row_offsets: Sequence[int],
+    version: v2file.FileVersion,
+    where: str,
+) -> file2_pb2.ColumnMetadata:
+    first = parts[0].encoding.SerializeToString(deterministic=True)
+    for part in parts[1:]:
+        if part.encoding.SerializeToString(deterministic=True) != first:
+            raise CompactionRefusedError("column encodings differ between the input files", path=where)
+    merged = file2_pb2.ColumnMetadata()
+    merged.CopyFrom(parts[0])
+    del merged.pages[:]
+    if version is v2file.FileVersion.V2_0 and all(v2file.is_struct_header_column(p) for p in parts):
+        merged.pages.append(v2file.merge_struct_header_pages([pg for p in parts for pg in p.pages]))
+        return merged
+    for part, move, rows in zip(parts, moves, row_offsets):
+        for page in part.pages:
+            merged.pages.append(v2file.relocate_page(page, [move(o) for o in page.buffer_offsets], rows))
+    return merged
+
+
+def _output_schema(manifest: table_pb2.Manifest, keep: set[int]) -> list[file_pb2.Field]:
+    """The dataset schema restricted to ``keep`` and their ancestors, in schema (pre-)order."""
+    by_id = {f.id: f for f in manifest.fields}
+    wanted = set()
+    for fid in keep:
+        while fid in by_id and fid not in wanted:
+            wanted.add(fid)
+            fid = by_id[fid].parent_id
+    return [f for f in manifest.fields if f.id in wanted]
+
+
+def _copy_extent(storage: Storage, src: str, extent: _Extent, out, batch: int, progress: ProgressCallback | None) -> None:
+    pos = extent.start
+    while pos < extent.end:
+        end = min(extent.end, pos + batch)
+        chunk = storage.read(src, pos, end)
+        if len(chunk) != end - pos:
+            raise CorruptFileError(f"short read at {pos}: file shorter than its metadata says", path=storage.url(src))
+        out.write(chunk)
+        pos = end
+        if progress:
+            progress(len(chunk))
+
+
+def _write_output(
+    ds: Dataset,
+    inputs: Sequence[table_pb2.DataFragment],
+    read_batch_bytes: int,
+    progress: ProgressCallback | None,
+) -> tuple[table_pb2.DataFragment, str, int, int]:
+    """Write one merged data file; returns its fragment (id unset), path, bytes read and written."""
+    storage = ds.storage
+    order = _schema_order(ds.manifest)
+    version = v2file.FileVersion(mf.storage_version_name(ds.storage_version))
+    sources = [_sources(ds, frag, order) for frag in inputs]
+
+    # Every input must store the same live fields the same way (the planner grouped them so).
+    layouts = set()
+    for frag in inputs:
+        layouts.add(tuple(sorted((fid, col >= 0) for df in frag.files for fid, col in zip(df.fields, df.column_indices) if fid in order)))
+    if len(layouts) != 1:
+        raise CompactionRefusedError("the inputs store different sets of fields", path=ds.uri)
+    layout = sorted(next(iter(layouts)), key=lambda fc: order[fc[0]])
+    out_fields = [fid for fid, owns in layout if owns]
+
+    name = mf.data_file_name(uuid.uuid4().bytes)
+    rel = f"{DATA_DIR}/{name}"
+    moves: list[list[tuple[_Source, Callable[[int], int]]]] = []
+    bytes_read = 0
+    with storage.open_write(rel) as out:
+        pos = 0
+        for frag_sources in sources:
+            frag_moves = []
+            for src in frag_sources:
+                extents = _extents(src.meta, sorted(src.columns.values()), pos)
+                for ext in extents:
+                    if ext.dest > pos:
+                        out.write(b"\0" * (ext.dest - pos))
+                    _copy_extent(storage, src.rel_path, ext, out, read_batch_bytes, progress)
+                    pos = ext.dest + (ext.end - ext.start)
+                    bytes_read += ext.end - ext.start
+                frag_moves.append((src, _relocator(extents)))
+            moves.append(frag_moves)
+
+        row_offsets = []
+        rows = 0
+        for frag in inputs:
+            row_offsets.append(rows)
+            rows += frag.physical_rows
+        columns = []
+        for fid in out_fields:
+            parts, part_moves = [], []
+            for frag_moves in moves:
+                src, move = next((s, m) for s, m in frag_moves if fid in s.columns)
+                parts.append(src.meta.columns[src.columns[fid]])
+                part_moves.append(move)
+            columns.append(_merge_column(parts, part_moves, row_offsets, version, storage.url(rel)))
+        descriptor = file_pb2.FileDescriptor(length=rows)
+        descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
+        first_meta = sources[0][0].meta
+        for key, value in first_meta.descriptor.schema.metadata.items():
+            descriptor.schema.metadata[key] = value
+        tail = v2file.build_tail(pos, columns, descriptor, version)
+        out.write(tail)
+        size = pos + len(tail)
+
+    column_of = {fid: i for i, fid in enumerate(out_fields)}
+    major, minor = version.manifest_pair
+    data_file = table_pb2.DataFile(
+        path=name,
+        fields=[fid for fid, _ in layout],
+        column_indices=[column_of.get(fid, -1) for fid, _ in layout],
+        file_major_version=major,
+        file_minor_version=minor,
+        file_size_bytes=size,
+    )
+    fragment = table_pb2.DataFragment(physical_rows=rows)
+    fragment.files.append(data_file)
+    if ds.stable_row_ids:
+        fragment.inline_row_ids = concat_row_id_sequences([f.inline_row_ids for f in inputs])
+        if any(f.HasField("inline_created_at_versions") for f in inputs):
+            fragment.inline_created_at_versions = concat_version_sequences(
+                [(f.inline_created_at_versions if f.HasField("inline_created_at_versions") else None, f.physical_rows) for f in inputs]
+            )
+        if any(f.HasField("inline_last_updated_at_versions") for f in inputs):
+            fragment.inline_last_updated_at_versions = concat_version_sequences(
+                [(f.inline_last_updated_at_versions if f.HasField("inline_last_updated_at_versions") else None, f.physical_rows) for f in inputs]
+            )
+    return fragment, rel, bytes_read, size
+
+
+def execute_task(
+    uri: str | Storage,
+    plan: CompactionPlan,
+    task: CompactionTask,
+    *,
+    progress: ProgressCallback | None = None,
+) -> RewriteResult:
+    """Write the task's new data files; commits nothing.
+
+    A task that turns out not to be copyable (an encoding that embeds file
+    positions, inputs whose encodings differ, …) removes what it wrote and
+    returns a skipped result with the reason; I/O and corruption errors raise.
+    """
+    started = time.monotonic()
+    storage = uri if isinstance(uri, Storage) else Storage(uri, plan.options.storage_options)
+    ds = Dataset.open(storage, plan.read_version)
+    by_id = {f.id: f for f in ds.manifest.fragments}
+    missing = [i for i in task.fragment_ids if i not in by_id]
+    if missing:
+        raise CompactionRefusedError(f"fragments {missing} are not in version {plan.read_version}", path=storage.uri)
+    written: list[str] = []
+    fragments: list[str] = []
+    bytes_read = bytes_written = 0
+    try:
+        for output in task.outputs:
+            frag, rel, n_read, n_written = _write_output(ds, [by_id[i] for i in output.fragment_ids], plan.options.read_batch_bytes, progress)
+            written.append(rel)
+            fragments.append(RewriteResult.encode_fragment(frag))
+            bytes_read += n_read
+            bytes_written += n_written
+    except CompactionRefusedError as exc:
+        for rel in written:
+            storage.delete(rel, missing_ok=True)
+        return RewriteResult(
+            task_id=task.task_id,
+            old_fragment_ids=task.fragment_ids,
+            bytes_read=bytes_read,
+            seconds=time.monotonic() - started,
+            skipped_reason=REASON_NOT_COPYABLE,
+            skipped_detail=str(exc),
+        )
+    except BaseException:
+        for rel in written:
+            storage.delete(rel, missing_ok=True)
+        raise
+    return RewriteResult(
+        task_id=task.task_id,
+        old_fragment_ids=task.fragment_ids,
+        new_fragments=tuple(fragments),
+        files_written=tuple(written),
+        rows=task.rows,
+        bytes_read=bytes_read,
+        bytes_written=bytes_written,
+        seconds=time.monotonic() - started,
+    )
+
+
