@@ -1,54 +1,144 @@
-"""The main job on an embedded default: a demo dataset with many small fragments.
+"""The main job on an embedded default: sensor-driven compaction through Dagster.
 
-Builds ``demo-data/events.lance`` with pylance through many small appends (the
-shape streaming writers leave behind) and shows what lance_assets sees.
+1. Builds two demo datasets under ``demo-data/datasets`` with pylance through
+   many small appends (the shape streaming writers leave behind).
+2. Uses a local Dagster instance (SQLite under ``.dagster_home``) and the
+   example definitions in ``examples/definitions.py``: the discovery sensor
+   adds a partition per dataset, the small-fragment sensor observes the
+   fragments and requests compaction, and each requested run materializes the
+   compaction asset with its checks.
+3. Prints the datasets before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import shutil
 from pathlib import Path
 
 import pyarrow as pa
 
-from lance_assets.cli import main as cli_main
-
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DIR = ROOT / "demo-data"
+DATA = ROOT / "demo-data" / "datasets"
+DAGSTER_HOME = ROOT / ".dagster_home"
+DAGSTER_YAML = """\
+# Local demo instance: SQLite storage under this folder.
+concurrency:
+  pools:
+    default_limit: 2
+  runs:
+    tag_concurrency_limits:
+      - key: lance_assets/dataset
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+telemetry:
+  enabled: false
+"""
 
 
-def build_demo_dataset(path: Path, appends: int = 200, rows_per_append: int = 500) -> None:
-    """Write ``appends`` small fragments of a mixed schema, as a streaming writer would."""
+def build_demo_dataset(path: Path, appends: int, rows_per_append: int) -> None:
+    """``appends`` small fragments of a mixed schema, as a streaming writer would leave them."""
     import lance
 
     if path.exists():
         shutil.rmtree(path)
     for i in range(appends):
         start = i * rows_per_append
-        ids = pa.array(range(start, start + rows_per_append), pa.int64())
+        ids = range(start, start + rows_per_append)
         batch = pa.table(
             {
-                "id": ids,
-                "ts": pa.array([1_700_000_000_000_000 + j for j in range(start, start + rows_per_append)], pa.timestamp("us", tz="UTC")),
-                "user": pa.array([f"user-{j % 97}" for j in range(start, start + rows_per_append)]),
-                "score": pa.array([(j * 7919 % 1000) / 10 for j in range(start, start + rows_per_append)], pa.float64()),
-                "tags": pa.array([[f"t{j % 5}", f"t{j % 3}"] for j in range(start, start + rows_per_append)], pa.list_(pa.string())),
+                "id": pa.array(ids, pa.int64()),
+                "ts": pa.array([1_700_000_000_000_000 + j for j in ids], pa.timestamp("us", tz="UTC")),
+                "user": pa.array([f"user-{j % 97}" for j in ids]),
+                "score": pa.array([(j * 7919 % 1000) / 10 for j in ids], pa.float64()),
+                "tags": pa.array([[f"t{j % 5}", f"t{j % 3}"] for j in ids], pa.list_(pa.string())),
             }
         )
         lance.write_dataset(batch, str(path), mode="append" if i else "create")
 
 
+def _load_defs():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("demo_definitions", ROOT / "examples" / "definitions.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.defs
+
+
+def _summary(label: str, uri: Path) -> None:
+    from lance_assets.engine.inspect import inspect_dataset
+
+    r = inspect_dataset(str(uri))
+    s = r.summary
+    print(f"  {label:<7} {uri.name:<14} version {r.version:>4}  fragments {s.fragments:>4}  small {s.small_fragments:>4}  rows {s.rows:>8,}  bytes {s.bytes:>10,}")
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--appends", type=int, default=200)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--appends", type=int, default=200, help="small appends for the larger dataset")
     parser.add_argument("--rows-per-append", type=int, default=500)
     args = parser.parse_args()
-    dataset = args.dir / "events.lance"
-    print(f"building {dataset}: {args.appends} appends of {args.rows_per_append} rows")
-    build_demo_dataset(dataset, args.appends, args.rows_per_append)
-    return cli_main(["inspect", str(dataset), "--max-fragments", "10"])
+
+    DATA.mkdir(parents=True, exist_ok=True)
+    datasets = {"events": (args.appends, args.rows_per_append), "clicks": (max(20, args.appends // 4), args.rows_per_append)}
+    for name, (appends, rows) in datasets.items():
+        print(f"building {name}.lance: {appends} appends of {rows} rows")
+        build_demo_dataset(DATA / f"{name}.lance", appends, rows)
+
+    DAGSTER_HOME.mkdir(exist_ok=True)
+    (DAGSTER_HOME / "dagster.yaml").write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(DAGSTER_HOME)
+    os.environ["LANCE_ASSETS_ROOT"] = str(DATA)
+
+    import dagster as dg
+
+    defs = _load_defs()
+    instance = dg.DagsterInstance.get()
+    print(f"\nDagster instance at {DAGSTER_HOME} (SQLite)")
+    print("before:")
+    for name in datasets:
+        _summary("before", DATA / f"{name}.lance")
+
+    discovery = defs.resolve_sensor_def("demo_dataset_discovery_sensor")
+    result = discovery.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources, sensor_name=discovery.name))
+    for request in result.dynamic_partitions_requests:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+    print(f"\ndiscovery sensor: partitions {instance.get_dynamic_partitions('demo_datasets')}")
+
+    sensor = defs.resolve_sensor_def("demo_small_fragments_sensor")
+    context = dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources, sensor_name=sensor.name)
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
+        result = sensor.evaluate_tick(context)
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+    print(f"small-fragment sensor: {len(result.run_requests)} run requests, {len(result.asset_events)} fragment observations")
+
+    job = defs.resolve_job_def("demo_compaction")
+    for request in result.run_requests:
+        run = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False)
+        checks = [e.asset_check_evaluation_data for e in run.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        print(
+            f"  run {run.run_id[:8]} for {request.partition_key}: {'success' if run.success else 'FAILED'}; checks: "
+            + ", ".join(f"{c.check_name}={'pass' if c.passed else 'FAIL'}" for c in checks)
+        )
+        if not run.success:
+            return 1
+
+    print("after:")
+    for name in datasets:
+        _summary("after", DATA / f"{name}.lance")
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
+        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources, sensor_name=sensor.name, cursor=result.cursor))
+    print(f"\nsensor again: {len(again.run_requests or [])} run requests ({again.skip_message or ''})")
+    print(f"\nOpen the UI with: DAGSTER_HOME={DAGSTER_HOME} .venv/bin/dagster dev -w workspace.yaml  (then http://127.0.0.1:3000)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,14 @@ from lance_assets.engine.report import RewriteResult
 from lance_assets.errors import CompactionRefusedError, CorruptFileError
 from lance_assets.format import manifest as mf
 from lance_assets.format import v2file
-from lance_assets.format.rowids import concat_row_id_sequences, concat_version_sequences
+from lance_assets.format.rowids import (
+    RowIdSequence,
+    RowVersionSequence,
+    decode_row_ids,
+    decode_row_versions,
+    encode_row_ids,
+    encode_row_versions,
+)
 from lance_assets.io import Storage
 
 DATA_DIR = "data"
@@ -263,16 +270,31 @@ def _write_output(
     fragment = table_pb2.DataFragment(physical_rows=rows)
     fragment.files.append(data_file)
     if ds.stable_row_ids:
-        fragment.inline_row_ids = concat_row_id_sequences([f.inline_row_ids for f in inputs])
-        if any(f.HasField("inline_created_at_versions") for f in inputs):
-            fragment.inline_created_at_versions = concat_version_sequences(
-                [(f.inline_created_at_versions if f.HasField("inline_created_at_versions") else None, f.physical_rows) for f in inputs]
-            )
-        if any(f.HasField("inline_last_updated_at_versions") for f in inputs):
-            fragment.inline_last_updated_at_versions = concat_version_sequences(
-                [(f.inline_last_updated_at_versions if f.HasField("inline_last_updated_at_versions") else None, f.physical_rows) for f in inputs]
-            )
+        _carry_row_sequences(ds, inputs, fragment)
     return fragment, rel, bytes_read, size
+
+
+def _carry_row_sequences(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], out: table_pb2.DataFragment) -> None:
+    """Give the merged fragment its inputs' row ids and row versions, concatenated in input order.
+
+    Row ids are never renumbered (indices and users hold them). A fragment
+    without version sequences counts as created (and last updated) at version 1.
+    """
+    where = ds.uri
+    out.inline_row_ids = encode_row_ids(RowIdSequence.concat(decode_row_ids(f.inline_row_ids, path=where) for f in inputs))
+    if not any(f.HasField("inline_created_at_versions") or f.HasField("inline_last_updated_at_versions") for f in inputs):
+        return
+    created, updated = [], []
+    for f in inputs:
+        c = (
+            decode_row_versions(f.inline_created_at_versions, path=where)
+            if f.HasField("inline_created_at_versions")
+            else RowVersionSequence.uniform(f.physical_rows, 1)
+        )
+        created.append(c)
+        updated.append(decode_row_versions(f.inline_last_updated_at_versions, path=where) if f.HasField("inline_last_updated_at_versions") else c)
+    out.inline_created_at_versions = encode_row_versions(RowVersionSequence.concat(created))
+    out.inline_last_updated_at_versions = encode_row_versions(RowVersionSequence.concat(updated))
 
 
 def execute_task(

@@ -212,7 +212,7 @@ def parse_manifest_name(name: str) -> tuple[int, NamingScheme] | None:
         # 20 digits can exceed u64::MAX; such a name is no version (it would come out negative).
         return (_U64_MAX - inverted, NamingScheme.V2) if inverted <= _U64_MAX else None
     m = _V1_NAME.fullmatch(name)
-    if m:
+    if m and int(m.group(1)) <= _U64_MAX:
         return int(m.group(1)), NamingScheme.V1
     return None
 

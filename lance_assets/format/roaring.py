@@ -71,10 +71,10 @@ def lsb_bit_positions(bits: bytes | memoryview, nbits: int) -> array:
     million-row deletion files. The caller makes sure ``len(bits) * 8 >= nbits``.
     """
     mask = pa.BooleanArray.from_buffers(pa.bool_(), nbits, [None, pa.py_buffer(bytes(bits))])
-    return u64_array_from_arrow(pc.indices_nonzero(mask))
+    return _u64_array_from_arrow(pc.indices_nonzero(mask))
 
 
-def u64_array_from_arrow(values: pa.Array) -> array:
+def _u64_array_from_arrow(values: pa.Array) -> array:
     """Copy a null-free pyarrow UInt64 array into an ``array('Q')`` in one step."""
     out = array("Q")
     start = values.offset * 8
@@ -248,7 +248,9 @@ def encode_bitmap(values: Iterable[int], *, use_runs: bool = False) -> bytes:
     of array/bitmap/run is smallest (Lance 14 reads run containers too).
     """
     ordered = _sorted_unique(values, U32_MAX)
-    containers = [_encode_container(key, lows, use_runs) for key, lows in _split_by_high(ordered, 16)]
+    containers = [
+        _encode_container(key, lows, use_runs) for key, lows in _split_by_high(ordered, 16)
+    ]
     return _assemble(containers)
 
 

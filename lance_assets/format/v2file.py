@@ -517,7 +517,7 @@ def _tree_reasons(msg: Message, allowed_unknown: dict[str, set[int]]) -> Iterato
     for field, value in msg.ListFields():
         if field.message_type is None:
             continue
-        children = value if field.label == field.LABEL_REPEATED else [value]
+        children = value if field.is_repeated else [value]
         for child in children:
             yield from _tree_reasons(child, allowed_unknown)
 
@@ -580,8 +580,8 @@ def _planar_reasons(value: bytes) -> list[str]:
     numbers = [number for number, _, _ in top]
     if not set(numbers) <= _PLANAR_TOP_FIELDS or numbers.count(2) != 1:
         return [f"unknown 2.3 PlanarLayout shape (fields {numbers})"]
-    plane_value = next(v for n, _, v in top if n == 2)
-    plane = _wire_fields(plane_value) if isinstance(plane_value, bytes) else None
+    _, wire, plane_value = next(f for f in top if f[0] == 2)
+    plane = _wire_fields(plane_value) if wire == 2 and isinstance(plane_value, bytes) else None
     if plane is None or len(plane) != 1 or plane[0][1] != 2 or plane[0][0] not in _PLANAR_VALUE_KINDS:
         kinds = [n for n, _, _ in plane or []]
         return [f"unknown 2.3 PlanarLayout value plane (fields {kinds})"]

@@ -58,6 +58,8 @@ class Storage:
     # -- paths ---------------------------------------------------------------
     def path(self, rel: str) -> str:
         """Filesystem path of ``rel`` (relative to the dataset root)."""
+        if "\x00" in rel:  # names come from manifests; os calls raise a bare ValueError on NUL
+            raise StorageError(f"invalid object name {rel!r} (contains a NUL byte)", path=self.uri)
         return f"{self.root}/{rel}" if rel else self.root
 
     def url(self, rel: str) -> str:

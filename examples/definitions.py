@@ -1,0 +1,21 @@
+"""Example Dagster definitions: compact every Lance dataset under ``demo-data/datasets``.
+
+Loaded by ``dagster dev -w workspace.yaml``; ``./dev demo`` drives the same
+definitions headless. Point ``LANCE_ASSETS_ROOT`` at another root (local path
+or URL) to use it on real data.
+"""
+
+import os
+from pathlib import Path
+
+from lance_assets.dagster import build_lance_compaction_defs
+
+ROOT = os.environ.get("LANCE_ASSETS_ROOT", str(Path(__file__).resolve().parent.parent / "demo-data" / "datasets"))
+
+defs = build_lance_compaction_defs(
+    "demo",
+    root=ROOT,
+    min_small_fragments=16,
+    sensor_interval_seconds=30,
+    cron_schedule="0 2 * * *",
+)

@@ -1,0 +1,206 @@
+"""Fragment assets, the compaction asset and its checks.
+
+A dataset's fragments are one asset (observed by the sensor, never one
+partition per fragment: they come and go by the thousand); the compacted
+dataset is a second asset downstream of it, materialized per partition by
+running the engine.
+"""
+
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from lance_assets.dagster.resources import LanceDatasets
+from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.inspect import Inspection
+from lance_assets.engine.options import DEFAULT_READ_BATCH_BYTES, DEFAULT_TARGET_ROWS_PER_FRAGMENT, CompactionOptions
+from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.report import CompactionReport
+
+DATA_VERSION_TAG = "dagster/data_version"
+DATASET_TAG = "lance_assets/dataset"
+ROWS_CHECK = "rows_preserved"
+SMALL_CHECK = "small_fragments_under_threshold"
+READ_BACK_CHECK = "new_version_reads_back"
+MAX_FRAGMENT_ROWS_SHOWN = 200
+
+
+class CompactionConfig(dg.Config):
+    """Run config of one compaction; names and defaults follow Lance's compaction options."""
+
+    read_batch_bytes: int = Field(default=DEFAULT_READ_BATCH_BYTES, description="Bound on bytes held in memory per task while copying.")
+    target_rows_per_fragment: int = Field(default=DEFAULT_TARGET_ROWS_PER_FRAGMENT, description="Fragments under this row count are compacted.")
+    max_rows_per_file: int | None = Field(default=None, description="Hard cap on rows per output file.")
+    max_bytes_per_file: int | None = Field(default=None, description="Hard cap on bytes per output file.")
+    max_source_fragments: int | None = Field(default=None, description="Compact at most this many fragments in one run.")
+    dry_run: bool = Field(default=False, description="Only plan: report what would be copied, materialize nothing.")
+
+    def options(self) -> CompactionOptions:
+        return CompactionOptions(
+            target_rows_per_fragment=self.target_rows_per_fragment,
+            max_rows_per_file=self.max_rows_per_file,
+            max_bytes_per_file=self.max_bytes_per_file,
+            read_batch_bytes=self.read_batch_bytes,
+            max_source_fragments=self.max_source_fragments,
+            dry_run=self.dry_run,
+        )
+
+
+@dataclass(frozen=True)
+class AssetKeys:
+    """The two asset keys of one configured dataset family."""
+
+    fragments: dg.AssetKey
+    compacted: dg.AssetKey
+
+    @classmethod
+    def for_name(cls, name: str, key_prefix: Sequence[str] = ()) -> "AssetKeys":
+        return cls(dg.AssetKey([*key_prefix, name, "fragments"]), dg.AssetKey([*key_prefix, name, "compacted"]))
+
+
+def fragment_metadata(report: Inspection) -> dict[str, Any]:
+    """What the UI shows about a dataset's fragments: counts, sizes, a histogram and a table."""
+    s = report.summary
+    rows = [
+        dg.TableRecord({"id": f.id, "physical_rows": f.physical_rows, "deleted_rows": f.deleted_rows, "files": f.files, "bytes": f.bytes})
+        for f in report.fragments[:MAX_FRAGMENT_ROWS_SHOWN]
+    ]
+    histogram = "\n".join(["| size | fragments |", "|---|---|"] + [f"| {k} | {v} |" for k, v in s.histogram.items()])
+    return {
+        "lance_version": dg.MetadataValue.int(report.version),
+        "storage_version": report.storage_version,
+        "fragments": dg.MetadataValue.int(s.fragments),
+        "small_fragments": dg.MetadataValue.int(s.small_fragments),
+        "target_rows_per_fragment": dg.MetadataValue.int(s.target_rows_per_fragment),
+        "rows": dg.MetadataValue.int(s.rows),
+        "deleted_rows": dg.MetadataValue.int(s.deleted_rows),
+        "bytes": dg.MetadataValue.int(s.bytes),
+        "data_files": dg.MetadataValue.int(s.data_files),
+        "size_histogram": dg.MetadataValue.md(histogram),
+        "fragment_table": dg.MetadataValue.table(
+            rows,
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("id", "int"),
+                    dg.TableColumn("physical_rows", "int"),
+                    dg.TableColumn("deleted_rows", "int"),
+                    dg.TableColumn("files", "int"),
+                    dg.TableColumn("bytes", "int"),
+                ]
+            ),
+        ),
+        "uri": dg.MetadataValue.path(report.uri),
+    }
+
+
+def observation(keys: AssetKeys, report: Inspection, partition_key: str | None) -> dg.AssetObservation:
+    return dg.AssetObservation(
+        asset_key=keys.fragments,
+        partition=partition_key,
+        metadata=fragment_metadata(report),
+        tags={DATA_VERSION_TAG: str(report.version)},
+    )
+
+
+def _skipped_markdown(skipped: Sequence[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for s in skipped:
+        counts[s["reason"]] = counts.get(s["reason"], 0) + 1
+    lines = ["| reason | fragments |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(counts.items())]
+    return "\n".join(lines) if counts else "nothing skipped"
+
+
+def compaction_metadata(before: Inspection, after: Inspection | None, report: CompactionReport) -> dict[str, Any]:
+    seconds = max(report.seconds, 1e-9)
+    meta: dict[str, Any] = {
+        "read_version": dg.MetadataValue.int(report.read_version),
+        "lance_version": dg.MetadataValue.int(report.version if report.version is not None else report.read_version),
+        "fragments_before": dg.MetadataValue.int(before.summary.fragments),
+        "files_before": dg.MetadataValue.int(before.summary.data_files),
+        "rows_before": dg.MetadataValue.int(before.summary.rows),
+        "bytes_before": dg.MetadataValue.int(before.summary.bytes),
+        "fragments_removed": dg.MetadataValue.int(report.fragments_removed),
+        "fragments_added": dg.MetadataValue.int(report.fragments_added),
+        "bytes_copied": dg.MetadataValue.int(report.bytes_read),
+        "bytes_written": dg.MetadataValue.int(report.bytes_written),
+        "seconds": dg.MetadataValue.float(round(report.seconds, 4)),
+        "mb_per_s": dg.MetadataValue.float(round(report.bytes_read / seconds / 1e6, 2)),
+        "tasks": dg.MetadataValue.int(report.tasks),
+        "skipped": dg.MetadataValue.md(_skipped_markdown(report.skipped)),
+        "target_rows_per_fragment": dg.MetadataValue.int(before.summary.target_rows_per_fragment),
+    }
+    if after is not None:
+        meta.update(
+            {
+                "fragments_after": dg.MetadataValue.int(after.summary.fragments),
+                "files_after": dg.MetadataValue.int(after.summary.data_files),
+                "rows_after": dg.MetadataValue.int(after.summary.rows),
+                "bytes_after": dg.MetadataValue.int(after.summary.bytes),
+                "small_fragments_after": dg.MetadataValue.int(after.summary.small_fragments),
+            }
+        )
+    if report.plan is not None:
+        meta["plan"] = dg.MetadataValue.json(report.plan)
+    return meta
+
+
+def build_compaction_asset(
+    keys: AssetKeys,
+    partitions_def: dg.PartitionsDefinition | None,
+    *,
+    resource_key: str = "lance",
+    pool: str | None = None,
+    group_name: str | None = None,
+) -> dg.AssetsDefinition:
+    """The compaction asset: binary-copy compaction of the partition's dataset."""
+
+    @dg.asset(
+        key=keys.compacted,
+        deps=[keys.fragments],
+        partitions_def=partitions_def,
+        pool=pool,
+        group_name=group_name,
+        kinds={"lance"},
+        output_required=False,
+        required_resource_keys={resource_key},
+        description="The dataset after binary-copy compaction of its small fragments (lance_assets).",
+    )
+    def _compacted(context: dg.AssetExecutionContext, config: CompactionConfig) -> Iterator[Any]:
+        lance: LanceDatasets = getattr(context.resources, resource_key)
+        key = context.partition_key if partitions_def is not None else None
+        before = lance.inspect(key, config.target_rows_per_fragment)
+        if config.dry_run:
+            started = time.monotonic()
+            plan = plan_compaction(Dataset.open(lance.uri(key), storage_options=lance.options()), config.options())
+            context.log.info(f"dry run: {len(plan.tasks)} tasks over {plan.fragments_to_compact} fragments, {plan.bytes_to_read} bytes")
+            yield dg.AssetObservation(
+                asset_key=keys.fragments,
+                partition=key,
+                metadata={
+                    "dry_run_plan": dg.MetadataValue.json(plan.to_dict()),
+                    "tasks": dg.MetadataValue.int(len(plan.tasks)),
+                    "fragments_to_compact": dg.MetadataValue.int(plan.fragments_to_compact),
+                    "bytes_to_copy": dg.MetadataValue.int(plan.bytes_to_read),
+                    "skipped": dg.MetadataValue.md(_skipped_markdown([s.__dict__ for s in plan.skipped])),
+                    "planning_seconds": dg.MetadataValue.float(round(time.monotonic() - started, 4)),
+                },
+                tags={DATA_VERSION_TAG: str(plan.read_version)},
+            )
+            return
+        report = lance.compact(key, config.options())
+        after = lance.inspect(key, config.target_rows_per_fragment) if report.version is not None else before
+        context.log.info(
+            f"version {report.read_version} -> {report.version}: {report.fragments_removed} fragments -> {report.fragments_added}, "
+            f"{report.bytes_read} bytes copied in {report.seconds:.2f}s"
+        )
+        yield dg.MaterializeResult(
+            metadata=compaction_metadata(before, after, report),
+            data_version=dg.DataVersion(str(after.version)),
+        )
+
+    return _compacted

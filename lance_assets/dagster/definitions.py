@@ -1,0 +1,136 @@
+"""One call (or one YAML component) that wires the whole Dagster layer for a dataset family."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import dagster as dg
+
+from lance_assets.dagster.assets import AssetKeys, build_compaction_asset
+from lance_assets.dagster.automation import build_discovery_sensor, build_nightly_schedule, build_small_fragment_sensor
+from lance_assets.dagster.checks import build_compaction_checks
+from lance_assets.dagster.fanout import build_fanout_job
+from lance_assets.dagster.resources import LanceDatasets
+from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
+
+Partitioning = Literal["dynamic", "none"]
+
+
+def build_lance_compaction_defs(
+    name: str = "lance",
+    *,
+    root: str,
+    partitioning: Partitioning | dg.PartitionsDefinition = "dynamic",
+    uri_template: str | None = None,
+    storage_options: Mapping[str, str] | None = None,
+    key_prefix: Sequence[str] = (),
+    group_name: str | None = None,
+    resource_key: str = "lance",
+    min_small_fragments: int = 16,
+    min_small_bytes: int | None = None,
+    target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT,
+    sensor_interval_seconds: int = 60,
+    cron_schedule: str = "0 2 * * *",
+    pool: str | None = "lance_compaction",
+) -> dg.Definitions:
+    """Definitions for compacting the Lance datasets under ``root``.
+
+    ``partitioning``: ``"dynamic"`` (one partition per dataset found under
+    ``root``, kept in sync by a discovery sensor), ``"none"`` (``root`` is the
+    dataset itself), or any PartitionsDefinition (static, daily, …) whose keys
+    fill ``uri_template`` (default ``{root}/{partition_key}.lance``).
+    """
+    if partitioning == "none":
+        partitions_def: dg.PartitionsDefinition | None = None
+        template = uri_template or "{root}"
+    elif partitioning == "dynamic":
+        partitions_def = dg.DynamicPartitionsDefinition(name=f"{name}_datasets")
+        template = uri_template or "{root}/{partition_key}.lance"
+    else:
+        partitions_def = partitioning
+        template = uri_template or "{root}/{partition_key}.lance"
+    resource = LanceDatasets(root=root, uri_template=template, storage_options=dict(storage_options or {}))
+    keys = AssetKeys.for_name(name, key_prefix)
+    group = group_name or name
+
+    fragments = dg.AssetSpec(
+        key=keys.fragments,
+        partitions_def=partitions_def,
+        group_name=group,
+        kinds={"lance"},
+        description="Fragments of the Lance dataset as last observed by the small-fragment sensor (one observation per Lance version).",
+    )
+    compacted = build_compaction_asset(keys, partitions_def, resource_key=resource_key, pool=pool, group_name=group)
+    checks = build_compaction_checks(keys, resource_key=resource_key, max_small_fragments=min_small_fragments, partitioned=partitions_def is not None)
+    job = dg.define_asset_job(
+        f"{name}_compaction",
+        selection=dg.AssetSelection.assets(keys.compacted),
+        description="Binary-copy compaction of one dataset (partition) with its asset checks.",
+    )
+    sensors = [
+        build_small_fragment_sensor(
+            name, keys, job, partitions_def,
+            resource_key=resource_key,
+            min_small_fragments=min_small_fragments,
+            min_small_bytes=min_small_bytes,
+            target_rows_per_fragment=target_rows_per_fragment,
+            minimum_interval_seconds=sensor_interval_seconds,
+        )
+    ]
+    if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
+        sensors.append(build_discovery_sensor(name, partitions_def, resource_key=resource_key, minimum_interval_seconds=sensor_interval_seconds))
+    return dg.Definitions(
+        assets=[fragments, compacted],
+        asset_checks=[checks],
+        jobs=[job, build_fanout_job(name, keys, partitions_def, resource_key=resource_key, pool=pool)],
+        sensors=sensors,
+        schedules=[build_nightly_schedule(name, job, partitions_def, cron_schedule=cron_schedule)],
+        resources={resource_key: resource},
+    )
+
+
+class LanceCompactionComponent(dg.Component, dg.Model, dg.Resolvable):
+    """Compaction of Lance datasets, configured in a ``dg`` project's ``defs.yaml``.
+
+    ```yaml
+    type: lance_assets.dagster.LanceCompactionComponent
+    attributes:
+      name: events
+      root: s3://bucket/lance
+      storage_options:
+        key: "{{ env.AWS_ACCESS_KEY_ID }}"
+      min_small_fragments: 32
+    ```
+    """
+
+    name: str = "lance"
+    root: str
+    partitioning: Partitioning = "dynamic"
+    uri_template: str | None = None
+    storage_options: dict[str, str] = {}
+    key_prefix: list[str] = []
+    group_name: str | None = None
+    min_small_fragments: int = 16
+    min_small_bytes: int | None = None
+    target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT
+    sensor_interval_seconds: int = 60
+    cron_schedule: str = "0 2 * * *"
+    pool: str | None = "lance_compaction"
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        return build_lance_compaction_defs(
+            self.name,
+            root=self.root,
+            partitioning=self.partitioning,
+            uri_template=self.uri_template,
+            storage_options=self.storage_options,
+            key_prefix=self.key_prefix,
+            group_name=self.group_name,
+            min_small_fragments=self.min_small_fragments,
+            min_small_bytes=self.min_small_bytes,
+            target_rows_per_fragment=self.target_rows_per_fragment,
+            sensor_interval_seconds=self.sensor_interval_seconds,
+            cron_schedule=self.cron_schedule,
+            pool=self.pool,
+        )

@@ -1,0 +1,90 @@
+"""A compaction job whose tasks run as dynamic outputs, so any executor spreads the copy work.
+
+plan (one step) -> copy task (one step per task, in parallel) -> commit (one step).
+Plans and results cross step boundaries as JSON, which works with every IO
+manager and every executor (multiprocess, dask, celery, k8s).
+"""
+
+
+import json
+from collections.abc import Iterator
+
+import dagster as dg
+
+from lance_assets.dagster.assets import DATASET_TAG, AssetKeys, CompactionConfig
+from lance_assets.dagster.resources import LanceDatasets
+from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.copy import execute_task
+from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.plan import CompactionPlan, plan_compaction
+from lance_assets.engine.report import RewriteResult
+
+
+def build_fanout_job(
+    name: str,
+    keys: AssetKeys,
+    partitions_def: dg.PartitionsDefinition | None,
+    *,
+    resource_key: str,
+    pool: str | None = None,
+    executor_def: dg.ExecutorDefinition | None = None,
+) -> dg.JobDefinition:
+    def _key(context: dg.OpExecutionContext) -> str | None:
+        return context.partition_key if partitions_def is not None else None
+
+    @dg.op(
+        name=f"{name}_plan",
+        out={"plan": dg.Out(str), "tasks": dg.DynamicOut(str)},
+        required_resource_keys={resource_key},
+    )
+    def plan_op(context: dg.OpExecutionContext, config: CompactionConfig) -> Iterator[dg.Output | dg.DynamicOutput]:
+        lance: LanceDatasets = getattr(context.resources, resource_key)
+        plan = plan_compaction(Dataset.open(lance.uri(_key(context)), storage_options=lance.options()), config.options())
+        context.log.info(f"{len(plan.tasks)} tasks over {plan.fragments_to_compact} fragments at version {plan.read_version}")
+        yield dg.Output(plan.to_json(), "plan")
+        for task in plan.tasks:
+            yield dg.DynamicOutput(json.dumps({"plan": plan.to_dict(), "task_id": task.task_id}), output_name="tasks", mapping_key=f"task_{task.task_id}")
+
+    @dg.op(name=f"{name}_copy_task", required_resource_keys={resource_key}, pool=pool)
+    def copy_op(context: dg.OpExecutionContext, task_json: str) -> str:
+        lance: LanceDatasets = getattr(context.resources, resource_key)
+        payload = json.loads(task_json)
+        plan = CompactionPlan.from_dict(payload["plan"], storage_options=lance.options())
+        task = next(t for t in plan.tasks if t.task_id == payload["task_id"])
+        result = execute_task(lance.uri(_key(context)), plan, task)
+        context.log.info(f"task {task.task_id}: {len(task.fragment_ids)} fragments, {result.bytes_read} bytes in {result.seconds:.2f}s {result.skipped_reason}")
+        return json.dumps(result.to_dict())
+
+    @dg.op(name=f"{name}_commit", required_resource_keys={resource_key})
+    def commit_op(context: dg.OpExecutionContext, plan_json: str, results: list[str]) -> Iterator[dg.AssetMaterialization | dg.Output]:
+        lance: LanceDatasets = getattr(context.resources, resource_key)
+        plan = CompactionPlan.from_dict(json.loads(plan_json), storage_options=lance.options())
+        report = commit_compaction(lance.uri(_key(context)), plan, [RewriteResult.from_dict(json.loads(r)) for r in results])
+        if report.version is not None:
+            yield dg.AssetMaterialization(
+                asset_key=keys.compacted,
+                partition=_key(context),
+                metadata={
+                    "read_version": report.read_version,
+                    "lance_version": report.version,
+                    "fragments_removed": report.fragments_removed,
+                    "fragments_added": report.fragments_added,
+                    "bytes_copied": report.bytes_read,
+                    "tasks": report.tasks,
+                },
+                tags={"dagster/data_version": str(report.version)},
+            )
+        yield dg.Output(json.dumps(report.to_dict()))
+
+    @dg.job(
+        name=f"{name}_fanout_compaction",
+        partitions_def=partitions_def,
+        executor_def=executor_def,
+        tags={DATASET_TAG: name},
+        description="Binary-copy compaction with one step per task (use a multiprocess, dask, celery or k8s executor).",
+    )
+    def _job() -> None:
+        plan, tasks = plan_op()
+        commit_op(plan, tasks.map(copy_op).collect())
+
+    return _job

@@ -1,0 +1,94 @@
+"""The resource that says where Lance datasets live and opens them for the engine."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from lance_assets.engine.compaction import ProgressCallback, compact
+from lance_assets.engine.inspect import Inspection, inspect_dataset
+from lance_assets.engine.options import CompactionOptions
+from lance_assets.engine.report import CompactionReport
+from lance_assets.io import Storage
+
+PARTITION_PLACEHOLDER = "{partition_key}"
+
+
+class LanceDatasets(dg.ConfigurableResource):
+    """Lance datasets under one root, one per partition key (or a single dataset).
+
+    ``uri_template`` maps a partition key to a dataset URI; the default makes
+    ``<root>/<key>.lance``. For an unpartitioned setup set ``uri_template`` to
+    the dataset's URI (no placeholder). ``storage_options`` go to fsspec; use
+    ``dg.EnvVar`` for secrets so they never land in run config.
+    """
+
+    root: str = Field(description="Local path or URL (s3://, gs://, az://, memory://) holding the datasets.")
+    uri_template: str = Field(default="{root}/{partition_key}.lance", description="Dataset URI for a partition key.")
+    storage_options: dict[str, str] = Field(default_factory=dict, description="fsspec storage options (credentials, endpoint).")
+
+    @property
+    def partitioned(self) -> bool:
+        return PARTITION_PLACEHOLDER in self.uri_template
+
+    def options(self) -> dict[str, Any]:
+        """Storage options with JSON-looking values decoded (e.g. client_kwargs objects)."""
+        import json
+
+        out: dict[str, Any] = {}
+        for key, value in self.storage_options.items():
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                out[key] = value
+        return out
+
+    def uri(self, partition_key: str | None = None) -> str:
+        root = self.root.rstrip("/")
+        if not self.partitioned:
+            return self.uri_template.format(root=root)
+        if partition_key is None:
+            raise dg.DagsterInvariantViolationError("this LanceDatasets resource is partitioned: a partition key is required")
+        return self.uri_template.format(root=root, partition_key=partition_key)
+
+    def discover(self) -> list[str]:
+        """Partition keys of the datasets that exist under ``root`` (those with a ``_versions/``)."""
+        if not self.partitioned:
+            return []
+        prefix, _, suffix = self.uri_template.format(root=self.root.rstrip("/"), partition_key="\0").partition("\0")
+        parent, _, name_prefix = prefix.rpartition("/")
+        if "/" in suffix:
+            raise dg.DagsterInvariantViolationError("dataset discovery needs the partition key in the last path segment of uri_template")
+        storage = Storage(parent, self.options())
+        keys = []
+        for info in storage.fs.ls(storage.root, detail=True):
+            name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+            if info.get("type") != "directory" or not name.startswith(name_prefix) or not name.endswith(suffix):
+                continue
+            key = name[len(name_prefix) : len(name) - len(suffix) if suffix else None]
+            if key and storage.fs.exists(f"{storage.root}/{name}/_versions"):
+                keys.append(key)
+        return sorted(keys)
+
+    def inspect(self, partition_key: str | None, target_rows_per_fragment: int) -> Inspection:
+        return inspect_dataset(self.uri(partition_key), target_rows_per_fragment=target_rows_per_fragment, storage_options=self.options())
+
+    def compact(self, partition_key: str | None, options: CompactionOptions, progress: ProgressCallback | None = None) -> CompactionReport:
+        return compact(self.uri(partition_key), replace(options, storage_options=self.options()), progress=progress)
+
+    def append(self, partition_key: str | None, data: Any, **write_kwargs: Any) -> int:
+        """Append a pandas DataFrame or pyarrow Table (needs the ``reencode`` extra: pylance)."""
+        try:
+            import lance
+        except ImportError as exc:  # pragma: no cover - depends on the optional extra
+            raise dg.DagsterInvariantViolationError("writing Lance data needs pylance: pip install 'lance_assets[reencode]'") from exc
+        import pyarrow as pa
+
+        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+        uri = self.uri(partition_key)
+        exists = Storage(uri, self.options()).exists("_versions")
+        lance.write_dataset(table, uri, mode="append" if exists else "create", storage_options=self.storage_options or None, **write_kwargs)
+        return table.num_rows

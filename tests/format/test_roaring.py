@@ -1,0 +1,229 @@
+"""Our Roaring codec against CRoaring (pyroaring) and against hostile bytes."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyroaring import BitMap, BitMap64
+
+from lance_assets.errors import CorruptFileError
+from lance_assets.format.roaring import (
+    decode_bitmap,
+    decode_treemap,
+    encode_bitmap,
+    encode_treemap,
+    lsb_bit_positions,
+)
+
+U32_MAX = (1 << 32) - 1
+
+
+@st.composite
+def u32_sets(draw: st.DrawFn) -> list[int]:
+    """Mixtures that hit array, bitmap and run containers and several high keys."""
+    parts: list[int] = draw(st.lists(st.integers(0, U32_MAX), max_size=50))
+    for _ in range(draw(st.integers(0, 3))):
+        key = draw(st.sampled_from([0, 1, 7, 0xFFFF])) << 16
+        kind = draw(st.sampled_from(["run", "dense", "sparse"]))
+        if kind == "run":
+            start = draw(st.integers(0, 60000))
+            parts.extend(range(key + start, key + start + draw(st.integers(1, 5000))))
+        elif kind == "dense":
+            step = draw(st.integers(1, 12))
+            parts.extend(range(key, key + 0x10000, step))
+        else:
+            parts.extend(key + v for v in draw(st.lists(st.integers(0, 0xFFFF), max_size=300)))
+    return parts
+
+
+def crroaring_bytes(values: list[int], runs: bool) -> bytes:
+    """CRoaring's serialization; ``BitMap(list)`` would already add runs, ``update`` does not."""
+    bitmap = BitMap()
+    bitmap.update(list(values))
+    if runs:
+        bitmap.run_optimize()
+    return bitmap.serialize()
+
+
+@settings(max_examples=150, deadline=None)
+@given(u32_sets(), st.booleans())
+def test_round_trip_and_cross_reading_with_croaring(values: list[int], use_runs: bool) -> None:
+    expected = sorted(set(values))
+    ours = encode_bitmap(values, use_runs=use_runs)
+    assert decode_bitmap(ours) == expected
+    assert list(BitMap.deserialize(ours)) == expected
+    assert decode_bitmap(crroaring_bytes(values, runs=True)) == expected
+    assert decode_bitmap(crroaring_bytes(values, runs=False)) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(u32_sets())
+def test_bytes_identical_to_croaring(values: list[int]) -> None:
+    """Same container choices as CRoaring, with and without run containers."""
+    assert encode_bitmap(values) == crroaring_bytes(values, runs=False)
+    assert encode_bitmap(values, use_runs=True) == crroaring_bytes(values, runs=True)
+
+
+@st.composite
+def u64_sets(draw: st.DrawFn) -> list[int]:
+    highs = draw(st.lists(st.sampled_from([0, 1, 2, 1000, U32_MAX]), max_size=4))
+    return [(h << 32) | low for h in highs for low in draw(u32_sets())] + draw(
+        st.lists(st.integers(0, (1 << 64) - 1), max_size=20)
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(u64_sets())
+def test_treemap_round_trip_against_bitmap64(values: list[int]) -> None:
+    expected = sorted(set(values))
+    ours = encode_treemap(values)
+    assert decode_treemap(ours) == expected
+    assert list(BitMap64.deserialize(ours)) == expected
+    reference = BitMap64(values)
+    reference.run_optimize()
+    assert decode_treemap(reference.serialize()) == expected
+    assert encode_treemap(values, use_runs=True) == reference.serialize()
+
+
+def test_treemap_layout_is_count_then_key_and_bitmap() -> None:
+    """The layout Lance's Rust crate writes: u64 count, then (u32 high, bitmap) pairs."""
+    data = encode_treemap([5, (3 << 32) | 7])
+    first = encode_bitmap([5])
+    second = encode_bitmap([7])
+    assert data == struct.pack("<QI", 2, 0) + first + struct.pack("<I", 3) + second
+
+
+def test_empty_bitmap_and_treemap() -> None:
+    assert encode_bitmap([]) == BitMap().serialize() == struct.pack("<II", 12346, 0)
+    assert decode_bitmap(encode_bitmap([])) == []
+    assert encode_treemap([]) == bytes(8)
+    assert decode_treemap(bytes(8)) == []
+
+
+def test_encode_rejects_out_of_range_values() -> None:
+    with pytest.raises(ValueError):
+        encode_bitmap([1 << 32])
+    with pytest.raises(ValueError):
+        encode_bitmap([-1])
+    with pytest.raises(ValueError):
+        encode_treemap([1 << 64])
+
+
+def test_million_values_is_fast_enough() -> None:
+    values = list(range(0, 3_000_000, 3))
+    data = encode_bitmap(values)
+    assert decode_bitmap(data) == values
+
+
+def test_lsb_bit_positions_order() -> None:
+    assert list(lsb_bit_positions(bytes([0b0000_0101, 0b1000_0000]), 16)) == [0, 2, 15]
+    assert list(lsb_bit_positions(bytes([0xFF]), 3)) == [0, 1, 2]
+
+
+# ------------------------------------------------------------------ hostile input
+
+
+def _samples() -> list[bytes]:
+    """One of each header/container shape: plain cookie, bitmap container, run cookie
+    without offsets (< 4 containers), run cookie with offsets, CRoaring's own bytes."""
+    return [
+        encode_bitmap([1, 2, 3, 70000]),
+        encode_bitmap(range(0, 10000)),
+        encode_bitmap(list(range(100)) + list(range(1 << 16, (1 << 16) + 50, 2)), use_runs=True),
+        encode_bitmap(
+            list(range(0, 20000, 2)) + [k << 16 | j for k in range(1, 5) for j in range(10)],
+            use_runs=True,
+        ),
+        crroaring_bytes([k << 16 | j for k in range(5) for j in range(10)], runs=True),
+    ]
+
+
+@pytest.mark.parametrize("sample", range(5))
+def test_every_truncation_is_corrupt(sample: int) -> None:
+    data = _samples()[sample]
+    step = max(1, len(data) // 400)
+    for cut in range(0, len(data), step):
+        with pytest.raises(CorruptFileError):
+            decode_bitmap(data[:cut])
+
+
+def test_treemap_truncation_is_corrupt() -> None:
+    data = encode_treemap([1, 2, (5 << 32) + 9, (9 << 32) + 70000])
+    for cut in range(len(data)):
+        with pytest.raises(CorruptFileError):
+            decode_treemap(data[:cut])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 4), st.data())
+def test_byte_flips_give_values_or_corrupt_only(sample: int, data: st.DataObject) -> None:
+    raw = bytearray(_samples()[sample])
+    for _ in range(data.draw(st.integers(1, 3))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+    try:
+        values = decode_bitmap(bytes(raw))
+    except CorruptFileError:
+        return
+    assert values == sorted(set(values))
+    assert list(BitMap.deserialize(encode_bitmap(values))) == values
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_give_values_or_corrupt_only(raw: bytes) -> None:
+    for decode in (decode_bitmap, decode_treemap):
+        try:
+            decode(raw)
+        except CorruptFileError:
+            pass
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (struct.pack("<II", 12346, 0xFFFFFFFF), "container count"),
+        (struct.pack("<II", 12346, 1000), "truncated"),
+        (struct.pack("<I", 12347 | (0xFFFF << 16)), "truncated"),
+        (struct.pack("<II", 99, 0), "unknown cookie"),
+        (encode_bitmap([1]) + b"\x00", "unexpected bytes"),
+        # two containers with keys 5 then 5
+        (struct.pack("<IIHHHHII", 12346, 2, 5, 0, 5, 0, 24, 26) + b"\x01\x00\x02\x00", "keys"),
+        # array container 3, 1
+        (struct.pack("<IIHHI", 12346, 1, 0, 1, 16) + struct.pack("<HH", 3, 1), "ascending"),
+        # wrong offset
+        (struct.pack("<IIHHI", 12346, 1, 0, 0, 99) + struct.pack("<H", 3), "offset"),
+        # bitmap container claiming 5000 values but holding 0
+        (struct.pack("<IIHHI", 12346, 1, 0, 4999, 16) + bytes(8192), "bits set"),
+        # run container (flag set): runs 10..20 and 15..16 overlap
+        (struct.pack("<IBHH", 12347, 1, 0, 12) + struct.pack("<HHHHH", 2, 10, 10, 15, 1), "runs"),
+        # run container leaving the 16-bit space
+        (struct.pack("<IBHH", 12347, 1, 0, 0) + struct.pack("<HHH", 1, 0xFFFF, 1), "leaves"),
+        # run container whose cardinality disagrees
+        (struct.pack("<IBHH", 12347, 1, 0, 7) + struct.pack("<HHH", 1, 0, 1), "header says"),
+        (struct.pack("<IBHH", 12347, 1, 0, 0) + struct.pack("<H", 0), "zero runs"),
+    ],
+)
+def test_specific_corruptions_are_named(data: bytes, reason: str) -> None:
+    with pytest.raises(CorruptFileError, match=reason):
+        decode_bitmap(data, path="x.bin")
+
+
+def test_forged_treemap_count_is_rejected_without_looping() -> None:
+    with pytest.raises(CorruptFileError, match="cannot fit"):
+        decode_treemap(struct.pack("<Q", 1 << 62) + encode_bitmap([1]))
+    with pytest.raises(CorruptFileError, match="ascending"):
+        decode_treemap(
+            struct.pack("<QI", 2, 4)
+            + encode_bitmap([1])
+            + struct.pack("<I", 4)
+            + encode_bitmap([2])
+        )
+
+
+def test_error_carries_path() -> None:
+    with pytest.raises(CorruptFileError) as info:
+        decode_bitmap(b"\x00", path="_deletions/0-1-2.bin")
+    assert info.value.path == "_deletions/0-1-2.bin"
