@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lance_assets._proto import file2_pb2, file_pb2, table_pb2
+from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.plan import CompactionPlan, CompactionTask
 from lance_assets.engine.report import RewriteResult
@@ -148,29 +148,6 @@ def _relocator(extents: Sequence[_Extent]) -> Callable[[int], int]:
     return move
 
 
-def _merge_column(
-    parts: Sequence[file2_pb2.ColumnMetadata],
-    moves: Sequence[Callable[[int], int]],
-    row_offsets: Sequence[int],
-    version: v2file.FileVersion,
-    where: str,
-) -> file2_pb2.ColumnMetadata:
-    first = parts[0].encoding.SerializeToString(deterministic=True)
-    for part in parts[1:]:
-        if part.encoding.SerializeToString(deterministic=True) != first:
-            raise CompactionRefusedError("column encodings differ between the input files", path=where)
-    merged = file2_pb2.ColumnMetadata()
-    merged.CopyFrom(parts[0])
-    del merged.pages[:]
-    if version is v2file.FileVersion.V2_0 and all(v2file.is_struct_header_column(p) for p in parts):
-        merged.pages.append(v2file.merge_struct_header_pages([pg for p in parts for pg in p.pages]))
-        return merged
-    for part, move, rows in zip(parts, moves, row_offsets):
-        for page in part.pages:
-            merged.pages.append(v2file.relocate_page(page, [move(o) for o in page.buffer_offsets], rows))
-    return merged
-
-
 def _output_schema(manifest: table_pb2.Manifest, keep: set[int]) -> list[file_pb2.Field]:
     """The dataset schema restricted to ``keep`` and their ancestors, in schema (pre-)order."""
     by_id = {f.id: f for f in manifest.fields}
@@ -247,7 +224,7 @@ def _write_output(
                 src, move = next((s, m) for s, m in frag_moves if fid in s.columns)
                 parts.append(src.meta.columns[src.columns[fid]])
                 part_moves.append(move)
-            columns.append(_merge_column(parts, part_moves, row_offsets, version, storage.url(rel)))
+            columns.append(v2file.merge_column(parts, part_moves, row_offsets, version, path=storage.url(rel)))
         descriptor = file_pb2.FileDescriptor(length=rows)
         descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
         first_meta = sources[0][0].meta

@@ -17,7 +17,7 @@ caller which bytes it still needs instead of reading them itself.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -649,7 +649,7 @@ def relocate_page(
 
 def merge_column(
     parts: Sequence[file2_pb2.ColumnMetadata],
-    deltas: Sequence[int],
+    relocations: Sequence[int | Callable[[int], int]],
     row_offsets: Sequence[int],
     version: FileVersion,
     *,
@@ -657,12 +657,14 @@ def merge_column(
 ) -> file2_pb2.ColumnMetadata:
     """The output ColumnMetadata for one column whose input files were copied in order.
 
-    ``deltas[k]`` is how far file k's bytes moved (output position - input position) and
-    ``row_offsets[k]`` the rows written before file k. Refuses (CompactionRefusedError) column
-    encodings that differ between files and column-level buffers; 2.0 struct headers collapse.
+    ``relocations[k]`` says where file k's bytes went: an int is a constant shift (output
+    position - input position), a function maps each input buffer offset to its output offset
+    (when only some of a file's extents were copied). ``row_offsets[k]`` is the rows written
+    before file k. Refuses (CompactionRefusedError) column encodings that differ between files
+    and column-level buffers; 2.0 struct headers collapse into one page.
     """
-    if not parts or not len(parts) == len(deltas) == len(row_offsets):
-        raise ValueError("parts, deltas and row_offsets must be non-empty and equally long")
+    if not parts or not len(parts) == len(relocations) == len(row_offsets):
+        raise ValueError("parts, relocations and row_offsets must be non-empty and equally long")
     first = parts[0].encoding.SerializeToString(deterministic=True)
     for k, part in enumerate(parts):
         if part.buffer_offsets:
@@ -677,9 +679,10 @@ def merge_column(
     if version is FileVersion.V2_0 and all(is_struct_header_column(p) for p in parts):
         merged.pages.append(merge_struct_header_pages([pg for p in parts for pg in p.pages]))
         return merged
-    for part, delta, rows in zip(parts, deltas, row_offsets, strict=True):
+    for part, relocation, rows in zip(parts, relocations, row_offsets, strict=True):
+        move = relocation if callable(relocation) else (lambda o, d=relocation: o + d)
         for page in part.pages:
-            merged.pages.append(relocate_page(page, [o + delta for o in page.buffer_offsets], rows))
+            merged.pages.append(relocate_page(page, [move(o) for o in page.buffer_offsets], rows))
     return merged
 
 
