@@ -14,9 +14,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
+from lance_assets.engine.compaction import compact, dry_run_report, run_plan
 from lance_assets.engine.inspect import Inspection, inspect_dataset
+from lance_assets.engine.options import DEFAULT_READ_BATCH_BYTES, DEFAULT_TARGET_ROWS_PER_FRAGMENT, CompactionOptions
+from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.report import CompactionReport
 from lance_assets.errors import LanceAssetsError
 
 EXIT_ERROR = 2

@@ -66,6 +66,8 @@ def main() -> int:
         fresh = Path(tmp)
         generate(fresh)
         stale = [p.name for p in sorted(fresh.iterdir()) if not (OUT_DIR / p.name).exists() or (OUT_DIR / p.name).read_bytes() != p.read_bytes()]
+        # modules whose .proto was removed are stale too
+        stale += [p.name for p in sorted(OUT_DIR.glob("*_pb2.py*")) if not (fresh / p.name).exists()]
     if stale:
         print("out of date: " + ", ".join(stale), file=sys.stderr)
         return 1

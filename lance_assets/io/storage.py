@@ -12,17 +12,27 @@ import errno
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from lance_assets.errors import MissingFileError, StorageError
+from lance_assets.errors import CorruptFileError, MissingFileError, StorageError
 
 # In-process lock for stores where create-if-absent is emulated (memory://).
 _EMULATED_CREATE_LOCK = threading.Lock()
+
+
+def _local_fileno(stream: IO[bytes]) -> int | None:
+    """The OS file descriptor behind a (possibly fsspec-wrapped) local stream, if any."""
+    for candidate in (stream, getattr(stream, "f", None)):
+        try:
+            return candidate.fileno() if candidate is not None else None
+        except (AttributeError, OSError, ValueError):
+            continue
+    return None
 
 
 class AlreadyExistsError(StorageError):
@@ -90,7 +100,9 @@ class Storage:
         start = max(0, size - length)
         data = self.read(rel, start, size)
         if len(data) != size - start:
-            raise MissingFileError(f"expected {size - start} bytes at offset {start}, got {len(data)} (file shorter than recorded?)", path=self.url(rel))
+            # The file exists (else read() raised MissingFileError) but is shorter than
+            # the size recorded for it: truncated, i.e. corrupt, not missing.
+            raise CorruptFileError(f"expected {size - start} bytes at offset {start}, got {len(data)} (file shorter than recorded)", path=self.url(rel))
         return data, size
 
     def exists(self, rel: str) -> bool:
@@ -111,6 +123,49 @@ class Storage:
             name = info["name"].rstrip("/").rsplit("/", 1)[-1]
             out.append(Entry(name=name, size=int(info.get("size") or 0)))
         return out
+
+    def copy_range(
+        self,
+        rel: str,
+        start: int,
+        end: int,
+        out: IO[bytes],
+        *,
+        batch_bytes: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Append bytes ``[start, end)`` of ``rel`` to the open stream ``out``.
+
+        Local to local uses ``os.copy_file_range`` (no copy through user space,
+        a reflink on copy-on-write filesystems); anything else reads ranges of
+        at most ``batch_bytes``, so memory stays bounded by that figure.
+        """
+        if self.is_local and hasattr(os, "copy_file_range"):
+            dst_fd = _local_fileno(out)
+            if dst_fd is not None:
+                out.flush()
+                with self._errors(rel), open(self.path(rel), "rb") as src:
+                    pos = start
+                    while pos < end:
+                        n = os.copy_file_range(src.fileno(), dst_fd, min(end - pos, batch_bytes), pos)
+                        if n == 0:
+                            raise MissingFileError(f"file ends at {pos}, expected {end} bytes", path=self.url(rel))
+                        pos += n
+                        if progress:
+                            progress(n)
+                out.seek(0, os.SEEK_END)
+                return
+        pos = start
+        while pos < end:
+            stop = min(end, pos + batch_bytes)
+            chunk = self.read(rel, pos, stop)
+            if len(chunk) != stop - pos:
+                raise MissingFileError(f"file ends before {stop} (short read at {pos})", path=self.url(rel))
+            with self._errors(rel):
+                out.write(chunk)
+            pos = stop
+            if progress:
+                progress(len(chunk))
 
     # -- writing -------------------------------------------------------------
     def write(self, rel: str, data: bytes) -> None:
