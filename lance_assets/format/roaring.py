@@ -242,10 +242,12 @@ def _read_run_container(reader: _Reader, base: int, card: int, out: list[int]) -
 def encode_bitmap(values: Iterable[int], *, use_runs: bool = False) -> bytes:
     """Serialize ``values`` (any order, duplicates ignored) as a 32-bit portable bitmap.
 
-    Without ``use_runs`` the output uses only array and bitmap containers, the
-    exact bytes the Rust ``roaring`` 0.10 crate inside Lance writes, so every
-    Lance version can read it. With ``use_runs`` each container takes whichever
-    of array/bitmap/run is smallest (Lance 14 reads run containers too).
+    Without ``use_runs`` only array and bitmap containers are written: the bytes
+    pylance 14 writes for BITMAP deletion files (it inserts values one by one)
+    and the form every Roaring reader, however old, understands. With
+    ``use_runs`` each container takes whichever of array/bitmap/run is smallest,
+    as CRoaring's ``run_optimize`` does; pylance 14 writes its range-built
+    ``changed_row_addrs`` treemaps that way and reads run containers anywhere.
     """
     ordered = _sorted_unique(values, U32_MAX)
     containers = [
