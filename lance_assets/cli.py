@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
+from lance_assets.engine.cleanup import DEFAULT_OLDER_THAN_SECONDS, cleanup, parse_duration
 from lance_assets.engine.compaction import compact, dry_run_report, run_plan
 from lance_assets.engine.inspect import Inspection, inspect_dataset
 from lance_assets.engine.options import DEFAULT_READ_BATCH_BYTES, DEFAULT_TARGET_ROWS_PER_FRAGMENT, CompactionOptions
@@ -118,16 +119,19 @@ def _print_report(report: CompactionReport, console: Console) -> None:
 
 
 def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
-    options = CompactionOptions(
-        target_rows_per_fragment=args.target_rows_per_fragment,
-        max_rows_per_file=args.max_rows_per_file,
-        max_bytes_per_file=args.max_bytes_per_file,
-        read_batch_bytes=args.read_batch_bytes,
-        max_source_fragments=args.max_source_fragments,
-        excluded_fragment_ids=frozenset(args.exclude),
-        storage_options=args.storage_options,
-        dry_run=args.dry_run,
-    )
+    try:
+        options = CompactionOptions(
+            target_rows_per_fragment=args.target_rows_per_fragment,
+            max_rows_per_file=args.max_rows_per_file,
+            max_bytes_per_file=args.max_bytes_per_file,
+            read_batch_bytes=args.read_batch_bytes,
+            max_source_fragments=args.max_source_fragments,
+            excluded_fragment_ids=frozenset(args.exclude),
+            storage_options=args.storage_options,
+            dry_run=args.dry_run,
+        )
+    except ValueError as exc:  # e.g. a non-positive size: bad input, not a bug
+        raise argparse.ArgumentTypeError(str(exc)) from None
     show_progress = not args.json and console.is_terminal
     if show_progress:
         with Progress(
@@ -147,6 +151,25 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(report.to_dict()))
     else:
         _print_report(report, console)
+    return 0
+
+
+def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
+    try:
+        older_than = parse_duration(args.older_than)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--older-than: {exc}") from None
+    report = cleanup(args.uri, older_than=older_than, dry_run=args.dry_run, storage_options=args.storage_options)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    verb = "would remove" if report.dry_run else "removed"
+    console.print(
+        f"{verb} {len(report.files)} unreferenced files ({human_bytes(report.bytes)}) older than {args.older_than}; "
+        f"kept {report.kept_too_young} younger ones; {report.versions} versions scanned"
+    )
+    for f in report.files:
+        console.print(f"  {escape(f.path)}  {human_bytes(f.bytes)}  ({f.kind})", highlight=False)
     return 0
 
 
@@ -178,6 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", type=int, action="append", default=[], metavar="FRAGMENT_ID", help="never compact this fragment (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="plan only: report what would be read and written")
     p.set_defaults(run=_cmd_compact)
+
+    p = sub.add_parser("cleanup", help="remove data/deletion/transaction/staging files no manifest references")
+    p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument(
+        "--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+        help="passed to the fsspec filesystem (repeatable)",
+    )
+    p.add_argument(
+        "--older-than", default=f"{int(DEFAULT_OLDER_THAN_SECONDS // 60)}m", metavar="DURATION",
+        help="only files older than this (e.g. 30m, 2h, 7d; default %(default)s) — longer than any running writer",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    p.set_defaults(run=_cmd_cleanup)
     return parser
 
 
