@@ -145,8 +145,6 @@ def test_dry_run_commits_nothing(dataset_copy: Copy, capsys: pytest.CaptureFixtu
         assert "dry run" in out and "4 fragments into 1" in " ".join(out.split())
 
 
-@pytest.mark.xfail(strict=True, reason="dry_run_report (engine/compaction.py) leaves files_removed/files_added at 0: "
-                   "the plan has no per-fragment data-file counts, so a dry run reports 0 files while the real run removes them")
 def test_dry_run_reports_the_files_a_real_run_would_touch(dataset_copy: Copy, capsys: pytest.CaptureFixture[str]) -> None:
     path = dataset_copy("multi_file", "2.1")
     _, out, _ = run(capsys, "compact", str(path), "--dry-run", "--json")

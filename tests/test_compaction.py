@@ -696,8 +696,6 @@ def test_uri_forms(tmp_path: Path, form: str, monkeypatch: pytest.MonkeyPatch) -
     check_after(path, before, plan, report)
 
 
-@pytest.mark.xfail(strict=True, reason="plan.py _fragment_bytes sums DataFile.file_size_bytes, which is 0 (unknown) for files written "
-                   "by older Lance versions; the planner then sees 0-byte inputs and max_bytes_per_file is never applied")
 def test_byte_cap_with_sizes_missing_from_the_manifest(tmp_path: Path) -> None:
     from lance_assets.format import manifest as mf
 
