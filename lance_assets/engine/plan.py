@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.format import manifest as mf
-from lance_assets.format.protobuf import unknown_field_numbers
+from lance_assets.format.protobuf import has_unknown_fields, unknown_field_numbers
 from lance_assets.format.roaring import decode_bitmap
 
 # Reasons a fragment is not compacted; stable strings, part of the JSON output.
@@ -32,7 +32,10 @@ REASON_BASE_PATH = "base_path"
 REASON_EXTERNAL_ROW_IDS = "external_row_ids"
 REASON_COLUMN_MAPPING = "column_mapping"
 REASON_EMPTY = "empty"
-REASON_LEGACY = "legacy_format"
+REASON_LEGACY = "legacy_format"  # no longer produced (legacy datasets are compacted); kept for old plans
+REASON_LEGACY_DICTIONARY = "legacy_dictionary"
+# Legacy (0.x) files count rows per batch in int32 (Metadata.batch_offsets).
+LEGACY_MAX_ROWS_PER_FILE = 2**31 - 1
 REASON_BLOB = "blob_column"
 REASON_ALONE = "no_neighbour"
 REASON_NO_REDUCTION = "no_reduction"
@@ -60,6 +63,7 @@ class CompactionTask:
     rows: int
     bytes: int
     outputs: tuple[OutputFile, ...]
+    files: int = 0  # data and deletion files the task's fragments hold (what a commit removes)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class CompactionPlan:
                 rows=t["rows"],
                 bytes=t["bytes"],
                 outputs=tuple(OutputFile(tuple(o["fragment_ids"]), o["rows"], o["bytes"]) for o in t["outputs"]),
+                files=t.get("files", 0),
             )
             for t in data["tasks"]
         )
@@ -122,6 +127,14 @@ def field_layout(fragment: table_pb2.DataFragment, live_ids: set[int]) -> tuple[
     """
     seen: dict[int, bool] = {}
     for df in fragment.files:
+        if not len(df.column_indices) and mf.data_file_version(df) == mf.LEGACY:
+            # Legacy files have no column mapping: they list every stored field id (parents too).
+            for fid in df.fields:
+                if fid in seen:
+                    return f"field {fid} is stored twice"
+                if fid in live_ids:
+                    seen[fid] = True
+            continue
         if len(df.fields) != len(df.column_indices):
             return f"data file {df.path} has {len(df.fields)} fields but {len(df.column_indices)} column indices"
         columns = [c for c in df.column_indices if c >= 0]
@@ -151,8 +164,17 @@ def _index_sets(ds: Dataset) -> dict[int, frozenset[str]] | None:
     return {k: frozenset(v) for k, v in cover.items()}
 
 
-def _fragment_bytes(fragment: table_pb2.DataFragment) -> int:
-    return sum(df.file_size_bytes for df in fragment.files)
+def _fragment_bytes(ds: Dataset, fragment: table_pb2.DataFragment, *, exact: bool) -> int:
+    """Bytes of a fragment's data files from the manifest.
+
+    Older writers record 0 (unknown); those sizes are looked up only when a
+    byte cap needs them (``exact``), so planning normally opens nothing.
+    """
+    return sum(df.file_size_bytes or (ds.storage.size(ds.data_file_path(df)) if exact else 0) for df in fragment.files)
+
+
+def _fragment_files(fragment: table_pb2.DataFragment) -> int:
+    return len(fragment.files) + (1 if fragment.HasField("deletion_file") else 0)
 
 
 # --- planning ----------------------------------------------------------------------
@@ -171,7 +193,10 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
         )
 
     if ds.storage_version == mf.LEGACY:
-        return skip_all(REASON_LEGACY, "binary copy of legacy (0.x) data files is not supported yet")
+        # Batches are concatenated into one file whose batch offsets are int32.
+        options_for_outputs = replace(options, max_rows_per_file=min(options.row_cap, LEGACY_MAX_ROWS_PER_FILE))
+    else:
+        options_for_outputs = options
     blobs = [f.name for f in ds.manifest.fields if is_blob_field(f)]
     if blobs:
         return skip_all(REASON_BLOB, f"blob columns store absolute positions inside page data: {', '.join(blobs)}")
@@ -179,12 +204,19 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
     live_ids = {f.id for f in ds.manifest.fields}
     index_sets = _index_sets(ds)
     # Without stable row ids, rewriting rows would leave indices pointing at old addresses.
-    index_blocks = bool(ds.indices) and not ds.stable_row_ids
+    # With them the commit drops rewritten fragments from each index's bitmap, which an
+    # index without a bitmap (covering "everything") cannot express: it blocks too.
+    index_blocks = bool(ds.indices) and (not ds.stable_row_ids or index_sets is None)
 
     # Each candidate carries the key that must match for it to share a bin with its neighbour.
     candidates: list[tuple[table_pb2.DataFragment, Any] | None] = []
+    # Per-fragment work dominates on 100,000 fragments: fields unknown to us are looked for
+    # per fragment only when the manifest has any at all, and layouts repeat, so each
+    # distinct one is worked out once.
+    check_unknown = has_unknown_fields(ds.manifest)
+    layouts: dict[Any, tuple[tuple[int, bool], ...]] = {}
     for frag in fragments:
-        reason = _candidate_reason(ds, frag, options, live_ids, index_sets, index_blocks)
+        reason = _candidate_reason(ds, frag, options, live_ids, index_sets, index_blocks, check_unknown, layouts)
         if isinstance(reason, SkippedFragment):
             skipped.append(reason)
             candidates.append(None)
@@ -199,7 +231,8 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
             if len(group) < 2:
                 skipped.extend(SkippedFragment(i, REASON_ALONE, "no adjacent small fragment with the same layout and indices") for i in ids)
                 continue
-            outputs = _outputs(group, options)
+            sizes = {f.id: _fragment_bytes(ds, f, exact=options.max_bytes_per_file is not None) for f in group}
+            outputs = _outputs(group, sizes, options_for_outputs)
             if len(outputs) >= len(group):
                 skipped.extend(SkippedFragment(i, REASON_NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids)
                 continue
@@ -214,8 +247,9 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
                     task_id=len(tasks),
                     fragment_ids=tuple(ids),
                     rows=sum(f.physical_rows for f in group),
-                    bytes=sum(_fragment_bytes(f) for f in group),
+                    bytes=sum(sizes.values()),
                     outputs=outputs,
+                    files=sum(_fragment_files(f) for f in group),
                 )
             )
     skipped.sort(key=lambda s: s.fragment_id)
@@ -229,34 +263,54 @@ def _candidate_reason(
     live_ids: set[int],
     index_sets: dict[int, frozenset[str]] | None,
     index_blocks: bool,
+    check_unknown: bool = True,
+    layouts: dict[Any, tuple[tuple[int, bool], ...]] | None = None,
 ) -> SkippedFragment | tuple[Any, ...]:
-    """Why ``frag`` cannot be compacted, or its bin key when it can."""
+    """Why ``frag`` cannot be compacted, or its bin key when it can.
+
+    ``check_unknown=False`` says the manifest holds no unknown fields at all;
+    ``layouts`` memoizes ``field_layout`` by the files' field mappings.
+    """
 
     def skip(reason: str, detail: str = "") -> SkippedFragment:
         return SkippedFragment(frag.id, reason, detail)
 
+    rows = frag.physical_rows
+    files = list(frag.files)  # keeps the file wrappers alive: building them is the per-fragment cost
     if frag.id in options.excluded_fragment_ids:
         return skip(REASON_EXCLUDED, "listed in excluded_fragment_ids")
-    if frag.physical_rows == 0 or not len(frag.files):
+    if rows == 0 or not files:
         return skip(REASON_EMPTY, "fragment has no rows or no data files")
     if frag.HasField("deletion_file"):
         return skip(REASON_DELETIONS, f"{frag.deletion_file.num_deleted_rows} deleted rows")
-    if frag.physical_rows >= options.target_rows_per_fragment:
-        return skip(REASON_LARGE, f"{frag.physical_rows} rows >= target {options.target_rows_per_fragment}")
-    unknown = unknown_field_numbers(frag) + [n for df in frag.files for n in unknown_field_numbers(df)]
-    if unknown:
-        return skip(REASON_UNKNOWN_FIELDS, f"fields {sorted(set(unknown))} written by a newer Lance (e.g. data overlays)")
-    if any(mf.data_file_version(df) != ds.storage_version for df in frag.files):
+    if rows >= options.target_rows_per_fragment:
+        return skip(REASON_LARGE, f"{rows} rows >= target {options.target_rows_per_fragment}")
+    if check_unknown:
+        unknown = unknown_field_numbers(frag) + [n for df in files for n in unknown_field_numbers(df)]
+        if unknown:
+            return skip(REASON_UNKNOWN_FIELDS, f"fields {sorted(set(unknown))} written by a newer Lance (e.g. data overlays)")
+    versions = [mf.data_file_version(df) for df in files]
+    if versions.count(ds.storage_version) != len(versions):
         return skip(REASON_FILE_VERSION, "a data file's version differs from the dataset's storage version")
-    if any(df.HasField("base_id") for df in frag.files):
-        return skip(REASON_BASE_PATH, "data files under another base path")
+    for df in files:
+        if df.HasField("base_id"):
+            return skip(REASON_BASE_PATH, "data files under another base path")
     if frag.HasField("external_row_ids") or frag.HasField("external_created_at_versions") or frag.HasField("external_last_updated_at_versions"):
         return skip(REASON_EXTERNAL_ROW_IDS, "row-id or version sequences stored in external files")
     if ds.stable_row_ids and not frag.HasField("inline_row_ids"):
         return skip(REASON_EXTERNAL_ROW_IDS, "stable-row-id dataset fragment without a row-id sequence")
-    layout = field_layout(frag, live_ids)
-    if isinstance(layout, str):
-        return skip(REASON_COLUMN_MAPPING, layout)
+    key = tuple((tuple(df.fields[:]), tuple(df.column_indices[:]), v) for df, v in zip(files, versions))  # [:] is a C-level copy
+    layout = layouts.get(key) if layouts is not None else None
+    if layout is None:
+        layout = field_layout(frag, live_ids)
+        if isinstance(layout, str):
+            return skip(REASON_COLUMN_MAPPING, layout)
+        if layouts is not None:
+            layouts[key] = layout
+    if ds.storage_version == mf.LEGACY:
+        dictionaries = [f.name for f in ds.manifest.fields if f.logical_type.startswith("dict:") and (f.id, True) in layout]
+        if dictionaries:
+            return skip(REASON_LEGACY_DICTIONARY, f"dictionary fields {', '.join(dictionaries)}: each legacy file has its own dictionary, so files cannot be merged by copy")
     covering = frozenset() if index_sets is None else index_sets.get(frag.id, frozenset())
     if index_blocks and (index_sets is None or covering):
         return skip(REASON_INDEXED, "covered by an index on a dataset without stable row ids")
@@ -295,14 +349,14 @@ def _split_by_target(bin_: list[table_pb2.DataFragment], target: int) -> Iterabl
         yield group
 
 
-def _outputs(group: list[table_pb2.DataFragment], options: CompactionOptions) -> tuple[OutputFile, ...]:
+def _outputs(group: list[table_pb2.DataFragment], sizes: dict[int, int], options: CompactionOptions) -> tuple[OutputFile, ...]:
     """Split a group into output files at input boundaries (pages line up nowhere else)."""
     outputs: list[OutputFile] = []
     ids: list[int] = []
     rows = size = 0
     byte_cap = options.max_bytes_per_file
     for frag in group:
-        frag_rows, frag_bytes = frag.physical_rows, _fragment_bytes(frag)
+        frag_rows, frag_bytes = frag.physical_rows, sizes[frag.id]
         over_rows = rows + frag_rows > options.row_cap
         over_bytes = byte_cap is not None and size + frag_bytes > byte_cap
         if ids and (over_rows or over_bytes):

@@ -13,6 +13,10 @@ given; the caller re-reads from there to the end and calls again. The offsets co
 footer (metadata position), then from Metadata (page table position), so there are at most two
 NeedMore in a row once the footer is in hand; one 64 KiB read is enough for typical files.
 
+For merging files (engine/copy_legacy.py) there are two writers: :func:`shift_positions`
+relocates a VAR_BINARY page's absolute offsets and :func:`build_legacy_tail` writes the bytes
+after the copied page data (page table, embedded schema, Metadata, footer; no statistics).
+
 Pure functions over bytes (no handles, no clocks). Every position, length and count read from
 the file is checked against the file size *before* anything is sized from it, so a forged file
 yields CorruptFileError instead of a giant allocation or a long loop.
@@ -22,7 +26,12 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
+from array import array
 from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.errors import CorruptFileError, UnsupportedFeatureError, UnsupportedVersionError
@@ -522,3 +531,142 @@ def _dictionary(f: LegacyField, meta: LegacyFileMetadata, path: str | None) -> L
             f"dictionary of field {f.name!r} at {off} (+{n} values) is out of range", path=path
         )
     return LegacyDictionary(offset=off, length=n, values_encoding=enc, value_bits=bits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a merged legacy file: shifted positions arrays and a rebuilt tail.
+
+#: Legacy batch offsets are int32 (``Metadata.batch_offsets``), so a file holds at most this many rows.
+MAX_ROWS = 2**31 - 1
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def shift_positions(
+    positions: bytes, delta: int, *, lo: int, hi: int, path: str | None = None
+) -> bytes:
+    """Add ``delta`` to every little-endian i64 of a VAR_BINARY positions array (or a slice of one).
+
+    Every value must lie in ``[lo, hi]`` (the byte range the page's values occupy in the source)
+    and the values must not decrease; anything else is CorruptFileError, so a forged array never
+    makes the output point outside what was copied.
+    """
+    if len(positions) % 8:
+        raise ValueError(f"positions array of {len(positions)} bytes is not a whole number of i64")
+    n = len(positions) // 8
+    if n == 0:
+        return b""
+    values = _i64_arrow(positions, n)
+    lo_seen, hi_seen = pc.min_max(values).values()
+    if lo_seen.as_py() < lo or hi_seen.as_py() > hi:
+        raise CorruptFileError(
+            f"positions array holds offsets {lo_seen.as_py()}..{hi_seen.as_py()} outside the"
+            f" page's values {lo}..{hi}",
+            path=path,
+        )
+    if n > 1 and pc.any(pc.less(values.slice(1), values.slice(0, n - 1))).as_py():
+        raise CorruptFileError("positions array is not non-decreasing", path=path)
+    if not (0 <= lo + delta and hi + delta < 2**63):
+        raise ValueError(f"shift {delta} moves positions {lo}..{hi} out of the i64 range")
+    shifted = pc.add(values, pa.scalar(delta, pa.int64()))
+    return _i64_bytes(shifted, n)
+
+
+def _i64_arrow(data: bytes, n: int) -> pa.Array:
+    if _BIG_ENDIAN:  # pyarrow reads native byte order
+        swapped = array("q", data)
+        swapped.byteswap()
+        data = swapped.tobytes()
+    return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(data)])
+
+
+def _i64_bytes(values: pa.Array, n: int) -> bytes:
+    buf = values.buffers()[1]
+    raw = buf.to_pybytes()[values.offset * 8 : (values.offset + n) * 8]
+    if _BIG_ENDIAN:
+        swapped = array("q", raw)
+        swapped.byteswap()
+        raw = swapped.tobytes()
+    return raw
+
+
+def build_legacy_tail(
+    *,
+    data_end: int,
+    min_field_id: int,
+    max_field_id: int,
+    pages: list[LegacyPage] | tuple[LegacyPage, ...],
+    batch_offsets: list[int] | tuple[int, ...],
+    fields: list[file_pb2.Field] | tuple[file_pb2.Field, ...],
+    schema_metadata: dict[str, bytes] | None = None,
+    embedded_manifest: bytes | None = None,
+) -> bytes:
+    """Everything a legacy file holds after its page data, starting at ``data_end``.
+
+    Written in the order Lance's legacy writer uses::
+
+        [page table][u32 len + Manifest (schema only)][u32 len + Metadata]
+        [i64 metadata position][u16 0][u16 2]["LANC"]
+
+    ``pages`` is the field-major page table for ids ``min_field_id..=max_field_id`` × batches
+    (``(0, 0)`` for struct parents and ids the file does not store); ``batch_offsets`` are the
+    cumulative row counts from 0. No statistics are written: Lance's readers treat a file
+    without ``Metadata.statistics`` as one without page statistics (the pushdown scan then
+    evaluates the filter on every batch). ``embedded_manifest`` (an input's embedded Manifest
+    message) is the template for the new one: its fields and schema metadata are replaced,
+    everything else, unknown tags included, is kept; without it the manifest pylance writes is
+    mirrored (version 1, data_format lance/0.1).
+    """
+    num_batches = len(batch_offsets) - 1
+    if num_batches < 1 or batch_offsets[0] != 0:
+        raise ValueError(f"batch offsets {list(batch_offsets[:4])}… must start at 0 with a batch")
+    if any(b <= a for a, b in zip(batch_offsets, batch_offsets[1:])):
+        raise ValueError("batch offsets must strictly increase (no empty batches)")
+    if batch_offsets[-1] > MAX_ROWS:
+        raise ValueError(f"{batch_offsets[-1]} rows exceed the legacy format's int32 batch offsets")
+    if not 0 <= min_field_id <= max_field_id:
+        raise ValueError(f"bad field id range {min_field_id}..{max_field_id}")
+    if len(pages) != (max_field_id - min_field_id + 1) * num_batches:
+        raise ValueError(
+            f"page table has {len(pages)} entries, expected"
+            f" {(max_field_id - min_field_id + 1) * num_batches}"
+        )
+    ids = [f.id for f in fields]
+    if not ids or len(set(ids)) != len(ids):
+        raise ValueError(f"schema field ids {ids[:16]} are empty or repeated")
+    if min(ids) != min_field_id or max(ids) != max_field_id:
+        raise ValueError(f"schema ids span {min(ids)}..{max(ids)}, page table {min_field_id}..{max_field_id}")
+
+    out = bytearray()
+    for page in pages:
+        if not (0 <= page.position <= data_end and 0 <= page.length <= _MAX_VALUE_COUNT):
+            raise ValueError(f"page ({page.position}, {page.length}) lies outside the data region")
+        out += _PAGE_ENTRY.pack(page.position, page.length)
+
+    manifest = table_pb2.Manifest()
+    if embedded_manifest is not None:
+        manifest.ParseFromString(embedded_manifest)
+        manifest.ClearField("fields")
+        manifest.ClearField("schema_metadata")
+    else:
+        manifest.version = 1
+        manifest.data_format.file_format = "lance"
+        manifest.data_format.version = "0.1"
+    manifest.fields.extend(fields)
+    for key, value in (schema_metadata or {}).items():
+        manifest.schema_metadata[key] = value
+    manifest_position = data_end + len(out)
+    _append_prefixed(out, manifest.SerializeToString())
+
+    metadata = file_pb2.Metadata(
+        manifest_position=manifest_position,
+        batch_offsets=batch_offsets,
+        page_table_position=data_end,
+    )
+    metadata_position = data_end + len(out)
+    _append_prefixed(out, metadata.SerializeToString())
+    out += struct.pack("<qHH", metadata_position, 0, 2) + MAGIC
+    return bytes(out)
+
+
+def _append_prefixed(out: bytearray, message: bytes) -> None:
+    out += struct.pack("<I", len(message)) + message

@@ -1,0 +1,297 @@
+"""One output file of a legacy (0.x) dataset: the inputs' batches concatenated by binary copy.
+
+A legacy file is a list of batches, each with one page per field, addressed through a page
+table indexed by (field id, batch). Merging files therefore means appending batches:
+
+* the pages of every live field are copied byte for byte, file after file, in the order they
+  lie in their source (adjacent pages coalesce into one copy of at most ``read_batch_bytes``
+  per read, so an input without dropped columns is copied as one extent per var-binary page);
+* VAR_BINARY pages are the one encoding holding file positions: the page-table entry points
+  at ``n + 1`` absolute i64 offsets of the value boundaries, written right after the values.
+  Each such array is read (in chunks of at most ``read_batch_bytes``), shifted by how far its
+  page moved, and written in place of the original, so the output has the same layout as if
+  the source bytes had been copied verbatim;
+* the tail is rebuilt (:func:`legacy.build_legacy_tail`): a page table for every output
+  batch, the cumulative batch offsets, the embedded schema; page statistics are dropped.
+
+What is refused (CompactionRefusedError, so the task is skipped with a reason):
+
+* live DICTIONARY fields: every file stores its own dictionary at an absolute position and the
+  keys index into it, so two files' keys cannot share one dictionary without re-encoding;
+* types :func:`legacy.field_layouts` cannot classify;
+* inputs whose batches would not line up as "every batch the same size but the last": Lance's
+  legacy fragment readers compute a batch's first row as ``batch_id * rows_in_batch(0)``
+  (pushdown filter scans, deletion handling in the updater and merge-insert), so a file whose
+  batches have different sizes reads back wrong row addresses (and, once rows are deleted,
+  wrong rows) there even though plain scans look right;
+* more than 2**31 - 1 rows (legacy batch offsets are int32), data files of one fragment with
+  different batch layouts, files whose page table range disagrees with their DataFile.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from lance_assets._proto import file_pb2, table_pb2
+from lance_assets.engine.copy import DATA_DIR, _carry_row_sequences
+from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.tail import read_parsed_tail
+from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedFeatureError
+from lance_assets.format import legacy
+from lance_assets.format import manifest as mf
+from lance_assets.io import Storage
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class _Input:
+    """One input data file: its parsed tail, field layouts and the live field ids it provides.
+
+    ``tail`` is the file from ``tail_offset`` on, as read for the metadata (small files: all of
+    it); ranges inside it are served from memory instead of being read again.
+    """
+
+    rel_path: str
+    meta: legacy.LegacyFileMetadata
+    layouts: dict[int, legacy.FieldLayout]
+    field_ids: tuple[int, ...]
+    tail: bytes = b""
+    tail_offset: int = 0
+
+    def cached(self, start: int, end: int) -> bytes | None:
+        if start >= self.tail_offset and end - self.tail_offset <= len(self.tail):
+            return self.tail[start - self.tail_offset : end - self.tail_offset]
+        return None
+
+
+def read_legacy_metadata(storage: Storage, rel_path: str, size_hint: int = 0) -> legacy.LegacyFileMetadata:
+    """Parse a legacy data file's tail (one read for typical files)."""
+    return _read_legacy(storage, rel_path, size_hint)[0]
+
+
+def _read_legacy(storage: Storage, rel_path: str, size_hint: int = 0) -> tuple[legacy.LegacyFileMetadata, bytes, int]:
+    return read_parsed_tail(storage, rel_path, legacy.parse_tail, legacy.NeedMore, legacy.DEFAULT_TAIL_SIZE, size_hint)
+
+
+def _inputs(ds: Dataset, frag: table_pb2.DataFragment, schema: dict[int, file_pb2.Field]) -> list[_Input]:
+    out = []
+    for df in frag.files:
+        rel = ds.data_file_path(df)
+        where = ds.storage.url(rel)
+        if mf.data_file_version(df) != mf.LEGACY:
+            raise CompactionRefusedError("data file is not a legacy (0.x) file in a legacy dataset", path=where)
+        meta, tail, tail_offset = _read_legacy(ds.storage, rel, df.file_size_bytes)
+        if meta.num_rows != frag.physical_rows:
+            raise CompactionRefusedError(f"file holds {meta.num_rows} rows but fragment {frag.id} has {frag.physical_rows}", path=where)
+        # Lance sizes the page table from the DataFile (first id .. max id), not from the file.
+        if not len(df.fields) or (df.fields[0], max(df.fields)) != (meta.min_field_id, meta.max_field_id):
+            raise CompactionRefusedError(
+                f"DataFile field ids {list(df.fields)[:16]} disagree with the file's page table ids {meta.min_field_id}..{meta.max_field_id}",
+                path=where,
+            )
+        try:
+            layouts = {lay.field_id: lay for lay in legacy.field_layouts(meta, path=where)}
+        except UnsupportedFeatureError as exc:
+            raise CompactionRefusedError(exc.reason, path=where) from None
+        live = tuple(fid for fid in df.fields if fid in schema)
+        for fid in live:
+            lay = layouts.get(fid)
+            if lay is None:
+                raise CompactionRefusedError(f"field {fid} is listed in the DataFile but not stored in the file", path=where)
+            if lay.logical_type != schema[fid].logical_type:
+                raise CompactionRefusedError(
+                    f"field {schema[fid].name!r} is {lay.logical_type!r} in the file but {schema[fid].logical_type!r} in the dataset", path=where
+                )
+            if lay.encoding is legacy.LegacyEncoding.DICTIONARY:
+                raise CompactionRefusedError(
+                    f"dictionary field {schema[fid].name!r}: each legacy file stores its own dictionary at an absolute position, so files cannot be merged without re-encoding",
+                    path=where,
+                )
+        out.append(_Input(rel, meta, layouts, live, tail, tail_offset))
+    if any(i.meta.batch_offsets != out[0].meta.batch_offsets for i in out[1:]):
+        raise CompactionRefusedError(f"the data files of fragment {frag.id} have different batch layouts", path=ds.uri)
+    return out
+
+
+def _check_batches(batch_rows: Sequence[int], where: str) -> None:
+    """Lance's legacy fragment readers need every batch but the last to have the first's size."""
+    size = batch_rows[0]
+    if any(n != size for n in batch_rows[:-1]) or batch_rows[-1] > size:
+        shown = list(batch_rows[:12]) + (["…"] if len(batch_rows) > 12 else [])
+        raise CompactionRefusedError(
+            f"merged batches would have sizes {shown}; legacy readers locate batch i at row i * {size}, so every batch but the last"
+            " must have the same size (merge inputs whose row counts are multiples of their batch size, or reencode)",
+            path=where,
+        )
+
+
+class _Copier:
+    """Appends source extents to ``out``, coalescing adjacent ones into single range copies."""
+
+    def __init__(self, storage: Storage, out, read_batch_bytes: int, progress: ProgressCallback | None) -> None:
+        self.storage, self.out, self.batch, self.progress = storage, out, read_batch_bytes, progress
+        self.pos = 0  # bytes in ``out``, including the pending run
+        self.bytes_read = 0
+        self._src: _Input | None = None
+        self._run: tuple[int, int] | None = None  # pending source range, not yet copied
+
+    def add(self, src: _Input, start: int, end: int) -> int:
+        """Queue source bytes [start, end) for copying; returns their output position."""
+        if self._run is not None and (src is not self._src or start != self._run[1]):
+            self.flush()
+        if self._run is None:
+            self._src, self._run = src, (start, start)
+        assert self._run is not None
+        self._run = (self._run[0], end)
+        dest = self.pos
+        self.pos += end - start
+        return dest
+
+    def flush(self) -> None:
+        run, src, self._run = self._run, self._src, None
+        if run is None or run[1] == run[0]:
+            return
+        assert src is not None
+        data = src.cached(*run)
+        if data is not None:
+            self.out.write(data)
+            if self.progress:
+                self.progress(len(data))
+        else:
+            self.storage.copy_range(src.rel_path, run[0], run[1], self.out, batch_bytes=self.batch, progress=self.progress)
+        self.bytes_read += run[1] - run[0]
+
+    def read(self, src: _Input, start: int, end: int, where: str) -> bytes:
+        """Source bytes [start, end), from memory when the metadata read already holds them."""
+        data = src.cached(start, end)
+        if data is None:
+            data = self.storage.read(src.rel_path, start, end)
+            if len(data) != end - start:
+                raise CorruptFileError(f"file ends before {end} (short read at {start})", path=where)
+        self.bytes_read += len(data)
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.flush()
+        self.out.write(data)
+        self.pos += len(data)
+
+
+def _copy_pages(copier: _Copier, src: _Input, where: str) -> dict[tuple[int, int], legacy.LegacyPage]:
+    """Copy the live pages of one input; returns their new entries keyed by (field id, batch)."""
+    meta = src.meta
+    todo = []
+    for fid in src.field_ids:
+        layout = src.layouts[fid]
+        if layout.encoding is legacy.LegacyEncoding.STRUCT:
+            continue
+        for batch in range(meta.num_batches):
+            page = meta.page(fid, batch)
+            start, end = legacy.page_extent(layout, page)
+            todo.append((start, end, fid, batch, page, layout))
+    todo.sort(key=lambda t: (t[0], t[1]))  # write order: pages never overlap in a valid file
+
+    moved: dict[tuple[int, int], legacy.LegacyPage] = {}
+    cursor = 0  # end of the last source extent taken
+    chunk = max(8, copier.batch // 8 * 8)
+    for start, end, fid, batch, page, layout in todo:
+        if layout.encoding is legacy.LegacyEncoding.VAR_BINARY:
+            # [values][n + 1 absolute offsets]; the first offset is where the values start.
+            first = copier.read(src, start, min(end, start + chunk), where)
+            values_start = int.from_bytes(first[:8], "little", signed=True)
+            if not cursor <= values_start <= start:
+                raise CorruptFileError(
+                    f"field {layout.name!r} batch {batch}: values start at {values_start}, outside {cursor}..{start}", path=where
+                )
+            dest = copier.add(src, values_start, start)
+            delta = dest - values_start
+            new_position = copier.pos
+            copier.write(legacy.shift_positions(first, delta, lo=values_start, hi=start, path=where))
+            pos = start + len(first)
+            while pos < end:
+                piece = copier.read(src, pos, min(end, pos + chunk), where)
+                copier.write(legacy.shift_positions(piece, delta, lo=values_start, hi=start, path=where))
+                pos += len(piece)
+            if copier.progress:
+                copier.progress(end - start)
+        elif end == start:
+            new_position = copier.pos  # an empty page (no bytes, e.g. a batch without list items)
+        else:
+            if start < cursor:
+                raise CorruptFileError(f"field {layout.name!r} batch {batch}: page at {start} overlaps the previous page", path=where)
+            new_position = copier.add(src, start, end)
+        cursor = max(cursor, end)
+        moved[(fid, batch)] = legacy.LegacyPage(new_position, page.length)
+    copier.flush()
+    return moved
+
+
+def write_legacy_output(
+    ds: Dataset,
+    inputs: Sequence[table_pb2.DataFragment],
+    read_batch_bytes: int,
+    progress: ProgressCallback | None,
+) -> tuple[table_pb2.DataFragment, str, int, int]:
+    """Write one merged legacy data file; returns its fragment (id unset), path, bytes read and written."""
+    storage = ds.storage
+    schema = {f.id: f for f in ds.manifest.fields}
+    sources = [_inputs(ds, frag, schema) for frag in inputs]
+
+    field_sets = set()
+    for frag, files in zip(inputs, sources):
+        ids = [fid for src in files for fid in src.field_ids]
+        if len(set(ids)) != len(ids):
+            raise CompactionRefusedError(f"fragment {frag.id} stores a field in two data files", path=ds.uri)
+        field_sets.add(frozenset(ids))
+    if len(field_sets) != 1:
+        raise CompactionRefusedError("the inputs store different sets of fields", path=ds.uri)
+    out_ids = sorted(next(iter(field_sets)))
+    if not out_ids:
+        raise CompactionRefusedError("the inputs store no live field", path=ds.uri)
+
+    batch_rows = [n for files in sources for n in files[0].meta.batch_rows]
+    rows = sum(batch_rows)
+    if rows > legacy.MAX_ROWS:
+        raise CompactionRefusedError(f"{rows} rows exceed the legacy format's limit of {legacy.MAX_ROWS} rows per file", path=ds.uri)
+    _check_batches(batch_rows, ds.uri)
+
+    name = mf.data_file_name(uuid.uuid4().bytes)
+    rel = f"{DATA_DIR}/{name}"
+    lo, hi, total = out_ids[0], out_ids[-1], len(batch_rows)
+    pages = [legacy.LegacyPage(0, 0)] * ((hi - lo + 1) * total)
+    with storage.open_write(rel) as out:
+        copier = _Copier(storage, out, read_batch_bytes, progress)
+        first_batch = 0
+        for files in sources:
+            for src in files:
+                for (fid, batch), page in _copy_pages(copier, src, storage.url(src.rel_path)).items():
+                    pages[(fid - lo) * total + first_batch + batch] = page
+            first_batch += files[0].meta.num_batches
+        data_end = copier.pos
+        offsets = [0]
+        for n in batch_rows:
+            offsets.append(offsets[-1] + n)
+        keep = set(out_ids)
+        first = sources[0][0].meta
+        tail = legacy.build_legacy_tail(
+            data_end=data_end,
+            min_field_id=lo,
+            max_field_id=hi,
+            pages=pages,
+            batch_offsets=offsets,
+            fields=[f for f in ds.manifest.fields if f.id in keep],
+            schema_metadata=first.schema_metadata,
+            embedded_manifest=first.embedded_manifest,
+        )
+        out.write(tail)
+        size = data_end + len(tail)
+
+    data_file = table_pb2.DataFile(path=name, fields=out_ids, file_major_version=0, file_minor_version=2, file_size_bytes=size)
+    fragment = table_pb2.DataFragment(physical_rows=rows)
+    fragment.files.append(data_file)
+    if ds.stable_row_ids:
+        _carry_row_sequences(ds, inputs, fragment)
+    return fragment, rel, copier.bytes_read, size

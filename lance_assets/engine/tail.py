@@ -1,0 +1,43 @@
+"""Reading a data file's metadata from its end: one ranged read, more only when the parser asks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from lance_assets.errors import CorruptFileError
+from lance_assets.io import Storage
+
+T = TypeVar("T")
+
+
+def read_parsed_tail(
+    storage: Storage,
+    rel_path: str,
+    parse: Callable[..., object],
+    need_more: type,
+    first_bytes: int,
+    size_hint: int = 0,
+) -> tuple[T, bytes, int]:
+    """Read the last ``first_bytes`` of ``rel_path`` and ``parse(tail, offset, size, path=...)`` them.
+
+    ``parse`` returns the metadata or a ``need_more`` instance whose ``offset`` (strictly before
+    the bytes it was given) says where to read from; the loop then reads the missing prefix and
+    parses again. Returns (metadata, the bytes read, their offset in the file): for small files
+    that is the whole file. ``size_hint`` (the manifest's file size) saves a size request.
+    """
+    where = storage.url(rel_path)
+    tail, size = storage.read_tail(rel_path, first_bytes, size_hint or None)
+    offset = size - len(tail)
+    while True:
+        parsed = parse(tail, offset, size, path=where)
+        if not isinstance(parsed, need_more):
+            return parsed, tail, offset  # type: ignore[return-value]
+        want = parsed.offset  # type: ignore[attr-defined]
+        if not 0 <= want < offset:
+            raise CorruptFileError("metadata parser asked for bytes it already has", path=where)
+        prefix = storage.read(rel_path, want, offset)
+        if len(prefix) != offset - want:
+            raise CorruptFileError(f"file ends before {offset} (short read at {want})", path=where)
+        tail = prefix + tail
+        offset = want
