@@ -15,11 +15,13 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.plan import CompactionPlan, CompactionTask
 from lance_assets.engine.report import RewriteResult
+from lance_assets.engine.tail import read_parsed_tail
 from lance_assets.errors import CompactionRefusedError, CorruptFileError
 from lance_assets.format import manifest as mf
 from lance_assets.format import v2file
@@ -41,11 +43,17 @@ ProgressCallback = Callable[[int], None]
 
 @dataclass(frozen=True)
 class _Source:
-    """One input data file: its parsed metadata and the columns we take from it."""
+    """One input data file: its parsed metadata and the columns we take from it.
+
+    ``tail`` holds the file's bytes from ``tail_offset`` to its end, as read for the
+    metadata; for small files that is the whole file, so its data is copied from memory.
+    """
 
     rel_path: str
     meta: v2file.V2FileMetadata
     columns: dict[int, int]  # field id -> column index in this file, for live fields that own a column
+    tail: bytes = b""
+    tail_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,16 +67,12 @@ class _Extent:
 
 def read_v2_metadata(storage: Storage, rel_path: str, size_hint: int = 0) -> v2file.V2FileMetadata:
     """Parse a v2 data file's metadata with one tail read (two for unusually large metadata)."""
-    tail, size = storage.read_tail(rel_path, v2file.DEFAULT_TAIL_BYTES, size_hint or None)
-    offset = size - len(tail)
-    while True:
-        parsed = v2file.parse_tail(tail, offset, size, path=storage.url(rel_path))
-        if not isinstance(parsed, v2file.NeedMore):
-            return parsed
-        if parsed.offset >= offset:
-            raise CorruptFileError("metadata parser asked for bytes it already has", path=storage.url(rel_path))
-        tail = storage.read(rel_path, parsed.offset, offset) + tail
-        offset = parsed.offset
+    return _read_v2(storage, rel_path, size_hint)[0]
+
+
+def _read_v2(storage: Storage, rel_path: str, size_hint: int = 0) -> tuple[v2file.V2FileMetadata, bytes, int]:
+    """The metadata, plus the bytes read for it and where they start in the file."""
+    return read_parsed_tail(storage, rel_path, v2file.parse_tail, v2file.NeedMore, v2file.DEFAULT_TAIL_BYTES, size_hint)
 
 
 def _schema_order(manifest: table_pb2.Manifest) -> dict[int, int]:
@@ -79,7 +83,7 @@ def _sources(ds: Dataset, frag: table_pb2.DataFragment, live: dict[int, int]) ->
     out = []
     for df in frag.files:
         rel = ds.data_file_path(df)
-        meta = read_v2_metadata(ds.storage, rel, df.file_size_bytes)
+        meta, tail, tail_offset = _read_v2(ds.storage, rel, df.file_size_bytes)
         where = ds.storage.url(rel)
         expected = mf.storage_version_name(ds.storage_version)
         if meta.version.value != expected:
@@ -99,7 +103,7 @@ def _sources(ds: Dataset, frag: table_pb2.DataFragment, live: dict[int, int]) ->
         ]
         if problems:
             raise CompactionRefusedError("; ".join(problems), path=where)
-        out.append(_Source(rel, meta, columns))
+        out.append(_Source(rel, meta, columns, tail, tail_offset))
     return out
 
 
@@ -159,17 +163,34 @@ def _output_schema(manifest: table_pb2.Manifest, keep: set[int]) -> list[file_pb
     return [f for f in manifest.fields if f.id in wanted]
 
 
-def _copy_extent(storage: Storage, src: str, extent: _Extent, out, batch: int, progress: ProgressCallback | None) -> None:
-    pos = extent.start
-    while pos < extent.end:
-        end = min(extent.end, pos + batch)
-        chunk = storage.read(src, pos, end)
-        if len(chunk) != end - pos:
-            raise CorruptFileError(f"short read at {pos}: file shorter than its metadata says", path=storage.url(src))
-        out.write(chunk)
-        pos = end
-        if progress:
-            progress(len(chunk))
+def _copy_extents(
+    storage: Storage,
+    src: _Source,
+    extents: Sequence[_Extent],
+    pos: int,
+    out: IO[bytes],
+    batch_bytes: int,
+    progress: ProgressCallback | None,
+) -> tuple[int, int]:
+    """Append ``extents`` of ``src`` to ``out`` (now at ``pos``); returns the new position and bytes copied.
+
+    Extents inside the bytes already read for the metadata (all of a small file) are
+    written from memory; the rest go through ``Storage.copy_range``.
+    """
+    copied = 0
+    for ext in extents:
+        if ext.dest > pos:
+            out.write(bytes(ext.dest - pos))
+        if ext.start >= src.tail_offset:
+            chunk = memoryview(src.tail)[ext.start - src.tail_offset : ext.end - src.tail_offset]
+            out.write(chunk)
+            if progress:
+                progress(len(chunk))
+        else:
+            storage.copy_range(src.rel_path, ext.start, ext.end, out, batch_bytes=batch_bytes, progress=progress)
+        pos = ext.dest + (ext.end - ext.start)
+        copied += ext.end - ext.start
+    return pos, copied
 
 
 def _write_output(
@@ -182,7 +203,6 @@ def _write_output(
     storage = ds.storage
     order = _schema_order(ds.manifest)
     version = v2file.FileVersion(mf.storage_version_name(ds.storage_version))
-    sources = [_sources(ds, frag, order) for frag in inputs]
 
     # Every input must store the same live fields the same way (the planner grouped them so).
     layouts = set()
@@ -195,40 +215,36 @@ def _write_output(
 
     name = mf.data_file_name(uuid.uuid4().bytes)
     rel = f"{DATA_DIR}/{name}"
-    moves: list[list[tuple[_Source, Callable[[int], int]]]] = []
+    # Per output column: the input ColumnMetadata and where its file's bytes went. Inputs are
+    # read, copied and dropped one fragment at a time, so memory holds only column metadata.
+    parts: dict[int, list[file_pb2.ColumnMetadata]] = {fid: [] for fid in out_fields}
+    part_moves: dict[int, list[Callable[[int], int]]] = {fid: [] for fid in out_fields}
+    schema_metadata: dict[str, bytes] | None = None
     bytes_read = 0
     with storage.open_write(rel) as out:
         pos = 0
-        for frag_sources in sources:
-            frag_moves = []
-            for src in frag_sources:
+        for frag in inputs:
+            for src in _sources(ds, frag, order):
+                if schema_metadata is None:
+                    schema_metadata = dict(src.meta.descriptor.schema.metadata)
                 extents = _extents(src.meta, sorted(src.columns.values()), pos)
-                for ext in extents:
-                    if ext.dest > pos:
-                        out.write(b"\0" * (ext.dest - pos))
-                    _copy_extent(storage, src.rel_path, ext, out, read_batch_bytes, progress)
-                    pos = ext.dest + (ext.end - ext.start)
-                    bytes_read += ext.end - ext.start
-                frag_moves.append((src, _relocator(extents)))
-            moves.append(frag_moves)
+                pos, n = _copy_extents(storage, src, extents, pos, out, read_batch_bytes, progress)
+                bytes_read += n
+                move = _relocator(extents)
+                for fid, col in src.columns.items():
+                    parts[fid].append(src.meta.columns[col])
+                    part_moves[fid].append(move)
 
         row_offsets = []
         rows = 0
         for frag in inputs:
             row_offsets.append(rows)
             rows += frag.physical_rows
-        columns = []
-        for fid in out_fields:
-            parts, part_moves = [], []
-            for frag_moves in moves:
-                src, move = next((s, m) for s, m in frag_moves if fid in s.columns)
-                parts.append(src.meta.columns[src.columns[fid]])
-                part_moves.append(move)
-            columns.append(v2file.merge_column(parts, part_moves, row_offsets, version, path=storage.url(rel)))
+        where = storage.url(rel)
+        columns = [v2file.merge_column(parts[fid], part_moves[fid], row_offsets, version, path=where) for fid in out_fields]
         descriptor = file_pb2.FileDescriptor(length=rows)
         descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
-        first_meta = sources[0][0].meta
-        for key, value in first_meta.descriptor.schema.metadata.items():
+        for key, value in (schema_metadata or {}).items():
             descriptor.schema.metadata[key] = value
         tail = v2file.build_tail(pos, columns, descriptor, version)
         out.write(tail)
@@ -294,12 +310,15 @@ def execute_task(
     missing = [i for i in task.fragment_ids if i not in by_id]
     if missing:
         raise CompactionRefusedError(f"fragments {missing} are not in version {plan.read_version}", path=storage.uri)
+    write_output = _write_output
+    if ds.storage_version == mf.LEGACY:  # imported here: copy_legacy imports from this module
+        from lance_assets.engine.copy_legacy import write_legacy_output as write_output
     written: list[str] = []
     fragments: list[str] = []
     bytes_read = bytes_written = 0
     try:
         for output in task.outputs:
-            frag, rel, n_read, n_written = _write_output(ds, [by_id[i] for i in output.fragment_ids], plan.options.read_batch_bytes, progress)
+            frag, rel, n_read, n_written = write_output(ds, [by_id[i] for i in output.fragment_ids], plan.options.read_batch_bytes, progress)
             written.append(rel)
             fragments.append(RewriteResult.encode_fragment(frag))
             bytes_read += n_read
