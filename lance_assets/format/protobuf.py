@@ -29,3 +29,15 @@ def parse(cls: type[M], data: bytes, *, path: str | None, what: str) -> M:
 def unknown_field_numbers(msg: Message) -> list[int]:
     """Tag numbers present on ``msg`` itself that our .proto files do not define."""
     return sorted({f.field_number for f in UnknownFieldSet(msg)})
+
+
+def has_unknown_fields(msg: Message) -> bool:
+    """Whether ``msg`` or any message inside it holds fields our .proto files do not define.
+
+    One pass in C (copy, drop unknown fields, compare sizes): far cheaper than
+    ``unknown_field_numbers`` on each of 100,000 nested messages.
+    """
+    probe = type(msg)()
+    probe.CopyFrom(msg)
+    probe.DiscardUnknownFields()
+    return probe.ByteSize() != msg.ByteSize()
