@@ -127,6 +127,8 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
             read_batch_bytes=args.read_batch_bytes,
             max_source_fragments=args.max_source_fragments,
             excluded_fragment_ids=frozenset(args.exclude),
+        materialize_deletions=args.materialize_deletions,
+        materialize_deletions_threshold=args.materialize_deletions_threshold,
             storage_options=args.storage_options,
             dry_run=args.dry_run,
         )
@@ -199,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-batch-bytes", type=int, default=DEFAULT_READ_BATCH_BYTES, help="bound on bytes held in memory per task")
     p.add_argument("--max-source-fragments", type=int, default=None)
     p.add_argument("--exclude", type=int, action="append", default=[], metavar="FRAGMENT_ID", help="never compact this fragment (repeatable)")
+    p.add_argument(
+        "--materialize-deletions", action=argparse.BooleanOptionalAction, default=True,
+        help="leave fragments whose deleted share exceeds the threshold for a re-encode (Lance's default)",
+    )
+    p.add_argument("--materialize-deletions-threshold", type=float, default=0.1, metavar="FRACTION")
     p.add_argument("--dry-run", action="store_true", help="plan only: report what would be read and written")
     p.set_defaults(run=_cmd_compact)
 

@@ -38,3 +38,59 @@ def dataset_copy(dataset_cache: Callable[[str, str], Path], tmp_path: Path) -> C
         return dst
 
     return copy
+
+
+# --- a real S3 API on loopback (moto's server mode) ---------------------------------------
+class S3Endpoint:
+    """A moto S3 server on 127.0.0.1 and the options pylance, s3fs and boto3 need to reach it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.key, self.secret, self.region = "testing", "testing", "us-east-1"
+
+    @property
+    def pylance_options(self) -> dict[str, str]:
+        """pylance (object_store) spelling; lance_assets translates these too."""
+        return {
+            "aws_access_key_id": self.key,
+            "aws_secret_access_key": self.secret,
+            "aws_endpoint": self.url,
+            "aws_region": self.region,
+            "allow_http": "true",
+        }
+
+    @property
+    def fsspec_options(self) -> dict[str, object]:
+        """s3fs spelling."""
+        return {"key": self.key, "secret": self.secret, "client_kwargs": {"endpoint_url": self.url, "region_name": self.region}}
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=self.key, aws_secret_access_key=self.secret, region_name=self.region)
+
+    def new_bucket(self) -> str:
+        import uuid
+
+        name = f"test-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> S3Endpoint:
+    """One moto S3 server for the session, listening on 127.0.0.1 only (a free port)."""
+    import logging
+    import socket
+
+    moto_server = pytest.importorskip("moto.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield S3Endpoint(f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()

@@ -114,6 +114,7 @@ def test_options_reach_the_plan(dataset_copy: Copy, capsys: pytest.CaptureFixtur
         capsys, "compact", str(path), "--json", "--dry-run", "--target-rows-per-fragment", "200",
         "--max-rows-per-file", "1000", "--max-bytes-per-file", "1000000", "--read-batch-bytes", "4096",
         "--max-source-fragments", "10", "--exclude", "3", "--exclude", "7",
+        "--no-materialize-deletions", "--materialize-deletions-threshold", "0.25",
     )
     assert code == 0
     report = one_json(out)
@@ -121,6 +122,7 @@ def test_options_reach_the_plan(dataset_copy: Copy, capsys: pytest.CaptureFixtur
     assert options == {
         "target_rows_per_fragment": 200, "max_rows_per_file": 1000, "max_bytes_per_file": 1000000,
         "read_batch_bytes": 4096, "max_source_fragments": 10, "excluded_fragment_ids": [3, 7], "dry_run": True,
+        "materialize_deletions": False, "materialize_deletions_threshold": 0.25,
     }
     # 100, 1 merge; 250 is at the target; 30 is excluded
     assert [t["fragment_ids"] for t in report["plan"]["tasks"]] == [[0, 1]]
@@ -156,19 +158,19 @@ def test_dry_run_reports_the_files_a_real_run_would_touch(dataset_copy: Copy, ca
 
 @pytest.mark.parametrize("json_flag", [True, False])
 def test_nothing_to_do_exits_zero(dataset_copy: Copy, capsys: pytest.CaptureFixture[str], json_flag: bool) -> None:
-    path = dataset_copy("deletes_arrow", "2.1")  # deletions + a lone fragment: nothing to merge
+    path = dataset_copy("deletes_arrow", "2.1")  # deletions over the threshold + a lone fragment: nothing to merge
     digest = tree_digest(path)
-    code, out, err = run(capsys, "compact", str(path), *(["--json"] if json_flag else []))
+    code, out, err = run(capsys, "compact", str(path), "--materialize-deletions-threshold", "0.001", *(["--json"] if json_flag else []))
     assert code == 0 and err == ""
     assert tree_digest(path) == digest
     if json_flag:
         report = one_json(out)
         assert report["version"] is None and report["tasks"] == 0
-        assert sorted(s["reason"] for s in report["skipped"]) == ["deletions", "deletions", "no_neighbour"]
+        assert sorted(s["reason"] for s in report["skipped"]) == ["materialize_deletions", "materialize_deletions", "no_neighbour"]
     else:
         text = " ".join(out.split())
         assert "nothing to compact" in text
-        assert "deletions: 2" in text and "no_neighbour: 1" in text
+        assert "materialize_deletions: 2" in text and "no_neighbour: 1" in text
 
 
 def test_table_output_of_a_real_run(dataset_copy: Copy, capsys: pytest.CaptureFixture[str]) -> None:

@@ -651,20 +651,56 @@ def test_pylance_binary_copy_accepts_our_files(copy_of: Callable[[str, str], Pat
     assert ds.validate() is None
 
 
-def test_indexed_head_is_left_alone_and_still_answers(tmp_path: Path) -> None:
-    """Without stable row ids indexed fragments are skipped; the index keeps serving them."""
+@pytest.mark.parametrize("version", factory.V2_VERSIONS)
+def test_indexed_fragments_without_stable_row_ids_still_answer(tmp_path: Path, version: str) -> None:
+    """Indexed fragments are compacted; the rewritten ones leave the index bitmap, queries stay exact."""
     path = tmp_path / "ds.lance"
-    ds = factory.appends(path, "2.1", [100, 100, 100])
+    ds = factory.appends(path, version, [100, 100, 100])
     ds.create_scalar_index("id", "BTREE")
-    factory.write(factory.simple_table(300, 50), path, "2.1")
-    factory.write(factory.simple_table(350, 50), path, "2.1")
+    factory.write(factory.simple_table(300, 50), path, version)
+    factory.write(factory.simple_table(350, 50), path, version)
+    queries = ["id = 0", "id = 150", "id = 299", "id >= 290 AND id < 310", "id = 399", "id > 1000"]
+    before = {q: sorted(lance.dataset(str(path)).to_table(filter=q)["id"].to_pylist()) for q in queries}
     plan, _, ds, _ = run_and_check(path, CompactionOptions())
-    assert [list(t.fragment_ids) for t in plan.tasks] == [[3, 4]]
-    assert [f.fragment_id for f in ds.get_fragments()] == [0, 1, 2, 5]
+    assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1, 2], [3, 4]]
+    assert [f.fragment_id for f in ds.get_fragments()] == [5, 6]
     (index,) = ds.describe_indices()
-    assert index.num_rows_indexed == 300
-    for value in (0, 150, 299, 300, 399):
-        assert ds.to_table(filter=f"id = {value}")["id"].to_pylist() == [value]
+    assert index.num_rows_indexed == 0  # the old fragments are gone, the new ones not yet indexed
+    assert {q: sorted(ds.to_table(filter=q)["id"].to_pylist()) for q in queries} == before
+    ds.optimize.optimize_indices()
+    ds = lance.dataset(str(path))
+    assert ds.describe_indices()[0].num_rows_indexed == 400
+    assert {q: sorted(ds.to_table(filter=q)["id"].to_pylist()) for q in queries} == before
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+def test_vector_index_without_stable_row_ids_matches_flat_search(tmp_path: Path, version: str) -> None:
+    """Nearest-neighbour queries after compaction agree with a flat search at least as well as before."""
+    import numpy as np
+
+    path = tmp_path / "vec.lance"
+    ds = factory.vector_index(path, version)
+    rng = np.random.default_rng(7)
+    queries = [rng.standard_normal(16).astype("float32") for _ in range(5)]
+
+    def recall(d: lance.LanceDataset) -> list[float]:
+        out = []
+        for q in queries:
+            flat = set(d.to_table(nearest={"column": "vec", "q": q, "k": 10, "use_index": False})["id"].to_pylist())
+            hits = set(d.to_table(nearest={"column": "vec", "q": q, "k": 10})["id"].to_pylist())
+            out.append(len(flat & hits) / 10)
+        return out
+
+    before = recall(ds)
+    flat_before = [sorted(ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "use_index": False})["id"].to_pylist()) for q in queries]
+    report = compact(str(path), CompactionOptions())
+    assert report.fragments_removed == 3
+    ds = lance.dataset(str(path))
+    assert [sorted(ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "use_index": False})["id"].to_pylist()) for q in queries] == flat_before
+    after = recall(ds)
+    assert all(a >= b for a, b in zip(after, before))
+    ds.optimize.optimize_indices()
+    assert lance.dataset(str(path)).describe_indices()[0].num_rows_indexed == 900
 
 
 def test_sizes_missing_from_the_manifest(tmp_path: Path) -> None:
@@ -713,18 +749,19 @@ def test_byte_cap_with_sizes_missing_from_the_manifest(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "shape,version,reasons",
+    "shape,version,threshold,reasons",
     [
-        ("blob", "2.1", {"blob_column"}),
-        ("deletes_arrow", "2.2", {"deletions", "no_neighbour"}),
-        ("scalar_index", "2.3", {"indexed"}),
-        ("stable_row_ids", "2.1", {"deletions", "no_neighbour"}),
+        ("blob", "2.1", 0.1, {"blob_column"}),
+        ("deletes_arrow", "2.2", 0.001, {"materialize_deletions", "no_neighbour"}),
+        ("stable_row_ids", "2.1", 0.001, {"materialize_deletions", "no_neighbour"}),
     ],
 )
-def test_nothing_to_compact_leaves_the_dataset_untouched(dataset_copy: Callable[[str, str], Path], shape: str, version: str, reasons: set[str]) -> None:
+def test_nothing_to_compact_leaves_the_dataset_untouched(
+    dataset_copy: Callable[[str, str], Path], shape: str, version: str, threshold: float, reasons: set[str]
+) -> None:
     path = dataset_copy(shape, version)
     digest = tree_digest(path)
-    report = compact(str(path), CompactionOptions())
+    report = compact(str(path), CompactionOptions(materialize_deletions_threshold=threshold))
     assert report.version is None and report.tasks == 0 and report.fragments_removed == 0
     assert {s["reason"] for s in report.skipped} == reasons
     assert len(report.skipped) == len(lance.dataset(str(path)).get_fragments())

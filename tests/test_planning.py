@@ -23,6 +23,7 @@ from lance.optimize import Compaction
 
 import factory
 from lance_assets.engine.options import CompactionOptions
+from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.plan import CompactionPlan, plan_compaction
 
 Build = Callable[[str, Callable[[Path], object]], Path]
@@ -149,22 +150,52 @@ def test_max_source_fragments_matches_lance(planning_datasets: Build, limit: int
 
 
 # --- skip reasons with their stable codes -------------------------------------------------------
-def test_reason_deletions(dataset_cache: Callable[[str, str], Path]) -> None:
+def test_deletions_under_the_threshold_merge(dataset_cache: Callable[[str, str], Path]) -> None:
+    """Fragments with a few deleted rows are candidates like any other (deletions are carried forward)."""
     plan = plan_compaction(str(dataset_cache("deletes_arrow", "2.1")))
-    # fragments 0 and 1 carry deletion files; 2 is left without a neighbour
-    assert skips(plan) == {0: "deletions", 1: "deletions", 2: "no_neighbour"}
-    assert plan.tasks == ()
-    assert "deleted rows" in plan.skipped[0].detail
+    assert task_ids(plan) == [[0, 1, 2]] and skips(plan) == {}
+    assert plan.tasks[0].files == 5  # three data files and two deletion files
+
+
+def test_reason_materialize_deletions(dataset_cache: Callable[[str, str], Path]) -> None:
+    # fragment 0 has 3 of 300 rows deleted (1%), fragment 1 has 1 of 300
+    path = str(dataset_cache("deletes_arrow", "2.1"))
+    plan = plan_compaction(path, CompactionOptions(materialize_deletions_threshold=0.005))
+    assert skips(plan) == {0: "materialize_deletions"}  # 1% > 0.5%; fragment 1 (0.33%) merges with 2
+    assert task_ids(plan) == [[1, 2]]
+    assert "3 of 300 rows deleted" in plan.skipped[0].detail
+    plan = plan_compaction(path, CompactionOptions(materialize_deletions=False, materialize_deletions_threshold=0.0))
+    assert task_ids(plan) == [[0, 1, 2]]
 
 
 @pytest.mark.parametrize("version", factory.V2_VERSIONS)
-def test_reason_indexed_without_stable_row_ids(dataset_cache: Callable[[str, str], Path], version: str) -> None:
+def test_indexed_fragments_are_compacted_without_stable_row_ids(dataset_cache: Callable[[str, str], Path], version: str) -> None:
+    """The commit drops rewritten fragments from index bitmaps, so indexed fragments need not be skipped."""
     plan = plan_compaction(str(dataset_cache("scalar_index", version)))
-    assert skips(plan) == {0: "indexed", 1: "indexed", 2: "indexed"}
-    assert plan.tasks == ()
+    assert task_ids(plan) == [[0, 1, 2]]
+    assert skips(plan) == {}
 
 
-def test_unindexed_tail_of_indexed_dataset_is_compacted(planning_datasets: Build) -> None:
+def test_reason_indexed_for_fragment_reuse_index(planning_datasets: Build) -> None:
+    """Fragments under Lance's fragment-reuse index (deferred remap) keep their row mapping."""
+
+    def make(p: Path) -> None:
+        ds = factory.appends(p, "2.1", [100, 100, 100])
+        ds.create_scalar_index("id", "BTREE")
+        ds.optimize.compact_files(defer_index_remap=True)
+        factory.write(factory.simple_table(300, 50), p, "2.1")
+        factory.write(factory.simple_table(350, 50), p, "2.1")
+
+    path = planning_datasets("frag-reuse", make)
+    ds = Dataset.open(str(path))
+    assert any(i.name.startswith("__lance") for i in ds.indices)
+    plan = plan_compaction(ds)
+    reused = [s for s in plan.skipped if s.reason == "indexed"]
+    assert reused and all("__lance" in s.detail for s in reused)
+    assert all(set(t.fragment_ids).isdisjoint({s.fragment_id for s in reused}) for t in plan.tasks)
+
+
+def test_index_coverage_splits_bins(planning_datasets: Build) -> None:
     def make(p: Path) -> None:
         ds = factory.appends(p, "2.1", [100, 100, 100])
         ds.create_scalar_index("id", "BTREE")
@@ -173,8 +204,9 @@ def test_unindexed_tail_of_indexed_dataset_is_compacted(planning_datasets: Build
 
     path = planning_datasets("indexed-head", make)
     plan = plan_compaction(str(path))
-    assert task_ids(plan) == [[3, 4]]
-    assert skips(plan) == {0: "indexed", 1: "indexed", 2: "indexed"}
+    # covered and uncovered fragments never share a bin
+    assert task_ids(plan) == [[0, 1, 2], [3, 4]]
+    assert skips(plan) == {}
 
 
 def test_indices_split_bins_on_stable_row_id_datasets(planning_datasets: Build) -> None:
@@ -239,12 +271,9 @@ def test_compactable_shapes_plan_like_lance(dataset_cache: Callable[[str, str], 
     plan = plan_compaction(str(path))
     n = len(lance.dataset(str(path)).get_fragments())
     assert_partition(plan, [f.fragment_id for f in lance.dataset(str(path)).get_fragments()])
-    if shape == "stable_row_ids":
-        # fragment 1 has a deletion file and breaks the bins: 0 and 2 are alone
-        assert skips(plan) == {0: "no_neighbour", 1: "deletions", 2: "no_neighbour"}
-    else:
-        assert task_ids(plan) == [list(range(n))]
-        assert task_ids(plan) == lance_task_ids(path)
+    # (stable_row_ids has a fragment with a deletion under the threshold: it merges too)
+    assert task_ids(plan) == [list(range(n))]
+    assert task_ids(plan) == lance_task_ids(path)
 
 
 # --- outputs simulation -------------------------------------------------------------------------

@@ -38,6 +38,8 @@ class CompactionConfig(dg.Config):
     max_rows_per_file: int | None = Field(default=None, description="Hard cap on rows per output file.")
     max_bytes_per_file: int | None = Field(default=None, description="Hard cap on bytes per output file.")
     max_source_fragments: int | None = Field(default=None, description="Compact at most this many fragments in one run.")
+    materialize_deletions: bool = Field(default=True, description="Leave fragments with many deleted rows for a re-encode (Lance's default).")
+    materialize_deletions_threshold: float = Field(default=0.1, description="Deleted share above which a fragment is left for a re-encode.")
     dry_run: bool = Field(default=False, description="Only plan: report what would be copied, materialize nothing.")
 
     def options(self) -> CompactionOptions:
@@ -47,8 +49,28 @@ class CompactionConfig(dg.Config):
             max_bytes_per_file=self.max_bytes_per_file,
             read_batch_bytes=self.read_batch_bytes,
             max_source_fragments=self.max_source_fragments,
+            materialize_deletions=self.materialize_deletions,
+            materialize_deletions_threshold=self.materialize_deletions_threshold,
             dry_run=self.dry_run,
         )
+
+
+def dataset_run_tagging(name: str, partitions_def: dg.PartitionsDefinition | None) -> dict[str, Any]:
+    """Job arguments that tag *every* run with its dataset (``name`` or ``name/<partition key>``).
+
+    Not only the runs the sensor and schedule request: also those launched from
+    the UI, backfills and the fan-out job, so the sensor sees them as active and a
+    tag concurrency limit on ``lance_assets/dataset`` serializes them per dataset.
+    """
+    if partitions_def is None:
+        return {"tags": {DATASET_TAG: name}}
+    return {
+        "config": dg.PartitionedConfig(
+            partitions_def=partitions_def,
+            run_config_for_partition_key_fn=lambda _key: {},
+            tags_for_partition_key_fn=lambda key: {DATASET_TAG: f"{name}/{key}"},
+        )
+    }
 
 
 @dataclass(frozen=True)

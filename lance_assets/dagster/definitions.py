@@ -7,7 +7,7 @@ from typing import Literal
 
 import dagster as dg
 
-from lance_assets.dagster.assets import AssetKeys, build_compaction_asset
+from lance_assets.dagster.assets import AssetKeys, build_compaction_asset, dataset_run_tagging
 from lance_assets.dagster.automation import build_discovery_sensor, build_nightly_schedule, build_small_fragment_sensor
 from lance_assets.dagster.checks import build_compaction_checks
 from lance_assets.dagster.fanout import build_fanout_job
@@ -67,6 +67,7 @@ def build_lance_compaction_defs(
         f"{name}_compaction",
         selection=dg.AssetSelection.assets(keys.compacted),
         description="Binary-copy compaction of one dataset (partition) with its asset checks.",
+        **dataset_run_tagging(name, partitions_def),
     )
     sensors = [
         build_small_fragment_sensor(
@@ -111,6 +112,7 @@ class LanceCompactionComponent(dg.Component, dg.Model, dg.Resolvable):
     storage_options: dict[str, str] = {}
     key_prefix: list[str] = []
     group_name: str | None = None
+    resource_key: str = "lance"  # give each component in a project its own key: resources are shared by key
     min_small_fragments: int = 16
     min_small_bytes: int | None = None
     target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT
@@ -127,6 +129,7 @@ class LanceCompactionComponent(dg.Component, dg.Model, dg.Resolvable):
             storage_options=self.storage_options,
             key_prefix=self.key_prefix,
             group_name=self.group_name,
+            resource_key=self.resource_key,
             min_small_fragments=self.min_small_fragments,
             min_small_bytes=self.min_small_bytes,
             target_rows_per_fragment=self.target_rows_per_fragment,

@@ -1,8 +1,9 @@
-"""A compaction job whose tasks run as dynamic outputs, so any executor spreads the copy work.
+"""A compaction job whose tasks run as dynamic outputs, so the executor spreads the copy work.
 
 plan (one step) -> copy task (one step per task, in parallel) -> commit (one step).
 Plans and results cross step boundaries as JSON, which works with every IO
-manager and every executor (multiprocess, dask, celery, k8s).
+manager and every executor that runs dynamic steps (multiprocess, celery, k8s);
+dagster-dask does not (dagster-io/dagster#9785): it runs the plan step only.
 """
 
 
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from lance_assets.dagster.assets import DATASET_TAG, AssetKeys, CompactionConfig
+from lance_assets.dagster.assets import AssetKeys, CompactionConfig, dataset_run_tagging
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.copy import execute_task
@@ -37,11 +38,24 @@ def build_fanout_job(
         out={"plan": dg.Out(str), "tasks": dg.DynamicOut(str)},
         required_resource_keys={resource_key},
     )
-    def plan_op(context: dg.OpExecutionContext, config: CompactionConfig) -> Iterator[dg.Output | dg.DynamicOutput]:
+    def plan_op(context: dg.OpExecutionContext, config: CompactionConfig) -> Iterator[dg.Output | dg.DynamicOutput | dg.AssetObservation]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         plan = plan_compaction(Dataset.open(lance.uri(_key(context)), storage_options=lance.options()), config.options())
         context.log.info(f"{len(plan.tasks)} tasks over {plan.fragments_to_compact} fragments at version {plan.read_version}")
         yield dg.Output(plan.to_json(), "plan")
+        if config.dry_run:  # report the plan, start no copy task (so nothing is written or committed)
+            yield dg.AssetObservation(
+                asset_key=keys.fragments,
+                partition=_key(context),
+                metadata={
+                    "dry_run_plan": dg.MetadataValue.json(plan.to_dict()),
+                    "tasks": dg.MetadataValue.int(len(plan.tasks)),
+                    "fragments_to_compact": dg.MetadataValue.int(plan.fragments_to_compact),
+                    "bytes_to_copy": dg.MetadataValue.int(plan.bytes_to_read),
+                },
+                tags={"dagster/data_version": str(plan.read_version)},
+            )
+            return
         for task in plan.tasks:
             yield dg.DynamicOutput(json.dumps({"plan": plan.to_dict(), "task_id": task.task_id}), output_name="tasks", mapping_key=f"task_{task.task_id}")
 
@@ -80,8 +94,8 @@ def build_fanout_job(
         name=f"{name}_fanout_compaction",
         partitions_def=partitions_def,
         executor_def=executor_def,
-        tags={DATASET_TAG: name},
-        description="Binary-copy compaction with one step per task (use a multiprocess, dask, celery or k8s executor).",
+        **dataset_run_tagging(name, partitions_def),
+        description="Binary-copy compaction with one step per task (use a multiprocess, celery or k8s executor; dagster-dask does not run dynamic steps).",
     )
     def _job() -> None:
         plan, tasks = plan_op()

@@ -90,5 +90,14 @@ class LanceDatasets(dg.ConfigurableResource):
         table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
         uri = self.uri(partition_key)
         exists = Storage(uri, self.options()).exists("_versions")
+        if exists:
+            # Lance appends only an identical schema; pandas (3.x) turns str columns into large_string,
+            # so line the batch up with the dataset's own types when a lossless cast does it.
+            target = lance.dataset(uri, storage_options=self.storage_options or None).schema
+            if sorted(table.schema.names) == sorted(target.names) and not table.schema.equals(target):
+                try:
+                    table = table.select(target.names).cast(target)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                    pass  # not castable: Lance reports the mismatch itself
         lance.write_dataset(table, uri, mode="append" if exists else "create", storage_options=self.storage_options or None, **write_kwargs)
         return table.num_rows

@@ -9,6 +9,7 @@ and raises, leaving the dataset exactly as the other writer left it.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 import uuid
@@ -22,14 +23,16 @@ from lance_assets._proto import table_pb2, transaction_pb2
 from lance_assets.engine.dataset import HINT_FILE, Dataset, VersionLocation
 from lance_assets.engine.plan import CompactionPlan
 from lance_assets.engine.report import CompactionReport, RewriteResult
-from lance_assets.errors import CommitConflictError, LanceAssetsError
+from lance_assets.errors import CommitConflictError, LanceAssetsError, MissingFileError, NotADatasetError, VersionNotFoundError
 from lance_assets.format import manifest as mf
+from lance_assets.format.deletion import DeletionFileType, deletion_file_name
 from lance_assets.format.protobuf import parse
 from lance_assets.format.roaring import decode_bitmap, encode_bitmap
 from lance_assets.io import Storage
 from lance_assets.io.storage import AlreadyExistsError
 
 TRANSACTIONS_DIR = "_transactions"
+DELETIONS_DIR = "_deletions"
 WRITER_LIBRARY = "lance_assets"
 DEFAULT_MAX_RETRIES = 20
 
@@ -84,16 +87,53 @@ def _conflict(txn: transaction_pb2.Transaction | None, version: int, ours: set[i
     return None
 
 
-def _check_concurrent(storage: Storage, plan: CompactionPlan, latest: Dataset, ours: set[int]) -> None:
+def _check_concurrent(
+    storage: Storage,
+    plan: CompactionPlan,
+    latest: Dataset,
+    ours: set[int],
+    txn_uuid: str,
+    cleared: set[int],
+) -> int | None:
+    """Check every version committed after our read version; None when we may commit on top of ``latest``.
+
+    Returns the version that holds *our own* transaction if an earlier attempt
+    did land although it looked failed (an S3 PUT retried after a timeout
+    answers 412, an interrupt right after the link): committing again, or
+    cleaning up, would then corrupt the dataset. ``cleared`` remembers the
+    versions already found compatible, so a retry only reads what is new.
+    """
     for version in range(plan.read_version + 1, latest.version + 1):
-        ds = latest if version == latest.version else Dataset.open(storage, version)
-        reason = _conflict(_load_transaction(storage, ds), version, ours, latest.stable_row_ids)
+        if version in cleared:
+            continue
+        try:
+            ds = latest if version == latest.version else Dataset.open(storage, version)
+            txn = _load_transaction(storage, ds)
+        except (VersionNotFoundError, MissingFileError, NotADatasetError) as exc:
+            raise CommitConflictError(f"version {version} cannot be checked for conflicts ({exc.reason})", path=storage.uri) from None
+        if txn is not None and txn.uuid == txn_uuid:
+            return version
+        reason = _conflict(txn, version, ours, latest.stable_row_ids)
         if reason:
             raise CommitConflictError(reason, path=storage.uri)
+        cleared.add(version)
     present = {f.id for f in latest.manifest.fragments}
     missing = sorted(ours - present)
     if missing:
         raise CommitConflictError(f"fragments {missing[:10]} no longer exist in version {latest.version}", path=storage.uri)
+    return None
+
+
+def _landed(storage: Storage, target: VersionLocation, txn_uuid: str) -> bool | None:
+    """Whether ``target`` holds our transaction: True, False, or None when that cannot be told."""
+    try:
+        if not storage.exists(target.rel_path):
+            return False
+        ds = Dataset.open(storage, target.version)
+        txn = _load_transaction(storage, ds)
+    except LanceAssetsError:
+        return None
+    return txn is not None and txn.uuid == txn_uuid
 
 
 def _next_fragment_id(manifest: table_pb2.Manifest) -> int:
@@ -104,34 +144,39 @@ def _next_fragment_id(manifest: table_pb2.Manifest) -> int:
 
 
 def _remap_index_bitmaps(index_section: table_pb2.IndexSection | None, groups: Sequence[_Group]) -> table_pb2.IndexSection | None:
-    """Replace old fragment ids by the new ones in every index that covered a whole group.
+    """Remove the rewritten fragments from every index's fragment bitmap.
 
     Only reached for stable-row-id datasets (elsewhere indexed fragments are
-    not compacted): their index entries hold row ids, which do not move.
+    not compacted). pylance 14's indices store row *addresses* even on
+    stable-row-id datasets (observed: a BTree maps id 150 to 1<<32 | 50), so
+    the entries of the old fragments do not find the rows in the new ones.
+    Naming the new ids in the bitmap made pylance trust those stale entries
+    and silently return no rows; leaving the new fragments uncovered makes
+    pylance scan them until the index is optimized (``optimize_indices``).
     """
     if index_section is None:
         return None
     out = table_pb2.IndexSection()
     out.CopyFrom(index_section)
+    rewritten = {i for g in groups for i in g.old_ids}
     for idx in out.indices:
         if not idx.fragment_bitmap:
-            continue
+            continue  # the planner never rewrites fragments of an index without a bitmap
         ids = set(decode_bitmap(idx.fragment_bitmap))
-        changed = False
-        for g in groups:
-            if ids & set(g.old_ids):
-                ids -= set(g.old_ids)
-                ids |= {f.id for f in g.new}
-                changed = True
-        if changed:
-            idx.fragment_bitmap = encode_bitmap(sorted(ids))
+        if ids & rewritten:
+            idx.fragment_bitmap = encode_bitmap(sorted(ids - rewritten))
     return out
 
 
 def _build(
     latest: Dataset, plan: CompactionPlan, results: Sequence[RewriteResult], txn_uuid: str, now: float
-) -> tuple[bytes, transaction_pb2.Transaction, str]:
-    """The next manifest file, its transaction and the transaction file name ("" when disabled)."""
+) -> tuple[bytes, transaction_pb2.Transaction, str, list[tuple[str, bytes]]]:
+    """The next manifest file, its transaction, the transaction file name ("" when disabled)
+    and the deletion files the new fragments need, as (path, bytes).
+
+    Deletion files carried forward by the tasks are named here because their
+    names hold the new fragment ids, which are only known now.
+    """
     m = table_pb2.Manifest()
     m.CopyFrom(latest.manifest)
     next_id = _next_fragment_id(m)
@@ -139,11 +184,18 @@ def _build(
     groups: list[_Group] = []
     txn = transaction_pb2.Transaction(read_version=plan.read_version, uuid=txn_uuid)
     txn.rewrite.SetInParent()
+    deletions: list[tuple[str, bytes]] = []
     for result in results:
         new = []
-        for frag in result.fragments():
+        for frag, deleted in zip(result.fragments(), result.pending_deletions()):
             frag.id = next_id
             next_id += 1
+            if deleted:
+                d = frag.deletion_file
+                d.read_version = plan.read_version
+                d.id = int.from_bytes(hashlib.blake2b(f"{txn_uuid}/{frag.id}".encode(), digest_size=8).digest(), "little")
+                name = deletion_file_name(frag.id, d.read_version, d.id, DeletionFileType(d.file_type))
+                deletions.append((f"{DELETIONS_DIR}/{name}", deleted))
             new.append(frag)
         group = _Group(tuple(result.old_fragment_ids), tuple(new))
         groups.append(group)
@@ -167,10 +219,8 @@ def _build(
     writes_txn_file = not (m.writer_feature_flags & mf.FLAG_DISABLE_TRANSACTION_FILE)
     m.transaction_file = mf.transaction_file_name(plan.read_version, txn_uuid) if writes_txn_file else ""
     m.reader_feature_flags, m.writer_feature_flags = mf.compute_feature_flags(m)
-    index_section = latest.file.index_section
-    if latest.stable_row_ids:
-        index_section = _remap_index_bitmaps(index_section, groups)
-    return mf.build_manifest_file(m, txn, index_section), txn, m.transaction_file
+    index_section = _remap_index_bitmaps(latest.file.index_section, groups)
+    return mf.build_manifest_file(m, txn, index_section), txn, m.transaction_file, deletions
 
 
 def remove_files(storage: Storage, paths: Iterable[str]) -> None:
@@ -210,38 +260,71 @@ def commit_compaction(
         return CompactionReport(version=None, seconds=time.monotonic() - started, **base)
 
     written = [p for r in done for p in r.files_written]
+    ours = {i for r in done for i in r.old_fragment_ids}
     txn_uuid = str(uuid.uuid4())
     txn_rel = None
+    deletion_rels: set[str] = set()
+    txn: transaction_pb2.Transaction | None = None
     attempt = 0
+    cleared: set[int] = set()
+    landed: int | None = None
+    keep_files = False
     try:
-        while True:
+        storage.check_commit_support()  # refuse stores without conditional writes before anything else
+        gone = [rel for rel in written if not storage.exists(rel)]
+        if gone:
+            # e.g. a cleanup with too short a grace period ran during a long compaction
+            raise MissingFileError(f"{len(gone)} data files written by this compaction vanished before the commit ({gone[0]}); nothing committed", path=storage.uri)
+        while landed is None:
             latest = Dataset.open(storage)
             mf.check_feature_flags(latest.manifest, path=storage.uri, for_write=True)
-            _check_concurrent(storage, plan, latest, {i for r in done for i in r.old_fragment_ids})
-            data, txn, txn_name = _build(latest, plan, done, txn_uuid, time.time())
+            landed = _check_concurrent(storage, plan, latest, ours, txn_uuid, cleared)
+            if landed is not None:
+                break  # an earlier attempt did commit
+            data, txn, txn_name, deletion_writes = _build(latest, plan, done, txn_uuid, time.time())
+            # Fragment ids (hence deletion file names) shift when other writers commit meanwhile.
+            current = {rel for rel, _ in deletion_writes}
+            remove_files(storage, deletion_rels - current)
+            for rel, payload in deletion_writes:
+                storage.write(rel, payload)
+            deletion_rels = current
             if txn_name:
                 txn_rel = f"{TRANSACTIONS_DIR}/{txn_name}"
                 storage.write(txn_rel, txn.SerializeToString())
             target = VersionLocation(latest.version + 1, latest.location.scheme)
             try:
                 storage.create(target.rel_path, data)
-                break
+                landed = target.version
             except AlreadyExistsError:
                 attempt += 1
                 if attempt > max_retries:
                     raise CommitConflictError(f"gave up after {max_retries} attempts: other writers keep committing", path=storage.uri) from None
                 time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+            except BaseException as exc:
+                # The outcome is unknown (network error, interrupt): look before cleaning up.
+                outcome = _landed(storage, target, txn_uuid)
+                if outcome and isinstance(exc, Exception):
+                    landed = target.version
+                elif outcome is False and (storage.is_local or "memory" in storage.protocols):
+                    raise  # a local link (or in-memory write) happened or not: nothing can land later
+                else:
+                    # Committed (and interrupted), or a remote PUT that may still land: the
+                    # files stay; `lance-assets cleanup` removes them if nothing references them.
+                    keep_files = True
+                    raise
     except BaseException:
-        remove_files(storage, written + ([txn_rel] if txn_rel else []))
+        if not keep_files:
+            remove_files(storage, written + sorted(deletion_rels) + ([txn_rel] if txn_rel else []))
         raise
     try:
-        storage.write(HINT_FILE, f'{{"version":{target.version}}}'.encode())
+        storage.write(HINT_FILE, f'{{"version":{landed}}}'.encode())
     except LanceAssetsError:
         pass  # the hint is advisory; readers fall back to listing
+    assert txn is not None  # built by this attempt or (same groups, same counts) by the one that landed
     old_frags = [f for g in txn.rewrite.groups for f in g.old_fragments]
     new_frags = [f for g in txn.rewrite.groups for f in g.new_fragments]
     return CompactionReport(
-        version=target.version,
+        version=landed,
         fragments_removed=len(old_frags),
         fragments_added=len(new_frags),
         files_removed=sum(len(f.files) + (1 if f.HasField("deletion_file") else 0) for f in old_frags),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from collections.abc import Callable
 
@@ -44,28 +45,73 @@ def run_plan(
     storage: Storage | None = None,
     progress: ProgressCallback | None = None,
     on_task_done: Callable[[RewriteResult], None] | None = None,
+    max_workers: int = 1,
 ) -> CompactionReport:
     """Copy every task of ``plan`` in this process and commit them together.
 
     ``progress`` receives byte counts as pages are copied; ``on_task_done``
-    each task's result. Distributed runners call ``execute_task`` and
-    ``commit_compaction`` themselves instead.
+    each task's result, in plan order. Distributed runners call
+    ``execute_task`` and ``commit_compaction`` themselves instead.
+
+    ``max_workers`` tasks run at once, in threads (extent copies and reads
+    release the GIL; ``progress`` is then called from those threads). Each
+    task holds at most ``read_batch_bytes`` of data in memory, so the data
+    held at once is bounded by ``max_workers * read_batch_bytes`` (plus the
+    parsed metadata of the files being merged).
     """
+    if max_workers < 1:
+        raise ValueError("max_workers must be positive")
     started = time.monotonic()
     storage = storage or Storage(plan.uri, plan.options.storage_options)
     results: list[RewriteResult] = []
+    if max_workers == 1 or len(plan.tasks) < 2:
+        try:
+            for task in plan.tasks:
+                result = execute_task(storage, plan, task, progress=progress)
+                results.append(result)
+                if on_task_done:
+                    on_task_done(result)
+        except BaseException:
+            # Nothing is committed: remove what finished tasks wrote before re-raising.
+            remove_files(storage, (p for r in results for p in r.files_written))
+            raise
+    else:
+        results = _run_parallel(plan, storage, progress, on_task_done, max_workers)
+    report = commit_compaction(storage, plan, results)
+    return replace(report, seconds=time.monotonic() - started)
+
+
+def _run_parallel(
+    plan: CompactionPlan,
+    storage: Storage,
+    progress: ProgressCallback | None,
+    on_task_done: Callable[[RewriteResult], None] | None,
+    max_workers: int,
+) -> list[RewriteResult]:
+    """``execute_task`` for every task on a thread pool; results in plan order.
+
+    On any failure the tasks not yet started are cancelled, the running ones
+    finish, and every file the finished tasks wrote is removed before re-raising.
+    """
+    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lance-assets-copy")
+    futures = [pool.submit(execute_task, storage, plan, task, progress=progress) for task in plan.tasks]
+    results: list[RewriteResult] = []
     try:
-        for task in plan.tasks:
-            result = execute_task(storage, plan, task, progress=progress)
+        for future in futures:
+            result = future.result()
             results.append(result)
             if on_task_done:
                 on_task_done(result)
     except BaseException:
-        # Nothing is committed: remove what finished tasks wrote before re-raising.
-        remove_files(storage, (p for r in results for p in r.files_written))
+        for future in futures:
+            future.cancel()
+        pool.shutdown(wait=True)
+        finished = [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None]
+        remove_files(storage, (p for r in finished for p in r.files_written))
         raise
-    report = commit_compaction(storage, plan, results)
-    return replace(report, seconds=time.monotonic() - started)
+    finally:
+        pool.shutdown(wait=True)
+    return results
 
 
 def compact(
@@ -74,10 +120,13 @@ def compact(
     *,
     progress: ProgressCallback | None = None,
     on_task_done: Callable[[RewriteResult], None] | None = None,
+    max_workers: int = 1,
 ) -> CompactionReport:
     """Compact the latest version of ``uri``: plan, copy every task, commit all groups atomically.
 
-    With ``options.dry_run`` only the plan is made and reported.
+    With ``options.dry_run`` only the plan is made and reported. ``max_workers``
+    tasks are copied at once (see ``run_plan``; memory grows to about
+    ``max_workers * options.read_batch_bytes``).
     """
     options = options or CompactionOptions()
     started = time.monotonic()
@@ -85,5 +134,5 @@ def compact(
     plan = plan_compaction(Dataset.open(storage), options)
     if options.dry_run:
         return dry_run_report(plan, time.monotonic() - started)
-    report = run_plan(plan, storage=storage, progress=progress, on_task_done=on_task_done)
+    report = run_plan(plan, storage=storage, progress=progress, on_task_done=on_task_done, max_workers=max_workers)
     return replace(report, seconds=time.monotonic() - started)

@@ -10,6 +10,7 @@ copied approximately.
 
 from __future__ import annotations
 
+import base64
 import bisect
 import time
 import uuid
@@ -25,6 +26,7 @@ from lance_assets.engine.tail import read_parsed_tail
 from lance_assets.errors import CompactionRefusedError, CorruptFileError
 from lance_assets.format import manifest as mf
 from lance_assets.format import v2file
+from lance_assets.format.deletion import DeletionFileType, decode_deletion_file, encode_deletion_file
 from lance_assets.format.rowids import (
     RowIdSequence,
     RowVersionSequence,
@@ -215,12 +217,13 @@ def _write_output(
 
     name = mf.data_file_name(uuid.uuid4().bytes)
     rel = f"{DATA_DIR}/{name}"
-    # Per output column: the input ColumnMetadata and where its file's bytes went. Inputs are
-    # read, copied and dropped one fragment at a time, so memory holds only column metadata.
-    parts: dict[int, list[file_pb2.ColumnMetadata]] = {fid: [] for fid in out_fields}
-    part_moves: dict[int, list[Callable[[int], int]]] = {fid: [] for fid in out_fields}
+    # Inputs are read, copied and merged into the output's column metadata one file at a
+    # time, so memory holds the merged metadata only, never every input's.
+    where = storage.url(rel)
+    mergers = {fid: v2file.ColumnMerger(version, path=where) for fid in out_fields}
     schema_metadata: dict[str, bytes] | None = None
     bytes_read = 0
+    rows = 0
     with storage.open_write(rel) as out:
         pos = 0
         for frag in inputs:
@@ -232,16 +235,9 @@ def _write_output(
                 bytes_read += n
                 move = _relocator(extents)
                 for fid, col in src.columns.items():
-                    parts[fid].append(src.meta.columns[col])
-                    part_moves[fid].append(move)
-
-        row_offsets = []
-        rows = 0
-        for frag in inputs:
-            row_offsets.append(rows)
+                    mergers[fid].add(src.meta.columns[col], move, rows)
             rows += frag.physical_rows
-        where = storage.url(rel)
-        columns = [v2file.merge_column(parts[fid], part_moves[fid], row_offsets, version, path=where) for fid in out_fields]
+        columns = [mergers[fid].finish() for fid in out_fields]
         descriptor = file_pb2.FileDescriptor(length=rows)
         descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
         for key, value in (schema_metadata or {}).items():
@@ -290,6 +286,34 @@ def _carry_row_sequences(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], 
     out.inline_last_updated_at_versions = encode_row_versions(RowVersionSequence.concat(updated))
 
 
+def _carry_deletions(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], out: table_pb2.DataFragment) -> str:
+    """Merge the inputs' deleted row offsets into one deletion file for ``out``.
+
+    Every physical row is copied, so an input's offset k becomes (rows of the
+    inputs before it) + k. Returns the encoded file as base64 ("" when nothing is
+    deleted) and fills ``out.deletion_file`` except its id and read version,
+    which the commit sets when it names the file.
+    """
+    merged: list[int] = []
+    base = 0
+    for frag in inputs:
+        if frag.HasField("deletion_file"):
+            rel = ds.deletion_file_path(frag)
+            where = ds.storage.url(rel)
+            local = decode_deletion_file(ds.storage.read(rel), DeletionFileType(frag.deletion_file.file_type), physical_rows=frag.physical_rows, path=where)
+            expected = frag.deletion_file.num_deleted_rows
+            if expected and len(local) != expected:
+                raise CorruptFileError(f"deletion file holds {len(local)} rows, the manifest says {expected}", path=where)
+            merged.extend(base + offset for offset in local)
+        base += frag.physical_rows
+    if not merged:
+        return ""
+    encoded = encode_deletion_file(merged)
+    out.deletion_file.file_type = int(encoded.file_type)
+    out.deletion_file.num_deleted_rows = encoded.num_deleted_rows
+    return base64.b64encode(encoded.data).decode("ascii")
+
+
 def execute_task(
     uri: str | Storage,
     plan: CompactionPlan,
@@ -315,11 +339,14 @@ def execute_task(
         from lance_assets.engine.copy_legacy import write_legacy_output as write_output
     written: list[str] = []
     fragments: list[str] = []
+    deletions: list[str] = []
     bytes_read = bytes_written = 0
     try:
         for output in task.outputs:
-            frag, rel, n_read, n_written = write_output(ds, [by_id[i] for i in output.fragment_ids], plan.options.read_batch_bytes, progress)
+            inputs = [by_id[i] for i in output.fragment_ids]
+            frag, rel, n_read, n_written = write_output(ds, inputs, plan.options.read_batch_bytes, progress)
             written.append(rel)
+            deletions.append(_carry_deletions(ds, inputs, frag))
             fragments.append(RewriteResult.encode_fragment(frag))
             bytes_read += n_read
             bytes_written += n_written
@@ -342,6 +369,7 @@ def execute_task(
         task_id=task.task_id,
         old_fragment_ids=task.fragment_ids,
         new_fragments=tuple(fragments),
+        deletion_files=tuple(deletions) if any(deletions) else (),
         files_written=tuple(written),
         rows=task.rows,
         bytes_read=bytes_read,

@@ -152,8 +152,9 @@ class Dataset:
     def storage_version(self) -> tuple[int, int]:
         return mf.storage_version(self.manifest, path=self.uri)
 
-    @property
+    @cached_property
     def stable_row_ids(self) -> bool:
+        # Cached: the planner asks once per fragment.
         return bool(self.manifest.reader_feature_flags & mf.FLAG_STABLE_ROW_IDS)
 
     def data_file_path(self, data_file: table_pb2.DataFile) -> str:

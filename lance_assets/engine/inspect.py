@@ -100,9 +100,9 @@ def _schema(fields: list[file_pb2.Field]) -> list[SchemaField]:
     return [SchemaField(f.id, f.parent_id, f.name, f.logical_type, f.nullable) for f in fields]
 
 
-def _fragment_bytes(ds: Dataset, fragment: Any) -> int:
+def _fragment_bytes(ds: Dataset, files: list[Any]) -> int:
     total = 0
-    for df in fragment.files:
+    for df in files:
         total += df.file_size_bytes or ds.storage.size(ds.data_file_path(df))
     return total
 
@@ -139,17 +139,26 @@ def inspect_dataset(
     ds = uri if isinstance(uri, Dataset) else Dataset.open(uri, version, storage_options)
     m = ds.manifest
     frags = []
+    names: dict[tuple[int, int], str] = {}  # version pair -> name; a sensor runs this on every tick
     for f in m.fragments:
-        versions = {mf.storage_version_name(mf.data_file_version(df)) for df in f.files}
+        files = list(f.files)
+        versions = set()
+        for df in files:
+            pair = (df.file_major_version, df.file_minor_version)
+            name = names.get(pair)
+            if name is None:
+                name = names[pair] = mf.storage_version_name(mf.data_file_version(df))
+            versions.add(name)
+        has_deletion_file = f.HasField("deletion_file")
         frags.append(
             FragmentInfo(
                 id=f.id,
                 physical_rows=f.physical_rows,
-                deleted_rows=f.deletion_file.num_deleted_rows if f.HasField("deletion_file") else 0,
-                files=len(f.files),
-                bytes=_fragment_bytes(ds, f),
+                deleted_rows=f.deletion_file.num_deleted_rows if has_deletion_file else 0,
+                files=len(files),
+                bytes=_fragment_bytes(ds, files),
                 file_version=",".join(sorted(versions)),
-                has_deletion_file=f.HasField("deletion_file"),
+                has_deletion_file=has_deletion_file,
             )
         )
     summary = Summary(

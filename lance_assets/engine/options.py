@@ -29,6 +29,8 @@ class CompactionOptions:
     read_batch_bytes: int = DEFAULT_READ_BATCH_BYTES
     max_source_fragments: int | None = None
     excluded_fragment_ids: frozenset[int] = frozenset()
+    materialize_deletions: bool = True
+    materialize_deletions_threshold: float = 0.1
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     dry_run: bool = False
 
@@ -40,6 +42,8 @@ class CompactionOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive when set")
+        if not 0.0 <= self.materialize_deletions_threshold:
+            raise ValueError("materialize_deletions_threshold must not be negative")
         object.__setattr__(self, "excluded_fragment_ids", frozenset(int(i) for i in self.excluded_fragment_ids))
 
     @property

@@ -23,7 +23,8 @@ from lance_assets.format.roaring import decode_bitmap
 
 # Reasons a fragment is not compacted; stable strings, part of the JSON output.
 REASON_EXCLUDED = "excluded"
-REASON_DELETIONS = "deletions"
+REASON_DELETIONS = "deletions"  # no longer produced (deletions are carried forward); kept for old plans
+REASON_MATERIALIZE = "materialize_deletions"
 REASON_LARGE = "at_target_size"
 REASON_INDEXED = "indexed"
 REASON_UNKNOWN_FIELDS = "unknown_fragment_fields"
@@ -153,15 +154,28 @@ def is_blob_field(field: file_pb2.Field) -> bool:
     return field.metadata.get(BLOB_METADATA_KEY, b"").lower() == b"true" or field.extension_name == BLOB_V2_EXTENSION
 
 
-def _index_sets(ds: Dataset) -> dict[int, frozenset[str]] | None:
-    """Fragment id -> uuids of the indices covering it; None = an index covers everything."""
+SYSTEM_INDEX_PREFIX = "__lance"
+
+
+def _index_sets(ds: Dataset) -> tuple[dict[int, frozenset[str]] | None, dict[int, str]]:
+    """Fragment id -> uuids of the indices covering it (None: an index covers everything),
+    and fragment id -> name of a Lance system index covering it.
+
+    System indices (the fragment-reuse index of a deferred remap) hold row mappings of
+    their own that a rewrite would invalidate, so their fragments are left alone.
+    """
     cover: dict[int, set[str]] = {}
+    pinned: dict[int, str] = {}
+    everything = False
     for idx in ds.indices:
         if not idx.fragment_bitmap:
-            return None
+            everything = True
+            continue
         for fid in decode_bitmap(idx.fragment_bitmap, path=ds.uri):
             cover.setdefault(fid, set()).add(idx.uuid.uuid.hex())
-    return {k: frozenset(v) for k, v in cover.items()}
+            if idx.name.startswith(SYSTEM_INDEX_PREFIX):
+                pinned[fid] = idx.name
+    return (None if everything else {k: frozenset(v) for k, v in cover.items()}), pinned
 
 
 def _fragment_bytes(ds: Dataset, fragment: table_pb2.DataFragment, *, exact: bool) -> int:
@@ -170,7 +184,13 @@ def _fragment_bytes(ds: Dataset, fragment: table_pb2.DataFragment, *, exact: boo
     Older writers record 0 (unknown); those sizes are looked up only when a
     byte cap needs them (``exact``), so planning normally opens nothing.
     """
-    return sum(df.file_size_bytes or (ds.storage.size(ds.data_file_path(df)) if exact else 0) for df in fragment.files)
+    total = 0
+    for df in fragment.files:  # a plain loop: this runs for every fragment of a 100,000-fragment plan
+        size = df.file_size_bytes
+        if not size and exact:
+            size = ds.storage.size(ds.data_file_path(df))
+        total += size
+    return total
 
 
 def _fragment_files(fragment: table_pb2.DataFragment) -> int:
@@ -202,11 +222,11 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
         return skip_all(REASON_BLOB, f"blob columns store absolute positions inside page data: {', '.join(blobs)}")
 
     live_ids = {f.id for f in ds.manifest.fields}
-    index_sets = _index_sets(ds)
-    # Without stable row ids, rewriting rows would leave indices pointing at old addresses.
-    # With them the commit drops rewritten fragments from each index's bitmap, which an
-    # index without a bitmap (covering "everything") cannot express: it blocks too.
-    index_blocks = bool(ds.indices) and (not ds.stable_row_ids or index_sets is None)
+    # Index entries hold row addresses (pylance 14 also with stable row ids), which a rewrite
+    # moves. The commit therefore drops rewritten fragments from each index's bitmap: pylance
+    # then ignores their stale entries and scans the new fragments until the index is
+    # optimized. An index without a bitmap (covering "everything") cannot be narrowed: it blocks.
+    index_sets, pinned = _index_sets(ds)
 
     # Each candidate carries the key that must match for it to share a bin with its neighbour.
     candidates: list[tuple[table_pb2.DataFragment, Any] | None] = []
@@ -216,7 +236,7 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
     check_unknown = has_unknown_fields(ds.manifest)
     layouts: dict[Any, tuple[tuple[int, bool], ...]] = {}
     for frag in fragments:
-        reason = _candidate_reason(ds, frag, options, live_ids, index_sets, index_blocks, check_unknown, layouts)
+        reason = _candidate_reason(ds, frag, options, live_ids, index_sets, pinned, check_unknown, layouts)
         if isinstance(reason, SkippedFragment):
             skipped.append(reason)
             candidates.append(None)
@@ -262,7 +282,7 @@ def _candidate_reason(
     options: CompactionOptions,
     live_ids: set[int],
     index_sets: dict[int, frozenset[str]] | None,
-    index_blocks: bool,
+    pinned: dict[int, str],
     check_unknown: bool = True,
     layouts: dict[Any, tuple[tuple[int, bool], ...]] | None = None,
 ) -> SkippedFragment | tuple[Any, ...]:
@@ -281,25 +301,34 @@ def _candidate_reason(
         return skip(REASON_EXCLUDED, "listed in excluded_fragment_ids")
     if rows == 0 or not files:
         return skip(REASON_EMPTY, "fragment has no rows or no data files")
-    if frag.HasField("deletion_file"):
-        return skip(REASON_DELETIONS, f"{frag.deletion_file.num_deleted_rows} deleted rows")
+    if frag.HasField("deletion_file") and options.materialize_deletions:
+        deleted = frag.deletion_file.num_deleted_rows
+        if deleted > options.materialize_deletions_threshold * frag.physical_rows:
+            return skip(
+                REASON_MATERIALIZE,
+                f"{deleted} of {frag.physical_rows} rows deleted (over {options.materialize_deletions_threshold:.0%}): "
+                "removing them needs a re-encode, which binary copy does not do",
+            )
     if rows >= options.target_rows_per_fragment:
         return skip(REASON_LARGE, f"{rows} rows >= target {options.target_rows_per_fragment}")
     if check_unknown:
         unknown = unknown_field_numbers(frag) + [n for df in files for n in unknown_field_numbers(df)]
         if unknown:
             return skip(REASON_UNKNOWN_FIELDS, f"fields {sorted(set(unknown))} written by a newer Lance (e.g. data overlays)")
-    versions = [mf.data_file_version(df) for df in files]
+    versions = []
+    base_path = False
+    for df in files:
+        versions.append(mf.data_file_version(df))
+        base_path = base_path or df.HasField("base_id")
     if versions.count(ds.storage_version) != len(versions):
         return skip(REASON_FILE_VERSION, "a data file's version differs from the dataset's storage version")
-    for df in files:
-        if df.HasField("base_id"):
-            return skip(REASON_BASE_PATH, "data files under another base path")
+    if base_path:
+        return skip(REASON_BASE_PATH, "data files under another base path")
     if frag.HasField("external_row_ids") or frag.HasField("external_created_at_versions") or frag.HasField("external_last_updated_at_versions"):
         return skip(REASON_EXTERNAL_ROW_IDS, "row-id or version sequences stored in external files")
     if ds.stable_row_ids and not frag.HasField("inline_row_ids"):
         return skip(REASON_EXTERNAL_ROW_IDS, "stable-row-id dataset fragment without a row-id sequence")
-    key = tuple((tuple(df.fields[:]), tuple(df.column_indices[:]), v) for df, v in zip(files, versions))  # [:] is a C-level copy
+    key = tuple([(tuple(df.fields[:]), tuple(df.column_indices[:]), v) for df, v in zip(files, versions)])  # [:] is a C-level copy
     layout = layouts.get(key) if layouts is not None else None
     if layout is None:
         layout = field_layout(frag, live_ids)
@@ -311,10 +340,11 @@ def _candidate_reason(
         dictionaries = [f.name for f in ds.manifest.fields if f.logical_type.startswith("dict:") and (f.id, True) in layout]
         if dictionaries:
             return skip(REASON_LEGACY_DICTIONARY, f"dictionary fields {', '.join(dictionaries)}: each legacy file has its own dictionary, so files cannot be merged by copy")
-    covering = frozenset() if index_sets is None else index_sets.get(frag.id, frozenset())
-    if index_blocks and (index_sets is None or covering):
-        return skip(REASON_INDEXED, "covered by an index on a dataset without stable row ids")
-    return (layout, None if index_sets is None else covering)
+    if index_sets is None:
+        return skip(REASON_INDEXED, "an index without a fragment bitmap covers every fragment")
+    if frag.id in pinned:
+        return skip(REASON_INDEXED, f"covered by the Lance system index {pinned[frag.id]}, whose row mapping a rewrite would invalidate")
+    return (layout, index_sets.get(frag.id, frozenset()))
 
 
 def _bins(candidates: Sequence[tuple[table_pb2.DataFragment, Any] | None]) -> Iterable[list[table_pb2.DataFragment]]:

@@ -20,6 +20,9 @@ class RewriteResult:
     task_id: int
     old_fragment_ids: tuple[int, ...]
     new_fragments: tuple[str, ...] = ()
+    # Per new fragment: base64 of its deletion file ("" for none). The file is written at
+    # commit time, because its name holds the fragment id, which only the commit assigns.
+    deletion_files: tuple[str, ...] = ()
     files_written: tuple[str, ...] = ()
     rows: int = 0
     bytes_read: int = 0
@@ -44,13 +47,18 @@ class RewriteResult:
             out.append(frag)
         return out
 
+    def pending_deletions(self) -> list[bytes]:
+        """Deletion-file bytes per new fragment (b"" where it has none)."""
+        padded = list(self.deletion_files) + [""] * (len(self.new_fragments) - len(self.deletion_files))
+        return [base64.b64decode(d) if d else b"" for d in padded]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RewriteResult:
         data = dict(data)
-        for key in ("old_fragment_ids", "new_fragments", "files_written"):
+        for key in ("old_fragment_ids", "new_fragments", "deletion_files", "files_written"):
             data[key] = tuple(data.get(key) or ())
         return cls(**data)
 

@@ -16,6 +16,7 @@ caller which bytes it still needs instead of reading them itself.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ class FileVersion(StrEnum):
     @property
     def footer_pair(self) -> tuple[int, int]:
         """(major, minor) written in the 40-byte footer."""
-        return (0, 3) if self is FileVersion.V2_0 else self.manifest_pair
+        return (0, 3) if self._value_ == "2.0" else self.manifest_pair
 
     @property
     def manifest_pair(self) -> tuple[int, int]:
@@ -93,13 +94,15 @@ class FileVersion(StrEnum):
     @property
     def aligned(self) -> bool:
         """Whether readers require 64-byte aligned page buffers and global buffers (2.1+)."""
-        return self is not FileVersion.V2_0
+        # Compares the value: looking a member up on the class is slow, and this is per page.
+        return self._value_ != "2.0"
 
     @classmethod
     def from_footer_pair(cls, major: int, minor: int, *, path: str | None = None) -> FileVersion:
         """Map a footer version pair; legacy (0.x) and unknown pairs raise UnsupportedVersionError."""
-        if (major, minor) == (0, 3):
-            return cls.V2_0
+        found = _FOOTER_VERSIONS.get((major, minor))
+        if found is not None:
+            return found
         return cls._from_v2_pair(major, minor, path=path, where="footer")
 
     @classmethod
@@ -121,6 +124,9 @@ class FileVersion(StrEnum):
         raise UnsupportedVersionError(
             f"unknown Lance file version {major}.{minor} in the {where}", path=path
         )
+
+
+_FOOTER_VERSIONS = {v.footer_pair: v for v in FileVersion}
 
 
 @dataclass(frozen=True)
@@ -324,19 +330,28 @@ def _check_column(
 ) -> tuple[PageInfo, ...]:
     """Reject buffers outside the data region, misalignment Lance would reject, and (2.1+) pages
     that do not cover exactly the file's rows: a copier trusts all of these."""
-    problem = _check_buffers(column.buffer_offsets, column.buffer_sizes, False, data_end)
-    if problem:
-        raise CorruptFileError(f"column {index}: {problem}", path=path)
-    infos = []
-    for p, page in enumerate(column.pages):
-        problem = _check_buffers(page.buffer_offsets, page.buffer_sizes, version.aligned, data_end)
+    if column.buffer_offsets or column.buffer_sizes:
+        problem = _check_buffers(column.buffer_offsets, column.buffer_sizes, False, data_end)
         if problem:
+            raise CorruptFileError(f"column {index}: {problem}", path=path)
+    aligned = version.aligned
+    infos = []
+    covered = 0
+    for p, page in enumerate(column.pages):
+        offsets, sizes = tuple(page.buffer_offsets), tuple(page.buffer_sizes)
+        # The common case (every buffer in bounds and aligned) without building messages.
+        ok = len(offsets) == len(sizes)
+        for pos, size in zip(offsets, sizes):
+            if pos + size > data_end or (aligned and pos % ALIGNMENT):
+                ok = False
+                break
+        if not ok:
+            problem = _check_buffers(offsets, sizes, aligned, data_end)
             raise CorruptFileError(f"column {index} page {p}: {problem}", path=path)
-        infos.append(
-            PageInfo(tuple(page.buffer_offsets), tuple(page.buffer_sizes), page.length, page.priority)
-        )
-    covered = sum(info.length for info in infos)
-    if version.aligned and covered != num_rows:
+        length = page.length
+        covered += length
+        infos.append(PageInfo(offsets, sizes, length, page.priority))
+    if aligned and covered != num_rows:
         raise CorruptFileError(
             f"column {index} pages hold {covered} rows but the file has {num_rows}", path=path
         )
@@ -399,10 +414,12 @@ def blob_fields(descriptor: file_pb2.FileDescriptor) -> tuple[file_pb2.Field, ..
     """
     found = []
     for field in descriptor.schema.fields:
+        if field.extension_name == _BLOB_V2_EXTENSION:
+            found.append(field)
+            continue
         metadata = field.metadata
-        if (
+        if metadata and (
             bytes(metadata.get(_BLOB_METADATA_KEY, b"")).lower() == b"true"
-            or field.extension_name == _BLOB_V2_EXTENSION
             or bytes(metadata.get("ARROW:extension:name", b"")) == _BLOB_V2_EXTENSION.encode()
         ):
             found.append(field)
@@ -433,15 +450,40 @@ def _column_safety(index: int, column: file2_pb2.ColumnMetadata, meta: V2FileMet
         reasons["column-level buffers (per-file data the column encoding describes)"] = None
     blob = _encoding_bytes(column.encoding, deferred, reasons, "column encoding")
     if blob is not None:
-        for r in _column_encoding_reasons(blob, path, index):
+        for r in _verdict(("column", blob), lambda: _column_encoding_reasons(blob, path, index)):
             reasons[r] = None
+    version = meta.version
     for p, page in enumerate(column.pages):
-        blob = _encoding_bytes(page.encoding, deferred, reasons, "page encoding")
-        if blob is not None:
-            for r in _page_encoding_reasons(blob, meta.version, path, f"column {index} page {p}"):
-                reasons[r] = None
-    struct_header = meta.version is FileVersion.V2_0 and is_struct_header_column(column)
+        encoding = page.encoding
+        if encoding.HasField("direct"):
+            blob = encoding.direct.encoding
+            found = _VERDICTS.get((version, blob))
+            if found is None:
+                found = _verdict((version, blob), lambda: _page_encoding_reasons(blob, version, path, f"column {index} page {p}"))
+        else:
+            _encoding_bytes(encoding, deferred, reasons, "page encoding")
+            found = ()
+        for r in found:
+            reasons[r] = None
+    struct_header = version is FileVersion.V2_0 and is_struct_header_column(column)
     return ColumnSafety(index, tuple(reasons), struct_header, tuple(deferred), col_buffers)
+
+
+# Verdicts on encoding bytes, which repeat across files (a few distinct values per column):
+# judging each distinct value once keeps copy-safety checks off the per-file cost. The verdict
+# depends on the bytes (and file version) only; bytes that do not parse raise and are not kept.
+_VERDICTS: dict[tuple[object, bytes], tuple[str, ...]] = {}
+_VERDICTS_LIMIT = 8192
+
+
+def _verdict(key: tuple[object, bytes], judge: Callable[[], Sequence[str]]) -> tuple[str, ...]:
+    found = _VERDICTS.get(key)
+    if found is None:
+        found = tuple(judge())
+        if len(_VERDICTS) >= _VERDICTS_LIMIT:
+            _VERDICTS.clear()
+        _VERDICTS[key] = found
+    return found
 
 
 def _encoding_bytes(
@@ -602,16 +644,21 @@ def is_struct_header_column(column: file2_pb2.ColumnMetadata) -> bool:
     for page in column.pages:
         if page.buffer_offsets or page.encoding.WhichOneof("location") != "direct":
             return False
-        wrapped = any_pb2.Any()
-        array = enc20.ArrayEncoding()
-        try:
-            wrapped.ParseFromString(page.encoding.direct.encoding)
-            array.ParseFromString(wrapped.value)
-        except Exception:  # noqa: BLE001 - undecodable means "not a struct header"
-            return False
-        if wrapped.type_url != _URL_ARRAY_20 or array.WhichOneof("array_encoding") != "struct":
+        if not _is_struct_encoding(page.encoding.direct.encoding):
             return False
     return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_struct_encoding(blob: bytes) -> bool:
+    wrapped = any_pb2.Any()
+    array = enc20.ArrayEncoding()
+    try:
+        wrapped.ParseFromString(blob)
+        array.ParseFromString(wrapped.value)
+    except Exception:  # noqa: BLE001 - undecodable means "not a struct header"
+        return False
+    return wrapped.type_url == _URL_ARRAY_20 and array.WhichOneof("array_encoding") == "struct"
 
 
 def merge_struct_header_pages(pages: Sequence[file2_pb2.ColumnMetadata.Page]) -> Page:
@@ -665,25 +712,74 @@ def merge_column(
     """
     if not parts or not len(parts) == len(relocations) == len(row_offsets):
         raise ValueError("parts, relocations and row_offsets must be non-empty and equally long")
-    first = parts[0].encoding.SerializeToString(deterministic=True)
-    for k, part in enumerate(parts):
-        if part.buffer_offsets:
-            raise CompactionRefusedError(f"input {k} has column-level buffers", path=path)
-        if part.encoding.SerializeToString(deterministic=True) != first:
-            raise CompactionRefusedError(
-                f"input {k} has a different column encoding than input 0", path=path
-            )
-    merged = file2_pb2.ColumnMetadata()
-    merged.CopyFrom(parts[0])
-    del merged.pages[:]
-    if version is FileVersion.V2_0 and all(is_struct_header_column(p) for p in parts):
-        merged.pages.append(merge_struct_header_pages([pg for p in parts for pg in p.pages]))
-        return merged
+    merger = ColumnMerger(version, path=path)
     for part, relocation, rows in zip(parts, relocations, row_offsets, strict=True):
-        move = relocation if callable(relocation) else (lambda o, d=relocation: o + d)
+        merger.add(part, relocation, rows)
+    return merger.finish()
+
+
+class ColumnMerger:
+    """``merge_column`` one input at a time, so a copier holds only the merged metadata.
+
+    ``add`` each input's ColumnMetadata in file order (with its relocation and row offset,
+    as for ``merge_column``), then ``finish``. The checks and the result are those of
+    ``merge_column``; an input is refused as soon as it is added.
+    """
+
+    def __init__(self, version: FileVersion, *, path: str | None = None) -> None:
+        self._version = version
+        self._path = path
+        self._merged: file2_pb2.ColumnMetadata | None = None
+        self._encoding = b""
+        self._count = 0
+        # 2.0 struct headers collapse into one page: the first page and the summed length.
+        self._all_struct = version is FileVersion.V2_0
+        self._struct_page: Page | None = None
+        self._struct_length = 0
+
+    def add(self, part: file2_pb2.ColumnMetadata, relocation: int | Callable[[int], int], row_offset: int) -> None:
+        k = self._count
+        if part.buffer_offsets:
+            raise CompactionRefusedError(f"input {k} has column-level buffers", path=self._path)
+        encoding = part.encoding.SerializeToString(deterministic=True)
+        if self._merged is None:
+            self._encoding = encoding
+            self._merged = file2_pb2.ColumnMetadata()
+            self._merged.CopyFrom(part)
+            del self._merged.pages[:]
+        elif encoding != self._encoding:
+            raise CompactionRefusedError(f"input {k} has a different column encoding than input 0", path=self._path)
+        self._count += 1
+        if self._all_struct and is_struct_header_column(part):
+            if self._struct_page is None:
+                self._struct_page = Page()
+                self._struct_page.CopyFrom(part.pages[0])
+            self._struct_length += sum(page.length for page in part.pages)
+        else:
+            self._all_struct = False
+        pages = self._merged.pages
         for page in part.pages:
-            merged.pages.append(relocate_page(page, [move(o) for o in page.buffer_offsets], rows))
-    return merged
+            if page.encoding.HasField("indirect"):
+                raise ValueError("page has a deferred encoding at an absolute position; refuse the file")
+            # As relocate_page, but built in place (appending a message would copy it again).
+            moved = pages.add()
+            moved.CopyFrom(page)
+            if callable(relocation):
+                moved.buffer_offsets[:] = [relocation(o) for o in page.buffer_offsets]
+            elif relocation:
+                moved.buffer_offsets[:] = [o + relocation for o in page.buffer_offsets]
+            moved.priority = page.priority + row_offset
+
+    def finish(self) -> file2_pb2.ColumnMetadata:
+        """The merged ColumnMetadata (call once, after the last ``add``)."""
+        if self._merged is None:
+            raise ValueError("no inputs to merge")
+        if self._all_struct and self._struct_page is not None:
+            del self._merged.pages[:]
+            self._struct_page.length = self._struct_length
+            self._struct_page.priority = 0
+            self._merged.pages.append(self._struct_page)
+        return self._merged
 
 
 def with_num_rows(descriptor: file_pb2.FileDescriptor, num_rows: int) -> file_pb2.FileDescriptor:

@@ -8,13 +8,14 @@ which filesystem they were talking to.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import errno
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, ContextManager
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -23,6 +24,72 @@ from lance_assets.errors import CorruptFileError, MissingFileError, StorageError
 
 # In-process lock for stores where create-if-absent is emulated (memory://).
 _EMULATED_CREATE_LOCK = threading.Lock()
+
+# Our own storage option (never passed to fsspec): the caller declares that no
+# other writer can commit concurrently (an external lock, a single writer), so
+# a store without conditional writes may commit by "exists? then write".
+UNSAFE_COMMIT_OPTION = "lance_assets_unsafe_commit"
+
+# pylance (object_store) spells S3 options differently from s3fs; accept both so one
+# dict configures pylance and lance_assets alike. s3fs spellings win when both are given.
+_S3_CREDENTIAL_KEYS = {
+    "aws_access_key_id": "key",
+    "access_key_id": "key",
+    "aws_secret_access_key": "secret",
+    "secret_access_key": "secret",
+    "aws_session_token": "token",
+    "session_token": "token",
+}
+_S3_ENDPOINT_KEYS = ("aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url")
+_S3_REGION_KEYS = ("aws_region", "region", "aws_default_region")
+_S3_IGNORED_KEYS = ("allow_http", "aws_allow_http", "aws_virtual_hosted_style_request", "virtual_hosted_style_request", "aws_s3_allow_unsafe_rename")
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def fsspec_options(protocol: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Storage options as fsspec wants them: ours removed, pylance's S3 names translated."""
+    out = {k: v for k, v in options.items() if k != UNSAFE_COMMIT_OPTION}
+    if protocol not in ("s3", "s3a"):
+        return out
+    client_kwargs = dict(out.pop("client_kwargs", None) or {})
+    for src, dst in _S3_CREDENTIAL_KEYS.items():
+        if src in out:
+            value = out.pop(src)
+            out.setdefault(dst, value)
+    for key in _S3_ENDPOINT_KEYS:
+        if key in out:
+            client_kwargs.setdefault("endpoint_url", out.pop(key))
+    for key in _S3_REGION_KEYS:
+        if key in out:
+            client_kwargs.setdefault("region_name", out.pop(key))
+    for key in _S3_IGNORED_KEYS:
+        out.pop(key, None)
+    if client_kwargs:
+        out["client_kwargs"] = client_kwargs
+    return out
+
+
+def _modified(info: Mapping[str, Any]) -> float | None:
+    """Last-modified time (POSIX seconds) from an fsspec info dict, if the store reports one."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, _dt.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=_dt.timezone.utc)
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
 
 
 def _local_fileno(stream: IO[bytes]) -> int | None:
@@ -41,29 +108,60 @@ class AlreadyExistsError(StorageError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One object in a listing: its name relative to the listed folder and its size."""
+    """One object in a listing: its name relative to the listed folder, size and mtime (None if unknown)."""
 
     name: str
     size: int
+    modified: float | None = None
 
 
 class Storage:
     """A dataset root (local path or URL) opened through fsspec.
 
-    ``storage_options`` go to the fsspec filesystem unchanged (e.g. s3fs's
-    ``key``, ``secret``, ``client_kwargs={"endpoint_url": ...}``).
+    ``storage_options`` go to the fsspec filesystem (e.g. s3fs's ``key``,
+    ``secret``, ``client_kwargs={"endpoint_url": ...}``); pylance's S3 names
+    (``aws_access_key_id``, ``aws_endpoint``, ``aws_region`` …) are translated.
+
+    Committing needs create-if-absent (``create``). It is atomic on local disks
+    (hard link), on S3 (``If-None-Match: *``, verified once per Storage by a
+    probe) and in memory:// (one process). Any other store is refused unless
+    the caller passes ``commit_lock`` (a factory of context managers held
+    around "exists? then write"; safe among writers sharing that lock) or sets
+    the storage option ``lance_assets_unsafe_commit=true`` (the caller
+    guarantees a single writer).
     """
 
-    def __init__(self, uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        commit_lock: Callable[[], ContextManager[Any]] | None = None,
+    ) -> None:
         self.uri = uri.rstrip("/") or uri
         options = dict(storage_options or {})
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.uri, **options)
-        except (ImportError, ValueError) as exc:
+            protocol = fsspec.utils.get_protocol(self.uri)
+            self.fs, self.root = fsspec.core.url_to_fs(self.uri, **fsspec_options(protocol, options))
+        except (ImportError, ValueError, TypeError) as exc:
             raise StorageError(f"cannot open filesystem ({exc})", path=uri) from None
         self.root = self.root.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.storage_options = options
+        self.commit_lock = commit_lock
+        self.unsafe_commit = _truthy(options.get(UNSAFE_COMMIT_OPTION, False))
+        self._conditional_put_verified = False
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        p = self.fs.protocol
+        return p if isinstance(p, tuple) else (p,)
+
+    def _refresh(self, rel: str) -> None:
+        """Forget cached listings (s3fs caches them forever): other writers change these folders."""
+        if not self.is_local:
+            with contextlib.suppress(Exception):
+                self.fs.invalidate_cache(self.path(rel))
 
     # -- paths ---------------------------------------------------------------
     def path(self, rel: str) -> str:
@@ -84,6 +182,13 @@ class Storage:
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of ``rel`` (whole object by default)."""
         with self._errors(rel):
+            if self.is_local and (start is None or start >= 0) and (end is None or end >= 0):
+                # What LocalFileSystem.cat_file does, minus its per-call overhead (which
+                # dominates reading the metadata of thousands of small files).
+                with open(self.path(rel), "rb") as f:
+                    if start:
+                        f.seek(start)
+                    return f.read() if end is None else f.read(max(0, end - (start or 0)))
             return self.fs.cat_file(self.path(rel), start=start, end=end)
 
     def size(self, rel: str) -> int:
@@ -106,11 +211,13 @@ class Storage:
         return data, size
 
     def exists(self, rel: str) -> bool:
+        self._refresh(rel)
         with self._errors(rel):
             return bool(self.fs.exists(self.path(rel)))
 
     def list(self, rel_dir: str) -> list[Entry]:
         """Objects directly below ``rel_dir``; an absent folder lists as empty."""
+        self._refresh(rel_dir)
         with self._errors(rel_dir):
             try:
                 infos = self.fs.ls(self.path(rel_dir), detail=True)
@@ -121,7 +228,7 @@ class Storage:
             if info.get("type") == "directory":
                 continue
             name = info["name"].rstrip("/").rsplit("/", 1)[-1]
-            out.append(Entry(name=name, size=int(info.get("size") or 0)))
+            out.append(Entry(name=name, size=int(info.get("size") or 0), modified=_modified(info)))
         return out
 
     def copy_range(
@@ -202,35 +309,105 @@ class Storage:
             self._makedirs_for(rel)
             tmp = f"{target}.tmp-{uuid.uuid4().hex}"
             with self._errors(rel):
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
                 try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
                     os.link(tmp, target)
                 except FileExistsError:
                     raise AlreadyExistsError("already exists", path=self.url(rel)) from None
                 finally:
-                    with contextlib.suppress(FileNotFoundError):
+                    # also after a failed write (full disk): no half-written staging file stays behind
+                    with contextlib.suppress(OSError):
                         os.unlink(tmp)
             return
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        if "memory" in protocols:
+        if "memory" in self.protocols:
             with _EMULATED_CREATE_LOCK:
-                if self.exists(rel):
-                    raise AlreadyExistsError("already exists", path=self.url(rel))
-                self.write(rel, data)
+                self._create_unconditionally(rel, data)
             return
+        if self.commit_lock is None and not self.unsafe_commit:
+            self.check_commit_support()
+            self._put_if_absent(rel, data)
+            return
+        with self.commit_lock() if self.commit_lock is not None else contextlib.nullcontext():
+            self._create_unconditionally(rel, data)
+
+    def check_commit_support(self) -> None:
+        """Raise StorageError unless ``create`` is a safe create-if-absent on this store.
+
+        Writes nothing on local disks and memory://; on S3 the first call
+        probes once that the server honours ``If-None-Match``.
+        """
+        if self.is_local or "memory" in self.protocols or self.commit_lock is not None or self.unsafe_commit:
+            return
+        if not self._has_conditional_put():
+            raise StorageError(
+                f"filesystem {type(self.fs).__name__} cannot create objects only-if-absent, so two writers could "
+                f"both commit the same version; use a store with conditional writes (local disk, S3), pass "
+                f"commit_lock=, or set the storage option {UNSAFE_COMMIT_OPTION}=true if nothing else writes to "
+                f"this dataset while lance_assets commits",
+                path=self.uri,
+            )
+        self._verify_conditional_put()
+
+    def _create_unconditionally(self, rel: str, data: bytes) -> None:
+        """"Exists? then write": only safe while the caller excludes other writers."""
+        if self.exists(rel):
+            raise AlreadyExistsError("already exists", path=self.url(rel))
+        self.write(rel, data)
+
+    def _has_conditional_put(self) -> bool:
+        """Stores whose ``pipe_file(mode="create")`` is an atomic conditional PUT.
+
+        fsspec's generic ``pipe_file(mode="create")`` is "exists? then write"
+        (racy), so only implementations known to send ``If-None-Match: *`` count.
+        """
+        try:
+            from s3fs import S3FileSystem
+        except ImportError:
+            return False
+        return isinstance(self.fs, S3FileSystem)
+
+    def _put_if_absent(self, rel: str, data: bytes) -> None:
         with self._errors(rel):
             try:
-                self.fs.pipe_file(target, data, mode="create")
+                self.fs.pipe_file(self.path(rel), data, mode="create")
             except FileExistsError:
                 raise AlreadyExistsError("already exists", path=self.url(rel)) from None
-            except TypeError:
-                raise StorageError(
-                    f"filesystem {type(self.fs).__name__} cannot create objects only-if-absent; committing would be unsafe",
-                    path=self.url(rel),
-                ) from None
+            finally:
+                self._refresh(rel)
+
+    def _verify_conditional_put(self) -> None:
+        """Check once that the server honours ``If-None-Match`` (old S3-compatible servers ignore it).
+
+        Creates a probe object twice; the second create must be refused. A
+        store that accepts it would let two writers commit the same version.
+        """
+        if self._conditional_put_verified:
+            return
+        probe = f"_versions/.lance-assets-probe-{uuid.uuid4().hex}"
+        refused_second = False
+        try:
+            self._put_if_absent(probe, b"probe")
+            try:
+                self._put_if_absent(probe, b"probe")
+            except AlreadyExistsError:
+                refused_second = True
+        except AlreadyExistsError:
+            raise StorageError("conditional-write probe object already existed", path=self.url(probe)) from None
+        except StorageError as exc:
+            raise StorageError(f"the store rejected a conditional (If-None-Match) write: {exc.reason}", path=self.url(probe)) from None
+        finally:
+            with contextlib.suppress(Exception):
+                self.delete(probe, missing_ok=True)
+        if not refused_second:
+            raise StorageError(
+                "the store accepted a second If-None-Match create of the same object: it does not support conditional "
+                f"writes, so committing would be unsafe (set {UNSAFE_COMMIT_OPTION}=true only if nothing else writes here)",
+                path=self.url(probe),
+            )
+        self._conditional_put_verified = True
 
     def delete(self, rel: str, *, missing_ok: bool = False) -> None:
         with self._errors(rel):
@@ -256,6 +433,8 @@ class Storage:
         except PermissionError as exc:
             raise StorageError(f"permission denied ({exc.strerror or exc})", path=self.url(rel)) from None
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageError("no space left on device", path=self.url(rel)) from None
+            if exc.errno == errno.EROFS:
+                raise StorageError("read-only file system", path=self.url(rel)) from None
             raise StorageError(f"{type(exc).__name__}: {exc}", path=self.url(rel)) from None

@@ -1,0 +1,240 @@
+"""``cleanup`` removes exactly the files no manifest references, and only once they are old enough."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lance
+import pytest
+
+import factory
+import writers
+from lance_assets.cli import main
+from lance_assets.engine.cleanup import cleanup, parse_duration
+from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.copy import execute_task
+from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.options import CompactionOptions
+from lance_assets.engine.plan import plan_compaction
+from lance_assets.errors import CorruptFileError, MissingFileError, UnknownFeatureFlagError, UnsupportedFeatureError
+from lance_assets.format import manifest as mf
+from lance_assets.io import Storage
+
+pytestmark = pytest.mark.timeout(120)
+
+HOUR = 3600.0
+
+
+def _age(path: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _all_versions_read(uri: Path) -> list[int]:
+    ds = lance.dataset(str(uri))
+    return [lance.dataset(str(uri), version=v["version"]).count_rows() for v in ds.versions()]
+
+
+def _orphans(root: Path, age: float) -> dict[str, str]:
+    """Plant one orphan of every kind the crash/conflict tests produce."""
+    staged = next((root / "_versions").glob("*.manifest")).name + ".tmp-0123abcd"
+    files = {
+        "data/000000000000000000000000deadbeefdeadbeefdeadbeefde.lance": "data",
+        "_transactions/3-11111111-2222-3333-4444-555555555555.txn": "transaction",
+        "_deletions/0-3-123456789.arrow": "deletion",
+        f"_versions/{staged}": "staging",
+        "_versions/18446744073709551600.manifest#1": "staging",
+        "_versions/.lance-assets-probe-0123abcd": "staging",
+    }
+    for rel in files:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"orphan")
+        _age(p, age)
+    return files
+
+
+def test_removes_old_orphans_and_nothing_else(dataset_copy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = dataset_copy("deletes_arrow", "2.1")  # deletion files referenced by older versions only
+    for p in root.rglob("*"):
+        if p.is_file():
+            _age(p, 10 * HOUR)  # everything old: only references protect real files
+    before_rows = _all_versions_read(root)
+    planted = _orphans(root, 2 * HOUR)
+    keep = {k: v for k, v in _tree(root).items() if k not in planted}
+    report = cleanup(str(root))  # default grace: one hour
+    assert {f.path: f.kind for f in report.files} == planted
+    assert report.bytes == 6 * len(planted)
+    assert _tree(root) == keep
+    assert _all_versions_read(root) == before_rows
+
+
+def test_young_files_are_kept(dataset_copy) -> None:  # type: ignore[no-untyped-def]
+    root = dataset_copy("appends", "2.1")
+    planted = _orphans(root, 30 * 60)  # 30 minutes old
+    report = cleanup(str(root))
+    assert report.files == [] and report.kept_too_young == len(planted)
+    assert len(cleanup(str(root), older_than=parse_duration("20m")).files) == len(planted)
+
+
+def test_dry_run_removes_nothing(dataset_copy) -> None:  # type: ignore[no-untyped-def]
+    root = dataset_copy("appends", "2.1")
+    planted = _orphans(root, 2 * HOUR)
+    before = _tree(root)
+    report = cleanup(str(root), dry_run=True)
+    assert report.dry_run and sorted(f.path for f in report.files) == sorted(planted)
+    assert _tree(root) == before
+
+
+def test_indices_manifests_and_unknown_files_are_never_touched(dataset_copy) -> None:  # type: ignore[no-untyped-def]
+    root = dataset_copy("scalar_index", "2.1")
+    extra = [
+        root / "_indices" / "not-referenced" / "page_data.lance",  # even an index file no manifest names
+        root / "_versions" / "d18446744073709551614.manifest.bak",  # unknown name in _versions
+        root / "data" / "sub" / "nested.lance",  # not directly in data/
+        root / "README.txt",
+        root / "_refs" / "tags" / "t.json",
+    ]
+    for p in extra:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    for p in root.rglob("*"):
+        if p.is_file():
+            _age(p, 100 * HOUR)
+    before = _tree(root)
+    assert cleanup(str(root), older_than=0).files == []
+    assert _tree(root) == before
+    assert lance.dataset(str(root)).describe_indices()
+
+
+def test_orphans_of_a_conflicting_compaction_are_collected(tmp_path: Path) -> None:
+    """Our compaction loses to pylance's; if its own cleanup could not run (kill), cleanup finds the files."""
+    uri = tmp_path / "ds.lance"
+    writers.build(uri, [10] * 5)
+    storage = Storage(str(uri))
+    plan = plan_compaction(Dataset.open(storage), CompactionOptions(target_rows_per_fragment=1000))
+    results = [execute_task(storage, plan, t) for t in plan.tasks]
+    ours = {p for r in results for p in r.files_written}
+    lance.dataset(str(uri)).optimize.compact_files(target_rows_per_fragment=1000)
+    report = cleanup(str(uri), older_than=0)
+    assert {f.path for f in report.files} == ours  # pylance's own rewrite is referenced by its version
+    assert lance.dataset(str(uri)).to_table().num_rows == 50
+    assert _all_versions_read(uri)[-1] == 50
+
+
+def test_a_compaction_whose_files_were_cleaned_up_commits_nothing(tmp_path: Path) -> None:
+    """A grace period shorter than a compaction: the commit notices its files are gone and refuses."""
+    uri = tmp_path / "ds.lance"
+    writers.build(uri, [10] * 5)
+    storage = Storage(str(uri))
+    plan = plan_compaction(Dataset.open(storage), CompactionOptions(target_rows_per_fragment=1000))
+    results = [execute_task(storage, plan, t) for t in plan.tasks]
+    assert cleanup(str(uri), older_than=0).files
+    before = _tree(uri)
+    with pytest.raises(MissingFileError, match="vanished before the commit"):
+        commit_compaction(storage, plan, results)
+    assert _tree(uri) == before
+    assert lance.dataset(str(uri)).version == 5
+
+
+def test_default_grace_protects_a_running_compaction(tmp_path: Path) -> None:
+    """cleanup (default grace) runs over and over while a slowed compaction runs in another process."""
+    uri = tmp_path / "ds.lance"
+    factory.appends(uri, "2.1", [3000] * 6, make=lambda s, n: factory.mixed_table(s, n, "2.1"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    code = f"import writers; writers.compact_and_die({str(uri)!r}, 'none', 100_000, 1 << 20, 0.02)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    removed = 0
+    while proc.poll() is None:
+        removed += len(cleanup(str(uri)).files)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert removed == 0
+    assert lance.dataset(str(uri)).version == 7 and len(lance.dataset(str(uri)).get_fragments()) == 1
+
+
+@pytest.mark.parametrize("damage", ["corrupt_manifest", "unknown_flag", "branch"])
+def test_refuses_when_references_are_uncertain(tmp_path: Path, damage: str) -> None:
+    uri = tmp_path / "ds.lance"
+    writers.build(uri, [10] * 3)
+    _orphans(uri, 2 * HOUR)
+    manifest = sorted((uri / "_versions").glob("*.manifest"))[-1]  # V2 names: the oldest version sorts last
+    if damage == "corrupt_manifest":
+        manifest.write_bytes(manifest.read_bytes()[:-7])
+        error = CorruptFileError
+    elif damage == "unknown_flag":
+        parsed = mf.parse_manifest_file(manifest.read_bytes())
+        parsed.manifest.writer_feature_flags |= 4096
+        manifest.write_bytes(mf.build_manifest_file(parsed.manifest, parsed.transaction, parsed.index_section))
+        error = UnknownFeatureFlagError
+    else:
+        lance.dataset(str(uri)).create_branch("feature")
+        error = UnsupportedFeatureError
+    before = _tree(uri)
+    with pytest.raises(error):
+        cleanup(str(uri), older_than=0)
+    assert _tree(uri) == before
+
+
+def test_after_pylance_removed_old_versions(tmp_path: Path) -> None:
+    uri = tmp_path / "ds.lance"
+    writers.build(uri, [10] * 4)
+    ds = lance.dataset(str(uri))
+    ds.optimize.compact_files(target_rows_per_fragment=1000)
+    lance.dataset(str(uri)).cleanup_old_versions(older_than=__import__("datetime").timedelta(0), delete_unverified=True)
+    planted = _orphans(uri, 2 * HOUR)
+    assert {f.path for f in cleanup(str(uri)).files} == set(planted)
+    assert lance.dataset(str(uri)).count_rows() == 40
+
+
+def test_cli(dataset_copy, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    root = dataset_copy("appends", "2.1")
+    planted = _orphans(root, 2 * HOUR)
+    assert main(["cleanup", str(root), "--dry-run", "--json"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert dry["dry_run"] and dry["removed"] == len(planted) and dry["bytes"] == 6 * len(planted)
+    assert main(["cleanup", str(root), "--older-than", "3h", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == 0
+    assert main(["cleanup", str(root), "--older-than", "90m"]) == 0
+    text = capsys.readouterr().out
+    assert f"removed {len(planted)} unreferenced files" in text
+    with pytest.raises(SystemExit) as exc:
+        main(["cleanup", str(root), "--older-than", "soon"])
+    assert exc.value.code == 2
+    assert main(["cleanup", str(root / "nope")]) == 2  # not a dataset: one error line
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("2h", 7200), ("7d", 604800), ("45", 45), ("1.5h", 5400), ("0s", 0), ("2w", 1209600)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "-1h", "1y", "1 hour", "1e3s"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_memory_store(dataset_cache) -> None:  # type: ignore[no-untyped-def]
+    import fsspec
+
+    src = dataset_cache("appends", "2.1")
+    fs = fsspec.filesystem("memory")
+    root = "/cleanup-test/ds.lance"
+    for p in src.rglob("*"):
+        if p.is_file():
+            fs.pipe_file(f"{root}/{p.relative_to(src)}", p.read_bytes())
+    fs.pipe_file(f"{root}/data/orphan.lance", b"abc")
+    assert cleanup(f"memory://{root}").files == []  # just created: too young
+    report = cleanup(f"memory://{root}", older_than=0)
+    assert [f.path for f in report.files] == ["data/orphan.lance"]
+    fs.rm(root, recursive=True)
