@@ -127,8 +127,10 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
             read_batch_bytes=args.read_batch_bytes,
             max_source_fragments=args.max_source_fragments,
             excluded_fragment_ids=frozenset(args.exclude),
-        materialize_deletions=args.materialize_deletions,
-        materialize_deletions_threshold=args.materialize_deletions_threshold,
+            materialize_deletions=args.materialize_deletions,
+            materialize_deletions_threshold=args.materialize_deletions_threshold,
+            commit_every=args.commit_every,
+            reencode_fallback=args.reencode_fallback,
             storage_options=args.storage_options,
             dry_run=args.dry_run,
         )
@@ -206,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave fragments whose deleted share exceeds the threshold for a re-encode (Lance's default)",
     )
     p.add_argument("--materialize-deletions-threshold", type=float, default=0.1, metavar="FRACTION")
+    p.add_argument(
+        "--reencode-fallback", action=argparse.BooleanOptionalAction, default=True,
+        help="re-encode those fragments with pylance's own compaction when pylance is installed",
+    )
+    p.add_argument(
+        "--commit-every", type=int, default=None, metavar="TASKS",
+        help="commit each TASKS finished tasks as their own version (partial progress: a killed run keeps them)",
+    )
     p.add_argument("--dry-run", action="store_true", help="plan only: report what would be read and written")
     p.set_defaults(run=_cmd_compact)
 

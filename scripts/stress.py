@@ -4,9 +4,11 @@
     .venv/bin/python scripts/stress.py --appenders 4 --rounds 10 --kills 100 --fuzz-cases 50000
     .venv/bin/python scripts/stress.py --json                # one JSON object instead of text
 
-1. Appenders: each round starts N processes that append with pylance while
-   this process compacts in a loop; afterwards pylance must return every row
-   exactly once, and no fragment id may ever name two different files.
+1. Appenders: each round starts N processes that append with pylance (and D
+   processes deleting single rows, so compactions also carry deletion files
+   and meet real conflicts) while this process compacts in a loop; afterwards
+   pylance must return every surviving row exactly once and no deleted row,
+   and no fragment id may ever name two different files.
 2. Kills: K compactions in subprocesses, each SIGKILLed at a random instant;
    every dataset must then be readable by pylance, equal to the old version or
    to exactly one compaction later, and clean after ``cleanup``.
@@ -65,6 +67,25 @@ def _appender(uri: str, worker: int, round_: int, count: int, rows: int, queue: 
     queue.put({"worker": worker, "failures": failures})
 
 
+def _deleter(uri: str, candidates: list[int], seed: int, stop: Any, queue: Any) -> None:
+    """Single-row pylance deletes of random existing ids until ``stop`` is set."""
+    import lance
+
+    warnings.simplefilter("ignore")
+    rnd = random.Random(seed)
+    deleted: list[int] = []
+    failures = 0
+    while not stop.is_set() and candidates:
+        x = candidates.pop(rnd.randrange(len(candidates)))
+        try:
+            lance.dataset(uri).delete(f"id = {x}")
+            deleted.append(x)
+        except Exception:  # noqa: BLE001 - a conflict pylance did not retry: the row stays
+            failures += 1
+        time.sleep(0.01)
+    queue.put({"deleted": deleted, "failures": failures})
+
+
 def _fragment_id_violations(uri: str) -> tuple[int, int]:
     """(versions checked, fragment ids that named different files in different versions)."""
     from lance_assets.engine.dataset import Dataset, list_versions
@@ -81,7 +102,7 @@ def _fragment_id_violations(uri: str) -> tuple[int, int]:
     return len(versions), bad
 
 
-def appenders_vs_compactions(work: Path, appenders: int, rounds: int, appends: int, rows: int) -> dict[str, Any]:
+def appenders_vs_compactions(work: Path, appenders: int, rounds: int, appends: int, rows: int, deleters: int, seed: int) -> dict[str, Any]:
     import lance
 
     from lance_assets.engine.compaction import compact
@@ -92,13 +113,18 @@ def appenders_vs_compactions(work: Path, appenders: int, rounds: int, appends: i
     uri = str(work / "appenders.lance")
     lance.write_dataset(_table(0, 100), uri, mode="create", data_storage_version="2.1")
     expected = set(range(100))
-    stats = {"appenders": appenders, "rounds": rounds, "appends": 0, "rows_appended": 0, "compactions": 0,
-             "commit_retries": 0, "conflicts": 0, "pylance_append_retries": 0, "rows_lost": 0, "rows_duplicated": 0}
+    stats = {"appenders": appenders, "deleters": deleters, "rounds": rounds, "appends": 0, "rows_appended": 0, "rows_deleted": 0,
+             "compactions": 0, "commit_retries": 0, "conflicts": 0, "pylance_append_retries": 0, "pylance_delete_failures": 0,
+             "rows_lost": 0, "rows_resurrected": 0, "rows_duplicated": 0}
+    rnd = random.Random(seed)
     started = time.monotonic()
     for r in range(rounds):
-        queue = SPAWN.Queue()
+        queue, del_queue, stop = SPAWN.Queue(), SPAWN.Queue(), SPAWN.Event()
         procs = [SPAWN.Process(target=_appender, args=(uri, w, r, appends, rows, queue)) for w in range(appenders)]
-        for p in procs:
+        pool = sorted(expected)
+        dels = [SPAWN.Process(target=_deleter, args=(uri, rnd.sample(pool, min(len(pool), 400)), seed * 1000 + r * 10 + d, stop, del_queue))
+                for d in range(deleters)]
+        for p in procs + dels:
             p.start()
         while any(p.is_alive() for p in procs):
             try:
@@ -112,11 +138,26 @@ def appenders_vs_compactions(work: Path, appenders: int, rounds: int, appends: i
             if p.exitcode != 0:
                 raise SystemExit(f"appender exited with {p.exitcode}")
         stats["pylance_append_retries"] += sum(queue.get()["failures"] for _ in procs)
+        stop.set()
+        deleted: set[int] = set()
+        for _ in dels:
+            out = del_queue.get()
+            deleted |= set(out["deleted"])
+            stats["pylance_delete_failures"] += out["failures"]
+        for p in dels:
+            p.join()
+        try:
+            compact(uri, CompactionOptions(target_rows_per_fragment=50_000))
+        except CommitConflictError:
+            stats["conflicts"] += 1
+        expected -= deleted
+        stats["rows_deleted"] += len(deleted)
         expected |= {((r * 100 + w + 1) * 1_000_000) + i for w in range(appenders) for i in range(appends * rows)}
         stats["appends"] += appenders * appends
         stats["rows_appended"] += appenders * appends * rows
         ids = lance.dataset(uri).to_table(columns=["id"])["id"].to_pylist()
         stats["rows_lost"] += len(expected - set(ids))
+        stats["rows_resurrected"] += len(set(ids) - expected)
         stats["rows_duplicated"] += len(ids) - len(set(ids))
     stats["versions"], stats["fragment_id_reuse"] = _fragment_id_violations(uri)
     stats["final_fragments"] = len(lance.dataset(uri).get_fragments())
@@ -256,6 +297,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--appends-per-round", type=int, default=15, help="appends per appender per round")
     parser.add_argument("--rows-per-append", type=int, default=100)
+    parser.add_argument("--deleters", type=int, default=1, help="concurrent pylance processes deleting single rows")
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--fuzz-cases", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
@@ -264,22 +306,24 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="lance-assets-stress-"))
     try:
         result = {
-            "appenders": appenders_vs_compactions(work, args.appenders, args.rounds, args.appends_per_round, args.rows_per_append),
+            "appenders": appenders_vs_compactions(work, args.appenders, args.rounds, args.appends_per_round, args.rows_per_append, args.deleters, args.seed),
             "kills": random_kills(work, args.kills, args.seed),
             "fuzz": fuzz(work, args.fuzz_cases, args.seed),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    ok = (result["appenders"]["rows_lost"] == 0 and result["appenders"]["rows_duplicated"] == 0
+    ok = (result["appenders"]["rows_lost"] == 0 and result["appenders"]["rows_duplicated"] == 0 and result["appenders"]["rows_resurrected"] == 0
           and result["appenders"]["fragment_id_reuse"] == 0 and result["kills"]["illegal"] == 0 and not result["fuzz"]["bugs"])
     result["ok"] = ok
     if args.json:
         print(json.dumps(result))
         return 0 if ok else 1
     a, k, f = result["appenders"], result["kills"], result["fuzz"]
-    print(f"appenders: {a['appenders']} pylance processes x {a['rounds']} rounds: {a['appends']} appends ({a['rows_appended']:,} rows) "
-          f"vs {a['compactions']} compactions committed; commit retries {a['commit_retries']}, conflicts {a['conflicts']}, "
-          f"pylance append retries {a['pylance_append_retries']}; rows lost {a['rows_lost']}, duplicated {a['rows_duplicated']}, "
+    print(f"appenders: {a['appenders']} pylance appender + {a['deleters']} deleter processes x {a['rounds']} rounds: {a['appends']} appends "
+          f"({a['rows_appended']:,} rows), {a['rows_deleted']} single-row deletes vs {a['compactions']} compactions committed; "
+          f"commit retries {a['commit_retries']}, conflicts {a['conflicts']}, pylance append retries {a['pylance_append_retries']}, "
+          f"pylance delete failures {a['pylance_delete_failures']}; rows lost {a['rows_lost']}, resurrected {a['rows_resurrected']}, "
+          f"duplicated {a['rows_duplicated']}, "
           f"fragment ids reused {a['fragment_id_reuse']} over {a['versions']} versions; {a['final_fragments']} fragments left; {a['seconds']}s")
     print(f"kills: {k['kills']} SIGKILLs during a {k['compaction_seconds']}s compaction: {k['old_version']} left the old version, "
           f"{k['new_version']} the new one, {k['illegal']} illegal states; cleanup removed {k['orphans_removed']} orphans "

@@ -119,3 +119,34 @@ def test_deletion_files_follow_fragment_ids_shifted_by_a_concurrent_append(tmp_p
     # only the deletion files of live fragments and of older versions exist: nothing stray
     names = {p.name.split("-")[0] for p in (path / "_deletions").iterdir()}
     assert str(merged) in names and report.version == ds.version
+
+
+@pytest.mark.parametrize("stable", [False, True], ids=["addresses", "stable_row_ids"])
+def test_fragments_over_the_threshold_are_reencoded_by_pylance(tmp_path: Path, stable: bool) -> None:
+    """Binary copy merges the lightly deleted run; pylance re-encodes the heavily deleted fragment."""
+    path = tmp_path / "ds.lance"
+    ds = factory.appends(path, "2.1", [100, 100, 100, 100], enable_stable_row_ids=stable)
+    ds.delete("id < 60 OR id = 150")  # fragment 0: 60% deleted; fragment 1: 1%
+    ds = lance.dataset(str(path))
+    before = _rows(ds, stable)
+    start = ds.version
+    report = compact(str(path), CompactionOptions())
+    assert report.reencoded_fragments == 1
+    # ours, then pylance's (which commits a ReserveFragments version before its Rewrite)
+    assert report.committed_versions == [start + 1, start + 3] and report.version == lance.dataset(str(path)).version
+    assert all(s["reason"] != "materialize_deletions" for s in report.skipped)
+    ds = lance.dataset(str(path))
+    assert _rows(ds, stable) == before
+    frags = {f.fragment_id: f for f in ds.get_fragments()}
+    assert sorted(f.metadata.physical_rows for f in frags.values()) == [40, 300]  # deleted rows dropped; 1-3 merged
+    assert sum(1 for f in frags.values() if f.metadata.deletion_file) == 1  # the merged fragment carries id 150's deletion
+
+
+def test_no_reencode_fallback_leaves_them(tmp_path: Path) -> None:
+    path = tmp_path / "ds.lance"
+    ds = factory.appends(path, "2.1", [100, 100, 100])
+    ds.delete("id < 60")
+    report = compact(str(path), CompactionOptions(reencode_fallback=False))
+    assert report.reencoded_fragments == 0
+    assert [s["reason"] for s in report.skipped] == ["materialize_deletions"]
+    assert lance.dataset(str(path)).get_fragments()[0].metadata.physical_rows == 100

@@ -138,5 +138,6 @@ def test_peak_memory_is_bounded_by_read_batch_bytes(big_dataset: Path, tmp_path:
     assert result["bytes_read"] >= data_bytes * 0.95  # every page was copied, not skipped
 
     growth = (result["peak_kib"] - result["before_kib"]) * 1024
+    print(f"{path_kind}: {data_bytes / 2**20:.0f} MiB of data, RSS {result['before_kib'] / 1024:.0f} MiB before, peak {result['peak_kib'] / 1024:.0f} MiB")
     assert growth <= READ_BATCH_BYTES + MARGIN, f"compaction grew RSS by {growth / 2**20:.0f} MiB for {data_bytes / 2**20:.0f} MiB of data"
     _same_rows(big_dataset, work)

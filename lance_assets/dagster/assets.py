@@ -40,6 +40,8 @@ class CompactionConfig(dg.Config):
     max_source_fragments: int | None = Field(default=None, description="Compact at most this many fragments in one run.")
     materialize_deletions: bool = Field(default=True, description="Leave fragments with many deleted rows for a re-encode (Lance's default).")
     materialize_deletions_threshold: float = Field(default=0.1, description="Deleted share above which a fragment is left for a re-encode.")
+    reencode_fallback: bool = Field(default=True, description="Re-encode fragments over the deletion threshold with pylance when installed.")
+    commit_every: int | None = Field(default=None, description="Commit each N finished tasks as their own version (partial progress).")
     dry_run: bool = Field(default=False, description="Only plan: report what would be copied, materialize nothing.")
 
     def options(self) -> CompactionOptions:
@@ -51,6 +53,8 @@ class CompactionConfig(dg.Config):
             max_source_fragments=self.max_source_fragments,
             materialize_deletions=self.materialize_deletions,
             materialize_deletions_threshold=self.materialize_deletions_threshold,
+            commit_every=self.commit_every,
+            reencode_fallback=self.reencode_fallback,
             dry_run=self.dry_run,
         )
 

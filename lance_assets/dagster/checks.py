@@ -1,7 +1,7 @@
 """Asset checks of a compaction, evaluated in the same run from the committed manifests.
 
-They re-derive every fact from the dataset itself (the Rewrite transaction of
-the new version, the data files' own metadata, and pylance when installed)
+They re-derive every fact from the dataset itself (the Rewrite transactions of
+every version the compaction committed, the data files' own metadata, and pylance when installed)
 rather than trusting the numbers the compaction step reported.
 """
 
@@ -13,6 +13,7 @@ import dagster as dg
 from lance_assets.dagster.assets import READ_BACK_CHECK, ROWS_CHECK, SMALL_CHECK, AssetKeys
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.copy import read_v2_metadata
+from lance_assets.engine.copy_legacy import read_legacy_metadata
 from lance_assets.engine.dataset import Dataset
 from lance_assets.errors import LanceAssetsError
 
@@ -24,23 +25,43 @@ def _live_rows(fragments) -> int:  # type: ignore[no-untyped-def]
     return sum(f.physical_rows - (f.deletion_file.num_deleted_rows if f.HasField("deletion_file") else 0) for f in fragments)
 
 
-def _sample_equal(uri: str, storage_options: dict, read_version: int, new_version: int, groups) -> tuple[bool, str]:  # type: ignore[no-untyped-def]
-    """Compare the first rows of each rewritten group, old version against new, with pylance."""
+def _sample_equal(uri: str, storage_options: dict, groups) -> tuple[bool, str]:  # type: ignore[no-untyped-def]
+    """Compare the first rows of each rewritten group, before its commit against after it, with pylance."""
     try:
         import lance
     except ImportError:
         return True, "pylance not installed: row sample skipped"
+    opened: dict[int, object] = {}
+
+    def at(version: int):  # type: ignore[no-untyped-def]
+        if version not in opened:
+            opened[version] = lance.dataset(uri, version=version, storage_options=storage_options or None)
+        return opened[version]
+
     try:
-        old = lance.dataset(uri, version=read_version, storage_options=storage_options or None)
-        new = lance.dataset(uri, version=new_version, storage_options=storage_options or None)
-        for group in list(groups)[:SAMPLE_GROUPS]:
-            before = [r for f in group.old_fragments for r in old.get_fragment(f.id).head(SAMPLE_ROWS).to_pylist()][:SAMPLE_ROWS]
-            after = [r for f in group.new_fragments for r in new.get_fragment(f.id).head(SAMPLE_ROWS).to_pylist()][:SAMPLE_ROWS]
+        for version, group in list(groups)[:SAMPLE_GROUPS]:
+            before = [r for f in group.old_fragments for r in at(version - 1).get_fragment(f.id).head(SAMPLE_ROWS).to_pylist()][:SAMPLE_ROWS]
+            after = [r for f in group.new_fragments for r in at(version).get_fragment(f.id).head(SAMPLE_ROWS).to_pylist()][:SAMPLE_ROWS]
             if before != after:
                 return False, f"rows of group {[f.id for f in group.old_fragments]} differ after compaction"
     except Exception as exc:  # pylance raises OSError/ValueError/RuntimeError on unreadable files: that is a failed read-back
         return False, f"pylance cannot read the sample back: {type(exc).__name__}: {str(exc)[:300]}"
     return True, f"first {SAMPLE_ROWS} rows of up to {SAMPLE_GROUPS} groups equal"
+
+
+def _rewrite_groups(uri: str, storage_options: dict, read_version: int, version: int) -> list:  # type: ignore[type-arg]
+    """(version, group) of every Rewrite committed after ``read_version`` up to ``version``.
+
+    One compaction may commit more than once (the binary copy, then a pylance
+    re-encode of fragments with many deletions), so the last transaction alone
+    does not show every rewritten group.
+    """
+    groups = []
+    for v in range(read_version + 1, version + 1):
+        txn = Dataset.open(uri, v, storage_options).file.transaction
+        if txn is not None and txn.HasField("rewrite"):
+            groups.extend((v, g) for g in txn.rewrite.groups)
+    return groups
 
 
 def build_compaction_checks(keys: AssetKeys, *, resource_key: str, max_small_fragments: int, partitioned: bool) -> dg.AssetChecksDefinition:
@@ -72,12 +93,12 @@ def build_compaction_checks(keys: AssetKeys, *, resource_key: str, max_small_fra
         target = int(meta["target_rows_per_fragment"].value)
         try:
             ds = Dataset.open(lance.uri(key), version, lance.options())
+            versioned_groups = _rewrite_groups(lance.uri(key), lance.options(), read_version, version)
         except LanceAssetsError as exc:
             for name in (ROWS_CHECK, SMALL_CHECK, READ_BACK_CHECK):
                 yield dg.AssetCheckResult(check_name=name, passed=False, metadata={"error": str(exc)})
             return
-        txn = ds.file.transaction
-        groups = list(txn.rewrite.groups) if version != read_version and txn is not None and txn.HasField("rewrite") else []
+        groups = [g for _, g in versioned_groups]
         before = sum(_live_rows(g.old_fragments) for g in groups)
         after = sum(_live_rows(g.new_fragments) for g in groups)
         yield dg.AssetCheckResult(
@@ -97,12 +118,13 @@ def build_compaction_checks(keys: AssetKeys, *, resource_key: str, max_small_fra
             for frag in group.new_fragments:
                 for df in frag.files:
                     try:
-                        meta_v2 = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
-                        if meta_v2.num_rows != frag.physical_rows:
-                            problems.append(f"{df.path}: {meta_v2.num_rows} rows, fragment says {frag.physical_rows}")
+                        read_metadata = read_legacy_metadata if df.file_major_version == 0 else read_v2_metadata  # 0: legacy (0.x) file
+                        file_meta = read_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
+                        if file_meta.num_rows != frag.physical_rows:
+                            problems.append(f"{df.path}: {file_meta.num_rows} rows, fragment says {frag.physical_rows}")
                     except LanceAssetsError as exc:
                         problems.append(str(exc))
-        sample_ok, sample_note = (True, "no groups rewritten") if not groups else _sample_equal(lance.uri(key), lance.storage_options, read_version, version, groups)
+        sample_ok, sample_note = (True, "no groups rewritten") if not groups else _sample_equal(lance.uri(key), lance.storage_options, versioned_groups)
         yield dg.AssetCheckResult(
             check_name=READ_BACK_CHECK,
             passed=not problems and sample_ok,

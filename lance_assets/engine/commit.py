@@ -325,6 +325,7 @@ def commit_compaction(
     new_frags = [f for g in txn.rewrite.groups for f in g.new_fragments]
     return CompactionReport(
         version=landed,
+        committed_versions=[landed],
         fragments_removed=len(old_frags),
         fragments_added=len(new_frags),
         files_removed=sum(len(f.files) + (1 if f.HasField("deletion_file") else 0) for f in old_frags),

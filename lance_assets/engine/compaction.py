@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from lance_assets.engine.commit import commit_compaction, remove_files
 from lance_assets.engine.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, plan_compaction
+from lance_assets.engine.plan import REASON_MATERIALIZE, CompactionPlan, CompactionTask, plan_compaction
+from lance_assets.engine.reencode import reencode_with_pylance
 from lance_assets.engine.report import CompactionReport, RewriteResult
 from lance_assets.io import Storage
 
@@ -47,10 +48,12 @@ def run_plan(
     on_task_done: Callable[[RewriteResult], None] | None = None,
     max_workers: int = 1,
 ) -> CompactionReport:
-    """Copy every task of ``plan`` in this process and commit them together.
+    """Copy every task of ``plan`` in this process and commit them.
 
-    ``progress`` receives byte counts as pages are copied; ``on_task_done``
-    each task's result, in plan order. Distributed runners call
+    All tasks are committed together, or with ``plan.options.commit_every``
+    each N tasks as their own version as soon as they are copied (partial
+    progress). ``progress`` receives byte counts as pages are copied;
+    ``on_task_done`` each task's result, in plan order. Distributed runners call
     ``execute_task`` and ``commit_compaction`` themselves instead.
 
     ``max_workers`` tasks run at once, in threads (extent copies and reads
@@ -63,25 +66,88 @@ def run_plan(
         raise ValueError("max_workers must be positive")
     started = time.monotonic()
     storage = storage or Storage(plan.uri, plan.options.storage_options)
-    results: list[RewriteResult] = []
-    if max_workers == 1 or len(plan.tasks) < 2:
-        try:
-            for task in plan.tasks:
-                result = execute_task(storage, plan, task, progress=progress)
-                results.append(result)
-                if on_task_done:
-                    on_task_done(result)
-        except BaseException:
-            # Nothing is committed: remove what finished tasks wrote before re-raising.
-            remove_files(storage, (p for r in results for p in r.files_written))
-            raise
-    else:
-        results = _run_parallel(plan, storage, progress, on_task_done, max_workers)
-    report = commit_compaction(storage, plan, results)
+    step = plan.options.commit_every or max(1, len(plan.tasks))
+    reports = []
+    for first in range(0, max(1, len(plan.tasks)), step):
+        tasks = plan.tasks[first : first + step]
+        if max_workers == 1 or len(tasks) < 2:
+            results = _run_sequential(tasks, plan, storage, progress, on_task_done)
+        else:
+            results = _run_parallel(tasks, plan, storage, progress, on_task_done, max_workers)
+        reports.append(commit_compaction(storage, plan, results))
+    report = _combine(plan, reports)
+    if plan.options.reencode_fallback and plan.options.materialize_deletions:
+        report = _with_reencode(report, storage, plan)
     return replace(report, seconds=time.monotonic() - started)
 
 
+def _with_reencode(report: CompactionReport, storage: Storage, plan: CompactionPlan) -> CompactionReport:
+    """Hand fragments over the deletion threshold to pylance (when installed) and count its work."""
+    ids = [s.fragment_id for s in plan.skipped if s.reason == REASON_MATERIALIZE]
+    done = reencode_with_pylance(storage, ids, plan.options)
+    if done is None or done.version is None:
+        return report
+    return replace(
+        report,
+        version=done.version,
+        committed_versions=[*report.committed_versions, done.version],
+        fragments_removed=report.fragments_removed + done.fragments_removed,
+        fragments_added=report.fragments_added + done.fragments_added,
+        files_removed=report.files_removed + done.files_removed,
+        files_added=report.files_added + done.files_added,
+        reencoded_fragments=done.fragments_removed,
+        skipped=[s for s in report.skipped if s["reason"] != REASON_MATERIALIZE],
+    )
+
+
+def _combine(plan: CompactionPlan, reports: list[CompactionReport]) -> CompactionReport:
+    """One report for several partial commits of the same plan."""
+    if len(reports) == 1:
+        return reports[0]
+    planned = len(plan.skipped)  # every report lists the plan's skips first, then its failed tasks
+    versions = [v for r in reports for v in r.committed_versions]
+    return CompactionReport(
+        uri=plan.uri,
+        read_version=plan.read_version,
+        version=versions[-1] if versions else None,
+        fragments_removed=sum(r.fragments_removed for r in reports),
+        fragments_added=sum(r.fragments_added for r in reports),
+        files_removed=sum(r.files_removed for r in reports),
+        files_added=sum(r.files_added for r in reports),
+        rows=sum(r.rows for r in reports),
+        bytes_read=sum(r.bytes_read for r in reports),
+        bytes_written=sum(r.bytes_written for r in reports),
+        tasks=sum(r.tasks for r in reports),
+        tasks_skipped=sum(r.tasks_skipped for r in reports),
+        skipped=reports[0].skipped[:planned] + [s for r in reports for s in r.skipped[planned:]],
+        retries=sum(r.retries for r in reports),
+        committed_versions=versions,
+    )
+
+
+def _run_sequential(
+    tasks: Sequence[CompactionTask],
+    plan: CompactionPlan,
+    storage: Storage,
+    progress: ProgressCallback | None,
+    on_task_done: Callable[[RewriteResult], None] | None,
+) -> list[RewriteResult]:
+    results: list[RewriteResult] = []
+    try:
+        for task in tasks:
+            result = execute_task(storage, plan, task, progress=progress)
+            results.append(result)
+            if on_task_done:
+                on_task_done(result)
+    except BaseException:
+        # Nothing of these tasks is committed: remove what the finished ones wrote before re-raising.
+        remove_files(storage, (p for r in results for p in r.files_written))
+        raise
+    return results
+
+
 def _run_parallel(
+    tasks: Sequence[CompactionTask],
     plan: CompactionPlan,
     storage: Storage,
     progress: ProgressCallback | None,
@@ -94,7 +160,7 @@ def _run_parallel(
     finish, and every file the finished tasks wrote is removed before re-raising.
     """
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lance-assets-copy")
-    futures = [pool.submit(execute_task, storage, plan, task, progress=progress) for task in plan.tasks]
+    futures = [pool.submit(execute_task, storage, plan, task, progress=progress) for task in tasks]
     results: list[RewriteResult] = []
     try:
         for future in futures:

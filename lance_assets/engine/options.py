@@ -31,6 +31,8 @@ class CompactionOptions:
     excluded_fragment_ids: frozenset[int] = frozenset()
     materialize_deletions: bool = True
     materialize_deletions_threshold: float = 0.1
+    commit_every: int | None = None
+    reencode_fallback: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     dry_run: bool = False
 
@@ -38,7 +40,7 @@ class CompactionOptions:
         for name in ("target_rows_per_fragment", "read_batch_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("max_rows_per_file", "max_bytes_per_file", "max_source_fragments"):
+        for name in ("max_rows_per_file", "max_bytes_per_file", "max_source_fragments", "commit_every"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive when set")

@@ -276,6 +276,9 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
     return CompactionPlan(ds.uri, ds.version, mf.storage_version_name(ds.storage_version), tuple(tasks), tuple(skipped), options)
 
 
+_NO_INDICES: frozenset[str] = frozenset()
+
+
 def _candidate_reason(
     ds: Dataset,
     frag: table_pb2.DataFragment,
@@ -292,12 +295,15 @@ def _candidate_reason(
     ``layouts`` memoizes ``field_layout`` by the files' field mappings.
     """
 
+    # Runs for each of up to 100,000 fragments: every protobuf attribute is read once.
+    fid = frag.id
+
     def skip(reason: str, detail: str = "") -> SkippedFragment:
-        return SkippedFragment(frag.id, reason, detail)
+        return SkippedFragment(fid, reason, detail)
 
     rows = frag.physical_rows
     files = list(frag.files)  # keeps the file wrappers alive: building them is the per-fragment cost
-    if frag.id in options.excluded_fragment_ids:
+    if fid in options.excluded_fragment_ids:
         return skip(REASON_EXCLUDED, "listed in excluded_fragment_ids")
     if rows == 0 or not files:
         return skip(REASON_EMPTY, "fragment has no rows or no data files")
@@ -315,12 +321,16 @@ def _candidate_reason(
         unknown = unknown_field_numbers(frag) + [n for df in files for n in unknown_field_numbers(df)]
         if unknown:
             return skip(REASON_UNKNOWN_FIELDS, f"fields {sorted(set(unknown))} written by a newer Lance (e.g. data overlays)")
+    storage_version = ds.storage_version
     versions = []
     base_path = False
+    key = []  # what field_layout depends on, to memoize it ([:] copies a repeated field in C)
     for df in files:
-        versions.append(mf.data_file_version(df))
+        version = mf.data_file_version(df)
+        versions.append(version)
         base_path = base_path or df.HasField("base_id")
-    if versions.count(ds.storage_version) != len(versions):
+        key.append((tuple(df.fields[:]), tuple(df.column_indices[:]), version))
+    if versions.count(storage_version) != len(versions):
         return skip(REASON_FILE_VERSION, "a data file's version differs from the dataset's storage version")
     if base_path:
         return skip(REASON_BASE_PATH, "data files under another base path")
@@ -328,23 +338,23 @@ def _candidate_reason(
         return skip(REASON_EXTERNAL_ROW_IDS, "row-id or version sequences stored in external files")
     if ds.stable_row_ids and not frag.HasField("inline_row_ids"):
         return skip(REASON_EXTERNAL_ROW_IDS, "stable-row-id dataset fragment without a row-id sequence")
-    key = tuple([(tuple(df.fields[:]), tuple(df.column_indices[:]), v) for df, v in zip(files, versions)])  # [:] is a C-level copy
-    layout = layouts.get(key) if layouts is not None else None
+    layout_key = tuple(key)
+    layout = layouts.get(layout_key) if layouts is not None else None
     if layout is None:
         layout = field_layout(frag, live_ids)
         if isinstance(layout, str):
             return skip(REASON_COLUMN_MAPPING, layout)
         if layouts is not None:
-            layouts[key] = layout
-    if ds.storage_version == mf.LEGACY:
+            layouts[layout_key] = layout
+    if storage_version == mf.LEGACY:
         dictionaries = [f.name for f in ds.manifest.fields if f.logical_type.startswith("dict:") and (f.id, True) in layout]
         if dictionaries:
             return skip(REASON_LEGACY_DICTIONARY, f"dictionary fields {', '.join(dictionaries)}: each legacy file has its own dictionary, so files cannot be merged by copy")
     if index_sets is None:
         return skip(REASON_INDEXED, "an index without a fragment bitmap covers every fragment")
-    if frag.id in pinned:
-        return skip(REASON_INDEXED, f"covered by the Lance system index {pinned[frag.id]}, whose row mapping a rewrite would invalidate")
-    return (layout, index_sets.get(frag.id, frozenset()))
+    if fid in pinned:
+        return skip(REASON_INDEXED, f"covered by the Lance system index {pinned[fid]}, whose row mapping a rewrite would invalidate")
+    return (layout, index_sets.get(fid, _NO_INDICES))
 
 
 def _bins(candidates: Sequence[tuple[table_pb2.DataFragment, Any] | None]) -> Iterable[list[table_pb2.DataFragment]]:

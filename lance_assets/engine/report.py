@@ -84,6 +84,8 @@ class CompactionReport:
     dry_run: bool = False
     plan: dict[str, Any] | None = None
     retries: int = 0
+    committed_versions: list[int] = field(default_factory=list)
+    reencoded_fragments: int = 0  # fragments over the deletion threshold re-encoded by pylance
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,9 +7,8 @@ written by pylance; nothing is mocked.
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +110,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def json_keys(items: Iterable[str]) -> str:
-    return json.dumps(sorted(items))
