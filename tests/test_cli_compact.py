@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +13,8 @@ import fsspec
 import lance
 import pytest
 
-from lance_assets.cli import EXIT_ERROR, _storage_options, main
+from lance_assets.cli import _storage_options, main
+from support import assert_one_error_line, tree_digest
 
 Copy = Callable[[str, str], Path]
 SCRIPT = Path(sys.executable).parent / "lance-assets"
@@ -40,24 +39,8 @@ def one_json(out: str) -> dict[str, Any]:
     return data
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
 
 
-def assert_one_error_line(code: int, out: str, err: str) -> None:
-    assert code == EXIT_ERROR == 2
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got {err!r}"
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in err and "Traceback" not in out
-    assert out == ""
 
 
 def assert_usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

@@ -13,8 +13,9 @@ from typing import Any
 import lance
 import pytest
 
-from lance_assets.cli import EXIT_ERROR, main
+from lance_assets.cli import main
 from lance_assets.format import manifest as mf
+from support import assert_one_error_line
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".venv" / "bin" / "lance-assets"
@@ -48,13 +49,6 @@ def pylance_fragments(path: Path | str, version: int | None = None) -> list[dict
     return out
 
 
-def assert_one_error_line(code: int, out: str, err: str) -> None:
-    assert code == EXIT_ERROR == 2
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got {err!r}"
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in err and "Traceback" not in out
-    assert out == ""
 
 
 # --- table output ------------------------------------------------------------------------------

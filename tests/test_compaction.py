@@ -10,10 +10,8 @@ new data file read on its own; does the report say what happened.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
-import os
 import shutil
 import time
 import warnings
@@ -37,6 +35,7 @@ from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult
+from support import tree_digest
 
 REPORT_KEYS = {
     "read_version", "version", "fragments_removed", "fragments_added", "files_removed", "files_added",
@@ -113,15 +112,6 @@ def copy_of(sources: Callable[[str, str], Path], tmp_path: Path) -> Callable[[st
 
 
 # --- helpers -----------------------------------------------------------------------------------------
-def tree_digest(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
 
 
 def rows(table: pa.Table) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ other writer (if any) left behind.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import warnings
@@ -28,6 +27,7 @@ from lance_assets.engine.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.report import RewriteResult
 from lance_assets.errors import CommitConflictError, CorruptFileError, MissingFileError, UnknownFeatureFlagError
 from lance_assets.format import manifest as mf
+from support import tree_digest
 
 TARGET = CompactionOptions(target_rows_per_fragment=250)  # 5 x 100 rows -> outputs [0, 1, 2] + [3, 4]
 
@@ -56,15 +56,6 @@ def copy_five(five: Callable[[str], Path], tmp_path: Path) -> Callable[[str], Pa
     return copy
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
 
 
 def listing(path: Path, folder: str) -> set[str]:

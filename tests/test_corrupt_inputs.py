@@ -7,8 +7,6 @@ then calls ``Dataset.open`` and ``inspect_dataset``. Anything but a
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import struct
 from collections.abc import Callable
@@ -31,20 +29,11 @@ from lance_assets.errors import (
     UnsupportedVersionError,
 )
 from lance_assets.format import manifest as mf
+from support import tree_digest
 
 Copy = Callable[[str, str], Path]
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every file and directory under ``root`` with a content hash (directories as 'dir')."""
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
 
 
 def outcomes(path: Path | str, **kwargs: object) -> list[LanceAssetsError | None]:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import lance
+import pyarrow as pa
 import pytest
 
 import factory

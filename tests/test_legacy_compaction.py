@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import hashlib
 import os
 import random
 import shutil
@@ -41,6 +40,7 @@ from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile,
 from lance_assets.errors import CorruptFileError
 from lance_assets.format import manifest as mf
 from lance_assets.format.legacy import LegacyEncoding, field_layouts, parse_file
+from support import tree_digest
 
 lance = pytest.importorskip("lance")
 
@@ -103,13 +103,6 @@ def rows(table: pa.Table) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    out = {}
-    for dirpath, _, filenames in os.walk(root):
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
 
 
 @dataclass

@@ -6,7 +6,6 @@ written by pylance; nothing is mocked.
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,12 +39,6 @@ def append(path: Path | str, count: int = 1, rows: int = ROWS, version: str = "2
 def table_of(path: Path | str, version: int | None = None) -> pa.Table:
     """The dataset's rows, sorted by id (the oracle's view)."""
     return lance.dataset(str(path), version=version).to_table().sort_by("id")
-
-
-def tree_digest(path: Path | str) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``path`` (to prove nothing was written)."""
-    root = Path(path)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def evaluate_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, cursor: str | None = None) -> dg.SensorResult:

@@ -11,7 +11,8 @@ import pytest
 
 import factory
 
-from dg_support import TARGET, check_evaluations, compaction_config, fragment_rows, make_dataset, table_of, tree_digest
+from dg_support import TARGET, check_evaluations, compaction_config, fragment_rows, make_dataset, table_of
+from support import tree_digest
 from lance_assets.dagster import build_lance_compaction_defs
 from lance_assets.dagster.assets import READ_BACK_CHECK, ROWS_CHECK, SMALL_CHECK
 

@@ -16,8 +16,8 @@ from dg_support import (
     make_dataset,
     metadata_values,
     table_of,
-    tree_digest,
 )
+from support import tree_digest
 from lance_assets.dagster import build_lance_compaction_defs
 from lance_assets.dagster.assets import CompactionConfig
 
