@@ -142,7 +142,14 @@ def _extents(meta: v2file.V2FileMetadata, columns: Sequence[int], dest: int) -> 
     return out
 
 
-def _relocator(extents: Sequence[_Extent]) -> Callable[[int], int]:
+def _relocator(extents: Sequence[_Extent]) -> int | Callable[[int], int]:
+    """Where a kept buffer's offset lands in the output.
+
+    One extent (the usual case: the whole data region) is a constant shift; with several,
+    each offset is looked up, which also checks it was copied.
+    """
+    if len(extents) == 1:
+        return extents[0].dest - extents[0].start
     starts = [e.start for e in extents]
 
     def move(offset: int) -> int:

@@ -157,7 +157,7 @@ def test_fanout_on_a_dask_cluster(fan_root: Path, instance: dg.DagsterInstance, 
 
 
 def test_fanout_dry_run_starts_no_copy_task(tmp_path: Path, instance: dg.DagsterInstance) -> None:
-    from dg_support import tree_digest
+    from support import tree_digest
 
     make_dataset(tmp_path / "a.lance", 12)
     before = tree_digest(tmp_path / "a.lance")
