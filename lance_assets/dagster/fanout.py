@@ -15,10 +15,12 @@ import dagster as dg
 from lance_assets.dagster.assets import AssetKeys, CompactionConfig, dataset_run_tagging
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.compaction import apply_reencode_fallback
 from lance_assets.engine.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.report import RewriteResult
+from lance_assets.io import Storage
 
 
 def build_fanout_job(
@@ -73,7 +75,9 @@ def build_fanout_job(
     def commit_op(context: dg.OpExecutionContext, plan_json: str, results: list[str]) -> Iterator[dg.AssetMaterialization | dg.Output]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         plan = CompactionPlan.from_dict(json.loads(plan_json), storage_options=lance.options())
-        report = commit_compaction(lance.uri(_key(context)), plan, [RewriteResult.from_dict(json.loads(r)) for r in results])
+        storage = Storage(lance.uri(_key(context)), plan.options.storage_options)
+        report = commit_compaction(storage, plan, [RewriteResult.from_dict(json.loads(r)) for r in results])
+        report = apply_reencode_fallback(report, storage, plan)
         if report.version is not None:
             yield dg.AssetMaterialization(
                 asset_key=keys.compacted,

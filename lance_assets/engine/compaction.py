@@ -75,14 +75,17 @@ def run_plan(
         else:
             results = _run_parallel(tasks, plan, storage, progress, on_task_done, max_workers)
         reports.append(commit_compaction(storage, plan, results))
-    report = _combine(plan, reports)
-    if plan.options.reencode_fallback and plan.options.materialize_deletions:
-        report = _with_reencode(report, storage, plan)
+    report = apply_reencode_fallback(_combine(plan, reports), storage, plan)
     return replace(report, seconds=time.monotonic() - started)
 
 
-def _with_reencode(report: CompactionReport, storage: Storage, plan: CompactionPlan) -> CompactionReport:
-    """Hand fragments over the deletion threshold to pylance (when installed) and count its work."""
+def apply_reencode_fallback(report: CompactionReport, storage: Storage, plan: CompactionPlan) -> CompactionReport:
+    """Hand fragments over the deletion threshold to pylance (when installed and enabled) and count its work.
+
+    Runs after our own commit(s) of ``plan``; distributed runners call it after ``commit_compaction``.
+    """
+    if not (plan.options.reencode_fallback and plan.options.materialize_deletions):
+        return report
     ids = [s.fragment_id for s in plan.skipped if s.reason == REASON_MATERIALIZE]
     done = reencode_with_pylance(storage, ids, plan.options)
     if done is None or done.version is None:

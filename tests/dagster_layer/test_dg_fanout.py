@@ -13,6 +13,7 @@ import pytest
 
 import fanout_target
 from dg_support import check_evaluations, events, fragment_rows, make_dataset, table_of
+from support import tree_digest
 from lance_assets.dagster import build_lance_compaction_defs
 
 HERE = Path(__file__).resolve().parent
@@ -157,8 +158,6 @@ def test_fanout_on_a_dask_cluster(fan_root: Path, instance: dg.DagsterInstance, 
 
 
 def test_fanout_dry_run_starts_no_copy_task(tmp_path: Path, instance: dg.DagsterInstance) -> None:
-    from support import tree_digest
-
     make_dataset(tmp_path / "a.lance", 12)
     before = tree_digest(tmp_path / "a.lance")
     defs = build_lance_compaction_defs("t", root=str(tmp_path), partitioning=dg.StaticPartitionsDefinition(["a"]))
@@ -173,3 +172,18 @@ def test_fanout_dry_run_starts_no_copy_task(tmp_path: Path, instance: dg.Dagster
     assert obs.metadata["tasks"].value == 3
     assert obs.metadata["dry_run_plan"].value["read_version"] == lance.dataset(str(tmp_path / "a.lance")).version
     assert tree_digest(tmp_path / "a.lance") == before
+
+
+def test_fanout_commit_applies_the_reencode_fallback(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """A heavily deleted fragment goes to pylance after the fan-out commit, as in the asset path."""
+    path = tmp_path / "a.lance"
+    make_dataset(path, 12)
+    lance.dataset(str(path)).delete("id < 8")  # the first 10-row fragment loses 80%
+    before = table_of(path)
+    defs = build_lance_compaction_defs("t", root=str(tmp_path), partitioning=dg.StaticPartitionsDefinition(["a"]))
+    result = defs.resolve_job_def("t_fanout_compaction").execute_in_process(
+        run_config={"ops": {"t_plan": {"config": {"target_rows_per_fragment": TARGET}}}}, instance=instance, partition_key="a"
+    )
+    assert result.success
+    assert table_of(path).equals(before)
+    assert sorted(fragment_rows(path)) == [2, 30, 40, 40]  # 80%-deleted fragment re-encoded to its 2 live rows; 11 merged
