@@ -1,18 +1,18 @@
 """Compaction benchmark: lance_assets vs pylance's binary copy, pylance's re-encode and ``cat``.
 
-    .venv/bin/python benchmarks/bench_compaction.py            # default size (a few minutes)
-    .venv/bin/python benchmarks/bench_compaction.py --quick    # CI size (well under a minute)
-    .venv/bin/python benchmarks/bench_compaction.py --full     # larger datasets, more runs
+    .venv/bin/python benchmarks/bench_compaction.py            # default size (~8 min on 2 cores)
+    .venv/bin/python benchmarks/bench_compaction.py --quick    # CI size (~1 min)
+    .venv/bin/python benchmarks/bench_compaction.py --full     # larger datasets, 2.3 too, 5 runs
 
 Datasets are written by pylance (``benchmarks/datasets.py``): a mixed schema, 768-dim vectors,
 200 columns and 10,000 tiny fragments, each in several storage versions. For every dataset
 and run, each variant gets a fresh copy of the dataset (untimed: copied once, reset to the
-original state after each run by removing the files the compaction added, then synced) and runs
-in its own subprocess, which reports the seconds of the compaction call alone and its peak
-RSS (its own ``VmHWM``; for ``cat`` the rusage of the waited-for ``cat``). The variants of one run are interleaved so background load hits all
-of them alike. Every compacted dataset is checked with pylance: the same rows as before,
-compared sorted by ``id``. ``cat`` of the same data files into one file is the physical
-limit of copying the bytes.
+original state after each run by removing the files the compaction added, then synced) and
+runs in its own subprocess, which reports the seconds of the compaction call alone and its
+peak RSS (its own ``VmHWM``; for ``cat`` the rusage of the waited-for ``cat``). The variants
+of one run are interleaved so background load hits all of them alike. Every compacted dataset
+is checked with pylance: the same rows as before, compared sorted by ``id``. ``cat`` of the
+same data files into one file is the physical limit of copying the bytes.
 
 Also: planning and a sensor tick (``inspect_dataset``) on a synthetic 100,000-fragment
 manifest (one real data file listed under 100,000 fragment ids).
@@ -61,7 +61,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "default": {
         "sizes": {"mixed": (100, 20_000), "vector": (100, 1_000), "wide": (50, 2_000), "tiny": (10_000, 10)},
         "versions": ["2.0", "2.1", "2.2"],
-        "runs": 3,
+        "runs": 4,
         "synthetic_fragments": 100_000,
     },
     "full": {
@@ -118,9 +118,8 @@ def child(variant: str, path: str, read_batch_bytes: int) -> None:
         import resource
 
         files = sys.stdin.buffer.read()
-        target = os.path.join(path, "cat.out")
         rss_before = 0
-        with open(target, "wb") as dst:
+        with open(path, "wb") as dst:  # for cat, PATH is the output file
             started = time.perf_counter()
             subprocess.run(["xargs", "-0", "cat"], input=files, stdout=dst, check=True)
             seconds = time.perf_counter() - started
@@ -237,9 +236,12 @@ def _sorted_table(path: Path) -> Any:
     return lance.dataset(str(path)).to_table().sort_by("id")
 
 
-def _run_variant(variant: str, work: Path, files: list[Path], read_batch_bytes: int) -> tuple[float, int, int, dict[str, Any]]:
+def _run_variant(
+    variant: str, work: Path, files: list[Path], read_batch_bytes: int, cat_out: Path
+) -> tuple[float, int, int, dict[str, Any]]:
     """Seconds, peak RSS (KiB), RSS before the call (KiB) and the child's report. ``files`` are relative to ``work``."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", variant, str(work), "--read-batch-bytes", str(read_batch_bytes)]
+    target = cat_out if variant == "cat" else work
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", variant, str(target), "--read-batch-bytes", str(read_batch_bytes)]
     # cat: one file holding every data file's bytes, the least any copier has to do.
     listing = b"\0".join(str(work / f).encode() for f in files) if variant == "cat" else None
     code, data = _spawn(argv, listing)
@@ -278,6 +280,7 @@ def measure_case(case: str, version: str, shape: tuple[int, int], root: Path, ru
         for variant, work in works.items():
             if work != src:
                 _reset(work, src, snapshot)
+        (run_dir / "cat.out").unlink(missing_ok=True)
         os.sync()  # no dirty pages of the copies are written back during the timed calls
         copy_s = time.perf_counter() - t0
         for variant in order:
@@ -285,9 +288,10 @@ def measure_case(case: str, version: str, shape: tuple[int, int], root: Path, ru
             if m.error:
                 continue
             work = works[variant]
+            os.sync()  # nor are the previous variant's output (or anyone else's) during this one
             t1 = time.perf_counter()
             try:
-                seconds, rss, rss_before, info = _run_variant(variant, work, files, read_batch_bytes)
+                seconds, rss, rss_before, info = _run_variant(variant, work, files, read_batch_bytes, run_dir / "cat.out")
                 t2 = time.perf_counter()
                 if variant != "cat":
                     got = _sorted_table(work)
@@ -399,7 +403,21 @@ def render_markdown(results: list[CaseResult], planning: dict[str, Any] | None, 
             f"{_fmt(_ratio(r, 'pylance_binary_copy'))}× | {_fmt(_ratio(r, 'pylance_reencode'))}× | {_fmt(_ratio(r, 'cat'))}× | "
             f"{rss('ours')} / {rss('pylance_binary_copy')} / {rss('pylance_reencode')} |"
         )
-    lines += ["", "## Targets", ""]
+    lines += [
+        "",
+        f"Fastest of the {args.runs} runs (seconds), less sensitive to other processes on the machine:",
+        "",
+        "| case | version | lance_assets | pylance binary copy | pylance reencode | cat | ÷ binary copy | ÷ reencode | ÷ cat |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        best = {name: (min(m.seconds) if m.seconds and not m.error else float("nan")) for name, m in r.variants.items()}
+        lines.append(
+            f"| {r.case} | {r.version} | {_fmt(best['ours'], 3)} | {_fmt(best['pylance_binary_copy'], 3)} | "
+            f"{_fmt(best['pylance_reencode'], 3)} | {_fmt(best['cat'], 3)} | {_fmt(best['pylance_binary_copy'] / best['ours'])}× | "
+            f"{_fmt(best['pylance_reencode'] / best['ours'])}× | {_fmt(best['cat'] / best['ours'])}× |"
+        )
+    lines += ["", "## Targets (on the medians)", ""]
     checks = [
         ("throughput ≥ pylance force_binary_copy", lambda r: _ratio(r, "pylance_binary_copy") >= 1.0),
         ("throughput ≥ 0.8 × cat", lambda r: _ratio(r, "cat") >= 0.8),

@@ -394,18 +394,19 @@ def _outputs(group: list[table_pb2.DataFragment], sizes: dict[int, int], options
     outputs: list[OutputFile] = []
     ids: list[int] = []
     rows = size = 0
-    byte_cap = options.max_bytes_per_file
+    byte_cap, row_cap, target = options.max_bytes_per_file, options.row_cap, options.target_rows_per_fragment
     for frag in group:
-        frag_rows, frag_bytes = frag.physical_rows, sizes[frag.id]
-        over_rows = rows + frag_rows > options.row_cap
+        fid = frag.id
+        frag_rows, frag_bytes = frag.physical_rows, sizes[fid]
+        over_rows = rows + frag_rows > row_cap
         over_bytes = byte_cap is not None and size + frag_bytes > byte_cap
         if ids and (over_rows or over_bytes):
             outputs.append(OutputFile(tuple(ids), rows, size))
             ids, rows, size = [], 0, 0
-        ids.append(frag.id)
+        ids.append(fid)
         rows += frag_rows
         size += frag_bytes
-        if rows >= options.target_rows_per_fragment:
+        if rows >= target:
             outputs.append(OutputFile(tuple(ids), rows, size))
             ids, rows, size = [], 0, 0
     if ids:
