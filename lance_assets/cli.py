@@ -24,6 +24,7 @@ from lance_assets.engine.options import DEFAULT_READ_BATCH_BYTES, DEFAULT_TARGET
 from lance_assets.engine.plan import plan_compaction
 from lance_assets.engine.report import CompactionReport
 from lance_assets.errors import LanceAssetsError
+from lance_assets.io.storage import decode_option_value
 
 EXIT_ERROR = 2
 
@@ -35,10 +36,7 @@ def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise argparse.ArgumentTypeError(f"--storage-option expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
+        out[key] = decode_option_value(value)
     return out
 
 

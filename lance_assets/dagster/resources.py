@@ -13,6 +13,7 @@ from lance_assets.engine.inspect import Inspection, inspect_dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.report import CompactionReport
 from lance_assets.io import Storage
+from lance_assets.io.storage import decode_option_value
 
 PARTITION_PLACEHOLDER = "{partition_key}"
 
@@ -36,15 +37,7 @@ class LanceDatasets(dg.ConfigurableResource):
 
     def options(self) -> dict[str, Any]:
         """Storage options with JSON-looking values decoded (e.g. client_kwargs objects)."""
-        import json
-
-        out: dict[str, Any] = {}
-        for key, value in self.storage_options.items():
-            try:
-                out[key] = json.loads(value)
-            except ValueError:
-                out[key] = value
-        return out
+        return {key: decode_option_value(value) for key, value in self.storage_options.items()}
 
     def uri(self, partition_key: str | None = None) -> str:
         root = self.root.rstrip("/")

@@ -21,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
 from lance_assets.engine.dataset import HINT_FILE, Dataset, VersionLocation
-from lance_assets.engine.plan import CompactionPlan
+from lance_assets.engine.plan import CompactionPlan, fragment_file_count
 from lance_assets.engine.report import CompactionReport, RewriteResult
 from lance_assets.errors import CommitConflictError, LanceAssetsError, MissingFileError, NotADatasetError, VersionNotFoundError
 from lance_assets.format import manifest as mf
@@ -328,8 +328,8 @@ def commit_compaction(
         committed_versions=[landed],
         fragments_removed=len(old_frags),
         fragments_added=len(new_frags),
-        files_removed=sum(len(f.files) + (1 if f.HasField("deletion_file") else 0) for f in old_frags),
-        files_added=sum(len(f.files) + (1 if f.HasField("deletion_file") else 0) for f in new_frags),
+        files_removed=sum(fragment_file_count(f) for f in old_frags),
+        files_added=sum(fragment_file_count(f) for f in new_frags),
         seconds=time.monotonic() - started,
         retries=attempt,
         **base,

@@ -7,7 +7,7 @@ CLI, the planner and the Dagster sensor all see a dataset the same way.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -156,6 +156,21 @@ class Dataset:
     def stable_row_ids(self) -> bool:
         # Cached: the planner asks once per fragment.
         return bool(self.manifest.reader_feature_flags & mf.FLAG_STABLE_ROW_IDS)
+
+    def data_bytes(self, files: Iterable[table_pb2.DataFile], *, exact: bool = True) -> int:
+        """Bytes of the given data files as the manifest records them.
+
+        Older writers record 0 (unknown); with ``exact`` those sizes are looked
+        up in storage, otherwise they count as 0 (planning opens nothing unless
+        a byte cap needs it). A plain loop: it runs for every fragment.
+        """
+        total = 0
+        for df in files:
+            size = df.file_size_bytes
+            if not size and exact:
+                size = self.storage.size(self.data_file_path(df))
+            total += size
+        return total
 
     def data_file_path(self, data_file: table_pb2.DataFile) -> str:
         """Path of a data file relative to the dataset root (or a base path URL)."""

@@ -100,12 +100,6 @@ def _schema(fields: list[file_pb2.Field]) -> list[SchemaField]:
     return [SchemaField(f.id, f.parent_id, f.name, f.logical_type, f.nullable) for f in fields]
 
 
-def _fragment_bytes(ds: Dataset, files: list[Any]) -> int:
-    total = 0
-    for df in files:
-        total += df.file_size_bytes or ds.storage.size(ds.data_file_path(df))
-    return total
-
 
 def _histogram(sizes: list[int]) -> dict[str, int]:
     counts = {label: 0 for label, _ in _HISTOGRAM_BOUNDS}
@@ -156,7 +150,7 @@ def inspect_dataset(
                 physical_rows=f.physical_rows,
                 deleted_rows=f.deletion_file.num_deleted_rows if has_deletion_file else 0,
                 files=len(files),
-                bytes=_fragment_bytes(ds, files),
+                bytes=ds.data_bytes(files),
                 file_version=",".join(sorted(versions)),
                 has_deletion_file=has_deletion_file,
             )

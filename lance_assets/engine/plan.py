@@ -178,22 +178,9 @@ def _index_sets(ds: Dataset) -> tuple[dict[int, frozenset[str]] | None, dict[int
     return (None if everything else {k: frozenset(v) for k, v in cover.items()}), pinned
 
 
-def _fragment_bytes(ds: Dataset, fragment: table_pb2.DataFragment, *, exact: bool) -> int:
-    """Bytes of a fragment's data files from the manifest.
 
-    Older writers record 0 (unknown); those sizes are looked up only when a
-    byte cap needs them (``exact``), so planning normally opens nothing.
-    """
-    total = 0
-    for df in fragment.files:  # a plain loop: this runs for every fragment of a 100,000-fragment plan
-        size = df.file_size_bytes
-        if not size and exact:
-            size = ds.storage.size(ds.data_file_path(df))
-        total += size
-    return total
-
-
-def _fragment_files(fragment: table_pb2.DataFragment) -> int:
+def fragment_file_count(fragment: table_pb2.DataFragment) -> int:
+    """Data and deletion files of a fragment: what a Rewrite removes or adds (Lance's metrics count both)."""
     return len(fragment.files) + (1 if fragment.HasField("deletion_file") else 0)
 
 
@@ -251,7 +238,7 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
             if len(group) < 2:
                 skipped.extend(SkippedFragment(i, REASON_ALONE, "no adjacent small fragment with the same layout and indices") for i in ids)
                 continue
-            sizes = {f.id: _fragment_bytes(ds, f, exact=options.max_bytes_per_file is not None) for f in group}
+            sizes = {f.id: ds.data_bytes(f.files, exact=options.max_bytes_per_file is not None) for f in group}
             outputs = _outputs(group, sizes, options_for_outputs)
             if len(outputs) >= len(group):
                 skipped.extend(SkippedFragment(i, REASON_NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids)
@@ -269,7 +256,7 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
                     rows=sum(f.physical_rows for f in group),
                     bytes=sum(sizes.values()),
                     outputs=outputs,
-                    files=sum(_fragment_files(f) for f in group),
+                    files=sum(fragment_file_count(f) for f in group),
                 )
             )
     skipped.sort(key=lambda s: s.fragment_id)

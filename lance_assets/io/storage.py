@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import json
 import os
 import threading
 import uuid
@@ -43,6 +44,15 @@ _S3_CREDENTIAL_KEYS = {
 _S3_ENDPOINT_KEYS = ("aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url")
 _S3_REGION_KEYS = ("aws_region", "region", "aws_default_region")
 _S3_IGNORED_KEYS = ("allow_http", "aws_allow_http", "aws_virtual_hosted_style_request", "virtual_hosted_style_request", "aws_s3_allow_unsafe_rename")
+
+
+def decode_option_value(value: str) -> Any:
+    """A storage-option value as given on a command line or in string config: JSON if it parses
+    (numbers, booleans, objects such as ``client_kwargs``), else the string itself."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _truthy(value: Any) -> bool:
