@@ -99,10 +99,7 @@ def _sources(ds: Dataset, frag: table_pb2.DataFragment, live: dict[int, int]) ->
                 path=where,
             )
         columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in live and col >= 0}
-        safety = v2file.inspect_copy_safety(meta)
-        problems = list(safety.file_reasons) + [
-            f"column {c.index}: {c.reason}" for c in safety.columns if c.index in columns.values() and not c.copyable
-        ]
+        problems = v2file.copy_refusals(meta, list(columns.values()))
         if problems:
             raise CompactionRefusedError("; ".join(problems), path=where)
         out.append(_Source(rel, meta, columns, tail, tail_offset))

@@ -150,16 +150,6 @@ class NeedMore:
 
 
 @dataclass(frozen=True)
-class PageInfo:
-    """One page's buffers (absolute offsets, exact sizes), value count and first row."""
-
-    buffer_offsets: tuple[int, ...]
-    buffer_sizes: tuple[int, ...]
-    length: int
-    priority: int
-
-
-@dataclass(frozen=True)
 class V2FileMetadata:
     """Everything after the data region of a v2 file, parsed and checked for consistency.
 
@@ -174,7 +164,6 @@ class V2FileMetadata:
     columns: tuple[file2_pb2.ColumnMetadata, ...]
     column_ranges: tuple[tuple[int, int], ...]
     global_buffers: tuple[tuple[int, int], ...]
-    pages: tuple[tuple[PageInfo, ...], ...]
     data_end: int
 
     @property
@@ -253,13 +242,11 @@ def parse_tail(
     if footer.gbo_table_position < tail_offset:
         return NeedMore(footer.column_meta_start)
 
-    def view(position: int, size: int) -> bytes:
-        return bytes(tail[position - tail_offset : position - tail_offset + size])
-
-    global_buffers = tuple(
-        _ENTRY.unpack(view(footer.gbo_table_position + i * _ENTRY.size, _ENTRY.size))
-        for i in range(footer.num_global_buffers)
-    )
+    # Runs once per input file (10,000 times for a dataset of tiny fragments): tables are read
+    # with unpack_from and the column loop stays flat.
+    unpack = _ENTRY.unpack_from
+    gbo_at = footer.gbo_table_position - tail_offset
+    global_buffers = tuple(unpack(tail, gbo_at + i * _ENTRY.size) for i in range(footer.num_global_buffers))
     for i, (pos, size) in enumerate(global_buffers):
         if pos + size > footer.column_meta_start:
             raise CorruptFileError(
@@ -271,29 +258,32 @@ def parse_tail(
     if gb0_pos < tail_offset:
         return NeedMore(gb0_pos)
 
+    at = gb0_pos - tail_offset
     descriptor = parse(
-        file_pb2.FileDescriptor, view(gb0_pos, gb0_size), path=path, what="file descriptor (GB0)"
+        file_pb2.FileDescriptor, tail[at : at + gb0_size], path=path, what="file descriptor (GB0)"
     )
     if not descriptor.HasField("schema"):
         raise CorruptFileError("file descriptor (GB0) has no schema", path=path)
-    column_ranges = tuple(
-        _ENTRY.unpack(view(footer.cmo_table_position + i * _ENTRY.size, _ENTRY.size))
-        for i in range(footer.num_columns)
-    )
+    cmo_at = footer.cmo_table_position - tail_offset
+    column_ranges = tuple(unpack(tail, cmo_at + i * _ENTRY.size) for i in range(footer.num_columns))
+    region_start, region_end = footer.column_meta_start, footer.cmo_table_position
+    version, num_rows = footer.version, descriptor.length
     columns: list[file2_pb2.ColumnMetadata] = []
     for i, (pos, size) in enumerate(column_ranges):
-        if pos < footer.column_meta_start or pos + size > footer.cmo_table_position:
+        if pos < region_start or pos + size > region_end:
             raise CorruptFileError(
                 f"column {i} metadata ({pos}+{size}) lies outside the column metadata region",
                 path=path,
             )
-        columns.append(
-            parse(file2_pb2.ColumnMetadata, view(pos, size), path=path, what=f"column {i} metadata")
-        )
-    pages = tuple(
-        _check_column(i, col, footer.version, gb0_pos, descriptor.length, path)
-        for i, col in enumerate(columns)
-    )
+        column = ColumnMetadata()
+        at = pos - tail_offset
+        try:
+            column.ParseFromString(tail[at : at + size])
+        except Exception:  # noqa: BLE001 - parse() names the decode error
+            parse(ColumnMetadata, tail[at : at + size], path=path, what=f"column {i} metadata")
+            raise
+        _check_column(i, column, version, gb0_pos, num_rows, path)
+        columns.append(column)
     return V2FileMetadata(
         path=path,
         file_size=file_size,
@@ -302,7 +292,6 @@ def parse_tail(
         columns=tuple(columns),
         column_ranges=column_ranges,
         global_buffers=global_buffers,
-        pages=pages,
         data_end=gb0_pos,
     )
 
@@ -327,35 +316,40 @@ def _check_column(
     data_end: int,
     num_rows: int,
     path: str | None,
-) -> tuple[PageInfo, ...]:
+) -> None:
     """Reject buffers outside the data region, misalignment Lance would reject, and (2.1+) pages
     that do not cover exactly the file's rows: a copier trusts all of these."""
     if column.buffer_offsets or column.buffer_sizes:
         problem = _check_buffers(column.buffer_offsets, column.buffer_sizes, False, data_end)
         if problem:
             raise CorruptFileError(f"column {index}: {problem}", path=path)
-    aligned = version.aligned
-    infos = []
+    # This loop runs for every page of every input file, so it stays flat: the common case
+    # (every buffer in bounds and aligned) builds nothing; _check_buffers names the problem.
+    mask = ALIGNMENT - 1 if version.aligned else 0
     covered = 0
-    for p, page in enumerate(column.pages):
-        offsets, sizes = tuple(page.buffer_offsets), tuple(page.buffer_sizes)
-        # The common case (every buffer in bounds and aligned) without building messages.
-        ok = len(offsets) == len(sizes)
+    for page in column.pages:
+        offsets = page.buffer_offsets
+        sizes = page.buffer_sizes
+        if len(offsets) != len(sizes):
+            break
         for pos, size in zip(offsets, sizes):
-            if pos + size > data_end or (aligned and pos % ALIGNMENT):
-                ok = False
+            if pos + size > data_end or pos & mask:
                 break
-        if not ok:
-            problem = _check_buffers(offsets, sizes, aligned, data_end)
+        else:
+            covered += page.length
+            continue
+        break
+    else:
+        if mask and covered != num_rows:
+            raise CorruptFileError(
+                f"column {index} pages hold {covered} rows but the file has {num_rows}", path=path
+            )
+        return
+    for p, page in enumerate(column.pages):
+        problem = _check_buffers(page.buffer_offsets, page.buffer_sizes, bool(mask), data_end)
+        if problem:
             raise CorruptFileError(f"column {index} page {p}: {problem}", path=path)
-        length = page.length
-        covered += length
-        infos.append(PageInfo(offsets, sizes, length, page.priority))
-    if aligned and covered != num_rows:
-        raise CorruptFileError(
-            f"column {index} pages hold {covered} rows but the file has {num_rows}", path=path
-        )
-    return tuple(infos)
+    raise AssertionError("unreachable: the fast check and _check_buffers disagree")
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,28 +435,60 @@ def inspect_copy_safety(meta: V2FileMetadata) -> FileSafety:
     return FileSafety(meta.path, meta.version, tuple(file_reasons), columns)
 
 
+def copy_refusals(meta: V2FileMetadata, columns: Sequence[int]) -> tuple[str, ...]:
+    """Why the given columns of a file cannot be binary copied; empty when they can.
+
+    The copier asks this of every input file, so the common answer (every encoding already
+    judged safe, one global buffer, no blob field) costs one dict lookup per page; the full
+    ``inspect_copy_safety`` report is built only when something may be wrong.
+    """
+    pages_ok = _verdicts(meta.version)
+    columns_ok = _verdicts("column")
+    fast = len(meta.global_buffers) == 1
+    for c in columns if fast else ():
+        column = meta.columns[c]
+        if column.buffer_offsets or columns_ok.get(column.encoding.direct.encoding) != ():
+            fast = False
+            break
+        for page in column.pages:
+            if pages_ok.get(page.encoding.direct.encoding) != ():
+                fast = False
+                break
+        if not fast:
+            break
+    if fast and not blob_fields(meta.descriptor):
+        return ()
+    safety = inspect_copy_safety(meta)
+    wanted = set(columns)
+    per_column = (f"column {c.index}: {c.reason}" for c in safety.columns if c.index in wanted and not c.copyable)
+    return (*safety.file_reasons, *per_column)
+
+
 def _column_safety(index: int, column: file2_pb2.ColumnMetadata, meta: V2FileMetadata) -> ColumnSafety:
     reasons: dict[str, None] = {}  # ordered set: one line per distinct problem
     deferred: list[tuple[int, int]] = []
     path = meta.path
-    col_buffers = tuple(zip(column.buffer_offsets, column.buffer_sizes, strict=True))
-    if col_buffers:
+    version = meta.version
+    col_buffers: tuple[tuple[int, int], ...] = ()
+    if column.buffer_offsets or column.buffer_sizes:
+        col_buffers = tuple(zip(column.buffer_offsets, column.buffer_sizes, strict=True))
         reasons["column-level buffers (per-file data the column encoding describes)"] = None
     blob = _encoding_bytes(column.encoding, deferred, reasons, "column encoding")
     if blob is not None:
-        for r in _verdict(("column", blob), lambda: _column_encoding_reasons(blob, path, index)):
+        for r in _verdict(_verdicts("column"), blob, lambda: _column_encoding_reasons(blob, path, index)):
             reasons[r] = None
-    version = meta.version
+    # Per page of every input file: one dict lookup when the encoding bytes were judged before.
+    table = _verdicts(version)
     for p, page in enumerate(column.pages):
-        encoding = page.encoding
-        if encoding.HasField("direct"):
-            blob = encoding.direct.encoding
-            found = _VERDICTS.get((version, blob))
-            if found is None:
-                found = _verdict((version, blob), lambda: _page_encoding_reasons(blob, version, path, f"column {index} page {p}"))
-        else:
-            _encoding_bytes(encoding, deferred, reasons, "page encoding")
-            found = ()
+        found = table.get(page.encoding.direct.encoding)
+        if found is None:
+            encoding = page.encoding
+            if encoding.HasField("direct"):
+                blob = encoding.direct.encoding
+                found = _verdict(table, blob, lambda: _page_encoding_reasons(blob, version, path, f"column {index} page {p}"))
+            else:
+                _encoding_bytes(encoding, deferred, reasons, "page encoding")
+                continue
         for r in found:
             reasons[r] = None
     struct_header = version is FileVersion.V2_0 and is_struct_header_column(column)
@@ -471,18 +497,28 @@ def _column_safety(index: int, column: file2_pb2.ColumnMetadata, meta: V2FileMet
 
 # Verdicts on encoding bytes, which repeat across files (a few distinct values per column):
 # judging each distinct value once keeps copy-safety checks off the per-file cost. The verdict
-# depends on the bytes (and file version) only; bytes that do not parse raise and are not kept.
-_VERDICTS: dict[tuple[object, bytes], tuple[str, ...]] = {}
+# depends on the bytes and the table (column encodings, or page encodings of one file version)
+# only; bytes that do not parse raise and are not kept. Empty bytes are never kept: they are
+# also what an absent direct encoding reads as.
+_VERDICTS: dict[object, dict[bytes, tuple[str, ...]]] = {}
 _VERDICTS_LIMIT = 8192
 
 
-def _verdict(key: tuple[object, bytes], judge: Callable[[], Sequence[str]]) -> tuple[str, ...]:
-    found = _VERDICTS.get(key)
+def _verdicts(kind: object) -> dict[bytes, tuple[str, ...]]:
+    table = _VERDICTS.get(kind)
+    if table is None:
+        table = _VERDICTS[kind] = {}
+    return table
+
+
+def _verdict(table: dict[bytes, tuple[str, ...]], blob: bytes, judge: Callable[[], Sequence[str]]) -> tuple[str, ...]:
+    found = table.get(blob) if blob else None
     if found is None:
         found = tuple(judge())
-        if len(_VERDICTS) >= _VERDICTS_LIMIT:
-            _VERDICTS.clear()
-        _VERDICTS[key] = found
+        if blob:
+            if len(table) >= _VERDICTS_LIMIT:
+                table.clear()
+            table[blob] = found
     return found
 
 
@@ -757,18 +793,23 @@ class ColumnMerger:
             self._struct_length += sum(page.length for page in part.pages)
         else:
             self._all_struct = False
+        # The pages are copied in C, then only their offsets and priorities change (a message
+        # per page built from Python costs several times more on wide files).
         pages = self._merged.pages
-        for page in part.pages:
+        start = len(pages)
+        pages.extend(part.pages)
+        move = relocation if callable(relocation) else None
+        for i in range(start, len(pages)):
+            page = pages[i]
             if page.encoding.HasField("indirect"):
+                del pages[start:]
                 raise ValueError("page has a deferred encoding at an absolute position; refuse the file")
-            # As relocate_page, but built in place (appending a message would copy it again).
-            moved = pages.add()
-            moved.CopyFrom(page)
-            if callable(relocation):
-                moved.buffer_offsets[:] = [relocation(o) for o in page.buffer_offsets]
+            if move is not None:
+                page.buffer_offsets[:] = [move(o) for o in page.buffer_offsets]
             elif relocation:
-                moved.buffer_offsets[:] = [o + relocation for o in page.buffer_offsets]
-            moved.priority = page.priority + row_offset
+                page.buffer_offsets[:] = [o + relocation for o in page.buffer_offsets]
+            if row_offset:
+                page.priority += row_offset
 
     def finish(self) -> file2_pb2.ColumnMetadata:
         """The merged ColumnMetadata (call once, after the last ``add``)."""
@@ -805,12 +846,18 @@ def build_tail(
     """
     if not descriptor.HasField("schema"):
         raise ValueError("file descriptor has no schema")
+    mask = ALIGNMENT - 1 if version.aligned else 0
     for i, column in enumerate(columns):
         problem = _check_buffers(column.buffer_offsets, column.buffer_sizes, False, data_end)
-        for page in column.pages:
-            problem = problem or _check_buffers(
-                page.buffer_offsets, page.buffer_sizes, version.aligned, data_end
-            )
+        for page in column.pages:  # flat: one pass over every output page
+            offsets = page.buffer_offsets
+            sizes = page.buffer_sizes
+            bad = len(offsets) != len(sizes)
+            for pos, size in zip(offsets, sizes):
+                if pos + size > data_end or pos & mask:
+                    bad = True
+            if bad:
+                problem = problem or _check_buffers(offsets, sizes, bool(mask), data_end)
         if problem:
             raise ValueError(f"column {i}: {problem}")
     pad = padding_for(data_end)

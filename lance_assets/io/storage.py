@@ -125,6 +125,22 @@ def _filesystem_type(fd: int) -> str:
     return found
 
 
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset`` (fewer only at end of file): pread may return short reads."""
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
 def _local_fileno(stream: IO[bytes]) -> int | None:
     """The OS file descriptor behind a (possibly fsspec-wrapped) local stream, if any."""
     for candidate in (stream, getattr(stream, "f", None)):
@@ -214,14 +230,21 @@ class Storage:
     # -- reading -------------------------------------------------------------
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of ``rel`` (whole object by default)."""
+        if self.is_local and (start is None or start >= 0) and (end is None or end >= 0):
+            # What LocalFileSystem.cat_file does, minus its per-call overhead (which
+            # dominates reading the metadata of thousands of small files).
+            try:
+                fd = os.open(self.path(rel), os.O_RDONLY)
+                try:
+                    first = start or 0
+                    if end is None:
+                        end = os.fstat(fd).st_size
+                    return _pread_all(fd, max(0, end - first), first)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise self._translate(rel, exc) from None
         with self._errors(rel):
-            if self.is_local and (start is None or start >= 0) and (end is None or end >= 0):
-                # What LocalFileSystem.cat_file does, minus its per-call overhead (which
-                # dominates reading the metadata of thousands of small files).
-                with open(self.path(rel), "rb") as f:
-                    if start:
-                        f.seek(start)
-                    return f.read() if end is None else f.read(max(0, end - (start or 0)))
             return self.fs.cat_file(self.path(rel), start=start, end=end)
 
     def size(self, rel: str) -> int:
@@ -486,13 +509,16 @@ class Storage:
             yield
         except StorageError:
             raise
-        except FileNotFoundError:
-            raise MissingFileError("not found", path=self.url(rel)) from None
-        except PermissionError as exc:
-            raise StorageError(f"permission denied ({exc.strerror or exc})", path=self.url(rel)) from None
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageError("no space left on device", path=self.url(rel)) from None
-            if exc.errno == errno.EROFS:
-                raise StorageError("read-only file system", path=self.url(rel)) from None
-            raise StorageError(f"{type(exc).__name__}: {exc}", path=self.url(rel)) from None
+            raise self._translate(rel, exc) from None
+
+    def _translate(self, rel: str, exc: OSError) -> StorageError:
+        if isinstance(exc, FileNotFoundError):
+            return MissingFileError("not found", path=self.url(rel))
+        if isinstance(exc, PermissionError):
+            return StorageError(f"permission denied ({exc.strerror or exc})", path=self.url(rel))
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StorageError("no space left on device", path=self.url(rel))
+        if exc.errno == errno.EROFS:
+            return StorageError("read-only file system", path=self.url(rel))
+        return StorageError(f"{type(exc).__name__}: {exc}", path=self.url(rel))
