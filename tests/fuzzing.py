@@ -18,7 +18,7 @@ from pathlib import Path
 from lance_assets._proto import transaction_pb2
 from lance_assets.engine import commit as commit_mod
 from lance_assets.errors import LanceAssetsError
-from lance_assets.format import legacy, v2file
+from lance_assets.format import legacy, v2file, v2safety
 from lance_assets.format import manifest as mf
 from lance_assets.format.deletion import DeletionFileType, decode_deletion_file
 from lance_assets.format.protobuf import parse
@@ -142,7 +142,7 @@ def _tail_loop(data: bytes, parse_tail: Callable, first: int) -> object:
 def _v2_file(data: bytes) -> None:
     for first in (40, v2file.DEFAULT_TAIL_BYTES):
         meta = _tail_loop(data, v2file.parse_tail, first)
-        v2file.inspect_copy_safety(meta)
+        v2safety.inspect_copy_safety(meta)
 
 
 def _legacy_file(data: bytes) -> None:

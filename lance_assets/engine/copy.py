@@ -25,8 +25,12 @@ from lance_assets.engine.report import RewriteResult
 from lance_assets.engine.tail import read_parsed_tail
 from lance_assets.errors import CompactionRefusedError, CorruptFileError
 from lance_assets.format import manifest as mf
-from lance_assets.format import v2file
-from lance_assets.format.deletion import DeletionFileType, decode_deletion_file, encode_deletion_file
+from lance_assets.format import v2file, v2safety
+from lance_assets.format.deletion import (
+    DeletionFileType,
+    decode_deletion_file,
+    encode_deletion_file,
+)
 from lance_assets.format.rowids import (
     RowIdSequence,
     RowVersionSequence,
@@ -99,7 +103,7 @@ def _sources(ds: Dataset, frag: table_pb2.DataFragment, live: dict[int, int]) ->
                 path=where,
             )
         columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in live and col >= 0}
-        problems = v2file.copy_refusals(meta, list(columns.values()))
+        problems = v2safety.copy_refusals(meta, list(columns.values()))
         if problems:
             raise CompactionRefusedError("; ".join(problems), path=where)
         out.append(_Source(rel, meta, columns, tail, tail_offset))
@@ -263,11 +267,11 @@ def _write_output(
     fragment = table_pb2.DataFragment(physical_rows=rows)
     fragment.files.append(data_file)
     if ds.stable_row_ids:
-        _carry_row_sequences(ds, inputs, fragment)
+        carry_row_sequences(ds, inputs, fragment)
     return fragment, rel, bytes_read, size
 
 
-def _carry_row_sequences(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], out: table_pb2.DataFragment) -> None:
+def carry_row_sequences(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], out: table_pb2.DataFragment) -> None:
     """Give the merged fragment its inputs' row ids and row versions, concatenated in input order.
 
     Row ids are never renumbered (indices and users hold them). A fragment

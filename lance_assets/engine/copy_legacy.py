@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lance_assets._proto import file_pb2, table_pb2
-from lance_assets.engine.copy import DATA_DIR, _carry_row_sequences
+from lance_assets.engine.copy import DATA_DIR, carry_row_sequences
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.tail import read_parsed_tail
 from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedFeatureError
@@ -293,5 +293,5 @@ def write_legacy_output(
     fragment = table_pb2.DataFragment(physical_rows=rows)
     fragment.files.append(data_file)
     if ds.stable_row_ids:
-        _carry_row_sequences(ds, inputs, fragment)
+        carry_row_sequences(ds, inputs, fragment)
     return fragment, rel, copier.bytes_read, size

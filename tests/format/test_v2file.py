@@ -27,8 +27,12 @@ from lance.file import LanceFileReader, LanceFileWriter
 from lance_assets._proto import encodings_v2_0_pb2 as enc20
 from lance_assets._proto import encodings_v2_1_pb2 as enc21
 from lance_assets._proto import file2_pb2
-from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedVersionError
-from lance_assets.format import v2file
+from lance_assets.errors import (
+    CompactionRefusedError,
+    CorruptFileError,
+    UnsupportedVersionError,
+)
+from lance_assets.format import v2file, v2safety
 from lance_assets.format.v2file import (
     ALIGNMENT,
     DEFAULT_TAIL_BYTES,
@@ -36,9 +40,7 @@ from lance_assets.format.v2file import (
     FileVersion,
     NeedMore,
     V2FileMetadata,
-    blob_fields,
     build_tail,
-    inspect_copy_safety,
     is_struct_header_column,
     merge_column,
     merge_struct_header_pages,
@@ -48,6 +50,7 @@ from lance_assets.format.v2file import (
     relocate_page,
     with_num_rows,
 )
+from lance_assets.format.v2safety import blob_fields, inspect_copy_safety
 
 VERSIONS = ["2.0", "2.1", "2.2", "2.3"]
 
@@ -480,9 +483,9 @@ def test_planar_layouts_have_the_accepted_shape(tmp_path: Path) -> None:
             for page in column.pages:
                 wrapped = encoding_any(page)
                 assert wrapped.type_url == "/lance.encodings23.PlanarLayout"
-                top = v2file._wire_fields(wrapped.value)
+                top = v2safety._wire_fields(wrapped.value)
                 assert top is not None and [number for number, _, _ in top] == [1, 2]
-                (plane,) = v2file._wire_fields(top[1][2])  # type: ignore[misc, arg-type]
+                (plane,) = v2safety._wire_fields(top[1][2])  # type: ignore[misc, arg-type]
                 seen.add(plane[0])
     assert seen == {1, 2, 3, 4}
 
