@@ -169,6 +169,7 @@ def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
     console.print(
         f"{verb} {len(report.files)} unreferenced files ({human_bytes(report.bytes)}) older than {args.older_than}; "
         f"kept {report.kept_too_young} younger ones; {report.versions} versions scanned"
+        + (f"; {'would abort' if report.dry_run else 'aborted'} {report.aborted_uploads} unfinished uploads" if report.aborted_uploads else "")
     )
     for f in report.files:
         console.print(f"  {escape(f.path)}  {human_bytes(f.bytes)}  ({f.kind})", highlight=False)

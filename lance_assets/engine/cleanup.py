@@ -10,6 +10,8 @@ those files and nothing else:
   ``*.tmp-*`` from ``Storage.create``, object_store's ``*#<n>``, the S3
   conditional-write probe);
 * never a manifest, never ``_indices/``, never a file of unknown purpose;
+* unfinished multipart uploads (S3) below ``data/`` older than the grace period are
+  aborted: a killed writer's half-written data file, invisible but billed;
 * only files older than a grace period (default one hour), because a running
   writer's files are unreferenced until it commits. The grace period must be
   longer than the longest compaction (or append) that may run meanwhile; a
@@ -75,6 +77,7 @@ class CleanupReport:
     files: list[RemovedFile] = field(default_factory=list)
     kept_too_young: int = 0
     kept_unknown_age: int = 0
+    aborted_uploads: int = 0
 
     @property
     def bytes(self) -> int:
@@ -197,6 +200,10 @@ def cleanup(
             doomed = [f for f in doomed if f.path not in referenced]
         for f in doomed:
             storage.delete(f.path, missing_ok=True)
+    stale_uploads = [u for u in storage.pending_uploads(DATA_DIR) if u.initiated is not None and clock - u.initiated >= older_than]
+    if not dry_run:
+        for upload in stale_uploads:
+            storage.abort_upload(upload)
     return CleanupReport(
         uri=storage.uri,
         dry_run=dry_run,
@@ -205,4 +212,5 @@ def cleanup(
         files=doomed,
         kept_too_young=too_young,
         kept_unknown_age=unknown_age,
+        aborted_uploads=len(stale_uploads),
     )

@@ -22,6 +22,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from lance_assets.errors import CorruptFileError, MissingFileError, StorageError
+from lance_assets.io.multipart import MultipartComposer
 
 # In-process lock for stores where create-if-absent is emulated (memory://).
 _EMULATED_CREATE_LOCK = threading.Lock()
@@ -30,6 +31,9 @@ _EMULATED_CREATE_LOCK = threading.Lock()
 # other writer can commit concurrently (an external lock, a single writer), so
 # a store without conditional writes may commit by "exists? then write".
 UNSAFE_COMMIT_OPTION = "lance_assets_unsafe_commit"
+# Our own storage option: "false" turns off server-side copies of large extents on S3
+# (UploadPartCopy), for S3-compatible stores that lack it. On by default.
+SERVER_SIDE_COPY_OPTION = "lance_assets_server_side_copy"
 
 # pylance (object_store) spells S3 options differently from s3fs; accept both so one
 # dict configures pylance and lance_assets alike. s3fs spellings win when both are given.
@@ -61,7 +65,7 @@ def _truthy(value: Any) -> bool:
 
 def fsspec_options(protocol: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """Storage options as fsspec wants them: ours removed, pylance's S3 names translated."""
-    out = {k: v for k, v in options.items() if k != UNSAFE_COMMIT_OPTION}
+    out = {k: v for k, v in options.items() if k not in (UNSAFE_COMMIT_OPTION, SERVER_SIDE_COPY_OPTION)}
     if protocol not in ("s3", "s3a"):
         return out
     client_kwargs = dict(out.pop("client_kwargs", None) or {})
@@ -164,6 +168,15 @@ class Entry:
     modified: float | None = None
 
 
+@dataclass(frozen=True)
+class PendingUpload:
+    """An unfinished multipart upload: the object it would create and when it began (epoch s)."""
+
+    rel: str
+    upload_id: str
+    initiated: float | None
+
+
 class Storage:
     """A dataset root (local path or URL) opened through fsspec.
 
@@ -199,6 +212,12 @@ class Storage:
         self.storage_options = options
         self.commit_lock = commit_lock
         self.unsafe_commit = _truthy(options.get(UNSAFE_COMMIT_OPTION, False))
+        # s3fs exposes the raw S3 calls a multipart upload with copied parts needs.
+        self.server_side_copy = (
+            "s3" in self.protocols
+            and callable(getattr(self.fs, "call_s3", None))
+            and _truthy(options.get(SERVER_SIDE_COPY_OPTION, True))
+        )
         self._conditional_put_verified = False
 
     @property
@@ -304,9 +323,20 @@ class Storage:
         SMB …) uses ``os.copy_file_range``: nothing passes through user space.
         Other local filesystems (ext4, tmpfs …) are copied through one reused
         buffer: there copy_file_range falls back to an in-kernel splice that
-        measured about 1.5x slower than that (benchmarks/, ext4). Any other
-        store reads ranges of at most ``batch_bytes``.
+        measured about 1.5x slower than that (benchmarks/, ext4). Into an S3
+        object from ``open_write`` (s3fs), large ranges are copied by the
+        store itself (UploadPartCopy). Any other store reads ranges of at most
+        ``batch_bytes``.
         """
+        if isinstance(out, MultipartComposer):
+            with self._errors(rel):
+                try:
+                    out.copy_range(self.path(rel), start, end, batch_bytes=batch_bytes)
+                except EOFError as exc:
+                    raise MissingFileError(str(exc), path=self.url(rel)) from None
+            if progress:
+                progress(end - start)
+            return
         if self.is_local:
             dst_fd = _local_fileno(out)
             if dst_fd is not None:
@@ -364,17 +394,21 @@ class Storage:
 
     @contextlib.contextmanager
     def open_write(self, rel: str) -> Iterator[IO[bytes]]:
-        """A binary stream that creates ``rel``; removed again if the block raises."""
+        """A binary stream that creates ``rel``; removed again if the block raises.
+
+        On S3 (s3fs) it is a ``MultipartComposer``, so ``copy_range`` into it copies large
+        extents inside the store and nothing is visible under ``rel`` before the block ends.
+        """
         with self._errors(rel):
             self._makedirs_for(rel)
-            f = self.fs.open(self.path(rel), "wb")
+            f: Any = MultipartComposer(self.fs, self.path(rel)) if self.server_side_copy else self.fs.open(self.path(rel), "wb")
         try:
             with self._errors(rel):
                 yield f
                 f.close()
         except BaseException:
             with contextlib.suppress(Exception):
-                f.close()
+                f.abort() if isinstance(f, MultipartComposer) else f.close()
             self.delete(rel, missing_ok=True)
             raise
 
@@ -497,6 +531,39 @@ class Storage:
             except FileNotFoundError:
                 if not missing_ok:
                     raise
+
+    def pending_uploads(self, rel_dir: str) -> list[PendingUpload]:
+        """Unfinished multipart uploads below ``rel_dir`` (S3 only; elsewhere none exist).
+
+        A writer killed mid-file leaves one behind: invisible to listings, but billed.
+        """
+        if "s3" not in self.protocols or not callable(getattr(self.fs, "call_s3", None)):
+            return []
+        bucket, prefix = self.fs.split_path(self.path(rel_dir))[:2]
+        prefix = prefix.rstrip("/") + "/"
+        found: list[PendingUpload] = []
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        with self._errors(rel_dir):
+            while True:
+                page = self.fs.call_s3("list_multipart_uploads", **kwargs)
+                for upload in page.get("Uploads", []):
+                    initiated = upload.get("Initiated")
+                    found.append(
+                        PendingUpload(
+                            rel=f"{rel_dir.rstrip('/')}/{upload['Key'][len(prefix):]}",
+                            upload_id=upload["UploadId"],
+                            initiated=initiated.timestamp() if isinstance(initiated, _dt.datetime) else None,
+                        )
+                    )
+                if not page.get("IsTruncated"):
+                    return found
+                kwargs["KeyMarker"] = page.get("NextKeyMarker")
+                kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker")
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        bucket, key = self.fs.split_path(self.path(upload.rel))[:2]
+        with self._errors(upload.rel):
+            self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload.upload_id)
 
     def _makedirs_for(self, rel: str) -> None:
         if self.is_local and "/" in rel:

@@ -1,0 +1,172 @@
+"""An S3 object assembled from uploaded bytes and server-side copies of other objects' ranges.
+
+Binary copy moves most bytes of a merged file unchanged from its inputs. On S3 those bytes need
+not travel through this process at all: a multipart upload may take a part from a byte range of
+another object (UploadPartCopy), copied inside the store. Only what is new (padding, the rebuilt
+metadata) and the pieces too small to be a part are sent from here.
+
+S3's rules shape the writer: every part but the last holds at least 5 MiB, a copied part at most
+5 GiB, an upload at most 10,000 parts. Bytes written are buffered until they make a part; a
+copied range that follows a partly filled buffer first tops it up with its own leading bytes
+(read, at most 5 MiB), and ranges too small to stand as a part are read and buffered. Memory is
+bounded by the part size plus the largest single write.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MIN_PART_BYTES = 5 * 1024 * 1024
+MAX_COPY_PART_BYTES = 5 * 1024 * 1024 * 1024
+MAX_PARTS = 10_000
+
+
+class MultipartComposer:
+    """A write-only stream to one new S3 object (s3fs), with ``copy_range`` done by the server.
+
+    ``write`` and ``copy_range`` append; ``close`` completes the upload (a single PUT when the
+    object is smaller than a part), ``abort`` discards it. Nothing is visible under the key
+    before ``close`` returns, so a failed copy never leaves a partial object behind.
+    """
+
+    def __init__(self, fs: Any, path: str) -> None:
+        self._fs = fs
+        self._bucket, self._key = fs.split_path(path)[:2]
+        self._buffer = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._upload_id: str | None = None
+        self._position = 0
+        self._closed = False
+        #: Bytes copied inside the store, never read here (for reports and tests).
+        self.server_side_bytes = 0
+
+    # -- the stream ----------------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._check_open()
+        n = len(data)
+        self._buffer += data
+        self._position += n
+        if len(self._buffer) >= self._part_threshold():
+            self._flush_buffer()
+        return n
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        """Nothing to do: parts go out when they are full (the upload completes on ``close``)."""
+
+    def copy_range(self, source_path: str, start: int, end: int, *, batch_bytes: int) -> int:
+        """Append bytes ``[start, end)`` of the S3 object ``source_path``; returns bytes copied
+        inside the store. The rest (a range under two parts, or the top-up of a partly filled
+        buffer) is read in pieces of at most ``batch_bytes``."""
+        self._check_open()
+        if end - start >= 2 * MIN_PART_BYTES:
+            # Stores differ on a copy range past the end (AWS refuses, others truncate).
+            size = self._fs.size(source_path)
+            if end > size:
+                raise EOFError(f"{source_path} ends at {size}, before {end}")
+        if end - start < 2 * MIN_PART_BYTES:
+            self._read_into_buffer(source_path, start, end, batch_bytes)
+            return 0
+        if self._buffer:
+            top_up = max(0, MIN_PART_BYTES - len(self._buffer))
+            self._read_into_buffer(source_path, start, start + top_up, batch_bytes)
+            if self._buffer:  # (the last write may have sent it already)
+                self._flush_buffer()
+            start += top_up
+        bucket, key = self._fs.split_path(source_path)[:2]
+        remaining = end - start
+        parts = max(1, -(-remaining // MAX_COPY_PART_BYTES))
+        step = -(-remaining // parts)
+        pos = start
+        while pos < end:
+            stop = min(end, pos + step)
+            result = self._call(
+                "upload_part_copy",
+                UploadId=self._ensure_upload(),
+                PartNumber=self._next_part_number(),
+                CopySource={"Bucket": bucket, "Key": key},
+                CopySourceRange=f"bytes={pos}-{stop - 1}",
+            )
+            self._parts.append({"PartNumber": len(self._parts) + 1, "ETag": result["CopyPartResult"]["ETag"]})
+            pos = stop
+        copied = end - start
+        self._position += copied
+        self.server_side_bytes += copied
+        return copied
+
+    def close(self) -> None:
+        """Finish the object: one PUT for a small object, else the last part and completion."""
+        if self._closed:
+            return
+        if self._upload_id is None:
+            self._call("put_object", Body=bytes(self._buffer))
+        else:
+            if self._buffer or not self._parts:
+                self._upload_part(bytes(self._buffer))
+            self._call(
+                "complete_multipart_upload",
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        self._buffer = bytearray()
+        self._closed = True
+        self._fs.invalidate_cache(f"{self._bucket}/{self._key}")
+
+    def abort(self) -> None:
+        """Discard the upload (best effort: a store's lifecycle rule reaps what this misses)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer = bytearray()
+        if self._upload_id is not None:
+            self._call("abort_multipart_upload", UploadId=self._upload_id)
+
+    # -- parts ---------------------------------------------------------------------------------
+    def _part_threshold(self) -> int:
+        # 5 MiB parts for the first thousand, then larger, so 10,000 parts reach ~275 GB.
+        return MIN_PART_BYTES * (1 + len(self._parts) // 1000)
+
+    def _read_into_buffer(self, source_path: str, start: int, end: int, batch_bytes: int) -> None:
+        pos = start
+        while pos < end:
+            stop = min(end, pos + max(1, batch_bytes))
+            chunk = self._fs.cat_file(source_path, start=pos, end=stop)
+            if len(chunk) != stop - pos:
+                raise EOFError(f"{source_path} ends before {stop} (short read at {pos})")
+            self.write(chunk)
+            pos = stop
+
+    def _flush_buffer(self) -> None:
+        data = bytes(self._buffer)
+        self._buffer = bytearray()
+        self._upload_part(data)
+
+    def _upload_part(self, data: bytes) -> None:
+        result = self._call(
+            "upload_part",
+            UploadId=self._ensure_upload(),
+            PartNumber=self._next_part_number(),
+            Body=data,
+        )
+        self._parts.append({"PartNumber": len(self._parts) + 1, "ETag": result["ETag"]})
+
+    def _next_part_number(self) -> int:
+        number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise OSError(f"object would need more than {MAX_PARTS} parts")
+        return number
+
+    def _ensure_upload(self) -> str:
+        if self._upload_id is None:
+            self._upload_id = self._call("create_multipart_upload")["UploadId"]
+        return self._upload_id
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        extra = getattr(self._fs, "s3_additional_kwargs", None) or {}
+        return self._fs.call_s3(method, extra, Bucket=self._bucket, Key=self._key, **kwargs)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("write to a closed object")
