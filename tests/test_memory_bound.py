@@ -7,7 +7,8 @@ right before ``compact`` and its peak RSS (VmHWM) after it. The growth must stay
 size. Every copy path is measured: local files through one reused buffer (ext4, tmpfs …),
 ``os.copy_file_range`` (taken on filesystems that clone blocks; forced here), and the
 chunked ranged reads every other store uses (forced by telling the Storage it is not
-local). pylance judges the result.
+local), and S3 through our multipart writer with every byte streamed through the process
+(moto on loopback). pylance judges the result.
 """
 
 from __future__ import annotations
@@ -67,8 +68,15 @@ CHILD = textwrap.dedent(
         import os
         import lance_assets.io.storage as st
         st._CLONING_FILESYSTEMS = frozenset({st._filesystem_type(os.open(path, os.O_RDONLY))})
+    if kind == "s3":
+        import s3fs, aiobotocore.session  # the client library's own memory is not the copy's
+        s3fs.S3FileSystem  # noqa: B018
     before = status_kib("VmRSS")
-    if kind == "chunked":
+    if kind == "s3":
+        # Streamed through this process (server-side copy off): parts upload while the next is read.
+        storage = Storage(path, json.loads(sys.argv[4]))
+        report = run_plan(plan_compaction(Dataset.open(storage), options), storage=storage)
+    elif kind == "chunked":
         # The path every non-local store takes: ranged reads of at most read_batch_bytes.
         storage = Storage(path, {UNSAFE_COMMIT_OPTION: "true"})
         storage.is_local = False
@@ -147,3 +155,31 @@ def test_peak_memory_is_bounded_by_read_batch_bytes(big_dataset: Path, tmp_path:
     print(f"{path_kind}: {data_bytes / 2**20:.0f} MiB of data, RSS {result['before_kib'] / 1024:.0f} MiB before, peak {result['peak_kib'] / 1024:.0f} MiB")
     assert growth <= READ_BATCH_BYTES + MARGIN, f"compaction grew RSS by {growth / 2**20:.0f} MiB for {data_bytes / 2**20:.0f} MiB of data"
     _same_rows(big_dataset, work)
+
+
+def test_peak_memory_on_s3_is_bounded_by_read_batch_bytes(big_dataset: Path, s3_endpoint) -> None:  # type: ignore[no-untyped-def]
+    bucket = s3_endpoint.new_bucket()
+    client = s3_endpoint.client()
+    for file in big_dataset.rglob("*"):
+        if file.is_file():
+            client.upload_file(str(file), bucket, f"big.lance/{file.relative_to(big_dataset)}")
+    uri = f"s3://{bucket}/big.lance"
+    options = {**s3_endpoint.pylance_options, "lance_assets_server_side_copy": "false"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, uri, "s3", str(READ_BATCH_BYTES), json.dumps(options)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    data_bytes = _data_bytes(big_dataset)
+    assert (result["removed"], result["added"]) == (FRAGMENTS, 1)
+    assert result["bytes_read"] >= data_bytes * 0.95
+    growth = (result["peak_kib"] - result["before_kib"]) * 1024
+    print(f"s3: {data_bytes / 2**20:.0f} MiB of data, RSS {result['before_kib'] / 1024:.0f} MiB before, peak {result['peak_kib'] / 1024:.0f} MiB")
+    # The multipart writer adds one 5 MiB part (S3's minimum) to the bound.
+    assert growth <= READ_BATCH_BYTES + 5 * 2**20 + MARGIN, f"compaction grew RSS by {growth / 2**20:.0f} MiB"
+    after = lance.dataset(uri, storage_options=s3_endpoint.pylance_options)
+    before = lance.dataset(str(big_dataset))
+    assert len(after.get_fragments()) == 1
+    for column in SCHEMA.names:
+        assert after.to_table(columns=[column]).column(0).equals(before.to_table(columns=[column]).column(0)), column

@@ -95,10 +95,14 @@ def test_option_turns_server_side_copy_off(s3_endpoint) -> None:  # type: ignore
     options = {**s3_endpoint.fsspec_options, SERVER_SIDE_COPY_OPTION: "false"}
     storage = Storage(f"s3://{bucket}/root", options)
     assert not storage.server_side_copy
+    source = os.urandom(12 * MIB)
+    storage.write("src.bin", source)
     with storage.open_write("out.bin") as out:
-        assert not isinstance(out, MultipartComposer)
         out.write(b"plain")
-    assert storage.read("out.bin") == b"plain"
+        assert storage.copy_range("src.bin", 0, 12 * MIB, out, batch_bytes=4 * MIB) is None
+        assert out.server_side_bytes == 0  # every byte was read and uploaded from here
+    assert storage.read("out.bin") == b"plain" + source
+    assert _uploads(s3_endpoint, bucket) == []
 
 
 @pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])

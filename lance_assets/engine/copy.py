@@ -14,7 +14,9 @@ import base64
 import bisect
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
@@ -76,38 +78,94 @@ def read_v2_metadata(storage: Storage, rel_path: str, size_hint: int = 0) -> v2f
     return _read_v2(storage, rel_path, size_hint)[0]
 
 
-def _read_v2(storage: Storage, rel_path: str, size_hint: int = 0) -> tuple[v2file.V2FileMetadata, bytes, int]:
+def _read_v2(
+    storage: Storage, rel_path: str, size_hint: int = 0, first_bytes: int = v2file.DEFAULT_TAIL_BYTES
+) -> tuple[v2file.V2FileMetadata, bytes, int]:
     """The metadata, plus the bytes read for it and where they start in the file."""
-    return read_parsed_tail(storage, rel_path, v2file.parse_tail, v2file.NeedMore, v2file.DEFAULT_TAIL_BYTES, size_hint)
+    return read_parsed_tail(storage, rel_path, v2file.parse_tail, v2file.NeedMore, first_bytes, size_hint)
 
 
 def _schema_order(manifest: table_pb2.Manifest) -> dict[int, int]:
     return {f.id: i for i, f in enumerate(manifest.fields)}
 
 
-def _sources(ds: Dataset, frag: table_pb2.DataFragment, live: dict[int, int]) -> list[_Source]:
-    out = []
-    for df in frag.files:
-        rel = ds.data_file_path(df)
-        meta, tail, tail_offset = _read_v2(ds.storage, rel, df.file_size_bytes)
-        where = ds.storage.url(rel)
-        expected = mf.storage_version_name(ds.storage_version)
-        if meta.version.value != expected:
-            raise CompactionRefusedError(f"file version {meta.version.value} differs from the dataset's {expected}", path=where)
-        if meta.num_rows != frag.physical_rows:
-            raise CompactionRefusedError(f"file holds {meta.num_rows} rows but fragment {frag.id} has {frag.physical_rows}", path=where)
-        owned = [c for c in df.column_indices if c >= 0]
-        if len(owned) != meta.num_columns:
-            raise CompactionRefusedError(
-                f"manifest maps {len(owned)} columns but the file has {meta.num_columns}; cannot tell which field owns which column",
-                path=where,
-            )
-        columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in live and col >= 0}
-        problems = v2safety.copy_refusals(meta, list(columns.values()))
-        if problems:
-            raise CompactionRefusedError("; ".join(problems), path=where)
-        out.append(_Source(rel, meta, columns, tail, tail_offset))
-    return out
+#: Reads in flight ahead of the copy on object stores, where each read is a request.
+PREFETCH_WORKERS = 8
+
+
+def _input_sources(
+    ds: Dataset, inputs: Sequence[table_pb2.DataFragment], live: dict[int, int], read_batch_bytes: int
+) -> Iterator[tuple[int, _Source]]:
+    """Every input data file, in order, with the rows of the fragments before its own.
+
+    Local reads are fast and happen in order. On an object store a request's latency would
+    dominate small files, so up to ``PREFETCH_WORKERS`` are read ahead at once, and files small
+    enough are fetched whole (metadata and data in one request). What is read ahead stays under
+    ``read_batch_bytes``: at most 2 * PREFETCH_WORKERS reads of at most 1/(2 * PREFETCH_WORKERS) of it.
+    """
+    jobs = []
+    rows = 0
+    for frag in inputs:
+        jobs += [(rows, frag, df) for df in frag.files]
+        rows += frag.physical_rows
+    storage = ds.storage
+    if storage.is_local:
+        for rows, frag, df in jobs:
+            yield rows, _source(ds, frag, df, live, _read_v2(storage, ds.data_file_path(df), df.file_size_bytes))
+        return
+    whole = max(v2file.DEFAULT_TAIL_BYTES, read_batch_bytes // (2 * PREFETCH_WORKERS))
+
+    def fetch(df: table_pb2.DataFile) -> tuple[v2file.V2FileMetadata, bytes, int]:
+        size = df.file_size_bytes
+        first = size if 0 < size <= whole else v2file.DEFAULT_TAIL_BYTES
+        return _read_v2(storage, ds.data_file_path(df), size, first)
+
+    window: deque[tuple[int, table_pb2.DataFragment, table_pb2.DataFile, Future[tuple[v2file.V2FileMetadata, bytes, int]]]] = deque()
+    pending = iter(jobs)
+    with ThreadPoolExecutor(PREFETCH_WORKERS, thread_name_prefix="lance-assets-read") as pool:
+        try:
+            while True:
+                while len(window) < 2 * PREFETCH_WORKERS:
+                    job = next(pending, None)
+                    if job is None:
+                        break
+                    window.append((*job, pool.submit(fetch, job[2])))
+                if not window:
+                    return
+                rows, frag, df, future = window.popleft()
+                yield rows, _source(ds, frag, df, live, future.result())
+        finally:
+            for *_, future in window:
+                future.cancel()
+
+
+def _source(
+    ds: Dataset,
+    frag: table_pb2.DataFragment,
+    df: table_pb2.DataFile,
+    live: dict[int, int],
+    read: tuple[v2file.V2FileMetadata, bytes, int],
+) -> _Source:
+    """Check one input file against its fragment and judge its copy safety."""
+    meta, tail, tail_offset = read
+    rel = ds.data_file_path(df)
+    where = ds.storage.url(rel)
+    expected = mf.storage_version_name(ds.storage_version)
+    if meta.version.value != expected:
+        raise CompactionRefusedError(f"file version {meta.version.value} differs from the dataset's {expected}", path=where)
+    if meta.num_rows != frag.physical_rows:
+        raise CompactionRefusedError(f"file holds {meta.num_rows} rows but fragment {frag.id} has {frag.physical_rows}", path=where)
+    owned = [c for c in df.column_indices if c >= 0]
+    if len(owned) != meta.num_columns:
+        raise CompactionRefusedError(
+            f"manifest maps {len(owned)} columns but the file has {meta.num_columns}; cannot tell which field owns which column",
+            path=where,
+        )
+    columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in live and col >= 0}
+    problems = v2safety.copy_refusals(meta, list(columns.values()))
+    if problems:
+        raise CompactionRefusedError("; ".join(problems), path=where)
+    return _Source(rel, meta, columns, tail, tail_offset)
 
 
 def _extents(meta: v2file.V2FileMetadata, columns: Sequence[int], dest: int) -> list[_Extent]:
@@ -231,20 +289,18 @@ def _write_output(
     mergers = {fid: v2file.ColumnMerger(version, path=where) for fid in out_fields}
     schema_metadata: dict[str, bytes] | None = None
     bytes_read = 0
-    rows = 0
     with storage.open_write(rel) as out:
         pos = 0
-        for frag in inputs:
-            for src in _sources(ds, frag, order):
-                if schema_metadata is None:
-                    schema_metadata = dict(src.meta.descriptor.schema.metadata)
-                extents = _extents(src.meta, sorted(src.columns.values()), pos)
-                pos, n = _copy_extents(storage, src, extents, pos, out, read_batch_bytes, progress)
-                bytes_read += n
-                move = _relocator(extents)
-                for fid, col in src.columns.items():
-                    mergers[fid].add(src.meta.columns[col], move, rows)
-            rows += frag.physical_rows
+        for row_offset, src in _input_sources(ds, inputs, order, read_batch_bytes):
+            if schema_metadata is None:
+                schema_metadata = dict(src.meta.descriptor.schema.metadata)
+            extents = _extents(src.meta, sorted(src.columns.values()), pos)
+            pos, n = _copy_extents(storage, src, extents, pos, out, read_batch_bytes, progress)
+            bytes_read += n
+            move = _relocator(extents)
+            for fid, col in src.columns.items():
+                mergers[fid].add(src.meta.columns[col], move, row_offset)
+        rows = sum(frag.physical_rows for frag in inputs)
         columns = [mergers[fid].finish() for fid in out_fields]
         descriptor = file_pb2.FileDescriptor(length=rows)
         descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))

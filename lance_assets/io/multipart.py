@@ -9,16 +9,24 @@ S3's rules shape the writer: every part but the last holds at least 5 MiB, a cop
 5 GiB, an upload at most 10,000 parts. Bytes written are buffered until they make a part; a
 copied range that follows a partly filled buffer first tops it up with its own leading bytes
 (read, at most 5 MiB), and ranges too small to stand as a part are read and buffered. Memory is
-bounded by the part size plus the largest single write.
+bounded by about ``batch_bytes`` plus one part: parts go out in the background (a few requests
+in flight, at most one of them an upload) while the next piece is read, in halves of
+``batch_bytes``. With server-side copy off (for stores without UploadPartCopy) every range is
+read and re-uploaded that way.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_COPY_PART_BYTES = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
+#: Part requests in flight at once; of those, uploads (which hold their bytes) at most two.
+PART_WORKERS = 4
+MAX_UPLOADS_IN_FLIGHT = 1
 
 
 class MultipartComposer:
@@ -29,11 +37,16 @@ class MultipartComposer:
     before ``close`` returns, so a failed copy never leaves a partial object behind.
     """
 
-    def __init__(self, fs: Any, path: str) -> None:
+    def __init__(self, fs: Any, path: str, *, server_side_copy: bool = True) -> None:
         self._fs = fs
+        self._server_side_copy = server_side_copy
         self._bucket, self._key = fs.split_path(path)[:2]
         self._buffer = bytearray()
         self._parts: list[dict[str, Any]] = []
+        self._part_count = 0
+        self._in_flight: deque[Future[dict[str, Any]]] = deque()
+        self._uploads_in_flight: deque[Future[dict[str, Any]]] = deque()
+        self._pool: ThreadPoolExecutor | None = None
         self._upload_id: str | None = None
         self._position = 0
         self._closed = False
@@ -61,6 +74,9 @@ class MultipartComposer:
         inside the store. The rest (a range under two parts, or the top-up of a partly filled
         buffer) is read in pieces of at most ``batch_bytes``."""
         self._check_open()
+        if not self._server_side_copy:
+            self._read_into_buffer(source_path, start, end, batch_bytes)
+            return 0
         if end - start >= 2 * MIN_PART_BYTES:
             # Stores differ on a copy range past the end (AWS refuses, others truncate).
             size = self._fs.size(source_path)
@@ -82,14 +98,11 @@ class MultipartComposer:
         pos = start
         while pos < end:
             stop = min(end, pos + step)
-            result = self._call(
+            self._submit(
                 "upload_part_copy",
-                UploadId=self._ensure_upload(),
-                PartNumber=self._next_part_number(),
                 CopySource={"Bucket": bucket, "Key": key},
                 CopySourceRange=f"bytes={pos}-{stop - 1}",
             )
-            self._parts.append({"PartNumber": len(self._parts) + 1, "ETag": result["CopyPartResult"]["ETag"]})
             pos = stop
         copied = end - start
         self._position += copied
@@ -103,15 +116,17 @@ class MultipartComposer:
         if self._upload_id is None:
             self._call("put_object", Body=bytes(self._buffer))
         else:
-            if self._buffer or not self._parts:
+            if self._buffer or not self._part_count:
                 self._upload_part(bytes(self._buffer))
+            self._drain()
             self._call(
                 "complete_multipart_upload",
                 UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
+                MultipartUpload={"Parts": sorted(self._parts, key=lambda p: p["PartNumber"])},
             )
         self._buffer = bytearray()
         self._closed = True
+        self._shutdown()
         self._fs.invalidate_cache(f"{self._bucket}/{self._key}")
 
     def abort(self) -> None:
@@ -120,18 +135,21 @@ class MultipartComposer:
             return
         self._closed = True
         self._buffer = bytearray()
+        for future in self._in_flight:
+            future.cancel()
+        self._shutdown()
         if self._upload_id is not None:
             self._call("abort_multipart_upload", UploadId=self._upload_id)
 
     # -- parts ---------------------------------------------------------------------------------
     def _part_threshold(self) -> int:
         # 5 MiB parts for the first thousand, then larger, so 10,000 parts reach ~275 GB.
-        return MIN_PART_BYTES * (1 + len(self._parts) // 1000)
+        return MIN_PART_BYTES * (1 + self._part_count // 1000)
 
     def _read_into_buffer(self, source_path: str, start: int, end: int, batch_bytes: int) -> None:
         pos = start
         while pos < end:
-            stop = min(end, pos + max(1, batch_bytes))
+            stop = min(end, pos + max(1, batch_bytes // 2))  # the other half may be uploading
             chunk = self._fs.cat_file(source_path, start=pos, end=stop)
             if len(chunk) != stop - pos:
                 raise EOFError(f"{source_path} ends before {stop} (short read at {pos})")
@@ -144,19 +162,43 @@ class MultipartComposer:
         self._upload_part(data)
 
     def _upload_part(self, data: bytes) -> None:
-        result = self._call(
-            "upload_part",
-            UploadId=self._ensure_upload(),
-            PartNumber=self._next_part_number(),
-            Body=data,
-        )
-        self._parts.append({"PartNumber": len(self._parts) + 1, "ETag": result["ETag"]})
+        while len(self._uploads_in_flight) >= MAX_UPLOADS_IN_FLIGHT:
+            self._uploads_in_flight.popleft().result()
+        self._uploads_in_flight.append(self._submit("upload_part", Body=data))
 
-    def _next_part_number(self) -> int:
-        number = len(self._parts) + 1
+    def _submit(self, method: str, **kwargs: Any) -> Future[dict[str, Any]]:
+        """Send one part request in the background; its number is fixed now, its ETag kept later."""
+        self._part_count += 1
+        number = self._part_count
         if number > MAX_PARTS:
             raise OSError(f"object would need more than {MAX_PARTS} parts")
-        return number
+        upload_id = self._ensure_upload()
+        while len(self._in_flight) >= PART_WORKERS:
+            self._in_flight.popleft().result()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(PART_WORKERS, thread_name_prefix="lance-assets-part")
+
+        def send() -> dict[str, Any]:
+            result = self._call(method, UploadId=upload_id, PartNumber=number, **kwargs)
+            etag = result["CopyPartResult"]["ETag"] if method == "upload_part_copy" else result["ETag"]
+            part = {"PartNumber": number, "ETag": etag}
+            self._parts.append(part)  # list.append is atomic; order is restored at completion
+            return part
+
+        future = self._pool.submit(send)
+        self._in_flight.append(future)
+        return future
+
+    def _drain(self) -> None:
+        """Wait for every part in flight; the first failure raises here."""
+        while self._in_flight:
+            self._in_flight.popleft().result()
+        self._uploads_in_flight.clear()
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def _ensure_upload(self) -> str:
         if self._upload_id is None:

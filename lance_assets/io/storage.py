@@ -212,12 +212,10 @@ class Storage:
         self.storage_options = options
         self.commit_lock = commit_lock
         self.unsafe_commit = _truthy(options.get(UNSAFE_COMMIT_OPTION, False))
-        # s3fs exposes the raw S3 calls a multipart upload with copied parts needs.
-        self.server_side_copy = (
-            "s3" in self.protocols
-            and callable(getattr(self.fs, "call_s3", None))
-            and _truthy(options.get(SERVER_SIDE_COPY_OPTION, True))
-        )
+        # s3fs exposes the raw S3 calls our multipart writer needs (background parts, and
+        # parts copied inside the store unless turned off).
+        self._s3_calls = "s3" in self.protocols and callable(getattr(self.fs, "call_s3", None))
+        self.server_side_copy = self._s3_calls and _truthy(options.get(SERVER_SIDE_COPY_OPTION, True))
         self._conditional_put_verified = False
 
     @property
@@ -396,12 +394,17 @@ class Storage:
     def open_write(self, rel: str) -> Iterator[IO[bytes]]:
         """A binary stream that creates ``rel``; removed again if the block raises.
 
-        On S3 (s3fs) it is a ``MultipartComposer``, so ``copy_range`` into it copies large
-        extents inside the store and nothing is visible under ``rel`` before the block ends.
+        On S3 (s3fs) it is a ``MultipartComposer``: parts upload in the background, ``copy_range``
+        into it copies large extents inside the store (unless turned off), and nothing is
+        visible under ``rel`` before the block ends.
         """
         with self._errors(rel):
             self._makedirs_for(rel)
-            f: Any = MultipartComposer(self.fs, self.path(rel)) if self.server_side_copy else self.fs.open(self.path(rel), "wb")
+            f: Any = (
+                MultipartComposer(self.fs, self.path(rel), server_side_copy=self.server_side_copy)
+                if self._s3_calls
+                else self.fs.open(self.path(rel), "wb")
+            )
         try:
             with self._errors(rel):
                 yield f
@@ -537,7 +540,7 @@ class Storage:
 
         A writer killed mid-file leaves one behind: invisible to listings, but billed.
         """
-        if "s3" not in self.protocols or not callable(getattr(self.fs, "call_s3", None)):
+        if not self._s3_calls:
             return []
         bucket, prefix = self.fs.split_path(self.path(rel_dir))[:2]
         prefix = prefix.rstrip("/") + "/"
