@@ -61,7 +61,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "default": {
         "sizes": {"mixed": (100, 20_000), "vector": (100, 1_000), "wide": (50, 2_000), "tiny": (10_000, 10)},
         "versions": ["2.0", "2.1", "2.2"],
-        "runs": 4,
+        "runs": 5,
         "synthetic_fragments": 100_000,
     },
     "full": {

@@ -1,8 +1,8 @@
 """Compaction on an object store: lance_assets against pylance on the same S3 data.
 
 A moto S3 server runs on loopback (the same one the tests use); pylance writes a vector dataset
-of a few large fragments into it. Each run restores the dataset's pristine objects, then times
-one variant in a subprocess:
+into it, once of a few large fragments and once of many small ones. Each run restores the
+dataset's pristine objects, then times one variant in a subprocess:
 
 * ``ours``: lance_assets with server-side copies of large extents (UploadPartCopy);
 * ``ours_streamed``: lance_assets with ``lance_assets_server_side_copy=false`` (every byte read
@@ -13,7 +13,7 @@ Every result is read back with pylance and compared with the original. Loopback 
 latency and bandwidth, so on a real store the gap between copying inside the store and
 streaming through the client only grows.
 
-    python benchmarks/bench_object_store.py [--cases large,small] [--runs 3]
+    python benchmarks/bench_object_store.py [--cases large,small] [--runs 5]
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def main() -> int:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--version", default="2.1")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--read-batch-bytes", type=int, default=16 * 1024 * 1024)
     parser.add_argument("--out", default=str(HERE / "results-object-store.md"))
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "URI", "ENDPOINT"), help=argparse.SUPPRESS)
@@ -188,9 +188,10 @@ def main() -> int:
         "",
         f"Each case: fragments of an id and a {args.dim}-dim float32 vector, storage version {args.version}, compacted "
         f"into one fragment. Seconds cover opening the dataset and compacting it (imports excluded), median of "
-        f"{args.runs} runs; every result is verified with pylance. moto is an in-process Python server: it "
-        "copies and concatenates parts in memory at a few hundred MB/s, so it flatters no one; a real store "
-        "adds network latency and bandwidth to every byte that passes through the client.",
+        f"{args.runs} runs; every result is verified with pylance. moto is a Python server (a thread of the "
+        "benchmark's parent process) that copies and concatenates parts in memory at a few hundred MB/s, "
+        "for every variant alike; a real store adds network latency and bandwidth to every byte that "
+        "passes through the client, which server-side copies avoid.",
         "",
         "| case | fragments | MB | lance_assets (server-side copy) s | lance_assets, `lance_assets_server_side_copy=false` s "
         "| pylance force_binary_copy s | ÷ pylance | ÷ pylance (streamed) |",

@@ -186,3 +186,24 @@ def test_cleanup_aborts_a_killed_writers_upload(s3_endpoint) -> None:  # type: i
 
 def _ids_sorted(uri: str, options: dict) -> list[int]:
     return sorted(lance.dataset(uri, storage_options=options).to_table(columns=["id"])["id"].to_pylist())
+
+
+@pytest.mark.parametrize("server_side", [True, False], ids=["server-side", "streamed"])
+@pytest.mark.parametrize("version", ["legacy", "2.0", "2.1", "2.2", "2.3"])
+def test_every_storage_version_compacts_through_the_multipart_writer(s3_endpoint, version: str, server_side: bool) -> None:  # type: ignore[no-untyped-def]
+    import factory
+    from lance_assets.engine.compaction import compact
+    from lance_assets.engine.options import CompactionOptions
+
+    bucket = s3_endpoint.new_bucket()
+    uri = f"s3://{bucket}/events.lance"
+    opts = s3_endpoint.pylance_options
+    factory.appends(uri, version, [40, 40, 40, 40], storage_options=opts)
+    before = lance.dataset(uri, storage_options=opts).to_table()
+    ours = {**opts, SERVER_SIDE_COPY_OPTION: str(server_side).lower()}
+    report = compact(uri, CompactionOptions(target_rows_per_fragment=1000, storage_options=ours))
+    assert (report.fragments_removed, report.fragments_added) == (4, 1)
+    after = lance.dataset(uri, storage_options=opts)
+    assert len(after.get_fragments()) == 1
+    assert after.to_table().equals(before)
+    assert _uploads(s3_endpoint, bucket) == []
