@@ -168,13 +168,20 @@ def _source(
     return _Source(rel, meta, columns, tail, tail_offset)
 
 
-def _extents(meta: v2file.V2FileMetadata, columns: Sequence[int], dest: int) -> list[_Extent]:
+#: Extents at least this long are placed for block cloning where the filesystem offers it: the
+#: padding (under one block) then costs at most 0.4 % of the extent.
+CLONE_MIN_EXTENT = 1 << 20
+
+
+def _extents(meta: v2file.V2FileMetadata, columns: Sequence[int], dest: int, clone_block: int = 0) -> list[_Extent]:
     """Source byte ranges holding the given columns, placed from ``dest`` on.
 
     When every column is kept the whole data region is one extent (padding
     included), which keeps copies large and sequential. Otherwise the kept
     buffers are coalesced where they touch. 2.1+ destinations keep the
-    source's offset modulo 64, so copied buffers stay aligned.
+    source's offset modulo 64, so copied buffers stay aligned; with
+    ``clone_block`` (a reflinking filesystem) large extents keep it modulo the
+    block size, so the filesystem shares their blocks instead of copying them.
     """
     if len(columns) == meta.num_columns:
         spans = [(0, meta.data_end)]
@@ -194,7 +201,9 @@ def _extents(meta: v2file.V2FileMetadata, columns: Sequence[int], dest: int) -> 
                 spans.append((start, end))
     out = []
     for start, end in spans:
-        if meta.version.aligned:
+        if clone_block and end - start >= CLONE_MIN_EXTENT:
+            dest += (start - dest) % clone_block
+        elif meta.version.aligned:
             dest += (start - dest) % v2file.ALIGNMENT
         out.append(_Extent(start, end, dest))
         dest += end - start
@@ -289,12 +298,13 @@ def _write_output(
     mergers = {fid: v2file.ColumnMerger(version, path=where) for fid in out_fields}
     schema_metadata: dict[str, bytes] | None = None
     bytes_read = 0
+    clone_block = storage.clone_block_size(DATA_DIR)
     with storage.open_write(rel) as out:
         pos = 0
         for row_offset, src in _input_sources(ds, inputs, order, read_batch_bytes):
             if schema_metadata is None:
                 schema_metadata = dict(src.meta.descriptor.schema.metadata)
-            extents = _extents(src.meta, sorted(src.columns.values()), pos)
+            extents = _extents(src.meta, sorted(src.columns.values()), pos, clone_block)
             pos, n = _copy_extents(storage, src, extents, pos, out, read_batch_bytes, progress)
             bytes_read += n
             move = _relocator(extents)

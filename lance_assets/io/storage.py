@@ -108,6 +108,9 @@ def _modified(info: Mapping[str, Any]) -> float | None:
 
 # Filesystems whose copy_file_range clones blocks (reflink) or copies on the server side.
 _CLONING_FILESYSTEMS = frozenset({"btrfs", "xfs", "bcachefs", "ocfs2", "zfs", "nfs", "nfs4", "cifs", "smb3"})
+# Of those, the ones that share blocks (reflink): only whole blocks at equal offsets modulo the
+# block size, so copies there are placed and cut at block boundaries.
+_REFLINK_FILESYSTEMS = frozenset({"btrfs", "xfs", "bcachefs", "ocfs2", "zfs"})
 _FILESYSTEM_TYPES: dict[int, str] = {}
 
 
@@ -318,7 +321,10 @@ class Storage:
 
         Memory stays bounded by ``batch_bytes`` (per thread). Local to local on
         filesystems that clone blocks or copy server-side (btrfs, XFS, ZFS, NFS,
-        SMB …) uses ``os.copy_file_range``: nothing passes through user space.
+        SMB …) uses ``os.copy_file_range``: nothing passes through user space,
+        and on reflinking filesystems the range is cut at block boundaries so
+        that whole blocks placed at the source's offset modulo the block size
+        (see ``clone_block_size``) are shared, not copied.
         Other local filesystems (ext4, tmpfs …) are copied through one reused
         buffer: there copy_file_range falls back to an in-kernel splice that
         measured about 1.5x slower than that (benchmarks/, ext4). Into an S3
@@ -339,11 +345,22 @@ class Storage:
             dst_fd = _local_fileno(out)
             if dst_fd is not None:
                 with self._errors(rel), open(self.path(rel), "rb", buffering=0) as src:
-                    if hasattr(os, "copy_file_range") and _filesystem_type(src.fileno()) in _CLONING_FILESYSTEMS:
+                    kind = _filesystem_type(src.fileno()) if hasattr(os, "copy_file_range") else ""
+                    if kind in _CLONING_FILESYSTEMS:
                         out.flush()
+                        # Reflinks share whole blocks only: cut the range at block boundaries
+                        # (the caller placed it at the source's offset modulo the block size).
+                        block = os.fstatvfs(src.fileno()).f_bsize if kind in _REFLINK_FILESYSTEMS else 0
                         pos = start
                         while pos < end:
-                            n = os.copy_file_range(src.fileno(), dst_fd, min(end - pos, batch_bytes), pos)
+                            stop = min(end, pos + batch_bytes)
+                            if block:
+                                boundary = pos - pos % block + block
+                                if pos % block:  # up to the first boundary: the rest can be shared
+                                    stop = min(end, boundary)
+                                elif stop < end:
+                                    stop = min(end, max(stop - stop % block, boundary))
+                            n = os.copy_file_range(src.fileno(), dst_fd, stop - pos, pos)
                             if n == 0:
                                 raise MissingFileError(f"file ends at {pos}, expected {end} bytes", path=self.url(rel))
                             pos += n
@@ -374,6 +391,24 @@ class Storage:
             pos = stop
             if progress:
                 progress(len(chunk))
+
+    def clone_block_size(self, rel_dir: str) -> int:
+        """The block size at which local copies into ``rel_dir`` share blocks with their source
+        (reflink: btrfs, XFS …), or 0 where copies move bytes.
+
+        A copier that places an extent at its source offset modulo this size has ``copy_range``
+        clone it, whatever its length, instead of copying it.
+        """
+        if not self.is_local or not hasattr(os, "copy_file_range"):
+            return 0
+        try:
+            fd = os.open(self.path(rel_dir), os.O_RDONLY)
+        except OSError:
+            return 0
+        try:
+            return os.fstatvfs(fd).f_bsize if _filesystem_type(fd) in _REFLINK_FILESYSTEMS else 0
+        finally:
+            os.close(fd)
 
     def _copy_buffer(self, size: int) -> memoryview:
         """This thread's copy buffer, at least ``size`` bytes (reused: allocating zeroes it)."""
