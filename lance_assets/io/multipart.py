@@ -24,7 +24,7 @@ from typing import Any
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_COPY_PART_BYTES = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
-#: Part requests in flight at once; of those, uploads (which hold their bytes) at most two.
+#: Part requests in flight at once; of those, uploads (which hold their bytes) at most one.
 PART_WORKERS = 4
 MAX_UPLOADS_IN_FLIGHT = 1
 
@@ -50,7 +50,7 @@ class MultipartComposer:
         self._upload_id: str | None = None
         self._position = 0
         self._closed = False
-        #: Bytes copied inside the store, never read here (for reports and tests).
+        #: Bytes copied inside the store, never read here.
         self.server_side_bytes = 0
 
     # -- the stream ----------------------------------------------------------------------------
@@ -71,8 +71,9 @@ class MultipartComposer:
 
     def copy_range(self, source_path: str, start: int, end: int, *, batch_bytes: int) -> int:
         """Append bytes ``[start, end)`` of the S3 object ``source_path``; returns bytes copied
-        inside the store. The rest (a range under two parts, or the top-up of a partly filled
-        buffer) is read in pieces of at most ``batch_bytes``."""
+        inside the store. The rest (a range under two parts, the top-up of a partly filled
+        buffer, or everything with server-side copy off) is read in pieces of half
+        ``batch_bytes``."""
         self._check_open()
         if not self._server_side_copy:
             self._read_into_buffer(source_path, start, end, batch_bytes)
