@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import lance
+import pyarrow as pa
 
 from lance_assets.cli import EXIT_ERROR
+from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.plan import CompactionPlan
 
 
 def tree_digest(root: Path | str) -> dict[str, str]:
@@ -32,3 +39,59 @@ def assert_one_error_line(code: int, out: str, err: str) -> None:
     assert lines[0].startswith("error: ")
     assert "Traceback" not in err and "Traceback" not in out
     assert out == ""
+
+
+# --- a dataset before a compaction, and what Lance's order says it must read back as after --------
+def rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Values only: pylance re-chunks dictionary columns, so Table.equals is too strict."""
+    return table.to_pylist()
+
+
+@dataclass
+class Before:
+    version: int
+    max_fragment_id: int
+    fragment_ids: list[int]
+    tables: dict[int, pa.Table]
+    row_ids: dict[int, list[int]]  # stable-row-id datasets only
+    files: dict[int, int]  # data + deletion files per fragment
+    file_bytes: dict[int, int]
+    table: pa.Table
+    stable: bool
+
+
+def capture(path: Path) -> Before:
+    """What pylance reads from ``path`` now, fragment by fragment."""
+    ds = lance.dataset(str(path))
+    stable = ds.has_stable_row_ids
+    frags = ds.get_fragments()
+    return Before(
+        version=ds.version,
+        max_fragment_id=Dataset.open(str(path)).manifest.max_fragment_id,
+        fragment_ids=[f.fragment_id for f in frags],
+        tables={f.fragment_id: f.to_table() for f in frags},
+        row_ids={f.fragment_id: f.to_table(with_row_id=True)["_rowid"].to_pylist() for f in frags} if stable else {},
+        files={f.fragment_id: len(f.metadata.files) + (f.metadata.deletion_file is not None) for f in frags},
+        file_bytes={f.fragment_id: sum((path / "data" / df.path).stat().st_size for df in f.metadata.files) for f in frags},
+        table=ds.to_table(),
+        stable=stable,
+    )
+
+
+def expected_layout(before: Before, plan: CompactionPlan) -> tuple[list[int], list[list[int]]]:
+    """(unmerged fragment ids in id order, input ids of every new fragment in commit order)."""
+    merged = {i for t in plan.tasks for i in t.fragment_ids}
+    unmerged = [i for i in before.fragment_ids if i not in merged]
+    outputs = [list(o.fragment_ids) for t in plan.tasks for o in t.outputs]
+    return unmerged, outputs
+
+
+def expected_rows(before: Before, plan: CompactionPlan) -> list[dict[str, Any]]:
+    """Lance's order: unmerged fragments by id, then the new fragments, each its inputs in order."""
+    unmerged, outputs = expected_layout(before, plan)
+    return [r for i in unmerged + [i for o in outputs for i in o] for r in rows(before.tables[i])]
+
+
+def expected_row_ids(before: Before, plan: CompactionPlan) -> list[int]:
+    unmerged, outputs = expected_layout(before, plan)
+    return [r for i in unmerged + [i for o in outputs for i in o] for r in before.row_ids[i]]

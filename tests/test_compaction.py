@@ -16,7 +16,6 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult
-from support import tree_digest
+from support import Before, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
 
 REPORT_KEYS = {
     "read_version", "version", "fragments_removed", "fragments_added", "files_removed", "files_added",
@@ -114,65 +113,8 @@ def copy_of(sources: Callable[[str, str], Path], tmp_path: Path) -> Callable[[st
 # --- helpers -----------------------------------------------------------------------------------------
 
 
-def rows(table: pa.Table) -> list[dict[str, Any]]:
-    """Values only: pylance re-chunks dictionary columns, so Table.equals is too strict."""
-    return table.to_pylist()
-
-
 def multiset(table: pa.Table) -> list[str]:
     return sorted(map(repr, table.to_pylist()))
-
-
-@dataclass
-class Before:
-    version: int
-    max_fragment_id: int
-    fragment_ids: list[int]
-    tables: dict[int, pa.Table]
-    row_ids: dict[int, list[int]]
-    files: dict[int, int]
-    file_bytes: dict[int, int]
-    table: pa.Table
-    stable: bool
-
-
-def capture(path: Path) -> Before:
-    ds = lance.dataset(str(path))
-    ours = Dataset.open(str(path))
-    stable = ds.has_stable_row_ids
-    frags = ds.get_fragments()
-    return Before(
-        version=ds.version,
-        max_fragment_id=ours.manifest.max_fragment_id,
-        fragment_ids=[f.fragment_id for f in frags],
-        tables={f.fragment_id: f.to_table() for f in frags},
-        row_ids={f.fragment_id: f.to_table(with_row_id=True)["_rowid"].to_pylist() for f in frags} if stable else {},
-        files={f.fragment_id: len(f.metadata.files) + (f.metadata.deletion_file is not None) for f in frags},
-        file_bytes={f.fragment_id: sum((path / "data" / df.path).stat().st_size for df in f.metadata.files) for f in frags},
-        table=ds.to_table(),
-        stable=stable,
-    )
-
-
-def expected_layout(before: Before, plan: CompactionPlan) -> tuple[list[int], list[list[int]]]:
-    """(unmerged fragment ids in id order, input ids of every new fragment in commit order)."""
-    merged = {i for t in plan.tasks for i in t.fragment_ids}
-    unmerged = [i for i in before.fragment_ids if i not in merged]
-    outputs = [list(o.fragment_ids) for t in plan.tasks for o in t.outputs]
-    return unmerged, outputs
-
-
-def expected_rows(before: Before, plan: CompactionPlan) -> list[dict[str, Any]]:
-    unmerged, outputs = expected_layout(before, plan)
-    out: list[dict[str, Any]] = []
-    for i in unmerged + [i for o in outputs for i in o]:
-        out += rows(before.tables[i])
-    return out
-
-
-def expected_row_ids(before: Before, plan: CompactionPlan) -> list[int]:
-    unmerged, outputs = expected_layout(before, plan)
-    return [r for i in unmerged + [i for o in outputs for i in o] for r in before.row_ids[i]]
 
 
 def check_after(path: Path, before: Before, plan: CompactionPlan, report: CompactionReport) -> lance.LanceDataset:

@@ -19,7 +19,6 @@ import struct
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile,
 from lance_assets.errors import CorruptFileError
 from lance_assets.format import manifest as mf
 from lance_assets.format.legacy import LegacyEncoding, field_layouts, parse_file
-from support import tree_digest
+from support import Before, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
 
 lance = pytest.importorskip("lance")
 
@@ -99,53 +98,10 @@ def appends(path: Path, sizes: list[int], make: Callable[[int, int], pa.Table] =
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-def rows(table: pa.Table) -> list[dict[str, Any]]:
-    return table.to_pylist()
-
-
-
-
-@dataclass
-class Before:
-    version: int
-    max_fragment_id: int
-    fragment_ids: list[int]
-    tables: dict[int, pa.Table]
-    row_ids: dict[int, list[int]]
-    table: pa.Table
-    stable: bool
-
-
-def capture(path: Path) -> Before:
-    ds = lance.dataset(str(path))
-    frags = ds.get_fragments()
-    stable = ds.has_stable_row_ids
-    return Before(
-        version=ds.version,
-        max_fragment_id=Dataset.open(str(path)).manifest.max_fragment_id,
-        fragment_ids=[f.fragment_id for f in frags],
-        tables={f.fragment_id: f.to_table() for f in frags},
-        row_ids={f.fragment_id: f.to_table(with_row_id=True)["_rowid"].to_pylist() for f in frags},
-        table=ds.to_table(),
-        stable=stable,
-    )
-
-
-def layout(before: Before, plan: CompactionPlan) -> tuple[list[int], list[list[int]]]:
-    merged = {i for t in plan.tasks for i in t.fragment_ids}
-    return [i for i in before.fragment_ids if i not in merged], [list(o.fragment_ids) for t in plan.tasks for o in t.outputs]
-
-
-def expected(before: Before, plan: CompactionPlan) -> list[dict[str, Any]]:
-    """Lance's order: unmerged fragments by id, then the new fragments, each its inputs in order."""
-    unmerged, outputs = layout(before, plan)
-    return [r for i in unmerged + [i for o in outputs for i in o] for r in rows(before.tables[i])]
-
-
 def check_after(path: Path, before: Before, plan: CompactionPlan, report) -> lance.LanceDataset:
     assert plan.tasks and report.tasks_skipped == 0, report.skipped
     ds = lance.dataset(str(path))
-    unmerged, outputs = layout(before, plan)
+    unmerged, outputs = expected_layout(before, plan)
     new_ids = list(range(before.max_fragment_id + 1, before.max_fragment_id + 1 + len(outputs)))
     assert report.version == before.version + 1 == ds.version
     by_id = {f.fragment_id: f for f in ds.get_fragments()}
@@ -168,7 +124,7 @@ def check_after(path: Path, before: Before, plan: CompactionPlan, report) -> lan
     for fid in unmerged:
         assert rows(by_id[fid].to_table()) == rows(before.tables[fid])
 
-    want = expected(before, plan)
+    want = expected_rows(before, plan)
     n = len(want)
     assert rows(ds.to_table()) == want
     assert ds.count_rows() == n == before.table.num_rows
@@ -179,8 +135,7 @@ def check_after(path: Path, before: Before, plan: CompactionPlan, report) -> lan
     filtered = ds.to_table(filter="id >= 0", with_row_id=True, columns=["id"])
     assert filtered["_rowid"].to_pylist() == scan["_rowid"].to_pylist()
     if before.stable:
-        unmerged_ids = [r for i in unmerged + [i for o in outputs for i in o] for r in before.row_ids[i]]
-        assert scan["_rowid"].to_pylist() == unmerged_ids
+        assert scan["_rowid"].to_pylist() == expected_row_ids(before, plan)
     picks = sorted({0, n - 1, n // 2, *range(0, n, max(1, n // 13))})
     assert rows(ds.take(picks)) == [want[i] for i in picks]
     assert rows(ds.take(picks[::-1])) == [want[i] for i in picks[::-1]]
