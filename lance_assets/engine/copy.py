@@ -109,18 +109,19 @@ def _input_sources(
         jobs += [(rows, frag, df) for df in frag.files]
         rows += frag.physical_rows
     storage = ds.storage
+    version = mf.storage_version_name(ds.storage_version)
     if storage.is_local:
         for rows, frag, df in jobs:
-            yield rows, _source(ds, frag, df, live, _read_v2(storage, ds.data_file_path(df), df.file_size_bytes))
+            rel = ds.data_file_path(df)
+            yield rows, _source(ds, frag, df, rel, version, live, _read_v2(storage, rel, df.file_size_bytes))
         return
     whole = max(v2file.DEFAULT_TAIL_BYTES, read_batch_bytes // (2 * PREFETCH_WORKERS))
 
-    def fetch(df: table_pb2.DataFile) -> tuple[v2file.V2FileMetadata, bytes, int]:
-        size = df.file_size_bytes
+    def fetch(rel: str, size: int) -> tuple[v2file.V2FileMetadata, bytes, int]:
         first = size if 0 < size <= whole else v2file.DEFAULT_TAIL_BYTES
-        return _read_v2(storage, ds.data_file_path(df), size, first)
+        return _read_v2(storage, rel, size, first)
 
-    window: deque[tuple[int, table_pb2.DataFragment, table_pb2.DataFile, Future[tuple[v2file.V2FileMetadata, bytes, int]]]] = deque()
+    window: deque[tuple[int, table_pb2.DataFragment, table_pb2.DataFile, str, Future[tuple[v2file.V2FileMetadata, bytes, int]]]] = deque()
     pending = iter(jobs)
     with ThreadPoolExecutor(PREFETCH_WORKERS, thread_name_prefix="lance-assets-read") as pool:
         try:
@@ -129,11 +130,12 @@ def _input_sources(
                     job = next(pending, None)
                     if job is None:
                         break
-                    window.append((*job, pool.submit(fetch, job[2])))
+                    rel = ds.data_file_path(job[2])
+                    window.append((*job, rel, pool.submit(fetch, rel, job[2].file_size_bytes)))
                 if not window:
                     return
-                rows, frag, df, future = window.popleft()
-                yield rows, _source(ds, frag, df, live, future.result())
+                rows, frag, df, rel, future = window.popleft()
+                yield rows, _source(ds, frag, df, rel, version, live, future.result())
         finally:
             for *_, future in window:
                 future.cancel()
@@ -143,14 +145,15 @@ def _source(
     ds: Dataset,
     frag: table_pb2.DataFragment,
     df: table_pb2.DataFile,
+    rel: str,
+    expected: str,
     live: dict[int, int],
     read: tuple[v2file.V2FileMetadata, bytes, int],
 ) -> _Source:
-    """Check one input file against its fragment and judge its copy safety."""
+    """Check one input file (at ``rel``) against its fragment and the dataset's storage version
+    ``expected``, and judge its copy safety."""
     meta, tail, tail_offset = read
-    rel = ds.data_file_path(df)
     where = ds.storage.url(rel)
-    expected = mf.storage_version_name(ds.storage_version)
     if meta.version.value != expected:
         raise CompactionRefusedError(f"file version {meta.version.value} differs from the dataset's {expected}", path=where)
     if meta.num_rows != frag.physical_rows:

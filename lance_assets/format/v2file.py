@@ -286,6 +286,35 @@ def _check_buffers(
     return None
 
 
+def _rows_if_valid(pages: Sequence[Page], data_end: int, mask: int) -> int | None:
+    """The values the pages hold when every buffer lies before ``data_end`` with no offset bits
+    in ``mask`` set (63 for 64-byte alignment, 0 for none); None when any does not.
+
+    Runs for every page of every input and output file, so it stays flat and builds nothing;
+    ``_check_buffers`` names the problem once this says there is one.
+    """
+    covered = 0
+    for page in pages:
+        offsets = page.buffer_offsets
+        sizes = page.buffer_sizes
+        if len(offsets) != len(sizes):
+            return None
+        for pos, size in zip(offsets, sizes):
+            if pos + size > data_end or pos & mask:
+                return None
+        covered += page.length
+    return covered
+
+
+def _first_page_problem(pages: Sequence[Page], aligned: bool, data_end: int) -> tuple[int, str] | None:
+    """The first page ``_rows_if_valid`` rejects, and what is wrong with it (None: none is)."""
+    for p, page in enumerate(pages):
+        problem = _check_buffers(page.buffer_offsets, page.buffer_sizes, aligned, data_end)
+        if problem:
+            return p, problem
+    return None
+
+
 def _check_column(
     index: int,
     column: file2_pb2.ColumnMetadata,
@@ -300,33 +329,17 @@ def _check_column(
         problem = _check_buffers(column.buffer_offsets, column.buffer_sizes, False, data_end)
         if problem:
             raise CorruptFileError(f"column {index}: {problem}", path=path)
-    # This loop runs for every page of every input file, so it stays flat: the common case
-    # (every buffer in bounds and aligned) builds nothing; _check_buffers names the problem.
     mask = ALIGNMENT - 1 if version.aligned else 0
-    covered = 0
-    for page in column.pages:
-        offsets = page.buffer_offsets
-        sizes = page.buffer_sizes
-        if len(offsets) != len(sizes):
-            break
-        for pos, size in zip(offsets, sizes):
-            if pos + size > data_end or pos & mask:
-                break
-        else:
-            covered += page.length
-            continue
-        break
-    else:
-        if mask and covered != num_rows:
-            raise CorruptFileError(
-                f"column {index} pages hold {covered} rows but the file has {num_rows}", path=path
-            )
-        return
-    for p, page in enumerate(column.pages):
-        problem = _check_buffers(page.buffer_offsets, page.buffer_sizes, bool(mask), data_end)
-        if problem:
-            raise CorruptFileError(f"column {index} page {p}: {problem}", path=path)
-    raise AssertionError("unreachable: the fast check and _check_buffers disagree")
+    covered = _rows_if_valid(column.pages, data_end, mask)
+    if covered is None:
+        found = _first_page_problem(column.pages, bool(mask), data_end)
+        if found is None:
+            raise AssertionError("unreachable: _rows_if_valid and _check_buffers disagree")
+        raise CorruptFileError(f"column {index} page {found[0]}: {found[1]}", path=path)
+    if mask and covered != num_rows:
+        raise CorruptFileError(
+            f"column {index} pages hold {covered} rows but the file has {num_rows}", path=path
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,15 +525,9 @@ def build_tail(
     mask = ALIGNMENT - 1 if version.aligned else 0
     for i, column in enumerate(columns):
         problem = _check_buffers(column.buffer_offsets, column.buffer_sizes, False, data_end)
-        for page in column.pages:  # flat: one pass over every output page
-            offsets = page.buffer_offsets
-            sizes = page.buffer_sizes
-            bad = len(offsets) != len(sizes)
-            for pos, size in zip(offsets, sizes):
-                if pos + size > data_end or pos & mask:
-                    bad = True
-            if bad:
-                problem = problem or _check_buffers(offsets, sizes, bool(mask), data_end)
+        if not problem and _rows_if_valid(column.pages, data_end, mask) is None:
+            found = _first_page_problem(column.pages, bool(mask), data_end)
+            problem = found[1] if found else None
         if problem:
             raise ValueError(f"column {i}: {problem}")
     pad = padding_for(data_end)

@@ -78,14 +78,13 @@ class MultipartComposer:
         if not self._server_side_copy:
             self._read_into_buffer(source_path, start, end, batch_bytes)
             return 0
-        if end - start >= 2 * MIN_PART_BYTES:
-            # Stores differ on a copy range past the end (AWS refuses, others truncate).
-            size = self._fs.size(source_path)
-            if end > size:
-                raise EOFError(f"{source_path} ends at {size}, before {end}")
         if end - start < 2 * MIN_PART_BYTES:
             self._read_into_buffer(source_path, start, end, batch_bytes)
             return 0
+        # Stores differ on a copy range past the end (AWS refuses, others truncate).
+        size = self._fs.size(source_path)
+        if end > size:
+            raise EOFError(f"{source_path} ends at {size}, before {end}")
         if self._buffer:
             top_up = max(0, MIN_PART_BYTES - len(self._buffer))
             self._read_into_buffer(source_path, start, start + top_up, batch_bytes)
