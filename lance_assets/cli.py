@@ -129,6 +129,7 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
             materialize_deletions_threshold=args.materialize_deletions_threshold,
             commit_every=args.commit_every,
             reencode_fallback=args.reencode_fallback,
+            verify_output=args.verify_output,
             storage_options=args.storage_options,
             dry_run=args.dry_run,
         )
@@ -210,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reencode-fallback", action=argparse.BooleanOptionalAction, default=True,
         help="re-encode those fragments with pylance's own compaction when pylance is installed",
+    )
+    p.add_argument(
+        "--verify-output", action=argparse.BooleanOptionalAction, default=True,
+        help="read every written file back and refuse it unless it is readable as meant (layer rule for nested columns)",
     )
     p.add_argument(
         "--commit-every", type=int, default=None, metavar="TASKS",

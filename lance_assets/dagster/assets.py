@@ -41,6 +41,7 @@ class CompactionConfig(dg.Config):
     materialize_deletions: bool = Field(default=True, description="Leave fragments with many deleted rows for a re-encode (Lance's default).")
     materialize_deletions_threshold: float = Field(default=0.1, description="Deleted share above which a fragment is left for a re-encode.")
     reencode_fallback: bool = Field(default=True, description="Re-encode fragments over the deletion threshold with pylance when installed.")
+    verify_output: bool = Field(default=True, description="Read every written file back and refuse it unless it is readable as meant.")
     commit_every: int | None = Field(default=None, description="Commit each N finished tasks as their own version (partial progress).")
     dry_run: bool = Field(default=False, description="Only plan: report what would be copied, materialize nothing.")
 
@@ -55,6 +56,7 @@ class CompactionConfig(dg.Config):
             materialize_deletions_threshold=self.materialize_deletions_threshold,
             commit_every=self.commit_every,
             reencode_fallback=self.reencode_fallback,
+            verify_output=self.verify_output,
             dry_run=self.dry_run,
         )
 

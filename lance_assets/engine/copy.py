@@ -20,14 +20,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
-from lance_assets._proto import file_pb2, table_pb2
+from lance_assets._proto import file2_pb2, file_pb2, table_pb2
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.plan import CompactionPlan, CompactionTask
 from lance_assets.engine.report import RewriteResult
-from lance_assets.engine.tail import read_parsed_tail
+from lance_assets.engine.tail import read_v2_metadata, read_v2_tail
 from lance_assets.errors import CompactionRefusedError, CorruptFileError
 from lance_assets.format import manifest as mf
-from lance_assets.format import v2file, v2safety
+from lance_assets.format import repdef, v2file, v2safety
 from lance_assets.format.deletion import (
     DeletionFileType,
     decode_deletion_file,
@@ -73,18 +73,6 @@ class _Extent:
     dest: int
 
 
-def read_v2_metadata(storage: Storage, rel_path: str, size_hint: int = 0) -> v2file.V2FileMetadata:
-    """Parse a v2 data file's metadata with one tail read (two for unusually large metadata)."""
-    return _read_v2(storage, rel_path, size_hint)[0]
-
-
-def _read_v2(
-    storage: Storage, rel_path: str, size_hint: int = 0, first_bytes: int = v2file.DEFAULT_TAIL_BYTES
-) -> tuple[v2file.V2FileMetadata, bytes, int]:
-    """The metadata, plus the bytes read for it and where they start in the file."""
-    return read_parsed_tail(storage, rel_path, v2file.parse_tail, v2file.NeedMore, first_bytes, size_hint)
-
-
 def _schema_order(manifest: table_pb2.Manifest) -> dict[int, int]:
     return {f.id: i for i, f in enumerate(manifest.fields)}
 
@@ -113,13 +101,13 @@ def _input_sources(
     if storage.is_local:
         for rows, frag, df in jobs:
             rel = ds.data_file_path(df)
-            yield rows, _source(ds, frag, df, rel, version, live, _read_v2(storage, rel, df.file_size_bytes))
+            yield rows, _source(ds, frag, df, rel, version, live, read_v2_tail(storage, rel, df.file_size_bytes))
         return
     whole = max(v2file.DEFAULT_TAIL_BYTES, read_batch_bytes // (2 * PREFETCH_WORKERS))
 
     def fetch(rel: str, size: int) -> tuple[v2file.V2FileMetadata, bytes, int]:
         first = size if 0 < size <= whole else v2file.DEFAULT_TAIL_BYTES
-        return _read_v2(storage, rel, size, first)
+        return read_v2_tail(storage, rel, size, first)
 
     window: deque[tuple[int, table_pb2.DataFragment, table_pb2.DataFile, str, Future[tuple[v2file.V2FileMetadata, bytes, int]]]] = deque()
     pending = iter(jobs)
@@ -278,8 +266,14 @@ def _write_output(
     inputs: Sequence[table_pb2.DataFragment],
     read_batch_bytes: int,
     progress: ProgressCallback | None,
+    verify: bool = True,
 ) -> tuple[table_pb2.DataFragment, str, int, int]:
-    """Write one merged data file; returns its fragment (id unset), path, bytes read and written."""
+    """Write one merged data file; returns its fragment (id unset), path, bytes read and written.
+
+    Inputs whose pages may not share columns (``repdef``) are refused before anything is
+    copied past them; with ``verify`` the finished file is read back and checked
+    (``verify_output``) before it is handed to the commit.
+    """
     storage = ds.storage
     order = _schema_order(ds.manifest)
     version = v2file.FileVersion(mf.storage_version_name(ds.storage_version))
@@ -302,9 +296,19 @@ def _write_output(
     schema_metadata: dict[str, bytes] | None = None
     bytes_read = 0
     clone_block = storage.clone_block_size(DATA_DIR)
+    guarded = repdef.guarded_field_ids(ds.manifest.fields)
+    first_key: repdef.LayerKey | None = None
     with storage.open_write(rel) as out:
         pos = 0
         for row_offset, src in _input_sources(ds, inputs, order, read_batch_bytes):
+            key = repdef.file_layer_key(src.meta.columns, src.columns, guarded, version)
+            if isinstance(key, repdef.LayerConflict):
+                raise CompactionRefusedError(f"field {key.field_id}: {key.detail}", path=storage.url(src.rel_path))
+            if first_key is None:
+                first_key = key
+            elif key != first_key:
+                names = {f.id: f.name for f in ds.manifest.fields}
+                raise CompactionRefusedError(repdef.describe_difference(first_key, key, names), path=storage.url(src.rel_path))
             if schema_metadata is None:
                 schema_metadata = dict(src.meta.descriptor.schema.metadata)
             extents = _extents(src.meta, sorted(src.columns.values()), pos, clone_block)
@@ -322,6 +326,12 @@ def _write_output(
         tail = v2file.build_tail(pos, columns, descriptor, version)
         out.write(tail)
         size = pos + len(tail)
+    if verify:
+        try:
+            verify_output(storage, rel, size, rows, columns, version, [i for i, fid in enumerate(out_fields) if fid in guarded])
+        except BaseException:
+            storage.delete(rel, missing_ok=True)
+            raise
 
     column_of = {fid: i for i, fid in enumerate(out_fields)}
     major, minor = version.manifest_pair
@@ -338,6 +348,54 @@ def _write_output(
     if ds.stable_row_ids:
         carry_row_sequences(ds, inputs, fragment)
     return fragment, rel, bytes_read, size
+
+
+def verify_output(
+    storage: Storage,
+    rel: str,
+    size: int,
+    rows: int,
+    columns: Sequence[file2_pb2.ColumnMetadata],
+    version: v2file.FileVersion,
+    guarded_columns: Sequence[int],
+) -> None:
+    """Read a finished output file back from storage and refuse it unless it is what we meant.
+
+    The metadata on storage must parse as a ``version`` file of ``rows`` rows whose columns are
+    exactly ``columns`` (byte offsets, sizes, encodings, priorities); in 2.1+ every column's
+    pages must cover the rows in order without gaps; and every column with a guarded layer must
+    obey the layer rule across all its pages, i.e. across every boundary between two inputs.
+    We have no value decoder, so these checks are on what tells a reader how to decode the
+    pages (the page bytes themselves are copied, never rewritten); a page whose layers we cannot
+    read makes the file refused.
+    """
+    where = storage.url(rel)
+    meta = read_v2_metadata(storage, rel, size)
+    if meta.file_size != size or meta.version is not version or meta.num_rows != rows:
+        raise CompactionRefusedError(
+            f"self-check: the written file reads back as {meta.version} with {meta.num_rows} rows in "
+            f"{meta.file_size} bytes, expected {version} with {rows} rows in {size}",
+            path=where,
+        )
+    if len(meta.columns) != len(columns) or any(a != b for a, b in zip(meta.columns, columns)):
+        raise CompactionRefusedError("self-check: the column metadata read back differs from what was written", path=where)
+    for index, column in enumerate(meta.columns):
+        if version is v2file.FileVersion.V2_0:
+            break  # 2.0 page lengths count values, not rows
+        expected = 0
+        for page in column.pages:
+            if page.priority != expected:
+                raise CompactionRefusedError(
+                    f"self-check: column {index} has a page starting at row {page.priority}, expected {expected}", path=where
+                )
+            expected += page.length
+    for index in guarded_columns:
+        if repdef.column_kinds(meta.columns[index].pages, version) is None:
+            raise CompactionRefusedError(
+                f"self-check: column {index} mixes pages whose repetition/definition layers pylance would misread "
+                "(or whose layers cannot be read)",
+                path=where,
+            )
 
 
 def carry_row_sequences(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], out: table_pb2.DataFragment) -> None:
@@ -421,7 +479,7 @@ def execute_task(
     try:
         for output in task.outputs:
             inputs = [by_id[i] for i in output.fragment_ids]
-            frag, rel, n_read, n_written = write_output(ds, inputs, plan.options.read_batch_bytes, progress)
+            frag, rel, n_read, n_written = write_output(ds, inputs, plan.options.read_batch_bytes, progress, plan.options.verify_output)
             written.append(rel)
             deletions.append(_carry_deletions(ds, inputs, frag))
             fragments.append(RewriteResult.encode_fragment(frag))

@@ -234,8 +234,13 @@ def write_legacy_output(
     inputs: Sequence[table_pb2.DataFragment],
     read_batch_bytes: int,
     progress: ProgressCallback | None,
+    verify: bool = True,
 ) -> tuple[table_pb2.DataFragment, str, int, int]:
-    """Write one merged legacy data file; returns its fragment (id unset), path, bytes read and written."""
+    """Write one merged legacy data file; returns its fragment (id unset), path, bytes read and written.
+
+    With ``verify`` the file is read back from storage and refused unless its page table and
+    batch offsets are the ones written (legacy pages have no rep/def layers to judge).
+    """
     storage = ds.storage
     schema = {f.id: f for f in ds.manifest.fields}
     sources = [_inputs(ds, frag, schema) for frag in inputs]
@@ -288,6 +293,11 @@ def write_legacy_output(
         )
         out.write(tail)
         size = data_end + len(tail)
+    if verify:
+        back = read_legacy_metadata(storage, rel, size)
+        if back.file_size != size or back.batch_offsets != tuple(offsets) or list(back.pages) != pages:
+            storage.delete(rel, missing_ok=True)
+            raise CompactionRefusedError("self-check: the written file's page table or batch offsets read back differently", path=storage.url(rel))
 
     data_file = table_pb2.DataFile(path=name, fields=out_ids, file_major_version=0, file_minor_version=2, file_size_bytes=size)
     fragment = table_pb2.DataFragment(physical_rows=rows)

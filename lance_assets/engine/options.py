@@ -20,7 +20,9 @@ class CompactionOptions:
     copy does). ``max_rows_per_file`` / ``max_bytes_per_file`` are hard caps:
     an output is closed *before* an input would push it past them, so a cap is
     exceeded only by one input that is larger on its own. ``read_batch_bytes``
-    bounds the bytes a task holds in memory while copying.
+    bounds the bytes a task holds in memory while copying. ``verify_output`` reads every
+    written file back and refuses it unless its metadata is what was meant and its nested
+    columns obey the layer rule (see ``format.repdef``); it costs one tail read per output.
     """
 
     target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT
@@ -33,6 +35,7 @@ class CompactionOptions:
     materialize_deletions_threshold: float = 0.1
     commit_every: int | None = None
     reencode_fallback: bool = True
+    verify_output: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     dry_run: bool = False
 

@@ -1,7 +1,10 @@
 """Which fragments to merge, into how many files, and why the others are left alone.
 
-Planning reads the manifest only (no data file is opened), so it is fast on
-datasets with 100,000 fragments and safe to run from a sensor. It follows
+Planning reads the manifest only, so it is fast on datasets with 100,000 fragments and
+safe to run from a sensor -- except where the schema nests a list below a struct in a 2.1+
+dataset: there the candidates' file metadata is read too, because pages of such columns may
+share a file only when their repetition/definition layers agree (``format.repdef``), and the
+plan must say what the copy will do. It follows
 Lance's own candidate selection and binning (fact sheet §7.2), and additionally
 simulates the output files so that a task which would not reduce the number
 of fragments is never run.
@@ -11,13 +14,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
+from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.format import manifest as mf
+from lance_assets.format import repdef
+from lance_assets.format.v2file import FileVersion
 from lance_assets.format.protobuf import has_unknown_fields, unknown_field_numbers
 from lance_assets.format.roaring import decode_bitmap
 
@@ -41,6 +48,7 @@ REASON_BLOB = "blob_column"
 REASON_ALONE = "no_neighbour"
 REASON_NO_REDUCTION = "no_reduction"
 REASON_SOURCE_LIMIT = "max_source_fragments"
+REASON_INCOMPATIBLE_LAYERS = "incompatible_layers"
 
 BLOB_METADATA_KEY = "lance-encoding:blob"
 BLOB_V2_EXTENSION = "lance.blob.v2"
@@ -75,6 +83,16 @@ class SkippedFragment:
 
 
 @dataclass(frozen=True)
+class PlanSplit:
+    """Two adjacent fragments that would have shared a bin but may not share a file, and why."""
+
+    left_fragment_id: int
+    right_fragment_id: int
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class CompactionPlan:
     """Everything ``execute_task`` and ``commit_compaction`` need, small enough to ship anywhere."""
 
@@ -84,6 +102,7 @@ class CompactionPlan:
     tasks: tuple[CompactionTask, ...]
     skipped: tuple[SkippedFragment, ...]
     options: CompactionOptions
+    splits: tuple[PlanSplit, ...] = ()
 
     @property
     def bytes_to_read(self) -> int:
@@ -116,7 +135,8 @@ class CompactionPlan:
             for t in data["tasks"]
         )
         skipped = tuple(SkippedFragment(**s) for s in data["skipped"])
-        return cls(data["uri"], data["read_version"], data["storage_version"], tasks, skipped, options)
+        splits = tuple(PlanSplit(**s) for s in data.get("splits", ()))
+        return cls(data["uri"], data["read_version"], data["storage_version"], tasks, skipped, options, splits)
 
 
 # --- fragment properties ---------------------------------------------------------
@@ -231,12 +251,19 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
         candidates.append((frag, reason))
 
     tasks: list[CompactionTask] = []
+    splits: list[PlanSplit] = []
+    layers = _LayerSplitter(ds, options)
     source_budget = options.max_source_fragments
     for bin_ in _bins(candidates):
-        for group in _split_by_target(bin_, options.target_rows_per_fragment):
+        pieces = layers.split(bin_, skipped, splits)
+        for group in (g for piece in pieces for g in _split_by_target(piece, options.target_rows_per_fragment)):
             ids = [f.id for f in group]
             if len(group) < 2:
-                skipped.extend(SkippedFragment(i, REASON_ALONE, "no adjacent small fragment with the same layout and indices") for i in ids)
+                alone = layers.alone.get(ids[0]) if ids else None
+                if alone is not None:
+                    skipped.append(SkippedFragment(ids[0], REASON_INCOMPATIBLE_LAYERS, alone))
+                else:
+                    skipped.extend(SkippedFragment(i, REASON_ALONE, "no adjacent small fragment with the same layout and indices") for i in ids)
                 continue
             sizes = {f.id: ds.data_bytes(f.files, exact=options.max_bytes_per_file is not None) for f in group}
             outputs = _outputs(group, sizes, options_for_outputs)
@@ -260,7 +287,9 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
                 )
             )
     skipped.sort(key=lambda s: s.fragment_id)
-    return CompactionPlan(ds.uri, ds.version, mf.storage_version_name(ds.storage_version), tuple(tasks), tuple(skipped), options)
+    return CompactionPlan(
+        ds.uri, ds.version, mf.storage_version_name(ds.storage_version), tuple(tasks), tuple(skipped), options, tuple(splits)
+    )
 
 
 _NO_INDICES: frozenset[str] = frozenset()
@@ -342,6 +371,77 @@ def _candidate_reason(
     if fid in pinned:
         return skip(REASON_INDEXED, f"covered by the Lance system index {pinned[fid]}, whose row mapping a rewrite would invalidate")
     return (layout, index_sets.get(fid, _NO_INDICES))
+
+
+class _LayerSplitter:
+    """Splits bins where neighbouring files' pages may not share a column (``format.repdef``).
+
+    Only datasets whose schema has a guarded layer (a list below a struct or fixed-size list)
+    in a structural file version (2.1+) pay for this: their candidates' file metadata is read
+    -- the planner's only data-file reads, so the dry run sees exactly what the copy will.
+    """
+
+    def __init__(self, ds: Dataset, options: CompactionOptions) -> None:
+        self._ds = ds
+        version = ds.storage_version
+        structural = version != mf.LEGACY and mf.storage_version_name(version) not in ("2.0",)
+        self._guarded = repdef.guarded_field_ids(ds.manifest.fields) if structural else frozenset()
+        self._version = FileVersion(mf.storage_version_name(version)) if structural else None
+        self._names = {f.id: f.name for f in ds.manifest.fields}
+        #: fragment id -> why it is left alone (set for fragments a split isolated)
+        self.alone: dict[int, str] = {}
+
+    def split(self, bin_: list[table_pb2.DataFragment], skipped: list[SkippedFragment], splits: list[PlanSplit]) -> list[list[table_pb2.DataFragment]]:
+        if not self._guarded or len(bin_) < 2:
+            return [bin_]
+        keys = self._keys(bin_)
+        pieces: list[list[table_pb2.DataFragment]] = []
+        previous: tuple[table_pb2.DataFragment, repdef.LayerKey] | None = None
+        for frag, key in zip(bin_, keys):
+            if isinstance(key, repdef.LayerConflict):
+                detail = f"field {self._names.get(key.field_id, key.field_id)!r}: {key.detail}"
+                skipped.append(SkippedFragment(frag.id, REASON_INCOMPATIBLE_LAYERS, detail))
+                previous = None
+                continue
+            if previous is None or previous[1] != key:
+                if previous is not None:
+                    detail = repdef.describe_difference(previous[1], key, self._names)
+                    splits.append(PlanSplit(previous[0].id, frag.id, REASON_INCOMPATIBLE_LAYERS, detail))
+                    self.alone.setdefault(previous[0].id, detail)
+                    self.alone[frag.id] = detail
+                pieces.append([])
+            pieces[-1].append(frag)
+            previous = (frag, key)
+        return pieces
+
+    def _keys(self, bin_: list[table_pb2.DataFragment]) -> list[repdef.LayerKey | repdef.LayerConflict]:
+        """Per fragment: the layer key of its data files together, or the conflict of one of them."""
+        ds, guarded, version = self._ds, self._guarded, self._version
+        assert version is not None
+        jobs = [(frag, df) for frag in bin_ for df in frag.files]
+
+        def key_of(df: table_pb2.DataFile) -> repdef.LayerKey | repdef.LayerConflict:
+            meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
+            owners = {fid: col for fid, col in zip(df.fields, df.column_indices) if col >= 0}
+            return repdef.file_layer_key(meta.columns, owners, guarded, version)
+
+        if ds.storage.is_local:
+            found = [key_of(df) for _, df in jobs]
+        else:
+            with ThreadPoolExecutor(_PLAN_READERS, thread_name_prefix="lance-assets-plan") as pool:
+                found = list(pool.map(lambda job: key_of(job[1]), jobs))
+        out: list[repdef.LayerKey | repdef.LayerConflict] = []
+        at = 0
+        for frag in bin_:
+            mine = found[at : at + len(frag.files)]
+            at += len(frag.files)
+            conflict = next((k for k in mine if isinstance(k, repdef.LayerConflict)), None)
+            out.append(conflict if conflict is not None else tuple(sorted(item for key in mine for item in key)))  # type: ignore[union-attr]
+        return out
+
+
+#: Metadata reads in flight when the planner reads files on an object store.
+_PLAN_READERS = 8
 
 
 def _bins(candidates: Sequence[tuple[table_pb2.DataFragment, Any] | None]) -> Iterable[list[table_pb2.DataFragment]]:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from lance_assets.errors import CorruptFileError
+from lance_assets.format import v2file
 from lance_assets.io import Storage
 
 T = TypeVar("T")
@@ -41,3 +42,15 @@ def read_parsed_tail(
             raise CorruptFileError(f"file ends before {offset} (short read at {want})", path=where)
         tail = prefix + tail
         offset = want
+
+
+def read_v2_metadata(storage: Storage, rel_path: str, size_hint: int = 0) -> v2file.V2FileMetadata:
+    """Parse a v2 data file's metadata with one tail read (two for unusually large metadata)."""
+    return read_v2_tail(storage, rel_path, size_hint)[0]
+
+
+def read_v2_tail(
+    storage: Storage, rel_path: str, size_hint: int = 0, first_bytes: int = v2file.DEFAULT_TAIL_BYTES
+) -> tuple[v2file.V2FileMetadata, bytes, int]:
+    """The metadata, plus the bytes read for it and where they start in the file."""
+    return read_parsed_tail(storage, rel_path, v2file.parse_tail, v2file.NeedMore, first_bytes, size_hint)

@@ -41,3 +41,49 @@ def has_unknown_fields(msg: Message) -> bool:
     probe.CopyFrom(msg)
     probe.DiscardUnknownFields()
     return probe.ByteSize() != msg.ByteSize()
+
+
+def wire_fields(data: bytes) -> list[tuple[int, int, bytes | int]] | None:
+    """Top-level (field number, wire type, value) of a serialized message we have no .proto for;
+    None when the bytes are not a well-formed message. Length-delimited values stay bytes."""
+    fields: list[tuple[int, int, bytes | int]] = []
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        result = shift = 0
+        while True:
+            if i >= len(data) or shift > 63:
+                raise ValueError
+            byte = data[i]
+            i += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return result
+
+    try:
+        while i < len(data):
+            key = varint()
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                return None
+            if wire == 0:
+                fields.append((number, wire, varint()))
+            elif wire in (1, 5):
+                width = 8 if wire == 1 else 4
+                if i + width > len(data):
+                    return None
+                fields.append((number, wire, data[i : i + width]))
+                i += width
+            elif wire == 2:
+                size = varint()
+                if i + size > len(data):
+                    return None
+                fields.append((number, wire, data[i : i + size]))
+                i += size
+            else:
+                return None
+    except ValueError:
+        return None
+    return fields

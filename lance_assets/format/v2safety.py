@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from lance_assets._proto import encodings_v2_0_pb2 as enc20
 from lance_assets._proto import encodings_v2_1_pb2 as enc21
 from lance_assets._proto import file2_pb2, file_pb2
-from lance_assets.format.protobuf import parse, unknown_field_numbers
+from lance_assets.format.protobuf import parse, unknown_field_numbers, wire_fields
 from lance_assets.format.v2file import (
     ARRAY_ENCODING_URL,
     FileVersion,
@@ -299,51 +299,6 @@ def _tree_reasons(msg: Message, allowed_unknown: dict[str, set[int]]) -> Iterato
             yield from _tree_reasons(child, allowed_unknown)
 
 
-def _wire_fields(data: bytes) -> list[tuple[int, int, bytes | int]] | None:
-    """Top-level (field, wire type, value) of a protobuf message; None when malformed."""
-    fields: list[tuple[int, int, bytes | int]] = []
-    i = 0
-
-    def varint() -> int:
-        nonlocal i
-        result = shift = 0
-        while True:
-            if i >= len(data) or shift > 63:
-                raise ValueError
-            byte = data[i]
-            i += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return result
-
-    try:
-        while i < len(data):
-            key = varint()
-            number, wire = key >> 3, key & 7
-            if number == 0:
-                return None
-            if wire == 0:
-                fields.append((number, wire, varint()))
-            elif wire in (1, 5):
-                width = 8 if wire == 1 else 4
-                if i + width > len(data):
-                    return None
-                fields.append((number, wire, data[i : i + width]))
-                i += width
-            elif wire == 2:
-                size = varint()
-                if i + size > len(data):
-                    return None
-                fields.append((number, wire, data[i : i + size]))
-                i += size
-            else:
-                return None
-    except ValueError:
-        return None
-    return fields
-
-
 def _planar_reasons(value: bytes) -> list[str]:
     """Conservative shape check of a 2.3 PlanarLayout (we have no proto for it).
 
@@ -351,14 +306,14 @@ def _planar_reasons(value: bytes) -> list[str]:
     independent (identical encodings and page bytes when the same data is written at other
     file offsets, and merged files read back correctly). Anything else is refused.
     """
-    top = _wire_fields(value)
+    top = wire_fields(value)
     if top is None:
         return ["malformed 2.3 PlanarLayout"]
     numbers = [number for number, _, _ in top]
     if not set(numbers) <= _PLANAR_TOP_FIELDS or numbers.count(2) != 1:
         return [f"unknown 2.3 PlanarLayout shape (fields {numbers})"]
     _, wire, plane_value = next(f for f in top if f[0] == 2)
-    plane = _wire_fields(plane_value) if wire == 2 and isinstance(plane_value, bytes) else None
+    plane = wire_fields(plane_value) if wire == 2 and isinstance(plane_value, bytes) else None
     if plane is None or len(plane) != 1 or plane[0][1] != 2 or plane[0][0] not in _PLANAR_VALUE_KINDS:
         kinds = [n for n, _, _ in plane or []]
         return [f"unknown 2.3 PlanarLayout value plane (fields {kinds})"]

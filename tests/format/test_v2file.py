@@ -33,6 +33,7 @@ from lance_assets.errors import (
     UnsupportedVersionError,
 )
 from lance_assets.format import v2file, v2safety
+from lance_assets.format.protobuf import wire_fields
 from lance_assets.format.v2file import (
     ALIGNMENT,
     DEFAULT_TAIL_BYTES,
@@ -483,9 +484,9 @@ def test_planar_layouts_have_the_accepted_shape(tmp_path: Path) -> None:
             for page in column.pages:
                 wrapped = encoding_any(page)
                 assert wrapped.type_url == "/lance.encodings23.PlanarLayout"
-                top = v2safety._wire_fields(wrapped.value)
+                top = wire_fields(wrapped.value)
                 assert top is not None and [number for number, _, _ in top] == [1, 2]
-                (plane,) = v2safety._wire_fields(top[1][2])  # type: ignore[misc, arg-type]
+                (plane,) = wire_fields(top[1][2])  # type: ignore[misc, arg-type]
                 seen.add(plane[0])
     assert seen == {1, 2, 3, 4}
 

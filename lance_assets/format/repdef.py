@@ -1,0 +1,256 @@
+"""Repetition/definition layers of structural pages (2.1+), and which pages may share a column.
+
+Why this module exists: a structural reader (file versions 2.1, 2.2, 2.3) decodes a read batch
+from every page it spans and unravels their rep/def levels layer by layer, innermost first. A
+layer that one page declares all-valid and another nullable must be materialized for the whole
+batch, and the all-valid page then contributes one "valid" per *innermost item* it holds. That
+count is right only when no list lies between the layer and the leaf; above a list the page holds
+as many values at that layer as it has lists, not items, and pylance fails ("Incorrect number of
+nulls") or, worse, reads other rows as null. Each file written by Lance is valid alone, because
+its writer chose the layers from the values that file holds; it is binary copy that puts pages
+of different files side by side.
+
+The rule (proved against pylance by tests/test_nested_layers.py over random nested data):
+pages may share an output column when, at every *guarded* layer -- an item layer (struct,
+fixed-size list or leaf validity) with a list layer inside it -- they all agree whether the layer
+is all-valid. List layers may differ (nullable, emptyable, both, neither), and so may item layers
+with no list inside them: their counts are exact either way.
+
+Where layers live (see docs/format.md):
+
+* 2.1 and 2.2: every ``PageLayout`` variant lists ``layers`` as ``RepDefLayer`` values,
+  innermost first.
+* 2.3 (``PlanarLayout``, no published proto): field 1 is the page's structure, either a compact
+  form (field 1) whose field 1 is a byte string of ``RepDefLayer`` values innermost first, or an
+  explicit form (field 2) holding one entry per layer, outermost first: an item (field 1) or a
+  list (field 2). An explicit item whose field 1 is 1 and that records no null count (field 3)
+  is all-valid; any other item holds nulls.
+
+Pure functions over encoding bytes; the copier and the planner do the reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from google.protobuf import any_pb2
+
+from lance_assets._proto import encodings_v2_1_pb2 as enc21
+from lance_assets._proto import file2_pb2, file_pb2
+from lance_assets.format.protobuf import wire_fields
+from lance_assets.format.v2file import FileVersion
+
+#: One character per layer, innermost first: a list layer, an all-valid item, a nullable item.
+LIST, VALID, NULLABLE = "L", "V", "N"
+
+_FROM_ENUM = {
+    enc21.REPDEF_ALL_VALID_ITEM: VALID,
+    enc21.REPDEF_NULLABLE_ITEM: NULLABLE,
+    enc21.REPDEF_ALL_VALID_LIST: LIST,
+    enc21.REPDEF_NULLABLE_LIST: LIST,
+    enc21.REPDEF_EMPTYABLE_LIST: LIST,
+    enc21.REPDEF_NULL_AND_EMPTY_LIST: LIST,
+}
+_LAYOUT_URLS = {"/lance.encodings21.PageLayout", "/lance.encodings23.PlanarLayout"}
+_LIST_TYPES = ("list", "large_list", "map")
+# Layout variants of a 2.1/2.2 PageLayout that carry ``layers``.
+_LAYERED = ("mini_block_layout", "full_zip_layout", "all_null_layout", "blob_layout")
+# 2.3 explicit item entries: field 1 (validity kind, 1 = none null), 2 (an encoded array), 3 (null count).
+_EXPLICIT_ITEM_FIELDS = {1, 2, 3}
+
+_CACHE: dict[tuple[FileVersion, bytes], str | None] = {}
+_CACHE_LIMIT = 8192
+
+
+@dataclass(frozen=True)
+class LayerConflict:
+    """Why a column's pages cannot share an output column (or cannot be judged at all)."""
+
+    field_id: int
+    detail: str
+
+
+#: Per guarded field id: its guarded layers' kinds ('V'/'N' per guarded layer, innermost first).
+LayerKey = tuple[tuple[int, str], ...]
+
+
+def guarded_field_ids(fields: Sequence[file_pb2.Field]) -> frozenset[int]:
+    """Fields whose column has a guarded layer: a list somewhere below a struct or fixed-size
+    list, both on the path from the top-level field down to the field.
+
+    Decided from the schema alone, so a dataset without such a field never needs its pages read.
+    """
+    by_id = {f.id: f for f in fields}
+
+    def is_list(f: file_pb2.Field) -> bool:
+        return f.logical_type.split(".")[0] in _LIST_TYPES
+
+    def makes_item(f: file_pb2.Field) -> bool:
+        return f.logical_type == "struct" or f.logical_type.startswith("fixed_size_list")
+
+    out = set()
+    for f in fields:
+        seen_list = False
+        node: file_pb2.Field | None = f
+        while node is not None:
+            if node is not f and makes_item(node) and seen_list:
+                out.add(f.id)
+                break
+            seen_list = seen_list or is_list(node)
+            node = by_id.get(node.parent_id)
+    return frozenset(out)
+
+
+def page_layers(encoding: bytes, version: FileVersion) -> str | None:
+    """The page's layers ('L'/'V'/'N', innermost first), or None when we cannot read them."""
+    key = (version, encoding)
+    found = _CACHE.get(key, "")
+    if found != "":
+        return found
+    found = _decode_layers(encoding, version)
+    if len(_CACHE) >= _CACHE_LIMIT:
+        _CACHE.clear()
+    _CACHE[key] = found
+    return found
+
+
+def guarded_positions(layers: str) -> tuple[int, ...]:
+    """Item layers with a list layer inside them."""
+    first_list = layers.find(LIST)
+    if first_list < 0:
+        return ()
+    return tuple(i for i in range(first_list + 1, len(layers)) if layers[i] != LIST)
+
+
+def column_kinds(pages: Iterable[file2_pb2.ColumnMetadata.Page], version: FileVersion) -> str | None:
+    """The kinds at the guarded layers shared by every page of a column, e.g. ``"N"``; None when
+    a page's layers cannot be read, the pages disagree on where the lists are, or they disagree
+    at a guarded layer (a file whose own pages already do that is left as it is)."""
+    shape: str | None = None
+    kinds: str | None = None
+    for page in pages:
+        if page.encoding.WhichOneof("location") != "direct":
+            return None
+        layers = page_layers(page.encoding.direct.encoding, version)
+        if layers is None:
+            return None
+        page_shape = "".join(LIST if c == LIST else "I" for c in layers)
+        page_kinds = "".join(layers[i] for i in guarded_positions(layers))
+        if shape is None:
+            shape, kinds = page_shape, page_kinds
+        elif page_shape != shape or page_kinds != kinds:
+            return None
+    return kinds if kinds is not None else ""
+
+
+def file_layer_key(
+    columns: Sequence[file2_pb2.ColumnMetadata],
+    owners: Mapping[int, int],
+    guarded: frozenset[int],
+    version: FileVersion,
+) -> LayerKey | LayerConflict:
+    """What must be equal between files whose pages share output columns.
+
+    ``owners`` maps field ids to their column index in this file; only ``guarded`` fields are
+    looked at. 2.0 files have no structural layers and always give an empty key.
+    """
+    if version is FileVersion.V2_0 or not guarded:
+        return ()
+    key = []
+    for field_id in sorted(guarded):
+        column = owners.get(field_id)
+        if column is None:
+            continue
+        kinds = column_kinds(columns[column].pages, version)
+        if kinds is None:
+            return LayerConflict(
+                field_id,
+                "its pages' repetition/definition layers cannot be read, or already disagree within the file",
+            )
+        key.append((field_id, kinds))
+    return tuple(key)
+
+
+def describe_difference(a: LayerKey, b: LayerKey, names: Mapping[int, str]) -> str:
+    """A one-line account of why two files' pages may not share columns."""
+    kinds_b = dict(b)
+    for field_id, kinds in a:
+        other = kinds_b.get(field_id)
+        if other is not None and other != kinds:
+            def spell(k: str) -> str:
+                return ", ".join("all-valid" if c == VALID else "nullable" for c in k)
+
+            return (
+                f"field {names.get(field_id, field_id)!r}: a struct above a list is {spell(kinds)} in one "
+                f"file and {spell(other)} in the other (pylance misreads such pages side by side)"
+            )
+    return "the files' repetition/definition layers differ"
+
+
+def _decode_layers(encoding: bytes, version: FileVersion) -> str | None:
+    wrapped = any_pb2.Any()
+    try:
+        wrapped.ParseFromString(encoding)
+    except Exception:  # noqa: BLE001 - undecodable: no layers to judge
+        return None
+    if wrapped.type_url not in _LAYOUT_URLS:
+        return None
+    if version is FileVersion.V2_3:
+        return _planar_layers(wrapped.value)
+    layout = enc21.PageLayout()
+    try:
+        layout.ParseFromString(wrapped.value)
+    except Exception:  # noqa: BLE001
+        return None
+    kind = layout.WhichOneof("layout")
+    if kind not in _LAYERED:
+        return None
+    return _from_enum_values(getattr(layout, kind).layers)
+
+
+def _from_enum_values(values: Iterable[int]) -> str | None:
+    out = []
+    for value in values:
+        c = _FROM_ENUM.get(value)
+        if c is None:
+            return None
+        out.append(c)
+    return "".join(out) or None
+
+
+def _planar_layers(value: bytes) -> str | None:
+    top = wire_fields(value)
+    structure = [v for n, w, v in top or () if n == 1 and w == 2]
+    if len(structure) != 1 or not isinstance(structure[0], bytes):
+        return None
+    form = wire_fields(structure[0])
+    if form is None or len(form) != 1 or form[0][1] != 2 or not isinstance(form[0][2], bytes):
+        return None
+    number, _, body = form[0]
+    inner = wire_fields(body)
+    if inner is None:
+        return None
+    if number == 1:  # compact: the enum values as bytes
+        packed = [v for n, w, v in inner if n == 1 and w == 2]
+        return _from_enum_values(packed[0]) if len(packed) == 1 and isinstance(packed[0], bytes) else None
+    if number != 2:
+        return None
+    layers = []
+    for n, w, entry in inner:  # outermost first
+        if n != 1 or w != 2 or not isinstance(entry, bytes):
+            return None
+        variant = wire_fields(entry)
+        if variant is None or len(variant) != 1 or variant[0][1] != 2 or not isinstance(variant[0][2], bytes):
+            return None
+        kind, _, details = variant[0]
+        if kind == 2:
+            layers.append(LIST)
+            continue
+        fields = wire_fields(details) if kind == 1 else None
+        if fields is None or not {n for n, _, _ in fields} <= _EXPLICIT_ITEM_FIELDS:
+            return None
+        varints = {n: v for n, w, v in fields if w == 0}
+        valid = varints.get(1) == 1 and not varints.get(3)
+        layers.append(VALID if valid else NULLABLE)
+    return "".join(reversed(layers)) or None
