@@ -25,6 +25,8 @@ def arrow_types(max_depth: int = 3, maps: bool = True) -> st.SearchStrategy[pa.D
             st.lists(children, min_size=1, max_size=3).map(
                 lambda cs: pa.struct([pa.field(f"f{i}", c) for i, c in enumerate(cs)])
             ),
+            # A list inside a struct is where pages of different files disagree most.
+            st.tuples(children, leaves).map(lambda cs: pa.struct([pa.field("l", pa.list_(cs[0])), pa.field("s", cs[1])])),
             children.map(pa.list_),
             children.map(pa.large_list),
             st.tuples(leaves, st.integers(1, 3)).map(lambda t: pa.list_(t[0], t[1])),
@@ -55,7 +57,7 @@ def values(t: pa.DataType, nulls: bool = True, null_structs: bool = True, emptie
 
     if pa.types.is_struct(t):
         inner: st.SearchStrategy[Any] = st.fixed_dictionaries({t.field(i).name: child(t.field(i).type) for i in range(t.num_fields)})
-        return st.one_of(st.none(), inner) if nulls and null_structs else inner
+        return st.one_of(st.none(), inner, inner) if nulls and null_structs else inner
     low = 0 if empties else 1
     if pa.types.is_map(t):
         inner = st.lists(st.tuples(st.text(max_size=2), child(t.item_type)), min_size=low, max_size=3)
@@ -75,7 +77,7 @@ def values(t: pa.DataType, nulls: bool = True, null_structs: bool = True, emptie
         inner = st.booleans()
     else:
         raise ValueError(f"no values for {t}")
-    return st.one_of(st.none(), inner) if nulls else inner
+    return st.one_of(st.none(), inner, inner) if nulls else inner
 
 
 def tables(t: pa.DataType, sizes: list[int], null_structs: bool = True) -> st.SearchStrategy[list[pa.Table]]:
@@ -99,3 +101,17 @@ def tables(t: pa.DataType, sizes: list[int], null_structs: bool = True) -> st.Se
         return out
 
     return st.tuples(*(fragment(n) for n in sizes)).map(lambda parts: build(list(parts)))
+
+
+def guarded_types(maps: bool = True) -> st.SearchStrategy[pa.DataType]:
+    """Types with a list below a struct: the shape whose pages may not share a column when
+    files disagree about the struct's nulls (``lance_assets.format.repdef``)."""
+    inner = arrow_types(1, maps)
+
+    def struct_of_list(c: pa.DataType) -> pa.DataType:
+        return pa.struct([pa.field("l", pa.list_(c)), pa.field("s", pa.string())])
+
+    options = [inner.map(struct_of_list), inner.map(lambda c: pa.list_(struct_of_list(c))), inner.map(lambda c: pa.struct([pa.field("t", struct_of_list(c))]))]
+    if maps:
+        options.append(inner.map(lambda c: pa.map_(pa.string(), struct_of_list(c))))
+    return st.one_of(*options)

@@ -303,11 +303,11 @@ def _write_output(
         for row_offset, src in _input_sources(ds, inputs, order, read_batch_bytes):
             key = repdef.file_layer_key(src.meta.columns, src.columns, guarded, version)
             if isinstance(key, repdef.LayerConflict):
-                raise CompactionRefusedError(f"field {key.field_id}: {key.detail}", path=storage.url(src.rel_path))
+                raise CompactionRefusedError(f"field {repdef.field_paths(ds.manifest.fields).get(key.field_id, key.field_id)!r}: {key.detail}", path=storage.url(src.rel_path))
             if first_key is None:
                 first_key = key
             elif key != first_key:
-                names = {f.id: f.name for f in ds.manifest.fields}
+                names = repdef.field_paths(ds.manifest.fields)
                 raise CompactionRefusedError(repdef.describe_difference(first_key, key, names), path=storage.url(src.rel_path))
             if schema_metadata is None:
                 schema_metadata = dict(src.meta.descriptor.schema.metadata)

@@ -387,7 +387,7 @@ class _LayerSplitter:
         structural = version != mf.LEGACY and mf.storage_version_name(version) not in ("2.0",)
         self._guarded = repdef.guarded_field_ids(ds.manifest.fields) if structural else frozenset()
         self._version = FileVersion(mf.storage_version_name(version)) if structural else None
-        self._names = {f.id: f.name for f in ds.manifest.fields}
+        self._names = repdef.field_paths(ds.manifest.fields)
         #: fragment id -> why it is left alone (set for fragments a split isolated)
         self.alone: dict[int, str] = {}
 

@@ -102,6 +102,20 @@ def guarded_field_ids(fields: Sequence[file_pb2.Field]) -> frozenset[int]:
     return frozenset(out)
 
 
+def field_paths(fields: Sequence[file_pb2.Field]) -> dict[int, str]:
+    """Dotted names (``s.x.item``) of every field, for messages an operator can act on."""
+    by_id = {f.id: f for f in fields}
+    out: dict[int, str] = {}
+    for f in fields:
+        parts = []
+        node: file_pb2.Field | None = f
+        while node is not None and len(parts) <= len(fields):
+            parts.append(node.name)
+            node = by_id.get(node.parent_id)
+        out[f.id] = ".".join(reversed(parts))
+    return out
+
+
 def page_layers(encoding: bytes, version: FileVersion) -> str | None:
     """The page's layers ('L'/'V'/'N', innermost first), or None when we cannot read them."""
     key = (version, encoding)
