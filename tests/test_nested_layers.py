@@ -222,7 +222,8 @@ def test_guarded_fields_follow_the_schema(tmp_path: Path) -> None:
             fid = parents[fid]
         return names[fid]
 
-    guarded = repdef.guarded_field_ids(fields)
+    guarded = repdef.guarded_field_ids(fields, FileVersion.V2_2)
+    assert not repdef.guarded_field_ids(fields, FileVersion.V2_0)
     assert {top(f) for f in guarded} == {"st_l", "l_st_l", "mp"}
     assert all(names[f] not in ("key",) for f in guarded)
 

@@ -296,7 +296,7 @@ def _write_output(
     schema_metadata: dict[str, bytes] | None = None
     bytes_read = 0
     clone_block = storage.clone_block_size(DATA_DIR)
-    guarded = repdef.guarded_field_ids(ds.manifest.fields)
+    guarded = repdef.guarded_field_ids(ds.manifest.fields, version)
     first_key: repdef.LayerKey | None = None
     with storage.open_write(rel) as out:
         pos = 0

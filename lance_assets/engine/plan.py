@@ -383,10 +383,9 @@ class _LayerSplitter:
 
     def __init__(self, ds: Dataset, options: CompactionOptions) -> None:
         self._ds = ds
-        version = ds.storage_version
-        structural = version != mf.LEGACY and mf.storage_version_name(version) not in ("2.0",)
-        self._guarded = repdef.guarded_field_ids(ds.manifest.fields) if structural else frozenset()
-        self._version = FileVersion(mf.storage_version_name(version)) if structural else None
+        v2 = ds.storage_version != mf.LEGACY
+        self._version = FileVersion(mf.storage_version_name(ds.storage_version)) if v2 else None
+        self._guarded = repdef.guarded_field_ids(ds.manifest.fields, self._version) if self._version else frozenset()
         self._names = repdef.field_paths(ds.manifest.fields)
         #: fragment id -> why it is left alone (set for fragments a split isolated)
         self.alone: dict[int, str] = {}

@@ -75,12 +75,15 @@ class LayerConflict:
 LayerKey = tuple[tuple[int, str], ...]
 
 
-def guarded_field_ids(fields: Sequence[file_pb2.Field]) -> frozenset[int]:
+def guarded_field_ids(fields: Sequence[file_pb2.Field], version: FileVersion) -> frozenset[int]:
     """Fields whose column has a guarded layer: a list somewhere below a struct or fixed-size
-    list, both on the path from the top-level field down to the field.
+    list, both on the path from the top-level field down to the field. None in 2.0 files, which
+    have no structural layers.
 
     Decided from the schema alone, so a dataset without such a field never needs its pages read.
     """
+    if version is FileVersion.V2_0:
+        return frozenset()
     by_id = {f.id: f for f in fields}
 
     def is_list(f: file_pb2.Field) -> bool:
@@ -167,9 +170,9 @@ def file_layer_key(
     """What must be equal between files whose pages share output columns.
 
     ``owners`` maps field ids to their column index in this file; only ``guarded`` fields are
-    looked at. 2.0 files have no structural layers and always give an empty key.
+    looked at (``guarded_field_ids``: none in 2.0 files).
     """
-    if version is FileVersion.V2_0 or not guarded:
+    if not guarded:
         return ()
     key = []
     for field_id in sorted(guarded):
