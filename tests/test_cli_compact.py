@@ -142,21 +142,19 @@ def test_dry_run_reports_the_files_a_real_run_would_touch(dataset_copy: Copy, ca
 
 @pytest.mark.parametrize("json_flag", [True, False])
 def test_nothing_to_do_exits_zero(dataset_copy: Copy, capsys: pytest.CaptureFixture[str], json_flag: bool) -> None:
-    path = dataset_copy("deletes_arrow", "2.1")  # deletions over the threshold + a lone fragment: nothing to merge
+    path = dataset_copy("deletes_arrow", "2.1")  # every fragment at the target: nothing to merge
     digest = tree_digest(path)
-    code, out, err = run(
-        capsys, "compact", str(path), "--materialize-deletions-threshold", "0.001", "--no-reencode-fallback", *(["--json"] if json_flag else [])
-    )
+    code, out, err = run(capsys, "compact", str(path), "--target-rows-per-fragment", "10", *(["--json"] if json_flag else []))
     assert code == 0 and err == ""
     assert tree_digest(path) == digest
     if json_flag:
         report = one_json(out)
         assert report["version"] is None and report["tasks"] == 0
-        assert sorted(s["reason"] for s in report["skipped"]) == ["materialize_deletions", "materialize_deletions", "no_neighbour"]
+        assert sorted(s["reason"] for s in report["skipped"]) == ["at_target_size"] * 3
     else:
         text = " ".join(out.split())
         assert "nothing to compact" in text
-        assert "materialize_deletions: 2" in text and "no_neighbour: 1" in text
+        assert "at_target_size: 3" in text
 
 
 def test_table_output_of_a_real_run(dataset_copy: Copy, capsys: pytest.CaptureFixture[str]) -> None:

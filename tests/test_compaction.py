@@ -681,19 +681,19 @@ def test_byte_cap_with_sizes_missing_from_the_manifest(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "shape,version,threshold,reasons",
+    "shape,version,target,reasons",
     [
-        ("blob", "2.1", 0.1, {"blob_column"}),
-        ("deletes_arrow", "2.2", 0.001, {"materialize_deletions", "no_neighbour"}),
-        ("stable_row_ids", "2.1", 0.001, {"materialize_deletions", "no_neighbour"}),
+        ("blob", "2.1", 1_000_000, {"blob_column"}),
+        ("deletes_arrow", "2.2", 10, {"at_target_size"}),
+        ("stable_row_ids", "2.1", 10, {"at_target_size"}),
     ],
 )
 def test_nothing_to_compact_leaves_the_dataset_untouched(
-    dataset_copy: Callable[[str, str], Path], shape: str, version: str, threshold: float, reasons: set[str]
+    dataset_copy: Callable[[str, str], Path], shape: str, version: str, target: int, reasons: set[str]
 ) -> None:
     path = dataset_copy(shape, version)
     digest = tree_digest(path)
-    report = compact(str(path), CompactionOptions(materialize_deletions_threshold=threshold, reencode_fallback=False))
+    report = compact(str(path), CompactionOptions(target_rows_per_fragment=target))
     assert report.version is None and report.tasks == 0 and report.fragments_removed == 0
     assert {s["reason"] for s in report.skipped} == reasons
     assert len(report.skipped) == len(lance.dataset(str(path)).get_fragments())

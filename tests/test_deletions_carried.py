@@ -89,17 +89,68 @@ def test_bitmap_deletion_file_for_large_sets(tmp_path: Path, version: str) -> No
     assert next(iter((path / "_deletions").glob(f"{frag.fragment_id}-*"))).suffix == ".bin"
 
 
-def test_threshold_leaves_heavily_deleted_fragments(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reencode", [True, False], ids=["pylance_reencode", "binary_copy"])
+def test_heavily_deleted_fragments_stay_in_their_run(tmp_path: Path, reencode: bool) -> None:
+    """A fragment over the deletion threshold is merged with its neighbours, never left as a gap:
+    re-encoded with them when pylance may (deleted rows dropped), else binary-copied with its
+    deletions carried and a note saying so."""
     path = tmp_path / "ds.lance"
     ds = factory.appends(path, "2.1", [100, 100, 100, 100])
     ds.delete("id < 50")  # fragment 0: 50% deleted
-    plan = plan_compaction(str(path), CompactionOptions())
-    assert [s.reason for s in plan.skipped] == ["materialize_deletions"]
-    assert [list(t.fragment_ids) for t in plan.tasks] == [[1, 2, 3]]
+    start = lance.dataset(str(path)).version
+    options = CompactionOptions(reencode_fallback=reencode)
+    plan = plan_compaction(str(path), options)
+    assert plan.skipped == ()
+    assert [(list(t.fragment_ids), t.reencode) for t in plan.tasks] == [([0, 1, 2, 3], reencode)]
+    assert [(n.fragment_id, n.reason) for n in plan.notes] == ([] if reencode else [(0, "deletions_kept")])
     before = _rows(lance.dataset(str(path)))
-    compact(str(path), CompactionOptions(materialize_deletions=False))
+    report = compact(str(path), options)
+    assert report.committed_versions == [start + 1] and report.version == start + 1
+    assert report.reencoded_fragments == (4 if reencode else 0)
+    assert report.notes == [{"fragment_id": n.fragment_id, "reason": n.reason, "detail": n.detail} for n in plan.notes]
     ds = lance.dataset(str(path))
-    assert len(ds.get_fragments()) == 1 and _rows(ds) == before
+    (frag,) = ds.get_fragments()
+    assert _rows(ds) == before
+    assert ds.to_table()["id"].to_pylist() == list(range(50, 400))  # the inputs' order
+    if reencode:
+        assert frag.metadata.physical_rows == 350 and frag.metadata.deletion_file is None
+    else:
+        assert frag.metadata.physical_rows == 400 and frag.metadata.deletion_file.num_deleted_rows == 50
+
+
+def test_one_commit_for_a_history_with_heavy_deletes(tmp_path: Path) -> None:
+    """Six 200-row fragments, about 15% deleted in fragments 1 and 4: one new version, one group
+    of all six adjacent fragments (pylance's own fallback once committed three versions and
+    merged 1 with 4, changing the row order)."""
+    path = tmp_path / "ds.lance"
+    ds = factory.appends(path, "2.2", [200] * 6)
+    ds.delete("(id >= 200 AND id < 230) OR (id >= 800 AND id < 832)")
+    ds = lance.dataset(str(path))
+    start, before = ds.version, ds.to_table().to_pylist()
+    dry = compact(str(path), CompactionOptions(dry_run=True))
+    report = compact(str(path), CompactionOptions())
+    assert [list(t["fragment_ids"]) for t in dry.plan["tasks"]] == [[0, 1, 2, 3, 4, 5]] and dry.reencoded_fragments == 6
+    assert report.committed_versions == [start + 1] and lance.dataset(str(path)).version == start + 1
+    assert (report.fragments_removed, report.fragments_added, report.reencoded_fragments) == (6, 1, 6)
+    ds = lance.dataset(str(path))
+    assert ds.to_table().to_pylist() == before  # same rows, same order
+    assert [f.metadata.physical_rows for f in ds.get_fragments()] == [1200 - 62]
+
+
+def test_a_lone_heavily_deleted_fragment(tmp_path: Path) -> None:
+    """Alone (at the target size), it is re-encoded by itself as Lance does; without re-encoding
+    there is nothing binary copy could do for it, and it is skipped with the reason."""
+    path = tmp_path / "ds.lance"
+    ds = factory.appends(path, "2.1", [300, 300])
+    ds.delete("id < 200")
+    plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=250, reencode_fallback=False))
+    assert [(s.fragment_id, s.reason) for s in plan.skipped] == [(0, "materialize_deletions"), (1, "at_target_size")]
+    assert "reencode_fallback" in plan.skipped[0].detail
+    report = compact(str(path), CompactionOptions(target_rows_per_fragment=250))
+    assert report.reencoded_fragments == 1 and report.fragments_removed == 1
+    ds = lance.dataset(str(path))
+    assert sorted(f.metadata.physical_rows for f in ds.get_fragments()) == [100, 300]
+    assert ds.to_table()["id"].to_pylist() == list(range(300, 600)) + list(range(200, 300))  # Lance's order: new fragment last
 
 
 def test_deletion_files_follow_fragment_ids_shifted_by_a_concurrent_append(tmp_path: Path) -> None:
@@ -122,8 +173,9 @@ def test_deletion_files_follow_fragment_ids_shifted_by_a_concurrent_append(tmp_p
 
 
 @pytest.mark.parametrize("stable", [False, True], ids=["addresses", "stable_row_ids"])
-def test_fragments_over_the_threshold_are_reencoded_by_pylance(tmp_path: Path, stable: bool) -> None:
-    """Binary copy merges the lightly deleted run; pylance re-encodes the heavily deleted fragment."""
+def test_fragments_over_the_threshold_are_reencoded_in_our_commit(tmp_path: Path, stable: bool) -> None:
+    """pylance writes the re-encoded group's files; we commit them in our one Rewrite, with the
+    inputs' row ids (deleted ones dropped) on stable-row-id datasets."""
     path = tmp_path / "ds.lance"
     ds = factory.appends(path, "2.1", [100, 100, 100, 100], enable_stable_row_ids=stable)
     ds.delete("id < 60 OR id = 150")  # fragment 0: 60% deleted; fragment 1: 1%
@@ -131,22 +183,24 @@ def test_fragments_over_the_threshold_are_reencoded_by_pylance(tmp_path: Path, s
     before = _rows(ds, stable)
     start = ds.version
     report = compact(str(path), CompactionOptions())
-    assert report.reencoded_fragments == 1
-    # ours, then pylance's (which commits a ReserveFragments version before its Rewrite)
-    assert report.committed_versions == [start + 1, start + 3] and report.version == lance.dataset(str(path)).version
-    assert all(s["reason"] != "materialize_deletions" for s in report.skipped)
+    assert report.reencoded_fragments == 4 and report.committed_versions == [start + 1]
+    assert report.skipped == [] and report.notes == []
     ds = lance.dataset(str(path))
     assert _rows(ds, stable) == before
-    frags = {f.fragment_id: f for f in ds.get_fragments()}
-    assert sorted(f.metadata.physical_rows for f in frags.values()) == [40, 300]  # deleted rows dropped; 1-3 merged
-    assert sum(1 for f in frags.values() if f.metadata.deletion_file) == 1  # the merged fragment carries id 150's deletion
+    (frag,) = ds.get_fragments()
+    assert frag.metadata.physical_rows == 339 and frag.metadata.deletion_file is None
+    if stable:
+        assert ds.to_table(with_row_id=True)["_rowid"].to_pylist() == [i for i in range(60, 400) if i != 150]
+        ds.delete("id = 200")  # pylance keeps working on it
+        assert 200 not in lance.dataset(str(path)).to_table()["id"].to_pylist()
 
 
-def test_no_reencode_fallback_leaves_them(tmp_path: Path) -> None:
+def test_no_reencode_fallback_carries_their_deletions(tmp_path: Path) -> None:
     path = tmp_path / "ds.lance"
     ds = factory.appends(path, "2.1", [100, 100, 100])
     ds.delete("id < 60")
     report = compact(str(path), CompactionOptions(reencode_fallback=False))
-    assert report.reencoded_fragments == 0
-    assert [s["reason"] for s in report.skipped] == ["materialize_deletions"]
-    assert lance.dataset(str(path)).get_fragments()[0].metadata.physical_rows == 100
+    assert report.reencoded_fragments == 0 and report.skipped == []
+    assert [(n["fragment_id"], n["reason"]) for n in report.notes] == [(0, "deletions_kept")]
+    (frag,) = lance.dataset(str(path)).get_fragments()
+    assert frag.metadata.physical_rows == 300 and frag.metadata.deletion_file.num_deleted_rows == 60

@@ -157,15 +157,19 @@ def test_deletions_under_the_threshold_merge(dataset_cache: Callable[[str, str],
     assert plan.tasks[0].files == 5  # three data files and two deletion files
 
 
-def test_reason_materialize_deletions(dataset_cache: Callable[[str, str], Path]) -> None:
+def test_heavily_deleted_fragments_join_their_bin(dataset_cache: Callable[[str, str], Path]) -> None:
+    """Lance's "compact itself" candidates: over the threshold, a fragment still bins with its
+    neighbours; the group is re-encoded (pylance) or binary-copied with a note."""
     # fragment 0 has 3 of 300 rows deleted (1%), fragment 1 has 1 of 300
     path = str(dataset_cache("deletes_arrow", "2.1"))
     plan = plan_compaction(path, CompactionOptions(materialize_deletions_threshold=0.005))
-    assert skips(plan) == {0: "materialize_deletions"}  # 1% > 0.5%; fragment 1 (0.33%) merges with 2
-    assert task_ids(plan) == [[1, 2]]
-    assert "3 of 300 rows deleted" in plan.skipped[0].detail
+    assert skips(plan) == {} and task_ids(plan) == [[0, 1, 2]] and plan.tasks[0].reencode
+    plan = plan_compaction(path, CompactionOptions(materialize_deletions_threshold=0.005, reencode_fallback=False))
+    assert task_ids(plan) == [[0, 1, 2]] and not plan.tasks[0].reencode
+    assert [(n.fragment_id, n.reason) for n in plan.notes] == [(0, "deletions_kept")]
+    assert "3 of 300 rows deleted" in plan.notes[0].detail
     plan = plan_compaction(path, CompactionOptions(materialize_deletions=False, materialize_deletions_threshold=0.0))
-    assert task_ids(plan) == [[0, 1, 2]]
+    assert task_ids(plan) == [[0, 1, 2]] and not plan.tasks[0].reencode and not plan.notes
 
 
 @pytest.mark.parametrize("version", factory.V2_VERSIONS)

@@ -32,16 +32,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lance_assets._proto import table_pb2
-from lance_assets.engine.dataset import HINT_FILE, VERSIONS_DIR
+from lance_assets.engine.dataset import DATA_DIR, DELETIONS_DIR, HINT_FILE, TRANSACTIONS_DIR, VERSIONS_DIR
 from lance_assets.errors import CorruptFileError, MissingFileError, UnsupportedFeatureError
 from lance_assets.format import manifest as mf
 from lance_assets.format.protobuf import unknown_field_numbers
 from lance_assets.io import Storage
 
 DEFAULT_OLDER_THAN_SECONDS = 3600.0
-DATA_DIR = "data"
-DELETIONS_DIR = "_deletions"
-TRANSACTIONS_DIR = "_transactions"
 
 # Staging names in _versions/: ours ("<manifest>.tmp-<hex>", the conditional-write probe),
 # object_store's local staging ("<name>#<n>"), Lance's rename-commit temporaries.

@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
-from lance_assets.engine.dataset import HINT_FILE, Dataset, VersionLocation
+from lance_assets.engine.dataset import DELETIONS_DIR, HINT_FILE, TRANSACTIONS_DIR, Dataset, VersionLocation
 from lance_assets.engine.plan import CompactionPlan, fragment_file_count
 from lance_assets.engine.report import CompactionReport, RewriteResult
 from lance_assets.errors import CommitConflictError, LanceAssetsError, MissingFileError, NotADatasetError, VersionNotFoundError
@@ -31,8 +31,6 @@ from lance_assets.format.roaring import decode_bitmap, encode_bitmap
 from lance_assets.io import Storage
 from lance_assets.io.storage import AlreadyExistsError
 
-TRANSACTIONS_DIR = "_transactions"
-DELETIONS_DIR = "_deletions"
 WRITER_LIBRARY = "lance_assets"
 DEFAULT_MAX_RETRIES = 20
 
@@ -255,6 +253,8 @@ def commit_compaction(
         tasks=len(done),
         tasks_skipped=len(failed),
         skipped=skipped,
+        notes=[{"fragment_id": s.fragment_id, "reason": s.reason, "detail": s.detail} for s in plan.notes],
+        reencoded_fragments=sum(len(r.old_fragment_ids) for r in done if r.reencoded),
     )
     if not done:
         return CompactionReport(version=None, seconds=time.monotonic() - started, **base)

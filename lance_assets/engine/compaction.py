@@ -11,8 +11,7 @@ from lance_assets.engine.commit import commit_compaction, remove_files
 from lance_assets.engine.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import REASON_MATERIALIZE, CompactionPlan, CompactionTask, plan_compaction
-from lance_assets.engine.reencode import reencode_with_pylance
+from lance_assets.engine.plan import CompactionPlan, CompactionTask, plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult
 from lance_assets.io import Storage
 
@@ -35,6 +34,8 @@ def dry_run_report(plan: CompactionPlan, seconds: float = 0.0) -> CompactionRepo
         seconds=seconds,
         tasks=len(plan.tasks),
         skipped=[{"fragment_id": s.fragment_id, "reason": s.reason, "detail": s.detail} for s in plan.skipped],
+        notes=[{"fragment_id": s.fragment_id, "reason": s.reason, "detail": s.detail} for s in plan.notes],
+        reencoded_fragments=sum(len(t.fragment_ids) for t in plan.tasks if t.reencode),
         dry_run=True,
         plan=plan.to_dict(),
     )
@@ -75,32 +76,8 @@ def run_plan(
         else:
             results = _run_parallel(tasks, plan, storage, progress, on_task_done, max_workers)
         reports.append(commit_compaction(storage, plan, results))
-    report = apply_reencode_fallback(_combine(plan, reports), storage, plan)
+    report = _combine(plan, reports)
     return replace(report, seconds=time.monotonic() - started)
-
-
-def apply_reencode_fallback(report: CompactionReport, storage: Storage, plan: CompactionPlan) -> CompactionReport:
-    """Hand fragments over the deletion threshold to pylance (when installed and enabled) and count its work.
-
-    Runs after our own commit(s) of ``plan``; distributed runners call it after ``commit_compaction``.
-    """
-    if not (plan.options.reencode_fallback and plan.options.materialize_deletions):
-        return report
-    ids = [s.fragment_id for s in plan.skipped if s.reason == REASON_MATERIALIZE]
-    done = reencode_with_pylance(storage, ids, plan.options)
-    if done is None or done.version is None:
-        return report
-    return replace(
-        report,
-        version=done.version,
-        committed_versions=[*report.committed_versions, done.version],
-        fragments_removed=report.fragments_removed + done.fragments_removed,
-        fragments_added=report.fragments_added + done.fragments_added,
-        files_removed=report.files_removed + done.files_removed,
-        files_added=report.files_added + done.files_added,
-        reencoded_fragments=done.fragments_removed,
-        skipped=[s for s in report.skipped if s["reason"] != REASON_MATERIALIZE],
-    )
 
 
 def _combine(plan: CompactionPlan, reports: list[CompactionReport]) -> CompactionReport:
@@ -125,6 +102,8 @@ def _combine(plan: CompactionPlan, reports: list[CompactionReport]) -> Compactio
         skipped=reports[0].skipped[:planned] + [s for r in reports for s in r.skipped[planned:]],
         retries=sum(r.retries for r in reports),
         committed_versions=versions,
+        reencoded_fragments=sum(r.reencoded_fragments for r in reports),
+        notes=reports[0].notes,
     )
 
 

@@ -10,7 +10,6 @@ copied approximately.
 
 from __future__ import annotations
 
-import base64
 import bisect
 import time
 import uuid
@@ -21,29 +20,18 @@ from dataclasses import dataclass
 from typing import IO
 
 from lance_assets._proto import file2_pb2, file_pb2, table_pb2
-from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.copy_legacy import write_legacy_output
+from lance_assets.engine.dataset import DATA_DIR, Dataset
 from lance_assets.engine.plan import CompactionPlan, CompactionTask
+from lance_assets.engine.reencode import reencode_task
 from lance_assets.engine.report import RewriteResult
+from lance_assets.engine.rows import carry_deletions, carry_row_sequences
 from lance_assets.engine.tail import read_v2_metadata, read_v2_tail
-from lance_assets.errors import CompactionRefusedError, CorruptFileError
+from lance_assets.errors import CompactionRefusedError
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef, v2file, v2safety
-from lance_assets.format.deletion import (
-    DeletionFileType,
-    decode_deletion_file,
-    encode_deletion_file,
-)
-from lance_assets.format.rowids import (
-    RowIdSequence,
-    RowVersionSequence,
-    decode_row_ids,
-    decode_row_versions,
-    encode_row_ids,
-    encode_row_versions,
-)
 from lance_assets.io import Storage
 
-DATA_DIR = "data"
 REASON_NOT_COPYABLE = "not_copyable"
 
 ProgressCallback = Callable[[int], None]
@@ -346,7 +334,7 @@ def _write_output(
     fragment = table_pb2.DataFragment(physical_rows=rows)
     fragment.files.append(data_file)
     if ds.stable_row_ids:
-        carry_row_sequences(ds, inputs, fragment)
+        carry_row_sequences(ds, inputs, [fragment])
     return fragment, rel, bytes_read, size
 
 
@@ -398,57 +386,6 @@ def verify_output(
             )
 
 
-def carry_row_sequences(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], out: table_pb2.DataFragment) -> None:
-    """Give the merged fragment its inputs' row ids and row versions, concatenated in input order.
-
-    Row ids are never renumbered (indices and users hold them). A fragment
-    without version sequences counts as created (and last updated) at version 1.
-    """
-    where = ds.uri
-    out.inline_row_ids = encode_row_ids(RowIdSequence.concat(decode_row_ids(f.inline_row_ids, path=where) for f in inputs))
-    if not any(f.HasField("inline_created_at_versions") or f.HasField("inline_last_updated_at_versions") for f in inputs):
-        return
-    created, updated = [], []
-    for f in inputs:
-        c = (
-            decode_row_versions(f.inline_created_at_versions, path=where)
-            if f.HasField("inline_created_at_versions")
-            else RowVersionSequence.uniform(f.physical_rows, 1)
-        )
-        created.append(c)
-        updated.append(decode_row_versions(f.inline_last_updated_at_versions, path=where) if f.HasField("inline_last_updated_at_versions") else c)
-    out.inline_created_at_versions = encode_row_versions(RowVersionSequence.concat(created))
-    out.inline_last_updated_at_versions = encode_row_versions(RowVersionSequence.concat(updated))
-
-
-def _carry_deletions(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], out: table_pb2.DataFragment) -> str:
-    """Merge the inputs' deleted row offsets into one deletion file for ``out``.
-
-    Every physical row is copied, so an input's offset k becomes (rows of the
-    inputs before it) + k. Returns the encoded file as base64 ("" when nothing is
-    deleted) and fills ``out.deletion_file`` except its id and read version,
-    which the commit sets when it names the file.
-    """
-    merged: list[int] = []
-    base = 0
-    for frag in inputs:
-        if frag.HasField("deletion_file"):
-            rel = ds.deletion_file_path(frag)
-            where = ds.storage.url(rel)
-            local = decode_deletion_file(ds.storage.read(rel), DeletionFileType(frag.deletion_file.file_type), physical_rows=frag.physical_rows, path=where)
-            expected = frag.deletion_file.num_deleted_rows
-            if expected and len(local) != expected:
-                raise CorruptFileError(f"deletion file holds {len(local)} rows, the manifest says {expected}", path=where)
-            merged.extend(base + offset for offset in local)
-        base += frag.physical_rows
-    if not merged:
-        return ""
-    encoded = encode_deletion_file(merged)
-    out.deletion_file.file_type = int(encoded.file_type)
-    out.deletion_file.num_deleted_rows = encoded.num_deleted_rows
-    return base64.b64encode(encoded.data).decode("ascii")
-
-
 def execute_task(
     uri: str | Storage,
     plan: CompactionPlan,
@@ -469,9 +406,9 @@ def execute_task(
     missing = [i for i in task.fragment_ids if i not in by_id]
     if missing:
         raise CompactionRefusedError(f"fragments {missing} are not in version {plan.read_version}", path=storage.uri)
-    write_output = _write_output
-    if ds.storage_version == mf.LEGACY:  # imported here: copy_legacy imports from this module
-        from lance_assets.engine.copy_legacy import write_legacy_output as write_output
+    if task.reencode:
+        return reencode_task(ds, plan, task, started)
+    write_output = write_legacy_output if ds.storage_version == mf.LEGACY else _write_output
     written: list[str] = []
     fragments: list[str] = []
     deletions: list[str] = []
@@ -481,7 +418,7 @@ def execute_task(
             inputs = [by_id[i] for i in output.fragment_ids]
             frag, rel, n_read, n_written = write_output(ds, inputs, plan.options.read_batch_bytes, progress, plan.options.verify_output)
             written.append(rel)
-            deletions.append(_carry_deletions(ds, inputs, frag))
+            deletions.append(carry_deletions(ds, inputs, frag))
             fragments.append(RewriteResult.encode_fragment(frag))
             bytes_read += n_read
             bytes_written += n_written

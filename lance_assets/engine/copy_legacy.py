@@ -35,8 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lance_assets._proto import file_pb2, table_pb2
-from lance_assets.engine.copy import DATA_DIR, carry_row_sequences
-from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.dataset import DATA_DIR, Dataset
+from lance_assets.engine.rows import carry_row_sequences
 from lance_assets.engine.tail import read_parsed_tail
 from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedFeatureError
 from lance_assets.format import legacy
@@ -303,5 +303,5 @@ def write_legacy_output(
     fragment = table_pb2.DataFragment(physical_rows=rows)
     fragment.files.append(data_file)
     if ds.stable_row_ids:
-        carry_row_sequences(ds, inputs, fragment)
+        carry_row_sequences(ds, inputs, [fragment])
     return fragment, rel, copier.bytes_read, size

@@ -17,7 +17,11 @@ from lance_assets.errors import MissingFileError, NotADatasetError, StorageError
 from lance_assets.format import manifest as mf
 from lance_assets.io import Storage
 
+# The dataset's folders, relative to its root.
 VERSIONS_DIR = "_versions"
+DATA_DIR = "data"
+DELETIONS_DIR = "_deletions"
+TRANSACTIONS_DIR = "_transactions"
 HINT_FILE = f"{VERSIONS_DIR}/latest_version_hint.json"
 
 
@@ -174,13 +178,13 @@ class Dataset:
 
     def data_file_path(self, data_file: table_pb2.DataFile) -> str:
         """Path of a data file relative to the dataset root (or a base path URL)."""
-        return self._under_base("data", data_file.path, data_file.base_id if data_file.HasField("base_id") else None)
+        return self._under_base(DATA_DIR, data_file.path, data_file.base_id if data_file.HasField("base_id") else None)
 
     def deletion_file_path(self, fragment: table_pb2.DataFragment) -> str:
         d = fragment.deletion_file
         ext = "bin" if d.file_type == table_pb2.DeletionFile.BITMAP else "arrow"
         name = f"{fragment.id}-{d.read_version}-{d.id}.{ext}"
-        return self._under_base("_deletions", name, d.base_id if d.HasField("base_id") else None)
+        return self._under_base(DELETIONS_DIR, name, d.base_id if d.HasField("base_id") else None)
 
     def _under_base(self, folder: str, name: str, base_id: int | None) -> str:
         if base_id is None:

@@ -21,6 +21,7 @@ from typing import Any
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
+from lance_assets.engine.reencode import pylance_available
 from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
@@ -31,7 +32,8 @@ from lance_assets.format.roaring import decode_bitmap
 # Reasons a fragment is not compacted; stable strings, part of the JSON output.
 REASON_EXCLUDED = "excluded"
 REASON_DELETIONS = "deletions"  # no longer produced (deletions are carried forward); kept for old plans
-REASON_MATERIALIZE = "materialize_deletions"
+REASON_MATERIALIZE = "materialize_deletions"  # a lone fragment whose deleted rows only a re-encode drops
+NOTE_DELETIONS_KEPT = "deletions_kept"  # merged by binary copy although over the threshold
 REASON_LARGE = "at_target_size"
 REASON_INDEXED = "indexed"
 REASON_UNKNOWN_FIELDS = "unknown_fragment_fields"
@@ -73,6 +75,7 @@ class CompactionTask:
     bytes: int
     outputs: tuple[OutputFile, ...]
     files: int = 0  # data and deletion files the task's fragments hold (what a commit removes)
+    reencode: bool = False  # written by pylance's re-encode (deleted rows dropped), not binary copy
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class CompactionPlan:
     skipped: tuple[SkippedFragment, ...]
     options: CompactionOptions
     splits: tuple[PlanSplit, ...] = ()
+    #: Fragments merged with a caveat (e.g. deleted rows kept because nothing can re-encode them).
+    notes: tuple[SkippedFragment, ...] = ()
 
     @property
     def bytes_to_read(self) -> int:
@@ -131,12 +136,14 @@ class CompactionPlan:
                 bytes=t["bytes"],
                 outputs=tuple(OutputFile(tuple(o["fragment_ids"]), o["rows"], o["bytes"]) for o in t["outputs"]),
                 files=t.get("files", 0),
+                reencode=t.get("reencode", False),
             )
             for t in data["tasks"]
         )
         skipped = tuple(SkippedFragment(**s) for s in data["skipped"])
         splits = tuple(PlanSplit(**s) for s in data.get("splits", ()))
-        return cls(data["uri"], data["read_version"], data["storage_version"], tasks, skipped, options, splits)
+        notes = tuple(SkippedFragment(**s) for s in data.get("notes", ()))
+        return cls(data["uri"], data["read_version"], data["storage_version"], tasks, skipped, options, splits, notes)
 
 
 # --- fragment properties ---------------------------------------------------------
@@ -242,8 +249,12 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
     # distinct one is worked out once.
     check_unknown = has_unknown_fields(ds.manifest)
     layouts: dict[Any, tuple[tuple[int, bool], ...]] = {}
+    # Lance's "compact itself" candidates: fragments whose deleted share is over the threshold.
+    over: set[int] = set()
     for frag in fragments:
-        reason = _candidate_reason(ds, frag, options, live_ids, index_sets, pinned, check_unknown, layouts)
+        if _over_threshold(frag, options):
+            over.add(frag.id)
+        reason = _candidate_reason(ds, frag, options, live_ids, index_sets, pinned, check_unknown, layouts, frag.id in over)
         if isinstance(reason, SkippedFragment):
             skipped.append(reason)
             candidates.append(None)
@@ -252,22 +263,28 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
 
     tasks: list[CompactionTask] = []
     splits: list[PlanSplit] = []
+    notes: list[SkippedFragment] = []
+    why_not_reencode = "" if not over else _why_not_reencode(options)
     layers = _LayerSplitter(ds, options)
     source_budget = options.max_source_fragments
     for bin_ in _bins(candidates):
         pieces = layers.split(bin_, skipped, splits)
         for group in (g for piece in pieces for g in _split_by_target(piece, options.target_rows_per_fragment)):
             ids = [f.id for f in group]
-            if len(group) < 2:
+            heavy = [i for i in ids if i in over]
+            reencode = bool(heavy) and not why_not_reencode
+            if len(group) < 2 and not reencode:
                 alone = layers.alone.get(ids[0]) if ids else None
-                if alone is not None:
+                if heavy:
+                    skipped.append(SkippedFragment(ids[0], REASON_MATERIALIZE, _heavy_detail(group[0], options, why_not_reencode)))
+                elif alone is not None:
                     skipped.append(SkippedFragment(ids[0], REASON_INCOMPATIBLE_LAYERS, alone))
                 else:
                     skipped.extend(SkippedFragment(i, REASON_ALONE, "no adjacent small fragment with the same layout and indices") for i in ids)
                 continue
             sizes = {f.id: ds.data_bytes(f.files, exact=options.max_bytes_per_file is not None) for f in group}
-            outputs = _outputs(group, sizes, options_for_outputs)
-            if len(outputs) >= len(group):
+            outputs = _reencode_outputs(group, sizes, options) if reencode else _outputs(group, sizes, options_for_outputs)
+            if not reencode and len(outputs) >= len(group):
                 skipped.extend(SkippedFragment(i, REASON_NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids)
                 continue
             if source_budget is not None and len(group) > source_budget:
@@ -284,12 +301,54 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
                     bytes=sum(sizes.values()),
                     outputs=outputs,
                     files=sum(fragment_file_count(f) for f in group),
+                    reencode=reencode,
                 )
             )
+            if heavy and not reencode:
+                notes.extend(SkippedFragment(f.id, NOTE_DELETIONS_KEPT, _heavy_detail(f, options, why_not_reencode)) for f in group if f.id in over)
     skipped.sort(key=lambda s: s.fragment_id)
     return CompactionPlan(
-        ds.uri, ds.version, mf.storage_version_name(ds.storage_version), tuple(tasks), tuple(skipped), options, tuple(splits)
+        ds.uri, ds.version, mf.storage_version_name(ds.storage_version), tuple(tasks), tuple(skipped), options, tuple(splits), tuple(notes)
     )
+
+
+def _over_threshold(frag: table_pb2.DataFragment, options: CompactionOptions) -> bool:
+    """Whether Lance would rewrite ``frag`` to drop its deleted rows (its deleted share is over the threshold)."""
+    if not options.materialize_deletions or not frag.HasField("deletion_file"):
+        return False
+    return frag.deletion_file.num_deleted_rows > options.materialize_deletions_threshold * frag.physical_rows
+
+
+def _why_not_reencode(options: CompactionOptions) -> str:
+    """Why groups over the deletion threshold cannot be re-encoded ("" when they can)."""
+    if not options.reencode_fallback:
+        return "re-encoding is turned off (reencode_fallback)"
+    if not pylance_available():
+        return "re-encoding needs pylance: pip install 'lance_assets[reencode]'"
+    return ""
+
+
+def _heavy_detail(frag: table_pb2.DataFragment, options: CompactionOptions, why: str) -> str:
+    deleted = frag.deletion_file.num_deleted_rows
+    return (
+        f"{deleted} of {frag.physical_rows} rows deleted (over {options.materialize_deletions_threshold:.0%}); "
+        f"binary copy keeps them as a deletion file: {why}"
+    )
+
+
+def _reencode_outputs(group: list[table_pb2.DataFragment], sizes: dict[int, int], options: CompactionOptions) -> tuple[OutputFile, ...]:
+    """The files a re-encode of ``group`` writes: its live rows cut every min(target, row cap) rows.
+
+    Each output names every input (rows are re-cut, not copied file by file); bytes are estimated
+    in proportion to the live rows.
+    """
+    ids = tuple(f.id for f in group)
+    live = sum(f.physical_rows - (f.deletion_file.num_deleted_rows if f.HasField("deletion_file") else 0) for f in group)
+    physical = sum(f.physical_rows for f in group) or 1
+    size = sum(sizes.values()) * live // physical
+    cap = min(options.target_rows_per_fragment, options.row_cap)
+    counts = [cap] * (live // cap) + ([live % cap] if live % cap or not live else [])
+    return tuple(OutputFile(ids, n, size * n // max(live, 1)) for n in counts)
 
 
 _NO_INDICES: frozenset[str] = frozenset()
@@ -304,6 +363,7 @@ def _candidate_reason(
     pinned: dict[int, str],
     check_unknown: bool = True,
     layouts: dict[Any, tuple[tuple[int, bool], ...]] | None = None,
+    over_threshold: bool = False,
 ) -> SkippedFragment | tuple[Any, ...]:
     """Why ``frag`` cannot be compacted, or its bin key when it can.
 
@@ -323,15 +383,7 @@ def _candidate_reason(
         return skip(REASON_EXCLUDED, "listed in excluded_fragment_ids")
     if rows == 0 or not files:
         return skip(REASON_EMPTY, "fragment has no rows or no data files")
-    if frag.HasField("deletion_file") and options.materialize_deletions:
-        deleted = frag.deletion_file.num_deleted_rows
-        if deleted > options.materialize_deletions_threshold * frag.physical_rows:
-            return skip(
-                REASON_MATERIALIZE,
-                f"{deleted} of {frag.physical_rows} rows deleted (over {options.materialize_deletions_threshold:.0%}): "
-                "removing them needs a re-encode, which binary copy does not do",
-            )
-    if rows >= options.target_rows_per_fragment:
+    if rows >= options.target_rows_per_fragment and not over_threshold:
         return skip(REASON_LARGE, f"{rows} rows >= target {options.target_rows_per_fragment}")
     if check_unknown:
         unknown = unknown_field_numbers(frag) + [n for df in files for n in unknown_field_numbers(df)]

@@ -1,33 +1,31 @@
-"""The re-encode fallback: fragments with too many deleted rows, through pylance's own compaction.
+"""Re-encoding a group whose deleted rows must go, inside the same compaction and commit.
 
-Binary copy keeps every physical row, so it cannot drop deleted rows. Lance
-rewrites a fragment whose deleted share exceeds ``materialize_deletions_threshold``;
-when pylance is installed (the ``reencode`` extra) we ask it to do exactly that
-for the fragments our plan left with reason ``materialize_deletions`` — every
-other fragment is excluded, so nothing else is touched. Without pylance the
-fragments simply stay skipped with that reason.
+Binary copy keeps every physical row, so it cannot drop deleted rows. Lance re-encodes a
+fragment whose deleted share exceeds ``materialize_deletions_threshold`` together with its
+neighbours in the bin. When pylance is installed (the ``reencode`` extra) a task holding such a
+fragment is written by pylance's fragment writer -- the live rows of the group, read in order --
+and *not* committed by pylance: the new fragments go into our Rewrite like every binary-copied
+group, with the inputs' row ids and versions (deleted rows removed) carried by us. Without
+pylance the group is binary-copied and its deletions are carried forward as a deletion file.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.options import CompactionOptions
-from lance_assets.errors import CompactionRefusedError
-from lance_assets.io import Storage
+from lance_assets._proto import table_pb2
+from lance_assets.engine.dataset import DATA_DIR, Dataset
+from lance_assets.engine.report import RewriteResult
+from lance_assets.engine.rows import carry_row_sequences
+from lance_assets.format import manifest as mf
 from lance_assets.io.storage import UNSAFE_COMMIT_OPTION
 
+if TYPE_CHECKING:  # the planner asks pylance_available(), so this module must not import it
+    from lance_assets.engine.plan import CompactionPlan, CompactionTask
 
-@dataclass(frozen=True)
-class ReencodeResult:
-    version: int | None
-    fragments_removed: int
-    fragments_added: int
-    files_removed: int
-    files_added: int
+REASON_REENCODE_FAILED = "reencode_failed"
 
 
 def pylance_available() -> bool:
@@ -38,39 +36,90 @@ def pylance_available() -> bool:
     return True
 
 
-def reencode_with_pylance(storage: Storage, fragment_ids: list[int], options: CompactionOptions) -> ReencodeResult | None:
-    """Re-encode ``fragment_ids`` (dropping their deleted rows) with pylance; None without pylance.
+def pylance_storage_options(storage_options: dict[str, Any]) -> dict[str, str] | None:
+    """The storage options pylance (object_store) takes: plain values, none of our own keys."""
+    out = {k: str(v) for k, v in storage_options.items() if k != UNSAFE_COMMIT_OPTION and isinstance(v, (str, int, float, bool))}
+    return out or None
 
-    Fragments that vanished since planning are ignored; if none is left nothing runs.
+
+def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, started: float) -> RewriteResult:
+    """Write the live rows of ``task``'s fragments as new fragments with pylance; commits nothing.
+
+    pylance failing (or missing) makes the task skipped with reason ``reencode_failed``; the
+    other tasks still commit, and whatever pylance wrote is an orphan for ``cleanup``.
     """
-    if not fragment_ids or not pylance_available():
-        return None
-    import lance
 
-    latest = Dataset.open(storage)
-    present = {f.id for f in latest.manifest.fragments}
-    wanted = set(fragment_ids) & present
-    if not wanted:
-        return None
-    pylance_options: dict[str, Any] = {k: str(v) for k, v in options.storage_options.items() if k != UNSAFE_COMMIT_OPTION and isinstance(v, (str, int, float, bool))}
+    def failed(detail: str) -> RewriteResult:
+        return RewriteResult(
+            task_id=task.task_id,
+            old_fragment_ids=task.fragment_ids,
+            seconds=time.monotonic() - started,
+            skipped_reason=REASON_REENCODE_FAILED,
+            skipped_detail=detail,
+        )
+
+    if not pylance_available():
+        return failed("re-encoding needs pylance: pip install 'lance_assets[reencode]'")
+    import lance
+    import lance.fragment
+
+    options = plan.options
+    by_id = {f.id: f for f in ds.manifest.fragments}
+    inputs = [by_id[i] for i in task.fragment_ids]
+    live = sum(f.physical_rows - (f.deletion_file.num_deleted_rows if f.HasField("deletion_file") else 0) for f in inputs)
+    version = mf.storage_version_name(ds.storage_version)
+    pylance_options = pylance_storage_options(options.storage_options)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = lance.dataset(storage.uri, storage_options=pylance_options or None)
-            metrics = ds.optimize.compact_files(
-                target_rows_per_fragment=options.target_rows_per_fragment,
-                materialize_deletions=True,
-                materialize_deletions_threshold=options.materialize_deletions_threshold,
-                compaction_mode="reencode",
-                excluded_fragment_ids=sorted(present - wanted),
+            source = lance.dataset(ds.storage.uri, version=plan.read_version, storage_options=pylance_options)
+            reader = source.scanner(fragments=[source.get_fragment(i) for i in task.fragment_ids], scan_in_order=True).to_reader()
+            written = lance.fragment.write_fragments(
+                reader,
+                ds.storage.uri,
+                schema=reader.schema,
+                mode="append",
+                max_rows_per_file=min(options.target_rows_per_fragment, options.row_cap),
+                max_bytes_per_file=options.max_bytes_per_file or 90 * 1024**3,
+                data_storage_version="legacy" if ds.storage_version == mf.LEGACY else version,
+                storage_options=pylance_options,
             )
-    except Exception as exc:  # noqa: BLE001 - pylance raises plain OSError/ValueError; ours already committed
-        raise CompactionRefusedError(f"pylance could not re-encode fragments {sorted(wanted)[:10]}: {exc}", path=storage.uri) from None
-    after = Dataset.open(storage)
-    return ReencodeResult(
-        version=after.version if after.version != latest.version else None,
-        fragments_removed=metrics.fragments_removed,
-        fragments_added=metrics.fragments_added,
-        files_removed=metrics.files_removed,
-        files_added=metrics.files_added,
+    except Exception as exc:  # noqa: BLE001 - pylance raises plain OSError/ValueError/RuntimeError
+        return failed(f"pylance could not re-encode fragments {list(task.fragment_ids)[:10]}: {exc}")
+    fragments = [_fragment(meta.to_json()) for meta in written]
+    files = [f"{DATA_DIR}/{df.path}" for f in fragments for df in f.files]
+    rows = sum(f.physical_rows for f in fragments)
+    if rows != live:
+        for rel in files:
+            ds.storage.delete(rel, missing_ok=True)
+        return failed(f"pylance wrote {rows} rows for {live} live rows")
+    if ds.stable_row_ids:
+        carry_row_sequences(ds, inputs, fragments, live_only=True)
+    return RewriteResult(
+        task_id=task.task_id,
+        old_fragment_ids=task.fragment_ids,
+        new_fragments=tuple(RewriteResult.encode_fragment(f) for f in fragments),
+        files_written=tuple(files),
+        rows=rows,
+        bytes_read=task.bytes,
+        bytes_written=sum(df.file_size_bytes for f in fragments for df in f.files),
+        seconds=time.monotonic() - started,
+        reencoded=True,
     )
+
+
+def _fragment(meta: dict[str, Any]) -> table_pb2.DataFragment:
+    """Our DataFragment for pylance's FragmentMetadata (id assigned at commit)."""
+    out = table_pb2.DataFragment(physical_rows=int(meta["physical_rows"]))
+    for f in meta["files"]:
+        df = out.files.add(
+            path=f["path"],
+            fields=f["fields"],
+            column_indices=f.get("column_indices") or [],
+            file_major_version=int(f.get("file_major_version") or 0),
+            file_minor_version=int(f.get("file_minor_version") or 0),
+            file_size_bytes=int(f.get("file_size_bytes") or 0),
+        )
+        if f.get("base_id") is not None:
+            df.base_id = int(f["base_id"])
+    return out

@@ -30,6 +30,7 @@ class RewriteResult:
     seconds: float = 0.0
     skipped_reason: str = ""
     skipped_detail: str = ""
+    reencoded: bool = False  # written by pylance's re-encode (deleted rows dropped), not by binary copy
 
     @property
     def ok(self) -> bool:
@@ -85,7 +86,8 @@ class CompactionReport:
     plan: dict[str, Any] | None = None
     retries: int = 0
     committed_versions: list[int] = field(default_factory=list)
-    reencoded_fragments: int = 0  # fragments over the deletion threshold re-encoded by pylance
+    reencoded_fragments: int = 0  # fragments of groups re-encoded by pylance (deleted rows dropped)
+    notes: list[dict[str, Any]] = field(default_factory=list)  # {fragment_id, reason, detail}: merged, with a caveat
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

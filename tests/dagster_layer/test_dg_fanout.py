@@ -174,16 +174,20 @@ def test_fanout_dry_run_starts_no_copy_task(tmp_path: Path, instance: dg.Dagster
     assert tree_digest(tmp_path / "a.lance") == before
 
 
-def test_fanout_commit_applies_the_reencode_fallback(tmp_path: Path, instance: dg.DagsterInstance) -> None:
-    """A heavily deleted fragment goes to pylance after the fan-out commit, as in the asset path."""
+def test_fanout_reencodes_heavily_deleted_groups_in_its_one_commit(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """A heavily deleted fragment is re-encoded with its bin by a copy task (pylance writes, we
+    commit), as in the asset path: one new version."""
     path = tmp_path / "a.lance"
     make_dataset(path, 12)
     lance.dataset(str(path)).delete("id < 8")  # the first 10-row fragment loses 80%
     before = table_of(path)
+    start = lance.dataset(str(path)).version
     defs = build_lance_compaction_defs("t", root=str(tmp_path), partitioning=dg.StaticPartitionsDefinition(["a"]))
     result = defs.resolve_job_def("t_fanout_compaction").execute_in_process(
         run_config={"ops": {"t_plan": {"config": {"target_rows_per_fragment": TARGET}}}}, instance=instance, partition_key="a"
     )
     assert result.success
     assert table_of(path).equals(before)
-    assert sorted(fragment_rows(path)) == [2, 30, 40, 40]  # 80%-deleted fragment re-encoded to its 2 live rows; 11 merged
+    assert lance.dataset(str(path)).version == start + 1
+    # fragments 0-3 (0 lost 8 of its 10 rows) re-encoded to their 32 live rows; 4-7 and 8-11 copied
+    assert sorted(fragment_rows(path)) == [32, 40, 40]
