@@ -93,3 +93,30 @@ def test_killed_run_keeps_finished_groups_and_next_run_finishes(tmp_path: Path) 
     assert report.tasks == 2
     assert _rows(path) == before
     assert len(lance.dataset(str(path)).get_fragments()) == 6  # 3 merged + 3 large
+
+
+def test_a_failure_after_a_landed_commit_is_reported_not_raised(tmp_path: Path) -> None:
+    """The second group's commit loses to a concurrent delete of one of its fragments: the first
+    group's version landed, so the run returns its report (the CLI exits 0 with it) and lists
+    what was left uncommitted instead of raising."""
+    path = tmp_path / "ds.lance"
+    _dataset(path, 3)
+    start = lance.dataset(str(path)).version
+    options = CompactionOptions(target_rows_per_fragment=200, commit_every=1)
+    plan = plan_compaction(str(path), options)
+    second = plan.tasks[1].fragment_ids
+
+    def on_task_done(result) -> None:  # type: ignore[no-untyped-def]
+        if result.task_id == 1:  # group 0 committed, group 1 copied, not yet committed
+            lance.dataset(str(path)).delete(f"id = {sum(_dataset_sizes(3)[: second[0]])}")
+
+    report = compact(str(path), options, on_task_done=on_task_done)
+    assert report.committed_versions == [start + 1] and report.version == start + 1
+    left = {s["fragment_id"]: s for s in report.skipped if s["reason"] == "not_committed"}
+    assert sorted(left) == sorted(second + plan.tasks[2].fragment_ids)
+    assert "CommitConflictError" in left[second[0]]["detail"]
+    assert lance.dataset(str(path)).version == start + 2  # ours, then the concurrent delete
+
+
+def _dataset_sizes(groups: int) -> list[int]:
+    return [50, 50, 50, 300] * groups

@@ -17,6 +17,10 @@ from lance_assets.io import Storage
 
 ProgressCallback = Callable[[int], None]
 
+#: Tasks of a partial-progress run (``commit_every``) that a failure stopped after earlier
+#: commits had landed: reported in ``skipped`` while the run still reports its landed versions.
+REASON_NOT_COMMITTED = "not_committed"
+
 
 def dry_run_report(plan: CompactionPlan, seconds: float = 0.0) -> CompactionReport:
     """What a compaction would do: the plan's bytes, nothing written or committed."""
@@ -68,14 +72,28 @@ def run_plan(
     started = time.monotonic()
     storage = storage or Storage(plan.uri, plan.options.storage_options)
     step = plan.options.commit_every or max(1, len(plan.tasks))
-    reports = []
+    reports: list[CompactionReport] = []
     for first in range(0, max(1, len(plan.tasks)), step):
         tasks = plan.tasks[first : first + step]
-        if max_workers == 1 or len(tasks) < 2:
-            results = _run_sequential(tasks, plan, storage, progress, on_task_done)
-        else:
-            results = _run_parallel(tasks, plan, storage, progress, on_task_done, max_workers)
-        reports.append(commit_compaction(storage, plan, results))
+        try:
+            if max_workers == 1 or len(tasks) < 2:
+                results = _run_sequential(tasks, plan, storage, progress, on_task_done)
+            else:
+                results = _run_parallel(tasks, plan, storage, progress, on_task_done, max_workers)
+            reports.append(commit_compaction(storage, plan, results))
+        except Exception as exc:
+            if not any(r.committed_versions for r in reports):
+                raise  # nothing landed: the dataset is as it was, so this run failed
+            # Earlier partial commits landed: report them (a caller must not retry them as
+            # failed) and list what this and later chunks left uncommitted.
+            left = plan.tasks[first:]
+            failed = [
+                {"fragment_id": i, "reason": REASON_NOT_COMMITTED, "detail": f"{type(exc).__name__}: {exc}"}
+                for t in left
+                for i in t.fragment_ids
+            ]
+            reports[-1] = replace(reports[-1], skipped=reports[-1].skipped + failed, tasks_skipped=reports[-1].tasks_skipped + len(left))
+            break
     report = _combine(plan, reports)
     return replace(report, seconds=time.monotonic() - started)
 
