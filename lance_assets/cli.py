@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--materialize-deletions-threshold", type=float, default=0.1, metavar="FRACTION")
     p.add_argument(
         "--reencode-fallback", action=argparse.BooleanOptionalAction, default=True,
-        help="re-encode those fragments with pylance's own compaction when pylance is installed",
+        help="re-encode groups holding such fragments with pylance's fragment writer (when installed), in the same commit",
     )
     p.add_argument(
         "--verify-output", action=argparse.BooleanOptionalAction, default=True,
