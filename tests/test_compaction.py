@@ -16,6 +16,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,11 @@ import pytest
 
 import factory
 from lance_assets.engine.commit import commit_compaction
-from lance_assets.engine.compaction import compact
+from lance_assets.engine.compaction import compact, run_plan
 from lance_assets.engine.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, plan_compaction
+from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile, plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult
 from support import Before, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
 
@@ -712,14 +713,12 @@ def test_legacy_whole_batches(tmp_path: Path, make: str) -> None:
     pylance_keeps_working(path, before)
 
 
-def test_legacy_uneven_batches_are_left_alone(dataset_copy: Callable[[str, str], Path]) -> None:
-    path = dataset_copy("appends", "legacy")  # 100, 1, 250, 30: batches of unequal size
-    digest = tree_digest(path)
-    report = compact(str(path), CompactionOptions())
-    assert report.version is None
-    assert {s["reason"] for s in report.skipped} <= {"legacy_format", "not_copyable"}
-    assert sorted(s["fragment_id"] for s in report.skipped) == [0, 1, 2, 3]
-    assert tree_digest(path) == digest
+def test_legacy_appends_merge_where_batches_allow(dataset_copy: Callable[[str, str], Path]) -> None:
+    """100, 1, 250, 30 rows (one batch each): [100, 1] and [250, 30] can each share a legacy file."""
+    path = dataset_copy("appends", "legacy")
+    plan, report, ds, _ = run_and_check(path, CompactionOptions())
+    assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1], [2, 3]]
+    assert report.tasks == 2 and report.tasks_skipped == 0 and len(ds.get_fragments()) == 2
 
 
 def test_one_task_refused_the_other_committed(tmp_path: Path) -> None:
@@ -730,8 +729,15 @@ def test_one_task_refused_the_other_committed(tmp_path: Path) -> None:
     data_before = {p.name for p in (path / "data").iterdir()}
     options = CompactionOptions(target_rows_per_fragment=2000)
     plan = plan_compaction(str(path), options)
-    assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1], [3, 4]]
-    report = compact(str(path), options)
+    assert [list(t.fragment_ids) for t in plan.tasks] == [[3, 4]]  # the planner already splits 0 | 1
+    assert {s.fragment_id: s.reason for s in plan.skipped} == {0: "uneven_batches", 1: "uneven_batches", 2: "at_target_size"}
+    # a plan made elsewhere (e.g. by an older planner) that merges 0 and 1 anyway
+    forced = replace(
+        plan,
+        tasks=(CompactionTask(0, (0, 1), 101, 0, (OutputFile((0, 1), 101, 0),), files=2), replace(plan.tasks[0], task_id=1)),
+        skipped=tuple(s for s in plan.skipped if s.fragment_id == 2),
+    )
+    report = run_plan(forced)
     assert report.version == before.version + 1
     assert report.tasks == 1 and report.tasks_skipped == 1
     assert report.fragments_removed == 2 and report.fragments_added == 1

@@ -388,19 +388,36 @@ def test_outputs_respect_legacy_row_limit(tmp_path: Path, version: str) -> None:
 
 
 # --- refusals ----------------------------------------------------------------------------------------
-def test_uneven_batches_are_refused(copy_of: Callable[[str], Path]) -> None:
+def test_uneven_batches_are_split_in_the_plan(copy_of: Callable[[str], Path]) -> None:
     """[7, 3] + [7, 7, 7, 4] + [7, 3] would put batches of different sizes in one file.
 
     Lance's legacy pushdown scan (and delete, which finds rows with it) would then compute
     wrong row addresses: we verified that such a file makes ``delete("id = 12")`` remove the
-    row with id 16. So the task is skipped, and nothing changes on disk.
+    row with id 16. The planner reads the batch sizes and splits the bin, so the dry run and
+    the run agree: every fragment ends with a partial batch, none merges, nothing changes.
     """
     path = copy_of("uneven")
     digest = tree_digest(path)
+    dry = compact(str(path), CompactionOptions(dry_run=True))
     report = compact(str(path))
-    assert report.version is None and report.tasks_skipped == 1
-    assert {s["reason"] for s in report.skipped} == {"not_copyable"}
-    assert all("same size" in s["detail"] and "[7, 3, 7, 7, 7, 4, 7, 3]" in s["detail"] for s in report.skipped)
+    assert report.version is None and report.tasks == dry.tasks == 0
+    assert report.skipped == dry.skipped
+    assert {s["reason"] for s in report.skipped} == {"uneven_batches"}
+    assert all("partial batch" in s["detail"] for s in report.skipped)
+    assert [(s["left_fragment_id"], s["right_fragment_id"]) for s in dry.plan["splits"]] == [(0, 1), (1, 2)]
+    assert tree_digest(path) == digest
+
+
+def test_uneven_batches_are_refused_by_the_copier(copy_of: Callable[[str], Path]) -> None:
+    """A plan made elsewhere that merges them anyway is refused at execution, nothing written."""
+    path = copy_of("uneven")
+    digest = tree_digest(path)
+    d = Dataset.open(str(path))
+    task = CompactionTask(0, (0, 1, 2), 45, 0, (OutputFile((0, 1, 2), 45, 0),))
+    plan = CompactionPlan(str(path), d.version, "legacy", (task,), (), CompactionOptions())
+    result = execute_task(str(path), plan, task)
+    assert result.skipped_reason == "not_copyable"
+    assert "same size" in result.skipped_detail and "[7, 3, 7, 7, 7, 4, 7, 3]" in result.skipped_detail
     assert tree_digest(path) == digest
 
 
@@ -408,10 +425,14 @@ def test_uneven_batches_would_break_pylance(copy_of: Callable[[str], Path], monk
     """Why the refusal above exists: with the check disabled, plain scans of the merged file look
     right, but pylance's filtered scan assigns wrong row addresses and delete removes a wrong row."""
     import lance_assets.engine.copy_legacy as copy_legacy
+    from lance_assets.engine.commit import commit_compaction
 
     path = copy_of("uneven")
     monkeypatch.setattr(copy_legacy, "_check_batches", lambda batch_rows, where: None)
-    compact(str(path))
+    d = Dataset.open(str(path))
+    task = CompactionTask(0, (0, 1, 2), 45, 0, (OutputFile((0, 1, 2), 45, 0),))
+    plan = CompactionPlan(str(path), d.version, "legacy", (task,), (), CompactionOptions())
+    commit_compaction(str(path), plan, [execute_task(str(path), plan, task)])
     ds = lance.dataset(str(path))
     assert ds.to_table()["id"].to_pylist() == list(range(45))
     scan = ds.to_table(with_row_id=True, columns=["id"])["_rowid"].to_pylist()

@@ -230,14 +230,16 @@ def test_indices_split_bins_on_stable_row_id_datasets(planning_datasets: Build) 
 
 
 def test_legacy_dataset(dataset_cache: Callable[[str, str], Path]) -> None:
-    """Legacy datasets are either refused as a whole (``legacy_format``) or binned like Lance bins them."""
+    """Legacy datasets are binned like Lance bins them, then split where batches of different
+    sizes would meet in one file (legacy readers find batch i at row i x the first batch's size):
+    fragments of 100, 1, 250 and 30 rows (one batch each) merge as [100, 1] and [250, 30]."""
     path = dataset_cache("appends", "legacy")
     plan = plan_compaction(str(path))
     assert plan.storage_version == "legacy"
-    if plan.tasks:
-        assert task_ids(plan) == lance_task_ids(path)
-    else:
-        assert skips(plan) == {i: "legacy_format" for i in range(4)}
+    assert lance_task_ids(path) == [[0, 1, 2, 3]]
+    assert task_ids(plan) == [[0, 1], [2, 3]]
+    assert [(s.left_fragment_id, s.right_fragment_id, s.reason) for s in plan.splits] == [(1, 2, "uneven_batches")]
+    assert "partial batch" in plan.splits[0].detail
     assert_partition(plan, range(4))
 
 

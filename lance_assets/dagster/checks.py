@@ -12,8 +12,7 @@ import dagster as dg
 
 from lance_assets.dagster.assets import READ_BACK_CHECK, ROWS_CHECK, SMALL_CHECK, AssetKeys
 from lance_assets.dagster.resources import LanceDatasets
-from lance_assets.engine.tail import read_v2_metadata
-from lance_assets.engine.copy_legacy import read_legacy_metadata
+from lance_assets.engine.tail import read_legacy_metadata, read_v2_metadata
 from lance_assets.engine.dataset import Dataset
 from lance_assets.errors import LanceAssetsError
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import DATA_DIR, Dataset
 from lance_assets.engine.rows import carry_row_sequences
-from lance_assets.engine.tail import read_parsed_tail
+from lance_assets.engine.tail import read_legacy_metadata, read_legacy_tail
 from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedFeatureError
 from lance_assets.format import legacy
 from lance_assets.format import manifest as mf
@@ -67,15 +67,6 @@ class _Input:
         return None
 
 
-def read_legacy_metadata(storage: Storage, rel_path: str, size_hint: int = 0) -> legacy.LegacyFileMetadata:
-    """Parse a legacy data file's tail (one read for typical files)."""
-    return _read_legacy(storage, rel_path, size_hint)[0]
-
-
-def _read_legacy(storage: Storage, rel_path: str, size_hint: int = 0) -> tuple[legacy.LegacyFileMetadata, bytes, int]:
-    return read_parsed_tail(storage, rel_path, legacy.parse_tail, legacy.NeedMore, legacy.DEFAULT_TAIL_SIZE, size_hint)
-
-
 def _inputs(ds: Dataset, frag: table_pb2.DataFragment, schema: dict[int, file_pb2.Field]) -> list[_Input]:
     out = []
     for df in frag.files:
@@ -83,7 +74,7 @@ def _inputs(ds: Dataset, frag: table_pb2.DataFragment, schema: dict[int, file_pb
         where = ds.storage.url(rel)
         if mf.data_file_version(df) != mf.LEGACY:
             raise CompactionRefusedError("data file is not a legacy (0.x) file in a legacy dataset", path=where)
-        meta, tail, tail_offset = _read_legacy(ds.storage, rel, df.file_size_bytes)
+        meta, tail, tail_offset = read_legacy_tail(ds.storage, rel, df.file_size_bytes)
         if meta.num_rows != frag.physical_rows:
             raise CompactionRefusedError(f"file holds {meta.num_rows} rows but fragment {frag.id} has {frag.physical_rows}", path=where)
         # Lance sizes the page table from the DataFile (first id .. max id), not from the file.

@@ -22,7 +22,7 @@ from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.reencode import pylance_available
-from lance_assets.engine.tail import read_v2_metadata
+from lance_assets.engine.tail import read_legacy_metadata, read_v2_metadata
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
 from lance_assets.format.v2file import FileVersion
@@ -51,6 +51,7 @@ REASON_ALONE = "no_neighbour"
 REASON_NO_REDUCTION = "no_reduction"
 REASON_SOURCE_LIMIT = "max_source_fragments"
 REASON_INCOMPATIBLE_LAYERS = "incompatible_layers"
+REASON_UNEVEN_BATCHES = "uneven_batches"  # legacy: batches of different sizes cannot share a file
 
 BLOB_METADATA_KEY = "lance-encoding:blob"
 BLOB_V2_EXTENSION = "lance.blob.v2"
@@ -63,6 +64,7 @@ class OutputFile:
     fragment_ids: tuple[int, ...]
     rows: int
     bytes: int
+    deletions: bool = False  # carries a deletion file (an input has deleted rows; binary copy keeps them)
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class CompactionPlan:
                 fragment_ids=tuple(t["fragment_ids"]),
                 rows=t["rows"],
                 bytes=t["bytes"],
-                outputs=tuple(OutputFile(tuple(o["fragment_ids"]), o["rows"], o["bytes"]) for o in t["outputs"]),
+                outputs=tuple(OutputFile(tuple(o["fragment_ids"]), o["rows"], o["bytes"], o.get("deletions", False)) for o in t["outputs"]),
                 files=t.get("files", 0),
                 reencode=t.get("reencode", False),
             )
@@ -265,7 +267,7 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
     splits: list[PlanSplit] = []
     notes: list[SkippedFragment] = []
     why_not_reencode = "" if not over else _why_not_reencode(options)
-    layers = _LayerSplitter(ds, options)
+    layers = _FileSplitter(ds)
     source_budget = options.max_source_fragments
     for bin_ in _bins(candidates):
         pieces = layers.split(bin_, skipped, splits)
@@ -278,7 +280,7 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
                 if heavy:
                     skipped.append(SkippedFragment(ids[0], REASON_MATERIALIZE, _heavy_detail(group[0], options, why_not_reencode)))
                 elif alone is not None:
-                    skipped.append(SkippedFragment(ids[0], REASON_INCOMPATIBLE_LAYERS, alone))
+                    skipped.append(SkippedFragment(ids[0], layers.reason, alone))
                 else:
                     skipped.extend(SkippedFragment(i, REASON_ALONE, "no adjacent small fragment with the same layout and indices") for i in ids)
                 continue
@@ -425,70 +427,86 @@ def _candidate_reason(
     return (layout, index_sets.get(fid, _NO_INDICES))
 
 
-class _LayerSplitter:
-    """Splits bins where neighbouring files' pages may not share a column (``format.repdef``).
+class _FileSplitter:
+    """Splits bins where neighbouring fragments' files may not share an output file.
 
-    Only datasets whose schema has a guarded layer (a list below a struct or fixed-size list)
-    in a structural file version (2.1+) pay for this: their candidates' file metadata is read
-    -- the planner's only data-file reads, so the dry run sees exactly what the copy will.
+    Two facts live in the data files, not in the manifest, so for them the planner reads the
+    candidates' file metadata (its only data-file reads: the dry run then sees what the copy will):
+
+    * 2.1+ nested columns: pages may share a column only when their repetition/definition
+      layers agree (``format.repdef``) -- read only where the schema nests a list in a struct;
+    * legacy (0.x) files: readers place batch *i* at row *i* x the first batch's size, so every
+      input but the last must hold whole batches of that size.
     """
 
-    def __init__(self, ds: Dataset, options: CompactionOptions) -> None:
+    def __init__(self, ds: Dataset) -> None:
         self._ds = ds
-        v2 = ds.storage_version != mf.LEGACY
-        self._version = FileVersion(mf.storage_version_name(ds.storage_version)) if v2 else None
+        self._legacy = ds.storage_version == mf.LEGACY
+        self._version = None if self._legacy else FileVersion(mf.storage_version_name(ds.storage_version))
         self._guarded = repdef.guarded_field_ids(ds.manifest.fields, self._version) if self._version else frozenset()
         self._names = repdef.field_paths(ds.manifest.fields)
+        self.reason = REASON_UNEVEN_BATCHES if self._legacy else REASON_INCOMPATIBLE_LAYERS
         #: fragment id -> why it is left alone (set for fragments a split isolated)
         self.alone: dict[int, str] = {}
 
     def split(self, bin_: list[table_pb2.DataFragment], skipped: list[SkippedFragment], splits: list[PlanSplit]) -> list[list[table_pb2.DataFragment]]:
-        if not self._guarded or len(bin_) < 2:
+        if not (self._legacy or self._guarded) or len(bin_) < 2:
             return [bin_]
-        keys = self._keys(bin_)
         pieces: list[list[table_pb2.DataFragment]] = []
-        previous: tuple[table_pb2.DataFragment, repdef.LayerKey] | None = None
-        for frag, key in zip(bin_, keys):
-            if isinstance(key, repdef.LayerConflict):
-                detail = f"field {self._names.get(key.field_id, key.field_id)!r}: {key.detail}"
-                skipped.append(SkippedFragment(frag.id, REASON_INCOMPATIBLE_LAYERS, detail))
-                previous = None
+        run: list[Any] = []
+        for frag, info in zip(bin_, self._infos(bin_)):
+            if isinstance(info, str):
+                skipped.append(SkippedFragment(frag.id, self.reason, info))
+                run = []
                 continue
-            if previous is None or previous[1] != key:
-                if previous is not None:
-                    detail = repdef.describe_difference(previous[1], key, self._names)
-                    splits.append(PlanSplit(previous[0].id, frag.id, REASON_INCOMPATIBLE_LAYERS, detail))
-                    self.alone.setdefault(previous[0].id, detail)
-                    self.alone[frag.id] = detail
-                pieces.append([])
-            pieces[-1].append(frag)
-            previous = (frag, key)
+            problem = self._refuses(run, info) if run else None
+            if run and problem is None:
+                pieces[-1].append(frag)
+                run.append(info)
+                continue
+            if run and problem is not None:
+                left = pieces[-1][-1].id
+                splits.append(PlanSplit(left, frag.id, self.reason, problem))
+                self.alone.setdefault(left, problem)
+                self.alone[frag.id] = problem
+            pieces.append([frag])
+            run = [info]
         return pieces
 
-    def _keys(self, bin_: list[table_pb2.DataFragment]) -> list[repdef.LayerKey | repdef.LayerConflict]:
-        """Per fragment: the layer key of its data files together, or the conflict of one of them."""
-        ds, guarded, version = self._ds, self._guarded, self._version
-        assert version is not None
-        jobs = [(frag, df) for frag in bin_ for df in frag.files]
+    def _refuses(self, run: list[Any], info: Any) -> str | None:
+        """Why a fragment with ``info`` may not join the run of fragments whose infos are ``run``."""
+        if not self._legacy:
+            return None if info == run[-1] else repdef.describe_difference(run[-1], info, self._names)
+        size = run[0][0]
+        if any(n != size for n in run[-1]):
+            return f"the fragment before ends with a partial batch ({run[-1][-1]} of {size} rows); legacy readers need whole batches before the last"
+        if any(n != size for n in info[:-1]) or info[-1] > size:
+            return f"batches of {list(info[:4])} rows cannot follow batches of {size} rows in one legacy file"
+        return None
 
-        def key_of(df: table_pb2.DataFile) -> repdef.LayerKey | repdef.LayerConflict:
-            meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
-            owners = {fid: col for fid, col in zip(df.fields, df.column_indices) if col >= 0}
-            return repdef.file_layer_key(meta.columns, owners, guarded, version)
+    def _infos(self, bin_: list[table_pb2.DataFragment]) -> list[Any]:
+        """Per fragment: its layer key (2.1+) or first file's batch sizes (legacy), or why it has none."""
+        ds, guarded, version = self._ds, self._guarded, self._version
+
+        def read(frag: table_pb2.DataFragment) -> Any:
+            if self._legacy:
+                df = frag.files[0]
+                return read_legacy_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes).batch_rows
+            assert version is not None
+            keys = []
+            for df in frag.files:
+                meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
+                owners = {fid: col for fid, col in zip(df.fields, df.column_indices) if col >= 0}
+                key = repdef.file_layer_key(meta.columns, owners, guarded, version)
+                if isinstance(key, repdef.LayerConflict):
+                    return f"field {self._names.get(key.field_id, key.field_id)!r}: {key.detail}"
+                keys.extend(key)
+            return tuple(sorted(keys))
 
         if ds.storage.is_local:
-            found = [key_of(df) for _, df in jobs]
-        else:
-            with ThreadPoolExecutor(_PLAN_READERS, thread_name_prefix="lance-assets-plan") as pool:
-                found = list(pool.map(lambda job: key_of(job[1]), jobs))
-        out: list[repdef.LayerKey | repdef.LayerConflict] = []
-        at = 0
-        for frag in bin_:
-            mine = found[at : at + len(frag.files)]
-            at += len(frag.files)
-            conflict = next((k for k in mine if isinstance(k, repdef.LayerConflict)), None)
-            out.append(conflict if conflict is not None else tuple(sorted(item for key in mine for item in key)))  # type: ignore[union-attr]
-        return out
+            return [read(frag) for frag in bin_]
+        with ThreadPoolExecutor(_PLAN_READERS, thread_name_prefix="lance-assets-plan") as pool:
+            return list(pool.map(read, bin_))
 
 
 #: Metadata reads in flight when the planner reads files on an object store.
@@ -532,6 +550,7 @@ def _outputs(group: list[table_pb2.DataFragment], sizes: dict[int, int], options
     outputs: list[OutputFile] = []
     ids: list[int] = []
     rows = size = 0
+    deletions = False
     byte_cap, row_cap, target = options.max_bytes_per_file, options.row_cap, options.target_rows_per_fragment
     for frag in group:
         fid = frag.id
@@ -539,14 +558,15 @@ def _outputs(group: list[table_pb2.DataFragment], sizes: dict[int, int], options
         over_rows = rows + frag_rows > row_cap
         over_bytes = byte_cap is not None and size + frag_bytes > byte_cap
         if ids and (over_rows or over_bytes):
-            outputs.append(OutputFile(tuple(ids), rows, size))
-            ids, rows, size = [], 0, 0
+            outputs.append(OutputFile(tuple(ids), rows, size, deletions))
+            ids, rows, size, deletions = [], 0, 0, False
         ids.append(fid)
         rows += frag_rows
         size += frag_bytes
+        deletions = deletions or (frag.HasField("deletion_file") and frag.deletion_file.num_deleted_rows > 0)
         if rows >= target:
-            outputs.append(OutputFile(tuple(ids), rows, size))
-            ids, rows, size = [], 0, 0
+            outputs.append(OutputFile(tuple(ids), rows, size, deletions))
+            ids, rows, size, deletions = [], 0, 0, False
     if ids:
-        outputs.append(OutputFile(tuple(ids), rows, size))
+        outputs.append(OutputFile(tuple(ids), rows, size, deletions))
     return tuple(outputs)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from lance_assets.errors import CorruptFileError
-from lance_assets.format import v2file
+from lance_assets.format import legacy, v2file
 from lance_assets.io import Storage
 
 T = TypeVar("T")
@@ -54,3 +54,13 @@ def read_v2_tail(
 ) -> tuple[v2file.V2FileMetadata, bytes, int]:
     """The metadata, plus the bytes read for it and where they start in the file."""
     return read_parsed_tail(storage, rel_path, v2file.parse_tail, v2file.NeedMore, first_bytes, size_hint)
+
+
+def read_legacy_metadata(storage: Storage, rel_path: str, size_hint: int = 0) -> legacy.LegacyFileMetadata:
+    """Parse a legacy (0.x) data file's tail (one read for typical files)."""
+    return read_legacy_tail(storage, rel_path, size_hint)[0]
+
+
+def read_legacy_tail(storage: Storage, rel_path: str, size_hint: int = 0) -> tuple[legacy.LegacyFileMetadata, bytes, int]:
+    """The legacy metadata, plus the bytes read for it and where they start in the file."""
+    return read_parsed_tail(storage, rel_path, legacy.parse_tail, legacy.NeedMore, legacy.DEFAULT_TAIL_SIZE, size_hint)
