@@ -85,11 +85,10 @@ def _input_sources(
         jobs += [(rows, frag, df) for df in frag.files]
         rows += frag.physical_rows
     storage = ds.storage
-    version = mf.storage_version_name(ds.storage_version)
     if storage.is_local:
         for rows, frag, df in jobs:
             rel = ds.data_file_path(df)
-            yield rows, _source(ds, frag, df, rel, version, live, read_v2_tail(storage, rel, df.file_size_bytes))
+            yield rows, _source(ds, frag, df, rel, live, read_v2_tail(storage, rel, df.file_size_bytes))
         return
     whole = max(v2file.DEFAULT_TAIL_BYTES, read_batch_bytes // (2 * PREFETCH_WORKERS))
 
@@ -111,7 +110,7 @@ def _input_sources(
                 if not window:
                     return
                 rows, frag, df, rel, future = window.popleft()
-                yield rows, _source(ds, frag, df, rel, version, live, future.result())
+                yield rows, _source(ds, frag, df, rel, live, future.result())
         finally:
             for *_, future in window:
                 future.cancel()
@@ -122,16 +121,16 @@ def _source(
     frag: table_pb2.DataFragment,
     df: table_pb2.DataFile,
     rel: str,
-    expected: str,
     live: dict[int, int],
     read: tuple[v2file.V2FileMetadata, bytes, int],
 ) -> _Source:
-    """Check one input file (at ``rel``) against its fragment and the dataset's storage version
-    ``expected``, and judge its copy safety."""
+    """Check one input file (at ``rel``) against its fragment and the version its DataFile
+    records, and judge its copy safety."""
     meta, tail, tail_offset = read
     where = ds.storage.url(rel)
+    expected = mf.storage_version_name(mf.data_file_version(df))
     if meta.version.value != expected:
-        raise CompactionRefusedError(f"file version {meta.version.value} differs from the dataset's {expected}", path=where)
+        raise CompactionRefusedError(f"file version {meta.version.value} differs from the {expected} its manifest entry records", path=where)
     if meta.num_rows != frag.physical_rows:
         raise CompactionRefusedError(f"file holds {meta.num_rows} rows but fragment {frag.id} has {frag.physical_rows}", path=where)
     owned = [c for c in df.column_indices if c >= 0]
@@ -264,7 +263,11 @@ def _write_output(
     """
     storage = ds.storage
     order = _schema_order(ds.manifest)
-    version = v2file.FileVersion(mf.storage_version_name(ds.storage_version))
+    # The inputs' own file version (a mixed-version dataset merges each version separately).
+    versions = {mf.data_file_version(df) for frag in inputs for df in frag.files}
+    if len(versions) != 1:
+        raise CompactionRefusedError(f"the inputs' data files have different versions {sorted(versions)}", path=ds.uri)
+    version = v2file.FileVersion(mf.storage_version_name(versions.pop()))
 
     # Every input must store the same live fields the same way (the planner grouped them so).
     layouts = set()

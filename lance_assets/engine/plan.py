@@ -400,8 +400,11 @@ def _candidate_reason(
         versions.append(version)
         base_path = base_path or df.HasField("base_id")
         key.append((tuple(df.fields[:]), tuple(df.column_indices[:]), version))
-    if versions.count(storage_version) != len(versions):
-        return skip(REASON_FILE_VERSION, "a data file's version differs from the dataset's storage version")
+    if len(set(versions)) != 1:
+        return skip(REASON_FILE_VERSION, "the fragment's data files have different versions")
+    if (versions[0] == mf.LEGACY) != (storage_version == mf.LEGACY):
+        names = mf.storage_version_name(versions[0]), mf.storage_version_name(storage_version)
+        return skip(REASON_FILE_VERSION, "a {} data file in a {} dataset".format(*names))
     if base_path:
         return skip(REASON_BASE_PATH, "data files under another base path")
     if frag.HasField("external_row_ids") or frag.HasField("external_created_at_versions") or frag.HasField("external_last_updated_at_versions"):
@@ -424,7 +427,8 @@ def _candidate_reason(
         return skip(REASON_INDEXED, "an index without a fragment bitmap covers every fragment")
     if fid in pinned:
         return skip(REASON_INDEXED, f"covered by the Lance system index {pinned[fid]}, whose row mapping a rewrite would invalidate")
-    return (layout, index_sets.get(fid, _NO_INDICES))
+    # Files of another version (mixed-version datasets) merge only with their own version.
+    return (layout, index_sets.get(fid, _NO_INDICES), versions[0])
 
 
 class _FileSplitter:
@@ -442,15 +446,15 @@ class _FileSplitter:
     def __init__(self, ds: Dataset) -> None:
         self._ds = ds
         self._legacy = ds.storage_version == mf.LEGACY
-        self._version = None if self._legacy else FileVersion(mf.storage_version_name(ds.storage_version))
-        self._guarded = repdef.guarded_field_ids(ds.manifest.fields, self._version) if self._version else frozenset()
+        # Guarded fields depend on the schema only (the same for every structural version).
+        self._nested = not self._legacy and bool(repdef.guarded_field_ids(ds.manifest.fields, FileVersion.V2_1))
         self._names = repdef.field_paths(ds.manifest.fields)
         self.reason = REASON_UNEVEN_BATCHES if self._legacy else REASON_INCOMPATIBLE_LAYERS
         #: fragment id -> why it is left alone (set for fragments a split isolated)
         self.alone: dict[int, str] = {}
 
     def split(self, bin_: list[table_pb2.DataFragment], skipped: list[SkippedFragment], splits: list[PlanSplit]) -> list[list[table_pb2.DataFragment]]:
-        if not (self._legacy or self._guarded) or len(bin_) < 2:
+        if not (self._legacy or self._nested) or len(bin_) < 2:
             return [bin_]
         pieces: list[list[table_pb2.DataFragment]] = []
         run: list[Any] = []
@@ -486,15 +490,16 @@ class _FileSplitter:
 
     def _infos(self, bin_: list[table_pb2.DataFragment]) -> list[Any]:
         """Per fragment: its layer key (2.1+) or first file's batch sizes (legacy), or why it has none."""
-        ds, guarded, version = self._ds, self._guarded, self._version
+        ds = self._ds
 
         def read(frag: table_pb2.DataFragment) -> Any:
             if self._legacy:
                 df = frag.files[0]
                 return read_legacy_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes).batch_rows
-            assert version is not None
             keys = []
             for df in frag.files:
+                version = FileVersion(mf.storage_version_name(mf.data_file_version(df)))
+                guarded = repdef.guarded_field_ids(ds.manifest.fields, version)
                 meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
                 owners = {fid: col for fid, col in zip(df.fields, df.column_indices) if col >= 0}
                 key = repdef.file_layer_key(meta.columns, owners, guarded, version)

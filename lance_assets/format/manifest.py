@@ -32,6 +32,9 @@ FLAG_USE_V2_FORMAT_DEPRECATED = 4
 FLAG_TABLE_CONFIG = 8
 FLAG_MULTIPLE_BASE_PATHS = 16
 FLAG_DISABLE_TRANSACTION_FILE = 32
+#: Paired (both words): data files may have versions other than the dataset's storage version,
+#: as after ``compact_files(data_storage_version=...)`` on part of a dataset.
+FLAG_MIXED_FILE_VERSIONS = 256
 
 FLAG_NAMES: dict[int, str] = {
     FLAG_DELETION_FILES: "deletion_files",
@@ -53,7 +56,9 @@ FLAG_NAMES: dict[int, str] = {
 }
 
 # Bits whose meaning we implement, for reading and for writing respectively.
-KNOWN_READER_FLAGS = FLAG_DELETION_FILES | FLAG_STABLE_ROW_IDS | FLAG_USE_V2_FORMAT_DEPRECATED | FLAG_TABLE_CONFIG | FLAG_MULTIPLE_BASE_PATHS
+KNOWN_READER_FLAGS = (
+    FLAG_DELETION_FILES | FLAG_STABLE_ROW_IDS | FLAG_USE_V2_FORMAT_DEPRECATED | FLAG_TABLE_CONFIG | FLAG_MULTIPLE_BASE_PATHS | FLAG_MIXED_FILE_VERSIONS
+)
 KNOWN_WRITER_FLAGS = KNOWN_READER_FLAGS | FLAG_DISABLE_TRANSACTION_FILE
 
 
@@ -94,6 +99,9 @@ def compute_feature_flags(manifest: Manifest) -> tuple[int, int]:
         common |= FLAG_STABLE_ROW_IDS
     if len(manifest.base_paths):
         common |= FLAG_MULTIPLE_BASE_PATHS
+    dataset_version = storage_version(manifest)
+    if any(data_file_version(df) != dataset_version for f in manifest.fragments for df in f.files):
+        common |= FLAG_MIXED_FILE_VERSIONS
     reader |= common
     writer |= common
     if len(manifest.config):
