@@ -161,7 +161,10 @@ def compaction_metadata(before: Inspection, after: Inspection | None, report: Co
         "tasks": dg.MetadataValue.int(report.tasks),
         "skipped": dg.MetadataValue.md(_skipped_markdown(report.skipped)),
         "target_rows_per_fragment": dg.MetadataValue.int(before.summary.target_rows_per_fragment),
+        "reencoded_fragments": dg.MetadataValue.int(report.reencoded_fragments),
     }
+    if report.notes:
+        meta["notes"] = dg.MetadataValue.md(_skipped_markdown(report.notes))
     if after is not None:
         meta.update(
             {
