@@ -27,7 +27,7 @@ BEFORE_AFTER_KEYS = {
     "read_version", "lance_version", "fragments_before", "files_before", "rows_before", "bytes_before",
     "fragments_removed", "fragments_added", "bytes_copied", "bytes_written", "seconds", "mb_per_s", "tasks",
     "skipped", "target_rows_per_fragment", "fragments_after", "files_after", "rows_after", "bytes_after",
-    "small_fragments_after",
+    "small_fragments_after", "reencoded_fragments",
 }
 
 
@@ -207,3 +207,24 @@ def test_concurrent_materializations_of_two_partitions(root: Path, instance: dg.
         record = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=COMPACTED, asset_partitions=[key]), limit=1).records[0]
         assert record.asset_materialization.metadata["rows_after"].value == rows  # type: ignore[union-attr]
         assert fragment_rows(root / f"{key}.lance") == [rows]
+
+
+@pytest.mark.parametrize("reencode", [True, False])
+def test_heavily_deleted_fragments_show_in_the_metadata(root: Path, instance: dg.DagsterInstance, reencode: bool) -> None:
+    """A group holding a fragment over the deletion threshold is re-encoded in the same commit
+    (``reencoded_fragments``) or, with the fallback off, copied with a ``notes`` entry."""
+    a = root / "a.lance"
+    make_dataset(a, 6)
+    lance.dataset(str(a)).delete("id < 8")
+    expected = table_of(a)
+    read_version = lance.dataset(str(a)).version
+    result = run(defs_for(root, ["a"]), instance, "a", reencode_fallback=reencode)
+    assert result.success
+    meta = metadata_values(materialization(result).metadata)
+    assert lance.dataset(str(a)).version == read_version + 1
+    assert table_of(a).equals(expected)
+    if reencode:
+        assert meta["reencoded_fragments"] > 0 and "notes" not in meta
+    else:
+        assert meta["reencoded_fragments"] == 0 and "deletions_kept" in meta["notes"]
+
