@@ -162,11 +162,17 @@ def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
         older_than = parse_duration(args.older_than)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--older-than: {exc}") from None
-    report = cleanup(args.uri, older_than=older_than, dry_run=args.dry_run, storage_options=args.storage_options)
+    if args.retain_versions is not None and args.retain_versions < 1:
+        raise argparse.ArgumentTypeError("--retain-versions must be at least 1")
+    report = cleanup(
+        args.uri, older_than=older_than, retain_versions=args.retain_versions, dry_run=args.dry_run, storage_options=args.storage_options
+    )
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
     verb = "would remove" if report.dry_run else "removed"
+    if args.retain_versions is not None:
+        console.print(f"{verb} {len(report.removed_versions)} old versions, kept {report.versions_kept}")
     console.print(
         f"{verb} {len(report.files)} unreferenced files ({human_bytes(report.bytes)}) older than {args.older_than}; "
         f"kept {report.kept_too_young} younger ones; {report.versions} versions scanned"
@@ -233,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--older-than", default=f"{int(DEFAULT_OLDER_THAN_SECONDS // 60)}m", metavar="DURATION",
         help="only files older than this (e.g. 30m, 2h, 7d; default %(default)s) — longer than any running writer",
+    )
+    p.add_argument(
+        "--retain-versions", type=int, default=None, metavar="N",
+        help="also remove versions older than --older-than, keeping the newest N, the latest and tagged ones"
+        " (with their files: data, deletions, transactions, index folders)",
     )
     p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     p.set_defaults(run=_cmd_cleanup)

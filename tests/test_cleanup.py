@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lance
@@ -238,3 +239,95 @@ def test_memory_store(dataset_cache) -> None:  # type: ignore[no-untyped-def]
     report = cleanup(f"memory://{root}", older_than=0)
     assert [f.path for f in report.files] == ["data/orphan.lance"]
     fs.rm(root, recursive=True)
+
+
+# --- version retention ---------------------------------------------------------------------------
+def _history(path: Path) -> None:
+    """Appends, a delete, our compaction, a scalar index, more appends, pylance's compaction."""
+    factory.appends(path, "2.1", [100, 100, 100, 100])
+    lance.dataset(str(path)).delete("id < 10")
+    from lance_assets.engine.compaction import compact
+
+    compact(str(path), CompactionOptions())
+    lance.dataset(str(path)).create_scalar_index("id", "BTREE")
+    factory.write(factory.simple_table(400, 50), path, "2.1")
+    factory.write(factory.simple_table(450, 50), path, "2.1")
+    lance.dataset(str(path)).optimize.compact_files()
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "latest_version_hint.json"}
+
+
+def test_retention_matches_pylance_cleanup_old_versions(tmp_path: Path) -> None:
+    """The same files remain as after pylance's own cleanup with the same cutoff (everything old)."""
+    import shutil
+    from datetime import timedelta
+
+    ours, theirs = tmp_path / "ours.lance", tmp_path / "theirs.lance"
+    _history(ours)
+    shutil.copytree(ours, theirs)
+    rows = lance.dataset(str(ours)).to_table().to_pylist()
+    before_bytes = sum((ours / f).stat().st_size for f in _files(ours))
+    dry = cleanup(str(ours), older_than=0, retain_versions=1, dry_run=True)
+    assert _files(ours) == _files(theirs)  # a dry run removes nothing
+    report = cleanup(str(ours), older_than=0, retain_versions=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lance.dataset(str(theirs)).cleanup_old_versions(older_than=timedelta(seconds=0), delete_unverified=True)
+    assert _files(ours) == _files(theirs)
+    ds = lance.dataset(str(ours))
+    assert [v["version"] for v in ds.versions()] == [ds.version]
+    assert ds.to_table().to_pylist() == rows
+    assert ds.to_table(filter="id = 420").num_rows == 1  # the index still answers
+    assert report.removed_versions == dry.removed_versions == list(range(1, ds.version))
+    out = report.to_dict()
+    assert (out["versions_removed"], out["versions_kept"]) == (ds.version - 1, 1)
+    assert out["files_removed"] == len(report.files) and out["bytes_removed"] == before_bytes - sum((ours / f).stat().st_size for f in _files(ours))
+    assert {f.kind for f in report.files} >= {"manifest", "data", "deletion", "transaction"}
+    factory.write(factory.simple_table(500, 5), ours, "2.1")  # pylance keeps writing
+    assert lance.dataset(str(ours)).count_rows() == len(rows) + 5
+
+
+def test_retention_keeps_recent_newest_and_tagged_versions(tmp_path: Path) -> None:
+    path = tmp_path / "ds.lance"
+    factory.appends(path, "2.1", [10] * 6)  # versions 1..6
+    lance.dataset(str(path)).tags.create("keep", 2)
+    report = cleanup(str(path), older_than=0, retain_versions=2)
+    assert report.removed_versions == [1, 3, 4]
+    for v, rows in ((2, 20), (5, 50), (6, 60)):
+        assert lance.dataset(str(path), version=v).count_rows() == rows
+    with pytest.raises(Exception):
+        lance.dataset(str(path), version=3)
+    # nothing is old enough with a one-hour cutoff
+    assert cleanup(str(path), older_than=HOUR, retain_versions=1).removed_versions == []
+
+
+@pytest.mark.parametrize("damage", ["corrupt_old_manifest", "tag_to_missing_version"])
+def test_retention_refuses_uncertain_references(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "ds.lance"
+    factory.appends(path, "2.1", [10] * 3)
+    if damage == "corrupt_old_manifest":
+        first = sorted((path / "_versions").glob("*.manifest"))[-1]  # V2 names: the oldest sorts last
+        first.write_bytes(first.read_bytes()[:-20])
+        expected: type[Exception] = CorruptFileError
+    else:
+        (path / "_refs" / "tags").mkdir(parents=True)
+        (path / "_refs" / "tags" / "t.json").write_text(json.dumps({"branch": None, "version": 99, "manifestSize": 1}))
+        from lance_assets.errors import VersionNotFoundError
+
+        expected = VersionNotFoundError
+    before = _tree(path)
+    with pytest.raises(expected):
+        cleanup(str(path), older_than=0, retain_versions=1)
+    assert _tree(path) == before
+
+
+def test_retention_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ds.lance"
+    factory.appends(path, "2.1", [10] * 3)
+    assert main(["cleanup", str(path), "--older-than", "0s", "--retain-versions", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["versions_removed"], out["versions_kept"], out["dry_run"]) == (2, 1, False)
+    assert out["files_removed"] >= 4 and out["bytes_removed"] > 0 and out["aborted_uploads"] == 0
+    assert lance.dataset(str(path)).count_rows() == 30

@@ -1,4 +1,13 @@
-"""Remove files that no manifest references: what crashed or conflicting writers left behind.
+"""Version retention and orphan removal: give back the space old versions and crashed writers hold.
+
+With ``retain_versions`` set, versions older than the cutoff (manifest timestamp) that are not
+among the newest ``retain_versions``, not the latest and not named by a tag are removed first
+(their manifests go before anything else, so a kill leaves every kept version readable and at
+worst some files unreferenced, which the next run removes), then every file only they referenced:
+data, deletion and transaction files and index directories no kept version uses.
+
+Without it, only orphans go -- files no manifest references: what crashed or conflicting writers
+left behind.
 
 A compaction that is killed, or loses a commit race, may leave data files,
 a transaction file or a staging manifest behind (pylance leaves the same kinds
@@ -12,7 +21,7 @@ those files and nothing else:
 * never a manifest, never ``_indices/``, never a file of unknown purpose;
 * unfinished multipart uploads (S3) below ``data/`` older than the grace period are
   aborted: a killed writer's half-written data file, invisible but billed;
-* only files older than a grace period (default one hour), because a running
+* only files older than a grace period, because a running
   writer's files are unreferenced until it commits. The grace period must be
   longer than the longest compaction (or append) that may run meanwhile; a
   compaction whose files were removed notices before committing and fails
@@ -25,20 +34,26 @@ may reference files we would not see), base paths, branches.
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from collections.abc import Mapping
+import uuid as uuid_mod
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lance_assets._proto import table_pb2
-from lance_assets.engine.dataset import DATA_DIR, DELETIONS_DIR, HINT_FILE, TRANSACTIONS_DIR, VERSIONS_DIR
-from lance_assets.errors import CorruptFileError, MissingFileError, UnsupportedFeatureError
+from lance_assets.engine.dataset import DATA_DIR, DELETIONS_DIR, HINT_FILE, TRANSACTIONS_DIR, VERSIONS_DIR, list_versions
+from lance_assets.errors import CorruptFileError, MissingFileError, UnsupportedFeatureError, VersionNotFoundError
 from lance_assets.format import manifest as mf
 from lance_assets.format.protobuf import unknown_field_numbers
 from lance_assets.io import Storage
 
 DEFAULT_OLDER_THAN_SECONDS = 3600.0
+#: The CLI's cutoff when old versions are removed too (Lance's ``cleanup_old_versions`` default).
+DEFAULT_RETENTION_SECONDS = 14 * 86400.0
+INDICES_DIR = "_indices"
+TAGS_DIR = "_refs/tags"
 
 # Staging names in _versions/: ours ("<manifest>.tmp-<hex>", the conditional-write probe),
 # object_store's local staging ("<name>#<n>"), Lance's rename-commit temporaries.
@@ -59,7 +74,7 @@ def parse_duration(text: str) -> float:
 class RemovedFile:
     path: str
     bytes: int
-    kind: str  # data | deletion | transaction | staging
+    kind: str  # data | deletion | transaction | staging | manifest | index
     age_seconds: float
 
 
@@ -75,6 +90,8 @@ class CleanupReport:
     kept_too_young: int = 0
     kept_unknown_age: int = 0
     aborted_uploads: int = 0
+    removed_versions: list[int] = field(default_factory=list)
+    versions_kept: int = 0
 
     @property
     def bytes(self) -> int:
@@ -82,8 +99,9 @@ class CleanupReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["removed"] = len(self.files)
-        out["bytes"] = self.bytes
+        out["removed"] = out["files_removed"] = len(self.files)
+        out["bytes"] = out["bytes_removed"] = self.bytes
+        out["versions_removed"] = len(self.removed_versions)
         return out
 
 
@@ -93,11 +111,19 @@ class _References:
     deletions: set[str] = field(default_factory=set)
     transactions: set[str] = field(default_factory=set)
     external: set[str] = field(default_factory=set)  # row-id / version sequences stored in other files
+    indices: set[str] = field(default_factory=set)  # _indices/<uuid> folders
+
+    @property
+    def files(self) -> set[str]:
+        return self.data | self.deletions | self.transactions
 
 
-def _collect(refs: _References, raw: bytes, where: str) -> None:
+def _collect(refs: _References, raw: bytes, where: str) -> float:
+    """Add what one manifest references to ``refs``; returns its commit time (epoch seconds)."""
     parsed = mf.parse_manifest_file(raw, path=where)
     m = parsed.manifest
+    for idx in parsed.index_section.indices if parsed.index_section is not None else ():
+        refs.indices.add(f"{INDICES_DIR}/{uuid_mod.UUID(bytes=bytes(idx.uuid.uuid))}")
     mf.check_feature_flags(m, path=where, for_write=True)
     if len(m.base_paths):
         raise UnsupportedFeatureError("the manifest declares base paths; cleanup cannot tell which files other datasets share", path=where)
@@ -119,6 +145,7 @@ def _collect(refs: _References, raw: bytes, where: str) -> None:
                 path = getattr(frag, name).path
                 refs.external.add(path)
                 refs.external.add(path.rsplit("/", 1)[-1])
+    return m.timestamp.seconds + m.timestamp.nanos / 1e9
 
 
 def _manifest_names(storage: Storage) -> list[str]:
@@ -126,29 +153,78 @@ def _manifest_names(storage: Storage) -> list[str]:
     return sorted(e.name for e in storage.list(VERSIONS_DIR) if e.name.endswith(".manifest"))
 
 
-def _read_references(storage: Storage, names: list[str], refs: _References) -> None:
+def _read_references(storage: Storage, names: list[str], refs: _References, removable: Callable[[str, float], bool] | None = None, gone: _References | None = None) -> list[str]:
+    """Collect the references of the manifests ``names`` into ``refs`` -- or, for those
+    ``removable(name, commit_time)`` says go, into ``gone``; returns the names that go."""
+    doomed = []
     for name in names:
         rel = f"{VERSIONS_DIR}/{name}"
         try:
             raw = storage.read(rel)
         except MissingFileError:
-            # Manifests are never removed by us; one vanishing means another cleanup
-            # (pylance's cleanup_old_versions) is running. Do not guess.
+            # One vanishing means another cleanup (ours or pylance's) is running. Do not guess.
             raise CorruptFileError("a manifest vanished while cleanup read it; run cleanup again", path=storage.url(rel)) from None
-        _collect(refs, raw, storage.url(rel))
+        probe = _References()
+        committed = _collect(probe, raw, storage.url(rel))
+        target = refs
+        if removable is not None and gone is not None and removable(name, committed):
+            target = gone
+            doomed.append(name)
+        target.data |= probe.data
+        target.deletions |= probe.deletions
+        target.transactions |= probe.transactions
+        target.external |= probe.external
+        target.indices |= probe.indices
+    return doomed
+
+
+def _tagged_versions(storage: Storage, versions: set[int]) -> set[int]:
+    """Versions that tags name; a tag we cannot read, on a branch, or naming a missing version
+    refuses the cleanup (removing its version would break it)."""
+    tagged = set()
+    for entry in storage.list(TAGS_DIR):
+        rel = f"{TAGS_DIR}/{entry.name}"
+        try:
+            tag = json.loads(storage.read(rel))
+            version = tag["version"]
+        except (ValueError, KeyError, TypeError):
+            raise CorruptFileError("tag file does not parse", path=storage.url(rel)) from None
+        if tag.get("branch"):
+            raise UnsupportedFeatureError(f"tag {entry.name} points into branch {tag['branch']!r}, which cleanup does not understand", path=storage.url(rel))
+        if not isinstance(version, int) or version not in versions:
+            raise VersionNotFoundError(f"tag {entry.name} names version {version}, which does not exist", path=storage.url(rel))
+        tagged.add(version)
+    return tagged
 
 
 def cleanup(
     uri: str | Storage,
     *,
     older_than: float = DEFAULT_OLDER_THAN_SECONDS,
+    retain_versions: int | None = None,
     dry_run: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     now: float | None = None,
 ) -> CleanupReport:
-    """Remove unreferenced data, deletion, transaction and staging files older than ``older_than`` seconds."""
+    """Remove old versions (with ``retain_versions``) and every file older than ``older_than``
+    seconds that no kept version references.
+
+    Args:
+        uri: the dataset (or an open Storage).
+        older_than: the cutoff, for versions (their commit time) and files (their modification
+            time) alike; longer than any writer that may run meanwhile.
+        retain_versions: keep at least this many newest versions; ``None`` removes no version
+            (orphans only). The latest version and tagged versions are always kept.
+        dry_run: report what would go, remove nothing.
+
+    Raises:
+        UnsupportedFeatureError, CorruptFileError, VersionNotFoundError: references are uncertain
+            (branches, base paths, unknown flags, an unreadable manifest or tag); nothing removed.
+    """
     if older_than < 0:
         raise ValueError("older_than must not be negative")
+    if retain_versions is not None and retain_versions < 1:
+        raise ValueError("retain_versions must be at least 1")
     storage = uri if isinstance(uri, Storage) else Storage(uri, storage_options)
     if storage.list("_refs/branches") or storage.exists("tree"):
         raise UnsupportedFeatureError("the dataset has branches (tree/, _refs/branches/); their manifests may reference these files", path=storage.uri)
@@ -167,15 +243,31 @@ def cleanup(
     names = _manifest_names(storage)
     if not any(mf.parse_manifest_name(n) for n in names):
         raise MissingFileError("no manifest under _versions/ (not a Lance dataset); refusing to clean", path=storage.uri)
-    refs = _References()
-    _read_references(storage, names, refs)
-    referenced = refs.data | refs.deletions | refs.transactions
-
     clock = time.time() if now is None else now
+    locations = list_versions(storage)
+    keep: set[int] = set()
+    if retain_versions is not None:
+        keep = {loc.version for loc in locations[-retain_versions:]} | _tagged_versions(storage, {loc.version for loc in locations})
+
+    def removable(name: str, committed: float) -> bool:
+        parsed = mf.parse_manifest_name(name)
+        return parsed is not None and parsed[0] not in keep and committed < clock - older_than
+
+    refs, gone = _References(), _References()
+    doomed_manifests = _read_references(storage, names, refs, removable if retain_versions is not None else None, gone)
+    referenced = refs.files
+    sizes = {e.name: (e.size, e.modified) for e in storage.list(VERSIONS_DIR)}
+    candidates += [(f"{VERSIONS_DIR}/{n}", "manifest", *sizes.get(n, (0, None))) for n in doomed_manifests]
+    for folder in sorted(gone.indices - refs.indices):
+        candidates += [(f"{folder}/{e.name}", "index", e.size, e.modified) for e in storage.list(folder)]
+
     doomed: list[RemovedFile] = []
     too_young = unknown_age = 0
     for rel, kind, size, modified in candidates:
         if rel in referenced or rel in refs.external or rel.rsplit("/", 1)[-1] in refs.external:
+            continue
+        if kind in ("manifest", "index"):  # chosen by the version rules above, whatever the file age
+            doomed.append(RemovedFile(rel, size, kind, round(clock - modified, 3) if modified is not None else 0.0))
             continue
         if modified is None:
             unknown_age += 1
@@ -193,8 +285,11 @@ def cleanup(
         new_names = sorted(set(_manifest_names(storage)) - set(names))
         if new_names:
             _read_references(storage, new_names, refs)
-            referenced = refs.data | refs.deletions | refs.transactions
-            doomed = [f for f in doomed if f.path not in referenced]
+            referenced = refs.files
+            doomed = [f for f in doomed if f.path not in referenced and f.path.rsplit("/", 1)[0] not in refs.indices]
+        # Removed versions' manifests first: from then on no version references their files,
+        # so a kill at any later point leaves only unreferenced (old) files for the next run.
+        doomed.sort(key=lambda f: f.kind != "manifest")
         for f in doomed:
             storage.delete(f.path, missing_ok=True)
     stale_uploads = [u for u in storage.pending_uploads(DATA_DIR) if u.initiated is not None and clock - u.initiated >= older_than]
@@ -206,6 +301,8 @@ def cleanup(
         dry_run=dry_run,
         older_than_seconds=older_than,
         versions=sum(1 for n in names if mf.parse_manifest_name(n)),
+        removed_versions=sorted(parsed[0] for parsed in map(mf.parse_manifest_name, doomed_manifests) if parsed is not None),
+        versions_kept=len(locations) - len(doomed_manifests),
         files=doomed,
         kept_too_young=too_young,
         kept_unknown_age=unknown_age,
