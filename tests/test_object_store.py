@@ -327,3 +327,21 @@ def test_pylance_appenders_race_our_compactions_on_s3(s3_dataset: str, s3_endpoi
     ids = lance.dataset(s3_dataset, storage_options=opts).to_table(columns=["id"])["id"].to_pylist()
     assert len(ids) == len(expected) and set(ids) == expected
     assert commits >= 1
+
+
+def test_version_retention_on_s3(s3_dataset: str, s3_endpoint) -> None:  # type: ignore[no-untyped-def]
+    """Old versions and the files only they referenced go; the latest version reads as before."""
+    opts = s3_endpoint.pylance_options
+    compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))
+    latest = lance.dataset(s3_dataset, storage_options=opts)
+    rows = _ids(s3_dataset, opts)
+    storage = Storage(s3_dataset, opts)
+    before = {e.name for e in storage.list("data")}
+    dry = cleanup(s3_dataset, older_than=0, retain_versions=1, dry_run=True, storage_options=opts)
+    assert {e.name for e in storage.list("data")} == before
+    report = cleanup(s3_dataset, older_than=0, retain_versions=1, storage_options=opts)
+    assert report.removed_versions == dry.removed_versions == list(range(1, latest.version))
+    assert _ids(s3_dataset, opts) == rows
+    assert [v["version"] for v in lance.dataset(s3_dataset, storage_options=opts).versions()] == [latest.version]
+    live = {df.path for f in Dataset.open(storage).fragments for df in f.files}
+    assert {e.name for e in storage.list("data")} == live

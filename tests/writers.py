@@ -299,3 +299,26 @@ def compact_and_die(uri: str, point: str, target: int, read_batch_bytes: int = 1
     print("ready", flush=True)
     compact(uri, CompactionOptions(target_rows_per_fragment=target, read_batch_bytes=read_batch_bytes))
     print("done", flush=True)
+
+
+def cleanup_and_die(uri: str, deletions: int) -> None:
+    """Run version retention on ``uri`` (everything old, newest version kept) and SIGKILL this
+    process right after its ``deletions``-th delete (run it as a subprocess)."""
+    import os
+    import signal
+
+    from lance_assets.engine.cleanup import cleanup
+    from lance_assets.io import storage as storage_mod
+
+    Storage = storage_mod.Storage
+    real_delete = Storage.delete
+    done = {"n": 0}
+
+    def delete(self, rel, **kwargs):  # type: ignore[no-untyped-def]
+        real_delete(self, rel, **kwargs)
+        done["n"] += 1
+        if done["n"] == deletions:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    Storage.delete = delete
+    cleanup(uri, older_than=0, retain_versions=1)
