@@ -16,6 +16,7 @@ import dagster as dg
 from pydantic import Field
 
 from lance_assets.dagster.resources import LanceDatasets
+from lance_assets.engine.cleanup import parse_duration
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.inspect import Inspection
 from lance_assets.engine.options import DEFAULT_READ_BATCH_BYTES, DEFAULT_TARGET_ROWS_PER_FRAGMENT, CompactionOptions
@@ -42,6 +43,12 @@ class CompactionConfig(dg.Config):
     materialize_deletions_threshold: float = Field(default=0.1, description="Deleted share above which a fragment's group is re-encoded.")
     reencode_fallback: bool = Field(default=True, description="Re-encode such groups with pylance (when installed) in the same commit; else binary-copy them with their deletions.")
     verify_output: bool = Field(default=True, description="Read every written file back and refuse it unless it is readable as meant.")
+    cleanup_older_than: str | None = Field(
+        default=None,
+        description="After a compaction that committed, remove versions older than this (e.g. 7d) and the files only they reference; "
+        "unset: the definitions' default (no retention unless build_lance_compaction_defs(cleanup_older_than=...)).",
+    )
+    retain_versions: int | None = Field(default=None, description="Versions always kept by that retention (default: the definitions' value, 1).")
     commit_every: int | None = Field(default=None, description="Commit each N finished tasks as their own version (partial progress).")
     dry_run: bool = Field(default=False, description="Only plan: report what would be copied, materialize nothing.")
 
@@ -187,8 +194,14 @@ def build_compaction_asset(
     resource_key: str = "lance",
     pool: str | None = None,
     group_name: str | None = None,
+    cleanup_older_than: str | None = None,
+    retain_versions: int = 1,
 ) -> dg.AssetsDefinition:
-    """The compaction asset: binary-copy compaction of the partition's dataset."""
+    """The compaction asset: binary-copy compaction of the partition's dataset, then (with
+    ``cleanup_older_than``) version retention, so the small files' space comes back; it records
+    a fresh fragments observation itself, so the UI never shows the pre-compaction dataset."""
+    if cleanup_older_than is not None:
+        parse_duration(cleanup_older_than)  # a typo fails when the definitions load, not at 2 am
 
     @dg.asset(
         key=keys.compacted,
@@ -229,9 +242,24 @@ def build_compaction_asset(
             f"version {report.read_version} -> {report.version}: {report.fragments_removed} fragments -> {report.fragments_added}, "
             f"{report.bytes_read} bytes copied in {report.seconds:.2f}s"
         )
-        yield dg.MaterializeResult(
-            metadata=compaction_metadata(before, after, report),
-            data_version=dg.DataVersion(str(after.version)),
-        )
+        metadata = compaction_metadata(before, after, report)
+        cutoff = config.cleanup_older_than or cleanup_older_than
+        if cutoff is not None and report.version is not None:
+            keep = config.retain_versions or retain_versions
+            disk_before = lance.bytes_on_disk(key)
+            retention = lance.cleanup(key, parse_duration(cutoff), keep)
+            disk_after = lance.bytes_on_disk(key)
+            context.log.info(f"retention: {len(retention.removed_versions)} versions and {len(retention.files)} files removed ({retention.bytes} bytes)")
+            metadata.update(
+                {
+                    "versions_removed": dg.MetadataValue.int(len(retention.removed_versions)),
+                    "bytes_reclaimed": dg.MetadataValue.int(retention.bytes),
+                    "bytes_on_disk_before": dg.MetadataValue.int(disk_before),
+                    "bytes_on_disk_after": dg.MetadataValue.int(disk_after),
+                }
+            )
+        if report.version is not None:
+            yield observation(keys, after, key)
+        yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(str(after.version)))
 
     return _compacted

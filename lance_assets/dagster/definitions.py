@@ -33,6 +33,8 @@ def build_lance_compaction_defs(
     sensor_interval_seconds: int = 60,
     cron_schedule: str = "0 2 * * *",
     pool: str | None = "lance_compaction",
+    cleanup_older_than: str | None = None,
+    retain_versions: int = 1,
 ) -> dg.Definitions:
     """Definitions for compacting the Lance datasets under ``root``.
 
@@ -40,6 +42,8 @@ def build_lance_compaction_defs(
     ``root``, kept in sync by a discovery sensor), ``"none"`` (``root`` is the
     dataset itself), or any PartitionsDefinition (static, daily, …) whose keys
     fill ``uri_template`` (default ``{root}/{partition_key}.lance``).
+    ``cleanup_older_than`` (e.g. ``"7d"``) makes every compaction that committed also remove
+    versions older than that, keeping the newest ``retain_versions`` (and tagged ones).
     """
     if partitioning == "none":
         partitions_def: dg.PartitionsDefinition | None = None
@@ -61,7 +65,10 @@ def build_lance_compaction_defs(
         kinds={"lance"},
         description="Fragments of the Lance dataset as last observed by the small-fragment sensor (one observation per Lance version).",
     )
-    compacted = build_compaction_asset(keys, partitions_def, resource_key=resource_key, pool=pool, group_name=group)
+    compacted = build_compaction_asset(
+        keys, partitions_def, resource_key=resource_key, pool=pool, group_name=group,
+        cleanup_older_than=cleanup_older_than, retain_versions=retain_versions,
+    )
     checks = build_compaction_checks(keys, resource_key=resource_key, max_small_fragments=min_small_fragments, partitioned=partitions_def is not None)
     job = dg.define_asset_job(
         f"{name}_compaction",
@@ -119,6 +126,8 @@ class LanceCompactionComponent(dg.Component, dg.Model, dg.Resolvable):
     sensor_interval_seconds: int = 60
     cron_schedule: str = "0 2 * * *"
     pool: str | None = "lance_compaction"
+    cleanup_older_than: str | None = None  # e.g. "7d": retention after each compaction
+    retain_versions: int = 1
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         return build_lance_compaction_defs(
@@ -136,4 +145,6 @@ class LanceCompactionComponent(dg.Component, dg.Model, dg.Resolvable):
             sensor_interval_seconds=self.sensor_interval_seconds,
             cron_schedule=self.cron_schedule,
             pool=self.pool,
+            cleanup_older_than=self.cleanup_older_than,
+            retain_versions=self.retain_versions,
         )

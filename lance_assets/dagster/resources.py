@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from lance_assets.engine.cleanup import CleanupReport, bytes_on_disk, cleanup
 from lance_assets.engine.compaction import ProgressCallback, compact
 from lance_assets.engine.inspect import Inspection, inspect_dataset
 from lance_assets.engine.options import CompactionOptions
@@ -71,6 +72,13 @@ class LanceDatasets(dg.ConfigurableResource):
 
     def compact(self, partition_key: str | None, options: CompactionOptions, progress: ProgressCallback | None = None) -> CompactionReport:
         return compact(self.uri(partition_key), replace(options, storage_options=self.options()), progress=progress)
+
+    def cleanup(self, partition_key: str | None, older_than: float, retain_versions: int) -> CleanupReport:
+        """Version retention on the partition's dataset (see ``lance_assets.engine.cleanup``)."""
+        return cleanup(self.uri(partition_key), older_than=older_than, retain_versions=retain_versions, storage_options=self.options())
+
+    def bytes_on_disk(self, partition_key: str | None) -> int:
+        return bytes_on_disk(self.uri(partition_key), self.options())
 
     def append(self, partition_key: str | None, data: Any, **write_kwargs: Any) -> int:
         """Append a pandas DataFrame or pyarrow Table (needs the ``reencode`` extra: pylance)."""

@@ -308,3 +308,13 @@ def cleanup(
         kept_unknown_age=unknown_age,
         aborted_uploads=len(stale_uploads),
     )
+
+
+def bytes_on_disk(uri: str | Storage, storage_options: Mapping[str, Any] | None = None) -> int:
+    """Bytes the dataset's files take: data, deletions, transactions, manifests and the index
+    folders its manifests name -- what retention gives back, for plots of storage over time."""
+    storage = uri if isinstance(uri, Storage) else Storage(uri, storage_options)
+    total = sum(e.size for folder in (DATA_DIR, DELETIONS_DIR, TRANSACTIONS_DIR, VERSIONS_DIR) for e in storage.list(folder))
+    refs = _References()
+    _read_references(storage, [n for n in _manifest_names(storage) if mf.parse_manifest_name(n)], refs)
+    return total + sum(e.size for folder in refs.indices for e in storage.list(folder))

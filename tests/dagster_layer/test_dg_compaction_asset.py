@@ -228,3 +228,29 @@ def test_heavily_deleted_fragments_show_in_the_metadata(root: Path, instance: dg
     else:
         assert meta["reencoded_fragments"] == 0 and "deletions_kept" in meta["notes"]
 
+
+def test_retention_after_compaction_and_a_fresh_observation(root: Path, instance: dg.DagsterInstance) -> None:
+    """With cleanup_older_than, the compaction also removes old versions and records what came
+    back; the fragments asset is re-observed at the new version by the same run."""
+    a = root / "a.lance"
+    make_dataset(a, 6)
+    expected = table_of(a)
+    defs = defs_for(root, ["a"], cleanup_older_than="0s", retain_versions=1)
+    result = run(defs, instance, "a")
+    assert result.success
+    ds = lance.dataset(str(a))
+    assert [v["version"] for v in ds.versions()] == [ds.version]  # only the compacted version is left
+    assert table_of(a).equals(expected)
+    meta = metadata_values(materialization(result).metadata)
+    assert set(meta) == BEFORE_AFTER_KEYS | {"versions_removed", "bytes_reclaimed", "bytes_on_disk_before", "bytes_on_disk_after"}
+    assert meta["versions_removed"] == ds.version - 1 and meta["bytes_reclaimed"] > 0
+    assert meta["bytes_on_disk_after"] < meta["bytes_on_disk_before"]
+    [obs] = [e.event_specific_data.asset_observation for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"]  # type: ignore[union-attr]
+    assert obs.asset_key == FRAGMENTS and obs.partition == "a"
+    assert obs.metadata["fragments"].value == 1 and obs.metadata["lance_version"].value == ds.version
+
+
+def test_a_bad_retention_duration_fails_at_load(root: Path) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        defs_for(root, ["a"], cleanup_older_than="seven days")
+
