@@ -289,9 +289,10 @@ def cleanup(
             doomed = [f for f in doomed if f.path not in referenced and f.path.rsplit("/", 1)[0] not in refs.indices]
         # Removed versions' manifests first: from then on no version references their files,
         # so a kill at any later point leaves only unreferenced (old) files for the next run.
-        doomed.sort(key=lambda f: f.kind != "manifest")
         for f in doomed:
-            storage.delete(f.path, missing_ok=True)
+            if f.kind == "manifest":
+                storage.delete(f.path, missing_ok=True)
+        storage.delete_many([f.path for f in doomed if f.kind != "manifest"])
     stale_uploads = [u for u in storage.pending_uploads(DATA_DIR) if u.initiated is not None and clock - u.initiated >= older_than]
     if not dry_run:
         for upload in stale_uploads:

@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, ContextManager
 
@@ -569,6 +569,21 @@ class Storage:
             except FileNotFoundError:
                 if not missing_ok:
                     raise
+
+    def delete_many(self, rels: Sequence[str], *, batch: int = 1000) -> None:
+        """Delete many objects, missing ones ignored: on S3 in bulk requests (DeleteObjects,
+        ``batch`` keys each), elsewhere one by one."""
+        if not self._s3_calls:
+            for rel in rels:
+                self.delete(rel, missing_ok=True)
+            return
+        for start in range(0, len(rels), batch):
+            chunk = rels[start : start + batch]
+            with self._errors(chunk[0]):
+                try:
+                    self.fs.rm([self.path(rel) for rel in chunk])
+                except FileNotFoundError:
+                    pass
 
     def pending_uploads(self, rel_dir: str) -> list[PendingUpload]:
         """Unfinished multipart uploads below ``rel_dir`` (S3 only; elsewhere none exist).
