@@ -1,0 +1,76 @@
+"""Version retention as a job of its own, on its own schedule.
+
+The compaction asset already runs retention after each compaction that committed; this job is
+for the rest of the time: appends, deletes and pylance's own writers keep adding versions, and
+their space only comes back when old versions go. It records a fragments observation with what
+was reclaimed, so the UI plots storage over time.
+"""
+
+from collections.abc import Iterator
+
+import dagster as dg
+from pydantic import Field
+
+from lance_assets.dagster.assets import AssetKeys, dataset_run_tagging, fragment_metadata
+from lance_assets.dagster.automation import build_nightly_schedule
+from lance_assets.dagster.resources import LanceDatasets
+from lance_assets.engine.cleanup import parse_duration
+from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
+
+
+def build_retention_job(
+    name: str,
+    keys: AssetKeys,
+    partitions_def: dg.PartitionsDefinition | None,
+    *,
+    resource_key: str,
+    cleanup_older_than: str,
+    retain_versions: int,
+    target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT,
+) -> dg.JobDefinition:
+    """``<name>_retention``: remove versions older than ``cleanup_older_than`` (run config may
+    override both values) from the partition's dataset."""
+    parse_duration(cleanup_older_than)
+
+    class RetentionConfig(dg.Config):
+        older_than: str = Field(default=cleanup_older_than, description="Remove versions committed before this long ago (e.g. 7d).")
+        retain_versions: int = Field(default=retain_versions, description="Always keep this many newest versions (and tagged ones).")
+
+    @dg.op(name=f"{name}_retention", required_resource_keys={resource_key})
+    def retention_op(context: dg.OpExecutionContext, config: RetentionConfig) -> Iterator[dg.AssetObservation]:
+        lance: LanceDatasets = getattr(context.resources, resource_key)
+        key = context.partition_key if partitions_def is not None else None
+        disk_before = lance.bytes_on_disk(key)
+        report = lance.cleanup(key, parse_duration(config.older_than), config.retain_versions)
+        disk_after = lance.bytes_on_disk(key)
+        context.log.info(f"retention: {len(report.removed_versions)} versions and {len(report.files)} files removed ({report.bytes} bytes)")
+        after = lance.inspect(key, target_rows_per_fragment)
+        yield dg.AssetObservation(
+            asset_key=keys.fragments,
+            partition=key,
+            metadata={
+                **fragment_metadata(after),
+                "versions_removed": dg.MetadataValue.int(len(report.removed_versions)),
+                "bytes_reclaimed": dg.MetadataValue.int(report.bytes),
+                "bytes_on_disk_before": dg.MetadataValue.int(disk_before),
+                "bytes_on_disk_after": dg.MetadataValue.int(disk_after),
+            },
+        )
+
+    @dg.job(
+        name=f"{name}_retention",
+        partitions_def=partitions_def,
+        **dataset_run_tagging(name, partitions_def),
+        description="Version retention: old versions and the files only they reference go (lance_assets cleanup).",
+    )
+    def _job() -> None:
+        retention_op()
+
+    return _job
+
+
+def build_retention_schedule(
+    name: str, job: dg.JobDefinition, partitions_def: dg.PartitionsDefinition | None, *, cron_schedule: str
+) -> dg.ScheduleDefinition:
+    """``<name>_retention_schedule``: one retention run per dataset (stopped until turned on)."""
+    return build_nightly_schedule(name, job, partitions_def, cron_schedule=cron_schedule, schedule_name=f"{name}_retention_schedule")
