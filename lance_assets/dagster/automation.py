@@ -155,8 +155,11 @@ def build_nightly_schedule(
     *,
     cron_schedule: str,
     default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
+    schedule_name: str | None = None,
 ) -> dg.ScheduleDefinition:
-    @dg.schedule(name=f"{name}_compaction_schedule", cron_schedule=cron_schedule, job=job, default_status=default_status)
+    """One run of ``job`` per dataset (partition) at ``cron_schedule``; stopped until turned on."""
+
+    @dg.schedule(name=schedule_name or f"{name}_compaction_schedule", cron_schedule=cron_schedule, job=job, default_status=default_status)
     def _schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
         stamp = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "now"
         for key in partition_keys(partitions_def, context.instance):

@@ -12,6 +12,7 @@ from lance_assets.dagster.automation import build_discovery_sensor, build_nightl
 from lance_assets.dagster.checks import build_compaction_checks
 from lance_assets.dagster.fanout import build_fanout_job
 from lance_assets.dagster.resources import LanceDatasets
+from lance_assets.dagster.retention import build_retention_job, build_retention_schedule
 from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
 
 Partitioning = Literal["dynamic", "none"]
@@ -35,6 +36,7 @@ def build_lance_compaction_defs(
     pool: str | None = "lance_compaction",
     cleanup_older_than: str | None = None,
     retain_versions: int = 1,
+    retention_cron_schedule: str = "0 3 * * *",
 ) -> dg.Definitions:
     """Definitions for compacting the Lance datasets under ``root``.
 
@@ -43,7 +45,9 @@ def build_lance_compaction_defs(
     dataset itself), or any PartitionsDefinition (static, daily, …) whose keys
     fill ``uri_template`` (default ``{root}/{partition_key}.lance``).
     ``cleanup_older_than`` (e.g. ``"7d"``) makes every compaction that committed also remove
-    versions older than that, keeping the newest ``retain_versions`` (and tagged ones).
+    versions older than that, keeping the newest ``retain_versions`` (and tagged ones), and adds
+    a ``<name>_retention`` job with its own schedule (``retention_cron_schedule``, stopped until
+    turned on) for the versions other writers add.
     """
     if partitioning == "none":
         partitions_def: dg.PartitionsDefinition | None = None
@@ -88,12 +92,21 @@ def build_lance_compaction_defs(
     ]
     if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
         sensors.append(build_discovery_sensor(name, partitions_def, resource_key=resource_key, minimum_interval_seconds=sensor_interval_seconds))
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [job, build_fanout_job(name, keys, partitions_def, resource_key=resource_key, pool=pool)]
+    schedules = [build_nightly_schedule(name, job, partitions_def, cron_schedule=cron_schedule)]
+    if cleanup_older_than is not None:
+        retention = build_retention_job(
+            name, keys, partitions_def, resource_key=resource_key, cleanup_older_than=cleanup_older_than,
+            retain_versions=retain_versions, target_rows_per_fragment=target_rows_per_fragment,
+        )
+        jobs.append(retention)
+        schedules.append(build_retention_schedule(name, retention, partitions_def, cron_schedule=retention_cron_schedule))
     return dg.Definitions(
         assets=[fragments, compacted],
         asset_checks=[checks],
-        jobs=[job, build_fanout_job(name, keys, partitions_def, resource_key=resource_key, pool=pool)],
+        jobs=jobs,
         sensors=sensors,
-        schedules=[build_nightly_schedule(name, job, partitions_def, cron_schedule=cron_schedule)],
+        schedules=schedules,
         resources={resource_key: resource},
     )
 
@@ -126,8 +139,9 @@ class LanceCompactionComponent(dg.Component, dg.Model, dg.Resolvable):
     sensor_interval_seconds: int = 60
     cron_schedule: str = "0 2 * * *"
     pool: str | None = "lance_compaction"
-    cleanup_older_than: str | None = None  # e.g. "7d": retention after each compaction
+    cleanup_older_than: str | None = None  # e.g. "7d": retention after each compaction, and a retention job
     retain_versions: int = 1
+    retention_cron_schedule: str = "0 3 * * *"
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         return build_lance_compaction_defs(
@@ -147,4 +161,5 @@ class LanceCompactionComponent(dg.Component, dg.Model, dg.Resolvable):
             pool=self.pool,
             cleanup_older_than=self.cleanup_older_than,
             retain_versions=self.retain_versions,
+            retention_cron_schedule=self.retention_cron_schedule,
         )

@@ -31,12 +31,13 @@ def build_retention_job(
     """``<name>_retention``: remove versions older than ``cleanup_older_than`` (run config may
     override both values) from the partition's dataset."""
     parse_duration(cleanup_older_than)
+    default_cutoff, default_keep = cleanup_older_than, retain_versions  # class bodies do not see same-named locals
 
     class RetentionConfig(dg.Config):
-        older_than: str = Field(default=cleanup_older_than, description="Remove versions committed before this long ago (e.g. 7d).")
-        retain_versions: int = Field(default=retain_versions, description="Always keep this many newest versions (and tagged ones).")
+        older_than: str = Field(default=default_cutoff, description="Remove versions committed before this long ago (e.g. 7d).")
+        retain_versions: int = Field(default=default_keep, description="Always keep this many newest versions (and tagged ones).")
 
-    @dg.op(name=f"{name}_retention", required_resource_keys={resource_key})
+    @dg.op(name=f"{name}_retention", out={}, required_resource_keys={resource_key})
     def retention_op(context: dg.OpExecutionContext, config: RetentionConfig) -> Iterator[dg.AssetObservation]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         key = context.partition_key if partitions_def is not None else None
