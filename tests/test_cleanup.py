@@ -242,30 +242,36 @@ def test_memory_store(dataset_cache) -> None:  # type: ignore[no-untyped-def]
 
 
 # --- version retention ---------------------------------------------------------------------------
-def _history(path: Path) -> None:
-    """Appends, a delete, our compaction, a scalar index, more appends, pylance's compaction."""
-    factory.appends(path, "2.1", [100, 100, 100, 100])
+def _history(path: Path, version: str = "2.1", stable: bool = False) -> None:
+    """Appends, a delete, an update, our compaction, a scalar index (v2), more appends,
+    pylance's compaction."""
+    factory.appends(path, version, [100, 100, 100, 100], enable_stable_row_ids=stable)
     lance.dataset(str(path)).delete("id < 10")
+    lance.dataset(str(path)).update({"name": "'changed'"}, where="id = 150")
     from lance_assets.engine.compaction import compact
 
     compact(str(path), CompactionOptions())
-    lance.dataset(str(path)).create_scalar_index("id", "BTREE")
-    factory.write(factory.simple_table(400, 50), path, "2.1")
-    factory.write(factory.simple_table(450, 50), path, "2.1")
-    lance.dataset(str(path)).optimize.compact_files()
+    if version != "legacy":
+        lance.dataset(str(path)).create_scalar_index("id", "BTREE")
+    factory.write(factory.simple_table(400, 50), path, version)
+    factory.write(factory.simple_table(450, 50), path, version)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lance.dataset(str(path)).optimize.compact_files()
 
 
 def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "latest_version_hint.json"}
 
 
-def test_retention_matches_pylance_cleanup_old_versions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version,stable", [("2.1", False), ("2.0", False), ("2.2", True), ("legacy", False)])
+def test_retention_matches_pylance_cleanup_old_versions(tmp_path: Path, version: str, stable: bool) -> None:
     """The same files remain as after pylance's own cleanup with the same cutoff (everything old)."""
     import shutil
     from datetime import timedelta
 
     ours, theirs = tmp_path / "ours.lance", tmp_path / "theirs.lance"
-    _history(ours)
+    _history(ours, version, stable)
     shutil.copytree(ours, theirs)
     rows = lance.dataset(str(ours)).to_table().to_pylist()
     before_bytes = sum((ours / f).stat().st_size for f in _files(ours))
@@ -279,13 +285,13 @@ def test_retention_matches_pylance_cleanup_old_versions(tmp_path: Path) -> None:
     ds = lance.dataset(str(ours))
     assert [v["version"] for v in ds.versions()] == [ds.version]
     assert ds.to_table().to_pylist() == rows
-    assert ds.to_table(filter="id = 420").num_rows == 1  # the index still answers
+    assert ds.to_table(filter="id = 420").num_rows == 1  # the index (v2) still answers
     assert report.removed_versions == dry.removed_versions == list(range(1, ds.version))
     out = report.to_dict()
     assert (out["versions_removed"], out["versions_kept"]) == (ds.version - 1, 1)
     assert out["files_removed"] == len(report.files) and out["bytes_removed"] == before_bytes - sum((ours / f).stat().st_size for f in _files(ours))
     assert {f.kind for f in report.files} >= {"manifest", "data", "deletion", "transaction"}
-    factory.write(factory.simple_table(500, 5), ours, "2.1")  # pylance keeps writing
+    factory.write(factory.simple_table(500, 5), ours, version)  # pylance keeps writing
     assert lance.dataset(str(ours)).count_rows() == len(rows) + 5
 
 
@@ -372,3 +378,47 @@ def test_compaction_then_retention_gives_the_space_back(tmp_path: Path) -> None:
     live = sum(df.file_size_bytes for f in Dataset.open(str(path)).fragments for df in f.files)
     assert after < before / 2
     assert after <= live * 1.05, (after, live)
+
+
+def test_a_compaction_running_during_retention_commits(tmp_path: Path) -> None:
+    """Versions and files three hours old go; the files a compaction is writing right now are
+    younger than the cutoff and its read version is the latest, so it commits and reads back."""
+    path = tmp_path / "ds.lance"
+    factory.appends(path, "2.1", [50] * 6)
+    rows = sorted(lance.dataset(str(path)).to_table().to_pylist(), key=lambda r: r["id"])
+    three_hours_ago = time.time() - 3 * HOUR
+    for manifest in (path / "_versions").glob("*.manifest"):  # commit times in the past
+        parsed = mf.parse_manifest_file(manifest.read_bytes())
+        m = mf.Manifest()
+        m.CopyFrom(parsed.manifest)
+        m.timestamp.seconds = int(three_hours_ago)
+        manifest.write_bytes(mf.build_manifest_file(m, parsed.transaction, parsed.index_section))
+    for f in path.rglob("*"):
+        if f.is_file():
+            _age(f, 3 * HOUR)
+    plan = plan_compaction(str(path), CompactionOptions())
+    results = [execute_task(str(path), plan, t) for t in plan.tasks]  # written, not committed
+    report = cleanup(str(path), older_than=HOUR, retain_versions=1)
+    assert report.removed_versions == [1, 2, 3, 4, 5]
+    assert all(p not in {f.path for f in report.files} for r in results for p in r.files_written)
+    committed = commit_compaction(str(path), plan, results)
+    assert committed.version == 7
+    assert sorted(lance.dataset(str(path)).to_table().to_pylist(), key=lambda r: r["id"]) == rows
+
+
+def test_retention_with_a_tag_matches_pylance(tmp_path: Path) -> None:
+    """A tagged old version survives with its files, in ours and in pylance's cleanup alike."""
+    import shutil
+    from datetime import timedelta
+
+    ours, theirs = tmp_path / "ours.lance", tmp_path / "theirs.lance"
+    _history(ours)
+    lance.dataset(str(ours)).tags.create("audit", 2)
+    shutil.copytree(ours, theirs)
+    report = cleanup(str(ours), older_than=0, retain_versions=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lance.dataset(str(theirs)).cleanup_old_versions(older_than=timedelta(seconds=0), delete_unverified=True, error_if_tagged_old_versions=False)
+    assert 2 not in report.removed_versions
+    assert _files(ours) == _files(theirs)
+    assert lance.dataset(str(ours), version="audit").count_rows() == lance.dataset(str(theirs), version="audit").count_rows() == 200
