@@ -257,10 +257,21 @@ def test_reason_no_reduction(planning_datasets: Build) -> None:
     plan = plan_compaction(str(path), CompactionOptions(max_rows_per_file=150))
     assert plan.tasks == ()
     assert skips(plan) == {0: "no_reduction", 1: "no_reduction", 2: "no_reduction"}
-    # with room for two inputs per file the task runs, as 2 + 1
+    # with room for two inputs per file, 0 and 1 merge; 2 would only be copied into a file of its own
     plan = plan_compaction(str(path), CompactionOptions(max_rows_per_file=200))
-    assert task_ids(plan) == [[0, 1, 2]]
-    assert [list(o.fragment_ids) for o in plan.tasks[0].outputs] == [[0, 1], [2]]
+    assert task_ids(plan) == [[0, 1]]
+    assert [list(o.fragment_ids) for o in plan.tasks[0].outputs] == [[0, 1]]
+    assert skips(plan) == {2: "no_reduction"}
+
+
+def test_caps_pack_whole_inputs_into_the_fewest_files(planning_datasets: Build) -> None:
+    """12 fragments of 100 rows, target 250, at most 250 rows a file: six files of 200 rows
+    (next-fit over the run), not Lance's split into groups of 300 that a cap then cuts into a
+    full file and a remainder (eight files)."""
+    path = planning_datasets("twelve-100", sized("2.1", [100] * 12))
+    plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=250, max_rows_per_file=250))
+    assert [list(o.fragment_ids) for t in plan.tasks for o in t.outputs] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]
+    assert all(o.rows == 200 for t in plan.tasks for o in t.outputs) and skips(plan) == {}
 
 
 def test_reason_at_target_size_detail(planning_datasets: Build) -> None:
@@ -295,8 +306,9 @@ def test_output_byte_cap_closes_before_an_input_would_exceed_it(planning_dataset
     sizes = {f.id: sum(df.file_size_bytes for df in f.files) for f in (fr.metadata for fr in lance.dataset(str(path)).get_fragments())}
     cap = sizes[0] + sizes[1] + sizes[2] // 2  # room for two inputs, not three
     plan = plan_compaction(str(path), CompactionOptions(max_bytes_per_file=cap))
-    outputs = plan.tasks[0].outputs
-    assert [list(o.fragment_ids) for o in outputs] == [[0, 1], [2, 3], [4]]
+    outputs = [o for t in plan.tasks for o in t.outputs]
+    assert [list(o.fragment_ids) for o in outputs] == [[0, 1], [2, 3]]  # one group per file under a cap
+    assert skips(plan) == {4: "no_reduction"}  # copying 4 alone into a new file would gain nothing
     for o in outputs:
         assert o.bytes == sum(sizes[i] for i in o.fragment_ids) <= cap
 

@@ -269,15 +269,34 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
     why_not_reencode = "" if not over else _why_not_reencode(options)
     layers = _FileSplitter(ds)
     source_budget = options.max_source_fragments
+    capped = options.max_rows_per_file is not None or options.max_bytes_per_file is not None
+    packed_alone: set[int] = set()
+
+    def groups(piece: list[table_pb2.DataFragment]) -> Iterable[list[table_pb2.DataFragment]]:
+        """Lance's split by target; under a row or byte cap, next-fit packing of the whole piece
+        instead (one group per output file), so a cap never leaves a full and a remainder file
+        where whole inputs fit in fewer."""
+        if not capped or (not why_not_reencode and any(f.id in over for f in piece)):
+            yield from _split_by_target(piece, options.target_rows_per_fragment)
+            return
+        by_id = {f.id: f for f in piece}
+        sizes = {f.id: ds.data_bytes(f.files, exact=options.max_bytes_per_file is not None) for f in piece}
+        for output in _outputs(piece, sizes, options_for_outputs):
+            if len(output.fragment_ids) == 1:
+                packed_alone.add(output.fragment_ids[0])
+            yield [by_id[i] for i in output.fragment_ids]
+
     for bin_ in _bins(candidates):
         pieces = layers.split(bin_, skipped, splits)
-        for group in (g for piece in pieces for g in _split_by_target(piece, options.target_rows_per_fragment)):
+        for group in (g for piece in pieces for g in groups(piece)):
             ids = [f.id for f in group]
             heavy = [i for i in ids if i in over]
             reencode = bool(heavy) and not why_not_reencode
             if len(group) < 2 and not reencode:
                 alone = layers.alone.get(ids[0]) if ids else None
-                if heavy:
+                if ids[0] in packed_alone and len(bin_) > 1:
+                    skipped.append(SkippedFragment(ids[0], REASON_NO_REDUCTION, "the size limits leave this input in a file of its own"))
+                elif heavy:
                     skipped.append(SkippedFragment(ids[0], REASON_MATERIALIZE, _heavy_detail(group[0], options, why_not_reencode)))
                 elif alone is not None:
                     skipped.append(SkippedFragment(ids[0], layers.reason, alone))
