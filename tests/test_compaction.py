@@ -716,7 +716,7 @@ def test_legacy_whole_batches(tmp_path: Path, make: str) -> None:
 def test_legacy_appends_merge_where_batches_allow(dataset_copy: Callable[[str, str], Path]) -> None:
     """100, 1, 250, 30 rows (one batch each): [100, 1] and [250, 30] can each share a legacy file."""
     path = dataset_copy("appends", "legacy")
-    plan, report, ds, _ = run_and_check(path, CompactionOptions())
+    plan, report, ds, _ = run_and_check(path, CompactionOptions(reencode_fallback=False))
     assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1], [2, 3]]
     assert report.tasks == 2 and report.tasks_skipped == 0 and len(ds.get_fragments()) == 2
 
@@ -727,7 +727,7 @@ def test_one_task_refused_the_other_committed(tmp_path: Path) -> None:
     factory.appends(path, "legacy", [1, 100, 3000, 1024, 1024])  # batches 1 + 100 cannot share a legacy file
     before = capture(path)
     data_before = {p.name for p in (path / "data").iterdir()}
-    options = CompactionOptions(target_rows_per_fragment=2000)
+    options = CompactionOptions(target_rows_per_fragment=2000, reencode_fallback=False)
     plan = plan_compaction(str(path), options)
     assert [list(t.fragment_ids) for t in plan.tasks] == [[3, 4]]  # the planner already splits 0 | 1
     assert {s.fragment_id: s.reason for s in plan.skipped} == {0: "uneven_batches", 1: "uneven_batches", 2: "at_target_size"}

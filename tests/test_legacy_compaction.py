@@ -398,14 +398,29 @@ def test_uneven_batches_are_split_in_the_plan(copy_of: Callable[[str], Path]) ->
     """
     path = copy_of("uneven")
     digest = tree_digest(path)
-    dry = compact(str(path), CompactionOptions(dry_run=True))
-    report = compact(str(path))
+    dry = compact(str(path), CompactionOptions(dry_run=True, reencode_fallback=False))
+    report = compact(str(path), CompactionOptions(reencode_fallback=False))
     assert report.version is None and report.tasks == dry.tasks == 0
     assert report.skipped == dry.skipped
     assert {s["reason"] for s in report.skipped} == {"uneven_batches"}
     assert all("partial batch" in s["detail"] for s in report.skipped)
     assert [(s["left_fragment_id"], s["right_fragment_id"]) for s in dry.plan["splits"]] == [(0, 1), (1, 2)]
     assert tree_digest(path) == digest
+
+
+def test_uneven_batches_are_reencoded_in_our_commit(copy_of: Callable[[str], Path]) -> None:
+    """With pylance installed, the group is re-encoded instead (one new version, one fragment),
+    and pylance's filtered scans and deletes find the right rows in it."""
+    path = copy_of("uneven")
+    start = lance.dataset(str(path)).version
+    report = compact(str(path))
+    assert report.committed_versions == [start + 1] and report.reencoded_fragments == 3
+    assert [(n["fragment_id"], n["reason"]) for n in report.notes] == [(1, "reencoded"), (2, "reencoded")]
+    ds = lance.dataset(str(path))
+    assert len(ds.get_fragments()) == 1 and ds.to_table()["id"].to_pylist() == list(range(45))
+    ds.delete("id = 12")
+    assert 12 not in lance.dataset(str(path)).to_table()["id"].to_pylist()
+    assert lance.dataset(str(path)).count_rows() == 44
 
 
 def test_uneven_batches_are_refused_by_the_copier(copy_of: Callable[[str], Path]) -> None:

@@ -84,20 +84,29 @@ def assert_lance_order(path: Path, tables: list[pa.Table], plan: dict[str, Any])
 # --- the three reproductions of the issue -------------------------------------------------------
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
 def test_null_struct_then_empty_list(tmp_path: Path, version: str) -> None:
-    """``struct<x: list<int64>>``: [None] then [{"x": []}] -- the layers differ above the list."""
+    """``struct<x: list<int64>>``: [None] then [{"x": []}] -- the layers differ above the list.
+    Without re-encoding, the fragments are left apart with the reason."""
     t = pa.struct([("x", pa.list_(pa.int64()))])
     tables = [pa.table({"i": pa.array([0], pa.int64()), "s": pa.array([None], t)}), pa.table({"i": pa.array([1], pa.int64()), "s": pa.array([{"x": []}], t)})]
     path = tmp_path / "ds.lance"
     write_fragments(path, tables, version)
     before = tree_digest(path)
-    dry = cli_compact(path, "--dry-run")
-    report = cli_compact(path)
+    dry = cli_compact(path, "--dry-run", "--no-reencode-fallback")
+    report = cli_compact(path, "--no-reencode-fallback")
     assert report["tasks"] == dry["tasks"] == 0
     assert {s["reason"] for s in report["skipped"]} == {REASON_INCOMPATIBLE_LAYERS}
     assert report["skipped"] == dry["skipped"]
     assert dry["plan"]["splits"] == [{"left_fragment_id": 0, "right_fragment_id": 1, "reason": REASON_INCOMPATIBLE_LAYERS, "detail": dry["plan"]["splits"][0]["detail"]}]
     assert "'s.x.item'" in dry["plan"]["splits"][0]["detail"]
     assert tree_digest(path) == before
+    assert_reads_as(path, pa.concat_tables(tables))
+    # With pylance installed (the default), the group is re-encoded in our commit instead.
+    dry = cli_compact(path, "--dry-run")
+    report = cli_compact(path)
+    assert [(t["fragment_ids"], t["reencode"]) for t in dry["plan"]["tasks"]] == [([0, 1], True)]
+    assert report["tasks"] == 1 and report["reencoded_fragments"] == 2 and report["skipped"] == []
+    assert [(n["fragment_id"], n["reason"]) for n in report["notes"]] == [(1, "reencoded")]
+    assert len(lance.dataset(str(path)).get_fragments()) == 1
     assert_reads_as(path, pa.concat_tables(tables))
 
 
@@ -113,8 +122,8 @@ def test_stream_of_structs_with_tag_lists(tmp_path: Path) -> None:
         tables.append(pa.table({"i": pa.array(range(k * 200, (k + 1) * 200), pa.int64()), "s": pa.array(rows, t)}))
     path = tmp_path / "ds.lance"
     write_fragments(path, tables, "2.2")
-    dry = cli_compact(path, "--dry-run")
-    report = cli_compact(path)
+    dry = cli_compact(path, "--dry-run", "--no-reencode-fallback")
+    report = cli_compact(path, "--no-reencode-fallback")
     merged = [t["fragment_ids"] for t in dry["plan"]["tasks"]]
     # Runs of equal layers: [0] alone, then alternating runs of 2 (null structs) and 3 (none).
     assert merged == [[1, 2], [3, 4, 5], [6, 7], [8, 9, 10], [11, 12], [13, 14, 15], [16, 17], [18, 19]]
@@ -124,6 +133,10 @@ def test_stream_of_structs_with_tag_lists(tmp_path: Path) -> None:
     assert len(dry["plan"]["splits"]) == 8
     assert_reads_as(path, pa.concat_tables(tables))
     assert_lance_order(path, tables, dry["plan"])
+    # the default (pylance installed) re-encodes the runs together into one fragment
+    report = cli_compact(path)
+    assert report["tasks"] == 1 and report["reencoded_fragments"] == 9 and len(lance.dataset(str(path)).get_fragments()) == 1
+    assert_reads_as(path, pa.concat_tables(tables))
 
 
 def test_nested_lists_in_a_struct_fragments_of_3_1_3_40_40_3(tmp_path: Path) -> None:
@@ -328,8 +341,10 @@ def _property(version: str, max_examples: int):  # type: ignore[no-untyped-def]
             return
         before_version = lance.dataset(str(path)).version
         before = tree_digest(path)
-        dry = cli_compact(path, "--dry-run")
-        report = cli_compact(path)
+        # binary copy only (groups split where layers disagree), or re-encoding such groups
+        extra = ["--no-reencode-fallback"] if data.draw(st.booleans(), label="binary copy only") else []
+        dry = cli_compact(path, "--dry-run", *extra)
+        report = cli_compact(path, *extra)
         assert (report["tasks"], report["fragments_removed"], report["skipped"]) == (dry["tasks"], dry["fragments_removed"], dry["skipped"])
         if report["version"] is None:
             assert tree_digest(path) == before, "an untouched dataset changed"

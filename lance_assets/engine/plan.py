@@ -13,7 +13,7 @@ of fragments is never run.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -34,6 +34,7 @@ REASON_EXCLUDED = "excluded"
 REASON_DELETIONS = "deletions"  # no longer produced (deletions are carried forward); kept for old plans
 REASON_MATERIALIZE = "materialize_deletions"  # a lone fragment whose deleted rows only a re-encode drops
 NOTE_DELETIONS_KEPT = "deletions_kept"  # merged by binary copy although over the threshold
+NOTE_REENCODED = "reencoded"  # merged by a re-encode because binary copy may not put it beside its neighbour
 REASON_LARGE = "at_target_size"
 REASON_INDEXED = "indexed"
 REASON_UNKNOWN_FIELDS = "unknown_fragment_fields"
@@ -266,8 +267,16 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
     tasks: list[CompactionTask] = []
     splits: list[PlanSplit] = []
     notes: list[SkippedFragment] = []
-    why_not_reencode = "" if not over else _why_not_reencode(options)
-    layers = _FileSplitter(ds)
+    why_not_cache: list[str] = []
+
+    def why_not() -> str:
+        """Why nothing can be re-encoded ("" when pylance may), asked only when needed."""
+        if not why_not_cache:
+            why_not_cache.append(_why_not_reencode(options))
+        return why_not_cache[0]
+
+    why_not_reencode = "" if not over else why_not()
+    layers = _FileSplitter(ds, why_not)
     source_budget = options.max_source_fragments
     capped = options.max_rows_per_file is not None or options.max_bytes_per_file is not None
     packed_alone: set[int] = set()
@@ -276,7 +285,8 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
         """Lance's split by target; under a row or byte cap, next-fit packing of the whole piece
         instead (one group per output file), so a cap never leaves a full and a remainder file
         where whole inputs fit in fewer."""
-        if not capped or (not why_not_reencode and any(f.id in over for f in piece)):
+        forced = layers.forced_reencode([f.id for f in piece])
+        if not capped or forced or (not why_not_reencode and any(f.id in over for f in piece)):
             yield from _split_by_target(piece, options.target_rows_per_fragment)
             return
         by_id = {f.id: f for f in piece}
@@ -291,7 +301,8 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
         for group in (g for piece in pieces for g in groups(piece)):
             ids = [f.id for f in group]
             heavy = [i for i in ids if i in over]
-            reencode = bool(heavy) and not why_not_reencode
+            forced = layers.forced_reencode(ids)
+            reencode = bool(forced) or (bool(heavy) and not why_not_reencode)
             if len(group) < 2 and not reencode:
                 alone = layers.alone.get(ids[0]) if ids else None
                 if ids[0] in packed_alone and len(bin_) > 1:
@@ -327,6 +338,7 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
             )
             if heavy and not reencode:
                 notes.extend(SkippedFragment(f.id, NOTE_DELETIONS_KEPT, _heavy_detail(f, options, why_not_reencode)) for f in group if f.id in over)
+            notes.extend(SkippedFragment(fid, NOTE_REENCODED, f"re-encoded with the fragment before it: {why}") for fid, why in forced)
     skipped.sort(key=lambda s: s.fragment_id)
     return CompactionPlan(
         ds.uri, ds.version, mf.storage_version_name(ds.storage_version), tuple(tasks), tuple(skipped), options, tuple(splits), tuple(notes)
@@ -462,8 +474,11 @@ class _FileSplitter:
       input but the last must hold whole batches of that size.
     """
 
-    def __init__(self, ds: Dataset) -> None:
+    def __init__(self, ds: Dataset, why_not_reencode: Callable[[], str]) -> None:
         self._ds = ds
+        self._why_not_reencode = why_not_reencode
+        #: boundaries (left id, right id) merged anyway because the group will be re-encoded
+        self.reencode_pairs: dict[tuple[int, int], str] = {}
         self._legacy = ds.storage_version == mf.LEGACY
         # Guarded fields depend on the schema only (the same for every structural version).
         self._nested = not self._legacy and bool(repdef.guarded_field_ids(ds.manifest.fields, FileVersion.V2_1))
@@ -483,6 +498,12 @@ class _FileSplitter:
                 run = []
                 continue
             problem = self._refuses(run, info) if run else None
+            if run and problem is not None and not self._why_not_reencode():
+                # pylance can re-encode the group: merge, and say which boundary needs it
+                self.reencode_pairs[(pieces[-1][-1].id, frag.id)] = problem
+                pieces[-1].append(frag)
+                run = [info]
+                continue
             if run and problem is None:
                 pieces[-1].append(frag)
                 run.append(info)
@@ -495,6 +516,10 @@ class _FileSplitter:
             pieces.append([frag])
             run = [info]
         return pieces
+
+    def forced_reencode(self, ids: Sequence[int]) -> list[tuple[int, str]]:
+        """(right fragment id, why) for each boundary inside ``ids`` that binary copy may not cross."""
+        return [(b, self.reencode_pairs[(a, b)]) for a, b in zip(ids, ids[1:]) if (a, b) in self.reencode_pairs]
 
     def _refuses(self, run: list[Any], info: Any) -> str | None:
         """Why a fragment with ``info`` may not join the run of fragments whose infos are ``run``."""
