@@ -305,6 +305,26 @@ def test_copier_refuses_a_plan_that_mixes_layers(tmp_path: Path) -> None:
     assert tree_digest(path) == before
 
 
+@pytest.mark.parametrize("version", STRUCTURAL)
+def test_multi_file_fragments_with_nested_columns_merge(tmp_path: Path, version: str) -> None:
+    """After ``add_columns`` each fragment has two files, only one holding the struct above a
+    list: the copier compares layers per field, not per file, so the fragments still merge."""
+    t = pa.struct([("x", pa.list_(pa.int64()))])
+    tables = [pa.table({"i": pa.array([k], pa.int64()), "s": pa.array([{"x": [k, k]}], t)}) for k in range(3)]
+    path = tmp_path / "ds.lance"
+    write_fragments(path, tables, version)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lance.dataset(str(path)).add_columns({"d": "i * 2"})
+    assert [len(f.metadata.files) for f in lance.dataset(str(path)).get_fragments()] == [2, 2, 2]
+    expected = lance.dataset(str(path)).to_table()
+    dry = cli_compact(path, "--dry-run", "--no-reencode-fallback")
+    report = cli_compact(path, "--no-reencode-fallback")
+    assert report["tasks"] == dry["tasks"] == 1 and report["tasks_skipped"] == 0 and report["skipped"] == []
+    assert len(lance.dataset(str(path)).get_fragments()) == 1
+    assert_reads_as(path, expected)
+
+
 def test_self_check_refuses_a_file_that_differs_from_what_was_meant(tmp_path: Path) -> None:
     """``verify_output`` reads the written file back: a changed byte of its metadata, a wrong
     row count or a layer mix is refused."""

@@ -288,18 +288,20 @@ def _write_output(
     bytes_read = 0
     clone_block = storage.clone_block_size(DATA_DIR)
     guarded = repdef.guarded_field_ids(ds.manifest.fields, version)
-    first_key: repdef.LayerKey | None = None
+    # The guarded layers' kinds per field, as the first input holding the field has them; every
+    # later input must agree (a fragment's files each hold some fields, so compare per field).
+    kinds: dict[int, str] = {}
     with storage.open_write(rel) as out:
         pos = 0
         for row_offset, src in _input_sources(ds, inputs, order, read_batch_bytes):
             key = repdef.file_layer_key(src.meta.columns, src.columns, guarded, version)
             if isinstance(key, repdef.LayerConflict):
                 raise CompactionRefusedError(f"field {repdef.field_paths(ds.manifest.fields).get(key.field_id, key.field_id)!r}: {key.detail}", path=storage.url(src.rel_path))
-            if first_key is None:
-                first_key = key
-            elif key != first_key:
-                names = repdef.field_paths(ds.manifest.fields)
-                raise CompactionRefusedError(repdef.describe_difference(first_key, key, names), path=storage.url(src.rel_path))
+            for fid, found in key:
+                first = kinds.setdefault(fid, found)
+                if first != found:
+                    difference = repdef.describe_difference(((fid, first),), ((fid, found),), repdef.field_paths(ds.manifest.fields))
+                    raise CompactionRefusedError(difference, path=storage.url(src.rel_path))
             if schema_metadata is None:
                 schema_metadata = dict(src.meta.descriptor.schema.metadata)
             extents = _extents(src.meta, sorted(src.columns.values()), pos, clone_block)
