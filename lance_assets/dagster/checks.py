@@ -14,14 +14,11 @@ from lance_assets.dagster.assets import READ_BACK_CHECK, ROWS_CHECK, SMALL_CHECK
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.tail import read_legacy_metadata, read_v2_metadata
 from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.rows import live_rows
 from lance_assets.errors import LanceAssetsError
 
 SAMPLE_ROWS = 1000
 SAMPLE_GROUPS = 3
-
-
-def _live_rows(fragments) -> int:  # type: ignore[no-untyped-def]
-    return sum(f.physical_rows - (f.deletion_file.num_deleted_rows if f.HasField("deletion_file") else 0) for f in fragments)
 
 
 def _sample_equal(uri: str, storage_options: dict, groups) -> tuple[bool, str]:  # type: ignore[no-untyped-def]
@@ -98,8 +95,8 @@ def build_compaction_checks(keys: AssetKeys, *, resource_key: str, max_small_fra
                 yield dg.AssetCheckResult(check_name=name, passed=False, metadata={"error": str(exc)})
             return
         groups = [g for _, g in versioned_groups]
-        before = sum(_live_rows(g.old_fragments) for g in groups)
-        after = sum(_live_rows(g.new_fragments) for g in groups)
+        before = sum(live_rows(g.old_fragments) for g in groups)
+        after = sum(live_rows(g.new_fragments) for g in groups)
         yield dg.AssetCheckResult(
             check_name=ROWS_CHECK,
             passed=before == after,

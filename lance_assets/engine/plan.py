@@ -2,9 +2,9 @@
 
 Planning reads the manifest only, so it is fast on datasets with 100,000 fragments and
 safe to run from a sensor -- except where the schema nests a list below a struct in a 2.1+
-dataset: there the candidates' file metadata is read too, because pages of such columns may
-share a file only when their repetition/definition layers agree (``format.repdef``), and the
-plan must say what the copy will do. It follows
+dataset, or the dataset is legacy (0.x): there the candidates' file metadata is read too
+(rep/def layers, batch sizes: see ``_FileSplitter``), because the plan must say what the copy
+will do. It follows
 Lance's own candidate selection and binning (fact sheet §7.2), and additionally
 simulates the output files so that a task which would not reduce the number
 of fragments is never run.
@@ -12,6 +12,7 @@ of fragments is never run.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.reencode import pylance_available
+from lance_assets.engine.rows import live_rows
 from lance_assets.engine.tail import read_legacy_metadata, read_v2_metadata
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
@@ -267,19 +269,20 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
     tasks: list[CompactionTask] = []
     splits: list[PlanSplit] = []
     notes: list[SkippedFragment] = []
-    why_not_cache: list[str] = []
-
-    def why_not() -> str:
-        """Why nothing can be re-encoded ("" when pylance may), asked only when needed."""
-        if not why_not_cache:
-            why_not_cache.append(_why_not_reencode(options))
-        return why_not_cache[0]
-
+    # Why nothing can be re-encoded ("" when pylance may): importing pylance only when asked.
+    why_not = functools.cache(lambda: _why_not_reencode(options))
     why_not_reencode = "" if not over else why_not()
     layers = _FileSplitter(ds, why_not)
     source_budget = options.max_source_fragments
     capped = options.max_rows_per_file is not None or options.max_bytes_per_file is not None
     packed_alone: set[int] = set()
+    data_bytes: dict[int, int] = {}  # fragment id -> bytes (may need a size request each: ask once)
+
+    def sizes_of(frags: Sequence[table_pb2.DataFragment]) -> dict[int, int]:
+        for f in frags:
+            if f.id not in data_bytes:
+                data_bytes[f.id] = ds.data_bytes(f.files, exact=options.max_bytes_per_file is not None)
+        return {f.id: data_bytes[f.id] for f in frags}
 
     def groups(piece: list[table_pb2.DataFragment]) -> Iterable[list[table_pb2.DataFragment]]:
         """Lance's split by target; under a row or byte cap, next-fit packing of the whole piece
@@ -290,8 +293,7 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
             yield from _split_by_target(piece, options.target_rows_per_fragment)
             return
         by_id = {f.id: f for f in piece}
-        sizes = {f.id: ds.data_bytes(f.files, exact=options.max_bytes_per_file is not None) for f in piece}
-        for output in _outputs(piece, sizes, options_for_outputs):
+        for output in _outputs(piece, sizes_of(piece), options_for_outputs):
             if len(output.fragment_ids) == 1:
                 packed_alone.add(output.fragment_ids[0])
             yield [by_id[i] for i in output.fragment_ids]
@@ -314,7 +316,7 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
                 else:
                     skipped.extend(SkippedFragment(i, REASON_ALONE, "no adjacent small fragment with the same layout and indices") for i in ids)
                 continue
-            sizes = {f.id: ds.data_bytes(f.files, exact=options.max_bytes_per_file is not None) for f in group}
+            sizes = sizes_of(group)
             outputs = _reencode_outputs(group, sizes, options) if reencode else _outputs(group, sizes, options_for_outputs)
             if not reencode and len(outputs) >= len(group):
                 skipped.extend(SkippedFragment(i, REASON_NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids)
@@ -376,7 +378,7 @@ def _reencode_outputs(group: list[table_pb2.DataFragment], sizes: dict[int, int]
     in proportion to the live rows.
     """
     ids = tuple(f.id for f in group)
-    live = sum(f.physical_rows - (f.deletion_file.num_deleted_rows if f.HasField("deletion_file") else 0) for f in group)
+    live = live_rows(group)
     physical = sum(f.physical_rows for f in group) or 1
     size = sum(sizes.values()) * live // physical
     cap = min(options.target_rows_per_fragment, options.row_cap)
@@ -480,8 +482,9 @@ class _FileSplitter:
         #: boundaries (left id, right id) merged anyway because the group will be re-encoded
         self.reencode_pairs: dict[tuple[int, int], str] = {}
         self._legacy = ds.storage_version == mf.LEGACY
-        # Guarded fields depend on the schema only (the same for every structural version).
-        self._nested = not self._legacy and bool(repdef.guarded_field_ids(ds.manifest.fields, FileVersion.V2_1))
+        # Guarded fields per file version (empty for 2.0); the schema decides, so once per version.
+        self._guarded = functools.cache(lambda version: repdef.guarded_field_ids(ds.manifest.fields, version))
+        self._nested = not self._legacy and bool(self._guarded(FileVersion.V2_1))
         self._names = repdef.field_paths(ds.manifest.fields)
         self.reason = REASON_UNEVEN_BATCHES if self._legacy else REASON_INCOMPATIBLE_LAYERS
         #: fragment id -> why it is left alone (set for fragments a split isolated)
@@ -543,7 +546,7 @@ class _FileSplitter:
             keys = []
             for df in frag.files:
                 version = FileVersion(mf.storage_version_name(mf.data_file_version(df)))
-                guarded = repdef.guarded_field_ids(ds.manifest.fields, version)
+                guarded = self._guarded(version)
                 meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
                 owners = {fid: col for fid, col in zip(df.fields, df.column_indices) if col >= 0}
                 key = repdef.file_layer_key(meta.columns, owners, guarded, version)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lance_assets._proto import table_pb2
 from lance_assets.engine.dataset import DATA_DIR, Dataset
 from lance_assets.engine.report import RewriteResult
-from lance_assets.engine.rows import carry_row_sequences
+from lance_assets.engine.rows import carry_row_sequences, live_rows
 from lance_assets.format import manifest as mf
 from lance_assets.io.storage import UNSAFE_COMMIT_OPTION
 
@@ -67,14 +67,18 @@ def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, start
     options = plan.options
     by_id = {f.id: f for f in ds.manifest.fragments}
     inputs = [by_id[i] for i in task.fragment_ids]
-    live = sum(f.physical_rows - (f.deletion_file.num_deleted_rows if f.HasField("deletion_file") else 0) for f in inputs)
+    live = live_rows(inputs)
     version = mf.storage_version_name(ds.storage_version)
     pylance_options = pylance_storage_options(options.storage_options)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             source = lance.dataset(ds.storage.uri, version=plan.read_version, storage_options=pylance_options)
-            reader = source.scanner(fragments=[source.get_fragment(i) for i in task.fragment_ids], scan_in_order=True).to_reader()
+
+            def live_rows_in_order() -> Any:
+                return source.scanner(fragments=[source.get_fragment(i) for i in task.fragment_ids], scan_in_order=True).to_reader()
+
+            reader = live_rows_in_order()
             written = lance.fragment.write_fragments(
                 reader,
                 ds.storage.uri,
@@ -97,8 +101,7 @@ def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, start
         # (Legacy files have no structural rep/def layers, and pylance's file reader is v2 only.)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            expected = source.scanner(fragments=[source.get_fragment(i) for i in task.fragment_ids], scan_in_order=True).to_reader()
-            problem = _differs(expected, (ds.storage.url(rel) for rel in files), pylance_options)
+            problem = _differs(live_rows_in_order(), (ds.storage.url(rel) for rel in files), pylance_options)
     if problem is not None:
         for rel in files:
             ds.storage.delete(rel, missing_ok=True)
@@ -127,21 +130,18 @@ def _differs(expected: Any, urls: Iterator[str], storage_options: dict[str, str]
         for url in urls:
             yield from LanceFileReader(url, storage_options=storage_options).read_all().to_batches()
 
-    got, want = batches(), iter(expected)
+    def non_empty(stream: Any) -> Iterator[Any]:
+        return (batch for batch in stream if batch.num_rows)
+
+    want, got = non_empty(expected), non_empty(batches())
     a = b = None
     row = 0
     try:
         while True:
-            if a is None or a.num_rows == 0:
-                a = next(want, None)
-            if b is None or b.num_rows == 0:
-                b = next(got, None)
+            a = a if a is not None and a.num_rows else next(want, None)
+            b = b if b is not None and b.num_rows else next(got, None)
             if a is None or b is None:
-                if a is None and b is None:
-                    return None
-                if (a is None or a.num_rows == 0) and (b is None or b.num_rows == 0):
-                    continue
-                return f"re-encoded files end at row {row} where the inputs do not (or the reverse)"
+                return None if a is b else f"re-encoded files end at row {row} where the inputs do not (or the reverse)"
             n = min(a.num_rows, b.num_rows)
             x, y = a.slice(0, n), b.slice(0, n).select(a.schema.names)
             if not (x.equals(y) or x.to_pylist() == y.to_pylist()):

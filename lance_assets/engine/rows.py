@@ -10,7 +10,7 @@ renumbered (indices and users hold them) and each row keeps the versions it had.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from lance_assets._proto import table_pb2
 from lance_assets.engine.dataset import Dataset
@@ -24,6 +24,11 @@ from lance_assets.format.rowids import (
     encode_row_ids,
     encode_row_versions,
 )
+
+
+def live_rows(fragments: Iterable[table_pb2.DataFragment]) -> int:
+    """Rows the fragments hold that are not deleted."""
+    return sum(f.physical_rows - (f.deletion_file.num_deleted_rows if f.HasField("deletion_file") else 0) for f in fragments)
 
 
 def deleted_offsets(ds: Dataset, fragment: table_pb2.DataFragment) -> list[int]:
