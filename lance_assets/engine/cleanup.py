@@ -38,7 +38,7 @@ import json
 import re
 import time
 import uuid as uuid_mod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,10 +48,9 @@ from lance_assets.errors import CorruptFileError, MissingFileError, UnsupportedF
 from lance_assets.format import manifest as mf
 from lance_assets.format.protobuf import unknown_field_numbers
 from lance_assets.io import Storage
+from lance_assets.io.storage import Entry
 
 DEFAULT_OLDER_THAN_SECONDS = 3600.0
-#: The CLI's cutoff when old versions are removed too (Lance's ``cleanup_old_versions`` default).
-DEFAULT_RETENTION_SECONDS = 14 * 86400.0
 INDICES_DIR = "_indices"
 TAGS_DIR = "_refs/tags"
 
@@ -117,6 +116,13 @@ class _References:
     def files(self) -> set[str]:
         return self.data | self.deletions | self.transactions
 
+    def absorb(self, other: _References) -> None:
+        self.data |= other.data
+        self.deletions |= other.deletions
+        self.transactions |= other.transactions
+        self.external |= other.external
+        self.indices |= other.indices
+
 
 def _collect(refs: _References, raw: bytes, where: str) -> float:
     """Add what one manifest references to ``refs``; returns its commit time (epoch seconds)."""
@@ -148,15 +154,18 @@ def _collect(refs: _References, raw: bytes, where: str) -> float:
     return m.timestamp.seconds + m.timestamp.nanos / 1e9
 
 
-def _manifest_names(storage: Storage) -> list[str]:
-    """Every manifest-like file in _versions/: committed versions and anything else named *.manifest."""
-    return sorted(e.name for e in storage.list(VERSIONS_DIR) if e.name.endswith(".manifest"))
+def _manifest_names(listing: Iterable[Entry]) -> list[str]:
+    """Every manifest-like file in a listing of _versions/: committed versions and anything else named *.manifest."""
+    return sorted(e.name for e in listing if e.name.endswith(".manifest"))
 
 
-def _read_references(storage: Storage, names: list[str], refs: _References, removable: Callable[[str, float], bool] | None = None, gone: _References | None = None) -> list[str]:
-    """Collect the references of the manifests ``names`` into ``refs`` -- or, for those
-    ``removable(name, commit_time)`` says go, into ``gone``; returns the names that go."""
-    doomed = []
+def _read_references(
+    storage: Storage, names: list[str], refs: _References, removable: Callable[[str, float], bool] | None = None
+) -> tuple[list[str], _References]:
+    """Collect into ``refs`` what the manifests ``names`` reference -- except those
+    ``removable(name, commit_time)`` says go: returns their names and what they reference."""
+    doomed: list[str] = []
+    gone = _References()
     for name in names:
         rel = f"{VERSIONS_DIR}/{name}"
         try:
@@ -164,18 +173,14 @@ def _read_references(storage: Storage, names: list[str], refs: _References, remo
         except MissingFileError:
             # One vanishing means another cleanup (ours or pylance's) is running. Do not guess.
             raise CorruptFileError("a manifest vanished while cleanup read it; run cleanup again", path=storage.url(rel)) from None
-        probe = _References()
-        committed = _collect(probe, raw, storage.url(rel))
-        target = refs
-        if removable is not None and gone is not None and removable(name, committed):
-            target = gone
+        found = _References()
+        committed = _collect(found, raw, storage.url(rel))
+        if removable is not None and removable(name, committed):
             doomed.append(name)
-        target.data |= probe.data
-        target.deletions |= probe.deletions
-        target.transactions |= probe.transactions
-        target.external |= probe.external
-        target.indices |= probe.indices
-    return doomed
+            gone.absorb(found)
+        else:
+            refs.absorb(found)
+    return doomed, gone
 
 
 def _tagged_versions(storage: Storage, versions: set[int]) -> set[int]:
@@ -234,13 +239,14 @@ def cleanup(
     candidates: list[tuple[str, str, int, float | None]] = []
     for folder, kind in ((DATA_DIR, "data"), (DELETIONS_DIR, "deletion"), (TRANSACTIONS_DIR, "transaction")):
         candidates += [(f"{folder}/{e.name}", kind, e.size, e.modified) for e in storage.list(folder)]
+    listing = storage.list(VERSIONS_DIR)
     candidates += [
         (f"{VERSIONS_DIR}/{e.name}", "staging", e.size, e.modified)
-        for e in storage.list(VERSIONS_DIR)
+        for e in listing
         if _STAGING.fullmatch(e.name) and f"{VERSIONS_DIR}/{e.name}" != HINT_FILE
     ]
 
-    names = _manifest_names(storage)
+    names = _manifest_names(listing)
     if not any(mf.parse_manifest_name(n) for n in names):
         raise MissingFileError("no manifest under _versions/ (not a Lance dataset); refusing to clean", path=storage.uri)
     clock = time.time() if now is None else now
@@ -253,10 +259,10 @@ def cleanup(
         parsed = mf.parse_manifest_name(name)
         return parsed is not None and parsed[0] not in keep and committed < clock - older_than
 
-    refs, gone = _References(), _References()
-    doomed_manifests = _read_references(storage, names, refs, removable if retain_versions is not None else None, gone)
+    refs = _References()
+    doomed_manifests, gone = _read_references(storage, names, refs, removable if retain_versions is not None else None)
     referenced = refs.files
-    sizes = {e.name: (e.size, e.modified) for e in storage.list(VERSIONS_DIR)}
+    sizes = {e.name: (e.size, e.modified) for e in listing}
     candidates += [(f"{VERSIONS_DIR}/{n}", "manifest", *sizes.get(n, (0, None))) for n in doomed_manifests]
     for folder in sorted(gone.indices - refs.indices):
         candidates += [(f"{folder}/{e.name}", "index", e.size, e.modified) for e in storage.list(folder)]
@@ -282,7 +288,7 @@ def cleanup(
         # Re-read _versions/ just before deleting: a version committed while we worked
         # may reference a candidate (only possible for files older than the grace period
         # if the grace period is shorter than that writer's run; cheap to check anyway).
-        new_names = sorted(set(_manifest_names(storage)) - set(names))
+        new_names = sorted(set(_manifest_names(storage.list(VERSIONS_DIR))) - set(names))
         if new_names:
             _read_references(storage, new_names, refs)
             referenced = refs.files
@@ -317,5 +323,5 @@ def bytes_on_disk(uri: str | Storage, storage_options: Mapping[str, Any] | None 
     storage = uri if isinstance(uri, Storage) else Storage(uri, storage_options)
     total = sum(e.size for folder in (DATA_DIR, DELETIONS_DIR, TRANSACTIONS_DIR, VERSIONS_DIR) for e in storage.list(folder))
     refs = _References()
-    _read_references(storage, [n for n in _manifest_names(storage) if mf.parse_manifest_name(n)], refs)
+    _read_references(storage, [n for n in _manifest_names(storage.list(VERSIONS_DIR)) if mf.parse_manifest_name(n)], refs)
     return total + sum(e.size for folder in refs.indices for e in storage.list(folder))
