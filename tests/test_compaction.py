@@ -585,8 +585,8 @@ def test_pylance_binary_copy_accepts_our_files(copy_of: Callable[[str, str], Pat
 
 
 @pytest.mark.parametrize("version", factory.V2_VERSIONS)
-def test_indexed_fragments_without_stable_row_ids_still_answer(tmp_path: Path, version: str) -> None:
-    """Indexed fragments are compacted; the rewritten ones leave the index bitmap, queries stay exact."""
+def test_index_remap_drop_leaves_rewritten_fragments_unindexed(tmp_path: Path, version: str) -> None:
+    """``index_remap="drop"``: the rewritten fragments leave the index bitmap, queries stay exact."""
     path = tmp_path / "ds.lance"
     ds = factory.appends(path, version, [100, 100, 100])
     ds.create_scalar_index("id", "BTREE")
@@ -594,7 +594,7 @@ def test_indexed_fragments_without_stable_row_ids_still_answer(tmp_path: Path, v
     factory.write(factory.simple_table(350, 50), path, version)
     queries = ["id = 0", "id = 150", "id = 299", "id >= 290 AND id < 310", "id = 399", "id > 1000"]
     before = {q: sorted(lance.dataset(str(path)).to_table(filter=q)["id"].to_pylist()) for q in queries}
-    plan, _, ds, _ = run_and_check(path, CompactionOptions())
+    plan, _, ds, _ = run_and_check(path, CompactionOptions(index_remap="drop"))
     assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1, 2], [3, 4]]
     assert [f.fragment_id for f in ds.get_fragments()] == [5, 6]
     (index,) = ds.describe_indices()
@@ -626,7 +626,7 @@ def test_vector_index_without_stable_row_ids_matches_flat_search(tmp_path: Path,
 
     before = recall(ds)
     flat_before = [sorted(ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "use_index": False})["id"].to_pylist()) for q in queries]
-    report = compact(str(path), CompactionOptions())
+    report = compact(str(path), CompactionOptions(index_remap="drop"))
     assert report.fragments_removed == 3
     ds = lance.dataset(str(path))
     assert [sorted(ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "use_index": False})["id"].to_pylist()) for q in queries] == flat_before

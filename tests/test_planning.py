@@ -174,29 +174,40 @@ def test_heavily_deleted_fragments_join_their_bin(dataset_cache: Callable[[str, 
 
 @pytest.mark.parametrize("version", factory.V2_VERSIONS)
 def test_indexed_fragments_are_compacted_without_stable_row_ids(dataset_cache: Callable[[str, str], Path], version: str) -> None:
-    """The commit drops rewritten fragments from index bitmaps, so indexed fragments need not be skipped."""
+    """The commit records the moves for the indices, so indexed fragments need not be skipped."""
     plan = plan_compaction(str(dataset_cache("scalar_index", version)))
     assert task_ids(plan) == [[0, 1, 2]]
     assert skips(plan) == {}
 
 
-def test_reason_indexed_for_fragment_reuse_index(planning_datasets: Build) -> None:
-    """Fragments under Lance's fragment-reuse index (deferred remap) keep their row mapping."""
+def _reuse_dataset(p: Path) -> None:
+    ds = factory.appends(p, "2.1", [100, 100, 100])
+    ds.create_scalar_index("id", "BTREE")
+    ds.optimize.compact_files(defer_index_remap=True)
+    factory.write(factory.simple_table(300, 50), p, "2.1")
+    factory.write(factory.simple_table(350, 50), p, "2.1")
 
-    def make(p: Path) -> None:
-        ds = factory.appends(p, "2.1", [100, 100, 100])
-        ds.create_scalar_index("id", "BTREE")
-        ds.optimize.compact_files(defer_index_remap=True)
-        factory.write(factory.simple_table(300, 50), p, "2.1")
-        factory.write(factory.simple_table(350, 50), p, "2.1")
 
-    path = planning_datasets("frag-reuse", make)
+def test_fragment_reuse_coverage_keys_bins_like_lance(planning_datasets: Build) -> None:
+    """The merged fragment of a deferred remap is indexed as readers see it (the reuse index maps
+    the BTree's old entries to it), so it never shares a bin with unindexed appends -- Lance's
+    own plan for the same dataset."""
+    path = planning_datasets("frag-reuse", _reuse_dataset)
     ds = Dataset.open(str(path))
-    assert any(i.name.startswith("__lance") for i in ds.indices)
-    plan = plan_compaction(ds)
+    assert any(i.name == "__lance_frag_reuse" for i in ds.indices)
+    plan = plan_compaction(ds, CompactionOptions(target_rows_per_fragment=1000))
+    assert task_ids(plan) == [[4, 5]] == lance_task_ids(path, target_rows_per_fragment=1000)
+    assert skips(plan) == {3: "no_neighbour"}
+
+
+def test_reason_indexed_for_fragment_reuse_index_when_dropping(planning_datasets: Build) -> None:
+    """With ``index_remap="drop"`` a fragment named only through the reuse index cannot leave the
+    bitmaps (they name its predecessors), so it stays."""
+    path = planning_datasets("frag-reuse", _reuse_dataset)
+    plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=1000, index_remap="drop"))
     reused = [s for s in plan.skipped if s.reason == "indexed"]
-    assert reused and all("__lance" in s.detail for s in reused)
-    assert all(set(t.fragment_ids).isdisjoint({s.fragment_id for s in reused}) for t in plan.tasks)
+    assert [s.fragment_id for s in reused] == [3] and "__lance_frag_reuse" in reused[0].detail
+    assert task_ids(plan) == [[4, 5]]
 
 
 def test_index_coverage_splits_bins(planning_datasets: Build) -> None:

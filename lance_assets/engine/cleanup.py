@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lance_assets._proto import table_pb2
-from lance_assets.engine.dataset import DATA_DIR, DELETIONS_DIR, HINT_FILE, TRANSACTIONS_DIR, VERSIONS_DIR, list_versions
+from lance_assets.engine.dataset import DATA_DIR, DELETIONS_DIR, HINT_FILE, INDICES_DIR, TRANSACTIONS_DIR, VERSIONS_DIR, list_versions
 from lance_assets.errors import CorruptFileError, MissingFileError, UnsupportedFeatureError, VersionNotFoundError
 from lance_assets.format import manifest as mf
 from lance_assets.format.protobuf import unknown_field_numbers
@@ -51,7 +51,6 @@ from lance_assets.io import Storage
 from lance_assets.io.storage import Entry
 
 DEFAULT_OLDER_THAN_SECONDS = 3600.0
-INDICES_DIR = "_indices"
 TAGS_DIR = "_refs/tags"
 
 # Staging names in _versions/: ours ("<manifest>.tmp-<hex>", the conditional-write probe),

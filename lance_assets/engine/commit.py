@@ -13,16 +13,30 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
 from lance_assets.engine.dataset import DELETIONS_DIR, HINT_FILE, TRANSACTIONS_DIR, Dataset, VersionLocation
+from lance_assets.engine.indices import (
+    INDEX_REMAP_DEFER,
+    REUSE_INDEX_NAME,
+    Details,
+    index_type,
+    index_views,
+    is_system_index,
+    load_reuse_versions,
+    reuse_group,
+    reuse_index_meta,
+    reuse_index_metadata,
+)
 from lance_assets.engine.plan import CompactionPlan, fragment_file_count
 from lance_assets.engine.report import CompactionReport, RewriteResult
+from lance_assets.engine.rows import deleted_offsets
 from lance_assets.errors import CommitConflictError, LanceAssetsError, MissingFileError, NotADatasetError, VersionNotFoundError
 from lance_assets.format import manifest as mf
 from lance_assets.format.deletion import DeletionFileType, deletion_file_name
@@ -39,6 +53,7 @@ DEFAULT_MAX_RETRIES = 20
 class _Group:
     old_ids: tuple[int, ...]
     new: tuple[table_pb2.DataFragment, ...]
+    reencoded: bool = False
 
 
 def _load_transaction(storage: Storage, ds: Dataset) -> transaction_pb2.Transaction | None:
@@ -141,39 +156,97 @@ def _next_fragment_id(manifest: table_pb2.Manifest) -> int:
     return highest + 1
 
 
-def _remap_index_bitmaps(index_section: table_pb2.IndexSection | None, groups: Sequence[_Group]) -> table_pb2.IndexSection | None:
-    """Remove the rewritten fragments from every index's fragment bitmap.
+def _drop_coverage(section: table_pb2.IndexSection, rewritten: set[int]) -> None:
+    """Remove the rewritten fragments from every index's own bitmap (``index_remap="drop"``).
 
-    Only reached for stable-row-id datasets (elsewhere indexed fragments are
-    not compacted). pylance 14's indices store row *addresses* even on
-    stable-row-id datasets (observed: a BTree maps id 150 to 1<<32 | 50), so
-    the entries of the old fragments do not find the rows in the new ones.
-    Naming the new ids in the bitmap made pylance trust those stale entries
-    and silently return no rows; leaving the new fragments uncovered makes
-    pylance scan them until the index is optimized (``optimize_indices``).
+    The merged rows become unindexed -- pylance scans them until ``optimize_indices`` -- but
+    stay exact: an index never names a fragment whose rows it would look up at stale
+    addresses. (pylance 14's entries are row addresses even with stable row ids.)
     """
-    if index_section is None:
-        return None
-    out = table_pb2.IndexSection()
-    out.CopyFrom(index_section)
+    for idx in section.indices:
+        if idx.fragment_bitmap:  # the planner never rewrites fragments of an index without a bitmap
+            ids = set(decode_bitmap(idx.fragment_bitmap))
+            if ids & rewritten:
+                idx.fragment_bitmap = encode_bitmap(sorted(ids - rewritten))
+
+
+def _kept_offsets(latest: Dataset, old: table_pb2.DataFragment, reencoded: bool) -> Iterable[int]:
+    """Offsets of ``old``'s rows that its replacement holds: all of them, or the live ones
+    when pylance re-encoded the group (deleted rows dropped)."""
+    if not reencoded or not old.HasField("deletion_file"):
+        return range(old.physical_rows)
+    gone = set(deleted_offsets(latest, old))
+    return (o for o in range(old.physical_rows) if o not in gone)
+
+
+def _indices_after(
+    latest: Dataset,
+    groups: Sequence[_Group],
+    mode: str,
+    now: float,
+) -> tuple[table_pb2.IndexSection | None, list[tuple[str, bytes]], list[dict[str, Any]]]:
+    """The index section of the new version, the files it needs, and the ``indices`` report.
+
+    With ``defer`` (not possible on stable-row-id datasets, which pylance 14 refuses to read
+    with a reuse index) the moves are appended to ``__lance_frag_reuse`` and every index keeps
+    covering the merged rows; with ``drop`` the rewritten fragments leave the bitmaps.
+    """
+    section = latest.file.index_section
+    if section is None or not len(section.indices):
+        return section, [], []
     rewritten = {i for g in groups for i in g.old_ids}
-    for idx in out.indices:
-        if not idx.fragment_bitmap:
-            continue  # the planner never rewrites fragments of an index without a bitmap
-        ids = set(decode_bitmap(idx.fragment_bitmap))
-        if ids & rewritten:
-            idx.fragment_bitmap = encode_bitmap(sorted(ids - rewritten))
-    return out
+    views = index_views(latest)
+    affected = {v.name for v in views if not is_system_index(v.meta) and v.fragments is not None and v.fragments & rewritten}
+    out = table_pb2.IndexSection()
+    out.CopyFrom(section)
+    writes: list[tuple[str, bytes]] = []
+    defer = mode == INDEX_REMAP_DEFER and not latest.stable_row_ids
+    if affected and defer:
+        old_by_id = {f.id: f for f in latest.manifest.fragments}
+        version = Details.Version(dataset_version=latest.version)
+        for g in groups:
+            old = [old_by_id[i] for i in g.old_ids]
+            version.groups.append(reuse_group(old, g.new, [_kept_offsets(latest, f, g.reencoded) for f in old]))
+        previous = reuse_index_meta(latest)
+        versions = load_reuse_versions(latest, previous) if previous is not None else []
+        new_ids = {f.id for g in groups for f in g.new}
+        meta, writes = reuse_index_metadata(latest, previous, [*versions, version], new_ids, now)
+        kept = [m for m in out.indices if m.name != REUSE_INDEX_NAME]
+        del out.indices[:]
+        out.indices.extend([*kept, meta])
+    elif affected:
+        _drop_coverage(out, rewritten)
+    report: dict[str, dict[str, Any]] = {}
+    for v in views:
+        if is_system_index(v.meta) or v.name in report:
+            continue
+        hit = v.name in affected
+        report[v.name] = {
+            "name": v.name,
+            "type": index_type(v.meta),
+            "remap": ("reuse_index" if defer else "dropped") if hit else "unaffected",
+            "covers_output": defer if hit else None,
+        }
+    return out, writes, list(report.values())
 
 
-def _build(
-    latest: Dataset, plan: CompactionPlan, results: Sequence[RewriteResult], txn_uuid: str, now: float
-) -> tuple[bytes, transaction_pb2.Transaction, str, list[tuple[str, bytes]]]:
-    """The next manifest file, its transaction, the transaction file name ("" when disabled)
-    and the deletion files the new fragments need, as (path, bytes).
+@dataclass(frozen=True)
+class _Built:
+    """One attempt's next manifest file, its transaction, the transaction file name ("" when
+    disabled), the side files the manifest needs (path, bytes) and the ``indices`` report."""
 
-    Deletion files carried forward by the tasks are named here because their
-    names hold the new fragment ids, which are only known now.
+    manifest_file: bytes
+    txn: transaction_pb2.Transaction
+    txn_name: str
+    side_writes: list[tuple[str, bytes]]
+    indices: list[dict[str, Any]]
+
+
+def _build(latest: Dataset, plan: CompactionPlan, results: Sequence[RewriteResult], txn_uuid: str, now: float) -> _Built:
+    """The next version on top of ``latest``.
+
+    Deletion files carried forward by the tasks are named here because their names hold the
+    new fragment ids, which are only known now; so is the fragment-reuse record, which names them.
     """
     m = table_pb2.Manifest()
     m.CopyFrom(latest.manifest)
@@ -195,7 +268,7 @@ def _build(
                 name = deletion_file_name(frag.id, d.read_version, d.id, DeletionFileType(d.file_type))
                 deletions.append((f"{DELETIONS_DIR}/{name}", deleted))
             new.append(frag)
-        group = _Group(tuple(result.old_fragment_ids), tuple(new))
+        group = _Group(tuple(result.old_fragment_ids), tuple(new), result.reencoded)
         groups.append(group)
         g = txn.rewrite.groups.add()
         g.old_fragments.extend(old_by_id[i] for i in group.old_ids)
@@ -206,6 +279,13 @@ def _build(
     del m.fragments[:]
     m.fragments.extend(fragments)
     m.max_fragment_id = next_id - 1
+    _stamp(m, latest, plan.read_version, txn_uuid, now)
+    index_section, index_writes, indices = _indices_after(latest, groups, plan.options.index_remap, now)
+    return _Built(mf.build_manifest_file(m, txn, index_section), txn, m.transaction_file, deletions + index_writes, indices)
+
+
+def _stamp(m: table_pb2.Manifest, latest: Dataset, read_version: int, txn_uuid: str, now: float) -> None:
+    """Make ``m`` (a changed copy of ``latest``'s manifest) the next version, written by us."""
     m.version = latest.version + 1
     ts = Timestamp()
     ts.FromNanoseconds(int(now * 1e9))
@@ -215,10 +295,82 @@ def _build(
     m.writer_version.library = WRITER_LIBRARY
     m.writer_version.version = __version__
     writes_txn_file = not (m.writer_feature_flags & mf.FLAG_DISABLE_TRANSACTION_FILE)
-    m.transaction_file = mf.transaction_file_name(plan.read_version, txn_uuid) if writes_txn_file else ""
+    m.transaction_file = mf.transaction_file_name(read_version, txn_uuid) if writes_txn_file else ""
     m.reader_feature_flags, m.writer_feature_flags = mf.compute_feature_flags(m)
-    index_section = _remap_index_bitmaps(latest.file.index_section, groups)
-    return mf.build_manifest_file(m, txn, index_section), txn, m.transaction_file, deletions
+
+
+IndexChange = tuple[list[table_pb2.IndexMetadata], list[table_pb2.IndexMetadata], list[tuple[str, bytes]]]
+
+
+def commit_index_change(
+    storage: Storage,
+    change: Callable[[Dataset, float], IndexChange | None],
+    *,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+) -> int | None:
+    """Commit a CreateIndex that adds ``new`` and removes ``removed`` indices; the version, or
+    None when ``change`` finds nothing to do.
+
+    ``change(latest, now)`` is asked again on every attempt, on the version we would commit
+    on top of, so a writer that committed meanwhile is never overwritten: the change is
+    re-derived from what that writer left. Side files it asks for are written first and
+    removed when nothing lands.
+    """
+    txn_uuid = str(uuid.uuid4())
+    written: set[str] = set()
+    storage.check_commit_support()
+    try:
+        for attempt in range(max_retries + 1):
+            latest = Dataset.open(storage)
+            mf.check_feature_flags(latest.manifest, path=storage.uri, for_write=True)
+            now = time.time()
+            planned = change(latest, now)
+            if planned is None:
+                remove_files(storage, written)
+                return None
+            new, removed, side_writes = planned
+            current = {rel for rel, _ in side_writes}
+            remove_files(storage, written - current)
+            for rel, payload in side_writes:
+                storage.write(rel, payload)
+            written = current
+            txn = transaction_pb2.Transaction(read_version=latest.version, uuid=txn_uuid)
+            txn.create_index.new_indices.extend(new)
+            txn.create_index.removed_indices.extend(removed)
+            section = table_pb2.IndexSection()
+            if latest.file.index_section is not None:
+                section.CopyFrom(latest.file.index_section)
+            gone = {bytes(m.uuid.uuid) for m in removed}
+            names = {m.name for m in new}
+            kept = [m for m in section.indices if bytes(m.uuid.uuid) not in gone and m.name not in names]
+            del section.indices[:]
+            section.indices.extend([*kept, *new])
+            m = table_pb2.Manifest()
+            m.CopyFrom(latest.manifest)
+            _stamp(m, latest, latest.version, txn_uuid, now)
+            if m.transaction_file:
+                rel = f"{TRANSACTIONS_DIR}/{m.transaction_file}"
+                storage.write(rel, txn.SerializeToString())
+                written.add(rel)
+            target = VersionLocation(latest.version + 1, latest.location.scheme)
+            try:
+                storage.create(target.rel_path, mf.build_manifest_file(m, txn, section))
+            except AlreadyExistsError:
+                if m.transaction_file:
+                    remove_files(storage, [f"{TRANSACTIONS_DIR}/{m.transaction_file}"])
+                    written.discard(f"{TRANSACTIONS_DIR}/{m.transaction_file}")
+                time.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** (attempt + 1))))
+                continue
+            try:
+                storage.write(HINT_FILE, f'{{"version":{target.version}}}'.encode())
+            except LanceAssetsError:
+                pass
+            return target.version
+    except BaseException:
+        remove_files(storage, written)
+        raise
+    remove_files(storage, written)
+    raise CommitConflictError(f"gave up after {max_retries} attempts: other writers keep committing", path=storage.uri)
 
 
 def remove_files(storage: Storage, paths: Iterable[str]) -> None:
@@ -263,8 +415,9 @@ def commit_compaction(
     ours = {i for r in done for i in r.old_fragment_ids}
     txn_uuid = str(uuid.uuid4())
     txn_rel = None
-    deletion_rels: set[str] = set()
+    side_rels: set[str] = set()
     txn: transaction_pb2.Transaction | None = None
+    built: _Built | None = None
     attempt = 0
     cleared: set[int] = set()
     landed: int | None = None
@@ -281,19 +434,21 @@ def commit_compaction(
             landed = _check_concurrent(storage, plan, latest, ours, txn_uuid, cleared)
             if landed is not None:
                 break  # an earlier attempt did commit
-            data, txn, txn_name, deletion_writes = _build(latest, plan, done, txn_uuid, time.time())
-            # Fragment ids (hence deletion file names) shift when other writers commit meanwhile.
-            current = {rel for rel, _ in deletion_writes}
-            remove_files(storage, deletion_rels - current)
-            for rel, payload in deletion_writes:
+            built = _build(latest, plan, done, txn_uuid, time.time())
+            txn = built.txn
+            # Fragment ids (hence deletion file names) and the reuse index's folder change
+            # when other writers commit meanwhile.
+            current = {rel for rel, _ in built.side_writes}
+            remove_files(storage, side_rels - current)
+            for rel, payload in built.side_writes:
                 storage.write(rel, payload)
-            deletion_rels = current
-            if txn_name:
-                txn_rel = f"{TRANSACTIONS_DIR}/{txn_name}"
+            side_rels = current
+            if built.txn_name:
+                txn_rel = f"{TRANSACTIONS_DIR}/{built.txn_name}"
                 storage.write(txn_rel, txn.SerializeToString())
             target = VersionLocation(latest.version + 1, latest.location.scheme)
             try:
-                storage.create(target.rel_path, data)
+                storage.create(target.rel_path, built.manifest_file)
                 landed = target.version
             except AlreadyExistsError:
                 attempt += 1
@@ -314,13 +469,13 @@ def commit_compaction(
                     raise
     except BaseException:
         if not keep_files:
-            remove_files(storage, written + sorted(deletion_rels) + ([txn_rel] if txn_rel else []))
+            remove_files(storage, written + sorted(side_rels) + ([txn_rel] if txn_rel else []))
         raise
     try:
         storage.write(HINT_FILE, f'{{"version":{landed}}}'.encode())
     except LanceAssetsError:
         pass  # the hint is advisory; readers fall back to listing
-    assert txn is not None  # built by this attempt or (same groups, same counts) by the one that landed
+    assert txn is not None and built is not None  # built by this attempt or (same groups, same counts) by the one that landed
     old_frags = [f for g in txn.rewrite.groups for f in g.old_fragments]
     new_frags = [f for g in txn.rewrite.groups for f in g.new_fragments]
     return CompactionReport(
@@ -332,6 +487,7 @@ def commit_compaction(
         files_added=sum(fragment_file_count(f) for f in new_frags),
         seconds=time.monotonic() - started,
         retries=attempt,
+        indices=built.indices,
         **base,
     )
 

@@ -22,6 +22,7 @@ VERSIONS_DIR = "_versions"
 DATA_DIR = "data"
 DELETIONS_DIR = "_deletions"
 TRANSACTIONS_DIR = "_transactions"
+INDICES_DIR = "_indices"
 HINT_FILE = f"{VERSIONS_DIR}/latest_version_hint.json"
 
 

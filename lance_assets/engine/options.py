@@ -23,6 +23,9 @@ class CompactionOptions:
     bounds the bytes a task holds in memory while copying. ``verify_output`` reads every
     written file back and refuses it unless its metadata is what was meant and its nested
     columns obey the layer rule (see ``format.repdef``); it costs one tail read per output.
+    ``index_remap`` says how indices follow the moved rows: ``"defer"`` records the moves in
+    Lance's fragment-reuse index so every index keeps covering them; ``"drop"`` removes the
+    rewritten fragments from the indices (exact, but unindexed until ``optimize_indices``).
     """
 
     target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT
@@ -36,6 +39,7 @@ class CompactionOptions:
     commit_every: int | None = None
     reencode_fallback: bool = True
     verify_output: bool = True
+    index_remap: str = "defer"
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     dry_run: bool = False
 
@@ -47,6 +51,8 @@ class CompactionOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive when set")
+        if self.index_remap not in ("defer", "drop"):
+            raise ValueError(f"index_remap must be 'defer' or 'drop', not {self.index_remap!r}")
         if not 0.0 <= self.materialize_deletions_threshold:
             raise ValueError("materialize_deletions_threshold must not be negative")
         object.__setattr__(self, "excluded_fragment_ids", frozenset(int(i) for i in self.excluded_fragment_ids))

@@ -21,6 +21,7 @@ from typing import Any
 
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, index_views, is_system_index
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.reencode import pylance_available
 from lance_assets.engine.rows import live_rows
@@ -186,29 +187,30 @@ def is_blob_field(field: file_pb2.Field) -> bool:
     return field.metadata.get(BLOB_METADATA_KEY, b"").lower() == b"true" or field.extension_name == BLOB_V2_EXTENSION
 
 
-SYSTEM_INDEX_PREFIX = "__lance"
+def _index_sets(ds: Dataset, index_remap: str) -> tuple[dict[int, frozenset[str]] | None, dict[int, str]]:
+    """Fragment id -> uuids of the indices covering it as readers see them (None: an index
+    covers everything), and fragment id -> name of a system index that pins it.
 
-
-def _index_sets(ds: Dataset) -> tuple[dict[int, frozenset[str]] | None, dict[int, str]]:
-    """Fragment id -> uuids of the indices covering it (None: an index covers everything),
-    and fragment id -> name of a Lance system index covering it.
-
-    System indices (the fragment-reuse index of a deferred remap) hold row mappings of
-    their own that a rewrite would invalidate, so their fragments are left alone.
+    Coverage is what pylance sees: each index's bitmap with the fragment-reuse versions
+    applied. A group must be covered by the same indices throughout -- pylance cannot map a
+    group only part of which an index covered -- so this is part of every bin's key (the
+    reuse index included, as Lance's planner does). With ``index_remap="drop"`` the
+    fragments the reuse index names are pinned: dropping them from a bitmap that names their
+    predecessors is not possible. Other system indices hold mappings of their own.
     """
     cover: dict[int, set[str]] = {}
     pinned: dict[int, str] = {}
     everything = False
-    for idx in ds.indices:
-        if not idx.fragment_bitmap:
+    for view in index_views(ds):
+        if view.fragments is None:
             everything = True
             continue
-        for fid in decode_bitmap(idx.fragment_bitmap, path=ds.uri):
-            cover.setdefault(fid, set()).add(idx.uuid.uuid.hex())
-            if idx.name.startswith(SYSTEM_INDEX_PREFIX):
-                pinned[fid] = idx.name
+        is_reuse = view.name == REUSE_INDEX_NAME
+        for fid in view.fragments:
+            cover.setdefault(fid, set()).add(view.uuid)
+            if is_system_index(view.meta) and (not is_reuse or index_remap == INDEX_REMAP_DROP):
+                pinned[fid] = view.name
     return (None if everything else {k: frozenset(v) for k, v in cover.items()}), pinned
-
 
 
 def fragment_file_count(fragment: table_pb2.DataFragment) -> int:
@@ -242,10 +244,9 @@ def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None
 
     live_ids = {f.id for f in ds.manifest.fields}
     # Index entries hold row addresses (pylance 14 also with stable row ids), which a rewrite
-    # moves. The commit therefore drops rewritten fragments from each index's bitmap: pylance
-    # then ignores their stale entries and scans the new fragments until the index is
-    # optimized. An index without a bitmap (covering "everything") cannot be narrowed: it blocks.
-    index_sets, pinned = _index_sets(ds)
+    # moves; the commit records the moves (or drops coverage), see engine.indices. An index
+    # without a bitmap (covering "everything") can do neither: it blocks.
+    index_sets, pinned = _index_sets(ds, options.index_remap)
 
     # Each candidate carries the key that must match for it to share a bin with its neighbour.
     candidates: list[tuple[table_pb2.DataFragment, Any] | None] = []

@@ -88,6 +88,9 @@ class CompactionReport:
     committed_versions: list[int] = field(default_factory=list)
     reencoded_fragments: int = 0  # fragments of groups re-encoded by pylance (deleted rows dropped)
     notes: list[dict[str, Any]] = field(default_factory=list)  # {fragment_id, reason, detail}: merged, with a caveat
+    # Per user index: {name, type, remap ("reuse_index" | "dropped" | "reindexed" | "unaffected"),
+    # covers_output (None when unaffected)}.
+    indices: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
