@@ -19,6 +19,7 @@ from rich.table import Table
 
 from lance_assets.engine.cleanup import DEFAULT_OLDER_THAN_SECONDS, cleanup, parse_duration
 from lance_assets.engine.compaction import compact, dry_run_report, run_plan
+from lance_assets.engine.indices import INDEX_REMAP_CHOICES, INDEX_REMAP_DEFER
 from lance_assets.engine.inspect import Inspection, inspect_dataset
 from lance_assets.engine.options import DEFAULT_READ_BATCH_BYTES, DEFAULT_TARGET_ROWS_PER_FRAGMENT, CompactionOptions
 from lance_assets.engine.plan import plan_compaction
@@ -130,6 +131,7 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
             commit_every=args.commit_every,
             reencode_fallback=args.reencode_fallback,
             verify_output=args.verify_output,
+            index_remap=args.index_remap,
             storage_options=args.storage_options,
             dry_run=args.dry_run,
         )
@@ -171,6 +173,8 @@ def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(report.to_dict()))
         return 0
     verb = "would remove" if report.dry_run else "removed"
+    if report.reuse_versions_trimmed:
+        console.print(f"{'would trim' if report.dry_run else 'trimmed'} {report.reuse_versions_trimmed} fragment-reuse versions every index has caught up with")
     if args.retain_versions is not None:
         console.print(f"{verb} {len(report.removed_versions)} old versions, kept {report.versions_kept}")
     console.print(
@@ -225,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--commit-every", type=int, default=None, metavar="TASKS",
         help="commit each TASKS finished tasks as their own version (partial progress: a killed run keeps them)",
+    )
+    p.add_argument(
+        "--index-remap", choices=INDEX_REMAP_CHOICES, default=INDEX_REMAP_DEFER,
+        help="defer: record the row moves in Lance's fragment-reuse index, indices keep covering the merged rows (default); "
+        "drop: remove the rewritten fragments from the indices (unindexed until optimize_indices)",
     )
     p.add_argument("--dry-run", action="store_true", help="plan only: report what would be read and written")
     p.set_defaults(run=_cmd_compact)

@@ -15,6 +15,7 @@ import dagster as dg
 from lance_assets.dagster.assets import AssetKeys, CompactionConfig, dataset_run_tagging
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.compaction import restore_index_coverage
 from lance_assets.engine.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.plan import CompactionPlan, plan_compaction
@@ -76,6 +77,7 @@ def build_fanout_job(
         plan = CompactionPlan.from_dict(json.loads(plan_json), storage_options=lance.options())
         storage = Storage(lance.uri(_key(context)), plan.options.storage_options)
         report = commit_compaction(storage, plan, [RewriteResult.from_dict(json.loads(r)) for r in results])
+        report = restore_index_coverage(report, plan.options, storage)
         if report.version is not None:
             yield dg.AssetMaterialization(
                 asset_key=keys.compacted,

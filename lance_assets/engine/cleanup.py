@@ -43,7 +43,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lance_assets._proto import table_pb2
-from lance_assets.engine.dataset import DATA_DIR, DELETIONS_DIR, HINT_FILE, INDICES_DIR, TRANSACTIONS_DIR, VERSIONS_DIR, list_versions
+from lance_assets.engine.dataset import DATA_DIR, DELETIONS_DIR, HINT_FILE, INDICES_DIR, TRANSACTIONS_DIR, VERSIONS_DIR, Dataset, list_versions
+from lance_assets.engine.index_upkeep import trim_reuse_index
 from lance_assets.errors import CorruptFileError, MissingFileError, UnsupportedFeatureError, VersionNotFoundError
 from lance_assets.format import manifest as mf
 from lance_assets.format.protobuf import unknown_field_numbers
@@ -90,6 +91,7 @@ class CleanupReport:
     aborted_uploads: int = 0
     removed_versions: list[int] = field(default_factory=list)
     versions_kept: int = 0
+    reuse_versions_trimmed: int = 0
 
     @property
     def bytes(self) -> int:
@@ -207,6 +209,7 @@ def cleanup(
     older_than: float = DEFAULT_OLDER_THAN_SECONDS,
     retain_versions: int | None = None,
     dry_run: bool = False,
+    trim_reuse: bool = True,
     storage_options: Mapping[str, Any] | None = None,
     now: float | None = None,
 ) -> CleanupReport:
@@ -220,6 +223,9 @@ def cleanup(
         retain_versions: keep at least this many newest versions; ``None`` removes no version
             (orphans only). The latest version and tagged versions are always kept.
         dry_run: report what would go, remove nothing.
+        trim_reuse: first drop the fragment-reuse versions every index has caught up with
+            (one CreateIndex commit, see ``engine.indices.trim_reuse_index``), so the retention
+            that follows can reclaim what only they kept.
 
     Raises:
         UnsupportedFeatureError, CorruptFileError, VersionNotFoundError: references are uncertain
@@ -232,6 +238,11 @@ def cleanup(
     storage = uri if isinstance(uri, Storage) else Storage(uri, storage_options)
     if storage.list("_refs/branches") or storage.exists("tree"):
         raise UnsupportedFeatureError("the dataset has branches (tree/, _refs/branches/); their manifests may reference these files", path=storage.uri)
+
+    trimmed = 0
+    if trim_reuse:
+        trim = trim_reuse_index(Dataset.open(storage), dry_run=dry_run)
+        trimmed = trim.reuse_versions_before - trim.reuse_versions_after
 
     # Candidates are listed before the manifests are read: a file written after this
     # listing is not a candidate, one committed meanwhile is protected by its age.
@@ -313,6 +324,7 @@ def cleanup(
         kept_too_young=too_young,
         kept_unknown_age=unknown_age,
         aborted_uploads=len(stale_uploads),
+        reuse_versions_trimmed=trimmed,
     )
 
 

@@ -10,8 +10,11 @@ from collections.abc import Callable, Sequence
 from lance_assets.engine.commit import commit_compaction, remove_files
 from lance_assets.engine.copy import execute_task
 from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.index_upkeep import maintain_indices
+from lance_assets.engine.indices import INDEX_REMAP_DEFER, index_views
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import CompactionPlan, CompactionTask, plan_compaction
+from lance_assets.engine.reencode import pylance_available
 from lance_assets.engine.report import CompactionReport, RewriteResult
 from lance_assets.io import Storage
 
@@ -94,8 +97,45 @@ def run_plan(
             ]
             reports[-1] = replace(reports[-1], skipped=reports[-1].skipped + failed, tasks_skipped=reports[-1].tasks_skipped + len(left))
             break
-    report = _combine(plan, reports)
+    report = restore_index_coverage(_combine(plan, reports), plan.options, storage)
     return replace(report, seconds=time.monotonic() - started)
+
+
+#: The index upkeep after a commit failed; the commit itself stands (listed in ``notes``).
+REASON_INDEX_UPKEEP_FAILED = "index_upkeep_failed"
+
+
+def restore_index_coverage(report: CompactionReport, options: CompactionOptions, storage: Storage) -> CompactionReport:
+    """Re-index what a commit had to leave unindexed, when pylance is there to do it.
+
+    On stable-row-id datasets pylance 14 refuses a fragment-reuse index, and its index
+    entries are row addresses all the same, so the commit drops the rewritten fragments from
+    the indices. With ``index_remap="defer"`` (the default) and pylance installed, its
+    ``optimize_indices`` then indexes the merged rows in a version of its own and the report
+    says ``"remap": "reindexed"``. A failure here never turns the landed compaction into a
+    failure: it is listed in ``notes``.
+    """
+    dropped = {i["name"] for i in report.indices if i["remap"] == "dropped"}
+    if not dropped or options.index_remap != INDEX_REMAP_DEFER or not report.committed_versions or not pylance_available():
+        return report
+    landed = Dataset.open(storage)
+    uncovered = {v.name: {f.id for f in landed.manifest.fragments} - (v.fragments or set()) for v in index_views(landed) if v.name in dropped}
+    try:
+        upkeep = maintain_indices(storage.uri, options.storage_options)
+    except Exception as exc:  # the compaction landed; say what is left undone
+        note = {"fragment_id": None, "reason": REASON_INDEX_UPKEEP_FAILED, "detail": f"{type(exc).__name__}: {exc}; run optimize_indices"}
+        return replace(report, notes=[*report.notes, note])
+    after = index_views(Dataset.open(storage))
+    covered: dict[str, set[int]] = {}
+    for view in after:
+        covered.setdefault(view.name, set()).update(view.fragments or ())
+    indices = [
+        {**i, "remap": "reindexed", "covers_output": uncovered.get(i["name"], set()) <= covered.get(i["name"], set())}
+        if i["name"] in dropped else i
+        for i in report.indices
+    ]
+    versions = report.committed_versions + upkeep.committed_versions
+    return replace(report, indices=indices, committed_versions=versions, version=versions[-1])
 
 
 def _combine(plan: CompactionPlan, reports: list[CompactionReport]) -> CompactionReport:

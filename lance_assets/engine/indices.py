@@ -13,11 +13,10 @@ trimmed (:func:`trim_reuse_index`). The byte-level facts are in ``docs/format.md
 
 from __future__ import annotations
 
-import time
+
 import uuid as uuid_mod
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 from lance_assets._proto import table_pb2
 from lance_assets.engine.dataset import INDICES_DIR, Dataset
@@ -253,116 +252,3 @@ def caught_up(version: Details.Version, meta: table_pb2.IndexMetadata) -> bool:
         return True
     covered = set(decode_bitmap(meta.fragment_bitmap))
     return not any(f.id in covered for g in version.groups for f in g.old_fragments)
-
-
-# --- reports -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class IndexUpkeepReport:
-    """What :func:`trim_reuse_index` / :func:`maintain_indices` did; JSON keys are public."""
-
-    uri: str
-    unindexed_rows_before: int
-    unindexed_rows_after: int
-    reuse_versions_before: int
-    reuse_versions_after: int
-    optimized: bool = False
-    committed_versions: list[int] = field(default_factory=list)
-    seconds: float = 0.0
-    dry_run: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def reuse_version_count(ds: Dataset) -> int:
-    meta = reuse_index_meta(ds)
-    return len(load_reuse_versions(ds, meta)) if meta is not None else 0
-
-
-def _trim_plan(ds: Dataset) -> tuple[table_pb2.IndexMetadata, list[Details.Version]] | None:
-    """The reuse index and the versions to keep, when some can go; None when none can."""
-    meta = reuse_index_meta(ds)
-    if meta is None:
-        return None
-    versions = load_reuse_versions(ds, meta)
-    kept = [v for v in versions if not all(caught_up(v, m) for m in ds.indices)]
-    return None if len(kept) == len(versions) else (meta, kept)
-
-
-def trim_reuse_index(uri: str | Dataset, storage_options: Mapping[str, Any] | None = None, *, dry_run: bool = False) -> IndexUpkeepReport:
-    """Drop the reuse versions every index has caught up with (rebuilt at or after them).
-
-    Commits one CreateIndex replacing ``__lance_frag_reuse`` (kept, possibly empty, as Lance
-    keeps it); nothing is committed when no version can go. Other writers committing meanwhile
-    are harmless: the decision is taken again on the version we commit on top of.
-    """
-    from lance_assets.engine.commit import commit_index_change
-
-    started = time.monotonic()
-    ds = uri if isinstance(uri, Dataset) else Dataset.open(uri, storage_options=storage_options)
-    before = reuse_version_count(ds)
-    unindexed = total_unindexed_rows(ds)
-
-    def change(latest: Dataset, now: float) -> tuple[list[table_pb2.IndexMetadata], list[table_pb2.IndexMetadata], list[tuple[str, bytes]]] | None:
-        planned = _trim_plan(latest)
-        if planned is None:
-            return None
-        meta, kept = planned
-        new_ids = {f.id for v in kept for g in v.groups for f in g.new_fragments}
-        new_meta, writes = reuse_index_metadata(latest, meta, kept, new_ids, now)
-        return [new_meta], [meta], writes
-
-    committed: list[int] = []
-    after = before
-    if dry_run:
-        planned = _trim_plan(ds)
-        if planned is not None:
-            after = len(planned[1])
-    else:
-        version = commit_index_change(ds.storage, change)
-        if version is not None:
-            committed.append(version)
-            after = reuse_version_count(Dataset.open(ds.storage, version))
-    return IndexUpkeepReport(
-        ds.uri, unindexed, unindexed, before, after,
-        committed_versions=committed, seconds=time.monotonic() - started, dry_run=dry_run,
-    )
-
-
-def maintain_indices(uri: str, storage_options: Mapping[str, Any] | None = None) -> IndexUpkeepReport:
-    """Rebuild indices over unindexed rows with pylance's ``optimize_indices``, then trim.
-
-    This is the one step that needs pylance (the optional ``reencode`` extra): index files are
-    Lance's own formats, which we never write. Without pylance only the trim runs.
-    """
-    from lance_assets.engine.reencode import pylance_available, pylance_storage_options
-
-    started = time.monotonic()
-    ds = Dataset.open(uri, storage_options=storage_options)
-    unindexed_before = total_unindexed_rows(ds)
-    versions_before = reuse_version_count(ds)
-    committed: list[int] = []
-    optimized = False
-    if pylance_available() and any(not is_system_index(m) for m in ds.indices):
-        import lance
-
-        lds = lance.dataset(ds.uri, storage_options=pylance_storage_options(dict(storage_options or {})))
-        lds.optimize.optimize_indices()
-        optimized = True
-        after_optimize = Dataset.open(ds.storage)
-        if after_optimize.version > ds.version:
-            committed.append(after_optimize.version)
-        ds = after_optimize
-    trim = trim_reuse_index(ds)
-    committed.extend(trim.committed_versions)
-    final = Dataset.open(ds.storage)
-    return IndexUpkeepReport(
-        ds.uri,
-        unindexed_before,
-        total_unindexed_rows(final),
-        versions_before,
-        reuse_version_count(final),
-        optimized=optimized,
-        committed_versions=committed,
-        seconds=time.monotonic() - started,
-    )

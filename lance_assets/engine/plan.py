@@ -30,7 +30,6 @@ from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
 from lance_assets.format.v2file import FileVersion
 from lance_assets.format.protobuf import has_unknown_fields, unknown_field_numbers
-from lance_assets.format.roaring import decode_bitmap
 
 # Reasons a fragment is not compacted; stable strings, part of the JSON output.
 REASON_EXCLUDED = "excluded"
