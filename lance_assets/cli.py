@@ -24,6 +24,7 @@ from lance_assets.engine.inspect import Inspection, inspect_dataset
 from lance_assets.engine.options import DEFAULT_READ_BATCH_BYTES, DEFAULT_TARGET_ROWS_PER_FRAGMENT, CompactionOptions
 from lance_assets.engine.plan import plan_compaction
 from lance_assets.engine.report import CompactionReport
+from lance_assets.engine.runners import RUNNER_CHOICES, RUNNER_LOCAL, make_runner
 from lance_assets.errors import LanceAssetsError
 from lance_assets.io.storage import decode_option_value
 
@@ -137,7 +138,10 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
         )
     except ValueError as exc:  # e.g. a non-positive size: bad input, not a bug
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if args.workers < 1:
+        raise argparse.ArgumentTypeError("--workers must be at least 1")
     show_progress = not args.json and console.is_terminal
+    runner = make_runner(args.runner, max_workers=args.workers, ray_address=args.ray_address)
     if show_progress:
         with Progress(
             TextColumn("[progress.description]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -145,13 +149,15 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
         ) as bar:
             planned = plan_compaction(args.uri, options)
             copy_bar = bar.add_task(f"copying {len(planned.tasks)} tasks", total=planned.bytes_to_read or None)
+            if args.runner == RUNNER_LOCAL:
+                runner = make_runner(args.runner, max_workers=args.workers, progress=lambda n: bar.advance(copy_bar, n))
             report = dry_run_report(planned) if options.dry_run else run_plan(
                 planned,
-                progress=lambda n: bar.advance(copy_bar, n),
+                runner=runner,
                 on_task_done=lambda r: bar.update(copy_bar, description=f"task {r.task_id + 1}/{len(planned.tasks)} done"),
             )
     else:
-        report = compact(args.uri, options)
+        report = compact(args.uri, options, runner=runner)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -235,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="defer: record the row moves in Lance's fragment-reuse index, indices keep covering the merged rows (default); "
         "drop: remove the rewritten fragments from the indices (unindexed until optimize_indices)",
     )
+    p.add_argument(
+        "--runner", choices=RUNNER_CHOICES, default=RUNNER_LOCAL,
+        help="where copy tasks run: this process (threads), local processes, or a Ray cluster (the 'ray' extra); one commit either way",
+    )
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="tasks at once for the local (threads) and processes runners")
+    p.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to use (e.g. ray://head:10001 or auto); default: start a local one")
     p.add_argument("--dry-run", action="store_true", help="plan only: report what would be read and written")
     p.set_defaults(run=_cmd_compact)
 

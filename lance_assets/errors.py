@@ -55,3 +55,7 @@ class StorageError(LanceAssetsError):
 
 class UnknownFeatureFlagError(UnsupportedFeatureError):
     """The manifest sets a reader or writer feature flag we do not implement."""
+
+
+class MissingExtraError(LanceAssetsError):
+    """An optional dependency (an extra such as ``ray``) is needed for what was asked."""

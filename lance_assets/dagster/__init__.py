@@ -6,6 +6,6 @@ fragment assets, compaction asset with checks, sensors, schedule, fan-out job);
 """
 
 from lance_assets.dagster.definitions import LanceCompactionComponent, build_lance_compaction_defs
-from lance_assets.dagster.resources import LanceDatasets
+from lance_assets.dagster.resources import LanceDatasets, LanceRay
 
-__all__ = ["LanceCompactionComponent", "LanceDatasets", "build_lance_compaction_defs"]
+__all__ = ["LanceCompactionComponent", "LanceDatasets", "LanceRay", "build_lance_compaction_defs"]

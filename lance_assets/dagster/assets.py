@@ -10,7 +10,7 @@ running the engine.
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -21,7 +21,8 @@ from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.inspect import Inspection
 from lance_assets.engine.options import DEFAULT_READ_BATCH_BYTES, DEFAULT_TARGET_ROWS_PER_FRAGMENT, CompactionOptions
 from lance_assets.engine.plan import plan_compaction
-from lance_assets.engine.report import CompactionReport
+from lance_assets.engine.report import CompactionReport, RewriteResult
+from lance_assets.engine.runners import RUNNER_RAY, TaskRunner, make_runner
 
 DATA_VERSION_TAG = "dagster/data_version"
 DATASET_TAG = "lance_assets/dataset"
@@ -43,6 +44,16 @@ class CompactionConfig(dg.Config):
     materialize_deletions_threshold: float = Field(default=0.1, description="Deleted share above which a fragment's group is re-encoded.")
     reencode_fallback: bool = Field(default=True, description="Re-encode such groups with pylance (when installed) in the same commit; else binary-copy them with their deletions.")
     verify_output: bool = Field(default=True, description="Read every written file back and refuse it unless it is readable as meant.")
+    index_remap: Literal["defer", "drop"] = Field(
+        default="defer",
+        description="defer: record the row moves in Lance's fragment-reuse index so indices keep covering the merged rows; "
+        "drop: remove rewritten fragments from the indices (unindexed until optimize_indices).",
+    )
+    optimize_indices: bool = Field(
+        default=True,
+        description="After a compaction that committed, index unindexed rows with pylance's optimize_indices (when installed) "
+        "and trim the fragment-reuse versions every index has caught up with.",
+    )
     cleanup_older_than: str | None = Field(
         default=None,
         description="After a compaction that committed, remove versions older than this (e.g. 7d) and the files only they reference; "
@@ -64,6 +75,7 @@ class CompactionConfig(dg.Config):
             commit_every=self.commit_every,
             reencode_fallback=self.reencode_fallback,
             verify_output=self.verify_output,
+            index_remap=self.index_remap,
             dry_run=self.dry_run,
         )
 
@@ -169,6 +181,9 @@ def compaction_metadata(before: Inspection, after: Inspection | None, report: Co
         "skipped": dg.MetadataValue.md(_skipped_markdown(report.skipped)),
         "target_rows_per_fragment": dg.MetadataValue.int(before.summary.target_rows_per_fragment),
         "reencoded_fragments": dg.MetadataValue.int(report.reencoded_fragments),
+        "runner": dg.MetadataValue.text(report.runner),
+        "workers": dg.MetadataValue.int(report.workers),
+        "task_retries": dg.MetadataValue.int(report.task_retries),
     }
     if report.notes:
         meta["notes"] = dg.MetadataValue.md(_skipped_markdown(report.notes))
@@ -196,6 +211,9 @@ def build_compaction_asset(
     group_name: str | None = None,
     cleanup_older_than: str | None = None,
     retain_versions: int = 1,
+    runner: str = "local",
+    max_workers: int = 1,
+    ray_resource_key: str | None = None,
 ) -> dg.AssetsDefinition:
     """The compaction asset: binary-copy compaction of the partition's dataset, then (with
     ``cleanup_older_than``) version retention, so the small files' space comes back; it records
@@ -211,7 +229,7 @@ def build_compaction_asset(
         group_name=group_name,
         kinds={"lance"},
         output_required=False,
-        required_resource_keys={resource_key},
+        required_resource_keys={resource_key} | ({ray_resource_key} if runner == RUNNER_RAY and ray_resource_key else set()),
         description="The dataset after binary-copy compaction of its small fragments (lance_assets).",
     )
     def _compacted(context: dg.AssetExecutionContext, config: CompactionConfig) -> Iterator[Any]:
@@ -236,13 +254,39 @@ def build_compaction_asset(
                 tags={DATA_VERSION_TAG: str(plan.read_version)},
             )
             return
-        report = lance.compact(key, config.options())
+        unindexed_before, _, indexed = lance.index_status(key)
+        if runner == RUNNER_RAY and ray_resource_key:
+            task_runner: TaskRunner = getattr(context.resources, ray_resource_key).runner()
+        else:
+            task_runner = make_runner(runner, max_workers=max_workers)
+
+        def task_done(result: RewriteResult) -> None:
+            state = f"skipped ({result.skipped_reason}: {result.skipped_detail})" if result.skipped_reason else f"{result.bytes_read} bytes in {result.seconds:.2f}s"
+            context.log.info(f"task {result.task_id}: fragments {list(result.old_fragment_ids)} {state}")
+
+        report = lance.compact(key, config.options(), runner=task_runner, on_task_done=task_done)
+        if report.version is not None and indexed and config.optimize_indices:
+            upkeep = lance.maintain_indices(key)
+            context.log.info(
+                f"index upkeep: unindexed rows {upkeep.unindexed_rows_before} -> {upkeep.unindexed_rows_after}, "
+                f"reuse versions {upkeep.reuse_versions_before} -> {upkeep.reuse_versions_after} (optimize_indices ran: {upkeep.optimized})"
+            )
         after = lance.inspect(key, config.target_rows_per_fragment) if report.version is not None else before
         context.log.info(
             f"version {report.read_version} -> {report.version}: {report.fragments_removed} fragments -> {report.fragments_added}, "
             f"{report.bytes_read} bytes copied in {report.seconds:.2f}s"
         )
         metadata = compaction_metadata(before, after, report)
+        if indexed:
+            unindexed_after, reuse_versions, _ = lance.index_status(key)
+            metadata.update(
+                {
+                    "unindexed_rows_before": dg.MetadataValue.int(unindexed_before),
+                    "unindexed_rows_after": dg.MetadataValue.int(unindexed_after),
+                    "reuse_versions": dg.MetadataValue.int(reuse_versions),
+                    "indices": dg.MetadataValue.json(report.indices),
+                }
+            )
         cutoff = config.cleanup_older_than or cleanup_older_than
         if cutoff is not None and report.version is not None:
             keep = config.retain_versions or retain_versions

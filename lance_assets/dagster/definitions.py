@@ -11,11 +11,12 @@ from lance_assets.dagster.assets import AssetKeys, build_compaction_asset, datas
 from lance_assets.dagster.automation import build_discovery_sensor, build_nightly_schedule, build_small_fragment_sensor
 from lance_assets.dagster.checks import build_compaction_checks
 from lance_assets.dagster.fanout import build_fanout_job
-from lance_assets.dagster.resources import LanceDatasets
+from lance_assets.dagster.resources import LanceDatasets, LanceRay
 from lance_assets.dagster.retention import build_retention_job, build_retention_schedule
 from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
 
 Partitioning = Literal["dynamic", "none"]
+Runner = Literal["local", "processes", "ray"]
 
 
 def build_lance_compaction_defs(
@@ -37,6 +38,9 @@ def build_lance_compaction_defs(
     cleanup_older_than: str | None = None,
     retain_versions: int = 1,
     retention_cron_schedule: str = "0 3 * * *",
+    runner: Runner = "local",
+    max_workers: int = 1,
+    ray_address: str | None = None,
 ) -> dg.Definitions:
     """Definitions for compacting the Lance datasets under ``root``.
 
@@ -48,6 +52,10 @@ def build_lance_compaction_defs(
     versions older than that, keeping the newest ``retain_versions`` (and tagged ones), and adds
     a ``<name>_retention`` job with its own schedule (``retention_cron_schedule``, stopped until
     turned on) for the versions other writers add.
+    ``runner`` says where the compaction's copy tasks run: ``"local"`` (the run's process,
+    ``max_workers`` threads), ``"processes"`` (``max_workers`` local processes) or ``"ray"``
+    (a ``LanceRay`` resource, key ``<resource_key>_ray``, on ``ray_address``); the compaction
+    step plans and commits once either way.
     """
     if partitioning == "none":
         partitions_def: dg.PartitionsDefinition | None = None
@@ -69,9 +77,14 @@ def build_lance_compaction_defs(
         kinds={"lance"},
         description="Fragments of the Lance dataset as last observed by the small-fragment sensor (one observation per Lance version).",
     )
+    resources: dict[str, dg.ConfigurableResource] = {resource_key: resource}
+    ray_key = f"{resource_key}_ray"
+    if runner == "ray":
+        resources[ray_key] = LanceRay(address=ray_address)
     compacted = build_compaction_asset(
         keys, partitions_def, resource_key=resource_key, pool=pool, group_name=group,
         cleanup_older_than=cleanup_older_than, retain_versions=retain_versions,
+        runner=runner, max_workers=max_workers, ray_resource_key=ray_key,
     )
     checks = build_compaction_checks(keys, resource_key=resource_key, max_small_fragments=min_small_fragments, partitioned=partitions_def is not None)
     job = dg.define_asset_job(
@@ -107,7 +120,7 @@ def build_lance_compaction_defs(
         jobs=jobs,
         sensors=sensors,
         schedules=schedules,
-        resources={resource_key: resource},
+        resources=resources,
     )
 
 
@@ -142,6 +155,9 @@ class LanceCompactionComponent(dg.Component, dg.Model, dg.Resolvable):
     cleanup_older_than: str | None = None  # e.g. "7d": retention after each compaction, and a retention job
     retain_versions: int = 1
     retention_cron_schedule: str = "0 3 * * *"
+    runner: Runner = "local"  # where copy tasks run: local (threads), processes, ray
+    max_workers: int = 1
+    ray_address: str | None = None
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         return build_lance_compaction_defs(
@@ -162,4 +178,7 @@ class LanceCompactionComponent(dg.Component, dg.Model, dg.Resolvable):
             cleanup_older_than=self.cleanup_older_than,
             retain_versions=self.retain_versions,
             retention_cron_schedule=self.retention_cron_schedule,
+            runner=self.runner,
+            max_workers=self.max_workers,
+            ray_address=self.ray_address,
         )

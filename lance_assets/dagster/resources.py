@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -9,10 +10,15 @@ import dagster as dg
 from pydantic import Field
 
 from lance_assets.engine.cleanup import CleanupReport, bytes_on_disk, cleanup
-from lance_assets.engine.compaction import ProgressCallback, compact
+from lance_assets.engine.compaction import compact
+from lance_assets.engine.copy import ProgressCallback
+from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.index_upkeep import IndexUpkeepReport, maintain_indices
+from lance_assets.engine.indices import index_coverage, reuse_version_count
 from lance_assets.engine.inspect import Inspection, inspect_dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.report import CompactionReport
+from lance_assets.engine.report import CompactionReport, RewriteResult
+from lance_assets.engine.runners import RayRunner, TaskRunner
 from lance_assets.io import Storage
 from lance_assets.io.storage import decode_option_value
 
@@ -70,12 +76,32 @@ class LanceDatasets(dg.ConfigurableResource):
     def inspect(self, partition_key: str | None, target_rows_per_fragment: int) -> Inspection:
         return inspect_dataset(self.uri(partition_key), target_rows_per_fragment=target_rows_per_fragment, storage_options=self.options())
 
-    def compact(self, partition_key: str | None, options: CompactionOptions, progress: ProgressCallback | None = None) -> CompactionReport:
-        return compact(self.uri(partition_key), replace(options, storage_options=self.options()), progress=progress)
+    def compact(
+        self,
+        partition_key: str | None,
+        options: CompactionOptions,
+        progress: ProgressCallback | None = None,
+        *,
+        runner: TaskRunner | None = None,
+        on_task_done: Callable[[RewriteResult], None] | None = None,
+    ) -> CompactionReport:
+        return compact(
+            self.uri(partition_key), replace(options, storage_options=self.options()), progress=progress, runner=runner, on_task_done=on_task_done
+        )
 
     def cleanup(self, partition_key: str | None, older_than: float, retain_versions: int) -> CleanupReport:
         """Version retention on the partition's dataset (see ``lance_assets.engine.cleanup``)."""
         return cleanup(self.uri(partition_key), older_than=older_than, retain_versions=retain_versions, storage_options=self.options())
+
+    def index_status(self, partition_key: str | None) -> tuple[int, int, bool]:
+        """(unindexed rows over all user indices, fragment-reuse versions, has user indices)."""
+        ds = Dataset.open(self.uri(partition_key), storage_options=self.options())
+        coverage = index_coverage(ds)
+        return sum(c.unindexed_rows for c in coverage), reuse_version_count(ds), bool(coverage)
+
+    def maintain_indices(self, partition_key: str | None) -> IndexUpkeepReport:
+        """pylance's ``optimize_indices`` (when installed), then the reuse-index trim."""
+        return maintain_indices(self.uri(partition_key), self.options())
 
     def bytes_on_disk(self, partition_key: str | None) -> int:
         return bytes_on_disk(self.uri(partition_key), self.options())
@@ -102,3 +128,19 @@ class LanceDatasets(dg.ConfigurableResource):
                     pass  # not castable: Lance reports the mismatch itself
         lance.write_dataset(table, uri, mode="append" if exists else "create", storage_options=self.storage_options or None, **write_kwargs)
         return table.num_rows
+
+
+class LanceRay(dg.ConfigurableResource):
+    """The Ray cluster a compaction's copy tasks run on (``runner="ray"``); the compaction step
+    itself plans and commits in the Dagster run's process.
+
+    Every Ray worker needs ``lance_assets`` installed and access to the datasets (the
+    ``LanceDatasets`` storage options travel with each task); none needs Dagster's database.
+    """
+
+    address: str | None = Field(default=None, description="Ray address (e.g. ray://head:10001 or auto); unset: the connected cluster, else a local one for the run.")
+    max_retries: int = Field(default=3, description="Times a task whose worker died is submitted again.")
+    num_cpus: float = Field(default=1.0, description="CPUs Ray reserves per copy task.")
+
+    def runner(self) -> RayRunner:
+        return RayRunner(self.address, self.max_retries, self.num_cpus)

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from lance_assets.engine.commit import commit_compaction, remove_files
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.copy import ProgressCallback
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.index_upkeep import maintain_indices
 from lance_assets.engine.indices import INDEX_REMAP_DEFER, index_views
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, CompactionTask, plan_compaction
+from lance_assets.engine.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.reencode import pylance_available
 from lance_assets.engine.report import CompactionReport, RewriteResult
+from lance_assets.engine.runners import LocalRunner, TaskRunner
 from lance_assets.io import Storage
 
-ProgressCallback = Callable[[int], None]
 
 #: Tasks of a partial-progress run (``commit_every``) that a failure stopped after earlier
 #: commits had landed: reported in ``skipped`` while the run still reports its landed versions.
@@ -55,35 +54,35 @@ def run_plan(
     progress: ProgressCallback | None = None,
     on_task_done: Callable[[RewriteResult], None] | None = None,
     max_workers: int = 1,
+    runner: TaskRunner | None = None,
 ) -> CompactionReport:
-    """Copy every task of ``plan`` in this process and commit them.
+    """Copy every task of ``plan`` through ``runner`` and commit them here.
 
-    All tasks are committed together, or with ``plan.options.commit_every``
-    each N tasks as their own version as soon as they are copied (partial
-    progress). ``progress`` receives byte counts as pages are copied;
-    ``on_task_done`` each task's result, in plan order. Distributed runners call
-    ``execute_task`` and ``commit_compaction`` themselves instead.
-
-    ``max_workers`` tasks run at once, in threads (extent copies and reads
-    release the GIL; ``progress`` is then called from those threads). Each
-    task holds at most ``read_batch_bytes`` of data in memory, so the data
-    held at once is bounded by ``max_workers * read_batch_bytes`` (plus the
-    parsed metadata of the files being merged).
+    All tasks are committed together, or with ``plan.options.commit_every`` each N tasks as
+    their own version as soon as they are copied (partial progress). ``on_task_done`` gets
+    each task's result as it arrives. The default runner copies in this process,
+    ``max_workers`` tasks at once in threads, reporting copied bytes to ``progress``; each task
+    holds at most ``read_batch_bytes`` of data, so memory is bounded by ``max_workers *
+    read_batch_bytes`` (plus the parsed metadata of the files being merged). Other runners
+    (``engine.runners``: processes, Ray, Dask) put the copies elsewhere; the commit is always
+    made by the caller, once.
     """
     if max_workers < 1:
         raise ValueError("max_workers must be positive")
     started = time.monotonic()
     storage = storage or Storage(plan.uri, plan.options.storage_options)
+    runner = runner or LocalRunner(max_workers, progress, storage)
     step = plan.options.commit_every or max(1, len(plan.tasks))
     reports: list[CompactionReport] = []
+    worker_ids: set[str] = set()
+    retries = 0
     for first in range(0, max(1, len(plan.tasks)), step):
         tasks = plan.tasks[first : first + step]
         try:
-            if max_workers == 1 or len(tasks) < 2:
-                results = _run_sequential(tasks, plan, storage, progress, on_task_done)
-            else:
-                results = _run_parallel(tasks, plan, storage, progress, on_task_done, max_workers)
-            reports.append(commit_compaction(storage, plan, results))
+            outcome = runner.run(plan, tasks, on_task_done)
+            worker_ids.update(outcome.worker_ids)
+            retries += outcome.task_retries
+            reports.append(commit_compaction(storage, plan, outcome.results))
         except Exception as exc:
             if not any(r.committed_versions for r in reports):
                 raise  # nothing landed: the dataset is as it was, so this run failed
@@ -98,7 +97,7 @@ def run_plan(
             reports[-1] = replace(reports[-1], skipped=reports[-1].skipped + failed, tasks_skipped=reports[-1].tasks_skipped + len(left))
             break
     report = restore_index_coverage(_combine(plan, reports), plan.options, storage)
-    return replace(report, seconds=time.monotonic() - started)
+    return replace(report, seconds=time.monotonic() - started, runner=runner.name, workers=len(worker_ids), task_retries=retries)
 
 
 #: The index upkeep after a commit failed; the commit itself stands (listed in ``notes``).
@@ -125,9 +124,8 @@ def restore_index_coverage(report: CompactionReport, options: CompactionOptions,
     except Exception as exc:  # the compaction landed; say what is left undone
         note = {"fragment_id": None, "reason": REASON_INDEX_UPKEEP_FAILED, "detail": f"{type(exc).__name__}: {exc}; run optimize_indices"}
         return replace(report, notes=[*report.notes, note])
-    after = index_views(Dataset.open(storage))
     covered: dict[str, set[int]] = {}
-    for view in after:
+    for view in index_views(Dataset.open(storage)):
         covered.setdefault(view.name, set()).update(view.fragments or ())
     indices = [
         {**i, "remap": "reindexed", "covers_output": uncovered.get(i["name"], set()) <= covered.get(i["name"], set())}
@@ -165,61 +163,6 @@ def _combine(plan: CompactionPlan, reports: list[CompactionReport]) -> Compactio
     )
 
 
-def _run_sequential(
-    tasks: Sequence[CompactionTask],
-    plan: CompactionPlan,
-    storage: Storage,
-    progress: ProgressCallback | None,
-    on_task_done: Callable[[RewriteResult], None] | None,
-) -> list[RewriteResult]:
-    results: list[RewriteResult] = []
-    try:
-        for task in tasks:
-            result = execute_task(storage, plan, task, progress=progress)
-            results.append(result)
-            if on_task_done:
-                on_task_done(result)
-    except BaseException:
-        # Nothing of these tasks is committed: remove what the finished ones wrote before re-raising.
-        remove_files(storage, (p for r in results for p in r.files_written))
-        raise
-    return results
-
-
-def _run_parallel(
-    tasks: Sequence[CompactionTask],
-    plan: CompactionPlan,
-    storage: Storage,
-    progress: ProgressCallback | None,
-    on_task_done: Callable[[RewriteResult], None] | None,
-    max_workers: int,
-) -> list[RewriteResult]:
-    """``execute_task`` for every task on a thread pool; results in plan order.
-
-    On any failure the tasks not yet started are cancelled, the running ones
-    finish, and every file the finished tasks wrote is removed before re-raising.
-    """
-    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lance-assets-copy")
-    futures = [pool.submit(execute_task, storage, plan, task, progress=progress) for task in tasks]
-    results: list[RewriteResult] = []
-    try:
-        for future in futures:
-            result = future.result()
-            results.append(result)
-            if on_task_done:
-                on_task_done(result)
-    except BaseException:
-        for future in futures:
-            future.cancel()
-        pool.shutdown(wait=True)
-        finished = [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None]
-        remove_files(storage, (p for r in finished for p in r.files_written))
-        raise
-    finally:
-        pool.shutdown(wait=True)
-    return results
-
-
 def compact(
     uri: str,
     options: CompactionOptions | None = None,
@@ -227,12 +170,14 @@ def compact(
     progress: ProgressCallback | None = None,
     on_task_done: Callable[[RewriteResult], None] | None = None,
     max_workers: int = 1,
+    runner: TaskRunner | None = None,
 ) -> CompactionReport:
     """Compact the latest version of ``uri``: plan, copy every task, commit all groups atomically.
 
     With ``options.dry_run`` only the plan is made and reported. ``max_workers``
     tasks are copied at once (see ``run_plan``; memory grows to about
-    ``max_workers * options.read_batch_bytes``).
+    ``max_workers * options.read_batch_bytes``); ``runner`` puts the copies on local
+    processes or a cluster instead (``engine.runners``).
     """
     options = options or CompactionOptions()
     started = time.monotonic()
@@ -240,5 +185,5 @@ def compact(
     plan = plan_compaction(Dataset.open(storage), options)
     if options.dry_run:
         return dry_run_report(plan, time.monotonic() - started)
-    report = run_plan(plan, storage=storage, progress=progress, on_task_done=on_task_done, max_workers=max_workers)
+    report = run_plan(plan, storage=storage, progress=progress, on_task_done=on_task_done, max_workers=max_workers, runner=runner)
     return replace(report, seconds=time.monotonic() - started)

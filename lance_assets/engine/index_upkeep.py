@@ -22,6 +22,7 @@ from lance_assets.engine.indices import (
     load_reuse_versions,
     reuse_index_meta,
     reuse_index_metadata,
+    reuse_version_count,
     total_unindexed_rows,
 )
 from lance_assets.engine.reencode import pylance_available, pylance_storage_options
@@ -43,11 +44,6 @@ class IndexUpkeepReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def reuse_version_count(ds: Dataset) -> int:
-    meta = reuse_index_meta(ds)
-    return len(load_reuse_versions(ds, meta)) if meta is not None else 0
 
 
 def _trim_plan(ds: Dataset) -> tuple[table_pb2.IndexMetadata, list[Details.Version]] | None:

@@ -167,6 +167,11 @@ def index_coverage(ds: Dataset) -> list[IndexCoverage]:
     return out
 
 
+def reuse_version_count(ds: Dataset) -> int:
+    meta = reuse_index_meta(ds)
+    return len(load_reuse_versions(ds, meta)) if meta is not None else 0
+
+
 def total_unindexed_rows(ds: Dataset) -> int:
     return sum(c.unindexed_rows for c in index_coverage(ds))
 

@@ -91,6 +91,9 @@ class CompactionReport:
     # Per user index: {name, type, remap ("reuse_index" | "dropped" | "reindexed" | "unaffected"),
     # covers_output (None when unaffected)}.
     indices: list[dict[str, Any]] = field(default_factory=list)
+    runner: str = "local"  # where the copies ran: local | processes | ray | dask
+    workers: int = 0  # distinct worker processes that ran tasks
+    task_retries: int = 0  # task attempts lost to dead workers and run again
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,229 @@
+"""Where copy tasks run: in this process, in local processes, on a Ray or Dask cluster.
+
+A compaction is plan → tasks → results → one commit, and only the middle step is heavy. A
+runner takes a plan and some of its tasks and returns their results in plan order; the caller
+commits. Plans and tasks are small picklable dataclasses and every task reads and writes
+through the dataset's URI with the plan's storage options, so a worker needs the package and
+credentials -- no Dagster instance, no shared disk beyond the dataset itself.
+
+Files a failed or killed attempt wrote are never referenced by a commit; ``lance-assets
+cleanup`` removes them once they are older than its grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from typing import Any, Protocol
+
+from lance_assets.engine.commit import remove_files
+from lance_assets.engine.copy import ProgressCallback, execute_task
+from lance_assets.engine.plan import CompactionPlan, CompactionTask
+from lance_assets.engine.report import RewriteResult
+from lance_assets.errors import MissingExtraError
+from lance_assets.io import Storage
+
+TaskDone = Callable[[RewriteResult], None]
+
+RUNNER_LOCAL = "local"
+RUNNER_PROCESSES = "processes"
+RUNNER_RAY = "ray"
+RUNNER_CHOICES = (RUNNER_LOCAL, RUNNER_PROCESSES, RUNNER_RAY)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """Results in the order of the tasks given, the distinct worker processes that produced
+    them and how many task attempts were lost to dead workers and run again."""
+
+    results: list[RewriteResult]
+    worker_ids: tuple[str, ...]  # "host:pid" per result
+    task_retries: int = 0
+
+    @property
+    def workers(self) -> int:
+        return len(set(self.worker_ids))
+
+
+class TaskRunner(Protocol):
+    """Runs ``execute_task`` for each task somewhere; removes what finished tasks wrote if it fails."""
+
+    name: str
+
+    def run(self, plan: CompactionPlan, tasks: Sequence[CompactionTask], on_task_done: TaskDone | None = None) -> RunOutcome: ...
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_one(plan: CompactionPlan, task: CompactionTask) -> tuple[RewriteResult, str]:
+    """The entry point on a worker: one task, and who ran it."""
+    return execute_task(plan.uri, plan, task), worker_id()
+
+
+def _clean_up(plan: CompactionPlan, results: Sequence[RewriteResult], storage: Storage | None = None) -> None:
+    remove_files(storage or Storage(plan.uri, plan.options.storage_options), (p for r in results for p in r.files_written))
+
+
+def _gather(plan: CompactionPlan, tasks: Sequence[CompactionTask], futures: list[Future[Any]], on_task_done: TaskDone | None) -> list[Any]:
+    """Wait for futures in plan order; on the first failure cancel the rest, remove what the
+    finished ones wrote and re-raise."""
+    try:
+        out = []
+        for future in futures:
+            value = future.result()
+            out.append(value)
+            if on_task_done:
+                on_task_done(value[0] if isinstance(value, tuple) else value)
+        return out
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        finished: list[Any] = []
+        for future in futures:  # wait for the running ones: their files must go too
+            if future.cancelled():
+                continue
+            try:
+                finished.append(future.result())
+            except BaseException:
+                pass
+        _clean_up(plan, [v[0] if isinstance(v, tuple) else v for v in finished])
+        raise
+
+
+@dataclass
+class LocalRunner:
+    """Tasks in this process, ``max_workers`` at a time in threads (extent copies and reads
+    release the GIL). The only runner that reports copied bytes to ``progress`` as they go."""
+
+    max_workers: int = 1
+    progress: ProgressCallback | None = None
+    storage: Storage | None = None  # an open Storage to reuse (its filesystem, lock and credentials)
+    name: str = RUNNER_LOCAL
+
+    def run(self, plan: CompactionPlan, tasks: Sequence[CompactionTask], on_task_done: TaskDone | None = None) -> RunOutcome:
+        storage = self.storage or Storage(plan.uri, plan.options.storage_options)
+        if self.max_workers <= 1 or len(tasks) < 2:
+            results: list[RewriteResult] = []
+            try:
+                for task in tasks:
+                    results.append(execute_task(storage, plan, task, progress=self.progress))
+                    if on_task_done:
+                        on_task_done(results[-1])
+            except BaseException:
+                _clean_up(plan, results, storage)
+                raise
+            return RunOutcome(results, (worker_id(),) * len(results))
+        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="lance-assets-copy") as pool:
+            futures = [pool.submit(execute_task, storage, plan, task, progress=self.progress) for task in tasks]
+            results = _gather(plan, tasks, futures, on_task_done)
+            return RunOutcome(results, (worker_id(),) * len(results))
+
+
+@dataclass
+class ProcessRunner:
+    """Tasks in ``max_workers`` local processes (forkserver): for CPU-bound metadata work
+    (many tiny fragments) that threads cannot spread over cores."""
+
+    max_workers: int = 2
+    name: str = RUNNER_PROCESSES
+
+    def run(self, plan: CompactionPlan, tasks: Sequence[CompactionTask], on_task_done: TaskDone | None = None) -> RunOutcome:
+        with ProcessPoolExecutor(max_workers=self.max_workers, mp_context=get_context("forkserver")) as pool:
+            futures = [pool.submit(run_one, plan, task) for task in tasks]
+            pairs = _gather(plan, tasks, futures, on_task_done)
+        return RunOutcome([r for r, _ in pairs], tuple(w for _, w in pairs))
+
+
+@dataclass
+class RayRunner:
+    """Tasks as Ray remote functions on the cluster at ``address`` (None: the one this process
+    is connected to, or a local one started for the run and stopped after it).
+
+    A task whose worker dies (killed, out of memory, node lost) is submitted again, up to
+    ``max_retries`` times per task; a task that *raises* is not retried -- our errors are
+    about the data, and retrying would not change them.
+    """
+
+    address: str | None = None
+    max_retries: int = 3
+    num_cpus: float = 1.0
+    name: str = RUNNER_RAY
+
+    def run(self, plan: CompactionPlan, tasks: Sequence[CompactionTask], on_task_done: TaskDone | None = None) -> RunOutcome:
+        try:
+            import ray
+        except ImportError:
+            raise MissingExtraError("the ray runner needs Ray: pip install 'lance_assets[ray]'") from None
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            return self._run(ray, plan, tasks, on_task_done)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _run(self, ray: Any, plan: CompactionPlan, tasks: Sequence[CompactionTask], on_task_done: TaskDone | None) -> RunOutcome:
+        remote = ray.remote(max_retries=0, num_cpus=self.num_cpus)(run_one)
+        plan_ref = ray.put(plan)
+        pending: dict[Any, tuple[int, int]] = {}  # ref -> (position, attempts so far)
+        for position, task in enumerate(tasks):
+            pending[remote.remote(plan_ref, task)] = (position, 0)
+        done: dict[int, tuple[RewriteResult, str]] = {}
+        retries = 0
+        crashed = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OwnerDiedError)
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                ref = ready[0]
+                position, attempts = pending.pop(ref)
+                try:
+                    done[position] = ray.get(ref)
+                except crashed:
+                    if attempts >= self.max_retries:
+                        raise
+                    retries += 1
+                    pending[remote.remote(plan_ref, tasks[position])] = (position, attempts + 1)
+                    continue
+                except ray.exceptions.RayTaskError as exc:
+                    raise exc.as_instanceof_cause() from None
+                if on_task_done:
+                    on_task_done(done[position][0])
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            _clean_up(plan, [r for r, _ in done.values()])
+            raise
+        pairs = [done[i] for i in range(len(tasks))]
+        return RunOutcome([r for r, _ in pairs], tuple(w for _, w in pairs), retries)
+
+
+@dataclass
+class DaskRunner:
+    """Tasks on a Dask cluster through ``client`` (a ``distributed.Client``); Dask resubmits a
+    task whose worker dies (``allowed-failures``), so retries are not counted here."""
+
+    client: Any
+    name: str = "dask"
+
+    def run(self, plan: CompactionPlan, tasks: Sequence[CompactionTask], on_task_done: TaskDone | None = None) -> RunOutcome:
+        futures = self.client.map(run_one, [plan] * len(tasks), list(tasks), pure=False)
+        pairs = _gather(plan, tasks, futures, on_task_done)
+        return RunOutcome([r for r, _ in pairs], tuple(w for _, w in pairs))
+
+
+def make_runner(name: str, *, max_workers: int = 1, ray_address: str | None = None, progress: ProgressCallback | None = None) -> TaskRunner:
+    """The runner a CLI flag or a Dagster setting names."""
+    if name == RUNNER_LOCAL:
+        return LocalRunner(max_workers, progress)
+    if name == RUNNER_PROCESSES:
+        return ProcessRunner(max(1, max_workers))
+    if name == RUNNER_RAY:
+        return RayRunner(ray_address)
+    raise ValueError(f"unknown runner {name!r}; expected one of {', '.join(RUNNER_CHOICES)}")
