@@ -79,10 +79,11 @@ def trim_reuse_index(uri: str | Dataset, storage_options: Mapping[str, Any] | No
 
     committed: list[int] = []
     after = before
-    if dry_run:
-        planned = _trim_plan(ds)
-        if planned is not None:
-            after = len(planned[1])
+    planned = _trim_plan(ds)
+    if planned is None:
+        pass  # nothing to trim: no commit (also where commits are impossible, e.g. read-only stores)
+    elif dry_run:
+        after = len(planned[1])
     else:
         version = commit_index_change(ds.storage, change)
         if version is not None:

@@ -27,7 +27,7 @@ BEFORE_AFTER_KEYS = {
     "read_version", "lance_version", "fragments_before", "files_before", "rows_before", "bytes_before",
     "fragments_removed", "fragments_added", "bytes_copied", "bytes_written", "seconds", "mb_per_s", "tasks",
     "skipped", "target_rows_per_fragment", "fragments_after", "files_after", "rows_after", "bytes_after",
-    "small_fragments_after", "reencoded_fragments",
+    "small_fragments_after", "reencoded_fragments", "runner", "workers", "task_retries",
 }
 
 
