@@ -170,13 +170,19 @@ def _drop_coverage(section: table_pb2.IndexSection, rewritten: set[int]) -> None
                 idx.fragment_bitmap = encode_bitmap(sorted(ids - rewritten))
 
 
-def _kept_offsets(latest: Dataset, old: table_pb2.DataFragment, reencoded: bool) -> Iterable[int]:
-    """Offsets of ``old``'s rows that its replacement holds: all of them, or the live ones
-    when pylance re-encoded the group (deleted rows dropped)."""
+def _kept_rows(latest: Dataset, old: table_pb2.DataFragment, reencoded: bool) -> list[tuple[int, int]]:
+    """Offset ranges of ``old``'s rows that its replacement holds: all of them, or the live
+    ones when pylance re-encoded the group (deleted rows dropped)."""
     if not reencoded or not old.HasField("deletion_file"):
-        return range(old.physical_rows)
-    gone = set(deleted_offsets(latest, old))
-    return (o for o in range(old.physical_rows) if o not in gone)
+        return [(0, old.physical_rows)]
+    spans, start = [], 0
+    for gone in deleted_offsets(latest, old):
+        if gone > start:
+            spans.append((start, gone))
+        start = gone + 1
+    if start < old.physical_rows:
+        spans.append((start, old.physical_rows))
+    return spans
 
 
 def _indices_after(
@@ -206,7 +212,7 @@ def _indices_after(
         version = Details.Version(dataset_version=latest.version)
         for g in groups:
             old = [old_by_id[i] for i in g.old_ids]
-            version.groups.append(reuse_group(old, g.new, [_kept_offsets(latest, f, g.reencoded) for f in old]))
+            version.groups.append(reuse_group(old, g.new, [_kept_rows(latest, f, g.reencoded) for f in old]))
         previous = reuse_index_meta(latest)
         versions = load_reuse_versions(latest, previous) if previous is not None else []
         new_ids = {f.id for g in groups for f in g.new}

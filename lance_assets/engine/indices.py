@@ -23,7 +23,7 @@ from lance_assets.engine.dataset import INDICES_DIR, Dataset
 from lance_assets.engine.rows import live_rows
 from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedFeatureError
 from lance_assets.format.protobuf import has_unknown_fields, parse
-from lance_assets.format.roaring import decode_bitmap, encode_bitmap, encode_treemap
+from lance_assets.format.roaring import decode_bitmap, encode_bitmap, encode_treemap_ranges
 
 REUSE_INDEX_NAME = "__lance_frag_reuse"
 SYSTEM_INDEX_PREFIX = "__lance"
@@ -180,26 +180,24 @@ def total_unindexed_rows(ds: Dataset) -> int:
 def reuse_group(
     old: Sequence[table_pb2.DataFragment],
     new: Sequence[table_pb2.DataFragment],
-    kept_offsets: Sequence[Iterable[int]],
+    kept_rows: Sequence[Sequence[tuple[int, int]]],
 ) -> Details.Group:
     """The reuse record of one rewrite group.
 
-    ``kept_offsets`` lists, per old fragment, the row offsets whose rows the new fragments
-    hold, in order (every physical row for a binary copy, the live rows for a re-encode). A
-    reader pairs the sorted old addresses with the new fragments' rows one by one, so the two
-    counts must agree; old rows left out map to "deleted".
+    ``kept_rows`` lists, per old fragment, the half-open offset ranges whose rows the new
+    fragments hold, in order (every physical row for a binary copy, the live rows for a
+    re-encode). A reader pairs the sorted old addresses with the new fragments' rows one by
+    one, so the two counts must agree; old rows left out map to "deleted".
     """
-    addrs: list[int] = []
-    for frag, offsets in zip(old, kept_offsets, strict=True):
-        base = frag.id << 32
-        addrs.extend(base + o for o in offsets)
+    ranges = [((f.id << 32) + a, (f.id << 32) + b) for f, spans in zip(old, kept_rows, strict=True) for a, b in spans]
+    carried = sum(b - a for a, b in ranges)
     physical = sum(f.physical_rows for f in new)
-    if len(addrs) != physical:
+    if carried != physical:
         raise CompactionRefusedError(
-            f"fragments {[f.id for f in old]}: {len(addrs)} carried rows but {physical} new physical rows; "
+            f"fragments {[f.id for f in old]}: {carried} carried rows but {physical} new physical rows; "
             "the row moves cannot be recorded"
         )
-    group = Details.Group(changed_row_addrs=encode_treemap(addrs, use_runs=True))
+    group = Details.Group(changed_row_addrs=encode_treemap_ranges(ranges))
     group.old_fragments.extend(_digest(f) for f in old)
     group.new_fragments.extend(_digest(f) for f in new)
     return group

@@ -269,6 +269,45 @@ def encode_treemap(values: Iterable[int], *, use_runs: bool = False) -> bytes:
     return b"".join(parts)
 
 
+def encode_treemap_ranges(ranges: Iterable[tuple[int, int]]) -> bytes:
+    """``encode_treemap(..., use_runs=True)`` of the union of half-open u64 ``[start, end)``
+    ranges, without listing their values: a compaction's row addresses are long runs, and a
+    million-row fragment is one range, not a million integers."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(r for r in ranges if r[1] > r[0]):
+        if start < 0 or end - 1 > U64_MAX:
+            raise ValueError(f"range {start}..{end} is outside 0..{U64_MAX}")
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    # (high 32 bits, 16-bit key) -> runs of 16-bit lows as (start, inclusive end)
+    chunks: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for start, end in merged:
+        value = start
+        while value < end:
+            chunk_end = min(end, ((value >> 16) + 1) << 16)
+            chunks.setdefault((value >> 32, (value >> 16) & 0xFFFF), []).append((value & 0xFFFF, (chunk_end - 1) & 0xFFFF))
+            value = chunk_end
+    parts = [b""]
+    count = 0
+    for high in sorted({h for h, _ in chunks}):
+        containers = []
+        for key in sorted(k for h, k in chunks if h == high):
+            runs = chunks[(high, key)]
+            card = sum(e - b + 1 for b, e in runs)
+            fixed_size = 2 * card if card <= ARRAY_MAX_CARDINALITY else BITMAP_CONTAINER_BYTES
+            if 2 + 4 * len(runs) < fixed_size:
+                containers.append((key, card, True, _run_payload(runs)))
+            else:
+                containers.append(_encode_container(key, [v for b, e in runs for v in range(b, e + 1)], True))
+        parts.append(high.to_bytes(4, "little"))
+        parts.append(_assemble(containers))
+        count += 1
+    parts[0] = count.to_bytes(8, "little")
+    return b"".join(parts)
+
+
 def _sorted_unique(values: Iterable[int], maximum: int) -> list[int]:
     ordered = sorted(values)
     if ordered and (ordered[0] < 0 or ordered[-1] > maximum):
