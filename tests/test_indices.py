@@ -392,3 +392,25 @@ def test_concurrent_deferred_compaction_is_rebased(tmp_path: Path) -> None:
     ds = lance.dataset(str(path))
     assert answers(ds, vector=False) == before
     assert unindexed_rows(ds, ["id_idx", "txt_idx"]) == {"id_idx": 0, "txt_idx": 0}
+
+
+def test_hnsw_index_and_multi_file_fragments(tmp_path: Path) -> None:
+    """An IVF_HNSW_SQ index over fragments that gained a column file (``add_columns``): the
+    reuse record maps rows, not files, so both keep answering as before."""
+    path = tmp_path / "ds.lance"
+    ds = factory.appends(path, "2.1", [100] * 5, make=table)
+    ds.add_columns({"twice": "id * 2"})
+    ds = lance.dataset(str(path))
+    assert all(len(f.data_files()) == 2 for f in ds.get_fragments())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.create_index("vec", "IVF_HNSW_SQ", name="vec_idx", num_partitions=2)
+        ds.create_scalar_index("twice", "BTREE", name="twice_idx")
+    ds = lance.dataset(str(path))
+    before = knn(ds), sorted(ds.to_table(filter="twice = 84", columns=["id"])["id"].to_pylist())
+    stats = unindexed_rows(ds, ["vec_idx", "twice_idx"])
+    report = compact(str(path), CompactionOptions(target_rows_per_fragment=1000))
+    assert {i["name"]: i["remap"] for i in report.indices} == {"vec_idx": "reuse_index", "twice_idx": "reuse_index"}
+    ds = lance.dataset(str(path))
+    assert len(ds.get_fragments()) == 1 and unindexed_rows(ds, ["vec_idx", "twice_idx"]) == stats
+    assert (knn(ds), sorted(ds.to_table(filter="twice = 84", columns=["id"])["id"].to_pylist())) == before
