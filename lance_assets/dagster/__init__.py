@@ -5,7 +5,8 @@ fragment assets, compaction asset with checks, sensors, schedule, fan-out job);
 ``LanceCompactionComponent`` exposes the same from YAML for ``dg`` projects.
 """
 
+from lance_assets.dagster.assets import CompactionConfig
 from lance_assets.dagster.definitions import LanceCompactionComponent, build_lance_compaction_defs
 from lance_assets.dagster.resources import LanceDatasets, LanceRay
 
-__all__ = ["LanceCompactionComponent", "LanceDatasets", "LanceRay", "build_lance_compaction_defs"]
+__all__ = ["CompactionConfig", "LanceCompactionComponent", "LanceDatasets", "LanceRay", "build_lance_compaction_defs"]

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lance_assets._proto import table_pb2
-from lance_assets.engine.dataset import DATA_DIR, DELETIONS_DIR, HINT_FILE, INDICES_DIR, TRANSACTIONS_DIR, VERSIONS_DIR, Dataset, list_versions
+from lance_assets.engine.dataset import DATA_DIR, DELETIONS_DIR, HINT_FILE, INDICES_DIR, TRANSACTIONS_DIR, VERSIONS_DIR, Dataset, DatasetRef, list_versions, storage_of
 from lance_assets.engine.index_upkeep import trim_reuse_index
 from lance_assets.errors import CorruptFileError, MissingFileError, UnsupportedFeatureError, VersionNotFoundError
 from lance_assets.format import manifest as mf
@@ -204,7 +204,7 @@ def _tagged_versions(storage: Storage, versions: set[int]) -> set[int]:
 
 
 def cleanup(
-    uri: str | Storage,
+    uri: DatasetRef,
     *,
     older_than: float = DEFAULT_OLDER_THAN_SECONDS,
     retain_versions: int | None = None,
@@ -235,7 +235,7 @@ def cleanup(
         raise ValueError("older_than must not be negative")
     if retain_versions is not None and retain_versions < 1:
         raise ValueError("retain_versions must be at least 1")
-    storage = uri if isinstance(uri, Storage) else Storage(uri, storage_options)
+    storage = storage_of(uri, storage_options)
     if storage.list("_refs/branches") or storage.exists("tree"):
         raise UnsupportedFeatureError("the dataset has branches (tree/, _refs/branches/); their manifests may reference these files", path=storage.uri)
 
@@ -328,10 +328,10 @@ def cleanup(
     )
 
 
-def bytes_on_disk(uri: str | Storage, storage_options: Mapping[str, Any] | None = None) -> int:
+def bytes_on_disk(uri: DatasetRef, storage_options: Mapping[str, Any] | None = None) -> int:
     """Bytes the dataset's files take: data, deletions, transactions, manifests and the index
     folders its manifests name -- what retention gives back, for plots of storage over time."""
-    storage = uri if isinstance(uri, Storage) else Storage(uri, storage_options)
+    storage = storage_of(uri, storage_options)
     total = sum(e.size for folder in (DATA_DIR, DELETIONS_DIR, TRANSACTIONS_DIR, VERSIONS_DIR) for e in storage.list(folder))
     refs = _References()
     _read_references(storage, [n for n in _manifest_names(storage.list(VERSIONS_DIR)) if mf.parse_manifest_name(n)], refs)

@@ -21,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
-from lance_assets.engine.dataset import DELETIONS_DIR, HINT_FILE, TRANSACTIONS_DIR, Dataset, VersionLocation
+from lance_assets.engine.dataset import DELETIONS_DIR, HINT_FILE, TRANSACTIONS_DIR, Dataset, DatasetRef, VersionLocation, storage_of
 from lance_assets.engine.indices import (
     INDEX_REMAP_DEFER,
     REUSE_INDEX_NAME,
@@ -388,7 +388,7 @@ def remove_files(storage: Storage, paths: Iterable[str]) -> None:
 
 
 def commit_compaction(
-    uri: str | Storage,
+    uri: DatasetRef,
     plan: CompactionPlan,
     results: Sequence[RewriteResult],
     *,
@@ -396,7 +396,7 @@ def commit_compaction(
 ) -> CompactionReport:
     """Commit every successful task as one Rewrite; skipped tasks only clean up after themselves."""
     started = time.monotonic()
-    storage = uri if isinstance(uri, Storage) else Storage(uri, plan.options.storage_options)
+    storage = storage_of(uri, plan.options.storage_options)
     done = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
     remove_files(storage, (p for r in failed for p in r.files_written))

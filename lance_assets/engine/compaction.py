@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.copy import ProgressCallback
-from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset, storage_of
 from lance_assets.engine.index_upkeep import maintain_indices
 from lance_assets.engine.indices import INDEX_REMAP_DEFER, index_views
 from lance_assets.engine.options import CompactionOptions
@@ -164,7 +164,7 @@ def _combine(plan: CompactionPlan, reports: list[CompactionReport]) -> Compactio
 
 
 def compact(
-    uri: str,
+    uri: DatasetRef,
     options: CompactionOptions | None = None,
     *,
     progress: ProgressCallback | None = None,
@@ -181,8 +181,8 @@ def compact(
     """
     options = options or CompactionOptions()
     started = time.monotonic()
-    storage = Storage(uri, options.storage_options)
-    plan = plan_compaction(Dataset.open(storage), options)
+    storage = storage_of(uri, options.storage_options)
+    plan = plan_compaction(open_dataset(uri, options.storage_options), options)
     if options.dry_run:
         return dry_run_report(plan, time.monotonic() - started)
     report = run_plan(plan, storage=storage, progress=progress, on_task_done=on_task_done, max_workers=max_workers, runner=runner)

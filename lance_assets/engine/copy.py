@@ -21,7 +21,7 @@ from typing import IO
 
 from lance_assets._proto import file2_pb2, file_pb2, table_pb2
 from lance_assets.engine.copy_legacy import write_legacy_output
-from lance_assets.engine.dataset import DATA_DIR, Dataset
+from lance_assets.engine.dataset import DATA_DIR, Dataset, DatasetRef, open_dataset
 from lance_assets.engine.plan import CompactionPlan, CompactionTask
 from lance_assets.engine.reencode import reencode_task
 from lance_assets.engine.report import RewriteResult
@@ -392,7 +392,7 @@ def verify_output(
 
 
 def execute_task(
-    uri: str | Storage,
+    uri: DatasetRef,
     plan: CompactionPlan,
     task: CompactionTask,
     *,
@@ -405,8 +405,8 @@ def execute_task(
     returns a skipped result with the reason; I/O and corruption errors raise.
     """
     started = time.monotonic()
-    storage = uri if isinstance(uri, Storage) else Storage(uri, plan.options.storage_options)
-    ds = Dataset.open(storage, plan.read_version)
+    ds = open_dataset(uri, plan.options.storage_options, plan.read_version)
+    storage = ds.storage
     by_id = {f.id: f for f in ds.manifest.fragments}
     missing = [i for i in task.fragment_ids if i not in by_id]
     if missing:

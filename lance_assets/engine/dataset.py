@@ -196,3 +196,27 @@ class Dataset:
                     return f"{base.path.rstrip('/')}/{folder}/{name}"
                 return f"{base.path.rstrip('/')}/{name}"
         raise NotADatasetError(f"base path id {base_id} is not declared in the manifest", path=self.uri)
+
+
+#: The first parameter of every engine entry point: where the dataset is. A URI string (local
+#: path, ``s3://``, ``gs://``, ``az://``, ``memory://``; credentials in ``storage_options``), an
+#: open :class:`Dataset` (its storage is reused and, where the entry point reads the latest
+#: version, it is reused when it still is the latest), or a :class:`~lance_assets.io.Storage`
+#: (a configured filesystem, e.g. with a commit lock).
+DatasetRef = str | Dataset | Storage
+
+
+def storage_of(ref: DatasetRef, storage_options: Mapping[str, Any] | None = None) -> Storage:
+    """The storage behind ``ref`` (``storage_options`` apply to a URI only)."""
+    if isinstance(ref, Dataset):
+        return ref.storage
+    if isinstance(ref, Storage):
+        return ref
+    return Storage(ref, storage_options)
+
+
+def open_dataset(ref: DatasetRef, storage_options: Mapping[str, Any] | None = None, version: int | None = None) -> Dataset:
+    """``ref`` as an open Dataset at ``version`` (None: an open Dataset as given, else the latest)."""
+    if isinstance(ref, Dataset) and (version is None or ref.version == version):
+        return ref
+    return Dataset.open(storage_of(ref, storage_options), version)

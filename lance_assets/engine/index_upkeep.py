@@ -14,7 +14,7 @@ from typing import Any
 
 from lance_assets._proto import table_pb2
 from lance_assets.engine.commit import IndexChange, commit_index_change
-from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
 from lance_assets.engine.indices import (
     Details,
     caught_up,
@@ -56,7 +56,7 @@ def _trim_plan(ds: Dataset) -> tuple[table_pb2.IndexMetadata, list[Details.Versi
     return None if len(kept) == len(versions) else (meta, kept)
 
 
-def trim_reuse_index(uri: str | Dataset, storage_options: Mapping[str, Any] | None = None, *, dry_run: bool = False) -> IndexUpkeepReport:
+def trim_reuse_index(uri: DatasetRef, storage_options: Mapping[str, Any] | None = None, *, dry_run: bool = False) -> IndexUpkeepReport:
     """Drop the reuse versions every index has caught up with (rebuilt at or after them).
 
     Commits one CreateIndex replacing ``__lance_frag_reuse`` (kept, possibly empty, as Lance
@@ -64,7 +64,7 @@ def trim_reuse_index(uri: str | Dataset, storage_options: Mapping[str, Any] | No
     are harmless: the decision is taken again on the version we commit on top of.
     """
     started = time.monotonic()
-    ds = uri if isinstance(uri, Dataset) else Dataset.open(uri, storage_options=storage_options)
+    ds = open_dataset(uri, storage_options)
     before = reuse_version_count(ds)
     unindexed = total_unindexed_rows(ds)
 
@@ -95,14 +95,14 @@ def trim_reuse_index(uri: str | Dataset, storage_options: Mapping[str, Any] | No
     )
 
 
-def maintain_indices(uri: str, storage_options: Mapping[str, Any] | None = None) -> IndexUpkeepReport:
+def maintain_indices(uri: DatasetRef, storage_options: Mapping[str, Any] | None = None) -> IndexUpkeepReport:
     """Rebuild indices over unindexed rows with pylance's ``optimize_indices``, then trim.
 
     This is the one step that needs pylance (the optional ``reencode`` extra): index files are
     Lance's own formats, which we never write. Without pylance only the trim runs.
     """
     started = time.monotonic()
-    ds = Dataset.open(uri, storage_options=storage_options)
+    ds = open_dataset(uri, storage_options)
     unindexed_before = total_unindexed_rows(ds)
     versions_before = reuse_version_count(ds)
     committed: list[int] = []
@@ -110,7 +110,7 @@ def maintain_indices(uri: str, storage_options: Mapping[str, Any] | None = None)
     if pylance_available() and any(not is_system_index(m) for m in ds.indices):
         import lance
 
-        lds = lance.dataset(ds.uri, storage_options=pylance_storage_options(dict(storage_options or {})))
+        lds = lance.dataset(ds.uri, storage_options=pylance_storage_options(dict(storage_options or ds.storage.storage_options or {})))
         lds.optimize.optimize_indices()
         optimized = True
         after_optimize = Dataset.open(ds.storage)

@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lance_assets._proto import file_pb2
-from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
 from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
 from lance_assets.errors import CorruptFileError
 from lance_assets.format import manifest as mf
 from lance_assets.format.roaring import decode_bitmap
-from lance_assets.io import Storage
 
 
 # Upper bounds (exclusive) of the byte-size histogram buckets.
@@ -123,14 +122,14 @@ def _index_infos(ds: Dataset) -> list[IndexInfo]:
 
 
 def inspect_dataset(
-    uri: str | Storage | Dataset,
+    uri: DatasetRef,
     *,
     version: int | None = None,
     target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Inspection:
     """Inventory and fragmentation summary of one dataset version."""
-    ds = uri if isinstance(uri, Dataset) else Dataset.open(uri, version, storage_options)
+    ds = open_dataset(uri, storage_options, version)
     m = ds.manifest
     frags = []
     names: dict[tuple[int, int], str] = {}  # version pair -> name; a sensor runs this on every tick

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from lance_assets._proto import file_pb2, table_pb2
-from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
 from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, index_views, is_system_index
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.reencode import pylance_available
@@ -218,10 +218,10 @@ def fragment_file_count(fragment: table_pb2.DataFragment) -> int:
 
 
 # --- planning ----------------------------------------------------------------------
-def plan_compaction(uri: str | Dataset, options: CompactionOptions | None = None) -> CompactionPlan:
-    """Plan a compaction of the latest version (or of the given opened Dataset)."""
+def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -> CompactionPlan:
+    """Plan a compaction of the latest version (or of the given open Dataset)."""
     options = options or CompactionOptions()
-    ds = uri if isinstance(uri, Dataset) else Dataset.open(uri, storage_options=options.storage_options)
+    ds = open_dataset(uri, options.storage_options)
     mf.check_feature_flags(ds.manifest, path=ds.uri, for_write=True)
     fragments = ds.fragments
     skipped: list[SkippedFragment] = []
