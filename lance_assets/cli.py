@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
+import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,9 +21,8 @@ from rich.table import Table
 
 from lance_assets.engine.cleanup import DEFAULT_OLDER_THAN_SECONDS, cleanup, parse_duration
 from lance_assets.engine.compaction import compact, dry_run_report, run_plan
-from lance_assets.engine.indices import INDEX_REMAP_CHOICES, INDEX_REMAP_DEFER
 from lance_assets.engine.inspect import Inspection, inspect_dataset
-from lance_assets.engine.options import DEFAULT_READ_BATCH_BYTES, DEFAULT_TARGET_ROWS_PER_FRAGMENT, CompactionOptions
+from lance_assets.engine.options import CompactionOptions, option_specs
 from lance_assets.engine.plan import plan_compaction
 from lance_assets.engine.report import CompactionReport
 from lance_assets.engine.runners import RUNNER_CHOICES, RUNNER_LOCAL, make_runner
@@ -118,26 +119,48 @@ def _print_report(report: CompactionReport, console: Console) -> None:
         console.print("skipped fragments: " + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())))
 
 
-def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
+def _scalar(tp: Any) -> Any:
+    """``int`` for ``int | None``; the type itself otherwise."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (types.UnionType, typing.Union) and len(args) == 1 else tp
+
+
+def add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """One flag per compaction option (``engine.options``): type, default and help come from
+    its declaration, so the CLI never drifts from the library or the Dagster config."""
+    for spec in option_specs():
+        if spec.name == "storage_options" or (names is not None and spec.name not in names):
+            continue
+        kind = _scalar(spec.type)
+        kwargs: dict[str, Any] = {"dest": spec.name, "help": spec.help}
+        if kind is bool:
+            kwargs["action"] = "store_true" if spec.default is False else argparse.BooleanOptionalAction
+            if spec.default is not False:
+                kwargs["default"] = spec.default
+        elif typing.get_origin(kind) is frozenset:
+            kwargs.update(action="append", type=typing.get_args(kind)[0], default=[], metavar=spec.metavar)
+            kwargs["help"] += " (repeatable)"
+        elif typing.get_origin(kind) is Literal:
+            kwargs.update(choices=typing.get_args(kind), default=spec.default)
+            kwargs["help"] += " (default: %(default)s)"
+        else:
+            kwargs.update(type=kind, default=spec.default, metavar=spec.metavar)
+            if spec.default is not None:
+                kwargs["help"] += " (default: %(default)s)"
+        parser.add_argument(spec.flag, **kwargs)
+
+
+def options_from_args(args: argparse.Namespace) -> CompactionOptions:
+    values = {spec.name: getattr(args, spec.name) for spec in option_specs() if spec.name != "storage_options"}
+    values["excluded_fragment_ids"] = frozenset(values["excluded_fragment_ids"])
     try:
-        options = CompactionOptions(
-            target_rows_per_fragment=args.target_rows_per_fragment,
-            max_rows_per_file=args.max_rows_per_file,
-            max_bytes_per_file=args.max_bytes_per_file,
-            read_batch_bytes=args.read_batch_bytes,
-            max_source_fragments=args.max_source_fragments,
-            excluded_fragment_ids=frozenset(args.exclude),
-            materialize_deletions=args.materialize_deletions,
-            materialize_deletions_threshold=args.materialize_deletions_threshold,
-            commit_every=args.commit_every,
-            reencode_fallback=args.reencode_fallback,
-            verify_output=args.verify_output,
-            index_remap=args.index_remap,
-            storage_options=args.storage_options,
-            dry_run=args.dry_run,
-        )
+        return CompactionOptions(**values, storage_options=args.storage_options)
     except ValueError as exc:  # e.g. a non-positive size: bad input, not a bug
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
+    options = options_from_args(args)
     if args.workers < 1:
         raise argparse.ArgumentTypeError("--workers must be at least 1")
     show_progress = not args.json and console.is_terminal
@@ -197,14 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lance-assets", description="Keep Lance datasets compact.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, with_target: bool = True) -> None:
         p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
         p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
         p.add_argument(
             "--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
             help="passed to the fsspec filesystem (repeatable)",
         )
-        p.add_argument("--target-rows-per-fragment", type=int, default=DEFAULT_TARGET_ROWS_PER_FRAGMENT)
+        if with_target:
+            add_option_flags(p, ["target_rows_per_fragment"])
 
     p = sub.add_parser("inspect", help="versions, schema, fragments and a fragmentation summary")
     common(p)
@@ -213,41 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_inspect)
 
     p = sub.add_parser("compact", help="merge small fragments by binary copy and commit a new version")
-    common(p)
-    p.add_argument("--max-rows-per-file", type=int, default=None)
-    p.add_argument("--max-bytes-per-file", type=int, default=None)
-    p.add_argument("--read-batch-bytes", type=int, default=DEFAULT_READ_BATCH_BYTES, help="bound on bytes held in memory per task")
-    p.add_argument("--max-source-fragments", type=int, default=None)
-    p.add_argument("--exclude", type=int, action="append", default=[], metavar="FRAGMENT_ID", help="never compact this fragment (repeatable)")
-    p.add_argument(
-        "--materialize-deletions", action=argparse.BooleanOptionalAction, default=True,
-        help="leave fragments whose deleted share exceeds the threshold for a re-encode (Lance's default)",
-    )
-    p.add_argument("--materialize-deletions-threshold", type=float, default=0.1, metavar="FRACTION")
-    p.add_argument(
-        "--reencode-fallback", action=argparse.BooleanOptionalAction, default=True,
-        help="re-encode groups holding such fragments with pylance's fragment writer (when installed), in the same commit",
-    )
-    p.add_argument(
-        "--verify-output", action=argparse.BooleanOptionalAction, default=True,
-        help="read every written file back and refuse it unless it is readable as meant (layer rule for nested columns)",
-    )
-    p.add_argument(
-        "--commit-every", type=int, default=None, metavar="TASKS",
-        help="commit each TASKS finished tasks as their own version (partial progress: a killed run keeps them)",
-    )
-    p.add_argument(
-        "--index-remap", choices=INDEX_REMAP_CHOICES, default=INDEX_REMAP_DEFER,
-        help="defer: record the row moves in Lance's fragment-reuse index, indices keep covering the merged rows (default); "
-        "drop: remove the rewritten fragments from the indices (unindexed until optimize_indices)",
-    )
+    common(p, with_target=False)
+    add_option_flags(p)
     p.add_argument(
         "--runner", choices=RUNNER_CHOICES, default=RUNNER_LOCAL,
         help="where copy tasks run: this process (threads), local processes, or a Ray cluster (the 'ray' extra); one commit either way",
     )
     p.add_argument("--workers", type=int, default=1, metavar="N", help="tasks at once for the local (threads) and processes runners")
     p.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to use (e.g. ray://head:10001 or auto); default: start a local one")
-    p.add_argument("--dry-run", action="store_true", help="plan only: report what would be read and written")
     p.set_defaults(run=_cmd_compact)
 
     p = sub.add_parser("cleanup", help="remove data/deletion/transaction/staging files no manifest references")

@@ -8,18 +8,19 @@ running the engine.
 
 
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.cleanup import parse_duration
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.inspect import Inspection
-from lance_assets.engine.options import DEFAULT_READ_BATCH_BYTES, DEFAULT_TARGET_ROWS_PER_FRAGMENT, CompactionOptions
+from lance_assets.engine.options import CompactionOptions, option_specs
 from lance_assets.engine.plan import plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult
 from lance_assets.engine.runners import RUNNER_RAY, TaskRunner, make_runner
@@ -32,52 +33,47 @@ READ_BACK_CHECK = "new_version_reads_back"
 MAX_FRAGMENT_ROWS_SHOWN = 200
 
 
-class CompactionConfig(dg.Config):
-    """Run config of one compaction; names and defaults follow Lance's compaction options."""
+class _CompactionConfigBase(dg.Config):
+    """What a compaction run does beyond the engine's options: retention and index upkeep."""
 
-    read_batch_bytes: int = Field(default=DEFAULT_READ_BATCH_BYTES, description="Bound on bytes held in memory per task while copying.")
-    target_rows_per_fragment: int = Field(default=DEFAULT_TARGET_ROWS_PER_FRAGMENT, description="Fragments under this row count are compacted.")
-    max_rows_per_file: int | None = Field(default=None, description="Hard cap on rows per output file.")
-    max_bytes_per_file: int | None = Field(default=None, description="Hard cap on bytes per output file.")
-    max_source_fragments: int | None = Field(default=None, description="Compact at most this many fragments in one run.")
-    materialize_deletions: bool = Field(default=True, description="Drop the deleted rows of fragments over the threshold by re-encoding their group (Lance's default).")
-    materialize_deletions_threshold: float = Field(default=0.1, description="Deleted share above which a fragment's group is re-encoded.")
-    reencode_fallback: bool = Field(default=True, description="Re-encode such groups with pylance (when installed) in the same commit; else binary-copy them with their deletions.")
-    verify_output: bool = Field(default=True, description="Read every written file back and refuse it unless it is readable as meant.")
-    index_remap: Literal["defer", "drop"] = Field(
-        default="defer",
-        description="defer: record the row moves in Lance's fragment-reuse index so indices keep covering the merged rows; "
-        "drop: remove rewritten fragments from the indices (unindexed until optimize_indices).",
-    )
-    optimize_indices: bool = Field(
-        default=True,
-        description="After a compaction that committed, index unindexed rows with pylance's optimize_indices (when installed) "
-        "and trim the fragment-reuse versions every index has caught up with.",
-    )
     cleanup_older_than: str | None = Field(
         default=None,
         description="After a compaction that committed, remove versions older than this (e.g. 7d) and the files only they reference; "
         "unset: the definitions' default (no retention unless build_lance_compaction_defs(cleanup_older_than=...)).",
     )
     retain_versions: int | None = Field(default=None, description="Versions always kept by that retention (default: the definitions' value, 1).")
-    commit_every: int | None = Field(default=None, description="Commit each N finished tasks as their own version (partial progress).")
-    dry_run: bool = Field(default=False, description="Only plan: report what would be copied, materialize nothing.")
+    optimize_indices: bool = Field(
+        default=True,
+        description="After a compaction that committed, index unindexed rows with pylance's optimize_indices (when installed) "
+        "and trim the fragment-reuse versions every index has caught up with.",
+    )
 
     def options(self) -> CompactionOptions:
-        return CompactionOptions(
-            target_rows_per_fragment=self.target_rows_per_fragment,
-            max_rows_per_file=self.max_rows_per_file,
-            max_bytes_per_file=self.max_bytes_per_file,
-            read_batch_bytes=self.read_batch_bytes,
-            max_source_fragments=self.max_source_fragments,
-            materialize_deletions=self.materialize_deletions,
-            materialize_deletions_threshold=self.materialize_deletions_threshold,
-            commit_every=self.commit_every,
-            reencode_fallback=self.reencode_fallback,
-            verify_output=self.verify_output,
-            index_remap=self.index_remap,
-            dry_run=self.dry_run,
-        )
+        """The engine options this run config holds (storage options come from the resource)."""
+        values = {spec.name: getattr(self, spec.name) for spec in option_specs() if spec.dagster}
+        values["excluded_fragment_ids"] = frozenset(values["excluded_fragment_ids"])
+        return CompactionOptions(**values)
+
+
+def _option_fields() -> dict[str, Any]:
+    """Config fields for the engine's options, from their one declaration (``engine.options``)."""
+    out: dict[str, Any] = {}
+    for spec in option_specs():
+        if not spec.dagster:
+            continue
+        if typing.get_origin(spec.type) is frozenset:  # run config holds lists
+            out[spec.name] = (list[int], Field(default_factory=list, description=spec.help))
+        else:
+            out[spec.name] = (spec.type, Field(default=spec.default, description=spec.help))
+    return out
+
+
+#: Run config of one compaction: every engine option (``CompactionOptions``: same names,
+#: defaults and descriptions) plus retention and index upkeep. ``config.options()`` gives the
+#: engine options.
+CompactionConfig = create_model(
+    "CompactionConfig", __base__=_CompactionConfigBase, __module__=__name__, __doc__=_CompactionConfigBase.__doc__, **_option_fields()
+)
 
 
 def dataset_run_tagging(name: str, partitions_def: dg.PartitionsDefinition | None) -> dict[str, Any]:
@@ -232,13 +228,14 @@ def build_compaction_asset(
         required_resource_keys={resource_key} | ({ray_resource_key} if runner == RUNNER_RAY and ray_resource_key else set()),
         description="The dataset after binary-copy compaction of its small fragments (lance_assets).",
     )
-    def _compacted(context: dg.AssetExecutionContext, config: CompactionConfig) -> Iterator[Any]:
+    def _compacted(context: dg.AssetExecutionContext, config: CompactionConfig) -> Iterator[Any]:  # type: ignore[valid-type]
         lance: LanceDatasets = getattr(context.resources, resource_key)
         key = context.partition_key if partitions_def is not None else None
-        before = lance.inspect(key, config.target_rows_per_fragment)
-        if config.dry_run:
+        options = config.options()
+        before = lance.inspect(key, options.target_rows_per_fragment)
+        if options.dry_run:
             started = time.monotonic()
-            plan = plan_compaction(Dataset.open(lance.uri(key), storage_options=lance.options()), config.options())
+            plan = plan_compaction(Dataset.open(lance.uri(key), storage_options=lance.options()), options)
             context.log.info(f"dry run: {len(plan.tasks)} tasks over {plan.fragments_to_compact} fragments, {plan.bytes_to_read} bytes")
             yield dg.AssetObservation(
                 asset_key=keys.fragments,
@@ -264,14 +261,14 @@ def build_compaction_asset(
             state = f"skipped ({result.skipped_reason}: {result.skipped_detail})" if result.skipped_reason else f"{result.bytes_read} bytes in {result.seconds:.2f}s"
             context.log.info(f"task {result.task_id}: fragments {list(result.old_fragment_ids)} {state}")
 
-        report = lance.compact(key, config.options(), runner=task_runner, on_task_done=task_done)
+        report = lance.compact(key, options, runner=task_runner, on_task_done=task_done)
         if report.version is not None and indexed and config.optimize_indices:
             upkeep = lance.maintain_indices(key)
             context.log.info(
                 f"index upkeep: unindexed rows {upkeep.unindexed_rows_before} -> {upkeep.unindexed_rows_after}, "
                 f"reuse versions {upkeep.reuse_versions_before} -> {upkeep.reuse_versions_after} (optimize_indices ran: {upkeep.optimized})"
             )
-        after = lance.inspect(key, config.target_rows_per_fragment) if report.version is not None else before
+        after = lance.inspect(key, options.target_rows_per_fragment) if report.version is not None else before
         context.log.info(
             f"version {report.read_version} -> {report.version}: {report.fragments_removed} fragments -> {report.fragments_added}, "
             f"{report.bytes_read} bytes copied in {report.seconds:.2f}s"

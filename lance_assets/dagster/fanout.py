@@ -40,12 +40,15 @@ def build_fanout_job(
         out={"plan": dg.Out(str), "tasks": dg.DynamicOut(str)},
         required_resource_keys={resource_key},
     )
-    def plan_op(context: dg.OpExecutionContext, config: CompactionConfig) -> Iterator[dg.Output | dg.DynamicOutput | dg.AssetObservation]:
+    def plan_op(
+        context: dg.OpExecutionContext, config: CompactionConfig  # type: ignore[valid-type]
+    ) -> Iterator[dg.Output | dg.DynamicOutput | dg.AssetObservation]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
-        plan = plan_compaction(Dataset.open(lance.uri(_key(context)), storage_options=lance.options()), config.options())
+        options = config.options()
+        plan = plan_compaction(Dataset.open(lance.uri(_key(context)), storage_options=lance.options()), options)
         context.log.info(f"{len(plan.tasks)} tasks over {plan.fragments_to_compact} fragments at version {plan.read_version}")
         yield dg.Output(plan.to_json(), "plan")
-        if config.dry_run:  # report the plan, start no copy task (so nothing is written or committed)
+        if options.dry_run:  # report the plan, start no copy task (so nothing is written or committed)
             yield dg.AssetObservation(
                 asset_key=keys.fragments,
                 partition=_key(context),

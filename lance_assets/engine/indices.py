@@ -35,7 +35,6 @@ REUSE_DETAILS_FILE = "details.binpb"
 
 INDEX_REMAP_DEFER = "defer"
 INDEX_REMAP_DROP = "drop"
-INDEX_REMAP_CHOICES = (INDEX_REMAP_DEFER, INDEX_REMAP_DROP)
 
 Details = table_pb2.FragmentReuseIndexDetails
 

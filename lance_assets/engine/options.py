@@ -1,47 +1,77 @@
-"""Compaction options, with Lance's names and defaults where Lance has them."""
+"""Compaction options, with Lance's names and defaults where Lance has them.
+
+Each option is declared once, here: name, type, default and a description. The CLI flags
+(``lance_assets.cli``) and the Dagster run config (``lance_assets.dagster.CompactionConfig``)
+are derived from these declarations (:func:`option_specs`), so the three cannot drift apart.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal
 
 DEFAULT_TARGET_ROWS_PER_FRAGMENT = 1024 * 1024
 DEFAULT_READ_BATCH_BYTES = 16 * 1024 * 1024
 # Lance's file readers count rows in u32.
 MAX_ROWS_PER_FILE_LIMIT = 2**32 - 1
 
+IndexRemap = Literal["defer", "drop"]
+
+
+def _option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None, dagster: bool = True) -> Any:
+    """A dataclass field carrying what the CLI and the Dagster config need to offer it."""
+    meta = {"help": help, "flag": flag, "metavar": metavar, "dagster": dagster}
+    if isinstance(default, (frozenset, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, hash=not isinstance(default, dict), compare=not isinstance(default, dict))
+    return field(default=default, metadata=meta)
+
 
 @dataclass(frozen=True)
 class CompactionOptions:
     """What to compact and how large the outputs may grow.
 
-    ``target_rows_per_fragment`` decides which fragments are small and when an
-    output file is full (closed once it reaches the target, as Lance's binary
-    copy does). ``max_rows_per_file`` / ``max_bytes_per_file`` are hard caps:
-    an output is closed *before* an input would push it past them, so a cap is
-    exceeded only by one input that is larger on its own. ``read_batch_bytes``
-    bounds the bytes a task holds in memory while copying. ``verify_output`` reads every
-    written file back and refuses it unless its metadata is what was meant and its nested
-    columns obey the layer rule (see ``format.repdef``); it costs one tail read per output.
-    ``index_remap`` says how indices follow the moved rows: ``"defer"`` records the moves in
-    Lance's fragment-reuse index so every index keeps covering them; ``"drop"`` removes the
-    rewritten fragments from the indices (exact, but unindexed until ``optimize_indices``).
+    Every field is described where it is declared (the ``help`` of its metadata), which is
+    also the text of its CLI flag and of its Dagster config field.
+
+    Example:
+        >>> CompactionOptions(target_rows_per_fragment=250_000, max_bytes_per_file=2**30).row_cap
+        4294967295
     """
 
-    target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT
-    max_rows_per_file: int | None = None
-    max_bytes_per_file: int | None = None
-    read_batch_bytes: int = DEFAULT_READ_BATCH_BYTES
-    max_source_fragments: int | None = None
-    excluded_fragment_ids: frozenset[int] = frozenset()
-    materialize_deletions: bool = True
-    materialize_deletions_threshold: float = 0.1
-    commit_every: int | None = None
-    reencode_fallback: bool = True
-    verify_output: bool = True
-    index_remap: str = "defer"
-    storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    dry_run: bool = False
+    target_rows_per_fragment: int = _option(
+        DEFAULT_TARGET_ROWS_PER_FRAGMENT,
+        "Fragments under this row count are compacted; an output file is closed once it reaches it (Lance's default).",
+        metavar="ROWS",
+    )
+    max_rows_per_file: int | None = _option(
+        None, "Hard cap on rows per output file: closed before an input would pass it (only a larger single input exceeds it).", metavar="ROWS"
+    )
+    max_bytes_per_file: int | None = _option(None, "Hard cap on bytes per output file, kept like max_rows_per_file.", metavar="BYTES")
+    read_batch_bytes: int = _option(DEFAULT_READ_BATCH_BYTES, "Bound on the bytes a task holds in memory while copying.", metavar="BYTES")
+    max_source_fragments: int | None = _option(None, "Compact at most this many fragments in one run.", metavar="N")
+    excluded_fragment_ids: frozenset[int] = _option(
+        frozenset(), "Never compact these fragments.", flag="--exclude", metavar="FRAGMENT_ID"
+    )
+    materialize_deletions: bool = _option(
+        True, "Drop the deleted rows of fragments whose deleted share exceeds the threshold, by re-encoding their group (Lance's default)."
+    )
+    materialize_deletions_threshold: float = _option(0.1, "Deleted share above which a fragment's group is re-encoded.", metavar="FRACTION")
+    commit_every: int | None = _option(
+        None, "Commit each N finished tasks as their own version (partial progress: a killed run keeps them).", metavar="TASKS"
+    )
+    reencode_fallback: bool = _option(
+        True, "Re-encode groups that cannot be binary-copied (deletions to drop, nested layers, uneven legacy batches) with pylance, "
+        "when installed, in the same commit; otherwise binary-copy or split them."
+    )
+    verify_output: bool = _option(True, "Read every written file back and refuse it unless it is readable as meant (layer rule for nested columns).")
+    index_remap: IndexRemap = _option(
+        "defer",
+        "defer: record the row moves in Lance's fragment-reuse index, so indices keep covering the merged rows; "
+        "drop: remove the rewritten fragments from the indices (unindexed until optimize_indices).",
+    )
+    storage_options: dict[str, Any] = _option({}, "Filesystem options (credentials, endpoint).", dagster=False)
+    dry_run: bool = _option(False, "Only plan: report what would be read and written; write and commit nothing.")
 
     def __post_init__(self) -> None:
         for name in ("target_rows_per_fragment", "read_batch_bytes"):
@@ -51,7 +81,7 @@ class CompactionOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive when set")
-        if self.index_remap not in ("defer", "drop"):
+        if self.index_remap not in typing.get_args(IndexRemap):
             raise ValueError(f"index_remap must be 'defer' or 'drop', not {self.index_remap!r}")
         if not 0.0 <= self.materialize_deletions_threshold:
             raise ValueError("materialize_deletions_threshold must not be negative")
@@ -72,3 +102,27 @@ class CompactionOptions:
         data = dict(data)
         data["excluded_fragment_ids"] = frozenset(data.get("excluded_fragment_ids") or ())
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option as the CLI and Dagster see it."""
+
+    name: str
+    type: Any  # the resolved annotation, e.g. ``int | None``
+    default: Any
+    help: str
+    flag: str
+    metavar: str | None
+    dagster: bool
+
+
+def option_specs() -> list[OptionSpec]:
+    """The declarations of :class:`CompactionOptions`, in order."""
+    hints = typing.get_type_hints(CompactionOptions)
+    out = []
+    for f in fields(CompactionOptions):
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        out.append(OptionSpec(f.name, hints[f.name], default, f.metadata["help"], flag, f.metadata.get("metavar"), f.metadata["dagster"]))
+    return out
