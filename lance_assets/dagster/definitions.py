@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+import types
+import typing
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
+from pydantic import Field, create_model
 
 from lance_assets.dagster.assets import AssetKeys, build_compaction_asset, dataset_run_tagging
 from lance_assets.dagster.automation import build_discovery_sensor, build_nightly_schedule, build_small_fragment_sensor
@@ -42,20 +47,44 @@ def build_lance_compaction_defs(
     max_workers: int = 1,
     ray_address: str | None = None,
 ) -> dg.Definitions:
-    """Definitions for compacting the Lance datasets under ``root``.
+    """Definitions for compacting the Lance datasets under ``root``: resource, fragment and
+    compaction assets with checks, sensors, schedules, the fan-out job and (with a cutoff) the
+    retention job.
 
-    ``partitioning``: ``"dynamic"`` (one partition per dataset found under
-    ``root``, kept in sync by a discovery sensor), ``"none"`` (``root`` is the
-    dataset itself), or any PartitionsDefinition (static, daily, …) whose keys
-    fill ``uri_template`` (default ``{root}/{partition_key}.lance``).
-    ``cleanup_older_than`` (e.g. ``"7d"``) makes every compaction that committed also remove
-    versions older than that, keeping the newest ``retain_versions`` (and tagged ones), and adds
-    a ``<name>_retention`` job with its own schedule (``retention_cron_schedule``, stopped until
-    turned on) for the versions other writers add.
-    ``runner`` says where the compaction's copy tasks run: ``"local"`` (the run's process,
-    ``max_workers`` threads), ``"processes"`` (``max_workers`` local processes) or ``"ray"``
-    (a ``LanceRay`` resource, key ``<resource_key>_ray``, on ``ray_address``); the compaction
-    step plans and commits once either way.
+    The parameters below are also the ``LanceCompactionComponent``'s YAML attributes: the
+    Component is derived from this signature and these descriptions.
+
+    Args:
+        name: Prefix of every definition's name and of the asset keys (``<name>/fragments``, ``<name>/compacted``).
+        root: Local path or URL (s3://, gs://, az://, memory://) holding the datasets (or, unpartitioned, the dataset).
+        partitioning: ``dynamic``: one partition per dataset found under ``root``, kept in sync by a discovery sensor;
+            ``none``: ``root`` is the dataset; in Python also any PartitionsDefinition whose keys fill ``uri_template``.
+        uri_template: Dataset URI for a partition key (default ``{root}/{partition_key}.lance``, or ``{root}`` unpartitioned).
+        storage_options: fsspec storage options (credentials, endpoint); template secrets from the environment.
+        key_prefix: Asset key prefix.
+        group_name: Asset group (default: ``name``).
+        resource_key: Key of the LanceDatasets resource; give each family in a project its own.
+        min_small_fragments: The sensor requests a compaction once a dataset has this many small fragments.
+        min_small_bytes: The sensor also requests one once the small fragments hold this many bytes (None: count only).
+        target_rows_per_fragment: Fragments under this row count are small (for the sensor, checks and the default run config).
+        sensor_interval_seconds: Minimum seconds between sensor evaluations.
+        cron_schedule: When the nightly compaction schedule runs (stopped until turned on).
+        pool: Dagster concurrency pool of the compaction steps (None: no pool).
+        cleanup_older_than: After each compaction that committed, remove versions older than this (e.g. ``7d``) and the files
+            only they reference; also adds the ``<name>_retention`` job and schedule. None: no retention.
+        retain_versions: Versions that retention always keeps (besides the latest and tagged ones).
+        retention_cron_schedule: When the retention schedule runs (stopped until turned on).
+        runner: Where the compaction's copy tasks run: ``local`` (the run's process, ``max_workers`` threads),
+            ``processes`` (``max_workers`` local processes) or ``ray`` (a ``LanceRay`` resource, key
+            ``<resource_key>_ray``, on ``ray_address``); planning and the one commit stay in the run.
+        max_workers: Tasks at once for the local and processes runners.
+        ray_address: Ray cluster address for ``runner="ray"`` (None: the connected cluster, else a local one per run).
+
+    Returns:
+        Definitions ready to merge into a code location.
+
+    Example:
+        >>> defs = build_lance_compaction_defs("events", root="s3://lake/events", cleanup_older_than="7d")  # doctest: +SKIP
     """
     if partitioning == "none":
         partitions_def: dg.PartitionsDefinition | None = None
@@ -124,8 +153,55 @@ def build_lance_compaction_defs(
     )
 
 
-class LanceCompactionComponent(dg.Component, dg.Model, dg.Resolvable):
+def _yaml_type(hint: Any) -> Any:
+    """The YAML-able form of a builder parameter's type (abstract collections become concrete,
+    Python-only alternatives such as a PartitionsDefinition object are dropped)."""
+    if hint == Mapping[str, str] | None:
+        return dict[str, str] | None
+    if hint == Sequence[str]:
+        return list[str]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        kept = [a for a in typing.get_args(hint) if a is type(None) or not (isinstance(a, type) and issubclass(a, dg.PartitionsDefinition))]
+        return typing.Union[tuple(kept)] if len(kept) > 1 else kept[0]
+    return hint
+
+
+def _param_docs(doc: str) -> dict[str, str]:
+    """``{parameter: description}`` from a Google-style ``Args:`` section."""
+    out: dict[str, str] = {}
+    section = doc.split("Args:", 1)[1].split("Returns:", 1)[0] if "Args:" in doc else ""
+    current = None
+    for line in section.splitlines():
+        match = re.match(r"\s{8}(\w+): (.*)", line)
+        if match:
+            current = match.group(1)
+            out[current] = match.group(2).strip()
+        elif current and line.strip():
+            out[current] += " " + line.strip()
+    return out
+
+
+def _component_fields() -> dict[str, Any]:
+    """The builder's parameters as Component fields: same names, types, defaults, descriptions."""
+    hints = typing.get_type_hints(build_lance_compaction_defs)
+    docs = _param_docs(build_lance_compaction_defs.__doc__ or "")
+    out: dict[str, Any] = {}
+    for name, param in inspect.signature(build_lance_compaction_defs).parameters.items():
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        if isinstance(default, tuple):
+            default = list(default)
+        out[name] = (_yaml_type(hints[name]), Field(default=default, description=docs.get(name)))
+    return out
+
+
+_ComponentFields = create_model("_ComponentFields", __base__=dg.Model, __module__=__name__, **_component_fields())
+
+
+class LanceCompactionComponent(dg.Component, _ComponentFields, dg.Resolvable):  # type: ignore[misc,valid-type]
     """Compaction of Lance datasets, configured in a ``dg`` project's ``defs.yaml``.
+
+    Its attributes are exactly ``build_lance_compaction_defs``'s parameters (derived from its
+    signature and docstring), so the YAML and the Python API cannot drift apart.
 
     ```yaml
     type: lance_assets.dagster.LanceCompactionComponent
@@ -135,50 +211,9 @@ class LanceCompactionComponent(dg.Component, dg.Model, dg.Resolvable):
       storage_options:
         key: "{{ env.AWS_ACCESS_KEY_ID }}"
       min_small_fragments: 32
+      cleanup_older_than: 7d
     ```
     """
 
-    name: str = "lance"
-    root: str
-    partitioning: Partitioning = "dynamic"
-    uri_template: str | None = None
-    storage_options: dict[str, str] = {}
-    key_prefix: list[str] = []
-    group_name: str | None = None
-    resource_key: str = "lance"  # give each component in a project its own key: resources are shared by key
-    min_small_fragments: int = 16
-    min_small_bytes: int | None = None
-    target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT
-    sensor_interval_seconds: int = 60
-    cron_schedule: str = "0 2 * * *"
-    pool: str | None = "lance_compaction"
-    cleanup_older_than: str | None = None  # e.g. "7d": retention after each compaction, and a retention job
-    retain_versions: int = 1
-    retention_cron_schedule: str = "0 3 * * *"
-    runner: Runner = "local"  # where copy tasks run: local (threads), processes, ray
-    max_workers: int = 1
-    ray_address: str | None = None
-
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        return build_lance_compaction_defs(
-            self.name,
-            root=self.root,
-            partitioning=self.partitioning,
-            uri_template=self.uri_template,
-            storage_options=self.storage_options,
-            key_prefix=self.key_prefix,
-            group_name=self.group_name,
-            resource_key=self.resource_key,
-            min_small_fragments=self.min_small_fragments,
-            min_small_bytes=self.min_small_bytes,
-            target_rows_per_fragment=self.target_rows_per_fragment,
-            sensor_interval_seconds=self.sensor_interval_seconds,
-            cron_schedule=self.cron_schedule,
-            pool=self.pool,
-            cleanup_older_than=self.cleanup_older_than,
-            retain_versions=self.retain_versions,
-            retention_cron_schedule=self.retention_cron_schedule,
-            runner=self.runner,
-            max_workers=self.max_workers,
-            ray_address=self.ray_address,
-        )
+        return build_lance_compaction_defs(**{name: getattr(self, name) for name in _ComponentFields.model_fields})
