@@ -114,7 +114,7 @@ def _print_report(report: CompactionReport, console: Console) -> None:
         )
     reasons: dict[str, int] = {}
     for s in report.skipped:
-        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+        reasons[s.reason] = reasons.get(s.reason, 0) + 1
     if reasons:
         console.print("skipped fragments: " + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())))
 

@@ -107,7 +107,7 @@ def test_heavily_deleted_fragments_stay_in_their_run(tmp_path: Path, reencode: b
     report = compact(str(path), options)
     assert report.committed_versions == [start + 1] and report.version == start + 1
     assert report.reencoded_fragments == (4 if reencode else 0)
-    assert report.notes == [{"fragment_id": n.fragment_id, "reason": n.reason, "detail": n.detail} for n in plan.notes]
+    assert report.notes == list(plan.notes)
     ds = lance.dataset(str(path))
     (frag,) = ds.get_fragments()
     assert _rows(ds) == before
@@ -201,6 +201,6 @@ def test_no_reencode_fallback_carries_their_deletions(tmp_path: Path) -> None:
     ds.delete("id < 60")
     report = compact(str(path), CompactionOptions(reencode_fallback=False))
     assert report.reencoded_fragments == 0 and report.skipped == []
-    assert [(n["fragment_id"], n["reason"]) for n in report.notes] == [(0, "deletions_kept")]
+    assert [(n.fragment_id, n.reason) for n in report.notes] == [(0, "deletions_kept")]
     (frag,) = lance.dataset(str(path)).get_fragments()
     assert frag.metadata.physical_rows == 300 and frag.metadata.deletion_file.num_deleted_rows == 60

@@ -402,8 +402,8 @@ def test_uneven_batches_are_split_in_the_plan(copy_of: Callable[[str], Path]) ->
     report = compact(str(path), CompactionOptions(reencode_fallback=False))
     assert report.version is None and report.tasks == dry.tasks == 0
     assert report.skipped == dry.skipped
-    assert {s["reason"] for s in report.skipped} == {"uneven_batches"}
-    assert all("partial batch" in s["detail"] for s in report.skipped)
+    assert {s.reason for s in report.skipped} == {"uneven_batches"}
+    assert all("partial batch" in s.detail for s in report.skipped)
     assert [(s["left_fragment_id"], s["right_fragment_id"]) for s in dry.plan["splits"]] == [(0, 1), (1, 2)]
     assert tree_digest(path) == digest
 
@@ -415,7 +415,7 @@ def test_uneven_batches_are_reencoded_in_our_commit(copy_of: Callable[[str], Pat
     start = lance.dataset(str(path)).version
     report = compact(str(path))
     assert report.committed_versions == [start + 1] and report.reencoded_fragments == 3
-    assert [(n["fragment_id"], n["reason"]) for n in report.notes] == [(1, "reencoded"), (2, "reencoded")]
+    assert [(n.fragment_id, n.reason) for n in report.notes] == [(1, "reencoded"), (2, "reencoded")]
     ds = lance.dataset(str(path))
     assert len(ds.get_fragments()) == 1 and ds.to_table()["id"].to_pylist() == list(range(45))
     ds.delete("id = 12")
@@ -464,7 +464,7 @@ def test_dictionary_fields_are_skipped(copy_of: Callable[[str], Path]) -> None:
     assert {s.fragment_id: s.reason for s in plan.skipped} == {0: "legacy_dictionary", 1: "legacy_dictionary", 2: "legacy_dictionary"}
     assert all("color" in s.detail for s in plan.skipped)
     report = compact(str(path))
-    assert report.version is None and report.skipped == [{"fragment_id": s.fragment_id, "reason": s.reason, "detail": s.detail} for s in plan.skipped]
+    assert report.version is None and report.skipped == list(plan.skipped)
     assert tree_digest(path) == digest
 
 

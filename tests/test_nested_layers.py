@@ -29,7 +29,8 @@ from lance_assets.engine.compaction import compact
 from lance_assets.engine.copy import execute_task, verify_output
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import REASON_INCOMPATIBLE_LAYERS, CompactionPlan, CompactionTask, OutputFile, plan_compaction
+from lance_assets.engine.report import Reason
+from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile, plan_compaction
 from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.errors import CompactionRefusedError
 from lance_assets.format import repdef
@@ -94,9 +95,9 @@ def test_null_struct_then_empty_list(tmp_path: Path, version: str) -> None:
     dry = cli_compact(path, "--dry-run", "--no-reencode-fallback")
     report = cli_compact(path, "--no-reencode-fallback")
     assert report["tasks"] == dry["tasks"] == 0
-    assert {s["reason"] for s in report["skipped"]} == {REASON_INCOMPATIBLE_LAYERS}
+    assert {s["reason"] for s in report["skipped"]} == {Reason.INCOMPATIBLE_LAYERS}
     assert report["skipped"] == dry["skipped"]
-    assert dry["plan"]["splits"] == [{"left_fragment_id": 0, "right_fragment_id": 1, "reason": REASON_INCOMPATIBLE_LAYERS, "detail": dry["plan"]["splits"][0]["detail"]}]
+    assert dry["plan"]["splits"] == [{"left_fragment_id": 0, "right_fragment_id": 1, "reason": Reason.INCOMPATIBLE_LAYERS, "detail": dry["plan"]["splits"][0]["detail"]}]
     assert "'s.x.item'" in dry["plan"]["splits"][0]["detail"]
     assert tree_digest(path) == before
     assert_reads_as(path, pa.concat_tables(tables))
@@ -128,7 +129,7 @@ def test_stream_of_structs_with_tag_lists(tmp_path: Path) -> None:
     # Runs of equal layers: [0] alone, then alternating runs of 2 (null structs) and 3 (none).
     assert merged == [[1, 2], [3, 4, 5], [6, 7], [8, 9, 10], [11, 12], [13, 14, 15], [16, 17], [18, 19]]
     assert [s["fragment_id"] for s in dry["skipped"]] == [0]
-    assert dry["skipped"][0]["reason"] == REASON_INCOMPATIBLE_LAYERS
+    assert dry["skipped"][0]["reason"] == Reason.INCOMPATIBLE_LAYERS
     assert report["tasks"] == dry["tasks"] == 8 and report["fragments_removed"] == dry["fragments_removed"] == 19
     assert len(dry["plan"]["splits"]) == 8
     assert_reads_as(path, pa.concat_tables(tables))

@@ -112,9 +112,9 @@ def test_a_failure_after_a_landed_commit_is_reported_not_raised(tmp_path: Path) 
 
     report = compact(str(path), options, on_task_done=on_task_done)
     assert report.committed_versions == [start + 1] and report.version == start + 1
-    left = {s["fragment_id"]: s for s in report.skipped if s["reason"] == "not_committed"}
+    left = {s.fragment_id: s for s in report.skipped if s.reason == "not_committed"}
     assert sorted(left) == sorted(second + plan.tasks[2].fragment_ids)
-    assert "CommitConflictError" in left[second[0]]["detail"]
+    assert "CommitConflictError" in left[second[0]].detail
     assert lance.dataset(str(path)).version == start + 2  # ours, then the concurrent delete
 
 

@@ -22,7 +22,7 @@ from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.inspect import Inspection
 from lance_assets.engine.options import CompactionOptions, option_specs
 from lance_assets.engine.plan import plan_compaction
-from lance_assets.engine.report import CompactionReport, RewriteResult
+from lance_assets.engine.report import CompactionReport, RewriteResult, SkippedFragment
 from lance_assets.engine.runners import RUNNER_RAY, TaskRunner, make_runner
 
 DATA_VERSION_TAG = "dagster/data_version"
@@ -150,10 +150,10 @@ def observation(keys: AssetKeys, report: Inspection, partition_key: str | None) 
     )
 
 
-def _skipped_markdown(skipped: Sequence[dict[str, Any]]) -> str:
+def _skipped_markdown(skipped: Sequence[SkippedFragment]) -> str:
     counts: dict[str, int] = {}
     for s in skipped:
-        counts[s["reason"]] = counts.get(s["reason"], 0) + 1
+        counts[s.reason] = counts.get(s.reason, 0) + 1
     lines = ["| reason | fragments |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(counts.items())]
     return "\n".join(lines) if counts else "nothing skipped"
 
@@ -245,7 +245,7 @@ def build_compaction_asset(
                     "tasks": dg.MetadataValue.int(len(plan.tasks)),
                     "fragments_to_compact": dg.MetadataValue.int(plan.fragments_to_compact),
                     "bytes_to_copy": dg.MetadataValue.int(plan.bytes_to_read),
-                    "skipped": dg.MetadataValue.md(_skipped_markdown([s.__dict__ for s in plan.skipped])),
+                    "skipped": dg.MetadataValue.md(_skipped_markdown(plan.skipped)),
                     "planning_seconds": dg.MetadataValue.float(round(time.monotonic() - started, 4)),
                 },
                 tags={DATA_VERSION_TAG: str(plan.read_version)},

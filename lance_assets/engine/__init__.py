@@ -14,8 +14,8 @@ from lance_assets.engine.index_upkeep import IndexUpkeepReport, maintain_indices
 from lance_assets.engine.indices import IndexCoverage, index_coverage
 from lance_assets.engine.inspect import Inspection, inspect_dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, CompactionTask, SkippedFragment, plan_compaction
-from lance_assets.engine.report import CompactionReport, RewriteResult
+from lance_assets.engine.plan import CompactionPlan, CompactionTask, plan_compaction
+from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.runners import DaskRunner, LocalRunner, ProcessRunner, RayRunner, TaskRunner
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "LocalRunner",
     "ProcessRunner",
     "RayRunner",
+    "Reason",
     "RewriteResult",
     "SkippedFragment",
     "TaskRunner",

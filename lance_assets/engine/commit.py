@@ -35,7 +35,7 @@ from lance_assets.engine.indices import (
     reuse_index_metadata,
 )
 from lance_assets.engine.plan import CompactionPlan, fragment_file_count
-from lance_assets.engine.report import CompactionReport, RewriteResult
+from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.rows import deleted_offsets
 from lance_assets.errors import CommitConflictError, LanceAssetsError, MissingFileError, NotADatasetError, VersionNotFoundError
 from lance_assets.format import manifest as mf
@@ -400,8 +400,8 @@ def commit_compaction(
     done = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
     remove_files(storage, (p for r in failed for p in r.files_written))
-    skipped = [{"fragment_id": s.fragment_id, "reason": s.reason, "detail": s.detail} for s in plan.skipped]
-    skipped += [{"fragment_id": i, "reason": r.skipped_reason, "detail": r.skipped_detail} for r in failed for i in r.old_fragment_ids]
+    skipped = list(plan.skipped)
+    skipped += [SkippedFragment(i, Reason(r.skipped_reason), r.skipped_detail) for r in failed for i in r.old_fragment_ids]
     base = dict(
         uri=storage.uri,
         read_version=plan.read_version,
@@ -411,7 +411,7 @@ def commit_compaction(
         tasks=len(done),
         tasks_skipped=len(failed),
         skipped=skipped,
-        notes=[{"fragment_id": s.fragment_id, "reason": s.reason, "detail": s.detail} for s in plan.notes],
+        notes=list(plan.notes),
         reencoded_fragments=sum(len(r.old_fragment_ids) for r in done if r.reencoded),
     )
     if not done:

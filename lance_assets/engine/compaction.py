@@ -14,14 +14,13 @@ from lance_assets.engine.indices import INDEX_REMAP_DEFER, index_views
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.reencode import pylance_available
-from lance_assets.engine.report import CompactionReport, RewriteResult
+from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.runners import LocalRunner, TaskRunner
 from lance_assets.io import Storage
 
 
 #: Tasks of a partial-progress run (``commit_every``) that a failure stopped after earlier
 #: commits had landed: reported in ``skipped`` while the run still reports its landed versions.
-REASON_NOT_COMMITTED = "not_committed"
 
 
 def dry_run_report(plan: CompactionPlan, seconds: float = 0.0) -> CompactionReport:
@@ -39,8 +38,8 @@ def dry_run_report(plan: CompactionPlan, seconds: float = 0.0) -> CompactionRepo
         bytes_written=plan.bytes_to_read,
         seconds=seconds,
         tasks=len(plan.tasks),
-        skipped=[{"fragment_id": s.fragment_id, "reason": s.reason, "detail": s.detail} for s in plan.skipped],
-        notes=[{"fragment_id": s.fragment_id, "reason": s.reason, "detail": s.detail} for s in plan.notes],
+        skipped=list(plan.skipped),
+        notes=list(plan.notes),
         reencoded_fragments=sum(len(t.fragment_ids) for t in plan.tasks if t.reencode),
         dry_run=True,
         plan=plan.to_dict(),
@@ -90,7 +89,7 @@ def run_plan(
             # failed) and list what this and later chunks left uncommitted.
             left = plan.tasks[first:]
             failed = [
-                {"fragment_id": i, "reason": REASON_NOT_COMMITTED, "detail": f"{type(exc).__name__}: {exc}"}
+                SkippedFragment(i, Reason.NOT_COMMITTED, f"{type(exc).__name__}: {exc}")
                 for t in left
                 for i in t.fragment_ids
             ]
@@ -101,7 +100,6 @@ def run_plan(
 
 
 #: The index upkeep after a commit failed; the commit itself stands (listed in ``notes``).
-REASON_INDEX_UPKEEP_FAILED = "index_upkeep_failed"
 
 
 def restore_index_coverage(report: CompactionReport, options: CompactionOptions, storage: Storage) -> CompactionReport:
@@ -122,7 +120,7 @@ def restore_index_coverage(report: CompactionReport, options: CompactionOptions,
     try:
         upkeep = maintain_indices(storage.uri, options.storage_options)
     except Exception as exc:  # the compaction landed; say what is left undone
-        note = {"fragment_id": None, "reason": REASON_INDEX_UPKEEP_FAILED, "detail": f"{type(exc).__name__}: {exc}; run optimize_indices"}
+        note = SkippedFragment(None, Reason.INDEX_UPKEEP_FAILED, f"{type(exc).__name__}: {exc}; run optimize_indices")
         return replace(report, notes=[*report.notes, note])
     covered: dict[str, set[int]] = {}
     for view in index_views(Dataset.open(storage)):

@@ -31,8 +31,8 @@ from lance_assets.errors import CompactionRefusedError
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef, v2file, v2safety
 from lance_assets.io import Storage
+from lance_assets.engine.report import Reason
 
-REASON_NOT_COPYABLE = "not_copyable"
 
 ProgressCallback = Callable[[int], None]
 
@@ -435,7 +435,7 @@ def execute_task(
             old_fragment_ids=task.fragment_ids,
             bytes_read=bytes_read,
             seconds=time.monotonic() - started,
-            skipped_reason=REASON_NOT_COPYABLE,
+            skipped_reason=Reason.NOT_COPYABLE,
             skipped_detail=str(exc),
         )
     except BaseException:

@@ -30,31 +30,10 @@ from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
 from lance_assets.format.v2file import FileVersion
 from lance_assets.format.protobuf import has_unknown_fields, unknown_field_numbers
+from lance_assets.engine.report import Reason, SkippedFragment
 
-# Reasons a fragment is not compacted; stable strings, part of the JSON output.
-REASON_EXCLUDED = "excluded"
-REASON_DELETIONS = "deletions"  # no longer produced (deletions are carried forward); kept for old plans
-REASON_MATERIALIZE = "materialize_deletions"  # a lone fragment whose deleted rows only a re-encode drops
-NOTE_DELETIONS_KEPT = "deletions_kept"  # merged by binary copy although over the threshold
-NOTE_REENCODED = "reencoded"  # merged by a re-encode because binary copy may not put it beside its neighbour
-REASON_LARGE = "at_target_size"
-REASON_INDEXED = "indexed"
-REASON_UNKNOWN_FIELDS = "unknown_fragment_fields"
-REASON_FILE_VERSION = "file_version_mismatch"
-REASON_BASE_PATH = "base_path"
-REASON_EXTERNAL_ROW_IDS = "external_row_ids"
-REASON_COLUMN_MAPPING = "column_mapping"
-REASON_EMPTY = "empty"
-REASON_LEGACY = "legacy_format"  # no longer produced (legacy datasets are compacted); kept for old plans
-REASON_LEGACY_DICTIONARY = "legacy_dictionary"
 # Legacy (0.x) files count rows per batch in int32 (Metadata.batch_offsets).
 LEGACY_MAX_ROWS_PER_FILE = 2**31 - 1
-REASON_BLOB = "blob_column"
-REASON_ALONE = "no_neighbour"
-REASON_NO_REDUCTION = "no_reduction"
-REASON_SOURCE_LIMIT = "max_source_fragments"
-REASON_INCOMPATIBLE_LAYERS = "incompatible_layers"
-REASON_UNEVEN_BATCHES = "uneven_batches"  # legacy: batches of different sizes cannot share a file
 
 BLOB_METADATA_KEY = "lance-encoding:blob"
 BLOB_V2_EXTENSION = "lance.blob.v2"
@@ -81,13 +60,6 @@ class CompactionTask:
     outputs: tuple[OutputFile, ...]
     files: int = 0  # data and deletion files the task's fragments hold (what a commit removes)
     reencode: bool = False  # written by pylance's re-encode (deleted rows dropped), not binary copy
-
-
-@dataclass(frozen=True)
-class SkippedFragment:
-    fragment_id: int
-    reason: str
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,9 +117,9 @@ class CompactionPlan:
             )
             for t in data["tasks"]
         )
-        skipped = tuple(SkippedFragment(**s) for s in data["skipped"])
+        skipped = tuple(SkippedFragment.from_dict(s) for s in data["skipped"])
         splits = tuple(PlanSplit(**s) for s in data.get("splits", ()))
-        notes = tuple(SkippedFragment(**s) for s in data.get("notes", ()))
+        notes = tuple(SkippedFragment.from_dict(s) for s in data.get("notes", ()))
         return cls(data["uri"], data["read_version"], data["storage_version"], tasks, skipped, options, splits, notes)
 
 
@@ -239,7 +211,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
         options_for_outputs = options
     blobs = [f.name for f in ds.manifest.fields if is_blob_field(f)]
     if blobs:
-        return skip_all(REASON_BLOB, f"blob columns store absolute positions inside page data: {', '.join(blobs)}")
+        return skip_all(Reason.BLOB_COLUMN, f"blob columns store absolute positions inside page data: {', '.join(blobs)}")
 
     live_ids = {f.id for f in ds.manifest.fields}
     # Index entries hold row addresses (pylance 14 also with stable row ids), which a rewrite
@@ -308,21 +280,21 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
             if len(group) < 2 and not reencode:
                 alone = layers.alone.get(ids[0]) if ids else None
                 if ids[0] in packed_alone and len(bin_) > 1:
-                    skipped.append(SkippedFragment(ids[0], REASON_NO_REDUCTION, "the size limits leave this input in a file of its own"))
+                    skipped.append(SkippedFragment(ids[0], Reason.NO_REDUCTION, "the size limits leave this input in a file of its own"))
                 elif heavy:
-                    skipped.append(SkippedFragment(ids[0], REASON_MATERIALIZE, _heavy_detail(group[0], options, why_not_reencode)))
+                    skipped.append(SkippedFragment(ids[0], Reason.MATERIALIZE_DELETIONS, _heavy_detail(group[0], options, why_not_reencode)))
                 elif alone is not None:
                     skipped.append(SkippedFragment(ids[0], layers.reason, alone))
                 else:
-                    skipped.extend(SkippedFragment(i, REASON_ALONE, "no adjacent small fragment with the same layout and indices") for i in ids)
+                    skipped.extend(SkippedFragment(i, Reason.NO_NEIGHBOUR, "no adjacent small fragment with the same layout and indices") for i in ids)
                 continue
             sizes = sizes_of(group)
             outputs = _reencode_outputs(group, sizes, options) if reencode else _outputs(group, sizes, options_for_outputs)
             if not reencode and len(outputs) >= len(group):
-                skipped.extend(SkippedFragment(i, REASON_NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids)
+                skipped.extend(SkippedFragment(i, Reason.NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids)
                 continue
             if source_budget is not None and len(group) > source_budget:
-                skipped.extend(SkippedFragment(i, REASON_SOURCE_LIMIT, f"limit of {options.max_source_fragments} source fragments reached") for i in ids)
+                skipped.extend(SkippedFragment(i, Reason.MAX_SOURCE_FRAGMENTS, f"limit of {options.max_source_fragments} source fragments reached") for i in ids)
                 source_budget = 0
                 continue
             if source_budget is not None:
@@ -339,8 +311,8 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
                 )
             )
             if heavy and not reencode:
-                notes.extend(SkippedFragment(f.id, NOTE_DELETIONS_KEPT, _heavy_detail(f, options, why_not_reencode)) for f in group if f.id in over)
-            notes.extend(SkippedFragment(fid, NOTE_REENCODED, f"re-encoded with the fragment before it: {why}") for fid, why in forced)
+                notes.extend(SkippedFragment(f.id, Reason.DELETIONS_KEPT, _heavy_detail(f, options, why_not_reencode)) for f in group if f.id in over)
+            notes.extend(SkippedFragment(fid, Reason.REENCODED, f"re-encoded with the fragment before it: {why}") for fid, why in forced)
     skipped.sort(key=lambda s: s.fragment_id)
     return CompactionPlan(
         ds.uri, ds.version, mf.storage_version_name(ds.storage_version), tuple(tasks), tuple(skipped), options, tuple(splits), tuple(notes)
@@ -415,15 +387,15 @@ def _candidate_reason(
     rows = frag.physical_rows
     files = list(frag.files)  # keeps the file wrappers alive: building them is the per-fragment cost
     if fid in options.excluded_fragment_ids:
-        return skip(REASON_EXCLUDED, "listed in excluded_fragment_ids")
+        return skip(Reason.EXCLUDED, "listed in excluded_fragment_ids")
     if rows == 0 or not files:
-        return skip(REASON_EMPTY, "fragment has no rows or no data files")
+        return skip(Reason.EMPTY, "fragment has no rows or no data files")
     if rows >= options.target_rows_per_fragment and not over_threshold:
-        return skip(REASON_LARGE, f"{rows} rows >= target {options.target_rows_per_fragment}")
+        return skip(Reason.AT_TARGET_SIZE, f"{rows} rows >= target {options.target_rows_per_fragment}")
     if check_unknown:
         unknown = unknown_field_numbers(frag) + [n for df in files for n in unknown_field_numbers(df)]
         if unknown:
-            return skip(REASON_UNKNOWN_FIELDS, f"fields {sorted(set(unknown))} written by a newer Lance (e.g. data overlays)")
+            return skip(Reason.UNKNOWN_FRAGMENT_FIELDS, f"fields {sorted(set(unknown))} written by a newer Lance (e.g. data overlays)")
     storage_version = ds.storage_version
     versions = []
     base_path = False
@@ -434,32 +406,32 @@ def _candidate_reason(
         base_path = base_path or df.HasField("base_id")
         key.append((tuple(df.fields[:]), tuple(df.column_indices[:]), version))
     if len(set(versions)) != 1:
-        return skip(REASON_FILE_VERSION, "the fragment's data files have different versions")
+        return skip(Reason.FILE_VERSION_MISMATCH, "the fragment's data files have different versions")
     if (versions[0] == mf.LEGACY) != (storage_version == mf.LEGACY):
         names = mf.storage_version_name(versions[0]), mf.storage_version_name(storage_version)
-        return skip(REASON_FILE_VERSION, "a {} data file in a {} dataset".format(*names))
+        return skip(Reason.FILE_VERSION_MISMATCH, "a {} data file in a {} dataset".format(*names))
     if base_path:
-        return skip(REASON_BASE_PATH, "data files under another base path")
+        return skip(Reason.BASE_PATH, "data files under another base path")
     if frag.HasField("external_row_ids") or frag.HasField("external_created_at_versions") or frag.HasField("external_last_updated_at_versions"):
-        return skip(REASON_EXTERNAL_ROW_IDS, "row-id or version sequences stored in external files")
+        return skip(Reason.EXTERNAL_ROW_IDS, "row-id or version sequences stored in external files")
     if ds.stable_row_ids and not frag.HasField("inline_row_ids"):
-        return skip(REASON_EXTERNAL_ROW_IDS, "stable-row-id dataset fragment without a row-id sequence")
+        return skip(Reason.EXTERNAL_ROW_IDS, "stable-row-id dataset fragment without a row-id sequence")
     layout_key = tuple(key)
     layout = layouts.get(layout_key) if layouts is not None else None
     if layout is None:
         layout = field_layout(frag, live_ids)
         if isinstance(layout, str):
-            return skip(REASON_COLUMN_MAPPING, layout)
+            return skip(Reason.COLUMN_MAPPING, layout)
         if layouts is not None:
             layouts[layout_key] = layout
     if storage_version == mf.LEGACY:
         dictionaries = [f.name for f in ds.manifest.fields if f.logical_type.startswith("dict:") and (f.id, True) in layout]
         if dictionaries:
-            return skip(REASON_LEGACY_DICTIONARY, f"dictionary fields {', '.join(dictionaries)}: each legacy file has its own dictionary, so files cannot be merged by copy")
+            return skip(Reason.LEGACY_DICTIONARY, f"dictionary fields {', '.join(dictionaries)}: each legacy file has its own dictionary, so files cannot be merged by copy")
     if index_sets is None:
-        return skip(REASON_INDEXED, "an index without a fragment bitmap covers every fragment")
+        return skip(Reason.INDEXED, "an index without a fragment bitmap covers every fragment")
     if fid in pinned:
-        return skip(REASON_INDEXED, f"covered by the Lance system index {pinned[fid]}, whose row mapping a rewrite would invalidate")
+        return skip(Reason.INDEXED, f"covered by the Lance system index {pinned[fid]}, whose row mapping a rewrite would invalidate")
     # Files of another version (mixed-version datasets) merge only with their own version.
     return (layout, index_sets.get(fid, _NO_INDICES), versions[0])
 
@@ -486,7 +458,7 @@ class _FileSplitter:
         self._guarded = functools.cache(lambda version: repdef.guarded_field_ids(ds.manifest.fields, version))
         self._nested = not self._legacy and bool(self._guarded(FileVersion.V2_1))
         self._names = repdef.field_paths(ds.manifest.fields)
-        self.reason = REASON_UNEVEN_BATCHES if self._legacy else REASON_INCOMPATIBLE_LAYERS
+        self.reason = Reason.UNEVEN_BATCHES if self._legacy else Reason.INCOMPATIBLE_LAYERS
         #: fragment id -> why it is left alone (set for fragments a split isolated)
         self.alone: dict[int, str] = {}
 

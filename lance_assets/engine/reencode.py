@@ -22,11 +22,11 @@ from lance_assets.engine.report import RewriteResult
 from lance_assets.engine.rows import carry_row_sequences, live_rows
 from lance_assets.format import manifest as mf
 from lance_assets.io.storage import UNSAFE_COMMIT_OPTION
+from lance_assets.engine.report import Reason
 
 if TYPE_CHECKING:  # the planner asks pylance_available(), so this module must not import it
     from lance_assets.engine.plan import CompactionPlan, CompactionTask
 
-REASON_REENCODE_FAILED = "reencode_failed"
 
 
 def pylance_available() -> bool:
@@ -55,7 +55,7 @@ def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, start
             task_id=task.task_id,
             old_fragment_ids=task.fragment_ids,
             seconds=time.monotonic() - started,
-            skipped_reason=REASON_REENCODE_FAILED,
+            skipped_reason=Reason.REENCODE_FAILED,
             skipped_detail=detail,
         )
 

@@ -4,9 +4,55 @@ from __future__ import annotations
 
 import base64
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from lance_assets._proto import table_pb2
+
+
+class Reason(StrEnum):
+    """Why a fragment was skipped (``skipped``) or merged with a caveat (``notes``). The values
+    are stable strings, part of the JSON output and of plans that cross processes."""
+
+    # planning: left alone
+    EXCLUDED = "excluded"
+    AT_TARGET_SIZE = "at_target_size"
+    EMPTY = "empty"
+    NO_NEIGHBOUR = "no_neighbour"
+    NO_REDUCTION = "no_reduction"
+    MAX_SOURCE_FRAGMENTS = "max_source_fragments"
+    MATERIALIZE_DELETIONS = "materialize_deletions"  # a lone fragment whose deleted rows only a re-encode drops
+    INDEXED = "indexed"
+    UNKNOWN_FRAGMENT_FIELDS = "unknown_fragment_fields"
+    FILE_VERSION_MISMATCH = "file_version_mismatch"
+    BASE_PATH = "base_path"
+    EXTERNAL_ROW_IDS = "external_row_ids"
+    COLUMN_MAPPING = "column_mapping"
+    LEGACY_DICTIONARY = "legacy_dictionary"
+    BLOB_COLUMN = "blob_column"
+    INCOMPATIBLE_LAYERS = "incompatible_layers"  # nested columns whose pages disagree on layers (docs/format.md)
+    UNEVEN_BATCHES = "uneven_batches"  # legacy: batches of different sizes cannot share a file
+    # running: a task or a commit that did not happen
+    NOT_COPYABLE = "not_copyable"
+    REENCODE_FAILED = "reencode_failed"
+    NOT_COMMITTED = "not_committed"  # partial progress: an earlier version landed, this part did not
+    # notes: merged, with a caveat
+    DELETIONS_KEPT = "deletions_kept"  # merged by binary copy although over the threshold
+    REENCODED = "reencoded"  # merged by a re-encode because binary copy may not put it beside its neighbour
+    INDEX_UPKEEP_FAILED = "index_upkeep_failed"  # the commit landed; pylance's optimize_indices did not
+
+
+@dataclass(frozen=True)
+class SkippedFragment:
+    """One fragment a plan or run left alone (or merged with a caveat), and why."""
+
+    fragment_id: int | None  # None: about the run, not one fragment
+    reason: Reason
+    detail: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SkippedFragment:
+        return cls(data["fragment_id"], Reason(data["reason"]), data.get("detail", ""))
 
 
 @dataclass(frozen=True)
@@ -81,13 +127,13 @@ class CompactionReport:
     seconds: float = 0.0
     tasks: int = 0
     tasks_skipped: int = 0
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[SkippedFragment] = field(default_factory=list)
     dry_run: bool = False
     plan: dict[str, Any] | None = None
     retries: int = 0
     committed_versions: list[int] = field(default_factory=list)
     reencoded_fragments: int = 0  # fragments of groups re-encoded by pylance (deleted rows dropped)
-    notes: list[dict[str, Any]] = field(default_factory=list)  # {fragment_id, reason, detail}: merged, with a caveat
+    notes: list[SkippedFragment] = field(default_factory=list)  # merged, with a caveat
     # Per user index: {name, type, remap ("reuse_index" | "dropped" | "reindexed" | "unaffected"),
     # covers_output (None when unaffected)}.
     indices: list[dict[str, Any]] = field(default_factory=list)
