@@ -8,7 +8,7 @@ The engine's entry points are re-exported here; the Dagster layer is ``lance_ass
 
 __version__ = "0.1.0"
 
-from lance_assets.engine import (  # noqa: E402 - __version__ first: the engine stamps it into manifests
+from lance_assets.engine import (
     CleanupReport,
     CompactionOptions,
     CompactionPlan,
@@ -35,7 +35,7 @@ from lance_assets.engine import (  # noqa: E402 - __version__ first: the engine 
     run_plan,
     trim_reuse_index,
 )
-from lance_assets.errors import LanceAssetsError  # noqa: E402
+from lance_assets.errors import LanceAssetsError
 
 __all__ = [
     "CleanupReport",

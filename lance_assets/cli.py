@@ -53,7 +53,10 @@ def human_bytes(n: float) -> str:
 
 def _print_inspection(report: Inspection, console: Console, max_fragments: int) -> None:
     s = report.summary
-    console.print(f"[bold]{escape(report.uri)}[/bold]  version {report.version}  storage {report.storage_version}  ({report.naming_scheme} manifest names, written by {escape(report.writer or '?')})")
+    console.print(
+        f"[bold]{escape(report.uri)}[/bold]  version {report.version}  storage {report.storage_version}  "
+        f"({report.naming_scheme} manifest names, written by {escape(report.writer or '?')})"
+    )
     console.print(
         f"feature flags: reader {', '.join(report.reader_feature_flags) or 'none'}; "
         f"writer {', '.join(report.writer_feature_flags) or 'none'}"
@@ -68,7 +71,9 @@ def _print_inspection(report: Inspection, console: Console, max_fragments: int) 
     for col in ("id", "physical rows", "deleted", "files", "bytes", "file version"):
         frags.add_column(col, justify="right" if col != "file version" else "left")
     for f in report.fragments[:max_fragments]:
-        frags.add_row(str(f.id), f"{f.physical_rows:,}", f"{f.deleted_rows:,}", str(f.files), human_bytes(f.bytes), f.file_version)
+        frags.add_row(
+            str(f.id), f"{f.physical_rows:,}", f"{f.deleted_rows:,}", str(f.files), human_bytes(f.bytes), f.file_version
+        )
     if len(report.fragments) > max_fragments:
         frags.add_row("…", f"{len(report.fragments) - max_fragments} more", "", "", "", "")
     console.print(frags)
@@ -102,13 +107,17 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 def _print_report(report: CompactionReport, console: Console) -> None:
     if report.dry_run:
-        console.print(f"[bold]dry run[/bold] on version {report.read_version}: {report.tasks} tasks would merge {report.fragments_removed} fragments into {report.fragments_added}, reading {human_bytes(report.bytes_read)}")
+        console.print(
+            f"[bold]dry run[/bold] on version {report.read_version}: {report.tasks} tasks would merge "
+            f"{report.fragments_removed} fragments into {report.fragments_added}, reading {human_bytes(report.bytes_read)}"
+        )
     elif report.version is None:
         console.print(f"nothing to compact at version {report.read_version}")
     else:
         rate = report.bytes_read / report.seconds / 2**20 if report.seconds else 0.0
         console.print(
-            f"committed version [bold]{report.version}[/bold] (read {report.read_version}): {report.fragments_removed} fragments -> "
+            f"committed version [bold]{report.version}[/bold] (read {report.read_version}): "
+            f"{report.fragments_removed} fragments -> "
             f"{report.fragments_added}, {report.files_removed} files removed, {report.files_added} added, {report.rows:,} rows, "
             f"{human_bytes(report.bytes_written)} written in {report.seconds:.2f}s ({rate:.1f} MiB/s)"
         )
@@ -167,17 +176,26 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
     runner = make_runner(args.runner, max_workers=args.workers, ray_address=args.ray_address)
     if show_progress:
         with Progress(
-            TextColumn("[progress.description]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeElapsedColumn(), console=console, transient=True,
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
         ) as bar:
             planned = plan_compaction(args.uri, options)
             copy_bar = bar.add_task(f"copying {len(planned.tasks)} tasks", total=planned.bytes_to_read or None)
             if args.runner == RUNNER_LOCAL:
                 runner = make_runner(args.runner, max_workers=args.workers, progress=lambda n: bar.advance(copy_bar, n))
-            report = dry_run_report(planned) if options.dry_run else run_plan(
-                planned,
-                runner=runner,
-                on_task_done=lambda r: bar.update(copy_bar, description=f"task {r.task_id + 1}/{len(planned.tasks)} done"),
+            report = (
+                dry_run_report(planned)
+                if options.dry_run
+                else run_plan(
+                    planned,
+                    runner=runner,
+                    on_task_done=lambda r: bar.update(copy_bar, description=f"task {r.task_id + 1}/{len(planned.tasks)} done"),
+                )
             )
     else:
         report = compact(args.uri, options, runner=runner)
@@ -196,20 +214,31 @@ def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
     if args.retain_versions is not None and args.retain_versions < 1:
         raise argparse.ArgumentTypeError("--retain-versions must be at least 1")
     report = cleanup(
-        args.uri, older_than=older_than, retain_versions=args.retain_versions, dry_run=args.dry_run, storage_options=args.storage_options
+        args.uri,
+        older_than=older_than,
+        retain_versions=args.retain_versions,
+        dry_run=args.dry_run,
+        storage_options=args.storage_options,
     )
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
     verb = "would remove" if report.dry_run else "removed"
     if report.reuse_versions_trimmed:
-        console.print(f"{'would trim' if report.dry_run else 'trimmed'} {report.reuse_versions_trimmed} fragment-reuse versions every index has caught up with")
+        console.print(
+            f"{'would trim' if report.dry_run else 'trimmed'} {report.reuse_versions_trimmed} fragment-reuse "
+            "versions every index has caught up with"
+        )
     if args.retain_versions is not None:
         console.print(f"{verb} {len(report.removed_versions)} old versions, kept {report.versions_kept}")
     console.print(
         f"{verb} {len(report.files)} unreferenced files ({human_bytes(report.bytes)}) older than {args.older_than}; "
         f"kept {report.kept_too_young} younger ones; {report.versions} versions scanned"
-        + (f"; {'would abort' if report.dry_run else 'aborted'} {report.aborted_uploads} unfinished uploads" if report.aborted_uploads else "")
+        + (
+            f"; {'would abort' if report.dry_run else 'aborted'} {report.aborted_uploads} unfinished uploads"
+            if report.aborted_uploads
+            else ""
+        )
     )
     for f in report.files:
         console.print(f"  {escape(f.path)}  {human_bytes(f.bytes)}  ({f.kind})", highlight=False)
@@ -224,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
         p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
         p.add_argument(
-            "--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+            "--storage-option",
+            dest="storage_options",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="passed to the fsspec filesystem (repeatable)",
         )
         if with_target:
@@ -240,26 +273,47 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, with_target=False)
     add_option_flags(p)
     p.add_argument(
-        "--runner", choices=RUNNER_CHOICES, default=RUNNER_LOCAL,
-        help="where copy tasks run: this process (threads), local processes, or a Ray cluster (the 'ray' extra); one commit either way",
+        "--runner",
+        choices=RUNNER_CHOICES,
+        default=RUNNER_LOCAL,
+        help=(
+            "where copy tasks run: this process (threads), local processes, or a Ray cluster (the 'ray' "
+            "extra); one commit either way"
+        ),
     )
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="tasks at once for the local (threads) and processes runners")
-    p.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to use (e.g. ray://head:10001 or auto); default: start a local one")
+    p.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="tasks at once for the local (threads) and processes runners"
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to use (e.g. ray://head:10001 or auto); default: start a local one",
+    )
     p.set_defaults(run=_cmd_compact)
 
     p = sub.add_parser("cleanup", help="remove data/deletion/transaction/staging files no manifest references")
     p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument(
-        "--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="passed to the fsspec filesystem (repeatable)",
     )
     p.add_argument(
-        "--older-than", default=f"{int(DEFAULT_OLDER_THAN_SECONDS // 60)}m", metavar="DURATION",
+        "--older-than",
+        default=f"{int(DEFAULT_OLDER_THAN_SECONDS // 60)}m",
+        metavar="DURATION",
         help="only files older than this (e.g. 30m, 2h, 7d; default %(default)s) — longer than any running writer",
     )
     p.add_argument(
-        "--retain-versions", type=int, default=None, metavar="N",
+        "--retain-versions",
+        type=int,
+        default=None,
+        metavar="N",
         help="also remove versions older than --older-than, keeping the newest N, the latest and tagged ones"
         " (with their files: data, deletions, transactions, index folders)",
     )

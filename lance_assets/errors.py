@@ -53,6 +53,10 @@ class StorageError(LanceAssetsError):
     """The storage layer failed (permissions, full disk, network); nothing was committed."""
 
 
+class AlreadyExistsError(StorageError):
+    """A create-if-absent write lost: the object exists already (another writer committed)."""
+
+
 class UnknownFeatureFlagError(UnsupportedFeatureError):
     """The manifest sets a reader or writer feature flag we do not implement."""
 

@@ -6,7 +6,6 @@ dataset is a second asset downstream of it, materialized per partition by
 running the engine.
 """
 
-
 import time
 import typing
 from collections.abc import Iterator, Sequence
@@ -38,10 +37,13 @@ class _CompactionConfigBase(dg.Config):
 
     cleanup_older_than: str | None = Field(
         default=None,
-        description="After a compaction that committed, remove versions older than this (e.g. 7d) and the files only they reference; "
-        "unset: the definitions' default (no retention unless build_lance_compaction_defs(cleanup_older_than=...)).",
+        description="After a compaction that committed, remove versions older than this (e.g. 7d) and the files "
+        "only they reference; unset: the definitions' default (no retention unless "
+        "build_lance_compaction_defs(cleanup_older_than=...)).",
     )
-    retain_versions: int | None = Field(default=None, description="Versions always kept by that retention (default: the definitions' value, 1).")
+    retain_versions: int | None = Field(
+        default=None, description="Versions always kept by that retention (default: the definitions' value, 1)."
+    )
     optimize_indices: bool = Field(
         default=True,
         description="After a compaction that committed, index unindexed rows with pylance's optimize_indices (when installed) "
@@ -72,7 +74,11 @@ def _option_fields() -> dict[str, Any]:
 #: defaults and descriptions) plus retention and index upkeep. ``config.options()`` gives the
 #: engine options.
 CompactionConfig = create_model(
-    "CompactionConfig", __base__=_CompactionConfigBase, __module__=__name__, __doc__=_CompactionConfigBase.__doc__, **_option_fields()
+    "CompactionConfig",
+    __base__=_CompactionConfigBase,
+    __module__=__name__,
+    __doc__=_CompactionConfigBase.__doc__,
+    **_option_fields(),
 )
 
 
@@ -110,7 +116,9 @@ def fragment_metadata(report: Inspection) -> dict[str, Any]:
     """What the UI shows about a dataset's fragments: counts, sizes, a histogram and a table."""
     s = report.summary
     rows = [
-        dg.TableRecord({"id": f.id, "physical_rows": f.physical_rows, "deleted_rows": f.deleted_rows, "files": f.files, "bytes": f.bytes})
+        dg.TableRecord(
+            {"id": f.id, "physical_rows": f.physical_rows, "deleted_rows": f.deleted_rows, "files": f.files, "bytes": f.bytes}
+        )
         for f in report.fragments[:MAX_FRAGMENT_ROWS_SHOWN]
     ]
     histogram = "\n".join(["| size | fragments |", "|---|---|"] + [f"| {k} | {v} |" for k, v in s.histogram.items()])
@@ -236,7 +244,9 @@ def build_compaction_asset(
         if options.dry_run:
             started = time.monotonic()
             plan = plan_compaction(Dataset.open(lance.uri(key), storage_options=lance.options()), options)
-            context.log.info(f"dry run: {len(plan.tasks)} tasks over {plan.fragments_to_compact} fragments, {plan.bytes_to_read} bytes")
+            context.log.info(
+                f"dry run: {len(plan.tasks)} tasks over {plan.fragments_to_compact} fragments, {plan.bytes_to_read} bytes"
+            )
             yield dg.AssetObservation(
                 asset_key=keys.fragments,
                 partition=key,
@@ -258,7 +268,11 @@ def build_compaction_asset(
             task_runner = make_runner(runner, max_workers=max_workers)
 
         def task_done(result: RewriteResult) -> None:
-            state = f"skipped ({result.skipped_reason}: {result.skipped_detail})" if result.skipped_reason else f"{result.bytes_read} bytes in {result.seconds:.2f}s"
+            state = (
+                f"skipped ({result.skipped_reason}: {result.skipped_detail})"
+                if result.skipped_reason
+                else f"{result.bytes_read} bytes in {result.seconds:.2f}s"
+            )
             context.log.info(f"task {result.task_id}: fragments {list(result.old_fragment_ids)} {state}")
 
         report = lance.compact(key, options, runner=task_runner, on_task_done=task_done)
@@ -266,11 +280,13 @@ def build_compaction_asset(
             upkeep = lance.maintain_indices(key)
             context.log.info(
                 f"index upkeep: unindexed rows {upkeep.unindexed_rows_before} -> {upkeep.unindexed_rows_after}, "
-                f"reuse versions {upkeep.reuse_versions_before} -> {upkeep.reuse_versions_after} (optimize_indices ran: {upkeep.optimized})"
+                f"reuse versions {upkeep.reuse_versions_before} -> {upkeep.reuse_versions_after} "
+                f"(optimize_indices ran: {upkeep.optimized})"
             )
         after = lance.inspect(key, options.target_rows_per_fragment) if report.version is not None else before
         context.log.info(
-            f"version {report.read_version} -> {report.version}: {report.fragments_removed} fragments -> {report.fragments_added}, "
+            f"version {report.read_version} -> {report.version}: {report.fragments_removed} fragments -> "
+            f"{report.fragments_added}, "
             f"{report.bytes_read} bytes copied in {report.seconds:.2f}s"
         )
         metadata = compaction_metadata(before, after, report)
@@ -290,7 +306,10 @@ def build_compaction_asset(
             disk_before = lance.bytes_on_disk(key)
             retention = lance.cleanup(key, parse_duration(cutoff), keep)
             disk_after = lance.bytes_on_disk(key)
-            context.log.info(f"retention: {len(retention.removed_versions)} versions and {len(retention.files)} files removed ({retention.bytes} bytes)")
+            context.log.info(
+                f"retention: {len(retention.removed_versions)} versions and {len(retention.files)} files removed "
+                f"({retention.bytes} bytes)"
+            )
             metadata.update(
                 {
                     "versions_removed": dg.MetadataValue.int(len(retention.removed_versions)),

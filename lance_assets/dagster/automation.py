@@ -7,10 +7,8 @@ at most once per Lance version (the run key) and never while a compaction of
 that dataset is already queued or running.
 """
 
-
 import json
 from collections.abc import Iterator, Sequence
-
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -63,7 +61,9 @@ def build_small_fragment_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         required_resource_keys={resource_key},
-        description=f"Requests compaction when a dataset has >= {min_small_fragments} fragments under {target_rows_per_fragment} rows.",
+        description=(
+            f"Requests compaction when a dataset has >= {min_small_fragments} fragments under {target_rows_per_fragment} rows."
+        ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         lance: LanceDatasets = getattr(context.resources, resource_key)
@@ -159,7 +159,9 @@ def build_nightly_schedule(
 ) -> dg.ScheduleDefinition:
     """One run of ``job`` per dataset (partition) at ``cron_schedule``; stopped until turned on."""
 
-    @dg.schedule(name=schedule_name or f"{name}_compaction_schedule", cron_schedule=cron_schedule, job=job, default_status=default_status)
+    @dg.schedule(
+        name=schedule_name or f"{name}_compaction_schedule", cron_schedule=cron_schedule, job=job, default_status=default_status
+    )
     def _schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
         stamp = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "now"
         for key in partition_keys(partitions_def, context.instance):

@@ -5,16 +5,15 @@ every version the compaction committed, the data files' own metadata, and pylanc
 rather than trusting the numbers the compaction step reported.
 """
 
-
 from collections.abc import Iterator
 
 import dagster as dg
 
 from lance_assets.dagster.assets import READ_BACK_CHECK, ROWS_CHECK, SMALL_CHECK, AssetKeys
 from lance_assets.dagster.resources import LanceDatasets
-from lance_assets.engine.tail import read_legacy_metadata, read_v2_metadata
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.rows import live_rows
+from lance_assets.engine.tail import read_legacy_metadata, read_v2_metadata
 from lance_assets.errors import LanceAssetsError
 
 SAMPLE_ROWS = 1000
@@ -36,8 +35,12 @@ def _sample_equal(uri: str, storage_options: dict, groups) -> tuple[bool, str]: 
 
     try:
         for version, group in list(groups)[:SAMPLE_GROUPS]:
-            before = [r for f in group.old_fragments for r in at(version - 1).get_fragment(f.id).head(SAMPLE_ROWS).to_pylist()][:SAMPLE_ROWS]
-            after = [r for f in group.new_fragments for r in at(version).get_fragment(f.id).head(SAMPLE_ROWS).to_pylist()][:SAMPLE_ROWS]
+            before = [r for f in group.old_fragments for r in at(version - 1).get_fragment(f.id).head(SAMPLE_ROWS).to_pylist()][
+                :SAMPLE_ROWS
+            ]
+            after = [r for f in group.new_fragments for r in at(version).get_fragment(f.id).head(SAMPLE_ROWS).to_pylist()][
+                :SAMPLE_ROWS
+            ]
             if before != after:
                 return False, f"rows of group {[f.id for f in group.old_fragments]} differ after compaction"
     except Exception as exc:  # pylance raises OSError/ValueError/RuntimeError on unreadable files: that is a failed read-back
@@ -60,14 +63,24 @@ def _rewrite_groups(uri: str, storage_options: dict, read_version: int, version:
     return groups
 
 
-def build_compaction_checks(keys: AssetKeys, *, resource_key: str, max_small_fragments: int, partitioned: bool) -> dg.AssetChecksDefinition:
+def build_compaction_checks(
+    keys: AssetKeys, *, resource_key: str, max_small_fragments: int, partitioned: bool
+) -> dg.AssetChecksDefinition:
     @dg.multi_asset_check(
         # one op per dataset family: two families in one code location must not both be "_checks"
         name=f"{keys.compacted.to_python_identifier()}_checks",
         specs=[
-            dg.AssetCheckSpec(ROWS_CHECK, asset=keys.compacted, description="Rewritten groups hold exactly the rows they replaced."),
-            dg.AssetCheckSpec(SMALL_CHECK, asset=keys.compacted, description=f"Fewer than {max_small_fragments} small fragments remain."),
-            dg.AssetCheckSpec(READ_BACK_CHECK, asset=keys.compacted, description="The new version's manifest and data files parse; sampled rows equal the old ones."),
+            dg.AssetCheckSpec(
+                ROWS_CHECK, asset=keys.compacted, description="Rewritten groups hold exactly the rows they replaced."
+            ),
+            dg.AssetCheckSpec(
+                SMALL_CHECK, asset=keys.compacted, description=f"Fewer than {max_small_fragments} small fragments remain."
+            ),
+            dg.AssetCheckSpec(
+                READ_BACK_CHECK,
+                asset=keys.compacted,
+                description="The new version's manifest and data files parse; sampled rows equal the old ones.",
+            ),
         ],
         required_resource_keys={resource_key},
         can_subset=False,
@@ -114,13 +127,19 @@ def build_compaction_checks(keys: AssetKeys, *, resource_key: str, max_small_fra
             for frag in group.new_fragments:
                 for df in frag.files:
                     try:
-                        read_metadata = read_legacy_metadata if df.file_major_version == 0 else read_v2_metadata  # 0: legacy (0.x) file
+                        read_metadata = (
+                            read_legacy_metadata if df.file_major_version == 0 else read_v2_metadata
+                        )  # 0: legacy (0.x) file
                         file_meta = read_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
                         if file_meta.num_rows != frag.physical_rows:
                             problems.append(f"{df.path}: {file_meta.num_rows} rows, fragment says {frag.physical_rows}")
                     except LanceAssetsError as exc:
                         problems.append(str(exc))
-        sample_ok, sample_note = (True, "no groups rewritten") if not groups else _sample_equal(lance.uri(key), lance.storage_options, versioned_groups)
+        sample_ok, sample_note = (
+            (True, "no groups rewritten")
+            if not groups
+            else _sample_equal(lance.uri(key), lance.storage_options, versioned_groups)
+        )
         yield dg.AssetCheckResult(
             check_name=READ_BACK_CHECK,
             passed=not problems and sample_ok,

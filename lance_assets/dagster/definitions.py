@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import operator
 import re
 import types
 import typing
@@ -104,18 +106,29 @@ def build_lance_compaction_defs(
         partitions_def=partitions_def,
         group_name=group,
         kinds={"lance"},
-        description="Fragments of the Lance dataset as last observed by the small-fragment sensor (one observation per Lance version).",
+        description=(
+            "Fragments of the Lance dataset as last observed by the small-fragment sensor (one observation per Lance version)."
+        ),
     )
     resources: dict[str, dg.ConfigurableResource] = {resource_key: resource}
     ray_key = f"{resource_key}_ray"
     if runner == "ray":
         resources[ray_key] = LanceRay(address=ray_address)
     compacted = build_compaction_asset(
-        keys, partitions_def, resource_key=resource_key, pool=pool, group_name=group,
-        cleanup_older_than=cleanup_older_than, retain_versions=retain_versions,
-        runner=runner, max_workers=max_workers, ray_resource_key=ray_key,
+        keys,
+        partitions_def,
+        resource_key=resource_key,
+        pool=pool,
+        group_name=group,
+        cleanup_older_than=cleanup_older_than,
+        retain_versions=retain_versions,
+        runner=runner,
+        max_workers=max_workers,
+        ray_resource_key=ray_key,
     )
-    checks = build_compaction_checks(keys, resource_key=resource_key, max_small_fragments=min_small_fragments, partitioned=partitions_def is not None)
+    checks = build_compaction_checks(
+        keys, resource_key=resource_key, max_small_fragments=min_small_fragments, partitioned=partitions_def is not None
+    )
     job = dg.define_asset_job(
         f"{name}_compaction",
         selection=dg.AssetSelection.assets(keys.compacted),
@@ -124,7 +137,10 @@ def build_lance_compaction_defs(
     )
     sensors = [
         build_small_fragment_sensor(
-            name, keys, job, partitions_def,
+            name,
+            keys,
+            job,
+            partitions_def,
             resource_key=resource_key,
             min_small_fragments=min_small_fragments,
             min_small_bytes=min_small_bytes,
@@ -133,13 +149,25 @@ def build_lance_compaction_defs(
         )
     ]
     if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
-        sensors.append(build_discovery_sensor(name, partitions_def, resource_key=resource_key, minimum_interval_seconds=sensor_interval_seconds))
-    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [job, build_fanout_job(name, keys, partitions_def, resource_key=resource_key, pool=pool)]
+        sensors.append(
+            build_discovery_sensor(
+                name, partitions_def, resource_key=resource_key, minimum_interval_seconds=sensor_interval_seconds
+            )
+        )
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [
+        job,
+        build_fanout_job(name, keys, partitions_def, resource_key=resource_key, pool=pool),
+    ]
     schedules = [build_nightly_schedule(name, job, partitions_def, cron_schedule=cron_schedule)]
     if cleanup_older_than is not None:
         retention = build_retention_job(
-            name, keys, partitions_def, resource_key=resource_key, cleanup_older_than=cleanup_older_than,
-            retain_versions=retain_versions, target_rows_per_fragment=target_rows_per_fragment,
+            name,
+            keys,
+            partitions_def,
+            resource_key=resource_key,
+            cleanup_older_than=cleanup_older_than,
+            retain_versions=retain_versions,
+            target_rows_per_fragment=target_rows_per_fragment,
         )
         jobs.append(retention)
         schedules.append(build_retention_schedule(name, retention, partitions_def, cron_schedule=retention_cron_schedule))
@@ -161,8 +189,12 @@ def _yaml_type(hint: Any) -> Any:
     if hint == Sequence[str]:
         return list[str]
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        kept = [a for a in typing.get_args(hint) if a is type(None) or not (isinstance(a, type) and issubclass(a, dg.PartitionsDefinition))]
-        return typing.Union[tuple(kept)] if len(kept) > 1 else kept[0]
+        kept = [
+            a
+            for a in typing.get_args(hint)
+            if a is type(None) or not (isinstance(a, type) and issubclass(a, dg.PartitionsDefinition))
+        ]
+        return functools.reduce(operator.or_, kept)
     return hint
 
 

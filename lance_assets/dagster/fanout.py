@@ -6,7 +6,6 @@ manager and every executor that runs dynamic steps (multiprocess, celery, k8s);
 dagster-dask does not (dagster-io/dagster#9785): it runs the plan step only.
 """
 
-
 import json
 from collections.abc import Iterator
 
@@ -41,7 +40,8 @@ def build_fanout_job(
         required_resource_keys={resource_key},
     )
     def plan_op(
-        context: dg.OpExecutionContext, config: CompactionConfig  # type: ignore[valid-type]
+        context: dg.OpExecutionContext,
+        config: CompactionConfig,  # type: ignore[valid-type]
     ) -> Iterator[dg.Output | dg.DynamicOutput | dg.AssetObservation]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         options = config.options()
@@ -62,7 +62,11 @@ def build_fanout_job(
             )
             return
         for task in plan.tasks:
-            yield dg.DynamicOutput(json.dumps({"plan": plan.to_dict(), "task_id": task.task_id}), output_name="tasks", mapping_key=f"task_{task.task_id}")
+            yield dg.DynamicOutput(
+                json.dumps({"plan": plan.to_dict(), "task_id": task.task_id}),
+                output_name="tasks",
+                mapping_key=f"task_{task.task_id}",
+            )
 
     @dg.op(name=f"{name}_copy_task", required_resource_keys={resource_key}, pool=pool)
     def copy_op(context: dg.OpExecutionContext, task_json: str) -> str:
@@ -71,11 +75,16 @@ def build_fanout_job(
         plan = CompactionPlan.from_dict(payload["plan"], storage_options=lance.options())
         task = next(t for t in plan.tasks if t.task_id == payload["task_id"])
         result = execute_task(lance.uri(_key(context)), plan, task)
-        context.log.info(f"task {task.task_id}: {len(task.fragment_ids)} fragments, {result.bytes_read} bytes in {result.seconds:.2f}s {result.skipped_reason}")
+        context.log.info(
+            f"task {task.task_id}: {len(task.fragment_ids)} fragments, {result.bytes_read} bytes in "
+            f"{result.seconds:.2f}s {result.skipped_reason}"
+        )
         return json.dumps(result.to_dict())
 
     @dg.op(name=f"{name}_commit", required_resource_keys={resource_key})
-    def commit_op(context: dg.OpExecutionContext, plan_json: str, results: list[str]) -> Iterator[dg.AssetMaterialization | dg.Output]:
+    def commit_op(
+        context: dg.OpExecutionContext, plan_json: str, results: list[str]
+    ) -> Iterator[dg.AssetMaterialization | dg.Output]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         plan = CompactionPlan.from_dict(json.loads(plan_json), storage_options=lance.options())
         storage = Storage(lance.uri(_key(context)), plan.options.storage_options)
@@ -102,7 +111,10 @@ def build_fanout_job(
         partitions_def=partitions_def,
         executor_def=executor_def,
         **dataset_run_tagging(name, partitions_def),
-        description="Binary-copy compaction with one step per task (use a multiprocess, celery or k8s executor; dagster-dask does not run dynamic steps).",
+        description=(
+            "Binary-copy compaction with one step per task (use a multiprocess, celery or k8s executor; "
+            "dagster-dask does not run dynamic steps)."
+        ),
     )
     def _job() -> None:
         plan, tasks = plan_op()

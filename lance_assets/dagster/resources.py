@@ -11,13 +11,12 @@ from pydantic import Field
 
 from lance_assets.engine.cleanup import CleanupReport, bytes_on_disk, cleanup
 from lance_assets.engine.compaction import compact
-from lance_assets.engine.copy import ProgressCallback
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.index_upkeep import IndexUpkeepReport, maintain_indices
 from lance_assets.engine.indices import index_coverage, reuse_version_count
 from lance_assets.engine.inspect import Inspection, inspect_dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.report import CompactionReport, RewriteResult
+from lance_assets.engine.report import CompactionReport, ProgressCallback, RewriteResult
 from lance_assets.engine.runners import RayRunner, TaskRunner
 from lance_assets.io import Storage
 from lance_assets.io.storage import decode_option_value
@@ -61,7 +60,9 @@ class LanceDatasets(dg.ConfigurableResource):
         prefix, _, suffix = self.uri_template.format(root=self.root.rstrip("/"), partition_key="\0").partition("\0")
         parent, _, name_prefix = prefix.rpartition("/")
         if "/" in suffix:
-            raise dg.DagsterInvariantViolationError("dataset discovery needs the partition key in the last path segment of uri_template")
+            raise dg.DagsterInvariantViolationError(
+                "dataset discovery needs the partition key in the last path segment of uri_template"
+            )
         storage = Storage(parent, self.options())
         keys = []
         for info in storage.fs.ls(storage.root, detail=True):
@@ -74,7 +75,9 @@ class LanceDatasets(dg.ConfigurableResource):
         return sorted(keys)
 
     def inspect(self, partition_key: str | None, target_rows_per_fragment: int) -> Inspection:
-        return inspect_dataset(self.uri(partition_key), target_rows_per_fragment=target_rows_per_fragment, storage_options=self.options())
+        return inspect_dataset(
+            self.uri(partition_key), target_rows_per_fragment=target_rows_per_fragment, storage_options=self.options()
+        )
 
     def compact(
         self,
@@ -86,12 +89,18 @@ class LanceDatasets(dg.ConfigurableResource):
         on_task_done: Callable[[RewriteResult], None] | None = None,
     ) -> CompactionReport:
         return compact(
-            self.uri(partition_key), replace(options, storage_options=self.options()), progress=progress, runner=runner, on_task_done=on_task_done
+            self.uri(partition_key),
+            replace(options, storage_options=self.options()),
+            progress=progress,
+            runner=runner,
+            on_task_done=on_task_done,
         )
 
     def cleanup(self, partition_key: str | None, older_than: float, retain_versions: int) -> CleanupReport:
         """Version retention on the partition's dataset (see ``lance_assets.engine.cleanup``)."""
-        return cleanup(self.uri(partition_key), older_than=older_than, retain_versions=retain_versions, storage_options=self.options())
+        return cleanup(
+            self.uri(partition_key), older_than=older_than, retain_versions=retain_versions, storage_options=self.options()
+        )
 
     def index_status(self, partition_key: str | None) -> tuple[int, int, bool]:
         """(unindexed rows over all user indices, fragment-reuse versions, has user indices)."""
@@ -111,7 +120,9 @@ class LanceDatasets(dg.ConfigurableResource):
         try:
             import lance
         except ImportError as exc:  # pragma: no cover - depends on the optional extra
-            raise dg.DagsterInvariantViolationError("writing Lance data needs pylance: pip install 'lance_assets[reencode]'") from exc
+            raise dg.DagsterInvariantViolationError(
+                "writing Lance data needs pylance: pip install 'lance_assets[reencode]'"
+            ) from exc
         import pyarrow as pa
 
         table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
@@ -126,7 +137,9 @@ class LanceDatasets(dg.ConfigurableResource):
                     table = table.select(target.names).cast(target)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
                     pass  # not castable: Lance reports the mismatch itself
-        lance.write_dataset(table, uri, mode="append" if exists else "create", storage_options=self.storage_options or None, **write_kwargs)
+        lance.write_dataset(
+            table, uri, mode="append" if exists else "create", storage_options=self.storage_options or None, **write_kwargs
+        )
         return table.num_rows
 
 
@@ -138,7 +151,10 @@ class LanceRay(dg.ConfigurableResource):
     ``LanceDatasets`` storage options travel with each task); none needs Dagster's database.
     """
 
-    address: str | None = Field(default=None, description="Ray address (e.g. ray://head:10001 or auto); unset: the connected cluster, else a local one for the run.")
+    address: str | None = Field(
+        default=None,
+        description="Ray address (e.g. ray://head:10001 or auto); unset: the connected cluster, else a local one for the run.",
+    )
     max_retries: int = Field(default=3, description="Times a task whose worker died is submitted again.")
     num_cpus: float = Field(default=1.0, description="CPUs Ray reserves per copy task.")
 

@@ -44,7 +44,9 @@ def build_retention_job(
         disk_before = lance.bytes_on_disk(key)
         report = lance.cleanup(key, parse_duration(config.older_than), config.retain_versions)
         disk_after = lance.bytes_on_disk(key)
-        context.log.info(f"retention: {len(report.removed_versions)} versions and {len(report.files)} files removed ({report.bytes} bytes)")
+        context.log.info(
+            f"retention: {len(report.removed_versions)} versions and {len(report.files)} files removed ({report.bytes} bytes)"
+        )
         after = lance.inspect(key, target_rows_per_fragment)
         yield dg.AssetObservation(
             asset_key=keys.fragments,
@@ -74,4 +76,6 @@ def build_retention_schedule(
     name: str, job: dg.JobDefinition, partitions_def: dg.PartitionsDefinition | None, *, cron_schedule: str
 ) -> dg.ScheduleDefinition:
     """``<name>_retention_schedule``: one retention run per dataset (stopped until turned on)."""
-    return build_nightly_schedule(name, job, partitions_def, cron_schedule=cron_schedule, schedule_name=f"{name}_retention_schedule")
+    return build_nightly_schedule(
+        name, job, partitions_def, cron_schedule=cron_schedule, schedule_name=f"{name}_retention_schedule"
+    )

@@ -43,7 +43,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lance_assets._proto import table_pb2
-from lance_assets.engine.dataset import DATA_DIR, DELETIONS_DIR, HINT_FILE, INDICES_DIR, TRANSACTIONS_DIR, VERSIONS_DIR, Dataset, DatasetRef, list_versions, storage_of
+from lance_assets.engine.dataset import (
+    DATA_DIR,
+    DELETIONS_DIR,
+    HINT_FILE,
+    INDICES_DIR,
+    TRANSACTIONS_DIR,
+    VERSIONS_DIR,
+    Dataset,
+    DatasetRef,
+    list_versions,
+    storage_of,
+)
 from lance_assets.engine.index_upkeep import trim_reuse_index
 from lance_assets.errors import CorruptFileError, MissingFileError, UnsupportedFeatureError, VersionNotFoundError
 from lance_assets.format import manifest as mf
@@ -133,7 +144,9 @@ def _collect(refs: _References, raw: bytes, where: str) -> float:
         refs.indices.add(f"{INDICES_DIR}/{uuid_mod.UUID(bytes=bytes(idx.uuid.uuid))}")
     mf.check_feature_flags(m, path=where, for_write=True)
     if len(m.base_paths):
-        raise UnsupportedFeatureError("the manifest declares base paths; cleanup cannot tell which files other datasets share", path=where)
+        raise UnsupportedFeatureError(
+            "the manifest declares base paths; cleanup cannot tell which files other datasets share", path=where
+        )
     if m.transaction_file:
         refs.transactions.add(f"{TRANSACTIONS_DIR}/{m.transaction_file}")
     for frag in m.fragments:
@@ -173,7 +186,9 @@ def _read_references(
             raw = storage.read(rel)
         except MissingFileError:
             # One vanishing means another cleanup (ours or pylance's) is running. Do not guess.
-            raise CorruptFileError("a manifest vanished while cleanup read it; run cleanup again", path=storage.url(rel)) from None
+            raise CorruptFileError(
+                "a manifest vanished while cleanup read it; run cleanup again", path=storage.url(rel)
+            ) from None
         found = _References()
         committed = _collect(found, raw, storage.url(rel))
         if removable is not None and removable(name, committed):
@@ -196,7 +211,9 @@ def _tagged_versions(storage: Storage, versions: set[int]) -> set[int]:
         except (ValueError, KeyError, TypeError):
             raise CorruptFileError("tag file does not parse", path=storage.url(rel)) from None
         if tag.get("branch"):
-            raise UnsupportedFeatureError(f"tag {entry.name} points into branch {tag['branch']!r}, which cleanup does not understand", path=storage.url(rel))
+            raise UnsupportedFeatureError(
+                f"tag {entry.name} points into branch {tag['branch']!r}, which cleanup does not understand", path=storage.url(rel)
+            )
         if not isinstance(version, int) or version not in versions:
             raise VersionNotFoundError(f"tag {entry.name} names version {version}, which does not exist", path=storage.url(rel))
         tagged.add(version)
@@ -237,7 +254,9 @@ def cleanup(
         raise ValueError("retain_versions must be at least 1")
     storage = storage_of(uri, storage_options)
     if storage.list("_refs/branches") or storage.exists("tree"):
-        raise UnsupportedFeatureError("the dataset has branches (tree/, _refs/branches/); their manifests may reference these files", path=storage.uri)
+        raise UnsupportedFeatureError(
+            "the dataset has branches (tree/, _refs/branches/); their manifests may reference these files", path=storage.uri
+        )
 
     trimmed = 0
     if trim_reuse:
@@ -263,7 +282,9 @@ def cleanup(
     locations = list_versions(storage)
     keep: set[int] = set()
     if retain_versions is not None:
-        keep = {loc.version for loc in locations[-retain_versions:]} | _tagged_versions(storage, {loc.version for loc in locations})
+        keep = {loc.version for loc in locations[-retain_versions:]} | _tagged_versions(
+            storage, {loc.version for loc in locations}
+        )
 
     def removable(name: str, committed: float) -> bool:
         parsed = mf.parse_manifest_name(name)
@@ -309,7 +330,9 @@ def cleanup(
             if f.kind == "manifest":
                 storage.delete(f.path, missing_ok=True)
         storage.delete_many([f.path for f in doomed if f.kind != "manifest"])
-    stale_uploads = [u for u in storage.pending_uploads(DATA_DIR) if u.initiated is not None and clock - u.initiated >= older_than]
+    stale_uploads = [
+        u for u in storage.pending_uploads(DATA_DIR) if u.initiated is not None and clock - u.initiated >= older_than
+    ]
     if not dry_run:
         for upload in stale_uploads:
             storage.abort_upload(upload)

@@ -21,7 +21,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
-from lance_assets.engine.dataset import DELETIONS_DIR, HINT_FILE, TRANSACTIONS_DIR, Dataset, DatasetRef, VersionLocation, storage_of
+from lance_assets.engine.dataset import (
+    DELETIONS_DIR,
+    HINT_FILE,
+    TRANSACTIONS_DIR,
+    Dataset,
+    DatasetRef,
+    VersionLocation,
+    storage_of,
+)
 from lance_assets.engine.indices import (
     INDEX_REMAP_DEFER,
     REUSE_INDEX_NAME,
@@ -37,13 +45,19 @@ from lance_assets.engine.indices import (
 from lance_assets.engine.plan import CompactionPlan, fragment_file_count
 from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.rows import deleted_offsets
-from lance_assets.errors import CommitConflictError, LanceAssetsError, MissingFileError, NotADatasetError, VersionNotFoundError
+from lance_assets.errors import (
+    AlreadyExistsError,
+    CommitConflictError,
+    LanceAssetsError,
+    MissingFileError,
+    NotADatasetError,
+    VersionNotFoundError,
+)
 from lance_assets.format import manifest as mf
 from lance_assets.format.deletion import DeletionFileType, deletion_file_name
 from lance_assets.format.protobuf import parse
 from lance_assets.format.roaring import decode_bitmap, encode_bitmap
 from lance_assets.io import Storage
-from lance_assets.io.storage import AlreadyExistsError
 
 WRITER_LIBRARY = "lance_assets"
 DEFAULT_MAX_RETRIES = 20
@@ -123,7 +137,9 @@ def _check_concurrent(
             ds = latest if version == latest.version else Dataset.open(storage, version)
             txn = _load_transaction(storage, ds)
         except (VersionNotFoundError, MissingFileError, NotADatasetError) as exc:
-            raise CommitConflictError(f"version {version} cannot be checked for conflicts ({exc.reason})", path=storage.uri) from None
+            raise CommitConflictError(
+                f"version {version} cannot be checked for conflicts ({exc.reason})", path=storage.uri
+            ) from None
         if txn is not None and txn.uuid == txn_uuid:
             return version
         reason = _conflict(txn, version, ours, latest.stable_row_ids)
@@ -433,7 +449,10 @@ def commit_compaction(
         gone = [rel for rel in written if not storage.exists(rel)]
         if gone:
             # e.g. a cleanup with too short a grace period ran during a long compaction
-            raise MissingFileError(f"{len(gone)} data files written by this compaction vanished before the commit ({gone[0]}); nothing committed", path=storage.uri)
+            raise MissingFileError(
+                f"{len(gone)} data files written by this compaction vanished before the commit ({gone[0]}); nothing committed",
+                path=storage.uri,
+            )
         while landed is None:
             latest = Dataset.open(storage)
             mf.check_feature_flags(latest.manifest, path=storage.uri, for_write=True)
@@ -459,7 +478,9 @@ def commit_compaction(
             except AlreadyExistsError:
                 attempt += 1
                 if attempt > max_retries:
-                    raise CommitConflictError(f"gave up after {max_retries} attempts: other writers keep committing", path=storage.uri) from None
+                    raise CommitConflictError(
+                        f"gave up after {max_retries} attempts: other writers keep committing", path=storage.uri
+                    ) from None
                 time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
             except BaseException as exc:
                 # The outcome is unknown (network error, interrupt): look before cleaning up.
@@ -496,4 +517,3 @@ def commit_compaction(
         indices=built.indices,
         **base,
     )
-

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 
 from lance_assets.engine.commit import commit_compaction
-from lance_assets.engine.copy import ProgressCallback
 from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset, storage_of
 from lance_assets.engine.index_upkeep import maintain_indices
 from lance_assets.engine.indices import INDEX_REMAP_DEFER, index_views
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.reencode import pylance_available
-from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
+from lance_assets.engine.report import CompactionReport, ProgressCallback, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.runners import LocalRunner, TaskRunner
 from lance_assets.io import Storage
-
 
 #: Tasks of a partial-progress run (``commit_every``) that a failure stopped after earlier
 #: commits had landed: reported in ``skipped`` while the run still reports its landed versions.
@@ -89,11 +87,11 @@ def run_plan(
             # failed) and list what this and later chunks left uncommitted.
             left = plan.tasks[first:]
             failed = [
-                SkippedFragment(i, Reason.NOT_COMMITTED, f"{type(exc).__name__}: {exc}")
-                for t in left
-                for i in t.fragment_ids
+                SkippedFragment(i, Reason.NOT_COMMITTED, f"{type(exc).__name__}: {exc}") for t in left for i in t.fragment_ids
             ]
-            reports[-1] = replace(reports[-1], skipped=reports[-1].skipped + failed, tasks_skipped=reports[-1].tasks_skipped + len(left))
+            reports[-1] = replace(
+                reports[-1], skipped=reports[-1].skipped + failed, tasks_skipped=reports[-1].tasks_skipped + len(left)
+            )
             break
     report = restore_index_coverage(_combine(plan, reports), plan.options, storage)
     return replace(report, seconds=time.monotonic() - started, runner=runner.name, workers=len(worker_ids), task_retries=retries)
@@ -116,7 +114,11 @@ def restore_index_coverage(report: CompactionReport, options: CompactionOptions,
     if not dropped or options.index_remap != INDEX_REMAP_DEFER or not report.committed_versions or not pylance_available():
         return report
     landed = Dataset.open(storage)
-    uncovered = {v.name: {f.id for f in landed.manifest.fragments} - (v.fragments or set()) for v in index_views(landed) if v.name in dropped}
+    uncovered = {
+        v.name: {f.id for f in landed.manifest.fragments} - (v.fragments or set())
+        for v in index_views(landed)
+        if v.name in dropped
+    }
     try:
         upkeep = maintain_indices(storage.uri, options.storage_options)
     except Exception as exc:  # the compaction landed; say what is left undone
@@ -127,7 +129,8 @@ def restore_index_coverage(report: CompactionReport, options: CompactionOptions,
         covered.setdefault(view.name, set()).update(view.fragments or ())
     indices = [
         {**i, "remap": "reindexed", "covers_output": uncovered.get(i["name"], set()) <= covered.get(i["name"], set())}
-        if i["name"] in dropped else i
+        if i["name"] in dropped
+        else i
         for i in report.indices
     ]
     versions = report.committed_versions + upkeep.committed_versions

@@ -24,17 +24,13 @@ from lance_assets.engine.copy_legacy import write_legacy_output
 from lance_assets.engine.dataset import DATA_DIR, Dataset, DatasetRef, open_dataset
 from lance_assets.engine.plan import CompactionPlan, CompactionTask
 from lance_assets.engine.reencode import reencode_task
-from lance_assets.engine.report import RewriteResult
+from lance_assets.engine.report import ProgressCallback, Reason, RewriteResult
 from lance_assets.engine.rows import carry_deletions, carry_row_sequences
 from lance_assets.engine.tail import read_v2_metadata, read_v2_tail
 from lance_assets.errors import CompactionRefusedError
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef, v2file, v2safety
 from lance_assets.io import Storage
-from lance_assets.engine.report import Reason
-
-
-ProgressCallback = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -96,7 +92,9 @@ def _input_sources(
         first = size if 0 < size <= whole else v2file.DEFAULT_TAIL_BYTES
         return read_v2_tail(storage, rel, size, first)
 
-    window: deque[tuple[int, table_pb2.DataFragment, table_pb2.DataFile, str, Future[tuple[v2file.V2FileMetadata, bytes, int]]]] = deque()
+    window: deque[
+        tuple[int, table_pb2.DataFragment, table_pb2.DataFile, str, Future[tuple[v2file.V2FileMetadata, bytes, int]]]
+    ] = deque()
     pending = iter(jobs)
     with ThreadPoolExecutor(PREFETCH_WORKERS, thread_name_prefix="lance-assets-read") as pool:
         try:
@@ -130,9 +128,13 @@ def _source(
     where = ds.storage.url(rel)
     expected = mf.storage_version_name(mf.data_file_version(df))
     if meta.version.value != expected:
-        raise CompactionRefusedError(f"file version {meta.version.value} differs from the {expected} its manifest entry records", path=where)
+        raise CompactionRefusedError(
+            f"file version {meta.version.value} differs from the {expected} its manifest entry records", path=where
+        )
     if meta.num_rows != frag.physical_rows:
-        raise CompactionRefusedError(f"file holds {meta.num_rows} rows but fragment {frag.id} has {frag.physical_rows}", path=where)
+        raise CompactionRefusedError(
+            f"file holds {meta.num_rows} rows but fragment {frag.id} has {frag.physical_rows}", path=where
+        )
     owned = [c for c in df.column_indices if c >= 0]
     if len(owned) != meta.num_columns:
         raise CompactionRefusedError(
@@ -272,7 +274,9 @@ def _write_output(
     # Every input must store the same live fields the same way (the planner grouped them so).
     layouts = set()
     for frag in inputs:
-        layouts.add(tuple(sorted((fid, col >= 0) for df in frag.files for fid, col in zip(df.fields, df.column_indices) if fid in order)))
+        layouts.add(
+            tuple(sorted((fid, col >= 0) for df in frag.files for fid, col in zip(df.fields, df.column_indices) if fid in order))
+        )
     if len(layouts) != 1:
         raise CompactionRefusedError("the inputs store different sets of fields", path=ds.uri)
     layout = sorted(next(iter(layouts)), key=lambda fc: order[fc[0]])
@@ -296,11 +300,16 @@ def _write_output(
         for row_offset, src in _input_sources(ds, inputs, order, read_batch_bytes):
             key = repdef.file_layer_key(src.meta.columns, src.columns, guarded, version)
             if isinstance(key, repdef.LayerConflict):
-                raise CompactionRefusedError(f"field {repdef.field_paths(ds.manifest.fields).get(key.field_id, key.field_id)!r}: {key.detail}", path=storage.url(src.rel_path))
+                raise CompactionRefusedError(
+                    f"field {repdef.field_paths(ds.manifest.fields).get(key.field_id, key.field_id)!r}: {key.detail}",
+                    path=storage.url(src.rel_path),
+                )
             for fid, found in key:
                 first = kinds.setdefault(fid, found)
                 if first != found:
-                    difference = repdef.describe_difference(((fid, first),), ((fid, found),), repdef.field_paths(ds.manifest.fields))
+                    difference = repdef.describe_difference(
+                        ((fid, first),), ((fid, found),), repdef.field_paths(ds.manifest.fields)
+                    )
                     raise CompactionRefusedError(difference, path=storage.url(src.rel_path))
             if schema_metadata is None:
                 schema_metadata = dict(src.meta.descriptor.schema.metadata)
@@ -421,7 +430,9 @@ def execute_task(
     try:
         for output in task.outputs:
             inputs = [by_id[i] for i in output.fragment_ids]
-            frag, rel, n_read, n_written = write_output(ds, inputs, plan.options.read_batch_bytes, progress, plan.options.verify_output)
+            frag, rel, n_read, n_written = write_output(
+                ds, inputs, plan.options.read_batch_bytes, progress, plan.options.verify_output
+            )
             written.append(rel)
             deletions.append(carry_deletions(ds, inputs, frag))
             fragments.append(RewriteResult.encode_fragment(frag))
@@ -453,5 +464,3 @@ def execute_task(
         bytes_written=bytes_written,
         seconds=time.monotonic() - started,
     )
-
-

@@ -31,19 +31,18 @@ What is refused (CompactionRefusedError, so the task is skipped with a reason):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import DATA_DIR, Dataset
+from lance_assets.engine.report import ProgressCallback
 from lance_assets.engine.rows import carry_row_sequences
 from lance_assets.engine.tail import read_legacy_metadata, read_legacy_tail
 from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedFeatureError
 from lance_assets.format import legacy
 from lance_assets.format import manifest as mf
 from lance_assets.io import Storage
-
-ProgressCallback = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -76,11 +75,14 @@ def _inputs(ds: Dataset, frag: table_pb2.DataFragment, schema: dict[int, file_pb
             raise CompactionRefusedError("data file is not a legacy (0.x) file in a legacy dataset", path=where)
         meta, tail, tail_offset = read_legacy_tail(ds.storage, rel, df.file_size_bytes)
         if meta.num_rows != frag.physical_rows:
-            raise CompactionRefusedError(f"file holds {meta.num_rows} rows but fragment {frag.id} has {frag.physical_rows}", path=where)
+            raise CompactionRefusedError(
+                f"file holds {meta.num_rows} rows but fragment {frag.id} has {frag.physical_rows}", path=where
+            )
         # Lance sizes the page table from the DataFile (first id .. max id), not from the file.
         if not len(df.fields) or (df.fields[0], max(df.fields)) != (meta.min_field_id, meta.max_field_id):
             raise CompactionRefusedError(
-                f"DataFile field ids {list(df.fields)[:16]} disagree with the file's page table ids {meta.min_field_id}..{meta.max_field_id}",
+                f"DataFile field ids {list(df.fields)[:16]} disagree with the file's page table ids "
+                f"{meta.min_field_id}..{meta.max_field_id}",
                 path=where,
             )
         try:
@@ -94,11 +96,14 @@ def _inputs(ds: Dataset, frag: table_pb2.DataFragment, schema: dict[int, file_pb
                 raise CompactionRefusedError(f"field {fid} is listed in the DataFile but not stored in the file", path=where)
             if lay.logical_type != schema[fid].logical_type:
                 raise CompactionRefusedError(
-                    f"field {schema[fid].name!r} is {lay.logical_type!r} in the file but {schema[fid].logical_type!r} in the dataset", path=where
+                    f"field {schema[fid].name!r} is {lay.logical_type!r} in the file but "
+                    f"{schema[fid].logical_type!r} in the dataset",
+                    path=where,
                 )
             if lay.encoding is legacy.LegacyEncoding.DICTIONARY:
                 raise CompactionRefusedError(
-                    f"dictionary field {schema[fid].name!r}: each legacy file stores its own dictionary at an absolute position, so files cannot be merged without re-encoding",
+                    f"dictionary field {schema[fid].name!r}: each legacy file stores its own dictionary at an "
+                    "absolute position, so files cannot be merged without re-encoding",
                     path=where,
                 )
         out.append(_Input(rel, meta, layouts, live, tail, tail_offset))
@@ -113,7 +118,8 @@ def _check_batches(batch_rows: Sequence[int], where: str) -> None:
     if any(n != size for n in batch_rows[:-1]) or batch_rows[-1] > size:
         shown = list(batch_rows[:12]) + (["…"] if len(batch_rows) > 12 else [])
         raise CompactionRefusedError(
-            f"merged batches would have sizes {shown}; legacy readers locate batch i at row i * {size}, so every batch but the last"
+            f"merged batches would have sizes {shown}; legacy readers locate batch i at row i * {size}, so "
+            "every batch but the last"
             " must have the same size (merge inputs whose row counts are multiples of their batch size, or reencode)",
             path=where,
         )
@@ -212,7 +218,9 @@ def _copy_pages(copier: _Copier, src: _Input, where: str) -> dict[tuple[int, int
             new_position = copier.pos  # an empty page (no bytes, e.g. a batch without list items)
         else:
             if start < cursor:
-                raise CorruptFileError(f"field {layout.name!r} batch {batch}: page at {start} overlaps the previous page", path=where)
+                raise CorruptFileError(
+                    f"field {layout.name!r} batch {batch}: page at {start} overlaps the previous page", path=where
+                )
             new_position = copier.add(src, start, end)
         cursor = max(cursor, end)
         moved[(fid, batch)] = legacy.LegacyPage(new_position, page.length)
@@ -251,7 +259,9 @@ def write_legacy_output(
     batch_rows = [n for files in sources for n in files[0].meta.batch_rows]
     rows = sum(batch_rows)
     if rows > legacy.MAX_ROWS:
-        raise CompactionRefusedError(f"{rows} rows exceed the legacy format's limit of {legacy.MAX_ROWS} rows per file", path=ds.uri)
+        raise CompactionRefusedError(
+            f"{rows} rows exceed the legacy format's limit of {legacy.MAX_ROWS} rows per file", path=ds.uri
+        )
     _check_batches(batch_rows, ds.uri)
 
     name = mf.data_file_name(uuid.uuid4().bytes)
@@ -288,7 +298,9 @@ def write_legacy_output(
         back = read_legacy_metadata(storage, rel, size)
         if back.file_size != size or back.batch_offsets != tuple(offsets) or list(back.pages) != pages:
             storage.delete(rel, missing_ok=True)
-            raise CompactionRefusedError("self-check: the written file's page table or batch offsets read back differently", path=storage.url(rel))
+            raise CompactionRefusedError(
+                "self-check: the written file's page table or batch offsets read back differently", path=storage.url(rel)
+            )
 
     data_file = table_pb2.DataFile(path=name, fields=out_ids, file_major_version=0, file_minor_version=2, file_size_bytes=size)
     fragment = table_pb2.DataFragment(physical_rows=rows)

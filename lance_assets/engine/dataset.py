@@ -125,9 +125,7 @@ class Dataset:
             raise VersionNotFoundError(f"manifest of version {loc.version} vanished while reading", path=storage.uri) from None
         parsed = mf.parse_manifest_file(raw, path=storage.url(loc.rel_path))
         if parsed.manifest.version != loc.version:
-            raise NotADatasetError(
-                f"{loc.rel_path} claims version {parsed.manifest.version}", path=storage.uri
-            )
+            raise NotADatasetError(f"{loc.rel_path} claims version {parsed.manifest.version}", path=storage.uri)
         ds = cls(storage, loc, parsed)
         mf.check_feature_flags(parsed.manifest, path=storage.uri, for_write=False)
         return ds

@@ -56,7 +56,9 @@ def _trim_plan(ds: Dataset) -> tuple[table_pb2.IndexMetadata, list[Details.Versi
     return None if len(kept) == len(versions) else (meta, kept)
 
 
-def trim_reuse_index(uri: DatasetRef, storage_options: Mapping[str, Any] | None = None, *, dry_run: bool = False) -> IndexUpkeepReport:
+def trim_reuse_index(
+    uri: DatasetRef, storage_options: Mapping[str, Any] | None = None, *, dry_run: bool = False
+) -> IndexUpkeepReport:
     """Drop the reuse versions every index has caught up with (rebuilt at or after them).
 
     Commits one CreateIndex replacing ``__lance_frag_reuse`` (kept, possibly empty, as Lance
@@ -90,8 +92,14 @@ def trim_reuse_index(uri: DatasetRef, storage_options: Mapping[str, Any] | None 
             committed.append(version)
             after = reuse_version_count(Dataset.open(ds.storage, version))
     return IndexUpkeepReport(
-        ds.uri, unindexed, unindexed, before, after,
-        committed_versions=committed, seconds=time.monotonic() - started, dry_run=dry_run,
+        ds.uri,
+        unindexed,
+        unindexed,
+        before,
+        after,
+        committed_versions=committed,
+        seconds=time.monotonic() - started,
+        dry_run=dry_run,
     )
 
 
@@ -110,7 +118,9 @@ def maintain_indices(uri: DatasetRef, storage_options: Mapping[str, Any] | None 
     if pylance_available() and any(not is_system_index(m) for m in ds.indices):
         import lance
 
-        lds = lance.dataset(ds.uri, storage_options=pylance_storage_options(dict(storage_options or ds.storage.storage_options or {})))
+        lds = lance.dataset(
+            ds.uri, storage_options=pylance_storage_options(dict(storage_options or ds.storage.storage_options or {}))
+        )
         lds.optimize.optimize_indices()
         optimized = True
         after_optimize = Dataset.open(ds.storage)

@@ -13,7 +13,6 @@ trimmed (:func:`trim_reuse_index`). The byte-level facts are in ``docs/format.md
 
 from __future__ import annotations
 
-
 import uuid as uuid_mod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -81,7 +80,9 @@ def load_reuse_versions(ds: Dataset, meta: table_pb2.IndexMetadata) -> list[Deta
             raise CorruptFileError(f"holds {len(raw)} bytes, the index says {details.external.size}", path=ds.storage.url(rel))
         content = parse(Details.InlineContent, raw, path=ds.storage.url(rel), what="fragment-reuse index content")
     else:
-        raise UnsupportedFeatureError("the fragment-reuse index stores its content in a way this version does not know", path=ds.uri)
+        raise UnsupportedFeatureError(
+            "the fragment-reuse index stores its content in a way this version does not know", path=ds.uri
+        )
     if has_unknown_fields(details) or has_unknown_fields(content):
         raise UnsupportedFeatureError("the fragment-reuse index has fields newer than this version knows", path=ds.uri)
     return sorted(content.versions, key=lambda v: v.dataset_version)

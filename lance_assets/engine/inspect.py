@@ -18,7 +18,6 @@ from lance_assets.errors import CorruptFileError
 from lance_assets.format import manifest as mf
 from lance_assets.format.roaring import decode_bitmap
 
-
 # Upper bounds (exclusive) of the byte-size histogram buckets.
 _HISTOGRAM_BOUNDS: list[tuple[str, float]] = [
     ("<64KiB", 64 * 2**10),
@@ -97,7 +96,6 @@ class Inspection:
 
 def _schema(fields: list[file_pb2.Field]) -> list[SchemaField]:
     return [SchemaField(f.id, f.parent_id, f.name, f.logical_type, f.nullable) for f in fields]
-
 
 
 def _histogram(sizes: list[int]) -> dict[str, int]:

@@ -23,7 +23,12 @@ def _option(default: Any, help: str, *, flag: str | None = None, metavar: str | 
     """A dataclass field carrying what the CLI and the Dagster config need to offer it."""
     meta = {"help": help, "flag": flag, "metavar": metavar, "dagster": dagster}
     if isinstance(default, (frozenset, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta, hash=not isinstance(default, dict), compare=not isinstance(default, dict))
+        return field(
+            default_factory=lambda: type(default)(default),
+            metadata=meta,
+            hash=not isinstance(default, dict),
+            compare=not isinstance(default, dict),
+        )
     return field(default=default, metadata=meta)
 
 
@@ -45,26 +50,39 @@ class CompactionOptions:
         metavar="ROWS",
     )
     max_rows_per_file: int | None = _option(
-        None, "Hard cap on rows per output file: closed before an input would pass it (only a larger single input exceeds it).", metavar="ROWS"
+        None,
+        "Hard cap on rows per output file: closed before an input would pass it (only a larger single input exceeds it).",
+        metavar="ROWS",
     )
-    max_bytes_per_file: int | None = _option(None, "Hard cap on bytes per output file, kept like max_rows_per_file.", metavar="BYTES")
-    read_batch_bytes: int = _option(DEFAULT_READ_BATCH_BYTES, "Bound on the bytes a task holds in memory while copying.", metavar="BYTES")
+    max_bytes_per_file: int | None = _option(
+        None, "Hard cap on bytes per output file, kept like max_rows_per_file.", metavar="BYTES"
+    )
+    read_batch_bytes: int = _option(
+        DEFAULT_READ_BATCH_BYTES, "Bound on the bytes a task holds in memory while copying.", metavar="BYTES"
+    )
     max_source_fragments: int | None = _option(None, "Compact at most this many fragments in one run.", metavar="N")
     excluded_fragment_ids: frozenset[int] = _option(
         frozenset(), "Never compact these fragments.", flag="--exclude", metavar="FRAGMENT_ID"
     )
     materialize_deletions: bool = _option(
-        True, "Drop the deleted rows of fragments whose deleted share exceeds the threshold, by re-encoding their group (Lance's default)."
+        True,
+        "Drop the deleted rows of fragments whose deleted share exceeds the threshold, by re-encoding "
+        "their group (Lance's default).",
     )
-    materialize_deletions_threshold: float = _option(0.1, "Deleted share above which a fragment's group is re-encoded.", metavar="FRACTION")
+    materialize_deletions_threshold: float = _option(
+        0.1, "Deleted share above which a fragment's group is re-encoded.", metavar="FRACTION"
+    )
     commit_every: int | None = _option(
         None, "Commit each N finished tasks as their own version (partial progress: a killed run keeps them).", metavar="TASKS"
     )
     reencode_fallback: bool = _option(
-        True, "Re-encode groups that cannot be binary-copied (deletions to drop, nested layers, uneven legacy batches) with pylance, "
-        "when installed, in the same commit; otherwise binary-copy or split them."
+        True,
+        "Re-encode groups that cannot be binary-copied (deletions to drop, nested layers, uneven legacy batches) with pylance, "
+        "when installed, in the same commit; otherwise binary-copy or split them.",
     )
-    verify_output: bool = _option(True, "Read every written file back and refuse it unless it is readable as meant (layer rule for nested columns).")
+    verify_output: bool = _option(
+        True, "Read every written file back and refuse it unless it is readable as meant (layer rule for nested columns)."
+    )
     index_remap: IndexRemap = _option(
         "defer",
         "defer: record the row moves in Lance's fragment-reuse index, so indices keep covering the merged rows; "
@@ -83,7 +101,7 @@ class CompactionOptions:
                 raise ValueError(f"{name} must be positive when set")
         if self.index_remap not in typing.get_args(IndexRemap):
             raise ValueError(f"index_remap must be 'defer' or 'drop', not {self.index_remap!r}")
-        if not 0.0 <= self.materialize_deletions_threshold:
+        if not self.materialize_deletions_threshold >= 0.0:
             raise ValueError("materialize_deletions_threshold must not be negative")
         object.__setattr__(self, "excluded_fragment_ids", frozenset(int(i) for i in self.excluded_fragment_ids))
 
@@ -124,5 +142,7 @@ def option_specs() -> list[OptionSpec]:
     for f in fields(CompactionOptions):
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        out.append(OptionSpec(f.name, hints[f.name], default, f.metadata["help"], flag, f.metadata.get("metavar"), f.metadata["dagster"]))
+        out.append(
+            OptionSpec(f.name, hints[f.name], default, f.metadata["help"], flag, f.metadata.get("metavar"), f.metadata["dagster"])
+        )
     return out

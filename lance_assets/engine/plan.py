@@ -13,6 +13,7 @@ of fragments is never run.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,13 +25,13 @@ from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
 from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, index_views, is_system_index
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.reencode import pylance_available
+from lance_assets.engine.report import Reason, SkippedFragment
 from lance_assets.engine.rows import live_rows
 from lance_assets.engine.tail import read_legacy_metadata, read_v2_metadata
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
-from lance_assets.format.v2file import FileVersion
 from lance_assets.format.protobuf import has_unknown_fields, unknown_field_numbers
-from lance_assets.engine.report import Reason, SkippedFragment
+from lance_assets.format.v2file import FileVersion
 
 # Legacy (0.x) files count rows per batch in int32 (Metadata.batch_offsets).
 LEGACY_MAX_ROWS_PER_FILE = 2**31 - 1
@@ -111,7 +112,9 @@ class CompactionPlan:
                 fragment_ids=tuple(t["fragment_ids"]),
                 rows=t["rows"],
                 bytes=t["bytes"],
-                outputs=tuple(OutputFile(tuple(o["fragment_ids"]), o["rows"], o["bytes"], o.get("deletions", False)) for o in t["outputs"]),
+                outputs=tuple(
+                    OutputFile(tuple(o["fragment_ids"]), o["rows"], o["bytes"], o.get("deletions", False)) for o in t["outputs"]
+                ),
                 files=t.get("files", 0),
                 reencode=t.get("reencode", False),
             )
@@ -200,8 +203,12 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
 
     def skip_all(reason: str, detail: str) -> CompactionPlan:
         return CompactionPlan(
-            ds.uri, ds.version, mf.storage_version_name(ds.storage_version), (),
-            tuple(SkippedFragment(f.id, reason, detail) for f in fragments), options,
+            ds.uri,
+            ds.version,
+            mf.storage_version_name(ds.storage_version),
+            (),
+            tuple(SkippedFragment(f.id, reason, detail) for f in fragments),
+            options,
         )
 
     if ds.storage_version == mf.LEGACY:
@@ -280,21 +287,35 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
             if len(group) < 2 and not reencode:
                 alone = layers.alone.get(ids[0]) if ids else None
                 if ids[0] in packed_alone and len(bin_) > 1:
-                    skipped.append(SkippedFragment(ids[0], Reason.NO_REDUCTION, "the size limits leave this input in a file of its own"))
+                    skipped.append(
+                        SkippedFragment(ids[0], Reason.NO_REDUCTION, "the size limits leave this input in a file of its own")
+                    )
                 elif heavy:
-                    skipped.append(SkippedFragment(ids[0], Reason.MATERIALIZE_DELETIONS, _heavy_detail(group[0], options, why_not_reencode)))
+                    skipped.append(
+                        SkippedFragment(ids[0], Reason.MATERIALIZE_DELETIONS, _heavy_detail(group[0], options, why_not_reencode))
+                    )
                 elif alone is not None:
                     skipped.append(SkippedFragment(ids[0], layers.reason, alone))
                 else:
-                    skipped.extend(SkippedFragment(i, Reason.NO_NEIGHBOUR, "no adjacent small fragment with the same layout and indices") for i in ids)
+                    skipped.extend(
+                        SkippedFragment(i, Reason.NO_NEIGHBOUR, "no adjacent small fragment with the same layout and indices")
+                        for i in ids
+                    )
                 continue
             sizes = sizes_of(group)
             outputs = _reencode_outputs(group, sizes, options) if reencode else _outputs(group, sizes, options_for_outputs)
             if not reencode and len(outputs) >= len(group):
-                skipped.extend(SkippedFragment(i, Reason.NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids)
+                skipped.extend(
+                    SkippedFragment(i, Reason.NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids
+                )
                 continue
             if source_budget is not None and len(group) > source_budget:
-                skipped.extend(SkippedFragment(i, Reason.MAX_SOURCE_FRAGMENTS, f"limit of {options.max_source_fragments} source fragments reached") for i in ids)
+                skipped.extend(
+                    SkippedFragment(
+                        i, Reason.MAX_SOURCE_FRAGMENTS, f"limit of {options.max_source_fragments} source fragments reached"
+                    )
+                    for i in ids
+                )
                 source_budget = 0
                 continue
             if source_budget is not None:
@@ -311,11 +332,24 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
                 )
             )
             if heavy and not reencode:
-                notes.extend(SkippedFragment(f.id, Reason.DELETIONS_KEPT, _heavy_detail(f, options, why_not_reencode)) for f in group if f.id in over)
-            notes.extend(SkippedFragment(fid, Reason.REENCODED, f"re-encoded with the fragment before it: {why}") for fid, why in forced)
+                notes.extend(
+                    SkippedFragment(f.id, Reason.DELETIONS_KEPT, _heavy_detail(f, options, why_not_reencode))
+                    for f in group
+                    if f.id in over
+                )
+            notes.extend(
+                SkippedFragment(fid, Reason.REENCODED, f"re-encoded with the fragment before it: {why}") for fid, why in forced
+            )
     skipped.sort(key=lambda s: s.fragment_id)
     return CompactionPlan(
-        ds.uri, ds.version, mf.storage_version_name(ds.storage_version), tuple(tasks), tuple(skipped), options, tuple(splits), tuple(notes)
+        ds.uri,
+        ds.version,
+        mf.storage_version_name(ds.storage_version),
+        tuple(tasks),
+        tuple(skipped),
+        options,
+        tuple(splits),
+        tuple(notes),
     )
 
 
@@ -343,7 +377,9 @@ def _heavy_detail(frag: table_pb2.DataFragment, options: CompactionOptions, why:
     )
 
 
-def _reencode_outputs(group: list[table_pb2.DataFragment], sizes: dict[int, int], options: CompactionOptions) -> tuple[OutputFile, ...]:
+def _reencode_outputs(
+    group: list[table_pb2.DataFragment], sizes: dict[int, int], options: CompactionOptions
+) -> tuple[OutputFile, ...]:
     """The files a re-encode of ``group`` writes: its live rows cut every min(target, row cap) rows.
 
     Each output names every input (rows are re-cut, not copied file by file); bytes are estimated
@@ -395,7 +431,9 @@ def _candidate_reason(
     if check_unknown:
         unknown = unknown_field_numbers(frag) + [n for df in files for n in unknown_field_numbers(df)]
         if unknown:
-            return skip(Reason.UNKNOWN_FRAGMENT_FIELDS, f"fields {sorted(set(unknown))} written by a newer Lance (e.g. data overlays)")
+            return skip(
+                Reason.UNKNOWN_FRAGMENT_FIELDS, f"fields {sorted(set(unknown))} written by a newer Lance (e.g. data overlays)"
+            )
     storage_version = ds.storage_version
     versions = []
     base_path = False
@@ -412,7 +450,11 @@ def _candidate_reason(
         return skip(Reason.FILE_VERSION_MISMATCH, "a {} data file in a {} dataset".format(*names))
     if base_path:
         return skip(Reason.BASE_PATH, "data files under another base path")
-    if frag.HasField("external_row_ids") or frag.HasField("external_created_at_versions") or frag.HasField("external_last_updated_at_versions"):
+    if (
+        frag.HasField("external_row_ids")
+        or frag.HasField("external_created_at_versions")
+        or frag.HasField("external_last_updated_at_versions")
+    ):
         return skip(Reason.EXTERNAL_ROW_IDS, "row-id or version sequences stored in external files")
     if ds.stable_row_ids and not frag.HasField("inline_row_ids"):
         return skip(Reason.EXTERNAL_ROW_IDS, "stable-row-id dataset fragment without a row-id sequence")
@@ -427,11 +469,17 @@ def _candidate_reason(
     if storage_version == mf.LEGACY:
         dictionaries = [f.name for f in ds.manifest.fields if f.logical_type.startswith("dict:") and (f.id, True) in layout]
         if dictionaries:
-            return skip(Reason.LEGACY_DICTIONARY, f"dictionary fields {', '.join(dictionaries)}: each legacy file has its own dictionary, so files cannot be merged by copy")
+            return skip(
+                Reason.LEGACY_DICTIONARY,
+                f"dictionary fields {', '.join(dictionaries)}: each legacy file has its own dictionary, so files "
+                "cannot be merged by copy",
+            )
     if index_sets is None:
         return skip(Reason.INDEXED, "an index without a fragment bitmap covers every fragment")
     if fid in pinned:
-        return skip(Reason.INDEXED, f"covered by the Lance system index {pinned[fid]}, whose row mapping a rewrite would invalidate")
+        return skip(
+            Reason.INDEXED, f"covered by the Lance system index {pinned[fid]}, whose row mapping a rewrite would invalidate"
+        )
     # Files of another version (mixed-version datasets) merge only with their own version.
     return (layout, index_sets.get(fid, _NO_INDICES), versions[0])
 
@@ -462,7 +510,9 @@ class _FileSplitter:
         #: fragment id -> why it is left alone (set for fragments a split isolated)
         self.alone: dict[int, str] = {}
 
-    def split(self, bin_: list[table_pb2.DataFragment], skipped: list[SkippedFragment], splits: list[PlanSplit]) -> list[list[table_pb2.DataFragment]]:
+    def split(
+        self, bin_: list[table_pb2.DataFragment], skipped: list[SkippedFragment], splits: list[PlanSplit]
+    ) -> list[list[table_pb2.DataFragment]]:
         if not (self._legacy or self._nested) or len(bin_) < 2:
             return [bin_]
         pieces: list[list[table_pb2.DataFragment]] = []
@@ -494,7 +544,7 @@ class _FileSplitter:
 
     def forced_reencode(self, ids: Sequence[int]) -> list[tuple[int, str]]:
         """(right fragment id, why) for each boundary inside ``ids`` that binary copy may not cross."""
-        return [(b, self.reencode_pairs[(a, b)]) for a, b in zip(ids, ids[1:]) if (a, b) in self.reencode_pairs]
+        return [(b, self.reencode_pairs[(a, b)]) for a, b in itertools.pairwise(ids) if (a, b) in self.reencode_pairs]
 
     def _refuses(self, run: list[Any], info: Any) -> str | None:
         """Why a fragment with ``info`` may not join the run of fragments whose infos are ``run``."""
@@ -502,7 +552,10 @@ class _FileSplitter:
             return None if info == run[-1] else repdef.describe_difference(run[-1], info, self._names)
         size = run[0][0]
         if any(n != size for n in run[-1]):
-            return f"the fragment before ends with a partial batch ({run[-1][-1]} of {size} rows); legacy readers need whole batches before the last"
+            return (
+                f"the fragment before ends with a partial batch ({run[-1][-1]} of {size} rows); "
+                "legacy readers need whole batches before the last"
+            )
         if any(n != size for n in info[:-1]) or info[-1] > size:
             return f"batches of {list(info[:4])} rows cannot follow batches of {size} rows in one legacy file"
         return None

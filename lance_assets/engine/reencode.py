@@ -18,15 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from lance_assets._proto import table_pb2
 from lance_assets.engine.dataset import DATA_DIR, Dataset
-from lance_assets.engine.report import RewriteResult
+from lance_assets.engine.report import Reason, RewriteResult
 from lance_assets.engine.rows import carry_row_sequences, live_rows
 from lance_assets.format import manifest as mf
 from lance_assets.io.storage import UNSAFE_COMMIT_OPTION
-from lance_assets.engine.report import Reason
 
 if TYPE_CHECKING:  # the planner asks pylance_available(), so this module must not import it
     from lance_assets.engine.plan import CompactionPlan, CompactionTask
-
 
 
 def pylance_available() -> bool:
@@ -76,7 +74,9 @@ def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, start
             source = lance.dataset(ds.storage.uri, version=plan.read_version, storage_options=pylance_options)
 
             def live_rows_in_order() -> Any:
-                return source.scanner(fragments=[source.get_fragment(i) for i in task.fragment_ids], scan_in_order=True).to_reader()
+                return source.scanner(
+                    fragments=[source.get_fragment(i) for i in task.fragment_ids], scan_in_order=True
+                ).to_reader()
 
             reader = live_rows_in_order()
             written = lance.fragment.write_fragments(
@@ -89,7 +89,7 @@ def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, start
                 data_storage_version="legacy" if ds.storage_version == mf.LEGACY else version,
                 storage_options=pylance_options,
             )
-    except Exception as exc:  # noqa: BLE001 - pylance raises plain OSError/ValueError/RuntimeError
+    except Exception as exc:
         return failed(f"pylance could not re-encode fragments {list(task.fragment_ids)[:10]}: {exc}")
     fragments = [_fragment(meta.to_json()) for meta in written]
     files = [f"{DATA_DIR}/{df.path}" for f in fragments for df in f.files]
@@ -145,9 +145,12 @@ def _differs(expected: Any, urls: Iterator[str], storage_options: dict[str, str]
             n = min(a.num_rows, b.num_rows)
             x, y = a.slice(0, n), b.slice(0, n).select(a.schema.names)
             if not (x.equals(y) or x.to_pylist() == y.to_pylist()):
-                return f"pylance's re-encode of these rows reads back differently from row {row} on (a pylance bug with such nested values)"
+                return (
+                    f"pylance's re-encode of these rows reads back differently from row {row} on "
+                    "(a pylance bug with such nested values)"
+                )
             a, b, row = a.slice(n), b.slice(n), row + n
-    except Exception as exc:  # noqa: BLE001 - pylance misreading its own output raises plain errors
+    except Exception as exc:
         return f"pylance cannot read back its re-encode of these rows ({type(exc).__name__}: {str(exc)[:200]})"
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from lance_assets._proto import table_pb2
+
+#: Called with the number of bytes just copied, from whichever thread copied them.
+ProgressCallback = Callable[[int], None]
 
 
 class Reason(StrEnum):

@@ -73,10 +73,16 @@ def carry_row_sequences(
             if f.HasField("inline_created_at_versions")
             else RowVersionSequence.uniform(f.physical_rows, 1)
         )
-        u = decode_row_versions(f.inline_last_updated_at_versions, path=where) if f.HasField("inline_last_updated_at_versions") else c
+        u = (
+            decode_row_versions(f.inline_last_updated_at_versions, path=where)
+            if f.HasField("inline_last_updated_at_versions")
+            else c
+        )
         created.append(c.without_offsets(d))
         updated.append(u.without_offsets(d))
-    for out, c, u in zip(outputs, RowVersionSequence.concat(created).split(sizes), RowVersionSequence.concat(updated).split(sizes)):
+    for out, c, u in zip(
+        outputs, RowVersionSequence.concat(created).split(sizes), RowVersionSequence.concat(updated).split(sizes)
+    ):
         out.inline_created_at_versions = encode_row_versions(c)
         out.inline_last_updated_at_versions = encode_row_versions(u)
 

@@ -21,9 +21,9 @@ from multiprocessing import get_context
 from typing import Any, Protocol
 
 from lance_assets.engine.commit import remove_files
-from lance_assets.engine.copy import ProgressCallback, execute_task
+from lance_assets.engine.copy import execute_task
 from lance_assets.engine.plan import CompactionPlan, CompactionTask
-from lance_assets.engine.report import RewriteResult
+from lance_assets.engine.report import ProgressCallback, RewriteResult
 from lance_assets.errors import MissingExtraError
 from lance_assets.io import Storage
 
@@ -70,7 +70,9 @@ def _clean_up(plan: CompactionPlan, results: Sequence[RewriteResult], storage: S
     remove_files(storage or Storage(plan.uri, plan.options.storage_options), (p for r in results for p in r.files_written))
 
 
-def _gather(plan: CompactionPlan, tasks: Sequence[CompactionTask], futures: list[Future[Any]], on_task_done: TaskDone | None) -> list[Any]:
+def _gather(
+    plan: CompactionPlan, tasks: Sequence[CompactionTask], futures: list[Future[Any]], on_task_done: TaskDone | None
+) -> list[Any]:
     """Wait for futures in plan order; on the first failure cancel the rest, remove what the
     finished ones wrote and re-raise."""
     try:
@@ -218,7 +220,9 @@ class DaskRunner:
         return RunOutcome([r for r, _ in pairs], tuple(w for _, w in pairs))
 
 
-def make_runner(name: str, *, max_workers: int = 1, ray_address: str | None = None, progress: ProgressCallback | None = None) -> TaskRunner:
+def make_runner(
+    name: str, *, max_workers: int = 1, ray_address: str | None = None, progress: ProgressCallback | None = None
+) -> TaskRunner:
     """The runner a CLI flag or a Dagster setting names."""
     if name == RUNNER_LOCAL:
         return LocalRunner(max_workers, progress)

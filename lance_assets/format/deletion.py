@@ -66,9 +66,7 @@ def deletion_file_type_for(num_deleted_rows: int) -> DeletionFileType:
     return DeletionFileType.ARROW_ARRAY
 
 
-def deletion_file_name(
-    fragment_id: int, read_version: int, file_id: int, file_type: DeletionFileType | int
-) -> str:
+def deletion_file_name(fragment_id: int, read_version: int, file_id: int, file_type: DeletionFileType | int) -> str:
     """File name inside ``_deletions/``; ``file_id`` is the caller's random u64."""
     return f"{fragment_id}-{read_version}-{file_id}.{DeletionFileType(file_type).extension}"
 
@@ -96,8 +94,7 @@ def decode_deletion_file(
         offsets = decode_arrow_deletion_file(data, path=path)
     if physical_rows is not None and offsets and offsets[-1] >= physical_rows:
         raise CorruptFileError(
-            f"deletion file names row offset {offsets[-1]} but the fragment has "
-            f"{physical_rows} physical rows",
+            f"deletion file names row offset {offsets[-1]} but the fragment has {physical_rows} physical rows",
             path=path,
         )
     return offsets
@@ -108,9 +105,7 @@ def decode_arrow_deletion_file(data: bytes, *, path: str | None = None) -> list[
     if len(data) < 2 * len(ARROW_MAGIC) or not (
         data[: len(ARROW_MAGIC)] == ARROW_MAGIC and data[-len(ARROW_MAGIC) :] == ARROW_MAGIC
     ):
-        raise CorruptFileError(
-            "deletion file is not an Arrow IPC file (no ARROW1 magic)", path=path
-        )
+        raise CorruptFileError("deletion file is not an Arrow IPC file (no ARROW1 magic)", path=path)
     column = _read_single_column(data, path=path)
     if column.null_count:
         raise CorruptFileError(
@@ -127,8 +122,7 @@ def _read_single_column(data: bytes, *, path: str | None) -> pa.Array:
         schema = reader.schema
         if not schema.equals(DELETION_SCHEMA, check_metadata=True):
             raise CorruptFileError(
-                f"deletion file schema is {_describe(schema)}, expected "
-                f"{_describe(DELETION_SCHEMA)}",
+                f"deletion file schema is {_describe(schema)}, expected {_describe(DELETION_SCHEMA)}",
                 path=path,
             )
         if reader.num_record_batches != 1:
@@ -139,16 +133,13 @@ def _read_single_column(data: bytes, *, path: str | None) -> pa.Array:
         batch = reader.get_batch(0)
         batch.validate(full=True)
     except (pa.ArrowException, ValueError, OSError, NotImplementedError) as exc:
-        raise CorruptFileError(
-            f"deletion file is not a readable Arrow IPC file ({exc})", path=path
-        ) from None
+        raise CorruptFileError(f"deletion file is not a readable Arrow IPC file ({exc})", path=path) from None
     return batch.column(0)
 
 
 def _describe(schema: pa.Schema) -> str:
     fields = ", ".join(
-        f"{f.name}: {f.type}{'' if f.nullable else ' not null'}"
-        + (f" metadata={dict(f.metadata)}" if f.metadata else "")
+        f"{f.name}: {f.type}{'' if f.nullable else ' not null'}" + (f" metadata={dict(f.metadata)}" if f.metadata else "")
         for f in schema
     )
     meta = f" metadata={dict(schema.metadata)}" if schema.metadata else ""
@@ -158,9 +149,7 @@ def _describe(schema: pa.Schema) -> str:
 # ------------------------------------------------------------------------ encoding
 
 
-def encode_deletion_file(
-    offsets: Iterable[int], file_type: DeletionFileType | int | None = None
-) -> EncodedDeletionFile:
+def encode_deletion_file(offsets: Iterable[int], file_type: DeletionFileType | int | None = None) -> EncodedDeletionFile:
     """Encode deleted row offsets; ``file_type=None`` applies Lance's size rule.
 
     An empty set is refused: Lance writes no deletion file for no deletions,

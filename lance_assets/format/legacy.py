@@ -25,6 +25,7 @@ yields CorruptFileError instead of a giant allocation or a long loop.
 from __future__ import annotations
 
 import enum
+import itertools
 import struct
 import sys
 from array import array
@@ -157,10 +158,7 @@ class LegacyFileMetadata:
     def page_table(self) -> dict[tuple[int, int], tuple[int, int]]:
         """The page table as ``{(field_id, batch): (position, length)}``."""
         nb = self.num_batches
-        return {
-            (self.min_field_id + i // nb, i % nb): (p.position, p.length)
-            for i, p in enumerate(self.pages)
-        }
+        return {(self.min_field_id + i // nb, i % nb): (p.position, p.length) for i, p in enumerate(self.pages)}
 
 
 def parse_footer(tail: bytes, file_size: int, *, path: str | None = None) -> LegacyFooter:
@@ -175,9 +173,7 @@ def parse_footer(tail: bytes, file_size: int, *, path: str | None = None) -> Leg
     if tail[-4:] != MAGIC:
         raise CorruptFileError(f"bad magic {tail[-4:]!r}, expected {MAGIC!r}", path=path)
     if (major, minor) == (0, 3) or major == 2:
-        raise UnsupportedVersionError(
-            f"file version {major}.{minor} is a v2 file, not a legacy (0.x) file", path=path
-        )
+        raise UnsupportedVersionError(f"file version {major}.{minor} is a v2 file, not a legacy (0.x) file", path=path)
     if (major, minor) not in LEGACY_VERSIONS:
         raise UnsupportedVersionError(f"unknown Lance file version {major}.{minor}", path=path)
     if not 0 <= position <= file_size - FOOTER_SIZE - 4:
@@ -185,9 +181,7 @@ def parse_footer(tail: bytes, file_size: int, *, path: str | None = None) -> Leg
     return LegacyFooter(metadata_position=position, version=(major, minor))
 
 
-def parse_tail(
-    tail: bytes, tail_offset: int, file_size: int, *, path: str | None = None
-) -> LegacyFileMetadata | NeedMore:
+def parse_tail(tail: bytes, tail_offset: int, file_size: int, *, path: str | None = None) -> LegacyFileMetadata | NeedMore:
     """Parse a legacy file from its last bytes ``tail`` (which start at ``tail_offset``).
 
     Returns NeedMore(offset) when the tail does not reach back far enough; the offset is always
@@ -214,7 +208,7 @@ def parse_tail(
     md_bytes = _prefixed(at, meta_pos, footer_pos, "Metadata", path)
     md = parse(file_pb2.Metadata, md_bytes, path=path, what="legacy Metadata")
     offsets = tuple(md.batch_offsets)
-    if not offsets or offsets[0] != 0 or any(b < a for a, b in zip(offsets, offsets[1:])):
+    if not offsets or offsets[0] != 0 or any(b < a for a, b in itertools.pairwise(offsets)):
         raise CorruptFileError(f"batch offsets {offsets[:8]} are not cumulative from 0", path=path)
     pt_pos, man_pos = md.page_table_position, md.manifest_position
     stats_md = md.statistics if md.HasField("statistics") else None
@@ -224,8 +218,7 @@ def parse_tail(
     stats_ok = stats_pos is None or pt_pos <= stats_pos <= man_pos
     if not (pt_pos <= man_pos <= meta_pos - 4 and stats_ok):
         raise CorruptFileError(
-            f"regions out of order: page table {pt_pos}, statistics {stats_pos},"
-            f" manifest {man_pos}, metadata {meta_pos}",
+            f"regions out of order: page table {pt_pos}, statistics {stats_pos}, manifest {man_pos}, metadata {meta_pos}",
             path=path,
         )
     if pt_pos < tail_offset:
@@ -249,9 +242,7 @@ def parse_tail(
         stat_ids = tuple(stats_md.fields)
         if not stat_ids or min(stat_ids) < 0:
             raise CorruptFileError(f"statistics field ids {stat_ids[:16]} are invalid", path=path)
-        stat_pages = _page_table(
-            at, stats_pos, max(stat_ids) + 1, man_pos, stats_pos, "statistics page table", path
-        )
+        stat_pages = _page_table(at, stats_pos, max(stat_ids) + 1, man_pos, stats_pos, "statistics page table", path)
         statistics = LegacyStatistics(
             fields=tuple(_field(f) for f in stats_md.schema),
             field_ids=stat_ids,
@@ -286,9 +277,7 @@ def _prefixed(at, pos: int, end: int, what: str, path: str | None) -> bytes:
     """The u32-length-prefixed message at ``pos`` that must end exactly at ``end``."""
     (length,) = struct.unpack("<I", at(pos, 4))
     if pos + 4 + length != end:
-        raise CorruptFileError(
-            f"{what} at {pos} claims {length} bytes but {end - pos - 4} are there", path=path
-        )
+        raise CorruptFileError(f"{what} at {pos} claims {length} bytes but {end - pos - 4} are there", path=path)
     return at(pos + 4, length)
 
 
@@ -444,15 +433,11 @@ def field_layouts(meta: LegacyFileMetadata, *, path: str | None = None) -> tuple
             key = lt.split(":")[2]  # dict:<values>:<keys>:<ordered>, checked by _dictionary
             bits = _fixed_bits(key) if key.startswith(("int", "uint")) else None
             if bits is None:
-                raise UnsupportedFeatureError(
-                    f"field {f.name!r}: unsupported dictionary type {lt!r}", path=path
-                )
+                raise UnsupportedFeatureError(f"field {f.name!r}: unsupported dictionary type {lt!r}", path=path)
         elif (bits := _fixed_bits(lt)) is not None:
             enc = LegacyEncoding.PLAIN
         else:
-            raise UnsupportedFeatureError(
-                f"field {f.name!r}: unsupported legacy type {lt!r}", path=path
-            )
+            raise UnsupportedFeatureError(f"field {f.name!r}: unsupported legacy type {lt!r}", path=path)
         layout = FieldLayout(
             field_id=f.id,
             parent_id=f.parent_id,
@@ -469,15 +454,13 @@ def field_layouts(meta: LegacyFileMetadata, *, path: str | None = None) -> tuple
                 start, end = page_extent(layout, page)
                 if end > meta.data_end:
                     raise CorruptFileError(
-                        f"field {f.name!r} batch {batch}: page bytes {start}..{end} pass the data"
-                        f" region end {meta.data_end}",
+                        f"field {f.name!r} batch {batch}: page bytes {start}..{end} pass the data region end {meta.data_end}",
                         path=path,
                     )
                 want = rows + (enc is LegacyEncoding.LIST_OFFSETS)
                 if not in_list[f.id] and page.length != want:
                     raise CorruptFileError(
-                        f"field {f.name!r} batch {batch}: page has {page.length} values,"
-                        f" expected {want}",
+                        f"field {f.name!r} batch {batch}: page has {page.length} values, expected {want}",
                         path=path,
                     )
         out.append(layout)
@@ -512,9 +495,7 @@ def _dictionary(f: LegacyField, meta: LegacyFileMetadata, path: str | None) -> L
     """Where a dictionary field's values live; they must lie before the embedded manifest."""
     parts = f.logical_type.split(":")
     if len(parts) != 4:
-        raise UnsupportedFeatureError(
-            f"field {f.name!r}: unsupported dictionary type {f.logical_type!r}", path=path
-        )
+        raise UnsupportedFeatureError(f"field {f.name!r}: unsupported dictionary type {f.logical_type!r}", path=path)
     if f.dictionary_offset is None or f.dictionary_length is None:
         raise CorruptFileError(f"dictionary field {f.name!r} has no dictionary location", path=path)
     off, n = f.dictionary_offset, f.dictionary_length
@@ -523,13 +504,9 @@ def _dictionary(f: LegacyField, meta: LegacyFileMetadata, path: str | None) -> L
     elif (bits := _fixed_bits(parts[1])) is not None:
         enc, end = LegacyEncoding.PLAIN, off + (n * bits + 7) // 8
     else:
-        raise UnsupportedFeatureError(
-            f"field {f.name!r}: unsupported dictionary values {parts[1]!r}", path=path
-        )
-    if not (0 <= off and 0 <= n and end <= meta.manifest_position):
-        raise CorruptFileError(
-            f"dictionary of field {f.name!r} at {off} (+{n} values) is out of range", path=path
-        )
+        raise UnsupportedFeatureError(f"field {f.name!r}: unsupported dictionary values {parts[1]!r}", path=path)
+    if not (off >= 0 and n >= 0 and end <= meta.manifest_position):
+        raise CorruptFileError(f"dictionary of field {f.name!r} at {off} (+{n} values) is out of range", path=path)
     return LegacyDictionary(offset=off, length=n, values_encoding=enc, value_bits=bits)
 
 
@@ -541,9 +518,7 @@ MAX_ROWS = 2**31 - 1
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
-def shift_positions(
-    positions: bytes, delta: int, *, lo: int, hi: int, path: str | None = None
-) -> bytes:
+def shift_positions(positions: bytes, delta: int, *, lo: int, hi: int, path: str | None = None) -> bytes:
     """Add ``delta`` to every little-endian i64 of a VAR_BINARY positions array (or a slice of one).
 
     Every value must lie in ``[lo, hi]`` (the byte range the page's values occupy in the source)
@@ -559,13 +534,12 @@ def shift_positions(
     lo_seen, hi_seen = pc.min_max(values).values()
     if lo_seen.as_py() < lo or hi_seen.as_py() > hi:
         raise CorruptFileError(
-            f"positions array holds offsets {lo_seen.as_py()}..{hi_seen.as_py()} outside the"
-            f" page's values {lo}..{hi}",
+            f"positions array holds offsets {lo_seen.as_py()}..{hi_seen.as_py()} outside the page's values {lo}..{hi}",
             path=path,
         )
     if n > 1 and pc.any(pc.less(values.slice(1), values.slice(0, n - 1))).as_py():
         raise CorruptFileError("positions array is not non-decreasing", path=path)
-    if not (0 <= lo + delta and hi + delta < 2**63):
+    if not (lo + delta >= 0 and hi + delta < 2**63):
         raise ValueError(f"shift {delta} moves positions {lo}..{hi} out of the i64 range")
     shifted = pc.add(values, pa.scalar(delta, pa.int64()))
     return _i64_bytes(shifted, n)
@@ -619,17 +593,14 @@ def build_legacy_tail(
     num_batches = len(batch_offsets) - 1
     if num_batches < 1 or batch_offsets[0] != 0:
         raise ValueError(f"batch offsets {list(batch_offsets[:4])}… must start at 0 with a batch")
-    if any(b <= a for a, b in zip(batch_offsets, batch_offsets[1:])):
+    if any(b <= a for a, b in itertools.pairwise(batch_offsets)):
         raise ValueError("batch offsets must strictly increase (no empty batches)")
     if batch_offsets[-1] > MAX_ROWS:
         raise ValueError(f"{batch_offsets[-1]} rows exceed the legacy format's int32 batch offsets")
     if not 0 <= min_field_id <= max_field_id:
         raise ValueError(f"bad field id range {min_field_id}..{max_field_id}")
     if len(pages) != (max_field_id - min_field_id + 1) * num_batches:
-        raise ValueError(
-            f"page table has {len(pages)} entries, expected"
-            f" {(max_field_id - min_field_id + 1) * num_batches}"
-        )
+        raise ValueError(f"page table has {len(pages)} entries, expected {(max_field_id - min_field_id + 1) * num_batches}")
     ids = [f.id for f in fields]
     if not ids or len(set(ids)) != len(ids):
         raise ValueError(f"schema field ids {ids[:16]} are empty or repeated")

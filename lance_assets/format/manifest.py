@@ -57,7 +57,12 @@ FLAG_NAMES: dict[int, str] = {
 
 # Bits whose meaning we implement, for reading and for writing respectively.
 KNOWN_READER_FLAGS = (
-    FLAG_DELETION_FILES | FLAG_STABLE_ROW_IDS | FLAG_USE_V2_FORMAT_DEPRECATED | FLAG_TABLE_CONFIG | FLAG_MULTIPLE_BASE_PATHS | FLAG_MIXED_FILE_VERSIONS
+    FLAG_DELETION_FILES
+    | FLAG_STABLE_ROW_IDS
+    | FLAG_USE_V2_FORMAT_DEPRECATED
+    | FLAG_TABLE_CONFIG
+    | FLAG_MULTIPLE_BASE_PATHS
+    | FLAG_MIXED_FILE_VERSIONS
 )
 KNOWN_WRITER_FLAGS = KNOWN_READER_FLAGS | FLAG_DISABLE_TRANSACTION_FILE
 
@@ -145,8 +150,10 @@ def parse_manifest_file(data: bytes, *, path: str | None = None) -> ManifestFile
         raise CorruptFileError("manifest message does not end at the trailer", path=path)
     manifest = parse(Manifest, raw, path=path, what="manifest")
 
-    txn_pos = manifest.transaction_section if manifest.HasField("transaction_section") else (
-        manifest.transaction_section_v1 if manifest.HasField("transaction_section_v1") else None
+    txn_pos = (
+        manifest.transaction_section
+        if manifest.HasField("transaction_section")
+        else (manifest.transaction_section_v1 if manifest.HasField("transaction_section_v1") else None)
     )
     transaction = None
     if txn_pos is not None:

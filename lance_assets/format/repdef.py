@@ -195,6 +195,7 @@ def describe_difference(a: LayerKey, b: LayerKey, names: Mapping[int, str]) -> s
     for field_id, kinds in a:
         other = kinds_b.get(field_id)
         if other is not None and other != kinds:
+
             def spell(k: str) -> str:
                 return ", ".join("all-valid" if c == VALID else "nullable" for c in k)
 
@@ -209,7 +210,7 @@ def _decode_layers(encoding: bytes, version: FileVersion) -> str | None:
     wrapped = any_pb2.Any()
     try:
         wrapped.ParseFromString(encoding)
-    except Exception:  # noqa: BLE001 - undecodable: no layers to judge
+    except Exception:
         return None
     if wrapped.type_url not in _LAYOUT_URLS:
         return None
@@ -218,7 +219,7 @@ def _decode_layers(encoding: bytes, version: FileVersion) -> str | None:
     layout = enc21.PageLayout()
     try:
         layout.ParseFromString(wrapped.value)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     kind = layout.WhichOneof("layout")
     if kind not in _LAYERED:

@@ -88,7 +88,7 @@ def _u64_array_from_arrow(values: pa.Array) -> array:
 class _Reader:
     """Bounds-checked little-endian reads over a buffer; every overrun is corruption."""
 
-    __slots__ = ("view", "pos", "path", "what")
+    __slots__ = ("path", "pos", "view", "what")
 
     def __init__(self, data: bytes | memoryview, *, path: str | None, what: str) -> None:
         self.view = memoryview(data).cast("B")
@@ -102,9 +102,7 @@ class _Reader:
     def take(self, n: int, item: str) -> memoryview:
         """The next ``n`` bytes; checked before anything is allocated from ``n``."""
         if n < 0 or self.pos + n > len(self.view):
-            raise self.fail(
-                f"truncated: {item} needs {n} bytes, {len(self.view) - self.pos} remain"
-            )
+            raise self.fail(f"truncated: {item} needs {n} bytes, {len(self.view) - self.pos} remain")
         chunk = self.view[self.pos : self.pos + n]
         self.pos += n
         return chunk
@@ -178,18 +176,12 @@ def _read_bitmap(reader: _Reader) -> list[int]:
     cards = [c + 1 for c in descriptions[1::2]]
     if size > 1 and not all(map(lt, keys, islice(keys, 1, None))):
         raise reader.fail("container keys not strictly ascending")
-    offsets = (
-        struct.unpack(f"<{size}I", reader.take(4 * size, "container offsets"))
-        if has_offsets
-        else None
-    )
+    offsets = struct.unpack(f"<{size}I", reader.take(4 * size, "container offsets")) if has_offsets else None
 
     values: list[int] = []
     for i in range(size):
         if offsets is not None and offsets[i] != reader.pos - start:
-            raise reader.fail(
-                f"container {i} offset {offsets[i]} disagrees with layout ({reader.pos - start})"
-            )
+            raise reader.fail(f"container {i} offset {offsets[i]} disagrees with layout ({reader.pos - start})")
         is_run = bool(run_flags) and bool(run_flags[i >> 3] & (1 << (i & 7)))
         base = keys[i] << 16
         if is_run:
@@ -250,9 +242,7 @@ def encode_bitmap(values: Iterable[int], *, use_runs: bool = False) -> bytes:
     ``changed_row_addrs`` treemaps that way and reads run containers anywhere.
     """
     ordered = _sorted_unique(values, U32_MAX)
-    containers = [
-        _encode_container(key, lows, use_runs) for key, lows in _split_by_high(ordered, 16)
-    ]
+    containers = [_encode_container(key, lows, use_runs) for key, lows in _split_by_high(ordered, 16)]
     return _assemble(containers)
 
 

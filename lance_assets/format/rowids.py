@@ -208,16 +208,12 @@ def decode_row_ids(data: bytes, *, path: str | None = None) -> RowIdSequence:
         decoded = _decode_segment(segment, path=path, what=f"row id segment {index}")
         total += sum(len(p) for p in decoded)
         if total > MAX_FRAGMENT_ROWS:
-            raise CorruptFileError(
-                f"row id sequence holds more than {MAX_FRAGMENT_ROWS} rows", path=path
-            )
+            raise CorruptFileError(f"row id sequence holds more than {MAX_FRAGMENT_ROWS} rows", path=path)
         pieces.extend(decoded)
     return RowIdSequence(tuple(pieces))
 
 
-def _decode_segment(
-    segment: rowids_pb2.U64Segment, *, path: str | None, what: str
-) -> list[Piece]:
+def _decode_segment(segment: rowids_pb2.U64Segment, *, path: str | None, what: str) -> list[Piece]:
     kind = segment.WhichOneof("segment")
     if kind == "range":
         return [_checked_range(segment.range.start, segment.range.end, path=path, what=what)]
@@ -227,12 +223,8 @@ def _decode_segment(
         if not spec.HasField("holes"):
             raise CorruptFileError(f"{what}: range with holes has no holes array", path=path)
         holes = _decode_array(spec.holes, path=path, what=f"{what} holes")
-        if holes and not (
-            _ascending(holes) and whole.start <= holes[0] and holes[-1] < whole.stop
-        ):
-            raise CorruptFileError(
-                f"{what}: holes must ascend strictly inside {whole.start}..{whole.stop}", path=path
-            )
+        if holes and not (_ascending(holes) and whole.start <= holes[0] and holes[-1] < whole.stop):
+            raise CorruptFileError(f"{what}: holes must ascend strictly inside {whole.start}..{whole.stop}", path=path)
         return _drop(whole, [h - whole.start for h in holes])
     if kind == "range_with_bitmap":
         spec = segment.range_with_bitmap
@@ -267,9 +259,7 @@ _WIDTHS = {"u16_array": 2, "u32_array": 4, "u64_array": 8}
 _TYPECODES = {2: "H", 4: "I" if array("I").itemsize == 4 else "L", 8: "Q"}
 
 
-def _decode_array(
-    message: rowids_pb2.EncodedU64Array, *, path: str | None, what: str
-) -> array:
+def _decode_array(message: rowids_pb2.EncodedU64Array, *, path: str | None, what: str) -> array:
     """``EncodedU64Array`` -> ``array('Q')``: packed little-endian offsets plus base."""
     kind = message.WhichOneof("array")
     if kind is None:
@@ -281,9 +271,7 @@ def _decode_array(
         spec = getattr(message, kind)
         payload, base = spec.offsets, spec.base
     if len(payload) % width:
-        raise CorruptFileError(
-            f"{what}: {len(payload)} bytes is not a whole number of {width}-byte values", path=path
-        )
+        raise CorruptFileError(f"{what}: {len(payload)} bytes is not a whole number of {width}-byte values", path=path)
     if len(payload) // width > MAX_FRAGMENT_ROWS:
         raise CorruptFileError(f"{what}: more values than a fragment can hold", path=path)
     narrow = array(_TYPECODES[width])
@@ -377,15 +365,11 @@ def _sorted_segment(group: _Group) -> rowids_pb2.U64Segment:
         for a, b in _gaps(group.pieces):
             holes.extend(range(a, b))
         return rowids_pb2.U64Segment(
-            range_with_holes=rowids_pb2.U64Segment.RangeWithHoles(
-                start=first, end=last + 1, holes=_encode_array(holes)
-            )
+            range_with_holes=rowids_pb2.U64Segment.RangeWithHoles(start=first, end=last + 1, holes=_encode_array(holes))
         )
     if sizes[1] == best:
         return rowids_pb2.U64Segment(
-            range_with_bitmap=rowids_pb2.U64Segment.RangeWithBitmap(
-                start=first, end=last + 1, bitmap=_presence_bitmap(group)
-            )
+            range_with_bitmap=rowids_pb2.U64Segment.RangeWithBitmap(start=first, end=last + 1, bitmap=_presence_bitmap(group))
         )
     return rowids_pb2.U64Segment(sorted_array=_encode_array(_flatten(group.pieces)))
 
@@ -434,17 +418,11 @@ def _encode_array(values: array) -> rowids_pb2.EncodedU64Array:
     low, high = min(values), max(values)
     if high - low <= 0xFFFF:
         offsets = _pack(map(sub, values, repeat(low)), 2)
-        return rowids_pb2.EncodedU64Array(
-            u16_array=rowids_pb2.EncodedU64Array.U16Array(base=low, offsets=offsets)
-        )
+        return rowids_pb2.EncodedU64Array(u16_array=rowids_pb2.EncodedU64Array.U16Array(base=low, offsets=offsets))
     if high - low <= 0xFFFFFFFF:
         offsets = _pack(map(sub, values, repeat(low)), 4)
-        return rowids_pb2.EncodedU64Array(
-            u32_array=rowids_pb2.EncodedU64Array.U32Array(base=low, offsets=offsets)
-        )
-    return rowids_pb2.EncodedU64Array(
-        u64_array=rowids_pb2.EncodedU64Array.U64Array(values=_pack(values, 8))
-    )
+        return rowids_pb2.EncodedU64Array(u32_array=rowids_pb2.EncodedU64Array.U32Array(base=low, offsets=offsets))
+    return rowids_pb2.EncodedU64Array(u64_array=rowids_pb2.EncodedU64Array.U64Array(values=_pack(values, 8)))
 
 
 def _pack(values: Iterable[int], width: int) -> bytes:
@@ -554,9 +532,7 @@ def decode_row_versions(data: bytes, *, path: str | None = None) -> RowVersionSe
     A run's ``span`` is a segment over local row positions; only how many
     positions it holds matters (Lance writes ``0..n``, or holes after deletions).
     """
-    message = parse(
-        rowids_pb2.RowDatasetVersionSequence, data, path=path, what="row version sequence"
-    )
+    message = parse(rowids_pb2.RowDatasetVersionSequence, data, path=path, what="row version sequence")
     runs: list[VersionRun] = []
     total = 0
     for index, run in enumerate(message.runs):
@@ -566,9 +542,7 @@ def decode_row_versions(data: bytes, *, path: str | None = None) -> RowVersionSe
         count = sum(len(p) for p in _decode_segment(run.span, path=path, what=what))
         total += count
         if total > MAX_FRAGMENT_ROWS:
-            raise CorruptFileError(
-                f"version sequence holds more than {MAX_FRAGMENT_ROWS} rows", path=path
-            )
+            raise CorruptFileError(f"version sequence holds more than {MAX_FRAGMENT_ROWS} rows", path=path)
         runs.append(VersionRun(count, run.version))
     return RowVersionSequence(tuple(runs))
 
@@ -579,9 +553,7 @@ def encode_row_versions(sequence: RowVersionSequence) -> bytes:
     for run in sequence.runs:
         message.runs.append(
             rowids_pb2.RowDatasetVersionRun(
-                span=rowids_pb2.U64Segment(
-                    range=rowids_pb2.U64Segment.Range(start=0, end=run.count)
-                ),
+                span=rowids_pb2.U64Segment(range=rowids_pb2.U64Segment.Range(start=0, end=run.count)),
                 version=run.version,
             )
         )

@@ -48,7 +48,6 @@ _ENTRY = struct.Struct("<QQ")  # (position, size) in the CMO and GBO tables
 ARRAY_ENCODING_URL = "/lance.encodings.ArrayEncoding"  # 2.0 page encodings (an Any)
 
 
-
 class FileVersion(StrEnum):
     """A v2 data-file version. The footer spells 2.0 as (0, 3); the manifest as (2, 0)."""
 
@@ -91,16 +90,13 @@ class FileVersion(StrEnum):
     def _from_v2_pair(cls, major: int, minor: int, *, path: str | None, where: str) -> FileVersion:
         if major == 0 and minor <= 2:
             raise UnsupportedVersionError(
-                f"legacy (v1) Lance data file (version {major}.{minor} in the {where}); "
-                "the v2 file parser cannot read it",
+                f"legacy (v1) Lance data file (version {major}.{minor} in the {where}); the v2 file parser cannot read it",
                 path=path,
             )
         for version in cls:
             if version.manifest_pair == (major, minor):
                 return version
-        raise UnsupportedVersionError(
-            f"unknown Lance file version {major}.{minor} in the {where}", path=path
-        )
+        raise UnsupportedVersionError(f"unknown Lance file version {major}.{minor} in the {where}", path=path)
 
 
 _FOOTER_VERSIONS = {v.footer_pair: v for v in FileVersion}
@@ -173,38 +169,28 @@ def parse_footer(data: bytes, file_size: int, *, path: str | None = None) -> Foo
     then footer), which also bounds every count by the file size.
     """
     if file_size < FOOTER_SIZE or len(data) < FOOTER_SIZE:
-        raise CorruptFileError(
-            f"file of {file_size} bytes is too small for a Lance v2 footer", path=path
-        )
-    cm_start, cmo, gbo, n_gb, n_col, major, minor, magic = _FOOTER.unpack(
-        bytes(data[-FOOTER_SIZE:])
-    )
+        raise CorruptFileError(f"file of {file_size} bytes is too small for a Lance v2 footer", path=path)
+    cm_start, cmo, gbo, n_gb, n_col, major, minor, magic = _FOOTER.unpack(bytes(data[-FOOTER_SIZE:]))
     if magic != MAGIC:
         raise CorruptFileError(f"not a Lance file (magic {magic!r}, expected {MAGIC!r})", path=path)
     version = FileVersion.from_footer_pair(major, minor, path=path)
     footer_pos = file_size - FOOTER_SIZE
     if not cm_start <= cmo <= gbo <= footer_pos:
         raise CorruptFileError(
-            f"footer positions out of order (column metadata {cm_start}, CMO table {cmo}, "
-            f"GBO table {gbo}, footer {footer_pos})",
+            f"footer positions out of order (column metadata {cm_start}, CMO table {cmo}, GBO table {gbo}, footer {footer_pos})",
             path=path,
         )
     if gbo - cmo != _ENTRY.size * n_col:
-        raise CorruptFileError(
-            f"CMO table of {gbo - cmo} bytes does not hold {n_col} columns", path=path
-        )
+        raise CorruptFileError(f"CMO table of {gbo - cmo} bytes does not hold {n_col} columns", path=path)
     if footer_pos - gbo != _ENTRY.size * n_gb or n_gb < 1:
         raise CorruptFileError(
-            f"GBO table of {footer_pos - gbo} bytes does not hold {n_gb} global buffers "
-            "(at least the schema buffer is required)",
+            f"GBO table of {footer_pos - gbo} bytes does not hold {n_gb} global buffers (at least the schema buffer is required)",
             path=path,
         )
     return Footer(cm_start, cmo, gbo, n_gb, n_col, version, file_size)
 
 
-def parse_tail(
-    tail: bytes, tail_offset: int, file_size: int, *, path: str | None = None
-) -> V2FileMetadata | NeedMore:
+def parse_tail(tail: bytes, tail_offset: int, file_size: int, *, path: str | None = None) -> V2FileMetadata | NeedMore:
     """Parse a file's metadata from its last bytes, or say which earlier bytes are missing.
 
     ``tail`` must be the bytes ``[tail_offset, file_size)``. Read e.g. the last
@@ -226,9 +212,7 @@ def parse_tail(
     global_buffers = tuple(unpack(tail, gbo_at + i * _ENTRY.size) for i in range(footer.num_global_buffers))
     for i, (pos, size) in enumerate(global_buffers):
         if pos + size > footer.column_meta_start:
-            raise CorruptFileError(
-                f"global buffer {i} ({pos}+{size}) overlaps the column metadata", path=path
-            )
+            raise CorruptFileError(f"global buffer {i} ({pos}+{size}) overlaps the column metadata", path=path)
         if footer.version.aligned and pos % ALIGNMENT:
             raise CorruptFileError(f"global buffer {i} at {pos} is not 64-byte aligned", path=path)
     gb0_pos, gb0_size = global_buffers[0]
@@ -236,9 +220,7 @@ def parse_tail(
         return NeedMore(gb0_pos)
 
     at = gb0_pos - tail_offset
-    descriptor = parse(
-        file_pb2.FileDescriptor, tail[at : at + gb0_size], path=path, what="file descriptor (GB0)"
-    )
+    descriptor = parse(file_pb2.FileDescriptor, tail[at : at + gb0_size], path=path, what="file descriptor (GB0)")
     if not descriptor.HasField("schema"):
         raise CorruptFileError("file descriptor (GB0) has no schema", path=path)
     cmo_at = footer.cmo_table_position - tail_offset
@@ -273,9 +255,7 @@ def parse_tail(
     )
 
 
-def _check_buffers(
-    offsets: Sequence[int], sizes: Sequence[int], aligned: bool, data_end: int
-) -> str | None:
+def _check_buffers(offsets: Sequence[int], sizes: Sequence[int], aligned: bool, data_end: int) -> str | None:
     if len(offsets) != len(sizes):
         return f"{len(offsets)} buffer offsets but {len(sizes)} sizes"
     for pos, size in zip(offsets, sizes, strict=True):
@@ -337,9 +317,7 @@ def _check_column(
             raise AssertionError("unreachable: _rows_if_valid and _check_buffers disagree")
         raise CorruptFileError(f"column {index} page {found[0]}: {found[1]}", path=path)
     if mask and covered != num_rows:
-        raise CorruptFileError(
-            f"column {index} pages hold {covered} rows but the file has {num_rows}", path=path
-        )
+        raise CorruptFileError(f"column {index} pages hold {covered} rows but the file has {num_rows}", path=path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +346,7 @@ def _is_struct_encoding(blob: bytes) -> bool:
     try:
         wrapped.ParseFromString(blob)
         array.ParseFromString(wrapped.value)
-    except Exception:  # noqa: BLE001 - undecodable means "not a struct header"
+    except Exception:
         return False
     return wrapped.type_url == ARRAY_ENCODING_URL and array.WhichOneof("array_encoding") == "struct"
 
@@ -388,9 +366,7 @@ def merge_struct_header_pages(pages: Sequence[file2_pb2.ColumnMetadata.Page]) ->
     return merged
 
 
-def relocate_page(
-    page: file2_pb2.ColumnMetadata.Page, new_offsets: Sequence[int], row_offset: int
-) -> Page:
+def relocate_page(page: file2_pb2.ColumnMetadata.Page, new_offsets: Sequence[int], row_offset: int) -> Page:
     """Copy of ``page`` with new absolute buffer offsets and ``priority += row_offset``.
 
     Everything else (sizes, length, encoding bytes, unknown fields) stays byte-identical.
@@ -549,7 +525,5 @@ def build_tail(
     gbo_position = cmo_position + _ENTRY.size * len(entries)
     out += _ENTRY.pack(gb0_pos, len(gb0))
     major, minor = version.footer_pair
-    out += _FOOTER.pack(
-        column_meta_start, cmo_position, gbo_position, 1, len(columns), major, minor, MAGIC
-    )
+    out += _FOOTER.pack(column_meta_start, cmo_position, gbo_position, 1, len(columns), major, minor, MAGIC)
     return bytes(out)

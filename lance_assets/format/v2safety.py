@@ -123,13 +123,9 @@ def inspect_copy_safety(meta: V2FileMetadata) -> FileSafety:
     """Judge every column of a parsed file; undecodable encoding bytes raise CorruptFileError."""
     file_reasons = []
     if len(meta.global_buffers) > 1:
-        file_reasons.append(
-            f"{len(meta.global_buffers)} global buffers: only the schema buffer (GB0) is rebuilt"
-        )
+        file_reasons.append(f"{len(meta.global_buffers)} global buffers: only the schema buffer (GB0) is rebuilt")
     for field in blob_fields(meta.descriptor):
-        file_reasons.append(
-            f"blob field {field.name!r} (id {field.id}): blob pages hold absolute positions"
-        )
+        file_reasons.append(f"blob field {field.name!r} (id {field.id}): blob pages hold absolute positions")
     columns = tuple(_column_safety(i, col, meta) for i, col in enumerate(meta.columns))
     return FileSafety(meta.path, meta.version, tuple(file_reasons), columns)
 

@@ -15,13 +15,14 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO, Any, ContextManager
+from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from lance_assets.errors import CorruptFileError, MissingFileError, StorageError
+from lance_assets.errors import AlreadyExistsError, CorruptFileError, MissingFileError, StorageError
 from lance_assets.io.multipart import MultipartComposer
 
 # In-process lock for stores where create-if-absent is emulated (memory://).
@@ -47,7 +48,13 @@ _S3_CREDENTIAL_KEYS = {
 }
 _S3_ENDPOINT_KEYS = ("aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url")
 _S3_REGION_KEYS = ("aws_region", "region", "aws_default_region")
-_S3_IGNORED_KEYS = ("allow_http", "aws_allow_http", "aws_virtual_hosted_style_request", "virtual_hosted_style_request", "aws_s3_allow_unsafe_rename")
+_S3_IGNORED_KEYS = (
+    "allow_http",
+    "aws_allow_http",
+    "aws_virtual_hosted_style_request",
+    "virtual_hosted_style_request",
+    "aws_s3_allow_unsafe_rename",
+)
 
 
 def decode_option_value(value: str) -> Any:
@@ -94,7 +101,7 @@ def _modified(info: Mapping[str, Any]) -> float | None:
             continue
         if isinstance(value, _dt.datetime):
             if value.tzinfo is None:
-                value = value.replace(tzinfo=_dt.timezone.utc)
+                value = value.replace(tzinfo=_dt.UTC)
             return value.timestamp()
         if isinstance(value, (int, float)):
             return float(value)
@@ -120,14 +127,13 @@ def _filesystem_type(fd: int) -> str:
     found = _FILESYSTEM_TYPES.get(device)
     if found is None:
         found = ""
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open("/proc/self/mountinfo") as f:
-                for line in f:
-                    fields = line.split()
-                    major, minor = fields[2].split(":")
-                    if os.makedev(int(major), int(minor)) == device:
-                        found = fields[fields.index("-") + 1]
-                        break
+        with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                major, minor = fields[2].split(":")
+                if os.makedev(int(major), int(minor)) == device:
+                    found = fields[fields.index("-") + 1]
+                    break
         _FILESYSTEM_TYPES[device] = found
     return found
 
@@ -156,10 +162,6 @@ def _local_fileno(stream: IO[bytes]) -> int | None:
         except (AttributeError, OSError, ValueError):
             continue
     return None
-
-
-class AlreadyExistsError(StorageError):
-    """A create-if-absent write lost: the object exists already."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,7 @@ class Storage:
         uri: str,
         storage_options: Mapping[str, Any] | None = None,
         *,
-        commit_lock: Callable[[], ContextManager[Any]] | None = None,
+        commit_lock: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.uri = uri.rstrip("/") or uri
         options = dict(storage_options or {})
@@ -283,7 +285,10 @@ class Storage:
         if len(data) != size - start:
             # The file exists (else read() raised MissingFileError) but is shorter than
             # the size recorded for it: truncated, i.e. corrupt, not missing.
-            raise CorruptFileError(f"expected {size - start} bytes at offset {start}, got {len(data)} (file shorter than recorded)", path=self.url(rel))
+            raise CorruptFileError(
+                f"expected {size - start} bytes at offset {start}, got {len(data)} (file shorter than recorded)",
+                path=self.url(rel),
+            )
         return data, size
 
     def exists(self, rel: str) -> bool:
@@ -505,7 +510,7 @@ class Storage:
         self._verify_conditional_put()
 
     def _create_unconditionally(self, rel: str, data: bytes) -> None:
-        """"Exists? then write": only safe while the caller excludes other writers."""
+        """ "Exists? then write": only safe while the caller excludes other writers."""
         if self.exists(rel):
             raise AlreadyExistsError("already exists", path=self.url(rel))
         self.write(rel, data)
@@ -550,7 +555,9 @@ class Storage:
         except AlreadyExistsError:
             raise StorageError("conditional-write probe object already existed", path=self.url(probe)) from None
         except StorageError as exc:
-            raise StorageError(f"the store rejected a conditional (If-None-Match) write: {exc.reason}", path=self.url(probe)) from None
+            raise StorageError(
+                f"the store rejected a conditional (If-None-Match) write: {exc.reason}", path=self.url(probe)
+            ) from None
         finally:
             with contextlib.suppress(Exception):
                 self.delete(probe, missing_ok=True)
@@ -603,7 +610,7 @@ class Storage:
                     initiated = upload.get("Initiated")
                     found.append(
                         PendingUpload(
-                            rel=f"{rel_dir.rstrip('/')}/{upload['Key'][len(prefix):]}",
+                            rel=f"{rel_dir.rstrip('/')}/{upload['Key'][len(prefix) :]}",
                             upload_id=upload["UploadId"],
                             initiated=initiated.timestamp() if isinstance(initiated, _dt.datetime) else None,
                         )
