@@ -8,61 +8,9 @@ The engine's entry points are re-exported here; the Dagster layer is ``lance_ass
 
 __version__ = "0.1.0"
 
-from lance_assets.engine import (
-    CleanupReport,
-    CompactionOptions,
-    CompactionPlan,
-    CompactionReport,
-    CompactionTask,
-    DaskRunner,
-    Dataset,
-    DatasetRef,
-    IndexUpkeepReport,
-    Inspection,
-    LocalRunner,
-    ProcessRunner,
-    RayRunner,
-    RewriteResult,
-    TaskRunner,
-    cleanup,
-    commit_compaction,
-    compact,
-    execute_task,
-    index_coverage,
-    inspect_dataset,
-    maintain_indices,
-    plan_compaction,
-    run_plan,
-    trim_reuse_index,
-)
+# __version__ is set first: the engine stamps it into the manifests it writes.
+from lance_assets import engine
+from lance_assets.engine import *  # noqa: F403 - the engine's public names are the package's
 from lance_assets.errors import LanceAssetsError
 
-__all__ = [
-    "CleanupReport",
-    "CompactionOptions",
-    "CompactionPlan",
-    "CompactionReport",
-    "CompactionTask",
-    "DaskRunner",
-    "Dataset",
-    "DatasetRef",
-    "IndexUpkeepReport",
-    "Inspection",
-    "LanceAssetsError",
-    "LocalRunner",
-    "ProcessRunner",
-    "RayRunner",
-    "RewriteResult",
-    "TaskRunner",
-    "__version__",
-    "cleanup",
-    "commit_compaction",
-    "compact",
-    "execute_task",
-    "index_coverage",
-    "inspect_dataset",
-    "maintain_indices",
-    "plan_compaction",
-    "run_plan",
-    "trim_reuse_index",
-]
+__all__ = [*engine.__all__, "LanceAssetsError", "__version__"]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import factory
-
 
 @pytest.fixture(scope="session")
 def dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
@@ -27,7 +26,6 @@ def dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, st
 
     return build
 
-
 @pytest.fixture
 def dataset_copy(dataset_cache: Callable[[str, str], Path], tmp_path: Path) -> Callable[[str, str], Path]:
     """``copy(shape, version)`` -> a private copy a test may modify or corrupt."""
@@ -38,7 +36,6 @@ def dataset_copy(dataset_cache: Callable[[str, str], Path], tmp_path: Path) -> C
         return dst
 
     return copy
-
 
 # --- a real S3 API on loopback (moto's server mode) ---------------------------------------
 class S3Endpoint:
@@ -76,7 +73,6 @@ class S3Endpoint:
         self.client().create_bucket(Bucket=name)
         return name
 
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> S3Endpoint:
     """One moto S3 server for the session, listening on 127.0.0.1 only (a free port)."""
@@ -94,3 +90,13 @@ def s3_endpoint() -> S3Endpoint:
         yield S3Endpoint(f"http://127.0.0.1:{port}")
     finally:
         server.stop()
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray instance for one test module (never ``ray stop``: it kills every Ray on the machine)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -178,6 +178,16 @@ def test_reencoded_groups_map_deleted_rows_away(tmp_path: Path, version: str) ->
     assert len(decode_treemap(group.changed_row_addrs)) == live == group.new_fragments[0].physical_rows
 
 
+def _append_and_index(path: Path, starts: tuple[int, ...]) -> lance.LanceDataset:
+    """pylance appends 100 rows per start, then indexes them (``optimize_indices``)."""
+    for start in starts:
+        factory.write(table(start, 100), path, "2.1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lance.dataset(str(path)).optimize.optimize_indices()
+    return lance.dataset(str(path))
+
+
 def test_pylance_keeps_working_after_two_compactions(tmp_path: Path) -> None:
     """Ours, then pylance's own deferred compaction, then ours again: three reuse versions;
     pylance appends, deletes, optimizes and cleans up, and every version still reads."""
@@ -185,21 +195,11 @@ def test_pylance_keeps_working_after_two_compactions(tmp_path: Path) -> None:
     indexed(path, "2.1", [100] * 6, vector=False)
     names = list(SCALAR)
     compact(str(path), CompactionOptions(target_rows_per_fragment=350))
-    for start in (5000, 5100, 5200):
-        factory.write(table(start, 100), path, "2.1")
-    ds = lance.dataset(str(path))
+    ds = _append_and_index(path, (5000, 5100, 5200))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds.optimize.optimize_indices()
-        ds = lance.dataset(str(path))
         ds.optimize.compact_files(target_rows_per_fragment=350, defer_index_remap=True)
-    for start in (6000, 6100, 6200, 6300):
-        factory.write(table(start, 100), path, "2.1")
-    ds = lance.dataset(str(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.optimize.optimize_indices()
-    ds = lance.dataset(str(path))
+    ds = _append_and_index(path, (6000, 6100, 6200, 6300))
     before, stats = answers(ds, vector=False), unindexed_rows(ds, names)
     report = compact(str(path), CompactionOptions(target_rows_per_fragment=350))
     assert report.version is not None and any(i["remap"] == "reuse_index" for i in report.indices)

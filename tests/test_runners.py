@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import lance
@@ -26,14 +25,6 @@ from lance_assets.errors import LanceAssetsError
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """A local Ray instance for this module (never ``ray stop``: it kills every Ray on the machine)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def many_fragments(path: Path, fragments: int = 24, rows: int = 50) -> pa.Table:

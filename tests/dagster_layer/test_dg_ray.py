@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -15,13 +14,6 @@ from lance_assets.dagster import LanceRay, build_lance_compaction_defs
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def test_compaction_asset_runs_tasks_on_ray(root: Path, instance: dg.DagsterInstance, ray_cluster: None) -> None:
