@@ -64,8 +64,14 @@ def _print_inspection(report: Inspection, console: Console, max_fragments: int) 
     schema = Table(title="schema", title_justify="left")
     for col in ("id", "parent", "name", "type", "nullable"):
         schema.add_column(col)
-    for f in report.schema:
-        schema.add_row(str(f.id), str(f.parent_id), escape(f.name), escape(f.logical_type), "yes" if f.nullable else "no")
+    for col_info in report.schema:
+        schema.add_row(
+            str(col_info.id),
+            str(col_info.parent_id),
+            escape(col_info.name),
+            escape(col_info.logical_type),
+            "yes" if col_info.nullable else "no",
+        )
     console.print(schema)
     frags = Table(title=f"fragments ({s.fragments})", title_justify="left")
     for col in ("id", "physical rows", "deleted", "files", "bytes", "file version"):

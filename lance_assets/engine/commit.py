@@ -418,7 +418,7 @@ def commit_compaction(
     remove_files(storage, (p for r in failed for p in r.files_written))
     skipped = list(plan.skipped)
     skipped += [SkippedFragment(i, Reason(r.skipped_reason), r.skipped_detail) for r in failed for i in r.old_fragment_ids]
-    base = dict(
+    base: dict[str, Any] = dict(
         uri=storage.uri,
         read_version=plan.read_version,
         rows=sum(r.rows for r in done),

@@ -8,6 +8,7 @@ are derived from these declarations (:func:`option_specs`), so the three cannot 
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -140,7 +141,7 @@ def option_specs() -> list[OptionSpec]:
     hints = typing.get_type_hints(CompactionOptions)
     out = []
     for f in fields(CompactionOptions):
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not MISSING else typing.cast(Callable[[], Any], f.default_factory)()
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         out.append(
             OptionSpec(f.name, hints[f.name], default, f.metadata["help"], flag, f.metadata.get("metavar"), f.metadata["dagster"])

@@ -201,7 +201,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
     fragments = ds.fragments
     skipped: list[SkippedFragment] = []
 
-    def skip_all(reason: str, detail: str) -> CompactionPlan:
+    def skip_all(reason: Reason, detail: str) -> CompactionPlan:
         return CompactionPlan(
             ds.uri,
             ds.version,
@@ -340,7 +340,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
             notes.extend(
                 SkippedFragment(fid, Reason.REENCODED, f"re-encoded with the fragment before it: {why}") for fid, why in forced
             )
-    skipped.sort(key=lambda s: s.fragment_id)
+    skipped.sort(key=lambda s: -1 if s.fragment_id is None else s.fragment_id)
     return CompactionPlan(
         ds.uri,
         ds.version,
@@ -417,7 +417,7 @@ def _candidate_reason(
     # Runs for each of up to 100,000 fragments: every protobuf attribute is read once.
     fid = frag.id
 
-    def skip(reason: str, detail: str = "") -> SkippedFragment:
+    def skip(reason: Reason, detail: str = "") -> SkippedFragment:
         return SkippedFragment(fid, reason, detail)
 
     rows = frag.physical_rows

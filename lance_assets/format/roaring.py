@@ -61,7 +61,7 @@ _U32_CODE = "I" if array("I").itemsize == 4 else "L"
 # --------------------------------------------------------------------------- bits
 
 
-def lsb_bit_positions(bits: bytes | memoryview, nbits: int) -> array:
+def lsb_bit_positions(bits: bytes | memoryview, nbits: int) -> array[int]:
     """Indices of the set bits among the first ``nbits`` bits, as ``array('Q')``.
 
     Bit ``i`` is bit ``i % 8`` of byte ``i // 8`` (least significant first), the
@@ -74,7 +74,7 @@ def lsb_bit_positions(bits: bytes | memoryview, nbits: int) -> array:
     return _u64_array_from_arrow(pc.indices_nonzero(mask))
 
 
-def _u64_array_from_arrow(values: pa.Array) -> array:
+def _u64_array_from_arrow(values: pa.Array) -> array[int]:
     """Copy a null-free pyarrow UInt64 array into an ``array('Q')`` in one step."""
     out = array("Q")
     start = values.offset * 8
@@ -107,7 +107,7 @@ class _Reader:
         self.pos += n
         return chunk
 
-    def u16s(self, count: int, item: str) -> array:
+    def u16s(self, count: int, item: str) -> array[int]:
         values = array("H")
         values.frombytes(self.take(2 * count, item))
         if _BIG_ENDIAN:

@@ -48,7 +48,7 @@ _MIN_RANGE_PIECE = 8
 _RANGE_ROWS_PER_DELETION = 16
 _BIG_ENDIAN = sys.byteorder == "big"
 
-Piece = range | array  # ranges have step 1; arrays have typecode "Q"
+Piece = range | array[int]  # ranges have step 1; arrays have typecode "Q"
 
 
 # ===================================================================== row ids
@@ -159,7 +159,7 @@ def _normalise(pieces: Iterable[Piece]) -> tuple[Piece, ...]:
     return tuple(out)
 
 
-def _compact(values: array) -> Iterator[Piece]:
+def _compact(values: array[int]) -> Iterator[Piece]:
     """Ranges for contiguous stretches of ``_MIN_RANGE_PIECE`` or more, arrays between."""
     pending_from = 0
     i = 0
@@ -189,7 +189,7 @@ def _drop(piece: Piece, local: list[int]) -> list[Piece]:
     return [_flatten(parts)]
 
 
-def _flatten(pieces: Iterable[Piece]) -> array:
+def _flatten(pieces: Iterable[Piece]) -> array[int]:
     values = array("Q")
     for piece in pieces:
         values.extend(piece)
@@ -259,7 +259,7 @@ _WIDTHS = {"u16_array": 2, "u32_array": 4, "u64_array": 8}
 _TYPECODES = {2: "H", 4: "I" if array("I").itemsize == 4 else "L", 8: "Q"}
 
 
-def _decode_array(message: rowids_pb2.EncodedU64Array, *, path: str | None, what: str) -> array:
+def _decode_array(message: rowids_pb2.EncodedU64Array, *, path: str | None, what: str) -> array[int]:
     """``EncodedU64Array`` -> ``array('Q')``: packed little-endian offsets plus base."""
     kind = message.WhichOneof("array")
     if kind is None:
@@ -411,7 +411,7 @@ def _clear_bits(bits: bytearray, start: int, stop: int) -> None:
         start += 1
 
 
-def _encode_array(values: array) -> rowids_pb2.EncodedU64Array:
+def _encode_array(values: array[int]) -> rowids_pb2.EncodedU64Array:
     """Lance's width rule: span <= u16 -> U16 at base min; <= u32 -> U32; else (or empty) U64."""
     if not values:
         return rowids_pb2.EncodedU64Array(u64_array=rowids_pb2.EncodedU64Array.U64Array())

@@ -22,7 +22,7 @@ from typing import IO, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from lance_assets.errors import AlreadyExistsError, CorruptFileError, MissingFileError, StorageError
+from lance_assets.errors import AlreadyExistsError, CorruptFileError, LanceAssetsError, MissingFileError, StorageError
 from lance_assets.io.multipart import MultipartComposer
 
 # In-process lock for stores where create-if-absent is emulated (memory://).
@@ -639,7 +639,7 @@ class Storage:
         except OSError as exc:
             raise self._translate(rel, exc) from None
 
-    def _translate(self, rel: str, exc: OSError) -> StorageError:
+    def _translate(self, rel: str, exc: OSError) -> LanceAssetsError:
         if isinstance(exc, FileNotFoundError):
             return MissingFileError("not found", path=self.url(rel))
         if isinstance(exc, PermissionError):
