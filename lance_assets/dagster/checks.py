@@ -6,6 +6,7 @@ rather than trusting the numbers the compaction step reported.
 """
 
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
@@ -55,7 +56,7 @@ def _rewrite_groups(uri: str, storage_options: dict, read_version: int, version:
     re-encode of fragments with many deletions), so the last transaction alone
     does not show every rewritten group.
     """
-    groups = []
+    groups: list[Any] = []
     for v in range(read_version + 1, version + 1):
         txn = Dataset.open(uri, v, storage_options).file.transaction
         if txn is not None and txn.HasField("rewrite"):

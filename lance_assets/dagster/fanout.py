@@ -42,7 +42,7 @@ def build_fanout_job(
     def plan_op(
         context: dg.OpExecutionContext,
         config: CompactionConfig,  # type: ignore[valid-type]
-    ) -> Iterator[dg.Output | dg.DynamicOutput | dg.AssetObservation]:
+    ) -> Iterator[dg.Output[str] | dg.DynamicOutput[str] | dg.AssetObservation]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         options = config.options()
         plan = plan_compaction(Dataset.open(lance.uri(_key(context)), storage_options=lance.options()), options)
@@ -84,7 +84,7 @@ def build_fanout_job(
     @dg.op(name=f"{name}_commit", required_resource_keys={resource_key})
     def commit_op(
         context: dg.OpExecutionContext, plan_json: str, results: list[str]
-    ) -> Iterator[dg.AssetMaterialization | dg.Output]:
+    ) -> Iterator[dg.AssetMaterialization | dg.Output[str]]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         plan = CompactionPlan.from_dict(json.loads(plan_json), storage_options=lance.options())
         storage = Storage(lance.uri(_key(context)), plan.options.storage_options)

@@ -568,7 +568,7 @@ class _FileSplitter:
             if self._legacy:
                 df = frag.files[0]
                 return read_legacy_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes).batch_rows
-            keys = []
+            keys: list[Any] = []
             for df in frag.files:
                 version = FileVersion(mf.storage_version_name(mf.data_file_version(df)))
                 guarded = self._guarded(version)

@@ -29,6 +29,7 @@ import itertools
 import struct
 import sys
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -273,7 +274,7 @@ def parse_file(data: bytes, *, path: str | None = None) -> LegacyFileMetadata:
     return result
 
 
-def _prefixed(at, pos: int, end: int, what: str, path: str | None) -> bytes:
+def _prefixed(at: Callable[[int, int], bytes], pos: int, end: int, what: str, path: str | None) -> bytes:
     """The u32-length-prefixed message at ``pos`` that must end exactly at ``end``."""
     (length,) = struct.unpack("<I", at(pos, 4))
     if pos + 4 + length != end:

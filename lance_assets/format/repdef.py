@@ -110,7 +110,7 @@ def field_paths(fields: Sequence[file_pb2.Field]) -> dict[int, str]:
     by_id = {f.id: f for f in fields}
     out: dict[int, str] = {}
     for f in fields:
-        parts = []
+        parts: list[str] = []
         node: file_pb2.Field | None = f
         while node is not None and len(parts) <= len(fields):
             parts.append(node.name)
