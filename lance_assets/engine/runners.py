@@ -71,31 +71,39 @@ def _clean_up(plan: CompactionPlan, results: Sequence[RewriteResult], storage: S
 
 
 def _gather(
-    plan: CompactionPlan, tasks: Sequence[CompactionTask], futures: list[Future[Any]], on_task_done: TaskDone | None
-) -> list[Any]:
-    """Wait for futures in plan order; on the first failure cancel the rest, remove what the
-    finished ones wrote and re-raise."""
+    plan: CompactionPlan,
+    futures: Sequence[Future[tuple[RewriteResult, str]]],
+    on_task_done: TaskDone | None,
+    storage: Storage | None = None,
+) -> RunOutcome:
+    """Wait for futures of ``(result, worker)`` in plan order; on the first failure cancel the
+    rest, remove what the finished ones wrote and re-raise."""
     try:
-        out = []
+        pairs = []
         for future in futures:
-            value = future.result()
-            out.append(value)
+            pairs.append(future.result())
             if on_task_done:
-                on_task_done(value[0] if isinstance(value, tuple) else value)
-        return out
+                on_task_done(pairs[-1][0])
+        return RunOutcome([r for r, _ in pairs], tuple(w for _, w in pairs))
     except BaseException:
         for future in futures:
             future.cancel()
-        finished: list[Any] = []
+        finished: list[RewriteResult] = []
         for future in futures:  # wait for the running ones: their files must go too
             if future.cancelled():
                 continue
             try:
-                finished.append(future.result())
+                finished.append(future.result()[0])
             except BaseException:
                 pass
-        _clean_up(plan, [v[0] if isinstance(v, tuple) else v for v in finished])
+        _clean_up(plan, finished, storage)
         raise
+
+
+def _run_here(
+    storage: Storage, plan: CompactionPlan, task: CompactionTask, progress: ProgressCallback | None
+) -> tuple[RewriteResult, str]:
+    return execute_task(storage, plan, task, progress=progress), worker_id()
 
 
 @dataclass
@@ -122,9 +130,9 @@ class LocalRunner:
                 raise
             return RunOutcome(results, (worker_id(),) * len(results))
         with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="lance-assets-copy") as pool:
-            futures = [pool.submit(execute_task, storage, plan, task, progress=self.progress) for task in tasks]
-            results = _gather(plan, tasks, futures, on_task_done)
-            return RunOutcome(results, (worker_id(),) * len(results))
+            return _gather(
+                plan, [pool.submit(_run_here, storage, plan, task, self.progress) for task in tasks], on_task_done, storage
+            )
 
 
 @dataclass
@@ -138,8 +146,7 @@ class ProcessRunner:
     def run(self, plan: CompactionPlan, tasks: Sequence[CompactionTask], on_task_done: TaskDone | None = None) -> RunOutcome:
         with ProcessPoolExecutor(max_workers=self.max_workers, mp_context=get_context("forkserver")) as pool:
             futures = [pool.submit(run_one, plan, task) for task in tasks]
-            pairs = _gather(plan, tasks, futures, on_task_done)
-        return RunOutcome([r for r, _ in pairs], tuple(w for _, w in pairs))
+            return _gather(plan, futures, on_task_done)
 
 
 @dataclass
@@ -216,8 +223,7 @@ class DaskRunner:
 
     def run(self, plan: CompactionPlan, tasks: Sequence[CompactionTask], on_task_done: TaskDone | None = None) -> RunOutcome:
         futures = self.client.map(run_one, [plan] * len(tasks), list(tasks), pure=False)
-        pairs = _gather(plan, tasks, futures, on_task_done)
-        return RunOutcome([r for r, _ in pairs], tuple(w for _, w in pairs))
+        return _gather(plan, futures, on_task_done)
 
 
 def make_runner(
