@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_compact)
 
-    p = sub.add_parser("cleanup", help="remove data/deletion/transaction/staging files no manifest references")
+    p = sub.add_parser("cleanup", help="remove old versions and the files only they (or no version) reference")
     p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument(
@@ -311,17 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--older-than",
-        default=f"{int(DEFAULT_OLDER_THAN_SECONDS // 60)}m",
+        default=f"{int(DEFAULT_OLDER_THAN_SECONDS // 86400)}d",
         metavar="DURATION",
-        help="only files older than this (e.g. 30m, 2h, 7d; default %(default)s) — longer than any running writer",
+        help="the cutoff for versions (commit time) and unreferenced files (age), e.g. 30m, 2h, 7d;"
+        " default %(default)s, as Lance's — longer than any running writer",
     )
-    p.add_argument(
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument(
         "--retain-versions",
         type=int,
-        default=None,
+        default=1,
         metavar="N",
-        help="also remove versions older than --older-than, keeping the newest N, the latest and tagged ones"
-        " (with their files: data, deletions, transactions, index folders)",
+        help="remove versions older than --older-than except the newest N (default %(default)s), the latest and"
+        " tagged ones, with the files only they reference (data and blob sidecars, deletions, transactions,"
+        " index folders)",
+    )
+    keep.add_argument(
+        "--orphans-only",
+        dest="retain_versions",
+        action="store_const",
+        const=None,
+        help="remove no version, only unreferenced files older than --older-than",
     )
     p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     p.set_defaults(run=_cmd_cleanup)

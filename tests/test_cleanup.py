@@ -72,7 +72,7 @@ def test_removes_old_orphans_and_nothing_else(dataset_copy, tmp_path: Path) -> N
     before_rows = _all_versions_read(root)
     planted = _orphans(root, 2 * HOUR)
     keep = {k: v for k, v in _tree(root).items() if k not in planted}
-    report = cleanup(str(root))  # default grace: one hour
+    report = cleanup(str(root), older_than=HOUR, retain_versions=None)  # orphans only
     assert {f.path: f.kind for f in report.files} == planted
     assert report.bytes == 6 * len(planted)
     assert _tree(root) == keep
@@ -82,24 +82,25 @@ def test_removes_old_orphans_and_nothing_else(dataset_copy, tmp_path: Path) -> N
 def test_young_files_are_kept(dataset_copy) -> None:  # type: ignore[no-untyped-def]
     root = dataset_copy("appends", "2.1")
     planted = _orphans(root, 30 * 60)  # 30 minutes old
-    report = cleanup(str(root))
+    report = cleanup(str(root), older_than=HOUR, retain_versions=None)
     assert report.files == [] and report.kept_too_young == len(planted)
-    assert len(cleanup(str(root), older_than=parse_duration("20m")).files) == len(planted)
+    assert len(cleanup(str(root), older_than=parse_duration("20m"), retain_versions=None).files) == len(planted)
 
 
 def test_dry_run_removes_nothing(dataset_copy) -> None:  # type: ignore[no-untyped-def]
     root = dataset_copy("appends", "2.1")
     planted = _orphans(root, 2 * HOUR)
     before = _tree(root)
-    report = cleanup(str(root), dry_run=True)
+    report = cleanup(str(root), older_than=HOUR, dry_run=True)
     assert report.dry_run and sorted(f.path for f in report.files) == sorted(planted)
     assert _tree(root) == before
 
 
-def test_indices_manifests_and_unknown_files_are_never_touched(dataset_copy) -> None:  # type: ignore[no-untyped-def]
+def test_manifests_and_files_of_unknown_purpose_are_never_touched(dataset_copy) -> None:  # type: ignore[no-untyped-def]
     root = dataset_copy("scalar_index", "2.1")
     extra = [
-        root / "_indices" / "not-referenced" / "page_data.lance",  # even an index file no manifest names
+        root / "_indices" / "not-referenced" / "page_data.lance",  # not an index folder (no uuid)
+        root / "data" / "sub" / "nested.blob.bak",  # not a blob sidecar
         root / "_versions" / "d18446744073709551614.manifest.bak",  # unknown name in _versions
         root / "data" / "sub" / "nested.lance",  # not directly in data/
         root / "README.txt",
@@ -112,7 +113,7 @@ def test_indices_manifests_and_unknown_files_are_never_touched(dataset_copy) -> 
         if p.is_file():
             _age(p, 100 * HOUR)
     before = _tree(root)
-    assert cleanup(str(root), older_than=0).files == []
+    assert cleanup(str(root), older_than=0, retain_versions=None).files == []
     assert _tree(root) == before
     assert lance.dataset(str(root)).describe_indices()
 
@@ -126,7 +127,7 @@ def test_orphans_of_a_conflicting_compaction_are_collected(tmp_path: Path) -> No
     results = [execute_task(storage, plan, t) for t in plan.tasks]
     ours = {p for r in results for p in r.files_written}
     lance.dataset(str(uri)).optimize.compact_files(target_rows_per_fragment=1000)
-    report = cleanup(str(uri), older_than=0)
+    report = cleanup(str(uri), older_than=0, retain_versions=None)
     assert {f.path for f in report.files} == ours  # pylance's own rewrite is referenced by its version
     assert lance.dataset(str(uri)).to_table().num_rows == 50
     assert _all_versions_read(uri)[-1] == 50
@@ -139,7 +140,7 @@ def test_a_compaction_whose_files_were_cleaned_up_commits_nothing(tmp_path: Path
     storage = Storage(str(uri))
     plan = plan_compaction(Dataset.open(storage), CompactionOptions(target_rows_per_fragment=1000))
     results = [execute_task(storage, plan, t) for t in plan.tasks]
-    assert cleanup(str(uri), older_than=0).files
+    assert cleanup(str(uri), older_than=0, retain_versions=None).files
     before = _tree(uri)
     with pytest.raises(MissingFileError, match="vanished before the commit"):
         commit_compaction(storage, plan, results)
@@ -193,19 +194,21 @@ def test_after_pylance_removed_old_versions(tmp_path: Path) -> None:
     ds.optimize.compact_files(target_rows_per_fragment=1000)
     lance.dataset(str(uri)).cleanup_old_versions(older_than=__import__("datetime").timedelta(0), delete_unverified=True)
     planted = _orphans(uri, 2 * HOUR)
-    assert {f.path for f in cleanup(str(uri)).files} == set(planted)
+    assert {f.path for f in cleanup(str(uri), older_than=HOUR).files} == set(planted)
     assert lance.dataset(str(uri)).count_rows() == 40
 
 
 def test_cli(dataset_copy, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     root = dataset_copy("appends", "2.1")
     planted = _orphans(root, 2 * HOUR)
-    assert main(["cleanup", str(root), "--dry-run", "--json"]) == 0
+    assert main(["cleanup", str(root), "--dry-run", "--json"]) == 0  # default cutoff: two weeks
+    assert json.loads(capsys.readouterr().out)["removed"] == 0
+    assert main(["cleanup", str(root), "--older-than", "1h", "--dry-run", "--json"]) == 0
     dry = json.loads(capsys.readouterr().out)
     assert dry["dry_run"] and dry["removed"] == len(planted) and dry["bytes"] == 6 * len(planted)
     assert main(["cleanup", str(root), "--older-than", "3h", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["removed"] == 0
-    assert main(["cleanup", str(root), "--older-than", "90m"]) == 0
+    assert main(["cleanup", str(root), "--older-than", "90m", "--orphans-only"]) == 0
     text = capsys.readouterr().out
     assert f"removed {len(planted)} unreferenced files" in text
     with pytest.raises(SystemExit) as exc:
@@ -236,7 +239,7 @@ def test_memory_store(dataset_cache) -> None:  # type: ignore[no-untyped-def]
             fs.pipe_file(f"{root}/{p.relative_to(src)}", p.read_bytes())
     fs.pipe_file(f"{root}/data/orphan.lance", b"abc")
     assert cleanup(f"memory://{root}").files == []  # just created: too young
-    report = cleanup(f"memory://{root}", older_than=0)
+    report = cleanup(f"memory://{root}", older_than=0, retain_versions=None)
     assert [f.path for f in report.files] == ["data/orphan.lance"]
     fs.rm(root, recursive=True)
 
@@ -422,3 +425,87 @@ def test_retention_with_a_tag_matches_pylance(tmp_path: Path) -> None:
     assert 2 not in report.removed_versions
     assert _files(ours) == _files(theirs)
     assert lance.dataset(str(ours), version="audit").count_rows() == lance.dataset(str(theirs), version="audit").count_rows() == 200
+
+
+# --- blob sidecars and index folders ------------------------------------------------------------
+def _blob_history(path: Path) -> None:
+    """Blob v2 appends (inline, packed and dedicated sidecars under data/<stem>/), a delete, an
+    overwrite: the old versions alone reference data files with sidecar folders."""
+    import pyarrow as pa
+    from lance.blob import blob_array, blob_field
+
+    schema = pa.schema([pa.field("id", pa.int64()), blob_field("b")])
+    for i in range(3):
+        values = [bytes([i]) * n for n in (10, 70_000, 6_000_000)]
+        table = pa.table({"id": pa.array([3 * i, 3 * i + 1, 3 * i + 2], pa.int64()), "b": blob_array(values)}, schema=schema)
+        lance.write_dataset(table, str(path), schema=schema, mode="append", data_storage_version="2.2")
+    lance.dataset(str(path)).delete("id = 4")
+    table = pa.table({"id": pa.array([100], pa.int64()), "b": blob_array([b"x" * 6_000_000])}, schema=schema)
+    lance.write_dataset(table, str(path), schema=schema, mode="overwrite", data_storage_version="2.2")
+
+
+def test_retention_removes_blob_sidecars_like_pylance(tmp_path: Path) -> None:
+    import shutil
+    from datetime import timedelta
+
+    ours, theirs = tmp_path / "ours.lance", tmp_path / "theirs.lance"
+    _blob_history(ours)
+    sidecars = {f for f in _files(ours) if f.endswith(".blob")}
+    assert len({f.rsplit("/", 1)[0] for f in sidecars}) == 4  # three appends and the overwrite
+    shutil.copytree(ours, theirs)
+    report = cleanup(str(ours), older_than=0, retain_versions=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lance.dataset(str(theirs)).cleanup_old_versions(older_than=timedelta(seconds=0), delete_unverified=True)
+    assert _files(ours) == _files(theirs)
+    assert len({f.path.rsplit("/", 1)[0] for f in report.files if f.kind == "blob"}) == 3
+    assert len([f for f in _files(ours) if f.endswith(".blob")]) == 1  # the live file's sidecar stays
+    ds = lance.dataset(str(ours))
+    assert ds.to_table(columns=["id"]).to_pylist() == [{"id": 100}]
+    assert ds.take_blobs("b", indices=[0])[0].read() == b"x" * 6_000_000
+
+
+def test_orphan_blob_sidecars_and_index_folders_go_when_old(dataset_copy) -> None:  # type: ignore[no-untyped-def]
+    import uuid
+
+    root = dataset_copy("scalar_index", "2.1")
+    live_index = next((root / "_indices").iterdir())
+    old = {
+        f"data/{'0' * 24}deadbeef{'0' * 18}/{'1' * 32}.blob": "blob",  # sidecar of no data file
+        f"_indices/{uuid.uuid4()}/index.idx": "index",  # an index build that never committed
+        f"_indices/{uuid.uuid4()}/part_0/page_data.lance": "index",
+    }
+    young = [f"_indices/{uuid.uuid4()}/index.idx", f"data/{'1' * 50}/{'0' * 32}.blob"]
+    for rel in [*old, *young]:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"stale")
+    for p in root.rglob("*"):
+        if p.is_file() and str(p.relative_to(root)) not in young:
+            _age(p, 3 * HOUR)
+    before = _tree(root)
+    dry = cleanup(str(root), older_than=HOUR, retain_versions=None, dry_run=True)
+    assert {f.path: f.kind for f in dry.files} == old and _tree(root) == before
+    report = cleanup(str(root), older_than=HOUR, retain_versions=None)
+    assert {f.path: f.kind for f in report.files} == old
+    assert report.kept_too_young == len(young)
+    assert all((root / rel).exists() for rel in young) and not any((root / rel).exists() for rel in old)
+    assert any(live_index.iterdir())  # the committed index is referenced: kept, however old
+    ds = lance.dataset(str(root))
+    assert ds.describe_indices() and ds.to_table(filter="id = 5").num_rows == 1
+
+
+def test_cli_retains_one_version_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Like Lance's cleanup_old_versions: versions past the cutoff go unless --orphans-only."""
+    path = tmp_path / "ds.lance"
+    factory.appends(path, "2.1", [10] * 3)
+    assert main(["cleanup", str(path), "--older-than", "0s", "--orphans-only", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["versions_removed"] == 0
+    assert main(["cleanup", str(path), "--json"]) == 0  # default cutoff: two weeks
+    assert json.loads(capsys.readouterr().out)["versions_removed"] == 0
+    assert main(["cleanup", str(path), "--older-than", "0s", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["versions_removed"], out["versions_kept"]) == (2, 1)
+    assert [v["version"] for v in lance.dataset(str(path)).versions()] == [3]
+    with pytest.raises(SystemExit):
+        main(["cleanup", str(path), "--orphans-only", "--retain-versions", "2"])

@@ -347,7 +347,7 @@ def test_trim_follows_lances_rule(tmp_path: Path, capsys: pytest.CaptureFixture[
             ds.create_scalar_index(name.removesuffix("_idx"), kind, name=name, replace=True)
     dry = trim_reuse_index(str(path), dry_run=True)
     assert (dry.reuse_versions_before, dry.reuse_versions_after, dry.committed_versions) == (1, 0, [])
-    assert main(["cleanup", str(path), "--json", "--older-than", "0s"]) == 0
+    assert main(["cleanup", str(path), "--json", "--older-than", "0s", "--orphans-only"]) == 0
     assert json.loads(capsys.readouterr().out)["reuse_versions_trimmed"] == 1
     d = Dataset.open(str(path))
     assert load_reuse_versions(d, reuse_index_meta(d)) == []

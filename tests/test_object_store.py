@@ -96,7 +96,7 @@ def test_cli_passes_storage_options_through(s3_dataset: str, s3_endpoint) -> Non
     assert cli("inspect", s3_dataset)["summary"]["fragments"] == 5
     report = cli("compact", s3_dataset, "--target-rows-per-fragment", "1000")
     assert report["fragments_removed"] == 5 and report["version"] == 6
-    assert cli("cleanup", s3_dataset, "--older-than", "0s", "--dry-run")["removed"] == 0
+    assert cli("cleanup", s3_dataset, "--older-than", "0s", "--dry-run", "--orphans-only")["removed"] == 0
     assert _ids(s3_dataset, s3_endpoint.pylance_options) == list(range(105))
 
 
@@ -159,7 +159,7 @@ def test_an_ambiguous_put_that_did_not_land_keeps_files_for_cleanup(s3_dataset: 
         compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))
     monkeypatch.undo()
     assert lance.dataset(s3_dataset, storage_options=opts).version == 5
-    report = cleanup(s3_dataset, older_than=0, storage_options=opts)
+    report = cleanup(s3_dataset, older_than=0, retain_versions=None, storage_options=opts)
     assert sorted(f.kind for f in report.files) == ["data", "transaction"]
     assert _ids(s3_dataset, opts) == list(range(105))
     assert compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts)).version == 6
@@ -189,10 +189,12 @@ def test_cleanup_on_s3_removes_only_orphans(s3_dataset: str, s3_endpoint) -> Non
     storage = Storage(s3_dataset, opts)
     storage.write("data/orphan.lance", b"x" * 10)
     storage.write("_transactions/9-orphan.txn", b"t")
+    storage.write("data/orphan/0001.blob", b"bb")  # a blob sidecar folder of the orphan data file
     assert cleanup(s3_dataset, older_than=3600, storage_options=opts).files == []  # too young
-    report = cleanup(s3_dataset, older_than=0, storage_options=opts)
-    assert sorted(f.path for f in report.files) == ["_transactions/9-orphan.txn", "data/orphan.lance"]
-    assert report.bytes == 11
+    report = cleanup(s3_dataset, older_than=0, retain_versions=None, storage_options=opts)
+    assert sorted(f.path for f in report.files) == ["_transactions/9-orphan.txn", "data/orphan.lance", "data/orphan/0001.blob"]
+    assert report.bytes == 13
+    assert not storage.exists("data/orphan/0001.blob")
     for v in range(1, 6):
         assert _ids(s3_dataset, opts, version=v) == list(range([0, 40, 70, 90, 100, 105][v]))
 
@@ -247,7 +249,7 @@ def test_non_s3_stores(protocol: str, dataset_cache, tmp_path: Path) -> None:  #
     _download(fs, root, out)
     assert _ids(str(out)) == _ids(str(src))
     assert len(lance.dataset(str(out)).get_fragments()) == 1
-    assert cleanup(uri, older_than=0).files == []
+    assert cleanup(uri, older_than=0, retain_versions=None).files == []
     fs.rm(root, recursive=True)
 
 

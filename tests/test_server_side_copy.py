@@ -174,11 +174,11 @@ def test_cleanup_aborts_a_killed_writers_upload(s3_endpoint) -> None:  # type: i
 
     # moto reports every upload as begun on one fixed date, so "young" is judged from that date.
     young = pending[0].initiated + 10  # type: ignore[operator]
-    assert cleanup(uri, older_than=3600, now=young, storage_options=s3_endpoint.pylance_options).aborted_uploads == 0
+    assert cleanup(uri, older_than=3600, retain_versions=None, now=young, storage_options=s3_endpoint.pylance_options).aborted_uploads == 0
     assert len(storage.pending_uploads("data")) == 1
-    assert cleanup(uri, older_than=0, dry_run=True, storage_options=s3_endpoint.pylance_options).aborted_uploads == 1
+    assert cleanup(uri, older_than=0, retain_versions=None, dry_run=True, storage_options=s3_endpoint.pylance_options).aborted_uploads == 1
     assert len(storage.pending_uploads("data")) == 1
-    report = cleanup(uri, older_than=0, storage_options=s3_endpoint.pylance_options)
+    report = cleanup(uri, older_than=0, retain_versions=None, storage_options=s3_endpoint.pylance_options)
     assert report.aborted_uploads == 1 and report.to_dict()["aborted_uploads"] == 1
     assert storage.pending_uploads("data") == []
     assert _ids_sorted(uri, s3_endpoint.pylance_options) == list(range(20))

@@ -1,31 +1,30 @@
 """Version retention and orphan removal: give back the space old versions and crashed writers hold.
 
-With ``retain_versions`` set, versions older than the cutoff (manifest timestamp) that are not
-among the newest ``retain_versions``, not the latest and not named by a tag are removed first
-(their manifests go before anything else, so a kill leaves every kept version readable and at
-worst some files unreferenced, which the next run removes), then every file only they referenced:
-data, deletion and transaction files and index directories no kept version uses.
+By default (``retain_versions=1``, Lance's semantics) versions committed before the cutoff
+(manifest timestamp) that are not among the newest ``retain_versions``, not the latest and not
+named by a tag are removed first -- their manifests go before anything else, so a kill leaves
+every kept version readable and at worst some files unreferenced, which the next run removes --
+then every file only they referenced: data files with their blob sidecar folders
+(``data/<stem>/``), deletion and transaction files and index folders no kept version uses.
 
-Without it, only orphans go -- files no manifest references: what crashed or conflicting writers
-left behind.
+With ``retain_versions=None`` no version is removed, only orphans go.
 
-A compaction that is killed, or loses a commit race, may leave data files,
-a transaction file or a staging manifest behind (pylance leaves the same kinds
-of orphans). They are harmless but cost storage. ``cleanup`` deletes exactly
-those files and nothing else:
+Orphans are files no manifest references: what crashed or conflicting writers left behind (a
+compaction killed or beaten in a commit race leaves data files, a transaction file or a staging
+manifest; pylance leaves the same kinds). They are harmless but cost storage. Orphans go only
 
-* only in ``data/``, ``_deletions/``, ``_transactions/`` (files no manifest of
-  *any* version references) and staging names in ``_versions/`` (our
-  ``*.tmp-*`` from ``Storage.create``, object_store's ``*#<n>``, the S3
-  conditional-write probe);
-* never a manifest, never ``_indices/``, never a file of unknown purpose;
-* unfinished multipart uploads (S3) below ``data/`` older than the grace period are
-  aborted: a killed writer's half-written data file, invisible but billed;
-* only files older than a grace period, because a running
-  writer's files are unreferenced until it commits. The grace period must be
-  longer than the longest compaction (or append) that may run meanwhile; a
-  compaction whose files were removed notices before committing and fails
-  without committing anything.
+* in ``data/`` (data files and blob sidecars whose data file no manifest names),
+  ``_deletions/``, ``_transactions/``, ``_indices/<uuid>/`` folders no manifest names, and
+  staging names in ``_versions/`` (our ``*.tmp-*`` from ``Storage.create``, object_store's
+  ``*#<n>``, the S3 conditional-write probe) -- never a committed manifest of a kept version,
+  never a file of unknown purpose;
+* when older than the grace period (the same cutoff), because a running writer's files are
+  unreferenced until it commits. The cutoff must be longer than the longest compaction, append
+  or index build that may run meanwhile; a compaction whose files were removed notices before
+  committing and fails without committing anything.
+
+Unfinished multipart uploads (S3) below ``data/`` older than the cutoff are aborted: a killed
+writer's half-written data file, invisible but billed.
 
 Anything that would make "unreferenced" uncertain refuses the whole cleanup: an
 unparseable manifest, unknown feature flags or fragment fields (a newer Lance
@@ -62,12 +61,17 @@ from lance_assets.format.protobuf import unknown_field_numbers
 from lance_assets.io import Storage
 from lance_assets.io.storage import Entry
 
-DEFAULT_OLDER_THAN_SECONDS = 3600.0
+DEFAULT_OLDER_THAN_SECONDS = 14 * 86400.0  # Lance's cleanup_old_versions default: two weeks
 TAGS_DIR = "_refs/tags"
 
 # Staging names in _versions/: ours ("<manifest>.tmp-<hex>", the conditional-write probe),
 # object_store's local staging ("<name>#<n>"), Lance's rename-commit temporaries.
 _STAGING = re.compile(r".+\.tmp-[0-9a-f]+|\.lance-assets-probe-[0-9a-f]+|.+#\d+|\.tmp_.+|.+\.manifest-[0-9a-f-]{32,36}")
+
+# Blob sidecars of data/<stem>.lance live in data/<stem>/ (one level, *.blob); index files in
+# _indices/<uuid>/. Anything else below those folders is of unknown purpose and never touched.
+_SIDECAR = re.compile(r"[^/]+/[^/]+\.blob")
+_INDEX_FILE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/.+")
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -84,7 +88,7 @@ def parse_duration(text: str) -> float:
 class RemovedFile:
     path: str
     bytes: int
-    kind: str  # data | deletion | transaction | staging | manifest | index
+    kind: str  # data | blob | deletion | transaction | staging | manifest | index
     age_seconds: float
 
 
@@ -168,6 +172,16 @@ def _collect(refs: _References, raw: bytes, where: str) -> float:
     return m.timestamp.seconds + m.timestamp.nanos / 1e9
 
 
+def _owner(rel: str, kind: str) -> str:
+    """The path whose reference keeps ``rel``: a blob sidecar ``data/<stem>/<id>.blob`` lives as
+    long as its data file ``data/<stem>.lance``, an index file as long as its ``_indices/<uuid>``."""
+    if kind == "blob":
+        return rel.rsplit("/", 1)[0] + ".lance"
+    if kind == "index":
+        return "/".join(rel.split("/", 2)[:2])
+    return rel
+
+
 def _manifest_names(listing: Iterable[Entry]) -> list[str]:
     """Every manifest-like file in a listing of _versions/: committed versions and anything else named *.manifest."""
     return sorted(e.name for e in listing if e.name.endswith(".manifest"))
@@ -224,29 +238,43 @@ def cleanup(
     uri: DatasetRef,
     *,
     older_than: float = DEFAULT_OLDER_THAN_SECONDS,
-    retain_versions: int | None = None,
+    retain_versions: int | None = 1,
     dry_run: bool = False,
     trim_reuse: bool = True,
     storage_options: Mapping[str, Any] | None = None,
     now: float | None = None,
 ) -> CleanupReport:
-    """Remove old versions (with ``retain_versions``) and every file older than ``older_than``
-    seconds that no kept version references.
+    """Remove old versions and every file older than ``older_than`` seconds that no kept
+    version references -- the space a compaction frees comes back only here, because every older
+    version still names the small files it merged.
 
     Args:
         uri: the dataset (or an open Storage).
-        older_than: the cutoff, for versions (their commit time) and files (their modification
-            time) alike; longer than any writer that may run meanwhile.
-        retain_versions: keep at least this many newest versions; ``None`` removes no version
-            (orphans only). The latest version and tagged versions are always kept.
+        older_than: the cutoff in seconds (default two weeks, as Lance's), for versions (their
+            commit time) and files (their modification time) alike; longer than any writer that
+            may run meanwhile.
+        retain_versions: keep at least this many newest versions (default 1: only the latest);
+            ``None`` removes no version (orphans only). The latest version and tagged versions
+            are always kept.
         dry_run: report what would go, remove nothing.
         trim_reuse: first drop the fragment-reuse versions every index has caught up with
             (one CreateIndex commit, see ``engine.indices.trim_reuse_index``), so the retention
             that follows can reclaim what only they kept.
 
+    Returns:
+        What was removed (or, with ``dry_run``, would be): files with their kind and size,
+        removed and kept versions, aborted uploads.
+
     Raises:
         UnsupportedFeatureError, CorruptFileError, VersionNotFoundError: references are uncertain
             (branches, base paths, unknown flags, an unreadable manifest or tag); nothing removed.
+        ValueError: a negative cutoff or ``retain_versions`` below 1.
+
+    Examples:
+        >>> report = cleanup("data/events.lance", older_than=7 * 86400, dry_run=True)
+        >>> report.to_dict()["versions_removed"], report.bytes
+        (41, 18203344)
+        >>> cleanup("data/events.lance", older_than=3600, retain_versions=None)  # orphans only
     """
     if older_than < 0:
         raise ValueError("older_than must not be negative")
@@ -266,8 +294,17 @@ def cleanup(
     # Candidates are listed before the manifests are read: a file written after this
     # listing is not a candidate, one committed meanwhile is protected by its age.
     candidates: list[tuple[str, str, int, float | None]] = []
-    for folder, kind in ((DATA_DIR, "data"), (DELETIONS_DIR, "deletion"), (TRANSACTIONS_DIR, "transaction")):
+    for e in storage.list(DATA_DIR, recursive=True):
+        kind = "data" if "/" not in e.name else "blob" if _SIDECAR.fullmatch(e.name) else None
+        if kind:
+            candidates.append((f"{DATA_DIR}/{e.name}", kind, e.size, e.modified))
+    for folder, kind in ((DELETIONS_DIR, "deletion"), (TRANSACTIONS_DIR, "transaction")):
         candidates += [(f"{folder}/{e.name}", kind, e.size, e.modified) for e in storage.list(folder)]
+    candidates += [
+        (f"{INDICES_DIR}/{e.name}", "index", e.size, e.modified)
+        for e in storage.list(INDICES_DIR, recursive=True)
+        if _INDEX_FILE.fullmatch(e.name)
+    ]
     listing = storage.list(VERSIONS_DIR)
     candidates += [
         (f"{VERSIONS_DIR}/{e.name}", "staging", e.size, e.modified)
@@ -295,15 +332,16 @@ def cleanup(
     referenced = refs.files
     sizes = {e.name: (e.size, e.modified) for e in listing}
     candidates += [(f"{VERSIONS_DIR}/{n}", "manifest", *sizes.get(n, (0, None))) for n in doomed_manifests]
-    for folder in sorted(gone.indices - refs.indices):
-        candidates += [(f"{folder}/{e.name}", "index", e.size, e.modified) for e in storage.list(folder)]
+    released = gone.indices - refs.indices
 
     doomed: list[RemovedFile] = []
     too_young = unknown_age = 0
     for rel, kind, size, modified in candidates:
-        if rel in referenced or rel in refs.external or rel.rsplit("/", 1)[-1] in refs.external:
+        owner = _owner(rel, kind)
+        if owner in referenced or owner in refs.indices or rel in refs.external or rel.rsplit("/", 1)[-1] in refs.external:
             continue
-        if kind in ("manifest", "index"):  # chosen by the version rules above, whatever the file age
+        if kind == "manifest" or (kind == "index" and owner in released):
+            # chosen by the version rules above, whatever the file age
             doomed.append(RemovedFile(rel, size, kind, round(clock - modified, 3) if modified is not None else 0.0))
             continue
         if modified is None:
@@ -323,7 +361,7 @@ def cleanup(
         if new_names:
             _read_references(storage, new_names, refs)
             referenced = refs.files
-            doomed = [f for f in doomed if f.path not in referenced and f.path.rsplit("/", 1)[0] not in refs.indices]
+            doomed = [f for f in doomed if _owner(f.path, f.kind) not in referenced | refs.indices]
         # Removed versions' manifests first: from then on no version references their files,
         # so a kill at any later point leaves only unreferenced (old) files for the next run.
         for f in doomed:
@@ -352,10 +390,8 @@ def cleanup(
 
 
 def bytes_on_disk(uri: DatasetRef, storage_options: Mapping[str, Any] | None = None) -> int:
-    """Bytes the dataset's files take: data, deletions, transactions, manifests and the index
-    folders its manifests name -- what retention gives back, for plots of storage over time."""
+    """Bytes the dataset's files take -- data files with their blob sidecars, deletions,
+    transactions, manifests and index folders -- for plots of what retention gives back."""
     storage = storage_of(uri, storage_options)
-    total = sum(e.size for folder in (DATA_DIR, DELETIONS_DIR, TRANSACTIONS_DIR, VERSIONS_DIR) for e in storage.list(folder))
-    refs = _References()
-    _read_references(storage, [n for n in _manifest_names(storage.list(VERSIONS_DIR)) if mf.parse_manifest_name(n)], refs)
-    return total + sum(e.size for folder in refs.indices for e in storage.list(folder))
+    folders = (DATA_DIR, DELETIONS_DIR, TRANSACTIONS_DIR, VERSIONS_DIR, INDICES_DIR)
+    return sum(e.size for folder in folders for e in storage.list(folder, recursive=True))

@@ -296,19 +296,29 @@ class Storage:
         with self._errors(rel):
             return bool(self.fs.exists(self.path(rel)))
 
-    def list(self, rel_dir: str) -> list[Entry]:
-        """Objects directly below ``rel_dir``; an absent folder lists as empty."""
+    def list(self, rel_dir: str, *, recursive: bool = False) -> list[Entry]:
+        """Objects directly below ``rel_dir`` (with ``recursive``, at any depth, named by their
+        path below ``rel_dir``, e.g. ``<stem>/<id>.blob``); an absent folder lists as empty."""
         self._refresh(rel_dir)
+        base = self.path(rel_dir).rstrip("/")
         with self._errors(rel_dir):
             try:
-                infos = self.fs.ls(self.path(rel_dir), detail=True)
+                if recursive:
+                    infos = list(self.fs.find(base, detail=True).values())
+                else:
+                    infos = self.fs.ls(base, detail=True)
             except FileNotFoundError:
                 return []
         out = []
         for info in infos:
             if info.get("type") == "directory":
                 continue
-            name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+            full = info["name"].rstrip("/")
+            if recursive:
+                # fsspec names may or may not carry the protocol; the part after the folder is the name
+                name = full.split(base.split("://", 1)[-1].lstrip("/") + "/", 1)[-1]
+            else:
+                name = full.rsplit("/", 1)[-1]
             out.append(Entry(name=name, size=int(info.get("size") or 0), modified=_modified(info)))
         return out
 
