@@ -358,12 +358,12 @@ def test_stable_row_ids_with_vector_index(tmp_path: Path) -> None:
 
 # --- options -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("version", factory.V2_VERSIONS)
-def test_target_rows_closes_outputs_like_lance_binary_copy(copy_of: Callable[[str, str], Path], version: str) -> None:
+def test_target_rows_leaves_no_remainder_file_below_target(copy_of: Callable[[str, str], Path], version: str) -> None:
     path = copy_of("five_100", version)
     plan, report, ds, _ = run_and_check(path, CompactionOptions(target_rows_per_fragment=250))
-    assert [(list(o.fragment_ids), o.rows) for t in plan.tasks for o in t.outputs] == [([0, 1, 2], 300), ([3, 4], 200)]
-    assert [f.metadata.physical_rows for f in ds.get_fragments()] == [300, 200]
-    assert report.fragments_added == 2
+    assert [(list(o.fragment_ids), o.rows) for t in plan.tasks for o in t.outputs] == [([0, 1, 2, 3, 4], 500)]
+    assert [f.metadata.physical_rows for f in ds.get_fragments()] == [500]
+    assert report.fragments_added == 1
 
 
 def test_max_rows_per_file(copy_of: Callable[[str, str], Path]) -> None:

@@ -308,11 +308,16 @@ def test_compactable_shapes_plan_like_lance(dataset_cache: Callable[[str, str], 
 
 
 # --- outputs simulation -------------------------------------------------------------------------
-def test_outputs_close_at_target_like_lance_binary_copy(planning_datasets: Build) -> None:
+def test_outputs_close_at_target_unless_the_rest_is_smaller(planning_datasets: Build) -> None:
+    """Lance's bin rule applied to files: no remainder file below the target (pylance's own
+    writer, rolling over between 1,024-row groups, writes the 500 rows as one file too)."""
     path = planning_datasets("five-100", sized("2.1", [100] * 5))
     plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=250))
     assert task_ids(plan) == [[0, 1, 2, 3, 4]]
-    assert [(list(o.fragment_ids), o.rows) for o in plan.tasks[0].outputs] == [([0, 1, 2], 300), ([3, 4], 200)]
+    assert [(list(o.fragment_ids), o.rows) for o in plan.tasks[0].outputs] == [([0, 1, 2, 3, 4], 500)]
+    path = planning_datasets("seven-100", sized("2.1", [100] * 7))
+    plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=250))
+    assert [(list(o.fragment_ids), o.rows) for t in plan.tasks for o in t.outputs] == [([0, 1, 2], 300), ([3, 4, 5, 6], 400)]
 
 
 def test_output_byte_cap_closes_before_an_input_would_exceed_it(planning_datasets: Build) -> None:

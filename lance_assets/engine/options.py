@@ -110,6 +110,14 @@ class CompactionOptions:
     def row_cap(self) -> int:
         return min(self.max_rows_per_file or MAX_ROWS_PER_FILE_LIMIT, MAX_ROWS_PER_FILE_LIMIT)
 
+    def rows_per_reencoded_file(self, live: int) -> int:
+        """Rows per file when ``live`` rows are re-encoded: spread evenly over as many files as
+        hold about ``target_rows_per_fragment`` each (a remainder is shared, not left as a small
+        file of its own), never above the row cap. Lance's writer gets there by rolling over only
+        between read batches; we get the same file count without depending on batch sizes."""
+        files = max(1, live // self.target_rows_per_fragment)
+        return max(1, min(-(-live // files), self.row_cap))
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["excluded_fragment_ids"] = sorted(self.excluded_fragment_ids)

@@ -380,7 +380,8 @@ def _heavy_detail(frag: table_pb2.DataFragment, options: CompactionOptions, why:
 def _reencode_outputs(
     group: list[table_pb2.DataFragment], sizes: dict[int, int], options: CompactionOptions
 ) -> tuple[OutputFile, ...]:
-    """The files a re-encode of ``group`` writes: its live rows cut every min(target, row cap) rows.
+    """The files a re-encode of ``group`` writes: its live rows cut every
+    ``options.rows_per_reencoded_file(live)`` rows.
 
     Each output names every input (rows are re-cut, not copied file by file); bytes are estimated
     in proportion to the live rows.
@@ -389,8 +390,8 @@ def _reencode_outputs(
     live = live_rows(group)
     physical = sum(f.physical_rows for f in group) or 1
     size = sum(sizes.values()) * live // physical
-    cap = min(options.target_rows_per_fragment, options.row_cap)
-    counts = [cap] * (live // cap) + ([live % cap] if live % cap or not live else [])
+    per = options.rows_per_reencoded_file(live)
+    counts = [per] * (live // per) + ([live % per] if live % per or not live else [])
     return tuple(OutputFile(ids, n, size * n // max(live, 1)) for n in counts)
 
 
@@ -623,10 +624,14 @@ def _split_by_target(bin_: list[table_pb2.DataFragment], target: int) -> Iterabl
 
 
 def _outputs(group: list[table_pb2.DataFragment], sizes: dict[int, int], options: CompactionOptions) -> tuple[OutputFile, ...]:
-    """Split a group into output files at input boundaries (pages line up nowhere else)."""
+    """Split a group into output files at input boundaries (pages line up nowhere else): a file
+    closes at the target when the rest of the group reaches the target too (so no small
+    remainder file is left, as in Lance's bin split), and before any input that would take it
+    over a row or byte cap."""
     outputs: list[OutputFile] = []
     ids: list[int] = []
     rows = size = 0
+    remaining = sum(f.physical_rows for f in group)
     deletions = False
     byte_cap, row_cap, target = options.max_bytes_per_file, options.row_cap, options.target_rows_per_fragment
     for frag in group:
@@ -641,7 +646,8 @@ def _outputs(group: list[table_pb2.DataFragment], sizes: dict[int, int], options
         rows += frag_rows
         size += frag_bytes
         deletions = deletions or (frag.HasField("deletion_file") and frag.deletion_file.num_deleted_rows > 0)
-        if rows >= target:
+        remaining -= frag_rows
+        if rows >= target and remaining >= target:
             outputs.append(OutputFile(tuple(ids), rows, size, deletions))
             ids, rows, size, deletions = [], 0, 0, False
     if ids:

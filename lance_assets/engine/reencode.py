@@ -84,7 +84,7 @@ def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, start
                 ds.storage.uri,
                 schema=reader.schema,
                 mode="append",
-                max_rows_per_file=min(options.target_rows_per_fragment, options.row_cap),
+                max_rows_per_file=options.rows_per_reencoded_file(live),
                 max_bytes_per_file=options.max_bytes_per_file or 90 * 1024**3,
                 data_storage_version="legacy" if ds.storage_version == mf.LEGACY else version,
                 storage_options=pylance_options,
