@@ -124,6 +124,14 @@ def metadata_only_column(path: Path | str, version: str) -> lance.LanceDataset:
     return lance.dataset(str(path))
 
 
+def added_column(path: Path | str, version: str) -> lance.LanceDataset:
+    """A column added without data, then appends that fill it: older files lack it."""
+    ds = appends(path, version, [100, 100])
+    ds.add_columns(pa.field("extra", pa.int32()))
+    t = simple_table(200, 100)
+    return write(t.append_column("extra", pa.array([i if i % 3 else None for i in range(100)], pa.int32())), path, version)
+
+
 def reordered(path: Path | str, version: str) -> lance.LanceDataset:
     """Appends whose batches list columns in another order than the schema."""
     write(simple_table(0, 100), path, version, mode="create")
@@ -169,6 +177,7 @@ SHAPES: dict[str, Callable[[Path | str, str], lance.LanceDataset]] = {
     "multi_file": multi_file,
     "dropped_column": dropped_column,
     "metadata_only_column": metadata_only_column,
+    "added_column": added_column,
     "reordered": reordered,
     "scalar_index": scalar_index,
     "vector_index": vector_index,
@@ -176,4 +185,4 @@ SHAPES: dict[str, Callable[[Path | str, str], lance.LanceDataset]] = {
 }
 
 # Shapes pylance itself cannot produce in a storage version.
-UNSUPPORTED = {("metadata_only_column", "legacy")}
+UNSUPPORTED = {("metadata_only_column", "legacy"), ("added_column", "legacy")}

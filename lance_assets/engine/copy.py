@@ -11,6 +11,7 @@ copied approximately.
 from __future__ import annotations
 
 import bisect
+import itertools
 import time
 import uuid
 from collections import deque
@@ -271,15 +272,21 @@ def _write_output(
         raise CompactionRefusedError(f"the inputs' data files have different versions {sorted(versions)}", path=ds.uri)
     version = v2file.FileVersion(mf.storage_version_name(versions.pop()))
 
-    # Every input must store the same live fields the same way (the planner grouped them so).
-    layouts = set()
-    for frag in inputs:
-        layouts.add(
-            tuple(sorted((fid, col >= 0) for df in frag.files for fid, col in zip(df.fields, df.column_indices) if fid in order))
-        )
-    if len(layouts) != 1:
-        raise CompactionRefusedError("the inputs store different sets of fields", path=ds.uri)
-    layout = sorted(next(iter(layouts)), key=lambda fc: order[fc[0]])
+    # Every input must store the same live fields the same way (the planner grouped them so),
+    # except fields an input lacks altogether (added later without rewriting its file) that
+    # can be filled with all-null pages.
+    fillable = v2file.null_fillable_fields(ds.manifest.fields, version)
+    layouts = [
+        {fid: col >= 0 for df in frag.files for fid, col in zip(df.fields, df.column_indices) if fid in order} for frag in inputs
+    ]
+    union = {fid: owns for fields in layouts for fid, owns in fields.items()}
+    lacking: list[list[int]] = []
+    for fields in layouts:
+        missing = [fid for fid in union if fid not in fields]
+        if any(fields[fid] != union[fid] for fid in fields) or not set(missing) <= fillable:
+            raise CompactionRefusedError("the inputs store different sets of fields", path=ds.uri)
+        lacking.append(missing)
+    layout = sorted(union.items(), key=lambda fc: order[fc[0]])
     out_fields = [fid for fid, owns in layout if owns]
 
     name = mf.data_file_name(uuid.uuid4().bytes)
@@ -297,7 +304,13 @@ def _write_output(
     kinds: dict[int, str] = {}
     with storage.open_write(rel) as out:
         pos = 0
+        starts = list(itertools.accumulate((frag.physical_rows for frag in inputs), initial=0))
+        filled = 0  # inputs whose all-null pages are in: they go in row order with the copied ones
         for row_offset, src in _input_sources(ds, inputs, order, read_batch_bytes):
+            while filled < len(inputs) and starts[filled] <= row_offset:
+                for fid in lacking[filled]:
+                    mergers[fid].add_all_null(inputs[filled].physical_rows, starts[filled])
+                filled += 1
             key = repdef.file_layer_key(src.meta.columns, src.columns, guarded, version)
             if isinstance(key, repdef.LayerConflict):
                 raise CompactionRefusedError(

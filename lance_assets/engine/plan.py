@@ -31,7 +31,7 @@ from lance_assets.engine.tail import read_legacy_metadata, read_v2_metadata
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
 from lance_assets.format.protobuf import has_unknown_fields, unknown_field_numbers
-from lance_assets.format.v2file import FileVersion
+from lance_assets.format.v2file import FileVersion, null_fillable_fields
 
 # Legacy (0.x) files count rows per batch in int32 (Metadata.batch_offsets).
 LEGACY_MAX_ROWS_PER_FILE = 2**31 - 1
@@ -235,10 +235,13 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
     layouts: dict[Any, tuple[tuple[int, bool], ...]] = {}
     # Lance's "compact itself" candidates: fragments whose deleted share is over the threshold.
     over: set[int] = set()
+    fillable = functools.cache(lambda v: null_fillable_fields(ds.manifest.fields, FileVersion(mf.storage_version_name(v))))
     for frag in fragments:
         if _over_threshold(frag, options):
             over.add(frag.id)
-        reason = _candidate_reason(ds, frag, options, live_ids, index_sets, pinned, check_unknown, layouts, frag.id in over)
+        reason = _candidate_reason(
+            ds, frag, options, live_ids, index_sets, pinned, check_unknown, layouts, frag.id in over, fillable
+        )
         if isinstance(reason, SkippedFragment):
             skipped.append(reason)
             candidates.append(None)
@@ -408,11 +411,13 @@ def _candidate_reason(
     check_unknown: bool = True,
     layouts: dict[Any, tuple[tuple[int, bool], ...]] | None = None,
     over_threshold: bool = False,
+    fillable: Callable[[tuple[int, int]], frozenset[int]] | None = None,
 ) -> SkippedFragment | tuple[Any, ...]:
     """Why ``frag`` cannot be compacted, or its bin key when it can.
 
     ``check_unknown=False`` says the manifest holds no unknown fields at all;
-    ``layouts`` memoizes ``field_layout`` by the files' field mappings.
+    ``layouts`` memoizes ``field_layout`` by the files' field mappings; ``fillable`` gives, per
+    file version, the fields a file may lack (``v2file.null_fillable_fields``).
     """
 
     # Runs for each of up to 100,000 fragments: every protobuf attribute is read once.
@@ -481,6 +486,11 @@ def _candidate_reason(
         return skip(
             Reason.INDEXED, f"covered by the Lance system index {pinned[fid]}, whose row mapping a rewrite would invalidate"
         )
+    if versions[0] != mf.LEGACY:
+        # Fields a file may lack (added to the schema after it was written) are filled with
+        # all-null pages when it is merged: they do not keep fragments apart.
+        dropped = fillable(versions[0]) if fillable is not None else frozenset()
+        layout = tuple(fc for fc in layout if fc[0] not in dropped)
     # Files of another version (mixed-version datasets) merge only with their own version.
     return (layout, index_sets.get(fid, _NO_INDICES), versions[0])
 

@@ -25,6 +25,7 @@ from enum import StrEnum
 from google.protobuf import any_pb2
 
 from lance_assets._proto import encodings_v2_0_pb2 as enc20
+from lance_assets._proto import encodings_v2_1_pb2 as enc21
 from lance_assets._proto import file2_pb2, file_pb2
 from lance_assets.errors import (
     CompactionRefusedError,
@@ -324,6 +325,62 @@ def _check_column(
 # Writing
 
 
+# --- all-null pages: rows of a file that lacks a column another input has -------------------
+#: Logical types whose 2.0 all-null pages still carry buffers (offsets): not synthesised.
+_VARIABLE_WIDTH = ("string", "binary", "large_string", "large_binary")
+
+
+def _any(url: str, value: bytes) -> bytes:
+    return any_pb2.Any(type_url=url, value=value).SerializeToString(deterministic=True)
+
+
+#: The page encoding of an all-null page of a top-level, childless column, as Lance writes it:
+#: no buffers, the page's ``length`` says how many rows. It does not depend on the data type.
+ALL_NULL_PAGE_ENCODING: dict[FileVersion, bytes] = {
+    # 2.0: ArrayEncoding { nullable { all_nulls {} } }
+    FileVersion.V2_0: _any(
+        ARRAY_ENCODING_URL, enc20.ArrayEncoding(nullable=enc20.Nullable(all_nulls=enc20.Nullable.AllNull())).SerializeToString()
+    ),
+    # 2.1 and 2.2: PageLayout { all_null_layout { layers: [NULLABLE_ITEM] } }
+    **{
+        v: _any(
+            "/lance.encodings21.PageLayout",
+            enc21.PageLayout(all_null_layout=enc21.AllNullLayout(layers=[enc21.REPDEF_NULLABLE_ITEM])).SerializeToString(),
+        )
+        for v in (FileVersion.V2_1, FileVersion.V2_2)
+    },
+    # 2.3 (no published proto): PlanarLayout whose structure (field 1) is the explicit form
+    # (field 2) with one nullable item (validity kind 2) and no value encoding, then an empty
+    # field 4 -- the bytes pylance 14 writes for such a page.
+    FileVersion.V2_3: _any("/lance.encodings23.PlanarLayout", b'\n\x0c\x12\n\n\x08\n\x06\x08\x02\x12\x02\x1a\x00\x12\x02"\x00'),
+}
+
+
+def null_fillable_fields(fields: Sequence[file_pb2.Field], version: FileVersion) -> frozenset[int]:
+    """Field ids whose rows a file may lack in a merged output: each such input contributes one
+    all-null page (``ColumnMerger.add_all_null``). Only top-level fields with no child fields
+    qualify (a struct or list needs validity or offsets buffers), not dictionaries or blobs, and
+    in 2.0 not variable-width types (their all-null pages still hold offsets)."""
+    parents = {f.parent_id for f in fields}
+    out = set()
+    for f in fields:
+        if f.parent_id != -1 or f.id in parents or f.logical_type.startswith("dict:") or f.extension_name == "lance.blob.v2":
+            continue
+        if f.metadata.get("lance-encoding:blob", b"").lower() == b"true":
+            continue
+        if version is FileVersion.V2_0 and f.logical_type in _VARIABLE_WIDTH:
+            continue
+        out.add(f.id)
+    return frozenset(out)
+
+
+def all_null_page(version: FileVersion, rows: int, row_offset: int) -> Page:
+    """One all-null page of ``rows`` rows starting at ``row_offset`` (no buffers)."""
+    page = Page(length=rows, priority=row_offset)
+    page.encoding.direct.encoding = ALL_NULL_PAGE_ENCODING[version]
+    return page
+
+
 def is_struct_header_column(column: file2_pb2.ColumnMetadata) -> bool:
     """A 2.0 struct column: every page is ``ArrayEncoding.struct`` with no buffers.
 
@@ -424,6 +481,19 @@ class ColumnMerger:
         self._all_struct = version is FileVersion.V2_0
         self._struct_page: Page | None = None
         self._struct_length = 0
+        self._pending_nulls: list[Page] = []  # all-null pages before the first real input
+
+    def add_all_null(self, rows: int, row_offset: int) -> None:
+        """Rows of an input that lacks this column: one all-null page (see ``null_fillable_fields``).
+        The column-level encoding comes from the inputs that hold the column."""
+        if self._version not in ALL_NULL_PAGE_ENCODING:
+            raise CompactionRefusedError(f"no all-null page encoding for file version {self._version}", path=self._path)
+        page = all_null_page(self._version, rows, row_offset)
+        if self._merged is None:
+            self._pending_nulls.append(page)
+        else:
+            self._merged.pages.append(page)
+        self._all_struct = False
 
     def add(self, part: file2_pb2.ColumnMetadata, relocation: int | Callable[[int], int], row_offset: int) -> None:
         k = self._count
@@ -435,6 +505,7 @@ class ColumnMerger:
             self._merged = file2_pb2.ColumnMetadata()
             self._merged.CopyFrom(part)
             del self._merged.pages[:]
+            self._merged.pages.extend(self._pending_nulls)
         elif encoding != self._encoding:
             raise CompactionRefusedError(f"input {k} has a different column encoding than input 0", path=self._path)
         self._count += 1
