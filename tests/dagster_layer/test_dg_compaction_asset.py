@@ -76,15 +76,15 @@ def test_materialize_one_partition_with_tiny_read_batches(root: Path, instance: 
     assert meta["read_version"] == read_version
     assert meta["lance_version"] == ds.version
     assert mat.tags["dagster/data_version"] == str(ds.version)
-    # an output closes once it reaches the target (as Lance's binary copy does): 100 + 20 rows
-    assert fragment_rows(a) == [100, 20]
+    # an output closes at the target only when the rest reaches it too: no 20-row remainder file
+    assert fragment_rows(a) == [120]
     assert (meta["fragments_before"], meta["fragments_after"]) == (12, len(ds.get_fragments()))
     assert meta["rows_before"] == meta["rows_after"] == ds.count_rows() == 120
-    assert (meta["fragments_removed"], meta["fragments_added"], meta["tasks"]) == (12, 2, 1)
+    assert (meta["fragments_removed"], meta["fragments_added"], meta["tasks"]) == (12, 1, 1)
     assert meta["files_after"] == sum(len(f.metadata.files) for f in ds.get_fragments())
     assert meta["bytes_after"] == sum(df.file_size_bytes for f in ds.get_fragments() for df in f.metadata.files)
     assert meta["bytes_written"] == meta["bytes_after"]
-    assert meta["small_fragments_after"] == sum(1 for rows in fragment_rows(a) if rows < TARGET) == 1
+    assert meta["small_fragments_after"] == sum(1 for rows in fragment_rows(a) if rows < TARGET) == 0
     # the other partition was not touched
     assert tree_digest(b) == b_files
 
