@@ -16,7 +16,6 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from lance_assets.engine.compaction import compact, run_plan
 from lance_assets.engine.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile, plan_compaction
+from lance_assets.engine.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult
 from support import Before, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
 
@@ -714,31 +713,32 @@ def test_legacy_whole_batches(tmp_path: Path, make: str) -> None:
     pylance_keeps_working(path, before)
 
 
-def test_legacy_appends_merge_where_batches_allow(dataset_copy: Callable[[str, str], Path]) -> None:
-    """100, 1, 250, 30 rows (one batch each): [100, 1] and [250, 30] can each share a legacy file."""
+def test_legacy_appends_merge_into_one(dataset_copy: Callable[[str, str], Path]) -> None:
+    """100, 1, 250, 30 rows (one batch each): one legacy file, its batches re-cut to one size."""
     path = dataset_copy("appends", "legacy")
     plan, report, ds, _ = run_and_check(path, CompactionOptions(reencode_fallback=False))
-    assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1], [2, 3]]
-    assert report.tasks == 2 and report.tasks_skipped == 0 and len(ds.get_fragments()) == 2
+    assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1, 2, 3]]
+    assert report.tasks == 1 and report.tasks_skipped == 0 and len(ds.get_fragments()) == 1
 
 
-def test_one_task_refused_the_other_committed(tmp_path: Path) -> None:
+def test_one_task_refused_the_other_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A task the copier refuses is reported and leaves no file; the other tasks still commit."""
+    import lance_assets.engine.copy_legacy as copy_legacy
+    from lance_assets.errors import CompactionRefusedError
+
+    def refuse(*args: Any) -> None:
+        raise CompactionRefusedError("refused by the test")
+
     path = tmp_path / "legacy.lance"
-    factory.appends(path, "legacy", [1, 100, 3000, 1024, 1024])  # batches 1 + 100 cannot share a legacy file
+    factory.appends(path, "legacy", [1, 100, 3000, 1024, 1024])
     before = capture(path)
     data_before = {p.name for p in (path / "data").iterdir()}
     options = CompactionOptions(target_rows_per_fragment=2000, reencode_fallback=False)
     plan = plan_compaction(str(path), options)
-    assert [list(t.fragment_ids) for t in plan.tasks] == [[3, 4]]  # the planner already splits 0 | 1
-    assert {s.fragment_id: s.reason for s in plan.skipped} == {0: "uneven_batches", 1: "uneven_batches", 2: "at_target_size"}
-    # a plan made elsewhere (e.g. by an older planner) that merges 0 and 1 anyway
-    forced = replace(
-        plan,
-        tasks=(CompactionTask(0, (0, 1), 101, 0, (OutputFile((0, 1), 101, 0),), files=2), replace(plan.tasks[0], task_id=1)),
-        skipped=tuple(s for s in plan.skipped if s.fragment_id == 2),
-    )
-    report = run_plan(forced)
+    assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1], [3, 4]]
+    # batches of 1 and 100 rows need re-cutting (1024 + 1024 do not): refuse that, mid-write
+    monkeypatch.setattr(copy_legacy, "Repager", refuse)
+    report = run_plan(plan)
     assert report.version == before.version + 1
     assert report.tasks == 1 and report.tasks_skipped == 1
     assert report.fragments_removed == 2 and report.fragments_added == 1

@@ -241,20 +241,15 @@ def test_indices_split_bins_on_stable_row_id_datasets(planning_datasets: Build) 
 
 
 def test_legacy_dataset(dataset_cache: Callable[[str, str], Path]) -> None:
-    """Legacy datasets are binned like Lance bins them, then split where batches of different
-    sizes would meet in one file (legacy readers find batch i at row i x the first batch's size):
-    fragments of 100, 1, 250 and 30 rows (one batch each) merge as [100, 1] and [250, 30]."""
+    """Legacy datasets are binned like Lance bins them: fragments of 100, 1, 250 and 30 rows (one
+    batch each) merge as one group, by binary copy (the copy re-cuts batches that do not line up)."""
     path = dataset_cache("appends", "legacy")
-    plan = plan_compaction(str(path), CompactionOptions(reencode_fallback=False))
-    assert plan.storage_version == "legacy"
-    assert lance_task_ids(path) == [[0, 1, 2, 3]]
-    assert task_ids(plan) == [[0, 1], [2, 3]]
-    assert [(s.left_fragment_id, s.right_fragment_id, s.reason) for s in plan.splits] == [(1, 2, "uneven_batches")]
-    assert "partial batch" in plan.splits[0].detail
-    assert_partition(plan, range(4))
-    # with pylance to re-encode, Lance's own grouping: one group, re-encoded
-    plan = plan_compaction(str(path))
-    assert task_ids(plan) == lance_task_ids(path) and plan.tasks[0].reencode and not plan.splits
+    for options in (CompactionOptions(reencode_fallback=False), CompactionOptions()):
+        plan = plan_compaction(str(path), options)
+        assert plan.storage_version == "legacy"
+        assert task_ids(plan) == lance_task_ids(path) == [[0, 1, 2, 3]]
+        assert not plan.splits and not plan.tasks[0].reencode
+        assert_partition(plan, range(4))
 
 
 @pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])

@@ -1,31 +1,33 @@
-"""One output file of a legacy (0.x) dataset: the inputs' batches concatenated by binary copy.
+"""One output file of a legacy (0.x) dataset, merged by binary copy.
 
 A legacy file is a list of batches, each with one page per field, addressed through a page
-table indexed by (field id, batch). Merging files therefore means appending batches:
+table indexed by (field id, batch). Lance's legacy readers place batch *i* at row *i* × (rows of
+batch 0) (docs/format.md), so every batch of a file but the last must have the same size. Two
+ways to merge files:
 
-* the pages of every live field are copied byte for byte, file after file, in the order they
-  lie in their source (adjacent pages coalesce into one copy of at most ``read_batch_bytes``
-  per read, so an input without dropped columns is copied as one extent per var-binary page);
-* VAR_BINARY pages are the one encoding holding file positions: the page-table entry points
-  at ``n + 1`` absolute i64 offsets of the value boundaries, written right after the values.
-  Each such array is read (in chunks of at most ``read_batch_bytes``), shifted by how far its
-  page moved, and written in place of the original, so the output has the same layout as if
-  the source bytes had been copied verbatim;
-* the tail is rebuilt (:func:`legacy.build_legacy_tail`): a page table for every output
-  batch, the cumulative batch offsets, the embedded schema; page statistics are dropped.
+* **concatenation**, when the inputs' batches already satisfy that rule one after the other
+  (every input but the last holds whole batches of one size): the pages of every live field are
+  copied byte for byte, file after file, in the order they lie in their source (adjacent pages
+  coalesce into one copy of at most ``read_batch_bytes`` per read, so an input without dropped
+  columns is copied as one extent per var-binary page). VAR_BINARY pages are the one encoding
+  holding file positions: the page-table entry points at ``n + 1`` absolute i64 offsets of the
+  value boundaries, written right after the values; each such array is read (in chunks of at
+  most ``read_batch_bytes``), shifted by how far its page moved, and written in place of the
+  original, so the output has the same layout as if the source bytes had been copied verbatim;
+* **re-paging** otherwise: the concatenated rows are cut into batches of one size and every
+  page is assembled from slices of the input pages (engine/legacy_repage.py), still without
+  decoding a value.
+
+Either way the tail is rebuilt (:func:`legacy.build_legacy_tail`): a page table for every output
+batch, the cumulative batch offsets, the embedded schema; page statistics are dropped.
 
 What is refused (CompactionRefusedError, so the task is skipped with a reason):
 
 * live DICTIONARY fields: every file stores its own dictionary at an absolute position and the
   keys index into it, so two files' keys cannot share one dictionary without re-encoding;
 * types :func:`legacy.field_layouts` cannot classify;
-* inputs whose batches would not line up as "every batch the same size but the last": Lance's
-  legacy fragment readers compute a batch's first row as ``batch_id * rows_in_batch(0)``
-  (pushdown filter scans, deletion handling in the updater and merge-insert), so a file whose
-  batches have different sizes reads back wrong row addresses (and, once rows are deleted,
-  wrong rows) there even though plain scans look right;
-* more than 2**31 - 1 rows (legacy batch offsets are int32), data files of one fragment with
-  different batch layouts, files whose page table range disagrees with their DataFile.
+* more than 2**31 - 1 rows (legacy batch offsets are int32), an output batch whose list items
+  would overflow int32 list offsets, files whose page table range disagrees with their DataFile.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import DATA_DIR, Dataset
+from lance_assets.engine.legacy_repage import Repager, repage_batch_size
 from lance_assets.engine.report import ProgressCallback
 from lance_assets.engine.rows import carry_row_sequences
 from lance_assets.engine.tail import read_legacy_metadata, read_legacy_tail
@@ -107,22 +110,14 @@ def _inputs(ds: Dataset, frag: table_pb2.DataFragment, schema: dict[int, file_pb
                     path=where,
                 )
         out.append(_Input(rel, meta, layouts, live, tail, tail_offset))
-    if any(i.meta.batch_offsets != out[0].meta.batch_offsets for i in out[1:]):
-        raise CompactionRefusedError(f"the data files of fragment {frag.id} have different batch layouts", path=ds.uri)
     return out
 
 
-def _check_batches(batch_rows: Sequence[int], where: str) -> None:
-    """Lance's legacy fragment readers need every batch but the last to have the first's size."""
-    size = batch_rows[0]
-    if any(n != size for n in batch_rows[:-1]) or batch_rows[-1] > size:
-        shown = list(batch_rows[:12]) + (["…"] if len(batch_rows) > 12 else [])
-        raise CompactionRefusedError(
-            f"merged batches would have sizes {shown}; legacy readers locate batch i at row i * {size}, so "
-            "every batch but the last"
-            " must have the same size (merge inputs whose row counts are multiples of their batch size, or reencode)",
-            path=where,
-        )
+def _concatenable(sources: Sequence[Sequence[_Input]]) -> bool:
+    """Whether the inputs' batches, one after the other, already form a file Lance reads right:
+    the files of each fragment cut alike, and every batch but the last of the first one's size."""
+    same_cut = all(src.meta.batch_offsets == files[0].meta.batch_offsets for files in sources for src in files)
+    return same_cut and legacy.uniform_batches([n for files in sources for n in files[0].meta.batch_rows])
 
 
 class _Copier:
@@ -228,6 +223,27 @@ def _copy_pages(copier: _Copier, src: _Input, where: str) -> dict[tuple[int, int
     return moved
 
 
+def _self_check(storage: Storage, rel: str, size: int, offsets: list[int], pages: list[legacy.LegacyPage]) -> None:
+    """Read the written file's tail back: the page table and batch offsets must be the ones written,
+    the batches cut as Lance's readers need, and every page inside the data region holding one
+    value per row (legacy pages have no rep/def layers to judge). Refuses (and deletes) otherwise."""
+    where = storage.url(rel)
+    back = read_legacy_metadata(storage, rel, size)
+    problem = None
+    if back.file_size != size or back.batch_offsets != tuple(offsets) or list(back.pages) != pages:
+        problem = "the written file's page table or batch offsets read back differently"
+    elif not legacy.uniform_batches(back.batch_rows):
+        problem = f"the written batches {list(back.batch_rows[:8])} are not all of the first one's size but the last"
+    else:
+        try:
+            legacy.field_layouts(back, path=where)
+        except (CorruptFileError, UnsupportedFeatureError) as exc:
+            problem = f"the written file does not parse back: {exc}"
+    if problem is not None:
+        storage.delete(rel, missing_ok=True)
+        raise CompactionRefusedError(f"self-check: {problem}", path=where)
+
+
 def write_legacy_output(
     ds: Dataset,
     inputs: Sequence[table_pb2.DataFragment],
@@ -237,8 +253,8 @@ def write_legacy_output(
 ) -> tuple[table_pb2.DataFragment, str, int, int]:
     """Write one merged legacy data file; returns its fragment (id unset), path, bytes read and written.
 
-    With ``verify`` the file is read back from storage and refused unless its page table and
-    batch offsets are the ones written (legacy pages have no rep/def layers to judge).
+    The inputs' batches are concatenated when they already line up, re-cut otherwise (see the
+    module docstring). With ``verify`` the written file's tail is read back (:func:`_self_check`).
     """
     storage = ds.storage
     schema = {f.id: f for f in ds.manifest.fields}
@@ -256,31 +272,40 @@ def write_legacy_output(
     if not out_ids:
         raise CompactionRefusedError("the inputs store no live field", path=ds.uri)
 
-    batch_rows = [n for files in sources for n in files[0].meta.batch_rows]
-    rows = sum(batch_rows)
+    rows = sum(files[0].meta.num_rows for files in sources)
     if rows > legacy.MAX_ROWS:
         raise CompactionRefusedError(
             f"{rows} rows exceed the legacy format's limit of {legacy.MAX_ROWS} rows per file", path=ds.uri
         )
-    _check_batches(batch_rows, ds.uri)
+    keep = set(out_ids)
+    fields = [f for f in ds.manifest.fields if f.id in keep]
+    concatenate = _concatenable(sources)
 
     name = mf.data_file_name(uuid.uuid4().bytes)
     rel = f"{DATA_DIR}/{name}"
-    lo, hi, total = out_ids[0], out_ids[-1], len(batch_rows)
-    pages = [legacy.LegacyPage(0, 0)] * ((hi - lo + 1) * total)
+    lo, hi = out_ids[0], out_ids[-1]
     with storage.open_write(rel) as out:
         copier = _Copier(storage, out, read_batch_bytes, progress)
-        first_batch = 0
-        for files in sources:
-            for src in files:
-                for (fid, batch), page in _copy_pages(copier, src, storage.url(src.rel_path)).items():
-                    pages[(fid - lo) * total + first_batch + batch] = page
-            first_batch += files[0].meta.num_batches
+        if concatenate:
+            batch_rows = [n for files in sources for n in files[0].meta.batch_rows]
+            total = len(batch_rows)
+            pages = [legacy.LegacyPage(0, 0)] * ((hi - lo + 1) * total)
+            first_batch = 0
+            for files in sources:
+                for src in files:
+                    for (fid, batch), page in _copy_pages(copier, src, storage.url(src.rel_path)).items():
+                        pages[(fid - lo) * total + first_batch + batch] = page
+                first_batch += files[0].meta.num_batches
+        else:
+            holders = [{fid: src for src in files for fid in src.field_ids} for files in sources]
+            size_b = repage_batch_size([src.meta.batch_rows for files in sources for src in files])
+            repager = Repager(copier, fields, holders, [files[0].meta.num_rows for files in sources], size_b)
+            batch_rows = repager.write()
+            pages = repager.pages
         data_end = copier.pos
         offsets = [0]
         for n in batch_rows:
             offsets.append(offsets[-1] + n)
-        keep = set(out_ids)
         first = sources[0][0].meta
         tail = legacy.build_legacy_tail(
             data_end=data_end,
@@ -288,19 +313,14 @@ def write_legacy_output(
             max_field_id=hi,
             pages=pages,
             batch_offsets=offsets,
-            fields=[f for f in ds.manifest.fields if f.id in keep],
+            fields=fields,
             schema_metadata=first.schema_metadata,
             embedded_manifest=first.embedded_manifest,
         )
         out.write(tail)
         size = data_end + len(tail)
     if verify:
-        back = read_legacy_metadata(storage, rel, size)
-        if back.file_size != size or back.batch_offsets != tuple(offsets) or list(back.pages) != pages:
-            storage.delete(rel, missing_ok=True)
-            raise CompactionRefusedError(
-                "self-check: the written file's page table or batch offsets read back differently", path=storage.url(rel)
-            )
+        _self_check(storage, rel, size, offsets, pages)
 
     data_file = table_pb2.DataFile(path=name, fields=out_ids, file_major_version=0, file_minor_version=2, file_size_bytes=size)
     fragment = table_pb2.DataFragment(physical_rows=rows)

@@ -78,7 +78,7 @@ class CompactionOptions:
     )
     reencode_fallback: bool = _option(
         True,
-        "Re-encode groups that cannot be binary-copied (deletions to drop, nested layers, uneven legacy batches) with pylance, "
+        "Re-encode groups that cannot be binary-copied (deletions to drop, nested layers) with pylance, "
         "when installed, in the same commit; otherwise binary-copy or split them.",
     )
     verify_output: bool = _option(

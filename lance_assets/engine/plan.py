@@ -2,9 +2,8 @@
 
 Planning reads the manifest only, so it is fast on datasets with 100,000 fragments and
 safe to run from a sensor -- except where the schema nests a list below a struct in a 2.1+
-dataset, or the dataset is legacy (0.x): there the candidates' file metadata is read too
-(rep/def layers, batch sizes: see ``_FileSplitter``), because the plan must say what the copy
-will do. It follows
+dataset: there the candidates' file metadata is read too (rep/def layers: see
+``_FileSplitter``), because the plan must say what the copy will do. It follows
 Lance's own candidate selection and binning (fact sheet §7.2), and additionally
 simulates the output files so that a task which would not reduce the number
 of fragments is never run.
@@ -27,7 +26,7 @@ from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.reencode import pylance_available
 from lance_assets.engine.report import Reason, SkippedFragment
 from lance_assets.engine.rows import live_rows
-from lance_assets.engine.tail import read_legacy_metadata, read_v2_metadata
+from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
 from lance_assets.format.protobuf import has_unknown_fields, unknown_field_numbers
@@ -212,7 +211,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
         )
 
     if ds.storage_version == mf.LEGACY:
-        # Batches are concatenated into one file whose batch offsets are int32.
+        # The inputs' rows go into one file whose batch offsets are int32.
         options_for_outputs = replace(options, max_rows_per_file=min(options.row_cap, LEGACY_MAX_ROWS_PER_FILE))
     else:
         options_for_outputs = options
@@ -498,13 +497,11 @@ def _candidate_reason(
 class _FileSplitter:
     """Splits bins where neighbouring fragments' files may not share an output file.
 
-    Two facts live in the data files, not in the manifest, so for them the planner reads the
+    One fact lives in the data files, not in the manifest, so for it the planner reads the
     candidates' file metadata (its only data-file reads: the dry run then sees what the copy will):
-
-    * 2.1+ nested columns: pages may share a column only when their repetition/definition
-      layers agree (``format.repdef``) -- read only where the schema nests a list in a struct;
-    * legacy (0.x) files: readers place batch *i* at row *i* x the first batch's size, so every
-      input but the last must hold whole batches of that size.
+    2.1+ nested columns, whose pages may share a column only when their repetition/definition
+    layers agree (``format.repdef``) -- read only where the schema nests a list in a struct.
+    (Legacy files never need a split: batches that do not line up are re-cut by the copy.)
     """
 
     def __init__(self, ds: Dataset, why_not_reencode: Callable[[], str]) -> None:
@@ -512,19 +509,18 @@ class _FileSplitter:
         self._why_not_reencode = why_not_reencode
         #: boundaries (left id, right id) merged anyway because the group will be re-encoded
         self.reencode_pairs: dict[tuple[int, int], str] = {}
-        self._legacy = ds.storage_version == mf.LEGACY
         # Guarded fields per file version (empty for 2.0); the schema decides, so once per version.
         self._guarded = functools.cache(lambda version: repdef.guarded_field_ids(ds.manifest.fields, version))
-        self._nested = not self._legacy and bool(self._guarded(FileVersion.V2_1))
+        self._nested = ds.storage_version != mf.LEGACY and bool(self._guarded(FileVersion.V2_1))
         self._names = repdef.field_paths(ds.manifest.fields)
-        self.reason = Reason.UNEVEN_BATCHES if self._legacy else Reason.INCOMPATIBLE_LAYERS
+        self.reason = Reason.INCOMPATIBLE_LAYERS
         #: fragment id -> why it is left alone (set for fragments a split isolated)
         self.alone: dict[int, str] = {}
 
     def split(
         self, bin_: list[table_pb2.DataFragment], skipped: list[SkippedFragment], splits: list[PlanSplit]
     ) -> list[list[table_pb2.DataFragment]]:
-        if not (self._legacy or self._nested) or len(bin_) < 2:
+        if not self._nested or len(bin_) < 2:
             return [bin_]
         pieces: list[list[table_pb2.DataFragment]] = []
         run: list[Any] = []
@@ -559,26 +555,13 @@ class _FileSplitter:
 
     def _refuses(self, run: list[Any], info: Any) -> str | None:
         """Why a fragment with ``info`` may not join the run of fragments whose infos are ``run``."""
-        if not self._legacy:
-            return None if info == run[-1] else repdef.describe_difference(run[-1], info, self._names)
-        size = run[0][0]
-        if any(n != size for n in run[-1]):
-            return (
-                f"the fragment before ends with a partial batch ({run[-1][-1]} of {size} rows); "
-                "legacy readers need whole batches before the last"
-            )
-        if any(n != size for n in info[:-1]) or info[-1] > size:
-            return f"batches of {list(info[:4])} rows cannot follow batches of {size} rows in one legacy file"
-        return None
+        return None if info == run[-1] else repdef.describe_difference(run[-1], info, self._names)
 
     def _infos(self, bin_: list[table_pb2.DataFragment]) -> list[Any]:
-        """Per fragment: its layer key (2.1+) or first file's batch sizes (legacy), or why it has none."""
+        """Per fragment: its layer key, or why it has none."""
         ds = self._ds
 
         def read(frag: table_pb2.DataFragment) -> Any:
-            if self._legacy:
-                df = frag.files[0]
-                return read_legacy_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes).batch_rows
             keys: list[Any] = []
             for df in frag.files:
                 version = FileVersion(mf.storage_version_name(mf.data_file_version(df)))

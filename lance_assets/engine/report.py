@@ -35,7 +35,6 @@ class Reason(StrEnum):
     LEGACY_DICTIONARY = "legacy_dictionary"
     BLOB_COLUMN = "blob_column"
     INCOMPATIBLE_LAYERS = "incompatible_layers"  # nested columns whose pages disagree on layers (docs/format.md)
-    UNEVEN_BATCHES = "uneven_batches"  # legacy: batches of different sizes cannot share a file
     # running: a task or a commit that did not happen
     NOT_COPYABLE = "not_copyable"
     REENCODE_FAILED = "reencode_failed"

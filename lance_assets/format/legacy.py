@@ -13,9 +13,12 @@ given; the caller re-reads from there to the end and calls again. The offsets co
 footer (metadata position), then from Metadata (page table position), so there are at most two
 NeedMore in a row once the footer is in hand; one 64 KiB read is enough for typical files.
 
-For merging files (engine/copy_legacy.py) there are two writers: :func:`shift_positions`
-relocates a VAR_BINARY page's absolute offsets and :func:`build_legacy_tail` writes the bytes
-after the copied page data (page table, embedded schema, Metadata, footer; no statistics).
+For merging files (engine/copy_legacy.py, engine/legacy_repage.py) there are writers too:
+:func:`shift_positions` / :func:`shift_offsets` rebase a VAR_BINARY page's absolute positions or a
+list's offsets, :class:`BitJoiner` re-cuts bit-packed pages at any value, :func:`uniform_batches`
+says whether Lance's readers locate a file's batches right, and :func:`build_legacy_tail` writes
+the bytes after the page data (page table, embedded schema, Metadata, footer; no statistics).
+What each page holds is described in docs/format.md ("Legacy (0.x) page contents").
 
 Pure functions over bytes (no handles, no clocks). Every position, length and count read from
 the file is checked against the file size *before* anything is sized from it, so a forged file
@@ -29,7 +32,7 @@ import itertools
 import struct
 import sys
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -526,42 +529,104 @@ def shift_positions(positions: bytes, delta: int, *, lo: int, hi: int, path: str
     and the values must not decrease; anything else is CorruptFileError, so a forged array never
     makes the output point outside what was copied.
     """
-    if len(positions) % 8:
-        raise ValueError(f"positions array of {len(positions)} bytes is not a whole number of i64")
-    n = len(positions) // 8
+    return shift_offsets(positions, 8, delta, lo=lo, hi=hi, path=path, what="positions")
+
+
+def shift_offsets(
+    data: bytes, width: int, delta: int, *, lo: int, hi: int, path: str | None = None, what: str = "offsets"
+) -> bytes:
+    """Add ``delta`` to every little-endian signed integer of ``width`` bytes (4 or 8) in ``data``.
+
+    The same checks as :func:`shift_positions`: values in ``[lo, hi]`` and non-decreasing
+    (CorruptFileError otherwise), and the shifted range must fit the integer type (ValueError).
+    Used for VAR_BINARY positions (i64) and list offsets (i32 for lists, i64 for large lists).
+    A caller that feeds one array in several slices passes the previous slice's last value as
+    ``lo``, which extends the ordering check across the slices.
+    """
+    if width not in (4, 8):
+        raise ValueError(f"offsets of {width} bytes are not supported")
+    if len(data) % width:
+        raise ValueError(f"offsets array of {len(data)} bytes is not a whole number of {8 * width}-bit integers")
+    n = len(data) // width
     if n == 0:
         return b""
-    values = _i64_arrow(positions, n)
+    values = _int_arrow(data, width, n)
     lo_seen, hi_seen = pc.min_max(values).values()
     if lo_seen.as_py() < lo or hi_seen.as_py() > hi:
         raise CorruptFileError(
-            f"positions array holds offsets {lo_seen.as_py()}..{hi_seen.as_py()} outside the page's values {lo}..{hi}",
-            path=path,
+            f"{what} array holds values {lo_seen.as_py()}..{hi_seen.as_py()} outside the page's range {lo}..{hi}", path=path
         )
     if n > 1 and pc.any(pc.less(values.slice(1), values.slice(0, n - 1))).as_py():
-        raise CorruptFileError("positions array is not non-decreasing", path=path)
-    if not (lo + delta >= 0 and hi + delta < 2**63):
-        raise ValueError(f"shift {delta} moves positions {lo}..{hi} out of the i64 range")
-    shifted = pc.add(values, pa.scalar(delta, pa.int64()))
-    return _i64_bytes(shifted, n)
+        raise CorruptFileError(f"{what} array is not non-decreasing", path=path)
+    limit = 2 ** (8 * width - 1)
+    if not (lo + delta >= 0 and hi + delta < limit):
+        raise ValueError(f"shift {delta} moves offsets {lo}..{hi} out of the {8 * width}-bit range")
+    shifted = pc.add(values, pa.scalar(delta, values.type))
+    return _int_bytes(shifted, width, n)
 
 
-def _i64_arrow(data: bytes, n: int) -> pa.Array:
+_INT_TYPES = {4: (pa.int32(), "i"), 8: (pa.int64(), "q")}
+
+
+def _int_arrow(data: bytes, width: int, n: int) -> pa.Array:
+    arrow_type, code = _INT_TYPES[width]
     if _BIG_ENDIAN:  # pyarrow reads native byte order
-        swapped = array("q", data)
+        swapped = array(code, data)
         swapped.byteswap()
         data = swapped.tobytes()
-    return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(data)])
+    return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(data)])
 
 
-def _i64_bytes(values: pa.Array, n: int) -> bytes:
+def _int_bytes(values: pa.Array, width: int, n: int) -> bytes:
     buf = values.buffers()[1]
-    raw = buf.to_pybytes()[values.offset * 8 : (values.offset + n) * 8]
+    raw = buf.to_pybytes()[values.offset * width : (values.offset + n) * width]
     if _BIG_ENDIAN:
-        swapped = array("q", raw)
+        swapped = array(_INT_TYPES[width][1], raw)
         swapped.byteswap()
         raw = swapped.tobytes()
     return raw
+
+
+def uniform_batches(batch_rows: Sequence[int]) -> bool:
+    """Whether Lance's legacy readers locate every batch right: all but the last have the first's size,
+    and the last is no larger (they place batch *i* at row *i* × the first batch's size)."""
+    if not batch_rows:
+        return True
+    size = batch_rows[0]
+    return all(n == size for n in batch_rows[:-1]) and batch_rows[-1] <= size
+
+
+class BitJoiner:
+    """Concatenates runs of bits (LSB first, as legacy bit-packed pages store them) into bytes.
+
+    ``add(data, offset, nbits)`` appends bits ``offset .. offset + nbits`` of ``data`` and returns
+    the bytes completed so far; ``finish()`` returns the last partial byte, zero-padded. Used to
+    re-cut boolean pages at row boundaries that do not fall on a byte.
+    """
+
+    def __init__(self) -> None:
+        self._pending = 0  # bits not yet returned (fewer than 8 between calls)
+        self._count = 0
+
+    def add(self, data: bytes, offset: int, nbits: int) -> bytes:
+        if min(offset, nbits) < 0 or offset + nbits > 8 * len(data):
+            raise ValueError(f"bits {offset}..{offset + nbits} are not inside {len(data)} bytes")
+        if nbits == 0:
+            return b""
+        if self._count == 0 and offset == 0 and nbits % 8 == 0:
+            return bytes(data[: nbits // 8])
+        value = (int.from_bytes(data, "little") >> offset) & ((1 << nbits) - 1)
+        value = self._pending | (value << self._count)
+        total = self._count + nbits
+        whole = total // 8
+        self._count = total - 8 * whole
+        self._pending = value >> (8 * whole)
+        return (value & ((1 << (8 * whole)) - 1)).to_bytes(whole, "little")
+
+    def finish(self) -> bytes:
+        out = bytes([self._pending]) if self._count else b""
+        self._pending = self._count = 0
+        return out
 
 
 def build_legacy_tail(
