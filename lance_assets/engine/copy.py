@@ -323,8 +323,8 @@ def _write_output(
         columns = [mergers[fid].finish() for fid in out_fields]
         descriptor = file_pb2.FileDescriptor(length=rows)
         descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
-        for key, value in (schema_metadata or {}).items():
-            descriptor.schema.metadata[key] = value
+        for meta_key, value in (schema_metadata or {}).items():
+            descriptor.schema.metadata[meta_key] = value
         tail = v2file.build_tail(pos, columns, descriptor, version)
         out.write(tail)
         size = pos + len(tail)

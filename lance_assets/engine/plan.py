@@ -461,9 +461,10 @@ def _candidate_reason(
     layout_key = tuple(key)
     layout = layouts.get(layout_key) if layouts is not None else None
     if layout is None:
-        layout = field_layout(frag, live_ids)
-        if isinstance(layout, str):
-            return skip(Reason.COLUMN_MAPPING, layout)
+        found = field_layout(frag, live_ids)
+        if isinstance(found, str):
+            return skip(Reason.COLUMN_MAPPING, found)
+        layout = found
         if layouts is not None:
             layouts[layout_key] = layout
     if storage_version == mf.LEGACY:

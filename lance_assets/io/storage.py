@@ -13,6 +13,7 @@ they were talking to.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as _dt
 import errno
@@ -440,7 +441,7 @@ class Storage:
             with self._errors(chunk[0]):
                 s3.delete_objects(self.fs, [self.path(rel) for rel in chunk])
 
-    def pending_uploads(self, rel_dir: str) -> list[PendingUpload]:
+    def pending_uploads(self, rel_dir: str) -> builtins.list[PendingUpload]:  # (``list`` is the method above)
         """Unfinished multipart uploads below ``rel_dir`` (S3 only; elsewhere none exist).
 
         A writer killed mid-file leaves one behind: invisible to listings, but billed.
