@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
@@ -23,8 +23,17 @@ from lance_assets.io.storage import decode_option_value
 
 PARTITION_PLACEHOLDER = "{partition_key}"
 
+if TYPE_CHECKING:
+    # Each resource is its own value (what Dagster hands an asset). Only type checkers see the
+    # type argument: subscripting at run time would put an extra parametrised pydantic class
+    # between ours and Dagster's, which its documentation never does.
+    _LanceDatasetsBase = dg.ConfigurableResource["LanceDatasets"]
+    _LanceRayBase = dg.ConfigurableResource["LanceRay"]
+else:
+    _LanceDatasetsBase = _LanceRayBase = dg.ConfigurableResource
 
-class LanceDatasets(dg.ConfigurableResource):
+
+class LanceDatasets(_LanceDatasetsBase):
     """Lance datasets under one root, one per partition key (or a single dataset).
 
     ``uri_template`` maps a partition key to a dataset URI; the default makes
@@ -140,10 +149,11 @@ class LanceDatasets(dg.ConfigurableResource):
         lance.write_dataset(
             table, uri, mode="append" if exists else "create", storage_options=self.storage_options or None, **write_kwargs
         )
-        return table.num_rows
+        rows: int = table.num_rows
+        return rows
 
 
-class LanceRay(dg.ConfigurableResource):
+class LanceRay(_LanceRayBase):
     """The Ray cluster a compaction's copy tasks run on (``runner="ray"``); the compaction step
     itself plans and commits in the Dagster run's process.
 
