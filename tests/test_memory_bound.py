@@ -66,7 +66,7 @@ CHILD = textwrap.dedent(
     if kind == "copy_file_range":
         # Taken on filesystems that clone blocks (btrfs, XFS …): pretend this one does.
         import os
-        import lance_assets.io.storage as st
+        import lance_assets.io.local as st
         st._CLONING_FILESYSTEMS = frozenset({st._filesystem_type(os.open(path, os.O_RDONLY))})
     if kind == "s3":
         import s3fs, aiobotocore.session  # the client library's own memory is not the copy's

@@ -10,7 +10,7 @@ import time
 import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field, create_model
@@ -73,13 +73,18 @@ def _option_fields() -> dict[str, Any]:
 #: Run config of one compaction: every engine option (``CompactionOptions``: same names,
 #: defaults and descriptions) plus retention and index upkeep. ``config.options()`` gives the
 #: engine options.
-CompactionConfig = create_model(
-    "CompactionConfig",
-    __base__=_CompactionConfigBase,
-    __module__=__name__,
-    __doc__=_CompactionConfigBase.__doc__,
-    **_option_fields(),
-)
+if TYPE_CHECKING:
+    # Type checkers cannot follow fields made at run time; to them the config is its base class,
+    # whose typed ``options()`` is how the engine options are read (never as attributes).
+    CompactionConfig = _CompactionConfigBase
+else:
+    CompactionConfig = create_model(
+        "CompactionConfig",
+        __base__=_CompactionConfigBase,
+        __module__=__name__,
+        __doc__=_CompactionConfigBase.__doc__,
+        **_option_fields(),
+    )
 
 
 def dataset_run_tagging(name: str, partitions_def: dg.PartitionsDefinition | None) -> dict[str, Any]:
@@ -236,7 +241,7 @@ def build_compaction_asset(
         required_resource_keys={resource_key} | ({ray_resource_key} if runner == RUNNER_RAY and ray_resource_key else set()),
         description="The dataset after binary-copy compaction of its small fragments (lance_assets).",
     )
-    def _compacted(context: dg.AssetExecutionContext, config: CompactionConfig) -> Iterator[Any]:  # type: ignore[valid-type]
+    def _compacted(context: dg.AssetExecutionContext, config: CompactionConfig) -> Iterator[Any]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         key = context.partition_key if partitions_def is not None else None
         options = config.options()

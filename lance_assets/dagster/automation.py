@@ -150,7 +150,7 @@ def build_discovery_sensor(
 
 def build_nightly_schedule(
     name: str,
-    job: "UnresolvedAssetJobDefinition",
+    job: "dg.JobDefinition | UnresolvedAssetJobDefinition",
     partitions_def: dg.PartitionsDefinition | None,
     *,
     cron_schedule: str,

@@ -5,11 +5,12 @@ every version the compaction committed, the data files' own metadata, and pylanc
 rather than trusting the numbers the compaction step reported.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 
+from lance_assets._proto.transaction_pb2 import Transaction
 from lance_assets.dagster.assets import READ_BACK_CHECK, ROWS_CHECK, SMALL_CHECK, AssetKeys
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.dataset import Dataset
@@ -21,27 +22,35 @@ SAMPLE_ROWS = 1000
 SAMPLE_GROUPS = 3
 
 
-def _sample_equal(uri: str, storage_options: dict, groups) -> tuple[bool, str]:  # type: ignore[no-untyped-def]
+#: One Rewrite group and the version that committed it.
+VersionedGroup = tuple[int, Transaction.Rewrite.RewriteGroup]
+
+
+def _sample_equal(uri: str, storage_options: Mapping[str, str], groups: Sequence[VersionedGroup]) -> tuple[bool, str]:
     """Compare the first rows of each rewritten group, before its commit against after it, with pylance."""
     try:
         import lance
+        import lance.fragment
     except ImportError:
         return True, "pylance not installed: row sample skipped"
-    opened: dict[int, object] = {}
+    opened: dict[int, lance.LanceDataset] = {}
 
-    def at(version: int):  # type: ignore[no-untyped-def]
+    def fragment(version: int, fragment_id: int) -> lance.fragment.LanceFragment:
         if version not in opened:
-            opened[version] = lance.dataset(uri, version=version, storage_options=storage_options or None)
-        return opened[version]
+            opened[version] = lance.dataset(uri, version=version, storage_options=dict(storage_options) or None)
+        found = opened[version].get_fragment(fragment_id)
+        if found is None:
+            raise LookupError(f"fragment {fragment_id} is not in version {version}")
+        return found
+
+    def head(version: int, fragment_id: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = fragment(version, fragment_id).head(SAMPLE_ROWS).to_pylist()
+        return rows
 
     try:
         for version, group in list(groups)[:SAMPLE_GROUPS]:
-            before = [r for f in group.old_fragments for r in at(version - 1).get_fragment(f.id).head(SAMPLE_ROWS).to_pylist()][
-                :SAMPLE_ROWS
-            ]
-            after = [r for f in group.new_fragments for r in at(version).get_fragment(f.id).head(SAMPLE_ROWS).to_pylist()][
-                :SAMPLE_ROWS
-            ]
+            before = [r for f in group.old_fragments for r in head(version - 1, f.id)][:SAMPLE_ROWS]
+            after = [r for f in group.new_fragments for r in head(version, f.id)][:SAMPLE_ROWS]
             if before != after:
                 return False, f"rows of group {[f.id for f in group.old_fragments]} differ after compaction"
     except Exception as exc:  # pylance raises OSError/ValueError/RuntimeError on unreadable files: that is a failed read-back
@@ -49,14 +58,14 @@ def _sample_equal(uri: str, storage_options: dict, groups) -> tuple[bool, str]: 
     return True, f"first {SAMPLE_ROWS} rows of up to {SAMPLE_GROUPS} groups equal"
 
 
-def _rewrite_groups(uri: str, storage_options: dict, read_version: int, version: int) -> list:  # type: ignore[type-arg]
+def _rewrite_groups(uri: str, storage_options: Mapping[str, Any], read_version: int, version: int) -> list[VersionedGroup]:
     """(version, group) of every Rewrite committed after ``read_version`` up to ``version``.
 
     One compaction may commit more than once (the binary copy, then a pylance
     re-encode of fragments with many deletions), so the last transaction alone
     does not show every rewritten group.
     """
-    groups: list[Any] = []
+    groups: list[VersionedGroup] = []
     for v in range(read_version + 1, version + 1):
         txn = Dataset.open(uri, v, storage_options).file.transaction
         if txn is not None and txn.HasField("rewrite"):
@@ -97,7 +106,7 @@ def build_compaction_checks(
             for name in (ROWS_CHECK, SMALL_CHECK, READ_BACK_CHECK):
                 yield dg.AssetCheckResult(check_name=name, passed=False, metadata={"error": "no materialization in this run"})
             return
-        meta = records[0].asset_materialization.metadata  # type: ignore[union-attr]
+        meta = records[0].asset_materialization.metadata
         read_version = int(meta["read_version"].value)
         version = int(meta["lance_version"].value)
         target = int(meta["target_rows_per_fragment"].value)

@@ -9,7 +9,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 from pydantic import Field, create_model
@@ -110,7 +110,7 @@ def build_lance_compaction_defs(
             "Fragments of the Lance dataset as last observed by the small-fragment sensor (one observation per Lance version)."
         ),
     )
-    resources: dict[str, dg.ConfigurableResource] = {resource_key: resource}
+    resources: dict[str, LanceDatasets | LanceRay] = {resource_key: resource}
     ray_key = f"{resource_key}_ray"
     if runner == "ray":
         resources[ray_key] = LanceRay(address=ray_address)
@@ -226,10 +226,15 @@ def _component_fields() -> dict[str, Any]:
     return out
 
 
-_ComponentFields = create_model("_ComponentFields", __base__=dg.Model, __module__=__name__, **_component_fields())
+if TYPE_CHECKING:
+    # Type checkers cannot follow fields made at run time: to them the fields are the plain model
+    # (``build_defs`` reads them by name).
+    _ComponentFields = dg.Model
+else:
+    _ComponentFields = create_model("_ComponentFields", __base__=dg.Model, __module__=__name__, **_component_fields())
 
 
-class LanceCompactionComponent(dg.Component, _ComponentFields, dg.Resolvable):  # type: ignore[misc,valid-type]
+class LanceCompactionComponent(dg.Component, _ComponentFields, dg.Resolvable):
     """Compaction of Lance datasets, configured in a ``dg`` project's ``defs.yaml``.
 
     Its attributes are exactly ``build_lance_compaction_defs``'s parameters (derived from its

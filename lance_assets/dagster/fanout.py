@@ -41,7 +41,7 @@ def build_fanout_job(
     )
     def plan_op(
         context: dg.OpExecutionContext,
-        config: CompactionConfig,  # type: ignore[valid-type]
+        config: CompactionConfig,
     ) -> Iterator[dg.Output[str] | dg.DynamicOutput[str] | dg.AssetObservation]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         options = config.options()

@@ -410,7 +410,43 @@ def commit_compaction(
     *,
     max_retries: int = DEFAULT_MAX_RETRIES,
 ) -> CompactionReport:
-    """Commit every successful task as one Rewrite; skipped tasks only clean up after themselves."""
+    """Commit every successful task as one Rewrite; skipped tasks only clean up after themselves.
+
+    The one step that changes the dataset, so it runs once, in the caller, after the tasks
+    (wherever they ran) are done. It re-reads the latest version, checks every commit made
+    since the plan's version for conflicts with ours (rebasing onto harmless ones: appends,
+    index builds, deletions in other fragments), writes the transaction and creates the next
+    manifest only if absent; losing that race to another writer means checking again and
+    retrying. A real conflict removes the files we wrote and raises, leaving the dataset
+    exactly as the other writer left it.
+
+    Args:
+        uri: The dataset: a URI (opened with the plan's storage options), an open Dataset
+            or a Storage (e.g. one with a commit lock).
+        plan: The plan the results belong to.
+        results: One result per task, from
+            :func:`~lance_assets.engine.copy.execute_task`; the files of skipped ones are
+            removed.
+        max_retries: Races lost to other writers before giving up.
+
+    Returns:
+        The report of the version committed (``version`` is None when no task succeeded).
+
+    Raises:
+        CommitConflictError: Another writer changed or removed fragments we rewrote, or won
+            the race more than ``max_retries`` times; our files were removed.
+        MissingFileError: Files written by the tasks vanished before the commit (e.g. a
+            cleanup with too short a grace period); nothing was committed.
+        StorageError: The store cannot create objects only-if-absent, or failed. Where a
+            remote write's outcome is unknown, its files are kept for ``cleanup``.
+
+    Examples:
+        >>> from lance_assets.engine import commit_compaction, execute_task, plan_compaction
+        >>> plan = plan_compaction("/data/events.lance")
+        >>> results = [execute_task(plan.uri, plan, task) for task in plan.tasks]
+        >>> report = commit_compaction(plan.uri, plan, results)
+        >>> report.version, report.retries
+    """
     started = time.monotonic()
     storage = storage_of(uri, plan.options.storage_options)
     done = [r for r in results if r.ok]

@@ -55,14 +55,43 @@ def run_plan(
 ) -> CompactionReport:
     """Copy every task of ``plan`` through ``runner`` and commit them here.
 
+    The second half of :func:`compact`, for callers that plan first: to look at (or store) the
+    plan before anything is written, or to reuse an open ``Storage`` (its filesystem, lock and
+    credentials). The copies may go anywhere, but the commit is always made by the caller,
+    once, because the commit is the only step that must see every task's result.
+
     All tasks are committed together, or with ``plan.options.commit_every`` each N tasks as
-    their own version as soon as they are copied (partial progress). ``on_task_done`` gets
-    each task's result as it arrives. The default runner copies in this process,
-    ``max_workers`` tasks at once in threads, reporting copied bytes to ``progress``; each task
-    holds at most ``read_batch_bytes`` of data, so memory is bounded by ``max_workers *
-    read_batch_bytes`` (plus the parsed metadata of the files being merged). Other runners
-    (``engine.runners``: processes, Ray, Dask) put the copies elsewhere; the commit is always
-    made by the caller, once.
+    their own version as soon as they are copied (partial progress: a long run that fails late
+    keeps what it committed, and its report lists the rest as ``not_committed``).
+
+    Args:
+        plan: What to copy, from :func:`~lance_assets.engine.plan.plan_compaction`.
+        storage: An open Storage of the dataset to copy and commit through; default: one
+            opened from ``plan.uri`` with the plan's storage options.
+        progress: Called with the number of bytes copied, as they are copied (default runner).
+        on_task_done: Called with each task's result as it arrives.
+        max_workers: Tasks the default runner copies at once, in threads. Each task holds at
+            most ``read_batch_bytes`` of data, so memory is bounded by ``max_workers *
+            read_batch_bytes`` (plus the parsed metadata of the files being merged).
+        runner: Where the copies run instead (``engine.runners``: processes, Ray, Dask).
+
+    Returns:
+        The report of every version committed (``version`` is None when nothing was).
+
+    Raises:
+        ValueError: ``max_workers`` is below 1.
+        CommitConflictError: Another writer committed a change incompatible with ours (or
+            kept winning the race past the retries); the files we wrote were removed.
+        LanceAssetsError: Storage, corruption and refusal errors of the copy or commit (a
+            typed subclass); raised only while nothing has been committed, otherwise the
+            report lists what was left uncommitted.
+
+    Examples:
+        >>> from lance_assets.engine import CompactionOptions, plan_compaction, run_plan
+        >>> plan = plan_compaction("/data/events.lance", CompactionOptions(commit_every=8))
+        >>> print(f"{plan.fragments_to_compact} fragments, {plan.bytes_to_read} bytes to copy")
+        >>> report = run_plan(plan, max_workers=4)
+        >>> report.committed_versions
     """
     if max_workers < 1:
         raise ValueError("max_workers must be positive")
@@ -175,10 +204,42 @@ def compact(
 ) -> CompactionReport:
     """Compact the latest version of ``uri``: plan, copy every task, commit all groups atomically.
 
-    With ``options.dry_run`` only the plan is made and reported. ``max_workers``
-    tasks are copied at once (see ``run_plan``; memory grows to about
-    ``max_workers * options.read_batch_bytes``); ``runner`` puts the copies on local
-    processes or a cluster instead (``engine.runners``).
+    The one call most callers need: it merges small fragments by copying their encoded pages
+    into larger files (no decoding, so it is fast and bit-exact) and commits one Rewrite that
+    Lance readers and indices understand. Fragments that cannot be copied safely are skipped
+    with a reason in the report, never guessed at.
+
+    Args:
+        uri: The dataset: a URI, an open :class:`~lance_assets.engine.dataset.Dataset` or a
+            :class:`~lance_assets.io.Storage` (see ``DatasetRef``).
+        options: What to merge and how (target size, batch bytes, partial commits, storage
+            options for a URI …); default ``CompactionOptions()``. With ``options.dry_run``
+            only the plan is made and reported: nothing is written.
+        progress: Called with the number of bytes copied, as they are copied.
+        on_task_done: Called with each task's result as it arrives.
+        max_workers: Tasks copied at once (see :func:`run_plan`; memory grows to about
+            ``max_workers * options.read_batch_bytes``).
+        runner: Puts the copies on local processes or a cluster instead (``engine.runners``).
+
+    Returns:
+        What was removed, added, copied and skipped, and the versions committed.
+
+    Raises:
+        NotADatasetError: ``uri`` holds no Lance dataset.
+        UnsupportedFeatureError: The dataset uses a feature flag or construct we do not
+            implement (nothing is written).
+        CommitConflictError: Another writer committed an incompatible change meanwhile; our
+            files were removed and the dataset is as that writer left it.
+        StorageError: The store failed, or cannot create objects only-if-absent (see
+            :class:`~lance_assets.io.Storage`).
+
+    Examples:
+        >>> from lance_assets.engine import CompactionOptions, compact
+        >>> report = compact(
+        ...     "s3://bucket/events.lance",
+        ...     CompactionOptions(target_rows_per_fragment=1_000_000, storage_options={"aws_region": "eu-west-1"}),
+        ... )
+        >>> report.fragments_removed, report.fragments_added, report.version
     """
     options = options or CompactionOptions()
     started = time.monotonic()

@@ -336,8 +336,8 @@ def _write_output(
         columns = [mergers[fid].finish() for fid in out_fields]
         descriptor = file_pb2.FileDescriptor(length=rows)
         descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
-        for key, value in (schema_metadata or {}).items():
-            descriptor.schema.metadata[key] = value
+        for meta_key, value in (schema_metadata or {}).items():
+            descriptor.schema.metadata[meta_key] = value
         tail = v2file.build_tail(pos, columns, descriptor, version)
         out.write(tail)
         size = pos + len(tail)
@@ -422,9 +422,39 @@ def execute_task(
 ) -> RewriteResult:
     """Write the task's new data files; commits nothing.
 
+    The unit of work a runner ships to a worker (a thread, a process, a Ray or Dask task):
+    it needs only the dataset's location, the plan and one of its tasks, all JSON-serialisable,
+    and leaves the commit to the caller so that a crashed or duplicated task never changes
+    the dataset; what it wrote is an orphan until committed.
+
     A task that turns out not to be copyable (an encoding that embeds file
     positions, inputs whose encodings differ, …) removes what it wrote and
     returns a skipped result with the reason; I/O and corruption errors raise.
+
+    Args:
+        uri: The dataset: a URI (opened with the plan's storage options), an open Dataset
+            or a Storage. The task reads the plan's version, whatever the latest is.
+        plan: The plan the task belongs to (its version and options).
+        task: One of ``plan.tasks``.
+        progress: Called with the number of bytes copied, as they are copied.
+
+    Returns:
+        The new fragments and the files written, to pass to
+        :func:`~lance_assets.engine.commit.commit_compaction`; or a skipped result
+        (``skipped_reason``) that wrote nothing.
+
+    Raises:
+        CompactionRefusedError: A fragment of the task is not in the plan's version.
+        MissingFileError: An input data file is absent.
+        CorruptFileError: An input file does not parse as what the manifest says it is.
+        StorageError: Reading or writing failed (permissions, full disk, network); what the
+            task wrote is removed.
+
+    Examples:
+        >>> from lance_assets.engine import commit_compaction, execute_task, plan_compaction
+        >>> plan = plan_compaction("s3://bucket/events.lance")
+        >>> results = [execute_task(plan.uri, plan, task) for task in plan.tasks]  # anywhere
+        >>> commit_compaction(plan.uri, plan, results).version
     """
     started = time.monotonic()
     ds = open_dataset(uri, plan.options.storage_options, plan.read_version)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import DATA_DIR, Dataset
@@ -123,7 +124,7 @@ def _concatenable(sources: Sequence[Sequence[_Input]]) -> bool:
 class _Copier:
     """Appends source extents to ``out``, coalescing adjacent ones into single range copies."""
 
-    def __init__(self, storage: Storage, out, read_batch_bytes: int, progress: ProgressCallback | None) -> None:
+    def __init__(self, storage: Storage, out: IO[bytes], read_batch_bytes: int, progress: ProgressCallback | None) -> None:
         self.storage, self.out, self.batch, self.progress = storage, out, read_batch_bytes, progress
         self.pos = 0  # bytes in ``out``, including the pending run
         self.bytes_read = 0

@@ -117,6 +117,37 @@ class Dataset:
         version: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
     ) -> Dataset:
+        """Open one version of a dataset: its manifest, read and checked once.
+
+        Opening is where every unsupported dataset is refused (unknown reader feature flags,
+        a manifest that is not what its name says), so that code holding a Dataset can trust
+        it; and one parsed manifest is shared by planning, copying and inspection instead of
+        each reading it again.
+
+        Args:
+            uri: A URI (local path, ``s3://``, ``gs://``, ``az://``, ``memory://``) or an
+                open :class:`~lance_assets.io.Storage` to reuse.
+            version: The version to open; default the latest (found from the version hint,
+                else by listing ``_versions/``).
+            storage_options: Filesystem options (credentials, endpoint) for a URI.
+
+        Returns:
+            The opened version, never mutated.
+
+        Raises:
+            NotADatasetError: No manifest under ``_versions/``, or one claiming another version.
+            VersionNotFoundError: ``version`` does not exist, or its manifest vanished while
+                being read (a concurrent cleanup).
+            UnknownFeatureFlagError: The manifest sets a reader flag we do not implement.
+            CorruptFileError: The manifest does not parse.
+            StorageError: The store failed (permissions, network).
+
+        Examples:
+            >>> from lance_assets.engine import Dataset
+            >>> ds = Dataset.open("s3://bucket/events.lance", storage_options={"aws_region": "eu-west-1"})
+            >>> ds.version, len(ds.fragments)
+            >>> Dataset.open(ds.storage, version=ds.version - 1).version
+        """
         storage = uri if isinstance(uri, Storage) else Storage(uri, storage_options)
         loc = latest_version(storage) if version is None else locate_version(storage, version)
         try:

@@ -61,9 +61,30 @@ def trim_reuse_index(
 ) -> IndexUpkeepReport:
     """Drop the reuse versions every index has caught up with (rebuilt at or after them).
 
+    Each compaction adds a version to the fragment-reuse index so that indices built before it
+    still find their rows; once every index has been rebuilt past it, that version only costs
+    memory on every open, so it goes. Needs no pylance.
+
     Commits one CreateIndex replacing ``__lance_frag_reuse`` (kept, possibly empty, as Lance
     keeps it); nothing is committed when no version can go. Other writers committing meanwhile
     are harmless: the decision is taken again on the version we commit on top of.
+
+    Args:
+        uri: The dataset: a URI, an open Dataset or a Storage.
+        storage_options: Filesystem options (credentials, endpoint) for a URI.
+        dry_run: Only count what would be trimmed; commit nothing.
+
+    Returns:
+        The reuse versions before and after (and the version committed, if any).
+
+    Raises:
+        CommitConflictError: Other writers kept winning the race to commit.
+        LanceAssetsError: Storage or corruption errors (a typed subclass).
+
+    Examples:
+        >>> from lance_assets.engine import trim_reuse_index
+        >>> report = trim_reuse_index("/data/events.lance", dry_run=True)
+        >>> report.reuse_versions_before, report.reuse_versions_after
     """
     started = time.monotonic()
     ds = open_dataset(uri, storage_options)
@@ -106,8 +127,30 @@ def trim_reuse_index(
 def maintain_indices(uri: DatasetRef, storage_options: Mapping[str, Any] | None = None) -> IndexUpkeepReport:
     """Rebuild indices over unindexed rows with pylance's ``optimize_indices``, then trim.
 
-    This is the one step that needs pylance (the optional ``reencode`` extra): index files are
-    Lance's own formats, which we never write. Without pylance only the trim runs.
+    After a compaction the merged rows are served through the fragment-reuse index; rebuilding
+    lets queries use the indices directly again and lets :func:`trim_reuse_index` drop the
+    versions no index needs any more. This is the one step that needs pylance (the optional
+    ``reencode`` extra): index files are Lance's own formats, which we never write. Without
+    pylance (or without user indices) only the trim runs.
+
+    Args:
+        uri: The dataset: a URI, an open Dataset or a Storage.
+        storage_options: Filesystem options (credentials, endpoint) for a URI; also given to
+            pylance (default: the Storage's own).
+
+    Returns:
+        Unindexed rows and reuse versions before and after, whether pylance ran, and the
+        versions committed.
+
+    Raises:
+        CommitConflictError: Other writers kept winning the race to commit the trim.
+        LanceAssetsError: Storage or corruption errors (a typed subclass).
+        Exception: Whatever pylance's ``optimize_indices`` raises, unchanged.
+
+    Examples:
+        >>> from lance_assets.engine import maintain_indices
+        >>> report = maintain_indices("s3://bucket/events.lance", {"aws_region": "eu-west-1"})
+        >>> report.optimized, report.unindexed_rows_before, report.unindexed_rows_after
     """
     started = time.monotonic()
     ds = open_dataset(uri, storage_options)

@@ -126,7 +126,33 @@ def inspect_dataset(
     target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Inspection:
-    """Inventory and fragmentation summary of one dataset version."""
+    """Inventory and fragmentation summary of one dataset version.
+
+    Everything comes from one manifest read (plus a size lookup only for data files whose size
+    the manifest does not record), so a sensor can decide on every tick whether a compaction
+    is worth running, and the CLI can show an operator what is there before anything changes.
+
+    Args:
+        uri: The dataset: a URI, an open Dataset or a Storage.
+        version: The version to inspect; default the latest (or an open Dataset's own).
+        target_rows_per_fragment: Fragments with fewer rows count as small in the summary.
+        storage_options: Filesystem options (credentials, endpoint) for a URI.
+
+    Returns:
+        The schema, fragments, indices, feature flags and a summary (small fragments, rows,
+        bytes, a size histogram) of that version.
+
+    Raises:
+        NotADatasetError: ``uri`` holds no Lance dataset.
+        VersionNotFoundError: ``version`` does not exist.
+        UnknownFeatureFlagError: The manifest sets a reader flag we do not implement.
+        LanceAssetsError: Storage or corruption errors while reading (a typed subclass).
+
+    Examples:
+        >>> from lance_assets.engine import inspect_dataset
+        >>> summary = inspect_dataset("/data/events.lance", target_rows_per_fragment=1_000_000).summary
+        >>> summary.fragments, summary.small_fragments, summary.bytes
+    """
     ds = open_dataset(uri, storage_options, version)
     m = ds.manifest
     frags = []

@@ -193,7 +193,35 @@ def fragment_file_count(fragment: table_pb2.DataFragment) -> int:
 
 # --- planning ----------------------------------------------------------------------
 def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -> CompactionPlan:
-    """Plan a compaction of the latest version (or of the given open Dataset)."""
+    """Plan a compaction of the latest version (or of the given open Dataset).
+
+    Planning writes nothing and reads little (the manifest; file metadata only for legacy and
+    nested-list datasets), so it can run from a sensor or a dry run, and the plan is small
+    enough to ship to other machines: :func:`~lance_assets.engine.copy.execute_task` runs its
+    tasks anywhere, :func:`~lance_assets.engine.commit.commit_compaction` commits them.
+
+    Args:
+        uri: The dataset: a URI, an open Dataset (planned at its version) or a Storage.
+        options: What to merge and how; default ``CompactionOptions()``. Its storage options
+            open a URI.
+
+    Returns:
+        The tasks (groups of neighbouring fragments and the files each becomes) and every
+        fragment left alone with its reason (``skipped``). A dataset that cannot be compacted
+        by copy at all (e.g. blob columns) gives a plan without tasks, not an error.
+
+    Raises:
+        NotADatasetError: ``uri`` holds no Lance dataset.
+        UnknownFeatureFlagError: The manifest sets a reader or writer flag we do not
+            implement (writing a version there could corrupt it).
+        LanceAssetsError: Storage or corruption errors while reading (a typed subclass).
+
+    Examples:
+        >>> from lance_assets.engine import CompactionOptions, plan_compaction
+        >>> plan = plan_compaction("/data/events.lance", CompactionOptions(target_rows_per_fragment=500_000))
+        >>> len(plan.tasks), plan.fragments_to_compact, plan.bytes_to_read
+        >>> [(s.fragment_id, s.reason) for s in plan.skipped][:3]
+    """
     options = options or CompactionOptions()
     ds = open_dataset(uri, options.storage_options)
     mf.check_feature_flags(ds.manifest, path=ds.uri, for_write=True)
@@ -466,9 +494,10 @@ def _candidate_reason(
     layout_key = tuple(key)
     layout = layouts.get(layout_key) if layouts is not None else None
     if layout is None:
-        layout = field_layout(frag, live_ids)
-        if isinstance(layout, str):
-            return skip(Reason.COLUMN_MAPPING, layout)
+        found = field_layout(frag, live_ids)
+        if isinstance(found, str):
+            return skip(Reason.COLUMN_MAPPING, found)
+        layout = found
         if layouts is not None:
             layouts[layout_key] = layout
     if storage_version == mf.LEGACY:

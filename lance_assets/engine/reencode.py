@@ -73,10 +73,14 @@ def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, start
             warnings.simplefilter("ignore")
             source = lance.dataset(ds.storage.uri, version=plan.read_version, storage_options=pylance_options)
 
+            def fragment(fragment_id: int) -> lance.fragment.LanceFragment:
+                found = source.get_fragment(fragment_id)
+                if found is None:  # the plan was made on this version, so this is a damaged dataset
+                    raise LookupError(f"fragment {fragment_id} is not in version {plan.read_version}")
+                return found
+
             def live_rows_in_order() -> Any:
-                return source.scanner(
-                    fragments=[source.get_fragment(i) for i in task.fragment_ids], scan_in_order=True
-                ).to_reader()
+                return source.scanner(fragments=[fragment(i) for i in task.fragment_ids], scan_in_order=True).to_reader()
 
             reader = live_rows_in_order()
             written = lance.fragment.write_fragments(

@@ -103,6 +103,6 @@ def carry_deletions(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], out: 
     if not merged:
         return ""
     encoded = encode_deletion_file(merged)
-    out.deletion_file.file_type = int(encoded.file_type)
+    out.deletion_file.file_type = encoded.file_type.value
     out.deletion_file.num_deleted_rows = encoded.num_deleted_rows
     return base64.b64encode(encoded.data).decode("ascii")

@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from lance_assets.errors import CorruptFileError
 from lance_assets.format import legacy, v2file
 from lance_assets.io import Storage
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs is Python 3.13
+
+
+class _NeedMore(Protocol):
+    """What a tail parser returns when it needs the bytes from ``offset`` on."""
+
+    @property
+    def offset(self) -> int: ...
+
+
 T = TypeVar("T")
+N = TypeVar("N", bound=_NeedMore)
+
+
+def _asks_for_more(parsed: T | N, need_more: type[N]) -> TypeIs[N]:
+    """Whether ``parsed`` is the parser's request for more bytes (else it is the metadata)."""
+    return isinstance(parsed, need_more)
 
 
 def read_parsed_tail(
     storage: Storage,
     rel_path: str,
-    parse: Callable[..., object],
-    need_more: type,
+    parse: Callable[..., T | N],
+    need_more: type[N],
     first_bytes: int,
     size_hint: int = 0,
 ) -> tuple[T, bytes, int]:
@@ -32,9 +49,9 @@ def read_parsed_tail(
     offset = size - len(tail)
     while True:
         parsed = parse(tail, offset, size, path=where)
-        if not isinstance(parsed, need_more):
-            return parsed, tail, offset  # type: ignore[return-value]
-        want = parsed.offset  # type: ignore[attr-defined]
+        if not _asks_for_more(parsed, need_more):
+            return parsed, tail, offset
+        want = parsed.offset
         if not 0 <= want < offset:
             raise CorruptFileError("metadata parser asked for bytes it already has", path=where)
         prefix = storage.read(rel_path, want, offset)

@@ -175,7 +175,8 @@ def encode_arrow_deletion_file(offsets: Iterable[int]) -> bytes:
     options = ipc.IpcWriteOptions(compression="zstd")
     with ipc.new_file(sink, DELETION_SCHEMA, options=options) as writer:
         writer.write_batch(batch)
-    return sink.getvalue().to_pybytes()
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
 
 
 def _checked_offsets(offsets: Iterable[int]) -> list[int]:

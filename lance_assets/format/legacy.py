@@ -242,7 +242,7 @@ def parse_tail(tail: bytes, tail_offset: int, file_size: int, *, path: str | Non
     pages = _page_table(at, pt_pos, n_entries, pt_limit, pt_pos, "page table", path)
 
     statistics = None
-    if stats_md is not None:
+    if stats_md is not None and stats_pos is not None:  # (set together)
         stat_ids = tuple(stats_md.fields)
         if not stat_ids or min(stat_ids) < 0:
             raise CorruptFileError(f"statistics field ids {stat_ids[:16]} are invalid", path=path)
@@ -285,12 +285,14 @@ def _prefixed(at: Callable[[int, int], bytes], pos: int, end: int, what: str, pa
     return at(pos + 4, length)
 
 
-def _page_table(at, pos: int, n: int, limit: int, data_end: int, what: str, path: str | None):
+def _page_table(
+    at: Callable[[int, int], bytes], pos: int, n: int, limit: int, data_end: int, what: str, path: str | None
+) -> tuple[LegacyPage, ...]:
     """Decode ``n`` (position, length) pairs at ``pos``; the table must end by ``limit`` and
     every page must start in ``[0, data_end]``. Sizes are checked before anything is sliced."""
     if pos + n * _PAGE_ENTRY.size > limit:
         raise CorruptFileError(f"{what} of {n} entries at {pos} runs past {limit}", path=path)
-    pages = []
+    pages: list[LegacyPage] = []
     for position, length in _PAGE_ENTRY.iter_unpack(at(pos, n * _PAGE_ENTRY.size)):
         if not (0 <= position <= data_end and 0 <= length <= _MAX_VALUE_COUNT):
             raise CorruptFileError(f"{what} entry ({position}, {length}) out of range", path=path)
@@ -579,7 +581,7 @@ def _int_arrow(data: bytes, width: int, n: int) -> pa.Array:
 
 def _int_bytes(values: pa.Array, width: int, n: int) -> bytes:
     buf = values.buffers()[1]
-    raw = buf.to_pybytes()[values.offset * width : (values.offset + n) * width]
+    raw: bytes = buf.to_pybytes()[values.offset * width : (values.offset + n) * width]
     if _BIG_ENDIAN:
         swapped = array(_INT_TYPES[width][1], raw)
         swapped.byteswap()

@@ -28,7 +28,8 @@ def parse(cls: type[M], data: bytes, *, path: str | None, what: str) -> M:
 
 def unknown_field_numbers(msg: Message) -> list[int]:
     """Tag numbers present on ``msg`` itself that our .proto files do not define."""
-    return sorted({f.field_number for f in UnknownFieldSet(msg)})
+    fields = UnknownFieldSet(msg)
+    return sorted({fields[i].field_number for i in range(len(fields))})
 
 
 def has_unknown_fields(msg: Message) -> bool:

@@ -44,7 +44,7 @@ from lance_assets.format.v2file import FileVersion
 #: One character per layer, innermost first: a list layer, an all-valid item, a nullable item.
 LIST, VALID, NULLABLE = "L", "V", "N"
 
-_FROM_ENUM = {
+_FROM_ENUM: dict[int, str] = {
     enc21.REPDEF_ALL_VALID_ITEM: VALID,
     enc21.REPDEF_NULLABLE_ITEM: NULLABLE,
     enc21.REPDEF_ALL_VALID_LIST: LIST,
@@ -243,9 +243,11 @@ def _planar_layers(value: bytes) -> str | None:
     if len(structure) != 1 or not isinstance(structure[0], bytes):
         return None
     form = wire_fields(structure[0])
-    if form is None or len(form) != 1 or form[0][1] != 2 or not isinstance(form[0][2], bytes):
+    if form is None or len(form) != 1:
         return None
-    number, _, body = form[0]
+    number, wire_type, body = form[0]
+    if wire_type != 2 or not isinstance(body, bytes):
+        return None
     inner = wire_fields(body)
     if inner is None:
         return None
@@ -259,9 +261,11 @@ def _planar_layers(value: bytes) -> str | None:
         if n != 1 or w != 2 or not isinstance(entry, bytes):
             return None
         variant = wire_fields(entry)
-        if variant is None or len(variant) != 1 or variant[0][1] != 2 or not isinstance(variant[0][2], bytes):
+        if variant is None or len(variant) != 1:
             return None
-        kind, _, details = variant[0]
+        kind, wire_type, details = variant[0]
+        if wire_type != 2 or not isinstance(details, bytes):
+            return None
         if kind == 2:
             layers.append(LIST)
             continue

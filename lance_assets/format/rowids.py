@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain, islice, pairwise, repeat
 from operator import lt, sub
+from typing import TypeAlias
 
 from lance_assets._proto import rowids_pb2
 from lance_assets.errors import CorruptFileError
@@ -48,7 +49,8 @@ _MIN_RANGE_PIECE = 8
 _RANGE_ROWS_PER_DELETION = 16
 _BIG_ENDIAN = sys.byteorder == "big"
 
-Piece = range | array  # type: ignore[type-arg]  # array[int] fails at run time; ranges have step 1, arrays typecode "Q"
+#: Ranges have step 1, arrays typecode "Q". A string: ``array[int]`` fails at run time before Python 3.12.
+Piece: TypeAlias = "range | array[int]"
 
 
 # ===================================================================== row ids
@@ -100,7 +102,7 @@ class RowIdSequence:
             return NotImplemented
         return len(self) == len(other) and all(a == b for a, b in zip(self, other))
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # typeshed types __hash__ as a method; None is how Python marks unhashable
 
     def to_list(self) -> list[int]:
         return list(self)
@@ -151,8 +153,7 @@ def _normalise(pieces: Iterable[Piece]) -> tuple[Piece, ...]:
         if not len(piece):
             continue
         previous = out[-1] if out else None
-        touching = isinstance(previous, range) and previous.stop == piece[0]
-        if isinstance(piece, range) and touching:
+        if isinstance(piece, range) and isinstance(previous, range) and previous.stop == piece[0]:  # touching
             out[-1] = range(previous.start, piece.stop)
         else:
             out.append(piece)
@@ -227,14 +228,14 @@ def _decode_segment(segment: rowids_pb2.U64Segment, *, path: str | None, what: s
             raise CorruptFileError(f"{what}: holes must ascend strictly inside {whole.start}..{whole.stop}", path=path)
         return _drop(whole, [h - whole.start for h in holes])
     if kind == "range_with_bitmap":
-        spec = segment.range_with_bitmap
-        whole = _checked_range(spec.start, spec.end, path=path, what=what)
-        if len(spec.bitmap) != math.ceil(len(whole) / 8):
+        bits = segment.range_with_bitmap
+        whole = _checked_range(bits.start, bits.end, path=path, what=what)
+        if len(bits.bitmap) != math.ceil(len(whole) / 8):
             raise CorruptFileError(
-                f"{what}: bitmap of {len(spec.bitmap)} bytes for a span of {len(whole)} ids",
+                f"{what}: bitmap of {len(bits.bitmap)} bytes for a span of {len(whole)} ids",
                 path=path,
             )
-        present = lsb_bit_positions(spec.bitmap, len(whole))
+        present = lsb_bit_positions(bits.bitmap, len(whole))
         start = whole.start
         return list(_compact(array("Q", map(start.__add__, present))))
     if kind == "sorted_array":

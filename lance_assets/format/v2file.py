@@ -521,7 +521,7 @@ class ColumnMerger:
         pages = self._merged.pages
         start = len(pages)
         pages.extend(part.pages)
-        move = relocation if callable(relocation) else None
+        move, shift = (relocation, 0) if callable(relocation) else (None, relocation)
         for i in range(start, len(pages)):
             page = pages[i]
             if page.encoding.HasField("indirect"):
@@ -529,8 +529,8 @@ class ColumnMerger:
                 raise ValueError("page has a deferred encoding at an absolute position; refuse the file")
             if move is not None:
                 page.buffer_offsets[:] = [move(o) for o in page.buffer_offsets]
-            elif relocation:
-                page.buffer_offsets[:] = [o + relocation for o in page.buffer_offsets]
+            elif shift:
+                page.buffer_offsets[:] = [o + shift for o in page.buffer_offsets]
             if row_offset:
                 page.priority += row_offset
 

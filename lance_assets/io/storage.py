@@ -1,19 +1,24 @@
 """A dataset root on any fsspec filesystem, with the few operations Lance needs.
 
-Every OS or network failure leaves here as a typed error from
-``lance_assets.errors`` so callers (engine, CLI, Dagster) never have to know
-which filesystem they were talking to.
+This is the facade the rest of the package talks to: one ``Storage`` whatever the store, so
+the engine never branches on where bytes live. fsspec does the generic work; where a store
+offers more (or fsspec costs too much) the facade hands off to a back end: ``local`` for the
+OS calls on a local disk (pread, copy_file_range/reflink, hard-link create), ``s3`` for S3's
+own calls (conditional put and its probe, bulk deletes, multipart-upload upkeep, option names)
+and ``multipart`` for the S3 writer with server-side copies. The back ends raise what the OS
+or the store raises; every OS or network failure leaves here as a typed error from
+``lance_assets.errors`` so callers (engine, CLI, Dagster) never have to know which filesystem
+they were talking to.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as _dt
 import errno
 import json
-import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from lance_assets.errors import AlreadyExistsError, CorruptFileError, LanceAssetsError, MissingFileError, StorageError
+from lance_assets.io import local, s3
 from lance_assets.io.multipart import MultipartComposer
 
 # In-process lock for stores where create-if-absent is emulated (memory://).
@@ -35,26 +41,6 @@ UNSAFE_COMMIT_OPTION = "lance_assets_unsafe_commit"
 # Our own storage option: "false" turns off server-side copies of large extents on S3
 # (UploadPartCopy), for S3-compatible stores that lack it. On by default.
 SERVER_SIDE_COPY_OPTION = "lance_assets_server_side_copy"
-
-# pylance (object_store) spells S3 options differently from s3fs; accept both so one
-# dict configures pylance and lance_assets alike. s3fs spellings win when both are given.
-_S3_CREDENTIAL_KEYS = {
-    "aws_access_key_id": "key",
-    "access_key_id": "key",
-    "aws_secret_access_key": "secret",
-    "secret_access_key": "secret",
-    "aws_session_token": "token",
-    "session_token": "token",
-}
-_S3_ENDPOINT_KEYS = ("aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url")
-_S3_REGION_KEYS = ("aws_region", "region", "aws_default_region")
-_S3_IGNORED_KEYS = (
-    "allow_http",
-    "aws_allow_http",
-    "aws_virtual_hosted_style_request",
-    "virtual_hosted_style_request",
-    "aws_s3_allow_unsafe_rename",
-)
 
 
 def decode_option_value(value: str) -> Any:
@@ -75,22 +61,7 @@ def fsspec_options(protocol: str, options: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in options.items() if k not in (UNSAFE_COMMIT_OPTION, SERVER_SIDE_COPY_OPTION)}
     if protocol not in ("s3", "s3a"):
         return out
-    client_kwargs = dict(out.pop("client_kwargs", None) or {})
-    for src, dst in _S3_CREDENTIAL_KEYS.items():
-        if src in out:
-            value = out.pop(src)
-            out.setdefault(dst, value)
-    for key in _S3_ENDPOINT_KEYS:
-        if key in out:
-            client_kwargs.setdefault("endpoint_url", out.pop(key))
-    for key in _S3_REGION_KEYS:
-        if key in out:
-            client_kwargs.setdefault("region_name", out.pop(key))
-    for key in _S3_IGNORED_KEYS:
-        out.pop(key, None)
-    if client_kwargs:
-        out["client_kwargs"] = client_kwargs
-    return out
+    return s3.translate_options(out)
 
 
 def _modified(info: Mapping[str, Any]) -> float | None:
@@ -110,57 +81,6 @@ def _modified(info: Mapping[str, Any]) -> float | None:
                 return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
             except ValueError:
                 continue
-    return None
-
-
-# Filesystems whose copy_file_range clones blocks (reflink) or copies on the server side.
-_CLONING_FILESYSTEMS = frozenset({"btrfs", "xfs", "bcachefs", "ocfs2", "zfs", "nfs", "nfs4", "cifs", "smb3"})
-# Of those, the ones that share blocks (reflink): only whole blocks at equal offsets modulo the
-# block size, so copies there are placed and cut at block boundaries.
-_REFLINK_FILESYSTEMS = frozenset({"btrfs", "xfs", "bcachefs", "ocfs2", "zfs"})
-_FILESYSTEM_TYPES: dict[int, str] = {}
-
-
-def _filesystem_type(fd: int) -> str:
-    """The type of the filesystem holding ``fd`` ("ext4", "btrfs" …; "" if unknown), from mountinfo."""
-    device = os.fstat(fd).st_dev
-    found = _FILESYSTEM_TYPES.get(device)
-    if found is None:
-        found = ""
-        with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                major, minor = fields[2].split(":")
-                if os.makedev(int(major), int(minor)) == device:
-                    found = fields[fields.index("-") + 1]
-                    break
-        _FILESYSTEM_TYPES[device] = found
-    return found
-
-
-def _pread_all(fd: int, length: int, offset: int) -> bytes:
-    """``length`` bytes at ``offset`` (fewer only at end of file): pread may return short reads."""
-    data = os.pread(fd, length, offset)
-    if len(data) == length or not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < length:
-        more = os.pread(fd, length - got, offset + got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
-def _local_fileno(stream: IO[bytes]) -> int | None:
-    """The OS file descriptor behind a (possibly fsspec-wrapped) local stream, if any."""
-    for candidate in (stream, getattr(stream, "f", None)):
-        try:
-            return candidate.fileno() if candidate is not None else None
-        except (AttributeError, OSError, ValueError):
-            continue
     return None
 
 
@@ -219,7 +139,7 @@ class Storage:
         self.unsafe_commit = _truthy(options.get(UNSAFE_COMMIT_OPTION, False))
         # s3fs exposes the raw S3 calls our multipart writer needs (background parts, and
         # parts copied inside the store unless turned off).
-        self._s3_calls = "s3" in self.protocols and callable(getattr(self.fs, "call_s3", None))
+        self._s3_calls = s3.has_raw_calls(self.fs, self.protocols)
         self.server_side_copy = self._s3_calls and _truthy(options.get(SERVER_SIDE_COPY_OPTION, True))
         self._conditional_put_verified = False
 
@@ -256,18 +176,12 @@ class Storage:
             # What LocalFileSystem.cat_file does, minus its per-call overhead (which
             # dominates reading the metadata of thousands of small files).
             try:
-                fd = os.open(self.path(rel), os.O_RDONLY)
-                try:
-                    first = start or 0
-                    if end is None:
-                        end = os.fstat(fd).st_size
-                    return _pread_all(fd, max(0, end - first), first)
-                finally:
-                    os.close(fd)
+                return local.read(self.path(rel), start, end)
             except OSError as exc:
                 raise self._translate(rel, exc) from None
         with self._errors(rel):
-            return self.fs.cat_file(self.path(rel), start=start, end=end)
+            data: bytes = self.fs.cat_file(self.path(rel), start=start, end=end)
+            return data
 
     def size(self, rel: str) -> int:
         with self._errors(rel):
@@ -357,43 +271,22 @@ class Storage:
                 progress(end - start)
             return
         if self.is_local:
-            dst_fd = _local_fileno(out)
+            dst_fd = local.fileno(out)
             if dst_fd is not None:
-                with self._errors(rel), open(self.path(rel), "rb", buffering=0) as src:
-                    kind = _filesystem_type(src.fileno()) if hasattr(os, "copy_file_range") else ""
-                    if kind in _CLONING_FILESYSTEMS:
-                        out.flush()
-                        # Reflinks share whole blocks only: cut the range at block boundaries
-                        # (the caller placed it at the source's offset modulo the block size).
-                        block = os.fstatvfs(src.fileno()).f_bsize if kind in _REFLINK_FILESYSTEMS else 0
-                        pos = start
-                        while pos < end:
-                            stop = min(end, pos + batch_bytes)
-                            if block:
-                                boundary = pos - pos % block + block
-                                if pos % block:  # up to the first boundary: the rest can be shared
-                                    stop = min(end, boundary)
-                                elif stop < end:
-                                    stop = min(end, max(stop - stop % block, boundary))
-                            n = os.copy_file_range(src.fileno(), dst_fd, stop - pos, pos)
-                            if n == 0:
-                                raise MissingFileError(f"file ends at {pos}, expected {end} bytes", path=self.url(rel))
-                            pos += n
-                            if progress:
-                                progress(n)
-                        out.seek(0, os.SEEK_END)
-                        return
-                    buffer = self._copy_buffer(min(batch_bytes, end - start))
-                    src.seek(start)
-                    pos = start
-                    while pos < end:
-                        n = src.readinto(buffer[: min(end - pos, len(buffer))])
-                        if not n:
-                            raise MissingFileError(f"file ends at {pos}, expected {end} bytes", path=self.url(rel))
-                        out.write(buffer[:n])
-                        pos += n
-                        if progress:
-                            progress(n)
+                with self._errors(rel):
+                    try:
+                        local.copy_range(
+                            self.path(rel),
+                            start,
+                            end,
+                            out,
+                            dst_fd,
+                            batch_bytes=batch_bytes,
+                            buffers=self._copy_buffers(),
+                            progress=progress,
+                        )
+                    except EOFError as exc:
+                        raise MissingFileError(str(exc), path=self.url(rel)) from None
                 return
         pos = start
         while pos < end:
@@ -414,24 +307,16 @@ class Storage:
         A copier that places an extent at its source offset modulo this size has ``copy_range``
         clone it, whatever its length, instead of copying it.
         """
-        if not self.is_local or not hasattr(os, "copy_file_range"):
+        if not self.is_local:
             return 0
-        try:
-            fd = os.open(self.path(rel_dir), os.O_RDONLY)
-        except OSError:
-            return 0
-        try:
-            return os.fstatvfs(fd).f_bsize if _filesystem_type(fd) in _REFLINK_FILESYSTEMS else 0
-        finally:
-            os.close(fd)
+        return local.clone_block_size(self.path(rel_dir))
 
-    def _copy_buffer(self, size: int) -> memoryview:
-        """This thread's copy buffer, at least ``size`` bytes (reused: allocating zeroes it)."""
-        local = self.__dict__.setdefault("_copy_buffers", threading.local())
-        buffer = getattr(local, "buffer", None)
-        if buffer is None or len(buffer) < size:
-            buffer = local.buffer = bytearray(size)
-        return memoryview(buffer)
+    def _copy_buffers(self) -> local.CopyBuffers:
+        """This Storage's per-thread copy buffers, made on first use (most Storages never copy)."""
+        buffers: local.CopyBuffers | None = self.__dict__.get("_copy_buffer_pool")
+        if buffers is None:
+            buffers = self.__dict__.setdefault("_copy_buffer_pool", local.CopyBuffers())
+        return buffers
 
     # -- writing -------------------------------------------------------------
     def write(self, rel: str, data: bytes) -> None:
@@ -475,20 +360,11 @@ class Storage:
         target = self.path(rel)
         if self.is_local:
             self._makedirs_for(rel)
-            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
             with self._errors(rel):
                 try:
-                    with open(tmp, "wb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.link(tmp, target)
+                    local.create_exclusive(target, data)
                 except FileExistsError:
                     raise AlreadyExistsError("already exists", path=self.url(rel)) from None
-                finally:
-                    # also after a failed write (full disk): no half-written staging file stays behind
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
             return
         if "memory" in self.protocols:
             with _EMULATED_CREATE_LOCK:
@@ -526,21 +402,13 @@ class Storage:
         self.write(rel, data)
 
     def _has_conditional_put(self) -> bool:
-        """Stores whose ``pipe_file(mode="create")`` is an atomic conditional PUT.
-
-        fsspec's generic ``pipe_file(mode="create")`` is "exists? then write"
-        (racy), so only implementations known to send ``If-None-Match: *`` count.
-        """
-        try:
-            from s3fs import S3FileSystem
-        except ImportError:
-            return False
-        return isinstance(self.fs, S3FileSystem)
+        """Stores whose ``pipe_file(mode="create")`` is an atomic conditional PUT (S3)."""
+        return s3.has_conditional_put(self.fs)
 
     def _put_if_absent(self, rel: str, data: bytes) -> None:
         with self._errors(rel):
             try:
-                self.fs.pipe_file(self.path(rel), data, mode="create")
+                s3.put_if_absent(self.fs, self.path(rel), data)
             except FileExistsError:
                 raise AlreadyExistsError("already exists", path=self.url(rel)) from None
             finally:
@@ -554,28 +422,12 @@ class Storage:
         """
         if self._conditional_put_verified:
             return
-        probe = f"_versions/.lance-assets-probe-{uuid.uuid4().hex}"
-        refused_second = False
-        try:
-            self._put_if_absent(probe, b"probe")
-            try:
-                self._put_if_absent(probe, b"probe")
-            except AlreadyExistsError:
-                refused_second = True
-        except AlreadyExistsError:
-            raise StorageError("conditional-write probe object already existed", path=self.url(probe)) from None
-        except StorageError as exc:
-            raise StorageError(
-                f"the store rejected a conditional (If-None-Match) write: {exc.reason}", path=self.url(probe)
-            ) from None
-        finally:
-            with contextlib.suppress(Exception):
-                self.delete(probe, missing_ok=True)
-        if not refused_second:
+        accepted_twice = s3.probe_if_none_match(self._put_if_absent, lambda rel: self.delete(rel, missing_ok=True))
+        if accepted_twice is not None:
             raise StorageError(
                 "the store accepted a second If-None-Match create of the same object: it does not support conditional "
                 f"writes, so committing would be unsafe (set {UNSAFE_COMMIT_OPTION}=true only if nothing else writes here)",
-                path=self.url(probe),
+                path=self.url(accepted_twice),
             )
         self._conditional_put_verified = True
 
@@ -597,47 +449,29 @@ class Storage:
         for start in range(0, len(rels), batch):
             chunk = rels[start : start + batch]
             with self._errors(chunk[0]):
-                try:
-                    self.fs.rm([self.path(rel) for rel in chunk])
-                except FileNotFoundError:
-                    pass
+                s3.delete_objects(self.fs, [self.path(rel) for rel in chunk])
 
-    def pending_uploads(self, rel_dir: str) -> list[PendingUpload]:
+    def pending_uploads(self, rel_dir: str) -> builtins.list[PendingUpload]:  # (``list`` is the method above)
         """Unfinished multipart uploads below ``rel_dir`` (S3 only; elsewhere none exist).
 
         A writer killed mid-file leaves one behind: invisible to listings, but billed.
         """
         if not self._s3_calls:
             return []
-        bucket, prefix = self.fs.split_path(self.path(rel_dir))[:2]
-        prefix = prefix.rstrip("/") + "/"
-        found: list[PendingUpload] = []
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         with self._errors(rel_dir):
-            while True:
-                page = self.fs.call_s3("list_multipart_uploads", **kwargs)
-                for upload in page.get("Uploads", []):
-                    initiated = upload.get("Initiated")
-                    found.append(
-                        PendingUpload(
-                            rel=f"{rel_dir.rstrip('/')}/{upload['Key'][len(prefix) :]}",
-                            upload_id=upload["UploadId"],
-                            initiated=initiated.timestamp() if isinstance(initiated, _dt.datetime) else None,
-                        )
-                    )
-                if not page.get("IsTruncated"):
-                    return found
-                kwargs["KeyMarker"] = page.get("NextKeyMarker")
-                kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker")
+            return [
+                PendingUpload(rel=f"{rel_dir.rstrip('/')}/{upload.name}", upload_id=upload.upload_id, initiated=upload.initiated)
+                for upload in s3.multipart_uploads(self.fs, self.path(rel_dir))
+            ]
 
     def abort_upload(self, upload: PendingUpload) -> None:
-        bucket, key = self.fs.split_path(self.path(upload.rel))[:2]
+        """Abort an unfinished multipart upload found by ``pending_uploads`` (S3 only)."""
         with self._errors(upload.rel):
-            self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload.upload_id)
+            s3.abort_upload(self.fs, self.path(upload.rel), upload.upload_id)
 
     def _makedirs_for(self, rel: str) -> None:
         if self.is_local and "/" in rel:
-            os.makedirs(os.path.dirname(self.path(rel)), exist_ok=True)
+            local.makedirs_for(self.path(rel))
 
     @contextlib.contextmanager
     def _errors(self, rel: str) -> Iterator[None]:
