@@ -13,8 +13,6 @@ from pathlib import Path
 import lance
 import pytest
 
-import factory
-import writers
 from lance_assets.cli import main
 from lance_assets.engine.cleanup import cleanup, parse_duration
 from lance_assets.engine.commit import commit_compaction
@@ -25,6 +23,7 @@ from lance_assets.engine.plan import plan_compaction
 from lance_assets.errors import CorruptFileError, MissingFileError, UnknownFeatureFlagError, UnsupportedFeatureError
 from lance_assets.format import manifest as mf
 from lance_assets.io import Storage
+from tests.support import factory, writers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -151,8 +150,8 @@ def test_default_grace_protects_a_running_compaction(tmp_path: Path) -> None:
     """cleanup (default grace) runs over and over while a slowed compaction runs in another process."""
     uri = tmp_path / "ds.lance"
     factory.appends(uri, "2.1", [3000] * 6, make=lambda s, n: factory.mixed_table(s, n, "2.1"))
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
-    code = f"import writers; writers.compact_and_die({str(uri)!r}, 'none', 100_000, 1 << 20, 0.02)"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    code = f"from tests.support import writers; writers.compact_and_die({str(uri)!r}, 'none', 100_000, 1 << 20, 0.02)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     removed = 0
     while proc.poll() is None:
@@ -350,11 +349,11 @@ def test_a_kill_at_any_deletion_leaves_the_kept_version_readable(tmp_path: Path)
     shutil.copytree(pristine, reference)
     total = len(cleanup(str(reference), older_than=0, retain_versions=1).files)
     rows = lance.dataset(str(reference)).to_table().to_pylist()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
     for k in range(1, total, max(1, total // 8)):
         path = tmp_path / f"killed-{k}.lance"
         shutil.copytree(pristine, path)
-        code = f"import writers; writers.cleanup_and_die({str(path)!r}, {k})"
+        code = f"from tests.support import writers; writers.cleanup_and_die({str(path)!r}, {k})"
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == -9, proc.stderr
         assert lance.dataset(str(path)).to_table().to_pylist() == rows, f"killed after {k} deletions"

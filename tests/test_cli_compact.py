@@ -14,7 +14,7 @@ import lance
 import pytest
 
 from lance_assets.cli import _storage_options, main
-from support import assert_one_error_line, tree_digest
+from tests.support.assertions import assert_one_error_line, tree_digest
 
 Copy = Callable[[str, str], Path]
 SCRIPT = Path(sys.executable).parent / "lance-assets"

@@ -15,7 +15,7 @@ import pytest
 
 from lance_assets.cli import main
 from lance_assets.format import manifest as mf
-from support import assert_one_error_line
+from tests.support.assertions import assert_one_error_line
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".venv" / "bin" / "lance-assets"

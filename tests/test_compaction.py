@@ -27,7 +27,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-import factory
 from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.compaction import compact, run_plan
 from lance_assets.engine.copy import execute_task
@@ -35,7 +34,8 @@ from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile, plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult
-from support import Before, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
+from tests.support import factory
+from tests.support.assertions import Before, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
 
 REPORT_KEYS = {
     "read_version", "version", "fragments_removed", "fragments_added", "files_removed", "files_added",

@@ -17,7 +17,6 @@ from pathlib import Path
 import lance
 import pytest
 
-import factory
 from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.copy import execute_task
@@ -27,7 +26,8 @@ from lance_assets.engine.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.report import RewriteResult
 from lance_assets.errors import CommitConflictError, CorruptFileError, MissingFileError, UnknownFeatureFlagError
 from lance_assets.format import manifest as mf
-from support import tree_digest
+from tests.support import factory
+from tests.support.assertions import tree_digest
 
 TARGET = CompactionOptions(target_rows_per_fragment=250)  # 5 x 100 rows -> outputs [0, 1, 2] + [3, 4]
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import lance
 import pytest
 
-import writers
 from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.copy import execute_task
@@ -28,6 +27,7 @@ from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import plan_compaction
 from lance_assets.errors import CommitConflictError
 from lance_assets.io import Storage
+from tests.support import writers
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -29,7 +29,7 @@ from lance_assets.errors import (
     UnsupportedVersionError,
 )
 from lance_assets.format import manifest as mf
-from support import tree_digest
+from tests.support.assertions import tree_digest
 
 Copy = Callable[[str, str], Path]
 

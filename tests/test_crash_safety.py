@@ -23,16 +23,15 @@ import lance
 import pyarrow as pa
 import pytest
 
-import factory
-import writers
 from lance_assets.engine.cleanup import cleanup
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
+from tests.support import factory, writers
 
 pytestmark = pytest.mark.timeout(300)
 
-TESTS_DIR = Path(__file__).parent
+REPO = Path(__file__).resolve().parents[1]  # on PYTHONPATH: children import tests.support.writers
 SIZES = [3000] * 8  # ~0.5 MB per data file: larger than the metadata tail read, so pages go through copy_range
 
 
@@ -44,8 +43,8 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _child(uri: Path, point: str, throttle: float = 0.0) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
-    code = f"import writers; writers.compact_and_die({str(uri)!r}, {point!r}, 100_000, 1 << 20, {throttle})"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    code = f"from tests.support import writers; writers.compact_and_die({str(uri)!r}, {point!r}, 100_000, 1 << 20, {throttle})"
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

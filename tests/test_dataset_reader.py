@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import factory
 from lance_assets.engine.dataset import HINT_FILE, Dataset, list_versions
 from lance_assets.engine.inspect import inspect_dataset
 from lance_assets.errors import VersionNotFoundError
 from lance_assets.format import manifest as mf
+from tests.support import factory
 
 ALL = [(shape, v) for shape in factory.SHAPES for v in factory.STORAGE_VERSIONS if (shape, v) not in factory.UNSUPPORTED]
 ALL_IDS = [f"{s}-{v}" for s, v in ALL]

@@ -13,14 +13,14 @@ from pathlib import Path
 import lance
 import pytest
 
-import factory
+from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.copy import execute_task
-from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import plan_compaction
 from lance_assets.format.deletion import DeletionFileType, decode_deletion_file
+from tests.support import factory
 
 
 def _rows(ds: lance.LanceDataset, with_row_id: bool = False) -> list[dict]:

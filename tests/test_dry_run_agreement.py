@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import factory
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.options import CompactionOptions
+from tests.support import factory
 
 CASES = [(shape, version) for shape in factory.SHAPES for version in factory.STORAGE_VERSIONS if (shape, version) not in factory.UNSUPPORTED]
 

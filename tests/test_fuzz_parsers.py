@@ -24,8 +24,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import fuzzing
-import writers
 from lance_assets._proto import transaction_pb2
 from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.copy import execute_task
@@ -36,6 +34,7 @@ from lance_assets.errors import CorruptFileError, LanceAssetsError
 from lance_assets.format import manifest as mf
 from lance_assets.format.deletion import DeletionFileType
 from lance_assets.io import Storage
+from tests.support import fuzzing, writers
 
 pytestmark = pytest.mark.timeout(300)
 FIXTURE_OK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
@@ -170,8 +169,8 @@ def test_campaign_under_an_address_space_limit(samples: dict[str, list[bytes]], 
     blob.write_bytes(pickle.dumps(samples))
     code = f"""
 import json, pickle, resource, sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
-import fuzzing
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from tests.support import fuzzing
 samples = pickle.loads(open({str(blob)!r}, "rb").read())
 vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
 limit = vm + 512 * 2**20

@@ -34,9 +34,8 @@ from lance_assets.engine.plan import plan_compaction
 from lance_assets.errors import CorruptFileError, UnsupportedFeatureError
 from lance_assets.format import manifest as mf
 from lance_assets.format.roaring import decode_treemap
-
-import factory
-from support import tree_digest
+from tests.support import factory
+from tests.support.assertions import tree_digest
 
 SCALAR = {"id_idx": "BTREE", "cat_idx": "BITMAP", "tags_idx": "LABEL_LIST", "txt_idx": "INVERTED", "txt2_idx": "NGRAM"}
 VECTOR = {"vec_idx": "IVF_PQ"}

@@ -29,7 +29,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import factory
 from lance_assets._proto import table_pb2
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.copy import execute_task
@@ -39,7 +38,8 @@ from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile,
 from lance_assets.errors import CorruptFileError
 from lance_assets.format import manifest as mf
 from lance_assets.format.legacy import LegacyEncoding, field_layouts, parse_file
-from support import Before, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
+from tests.support import factory
+from tests.support.assertions import Before, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
 
 lance = pytest.importorskip("lance")
 

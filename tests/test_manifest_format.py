@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import factory
 from lance_assets.engine.dataset import Dataset, Storage, list_versions
 from lance_assets.errors import UnknownFeatureFlagError
 from lance_assets.format import manifest as mf
+from tests.support import factory
 
 U64_MAX = 2**64 - 1
 ALL = [(shape, v) for shape in factory.SHAPES for v in factory.STORAGE_VERSIONS if (shape, v) not in factory.UNSUPPORTED]

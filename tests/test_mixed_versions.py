@@ -12,11 +12,11 @@ from pathlib import Path
 import lance
 import pytest
 
-import factory
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.format import manifest as mf
+from tests.support import factory
 
 
 def _mixed(path: Path) -> None:

@@ -22,20 +22,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import factory
-import nested
 from lance_assets.cli import main as cli_main
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.copy import execute_task, verify_output
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.report import Reason
 from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile, plan_compaction
+from lance_assets.engine.report import Reason
 from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.errors import CompactionRefusedError
 from lance_assets.format import repdef
 from lance_assets.format.v2file import FileVersion, build_tail
-from support import tree_digest
+from tests.support import factory, nested
+from tests.support.assertions import tree_digest
 
 STRUCTURAL = ["2.1", "2.2", "2.3"]
 

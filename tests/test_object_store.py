@@ -19,7 +19,6 @@ import lance
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-import factory
 from lance_assets.engine.cleanup import cleanup
 from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.compaction import compact
@@ -30,6 +29,7 @@ from lance_assets.engine.plan import plan_compaction
 from lance_assets.errors import CommitConflictError, StorageError
 from lance_assets.io import Storage
 from lance_assets.io.storage import UNSAFE_COMMIT_OPTION, AlreadyExistsError, fsspec_options
+from tests.support import factory
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -306,7 +306,7 @@ def _s3_appender(uri: str, options: dict, worker: int, count: int) -> int:
 
 def test_pylance_appenders_race_our_compactions_on_s3(s3_dataset: str, s3_endpoint) -> None:  # type: ignore[no-untyped-def]
     """Separate processes append through pylance while this one compacts, all against the moto server."""
-    import writers
+    from tests.support import writers
 
     opts = s3_endpoint.pylance_options
     queue = writers.SPAWN.Queue()

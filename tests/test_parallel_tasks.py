@@ -14,13 +14,13 @@ from pathlib import Path
 import lance
 import pytest
 
-import factory
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.plan import plan_compaction
-from lance_assets.errors import MissingFileError
 from lance_assets.engine.options import CompactionOptions
+from lance_assets.engine.plan import plan_compaction
 from lance_assets.engine.report import RewriteResult
+from lance_assets.errors import MissingFileError
+from tests.support import factory
 
 SIZES = [100] * 12
 OPTIONS = CompactionOptions(target_rows_per_fragment=300)  # four tasks of three fragments

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import lance
 
-import factory
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import plan_compaction
+from tests.support import factory
 
 
 def _rows(path: Path) -> list[dict]:

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lance.optimize import Compaction
 
-import factory
-from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import CompactionPlan, plan_compaction
+from tests.support import factory
 
 Build = Callable[[str, Callable[[Path], object]], Path]
 

@@ -21,9 +21,9 @@ import pytest
 
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.copy import CLONE_MIN_EXTENT, _extents
-from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
+from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.io import Storage
 
 pytestmark = pytest.mark.timeout(300)

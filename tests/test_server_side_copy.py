@@ -158,8 +158,8 @@ def test_cleanup_aborts_a_killed_writers_upload(s3_endpoint) -> None:  # type: i
     import subprocess
     import sys
 
-    import factory
     from lance_assets.engine.cleanup import cleanup
+    from tests.support import factory
 
     bucket = s3_endpoint.new_bucket()
     uri = f"s3://{bucket}/events.lance"
@@ -191,9 +191,9 @@ def _ids_sorted(uri: str, options: dict) -> list[int]:
 @pytest.mark.parametrize("server_side", [True, False], ids=["server-side", "streamed"])
 @pytest.mark.parametrize("version", ["legacy", "2.0", "2.1", "2.2", "2.3"])
 def test_every_storage_version_compacts_through_the_multipart_writer(s3_endpoint, version: str, server_side: bool) -> None:  # type: ignore[no-untyped-def]
-    import factory
     from lance_assets.engine.compaction import compact
     from lance_assets.engine.options import CompactionOptions
+    from tests.support import factory
 
     bucket = s3_endpoint.new_bucket()
     uri = f"s3://{bucket}/events.lance"

@@ -20,7 +20,6 @@ from pathlib import Path
 import lance
 import pytest
 
-import writers
 from lance_assets.engine import commit as commit_mod
 from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.compaction import compact
@@ -38,6 +37,7 @@ from lance_assets.errors import (
 )
 from lance_assets.format import manifest as mf
 from lance_assets.io import Storage
+from tests.support import writers
 
 pytestmark = pytest.mark.timeout(120)
 OPTIONS = CompactionOptions(target_rows_per_fragment=100_000)

@@ -9,12 +9,11 @@ import dagster as dg
 import lance
 import pytest
 
-import factory
-
-from dg_support import TARGET, check_evaluations, compaction_config, fragment_rows, make_dataset, table_of
-from support import tree_digest
 from lance_assets.dagster import build_lance_compaction_defs
 from lance_assets.dagster.assets import READ_BACK_CHECK, ROWS_CHECK, SMALL_CHECK
+from tests.support import factory
+from tests.support.assertions import tree_digest
+from tests.support.dagster import TARGET, check_evaluations, compaction_config, fragment_rows, make_dataset, table_of
 
 COMPACTED = dg.AssetKey(["t", "compacted"])
 PARTITIONS = dg.StaticPartitionsDefinition(["a"])

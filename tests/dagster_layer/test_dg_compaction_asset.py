@@ -8,7 +8,10 @@ import dagster as dg
 import lance
 import pytest
 
-from dg_support import (
+from lance_assets.dagster import build_lance_compaction_defs
+from lance_assets.dagster.assets import CompactionConfig
+from tests.support.assertions import tree_digest
+from tests.support.dagster import (
     TARGET,
     compaction_config,
     events,
@@ -17,9 +20,6 @@ from dg_support import (
     metadata_values,
     table_of,
 )
-from support import tree_digest
-from lance_assets.dagster import build_lance_compaction_defs
-from lance_assets.dagster.assets import CompactionConfig
 
 COMPACTED = dg.AssetKey(["t", "compacted"])
 FRAGMENTS = dg.AssetKey(["t", "fragments"])

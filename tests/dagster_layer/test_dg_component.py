@@ -12,8 +12,8 @@ import pytest
 import yaml
 from dagster.components.testing import create_defs_folder_sandbox
 
-from dg_support import TARGET, apply_partition_requests, evaluate_sensor, make_dataset
 from lance_assets.dagster import LanceCompactionComponent, LanceDatasets, build_lance_compaction_defs
+from tests.support.dagster import TARGET, apply_partition_requests, evaluate_sensor, make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENT_TYPE = "lance_assets.dagster.LanceCompactionComponent"

@@ -11,12 +11,12 @@ import dagster as dg
 import lance
 import pytest
 
-import fanout_target
-from dg_support import check_evaluations, events, fragment_rows, make_dataset, table_of
-from support import tree_digest
 from lance_assets.dagster import build_lance_compaction_defs
+from tests.support import fanout_target
+from tests.support.assertions import tree_digest
+from tests.support.dagster import check_evaluations, events, fragment_rows, make_dataset, table_of
 
-HERE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
 TARGET = 40  # twelve 10-row fragments -> three copy tasks of four fragments
 
 
@@ -35,10 +35,10 @@ def recon(function_name: str) -> dg.ReconstructableJob:
     """The job rebuilt in each step process by calling ``fanout_target.<function_name>()``.
 
     Not ``dg.reconstructable(fanout_target.<fn>)``: in the child processes Dagster
-    drops ``sys.path[0]`` (pytest's entry for this folder) before importing the
-    module, so the folder is passed explicitly as the working directory.
+    drops ``sys.path[0]`` (pytest's entry for the repository root) before importing
+    the module, so the root is passed explicitly as the working directory.
     """
-    return dg.build_reconstructable_job("fanout_target", function_name, reconstructor_working_directory=str(HERE))
+    return dg.build_reconstructable_job("tests.support.fanout_target", function_name, reconstructor_working_directory=str(REPO))
 
 
 def data_file_digests(path: Path) -> list[str]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import lance
 
-from dg_support import append, compaction_config, make_dataset
 from lance_assets.dagster import build_lance_compaction_defs
+from tests.support.dagster import append, compaction_config, make_dataset
 
 
 def _materialization(result: dg.ExecuteInProcessResult) -> dict:

@@ -8,8 +8,8 @@ import dagster as dg
 import lance
 import pytest
 
-from dg_support import compaction_config, make_dataset
 from lance_assets.dagster import LanceRay, build_lance_compaction_defs
+from tests.support.dagster import compaction_config, make_dataset
 
 ray = pytest.importorskip("ray")
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from dg_support import TARGET, check_evaluations, compaction_config, evaluate_sensor, free_port, make_dataset
 from lance_assets.dagster import LanceDatasets, build_lance_compaction_defs
+from tests.support.dagster import TARGET, check_evaluations, compaction_config, evaluate_sensor, free_port, make_dataset
 
 
 def test_uris_and_partitioning(tmp_path: Path) -> None:

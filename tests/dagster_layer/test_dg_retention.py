@@ -9,9 +9,9 @@ from pathlib import Path
 import dagster as dg
 import lance
 
-from dg_support import make_dataset
 from lance_assets.dagster import build_lance_compaction_defs
 from lance_assets.dagster.assets import DATASET_TAG
+from tests.support.dagster import make_dataset
 
 
 def test_retention_job_removes_old_versions_and_observes(root: Path, instance: dg.DagsterInstance) -> None:

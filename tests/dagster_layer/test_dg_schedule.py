@@ -7,9 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from dg_support import TARGET, apply_partition_requests, evaluate_sensor, make_dataset
 from lance_assets.dagster import build_lance_compaction_defs
 from lance_assets.dagster.assets import DATASET_TAG
+from tests.support.dagster import TARGET, apply_partition_requests, evaluate_sensor, make_dataset
 
 SCHEDULE = "t_compaction_schedule"
 

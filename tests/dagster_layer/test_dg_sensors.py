@@ -10,9 +10,9 @@ import dagster as dg
 import lance
 import pytest
 
-from dg_support import TARGET, append, apply_partition_requests, create_run_record, evaluate_sensor, make_dataset
 from lance_assets.dagster import build_lance_compaction_defs
 from lance_assets.dagster.assets import DATASET_TAG
+from tests.support.dagster import TARGET, append, apply_partition_requests, create_run_record, evaluate_sensor, make_dataset
 
 SENSOR = "t_small_fragments_sensor"
 DISCOVERY = "t_dataset_discovery_sensor"

@@ -19,7 +19,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from dg_support import apply_partition_requests, evaluate_sensor, free_port, make_dataset
+from tests.support.dagster import apply_partition_requests, evaluate_sensor, free_port, make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"

@@ -15,7 +15,7 @@ import dagster as dg
 import lance
 import pyarrow as pa
 
-import factory
+from tests.support import factory
 
 TARGET = 100  # rows: fragments under this are "small" in these tests
 ROWS = 10  # rows per small append

@@ -1,7 +1,7 @@
 """Other writers for the reliability tests: pylance (and our own compaction) in separate processes.
 
-Everything here is importable by a ``multiprocessing`` spawn child (tests/ is on
-``sys.path``); results travel back as plain data.
+Everything here is importable by a ``multiprocessing`` spawn child (the repository root is
+on ``sys.path``, so this module imports as ``tests.support.writers``); results travel back as plain data.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Module-level job factories for executors that rebuild the job in other processes.
 
-Multiprocess and dask executors re-import this module in each step's process
-(the tests pass this folder as the reconstructable job's working directory)
-and call the function again; the dataset root comes from ``LANCE_ASSETS_TEST_ROOT``.
+Multiprocess and dask executors re-import this module (``tests.support.fanout_target``)
+in each step's process (the tests pass the repository root as the reconstructable job's
+working directory) and call the function again; the dataset root comes from ``LANCE_ASSETS_TEST_ROOT``.
 """
 
 from __future__ import annotations
