@@ -1,6 +1,6 @@
 """Hostile bytes for every parser: samples written by pylance, mutations, and the parsers' full consumers.
 
-Used by tests/test_fuzz_parsers.py (hypothesis picks the mutations) and by
+Used by tests/format/test_fuzz_parsers.py (hypothesis picks the mutations) and by
 scripts/stress.py (a seeded campaign under an address-space limit). A case
 passes when the parser returns or raises a ``LanceAssetsError``; anything else
 (IndexError, MemoryError, struct.error, a hang) is a bug.

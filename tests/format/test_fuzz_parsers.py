@@ -1,6 +1,6 @@
 """Hostile bytes: truncations, flips, slices, forged lengths — only our typed errors come out.
 
-Complements the per-module fuzzing in tests/format/ (v2 tails, legacy files,
+Complements the per-module fuzzing of the other tests/format/ modules (v2 tails, legacy files,
 deletion files, row ids, roaring) with what was missing: transactions (and the
 conflict checker that consumes them), manifest index sections and inline
 transactions damaged *inside* a valid framing, forged length fields in every
@@ -169,7 +169,7 @@ def test_campaign_under_an_address_space_limit(samples: dict[str, list[bytes]], 
     blob.write_bytes(pickle.dumps(samples))
     code = f"""
 import json, pickle, resource, sys
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from tests.support import fuzzing
 samples = pickle.loads(open({str(blob)!r}, "rb").read())
 vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024

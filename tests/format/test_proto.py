@@ -20,7 +20,7 @@ from lance_assets.engine.dataset import Dataset
 from lance_assets.format import manifest as mf
 from lance_assets.format.protobuf import parse, unknown_field_numbers
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
