@@ -31,7 +31,7 @@ from tests.support import factory, writers
 
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parents[1]  # on PYTHONPATH: children import tests.support.writers
+REPO = Path(__file__).resolve().parents[2]  # on PYTHONPATH: children import tests.support.writers
 SIZES = [3000] * 8  # ~0.5 MB per data file: larger than the metadata tail read, so pages go through copy_range
 
 

@@ -150,7 +150,7 @@ def test_default_grace_protects_a_running_compaction(tmp_path: Path) -> None:
     """cleanup (default grace) runs over and over while a slowed compaction runs in another process."""
     uri = tmp_path / "ds.lance"
     factory.appends(uri, "2.1", [3000] * 6, make=lambda s, n: factory.mixed_table(s, n, "2.1"))
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     code = f"from tests.support import writers; writers.compact_and_die({str(uri)!r}, 'none', 100_000, 1 << 20, 0.02)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     removed = 0
@@ -349,7 +349,7 @@ def test_a_kill_at_any_deletion_leaves_the_kept_version_readable(tmp_path: Path)
     shutil.copytree(pristine, reference)
     total = len(cleanup(str(reference), older_than=0, retain_versions=1).files)
     rows = lance.dataset(str(reference)).to_table().to_pylist()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
     for k in range(1, total, max(1, total // 8)):
         path = tmp_path / f"killed-{k}.lance"
         shutil.copytree(pristine, path)

@@ -313,7 +313,7 @@ def test_stable_row_ids_with_scalar_index(copy_of: Callable[[str, str], Path]) -
     rewritten fragments must come out of the index's fragment bitmap (pylance
     then scans them) rather than being named in it (pylance would trust stale
     addresses and find nothing). This is what the commit does before the default
-    (``index_remap="defer"``) re-indexes with pylance (tests/test_indices.py); "drop" stops there.
+    (``index_remap="defer"``) re-indexes with pylance (tests/engine/test_indices.py); "drop" stops there.
     """
     path = copy_of("stable_indexed", "2.1")
     plan, report, ds, before = run_and_check(path, CompactionOptions(index_remap="drop"))
