@@ -17,7 +17,7 @@ from lance_assets.cli import main
 from lance_assets.format import manifest as mf
 from tests.support.assertions import assert_one_error_line
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / ".venv" / "bin" / "lance-assets"
 
 
