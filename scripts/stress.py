@@ -13,7 +13,7 @@
    every dataset must then be readable by pylance, equal to the old version or
    to exactly one compaction later, and clean after ``cleanup``.
 3. Fuzz: seeded mutations of real pylance-written bytes through every parser
-   (tests/fuzzing.py) under an address-space limit; only typed errors allowed.
+   (tests/support/fuzzing.py) under an address-space limit; only typed errors allowed.
 """
 
 from __future__ import annotations
@@ -259,18 +259,18 @@ def random_kills(work: Path, kills: int, seed: int, throttle: float = 0.01) -> d
 
 # --- 3. fuzzing ---------------------------------------------------------------------------------
 def fuzz(work: Path, cases: int, seed: int) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT))
     import pickle
 
-    import fuzzing  # tests/fuzzing.py: samples, mutations, parser consumers
+    from tests.support import fuzzing  # samples, mutations, parser consumers
 
     samples = fuzzing.build_samples(work / "fuzz")
     blob = work / "fuzz-samples.pickle"
     blob.write_bytes(pickle.dumps(samples))
     code = f"""
 import json, pickle, resource, sys
-sys.path.insert(0, {str(ROOT / 'tests')!r})
-import fuzzing
+sys.path.insert(0, {str(ROOT)!r})
+from tests.support import fuzzing
 samples = pickle.loads(open({str(blob)!r}, "rb").read())
 vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + 512 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import factory
+from tests.support import factory
+
 
 @pytest.fixture(scope="session")
 def dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:

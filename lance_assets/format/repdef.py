@@ -10,7 +10,7 @@ nulls") or, worse, reads other rows as null. Each file written by Lance is valid
 its writer chose the layers from the values that file holds; it is binary copy that puts pages
 of different files side by side.
 
-The rule (proved against pylance by tests/test_nested_layers.py over random nested data):
+The rule (proved against pylance by tests/engine/test_nested_layers.py over random nested data):
 pages may share an output column when, at every *guarded* layer -- an item layer (struct,
 fixed-size list or leaf validity) with a list layer inside it -- they all agree whether the layer
 is all-valid. List layers may differ (nullable, emptyable, both, neither), and so may item layers

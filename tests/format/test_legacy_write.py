@@ -21,7 +21,7 @@ from lance_assets.format.legacy import (
 )
 
 lance = pytest.importorskip("lance")
-import factory  # noqa: E402
+from tests.support import factory  # noqa: E402
 
 
 def _pack(values: list[int]) -> bytes:
