@@ -329,16 +329,16 @@ def cleanup(
 
     refs = _References()
     doomed_manifests, gone = _read_references(storage, names, refs, removable if retain_versions is not None else None)
-    referenced = refs.files
     sizes = {e.name: (e.size, e.modified) for e in listing}
     candidates += [(f"{VERSIONS_DIR}/{n}", "manifest", *sizes.get(n, (0, None))) for n in doomed_manifests]
     released = gone.indices - refs.indices
+    protected = refs.files | refs.indices  # what keeps a candidate: its own path or its owner's
 
     doomed: list[RemovedFile] = []
     too_young = unknown_age = 0
     for rel, kind, size, modified in candidates:
         owner = _owner(rel, kind)
-        if owner in referenced or owner in refs.indices or rel in refs.external or rel.rsplit("/", 1)[-1] in refs.external:
+        if owner in protected or rel in refs.external or rel.rsplit("/", 1)[-1] in refs.external:
             continue
         if kind == "manifest" or (kind == "index" and owner in released):
             # chosen by the version rules above, whatever the file age
@@ -360,8 +360,8 @@ def cleanup(
         new_names = sorted(set(_manifest_names(storage.list(VERSIONS_DIR))) - set(names))
         if new_names:
             _read_references(storage, new_names, refs)
-            referenced = refs.files
-            doomed = [f for f in doomed if _owner(f.path, f.kind) not in referenced | refs.indices]
+            protected = refs.files | refs.indices
+            doomed = [f for f in doomed if _owner(f.path, f.kind) not in protected]
         # Removed versions' manifests first: from then on no version references their files,
         # so a kill at any later point leaves only unreferenced (old) files for the next run.
         for f in doomed:

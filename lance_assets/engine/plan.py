@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from lance_assets._proto import file_pb2, table_pb2
+from lance_assets._proto import table_pb2
 from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
 from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, index_views, is_system_index
 from lance_assets.engine.options import CompactionOptions
@@ -30,13 +30,10 @@ from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
 from lance_assets.format.protobuf import has_unknown_fields, unknown_field_numbers
-from lance_assets.format.v2file import FileVersion, null_fillable_fields
+from lance_assets.format.v2file import FileVersion, is_blob_field, null_fillable_fields
 
 # Legacy (0.x) files count rows per batch in int32 (Metadata.batch_offsets).
 LEGACY_MAX_ROWS_PER_FILE = 2**31 - 1
-
-BLOB_METADATA_KEY = "lance-encoding:blob"
-BLOB_V2_EXTENSION = "lance.blob.v2"
 
 
 @dataclass(frozen=True)
@@ -154,10 +151,6 @@ def field_layout(fragment: table_pb2.DataFragment, live_ids: set[int]) -> tuple[
                 return f"field {fid} is stored in two data files"
             seen[fid] = col >= 0
     return tuple(sorted(seen.items()))
-
-
-def is_blob_field(field: file_pb2.Field) -> bool:
-    return field.metadata.get(BLOB_METADATA_KEY, b"").lower() == b"true" or field.extension_name == BLOB_V2_EXTENSION
 
 
 def _index_sets(ds: Dataset, index_remap: str) -> tuple[dict[int, frozenset[str]] | None, dict[int, str]]:

@@ -325,6 +325,17 @@ def _check_column(
 # Writing
 
 
+# --- blob columns ---------------------------------------------------------------------------
+#: Field metadata marking a blob v1 column; the extension name of blob v2 columns.
+BLOB_METADATA_KEY = "lance-encoding:blob"
+BLOB_V2_EXTENSION = "lance.blob.v2"
+
+
+def is_blob_field(field: file_pb2.Field) -> bool:
+    """A blob column: its pages hold positions of blob bytes (or sidecar ids), not values."""
+    return field.metadata.get(BLOB_METADATA_KEY, b"").lower() == b"true" or field.extension_name == BLOB_V2_EXTENSION
+
+
 # --- all-null pages: rows of a file that lacks a column another input has -------------------
 #: Logical types whose 2.0 all-null pages still carry buffers (offsets): not synthesised.
 _VARIABLE_WIDTH = ("string", "binary", "large_string", "large_binary")
@@ -364,9 +375,7 @@ def null_fillable_fields(fields: Sequence[file_pb2.Field], version: FileVersion)
     parents = {f.parent_id for f in fields}
     out = set()
     for f in fields:
-        if f.parent_id != -1 or f.id in parents or f.logical_type.startswith("dict:") or f.extension_name == "lance.blob.v2":
-            continue
-        if f.metadata.get("lance-encoding:blob", b"").lower() == b"true":
+        if f.parent_id != -1 or f.id in parents or f.logical_type.startswith("dict:") or is_blob_field(f):
             continue
         if version is FileVersion.V2_0 and f.logical_type in _VARIABLE_WIDTH:
             continue

@@ -22,8 +22,10 @@ from lance_assets._proto import file2_pb2, file_pb2
 from lance_assets.format.protobuf import parse, unknown_field_numbers, wire_fields
 from lance_assets.format.v2file import (
     ARRAY_ENCODING_URL,
+    BLOB_V2_EXTENSION,
     FileVersion,
     V2FileMetadata,
+    is_blob_field,
     is_struct_header_column,
 )
 
@@ -50,9 +52,6 @@ _KNOWN_EXTENSIONS_22 = {
 # value plane holds one of 1 chunked, 2 zipped, 3 constant, 4 all-null (observed with pylance 14).
 _PLANAR_TOP_FIELDS = {1, 2}
 _PLANAR_VALUE_KINDS = {1: "chunked", 2: "zipped", 3: "constant", 4: "all-null"}
-
-_BLOB_METADATA_KEY = "lance-encoding:blob"
-_BLOB_V2_EXTENSION = "lance.blob.v2"
 
 
 @dataclass(frozen=True)
@@ -105,18 +104,13 @@ def blob_fields(descriptor: file_pb2.FileDescriptor) -> tuple[file_pb2.Field, ..
     Blob pages hold absolute positions of the blob bytes (or point at sidecar files), and in
     2.2+ they are ordinary packed structs, so the schema is the only reliable signal.
     """
-    found = []
-    for field in descriptor.schema.fields:
-        if field.extension_name == _BLOB_V2_EXTENSION:
-            found.append(field)
-            continue
-        metadata = field.metadata
-        if metadata and (
-            bytes(metadata.get(_BLOB_METADATA_KEY, b"")).lower() == b"true"
-            or bytes(metadata.get("ARROW:extension:name", b"")) == _BLOB_V2_EXTENSION.encode()
-        ):
-            found.append(field)
-    return tuple(found)
+    # A file's own schema may also carry the v2 extension as Arrow field metadata only.
+    extension = BLOB_V2_EXTENSION.encode()
+    return tuple(
+        field
+        for field in descriptor.schema.fields
+        if is_blob_field(field) or bytes(field.metadata.get("ARROW:extension:name", b"")) == extension
+    )
 
 
 def inspect_copy_safety(meta: V2FileMetadata) -> FileSafety:
