@@ -300,6 +300,22 @@ class Storage:
             if progress:
                 progress(len(chunk))
 
+    def copy_object(
+        self,
+        src: str,
+        dst: str,
+        size: int,
+        *,
+        batch_bytes: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Create ``dst`` as a copy of the ``size`` bytes of ``src``, through ``copy_range``: inside
+        the store on S3 (UploadPartCopy) and on cloning local filesystems, in pieces of at most
+        ``batch_bytes`` elsewhere. A failed copy leaves no ``dst``."""
+        with self.open_write(dst) as out:
+            if size:
+                self.copy_range(src, 0, size, out, batch_bytes=batch_bytes, progress=progress)
+
     def clone_block_size(self, rel_dir: str) -> int:
         """The block size at which local copies into ``rel_dir`` share blocks with their source
         (reflink: btrfs, XFS …), or 0 where copies move bytes.
