@@ -23,6 +23,7 @@ from typing import Any
 import lance
 import pyarrow as pa
 import pytest
+from lance.blob import blob_array
 
 from lance_assets._proto import encodings_v2_1_pb2 as enc21
 from lance_assets.cli import main
@@ -249,6 +250,60 @@ def test_blob_v2_large_fragments_several_outputs(tmp_path: Path) -> None:
     assert [list(o.fragment_ids) for t in plan.tasks for o in t.outputs] == [[0, 1], [2, 3, 4]]
     check_one_rewrite(path, before, report.version, [list(t.fragment_ids) for t in plan.tasks])
     check_reads_as_before(path, before)
+
+
+@pytest.mark.parametrize("version", V1 + V2)
+def test_descriptor_columns_of_several_pages(tmp_path: Path, version: str) -> None:
+    """Small pages: every input's blob column has several descriptor pages, each rewritten."""
+    path = tmp_path / "ds.lance"
+    external = blobs.external_file(tmp_path)
+    start = 0
+    for i, n in enumerate([300, 120, 260]):
+        table = blobs.v1_table(start, n) if version in V1 else blobs.v2_table(start, n, blobs.KINDS, external)
+        reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=40))
+        mode = "append" if i else "create"
+        extra = {} if version in V1 else {"allow_external_blob_outside_bases": True}
+        _quiet(
+            lance.write_dataset,
+            reader,
+            str(path),
+            mode=mode,
+            data_storage_version=version,
+            data_cache_bytes=4096,
+            max_page_bytes=4096,
+            **extra,
+        )
+        start += n
+    for frag in lance.dataset(str(path)).get_fragments():
+        raw = (path / "data" / frag.metadata.files[0].path).read_bytes()
+        meta = v2file.parse_tail(raw, 0, len(raw))
+        assert isinstance(meta, v2file.V2FileMetadata) and len(meta.columns[-1].pages) > 1
+    before = see(path)
+    report = compact(str(path))
+    check_one_rewrite(path, before, report.version, [before.fragment_ids])
+    check_reads_as_before(path, before)
+
+
+def test_two_blob_columns_share_a_files_sidecars(tmp_path: Path) -> None:
+    """Blob ids are per data file, shared by its blob columns (both columns' packed blobs go to
+    one pack file): the rewrite maps them once for the whole file."""
+    path = tmp_path / "ds.lance"
+    schema = pa.schema([pa.field("id", pa.int64()), blobs.blob_v2_field("a"), blobs.blob_v2_field("b")])
+    for k in range(3):
+        ids = list(range(k * 6, k * 6 + 6))
+        a = [blobs.value(i, ("packed", "dedicated", "inline")[i % 3], None) for i in ids]
+        b = [blobs.value(i + 50, ("dedicated", "packed")[i % 2], None) for i in ids]
+        table = pa.table({"id": ids, "a": blob_array(a), "b": blob_array(b)}, schema=schema)
+        _quiet(lance.write_dataset, table, str(path), mode="append" if k else "create", data_storage_version="2.2")
+    ds = lance.dataset(str(path))
+    first = ds.to_table(columns=["a", "b"]).slice(0, 2).to_pylist()
+    assert first[0]["a"]["blob_id"] == first[1]["b"]["blob_id"] == 1  # one pack file, two columns
+    want = {c: blobs.blobs_by_take(ds, c, indices=list(range(18))) for c in "ab"}
+    report = compact(str(path))
+    assert report.fragments_removed == 3 and report.fragments_added == 1
+    ds = lance.dataset(str(path))
+    assert {c: blobs.blobs_by_take(ds, c, indices=list(range(18))) for c in "ab"} == want
+    assert ds.to_table(columns=["id"])["id"].to_pylist() == list(range(18))
 
 
 def test_blob_v2_dropped_column(tmp_path: Path) -> None:
