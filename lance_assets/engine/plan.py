@@ -2,8 +2,9 @@
 
 Planning reads the manifest only, so it is fast on datasets with 100,000 fragments and
 safe to run from a sensor -- except where the schema nests a list below a struct in a 2.1+
-dataset: there the candidates' file metadata is read too (rep/def layers: see
-``_FileSplitter``), because the plan must say what the copy will do. It follows
+dataset, or has a blob column: there the candidates' file metadata is read too (rep/def
+layers: see ``_FileSplitter``; blob descriptor layouts: ``_blob_refusals``), because the plan
+must say what the copy will do. It follows
 Lance's own candidate selection and binning (fact sheet §7.2), and additionally
 simulates the output files so that a task which would not reduce the number
 of fragments is never run.
@@ -191,8 +192,8 @@ def fragment_file_count(fragment: table_pb2.DataFragment) -> int:
 def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -> CompactionPlan:
     """Plan a compaction of the latest version (or of the given open Dataset).
 
-    Planning writes nothing and reads little (the manifest; file metadata only for legacy and
-    nested-list datasets), so it can run from a sensor or a dry run, and the plan is small
+    Planning writes nothing and reads little (the manifest; file metadata only for legacy,
+    nested-list and blob datasets), so it can run from a sensor or a dry run, and the plan is small
     enough to ship to other machines: :func:`~lance_assets.engine.copy.execute_task` runs its
     tasks anywhere, :func:`~lance_assets.engine.commit.commit_compaction` commits them.
 
@@ -204,7 +205,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
     Returns:
         The tasks (groups of neighbouring fragments and the files each becomes) and every
         fragment left alone with its reason (``skipped``). A dataset that cannot be compacted
-        by copy at all (e.g. blob columns) gives a plan without tasks, not an error.
+        by copy at all (e.g. blob columns of a legacy dataset) gives a plan without tasks, not an error.
 
     Raises:
         NotADatasetError: ``uri`` holds no Lance dataset.
