@@ -298,6 +298,29 @@ def _write_output(
     """Write one merged data file; returns its fragment (id unset), the files written (the data
     file, then its blob sidecars), bytes read and written.
 
+    Nothing stays behind when it fails: the data file is removed by ``_write_data_file``, the
+    blob sidecars copied so far here.
+    """
+    sidecars: list[str] = []
+    try:
+        fragment, rel, bytes_read, size = _write_data_file(ds, inputs, read_batch_bytes, progress, verify, sidecars)
+    except BaseException:
+        remove_files(ds.storage, sidecars)
+        raise
+    return fragment, (rel, *sidecars), bytes_read, size
+
+
+def _write_data_file(
+    ds: Dataset,
+    inputs: Sequence[table_pb2.DataFragment],
+    read_batch_bytes: int,
+    progress: ProgressCallback | None,
+    verify: bool,
+    sidecars: list[str],
+) -> tuple[table_pb2.DataFragment, str, int, int]:
+    """Write one merged data file; returns its fragment (id unset), path, bytes read and written
+    (blob sidecars included: their paths are appended to ``sidecars`` as they are copied).
+
     Inputs whose pages may not share columns (``repdef``) are refused before anything is
     copied past them; blob descriptor pages are rewritten and their sidecars copied
     (``blob_copy``); with ``verify`` the finished file is read back and checked
@@ -342,70 +365,63 @@ def _write_output(
     # later input must agree (a fragment's files each hold some fields, so compare per field).
     kinds: dict[int, str] = {}
     blob_out = blob_copy.OutputBlobs(rel)
-    sidecars: list[str] = []  # blob sidecars written so far: removed again if this output fails
-    try:
-        with storage.open_write(rel) as out:
-            pos = 0
-            starts = list(itertools.accumulate((frag.physical_rows for frag in inputs), initial=0))
-            filled = 0  # inputs whose all-null pages are in: they go in row order with the copied ones
-            for row_offset, src in _input_sources(ds, inputs, order, read_batch_bytes):
-                while filled < len(inputs) and starts[filled] <= row_offset:
-                    for fid in lacking[filled]:
-                        mergers[fid].add_all_null(inputs[filled].physical_rows, starts[filled])
-                    filled += 1
-                key = repdef.file_layer_key(src.meta.columns, src.columns, guarded, version)
-                if isinstance(key, repdef.LayerConflict):
-                    raise CompactionRefusedError(
-                        f"field {repdef.field_paths(ds.manifest.fields).get(key.field_id, key.field_id)!r}: {key.detail}",
-                        path=storage.url(src.rel_path),
-                    )
-                for fid, found in key:
-                    first = kinds.setdefault(fid, found)
-                    if first != found:
-                        difference = repdef.describe_difference(
-                            ((fid, first),), ((fid, found),), repdef.field_paths(ds.manifest.fields)
-                        )
-                        raise CompactionRefusedError(difference, path=storage.url(src.rel_path))
-                if schema_metadata is None:
-                    schema_metadata = dict(src.meta.descriptor.schema.metadata)
-                extents = _extents(src.meta, sorted(src.columns.values()), pos, clone_block, whole=bool(src.blob_columns))
-                move = _relocator(extents)
-                copies: tuple[blob_copy.SidecarCopy, ...] = ()
-                if src.blob_columns:
-                    shift = extents[0].dest - extents[0].start  # one extent: the whole data region
-                    read = (src.tail, src.tail_offset)
-                    rewrite = blob_copy.prepare(storage, src.rel_path, src.meta, read, src.blob_columns, shift, blob_out)
-                    extents = _patched(extents, rewrite.patches)
-                    copies = rewrite.sidecars
-                pos, n = _copy_extents(storage, src, extents, pos, out, read_batch_bytes, progress)
-                bytes_read += n
-                for copy in copies:
-                    sidecars.append(copy.target)
-                    storage.copy_object(copy.source, copy.target, copy.size, batch_bytes=read_batch_bytes, progress=progress)
-                    bytes_read += copy.size
-                for fid, col in src.columns.items():
-                    mergers[fid].add(src.meta.columns[col], move, row_offset)
-            rows = sum(frag.physical_rows for frag in inputs)
-            columns = [mergers[fid].finish() for fid in out_fields]
-            descriptor = file_pb2.FileDescriptor(length=rows)
-            descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
-            for meta_key, value in (schema_metadata or {}).items():
-                descriptor.schema.metadata[meta_key] = value
-            tail = v2file.build_tail(pos, columns, descriptor, version)
-            out.write(tail)
-            size = pos + len(tail)
-        if verify:
-            try:
-                verify_output(
-                    storage, rel, size, rows, columns, version, [i for i, fid in enumerate(out_fields) if fid in guarded]
+    with storage.open_write(rel) as out:
+        pos = 0
+        starts = list(itertools.accumulate((frag.physical_rows for frag in inputs), initial=0))
+        filled = 0  # inputs whose all-null pages are in: they go in row order with the copied ones
+        for row_offset, src in _input_sources(ds, inputs, order, read_batch_bytes):
+            while filled < len(inputs) and starts[filled] <= row_offset:
+                for fid in lacking[filled]:
+                    mergers[fid].add_all_null(inputs[filled].physical_rows, starts[filled])
+                filled += 1
+            key = repdef.file_layer_key(src.meta.columns, src.columns, guarded, version)
+            if isinstance(key, repdef.LayerConflict):
+                raise CompactionRefusedError(
+                    f"field {repdef.field_paths(ds.manifest.fields).get(key.field_id, key.field_id)!r}: {key.detail}",
+                    path=storage.url(src.rel_path),
                 )
-                blob_copy.verify(storage, blob_out, size)
-            except BaseException:
-                storage.delete(rel, missing_ok=True)
-                raise
-    except BaseException:
-        remove_files(storage, sidecars)
-        raise
+            for fid, found in key:
+                first = kinds.setdefault(fid, found)
+                if first != found:
+                    difference = repdef.describe_difference(
+                        ((fid, first),), ((fid, found),), repdef.field_paths(ds.manifest.fields)
+                    )
+                    raise CompactionRefusedError(difference, path=storage.url(src.rel_path))
+            if schema_metadata is None:
+                schema_metadata = dict(src.meta.descriptor.schema.metadata)
+            extents = _extents(src.meta, sorted(src.columns.values()), pos, clone_block, whole=bool(src.blob_columns))
+            move = _relocator(extents)
+            copies: tuple[blob_copy.SidecarCopy, ...] = ()
+            if src.blob_columns:
+                shift = extents[0].dest - extents[0].start  # one extent: the whole data region
+                read = (src.tail, src.tail_offset)
+                rewrite = blob_copy.prepare(storage, src.rel_path, src.meta, read, src.blob_columns, shift, blob_out)
+                extents = _patched(extents, rewrite.patches)
+                copies = rewrite.sidecars
+            pos, n = _copy_extents(storage, src, extents, pos, out, read_batch_bytes, progress)
+            bytes_read += n
+            for copy in copies:
+                sidecars.append(copy.target)
+                storage.copy_object(copy.source, copy.target, copy.size, batch_bytes=read_batch_bytes, progress=progress)
+                bytes_read += copy.size
+            for fid, col in src.columns.items():
+                mergers[fid].add(src.meta.columns[col], move, row_offset)
+        rows = sum(frag.physical_rows for frag in inputs)
+        columns = [mergers[fid].finish() for fid in out_fields]
+        descriptor = file_pb2.FileDescriptor(length=rows)
+        descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
+        for meta_key, value in (schema_metadata or {}).items():
+            descriptor.schema.metadata[meta_key] = value
+        tail = v2file.build_tail(pos, columns, descriptor, version)
+        out.write(tail)
+        size = pos + len(tail)
+    if verify:
+        try:
+            verify_output(storage, rel, size, rows, columns, version, [i for i, fid in enumerate(out_fields) if fid in guarded])
+            blob_copy.verify(storage, blob_out, size)
+        except BaseException:
+            storage.delete(rel, missing_ok=True)
+            raise
 
     column_of = {fid: i for i, fid in enumerate(out_fields)}
     major, minor = version.manifest_pair
@@ -421,8 +437,7 @@ def _write_output(
     fragment.files.append(data_file)
     if ds.stable_row_ids:
         carry_row_sequences(ds, inputs, [fragment])
-    sidecar_bytes = sum(c.size for c in blob_out.sidecars)
-    return fragment, (rel, *sidecars), bytes_read, size + sidecar_bytes
+    return fragment, rel, bytes_read, size + sum(c.size for c in blob_out.sidecars)
 
 
 def verify_output(
@@ -542,8 +557,7 @@ def execute_task(
             bytes_read += n_read
             bytes_written += n_written
     except CompactionRefusedError as exc:
-        for rel in written:
-            storage.delete(rel, missing_ok=True)
+        remove_files(storage, written)
         return RewriteResult(
             task_id=task.task_id,
             old_fragment_ids=task.fragment_ids,
@@ -553,8 +567,7 @@ def execute_task(
             skipped_detail=str(exc),
         )
     except BaseException:
-        for rel in written:
-            storage.delete(rel, missing_ok=True)
+        remove_files(storage, written)
         raise
     return RewriteResult(
         task_id=task.task_id,
