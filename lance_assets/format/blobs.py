@@ -138,9 +138,7 @@ def page_layout(page: file2_pb2.ColumnMetadata.Page, version: FileVersion) -> De
         return layout
     if layout.flavor is Flavor.ALL_NULL:
         return layout if not page.buffer_offsets else "all-null blob page with buffers"
-    expected = 1 if layout.flavor is Flavor.V1_FLAT else 2
-    if layout.flavor is Flavor.V2_ZIPPED and len(page.buffer_offsets) == 1:
-        expected = 1  # no repetition index (not written by pylance 14, harmless: we keep sizes)
+    expected = 1 if layout.flavor is Flavor.V1_FLAT else 2  # (v2: the rows and their repetition index)
     if len(page.buffer_offsets) != expected:
         return f"{layout.flavor} page with {len(page.buffer_offsets)} buffers (expected {expected})"
     return layout
