@@ -11,6 +11,7 @@ sidecars and keeps the new ones.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import warnings
@@ -29,6 +30,7 @@ from lance_assets._proto import encodings_v2_1_pb2 as enc21
 from lance_assets.cli import main
 from lance_assets.engine.cleanup import cleanup
 from lance_assets.engine.compaction import compact
+from lance_assets.engine.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import plan_compaction
@@ -332,6 +334,17 @@ def test_heavily_deleted_blob_fragments_are_copied_not_reencoded(tmp_path: Path)
     report = compact(str(path))
     assert (report.notes, report.skipped, report.reencoded_fragments) == (dry.notes, dry.skipped, 0)
     check_reads_as_before(path, before)
+
+
+def test_a_plan_asking_to_reencode_blobs_is_refused(tmp_path: Path) -> None:
+    """Our planner never asks; a plan from elsewhere that does is refused by the task, not run."""
+    path = tmp_path / "ds.lance"
+    blobs.v2_appends(path, "2.2", [4, 4])
+    plan = plan_compaction(str(path))
+    task = dataclasses.replace(plan.tasks[0], reencode=True)
+    result = execute_task(str(path), plan, task)
+    assert result.skipped_reason == "reencode_failed" and "descriptors, not their bytes" in result.skipped_detail
+    assert result.files_written == ()
 
 
 # --- blob v1 (2.0, 2.1) ---------------------------------------------------------------------------
