@@ -368,6 +368,7 @@ def cleanup(
             if f.kind == "manifest":
                 storage.delete(f.path, missing_ok=True)
         storage.delete_many([f.path for f in doomed if f.kind != "manifest"])
+        storage.remove_empty_dirs(f.path.rsplit("/", 1)[0] for f in doomed if f.kind == "blob")
     stale_uploads = [
         u for u in storage.pending_uploads(DATA_DIR) if u.initiated is not None and clock - u.initiated >= older_than
     ]

@@ -54,6 +54,7 @@ from lance_assets.errors import (
     VersionNotFoundError,
 )
 from lance_assets.format import manifest as mf
+from lance_assets.format.blobs import SIDECAR_SUFFIX
 from lance_assets.format.deletion import DeletionFileType, deletion_file_name
 from lance_assets.format.protobuf import parse
 from lance_assets.format.roaring import decode_bitmap, encode_bitmap
@@ -396,11 +397,16 @@ def commit_index_change(
 
 
 def remove_files(storage: Storage, paths: Iterable[str]) -> None:
+    """Delete what we wrote, best effort; blob sidecar folders left empty go too."""
+    folders = set()
     for rel in paths:
+        if rel.endswith(SIDECAR_SUFFIX):
+            folders.add(rel.rsplit("/", 1)[0])
         try:
             storage.delete(rel, missing_ok=True)
         except LanceAssetsError:
             pass  # best effort: an orphan is harmless and `lance-assets cleanup` finds it
+    storage.remove_empty_dirs(folders)
 
 
 def commit_compaction(

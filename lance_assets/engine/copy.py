@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import IO
 
 from lance_assets._proto import file2_pb2, file_pb2, table_pb2
+from lance_assets.engine import blob_copy
+from lance_assets.engine.commit import remove_files
 from lance_assets.engine.copy_legacy import write_legacy_output
 from lance_assets.engine.dataset import DATA_DIR, Dataset, DatasetRef, open_dataset
 from lance_assets.engine.plan import CompactionPlan, CompactionTask
@@ -47,15 +49,18 @@ class _Source:
     columns: dict[int, int]  # field id -> column index in this file, for live fields that own a column
     tail: bytes = b""
     tail_offset: int = 0
+    blob_columns: frozenset[int] = frozenset()  # columns holding blob descriptors (rewritten, not copied)
 
 
 @dataclass(frozen=True)
 class _Extent:
-    """A byte range of a source file copied to ``dest`` in the output."""
+    """A byte range of a source file copied to ``dest`` in the output; with ``data``, those
+    bytes are written instead (a rewritten blob descriptor buffer of the same length)."""
 
     start: int
     end: int
     dest: int
+    data: bytes | None = None
 
 
 def _schema_order(manifest: table_pb2.Manifest) -> dict[int, int]:
@@ -143,10 +148,11 @@ def _source(
             path=where,
         )
     columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in live and col >= 0}
-    problems = v2safety.copy_refusals(meta, list(columns.values()))
+    blob_columns = blob_copy.blob_columns(meta, columns, blob_copy.blob_field_ids(ds.manifest.fields), where)
+    problems = v2safety.copy_refusals(meta, list(columns.values()), blob_columns)
     if problems:
         raise CompactionRefusedError("; ".join(problems), path=where)
-    return _Source(rel, meta, columns, tail, tail_offset)
+    return _Source(rel, meta, columns, tail, tail_offset, blob_columns)
 
 
 #: Extents at least this long are placed for block cloning where the filesystem offers it: the
@@ -154,17 +160,20 @@ def _source(
 CLONE_MIN_EXTENT = 1 << 20
 
 
-def _extents(meta: v2file.V2FileMetadata, columns: Sequence[int], dest: int, clone_block: int = 0) -> list[_Extent]:
+def _extents(
+    meta: v2file.V2FileMetadata, columns: Sequence[int], dest: int, clone_block: int = 0, *, whole: bool = False
+) -> list[_Extent]:
     """Source byte ranges holding the given columns, placed from ``dest`` on.
 
-    When every column is kept the whole data region is one extent (padding
+    When every column is kept (or ``whole`` is asked for: inline blob bytes belong to no page
+    buffer) the whole data region is one extent (padding
     included), which keeps copies large and sequential. Otherwise the kept
     buffers are coalesced where they touch. 2.1+ destinations keep the
     source's offset modulo 64, so copied buffers stay aligned; with
     ``clone_block`` (a reflinking filesystem) large extents keep it modulo the
     block size, so the filesystem shares their blocks instead of copying them.
     """
-    if len(columns) == meta.num_columns:
+    if whole or len(columns) == meta.num_columns:
         spans = [(0, meta.data_end)]
     else:
         raw = sorted(
@@ -188,6 +197,30 @@ def _extents(meta: v2file.V2FileMetadata, columns: Sequence[int], dest: int, clo
             dest += (start - dest) % v2file.ALIGNMENT
         out.append(_Extent(start, end, dest))
         dest += end - start
+    return out
+
+
+def _patched(extents: Sequence[_Extent], patches: Sequence[blob_copy.Patch]) -> list[_Extent]:
+    """``extents`` with each patch's bytes written in place of the source bytes it replaces.
+
+    A patch must lie inside one extent (descriptor buffers are inside the copied data region).
+    """
+    out: list[_Extent] = []
+    todo = sorted(patches, key=lambda p: p.start)
+    for ext in extents:
+        start = ext.start
+        while todo and todo[0].start < ext.end:
+            patch = todo.pop(0)
+            if patch.start < start or patch.end > ext.end:
+                raise CompactionRefusedError(f"blob descriptors at {patch.start} lie outside the copied bytes (copier bug)")
+            if patch.start > start:
+                out.append(_Extent(start, patch.start, ext.dest + start - ext.start))
+            out.append(_Extent(patch.start, patch.end, ext.dest + patch.start - ext.start, patch.data))
+            start = patch.end
+        if start < ext.end:
+            out.append(_Extent(start, ext.end, ext.dest + start - ext.start))
+    if todo:
+        raise CompactionRefusedError(f"blob descriptors at {todo[0].start} lie outside the copied bytes (copier bug)")
     return out
 
 
@@ -239,7 +272,11 @@ def _copy_extents(
     for ext in extents:
         if ext.dest > pos:
             out.write(bytes(ext.dest - pos))
-        if ext.start >= src.tail_offset:
+        if ext.data is not None:
+            out.write(ext.data)
+            if progress:
+                progress(len(ext.data))
+        elif ext.start >= src.tail_offset:
             chunk = memoryview(src.tail)[ext.start - src.tail_offset : ext.end - src.tail_offset]
             out.write(chunk)
             if progress:
@@ -257,12 +294,37 @@ def _write_output(
     read_batch_bytes: int,
     progress: ProgressCallback | None,
     verify: bool = True,
+) -> tuple[table_pb2.DataFragment, tuple[str, ...], int, int]:
+    """Write one merged data file; returns its fragment (id unset), the files written (the data
+    file, then its blob sidecars), bytes read and written.
+
+    Nothing stays behind when it fails: the data file is removed by ``_write_data_file``, the
+    blob sidecars copied so far here.
+    """
+    sidecars: list[str] = []
+    try:
+        fragment, rel, bytes_read, size = _write_data_file(ds, inputs, read_batch_bytes, progress, verify, sidecars)
+    except BaseException:
+        remove_files(ds.storage, sidecars)
+        raise
+    return fragment, (rel, *sidecars), bytes_read, size
+
+
+def _write_data_file(
+    ds: Dataset,
+    inputs: Sequence[table_pb2.DataFragment],
+    read_batch_bytes: int,
+    progress: ProgressCallback | None,
+    verify: bool,
+    sidecars: list[str],
 ) -> tuple[table_pb2.DataFragment, str, int, int]:
-    """Write one merged data file; returns its fragment (id unset), path, bytes read and written.
+    """Write one merged data file; returns its fragment (id unset), path, bytes read and written
+    (blob sidecars included: their paths are appended to ``sidecars`` as they are copied).
 
     Inputs whose pages may not share columns (``repdef``) are refused before anything is
-    copied past them; with ``verify`` the finished file is read back and checked
-    (``verify_output``) before it is handed to the commit.
+    copied past them; blob descriptor pages are rewritten and their sidecars copied
+    (``blob_copy``); with ``verify`` the finished file is read back and checked
+    (``verify_output``, ``blob_copy.verify``) before it is handed to the commit.
     """
     storage = ds.storage
     order = _schema_order(ds.manifest)
@@ -302,6 +364,7 @@ def _write_output(
     # The guarded layers' kinds per field, as the first input holding the field has them; every
     # later input must agree (a fragment's files each hold some fields, so compare per field).
     kinds: dict[int, str] = {}
+    blob_out = blob_copy.OutputBlobs(rel)
     with storage.open_write(rel) as out:
         pos = 0
         starts = list(itertools.accumulate((frag.physical_rows for frag in inputs), initial=0))
@@ -326,10 +389,21 @@ def _write_output(
                     raise CompactionRefusedError(difference, path=storage.url(src.rel_path))
             if schema_metadata is None:
                 schema_metadata = dict(src.meta.descriptor.schema.metadata)
-            extents = _extents(src.meta, sorted(src.columns.values()), pos, clone_block)
+            extents = _extents(src.meta, sorted(src.columns.values()), pos, clone_block, whole=bool(src.blob_columns))
+            move = _relocator(extents)
+            copies: tuple[blob_copy.SidecarCopy, ...] = ()
+            if src.blob_columns:
+                shift = extents[0].dest - extents[0].start  # one extent: the whole data region
+                read = (src.tail, src.tail_offset)
+                rewrite = blob_copy.prepare(storage, src.rel_path, src.meta, read, src.blob_columns, shift, blob_out)
+                extents = _patched(extents, rewrite.patches)
+                copies = rewrite.sidecars
             pos, n = _copy_extents(storage, src, extents, pos, out, read_batch_bytes, progress)
             bytes_read += n
-            move = _relocator(extents)
+            for copy in copies:
+                sidecars.append(copy.target)
+                storage.copy_object(copy.source, copy.target, copy.size, batch_bytes=read_batch_bytes, progress=progress)
+                bytes_read += copy.size
             for fid, col in src.columns.items():
                 mergers[fid].add(src.meta.columns[col], move, row_offset)
         rows = sum(frag.physical_rows for frag in inputs)
@@ -344,6 +418,7 @@ def _write_output(
     if verify:
         try:
             verify_output(storage, rel, size, rows, columns, version, [i for i, fid in enumerate(out_fields) if fid in guarded])
+            blob_copy.verify(storage, blob_out, size)
         except BaseException:
             storage.delete(rel, missing_ok=True)
             raise
@@ -362,7 +437,7 @@ def _write_output(
     fragment.files.append(data_file)
     if ds.stable_row_ids:
         carry_row_sequences(ds, inputs, [fragment])
-    return fragment, rel, bytes_read, size
+    return fragment, rel, bytes_read, size + sum(c.size for c in blob_out.sidecars)
 
 
 def verify_output(
@@ -473,17 +548,16 @@ def execute_task(
     try:
         for output in task.outputs:
             inputs = [by_id[i] for i in output.fragment_ids]
-            frag, rel, n_read, n_written = write_output(
+            frag, files, n_read, n_written = write_output(
                 ds, inputs, plan.options.read_batch_bytes, progress, plan.options.verify_output
             )
-            written.append(rel)
+            written.extend(files)
             deletions.append(carry_deletions(ds, inputs, frag))
             fragments.append(RewriteResult.encode_fragment(frag))
             bytes_read += n_read
             bytes_written += n_written
     except CompactionRefusedError as exc:
-        for rel in written:
-            storage.delete(rel, missing_ok=True)
+        remove_files(storage, written)
         return RewriteResult(
             task_id=task.task_id,
             old_fragment_ids=task.fragment_ids,
@@ -493,8 +567,7 @@ def execute_task(
             skipped_detail=str(exc),
         )
     except BaseException:
-        for rel in written:
-            storage.delete(rel, missing_ok=True)
+        remove_files(storage, written)
         raise
     return RewriteResult(
         task_id=task.task_id,

@@ -251,8 +251,9 @@ def write_legacy_output(
     read_batch_bytes: int,
     progress: ProgressCallback | None,
     verify: bool = True,
-) -> tuple[table_pb2.DataFragment, str, int, int]:
-    """Write one merged legacy data file; returns its fragment (id unset), path, bytes read and written.
+) -> tuple[table_pb2.DataFragment, tuple[str, ...], int, int]:
+    """Write one merged legacy data file; returns its fragment (id unset), the files written (just
+    the data file), bytes read and written.
 
     The inputs' batches are concatenated when they already line up, re-cut otherwise (see the
     module docstring). With ``verify`` the written file's tail is read back (:func:`_self_check`).
@@ -328,4 +329,4 @@ def write_legacy_output(
     fragment.files.append(data_file)
     if ds.stable_row_ids:
         carry_row_sequences(ds, inputs, [fragment])
-    return fragment, rel, copier.bytes_read, size
+    return fragment, (rel,), copier.bytes_read, size

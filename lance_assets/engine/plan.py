@@ -2,8 +2,9 @@
 
 Planning reads the manifest only, so it is fast on datasets with 100,000 fragments and
 safe to run from a sensor -- except where the schema nests a list below a struct in a 2.1+
-dataset: there the candidates' file metadata is read too (rep/def layers: see
-``_FileSplitter``), because the plan must say what the copy will do. It follows
+dataset, or has a blob column: there the candidates' file metadata is read too (rep/def
+layers: see ``_FileSplitter``; blob descriptor layouts: ``_blob_refusals``), because the plan
+must say what the copy will do. It follows
 Lance's own candidate selection and binning (fact sheet §7.2), and additionally
 simulates the output files so that a task which would not reduce the number
 of fragments is never run.
@@ -17,20 +18,23 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from lance_assets._proto import table_pb2
+from lance_assets.engine.blob_copy import blob_columns, blob_field_ids
 from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
 from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, index_views, is_system_index
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.reencode import pylance_available
+from lance_assets.engine.reencode import blob_reencode_refusal, pylance_available
 from lance_assets.engine.report import Reason, SkippedFragment
 from lance_assets.engine.rows import live_rows
 from lance_assets.engine.tail import read_v2_metadata
+from lance_assets.errors import CompactionRefusedError
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
+from lance_assets.format.blobs import column_refusals
 from lance_assets.format.protobuf import has_unknown_fields, unknown_field_numbers
-from lance_assets.format.v2file import FileVersion, is_blob_field, null_fillable_fields
+from lance_assets.format.v2file import FileVersion, null_fillable_fields
 
 # Legacy (0.x) files count rows per batch in int32 (Metadata.batch_offsets).
 LEGACY_MAX_ROWS_PER_FILE = 2**31 - 1
@@ -188,8 +192,8 @@ def fragment_file_count(fragment: table_pb2.DataFragment) -> int:
 def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -> CompactionPlan:
     """Plan a compaction of the latest version (or of the given open Dataset).
 
-    Planning writes nothing and reads little (the manifest; file metadata only for legacy and
-    nested-list datasets), so it can run from a sensor or a dry run, and the plan is small
+    Planning writes nothing and reads little (the manifest; file metadata only for legacy,
+    nested-list and blob datasets), so it can run from a sensor or a dry run, and the plan is small
     enough to ship to other machines: :func:`~lance_assets.engine.copy.execute_task` runs its
     tasks anywhere, :func:`~lance_assets.engine.commit.commit_compaction` commits them.
 
@@ -201,7 +205,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
     Returns:
         The tasks (groups of neighbouring fragments and the files each becomes) and every
         fragment left alone with its reason (``skipped``). A dataset that cannot be compacted
-        by copy at all (e.g. blob columns) gives a plan without tasks, not an error.
+        by copy at all (e.g. blob columns of a legacy dataset) gives a plan without tasks, not an error.
 
     Raises:
         NotADatasetError: ``uri`` holds no Lance dataset.
@@ -236,9 +240,15 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
         options_for_outputs = replace(options, max_rows_per_file=min(options.row_cap, LEGACY_MAX_ROWS_PER_FILE))
     else:
         options_for_outputs = options
-    blobs = [f.name for f in ds.manifest.fields if is_blob_field(f)]
-    if blobs:
-        return skip_all(Reason.BLOB_COLUMN, f"blob columns store absolute positions inside page data: {', '.join(blobs)}")
+    blob_ids = blob_field_ids(ds.manifest.fields)
+    blob_names = [f.name for f in ds.manifest.fields if f.id in blob_ids]
+    if blob_ids and ds.storage_version == mf.LEGACY:
+        return skip_all(
+            Reason.BLOB_COLUMN, f"legacy (0.x) blob columns ({', '.join(blob_names)}): pylance 14 cannot read them back"
+        )
+    nested_blobs = [f.name for f in ds.manifest.fields if f.id in blob_ids and f.parent_id != -1]
+    if nested_blobs:
+        return skip_all(Reason.BLOB_COLUMN, f"blob columns inside structs or lists ({', '.join(nested_blobs)}) are not rewritten")
 
     live_ids = {f.id for f in ds.manifest.fields}
     # Index entries hold row addresses (pylance 14 also with stable row ids), which a rewrite
@@ -267,12 +277,19 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
             candidates.append(None)
             continue
         candidates.append((frag, reason))
+    if blob_ids:
+        # Blob descriptor pages are rewritten by the copy; their layouts live in the data files.
+        found = _blob_refusals(ds, [c[0] for c in candidates if c is not None], blob_ids)
+        for i, item in enumerate(candidates):
+            if item is not None and item[0].id in found:
+                skipped.append(SkippedFragment(item[0].id, Reason.BLOB_COLUMN, found[item[0].id]))
+                candidates[i] = None
 
     tasks: list[CompactionTask] = []
     splits: list[PlanSplit] = []
     notes: list[SkippedFragment] = []
     # Why nothing can be re-encoded ("" when pylance may): importing pylance only when asked.
-    why_not = functools.cache(lambda: _why_not_reencode(options))
+    why_not = functools.cache(lambda: blob_reencode_refusal(ds.manifest.fields) or _why_not_reencode(options))
     why_not_reencode = "" if not over else why_not()
     layers = _FileSplitter(ds, why_not)
     source_budget = options.max_source_fragments
@@ -596,14 +613,49 @@ class _FileSplitter:
                 keys.extend(key)
             return tuple(sorted(keys))
 
-        if ds.storage.is_local:
-            return [read(frag) for frag in bin_]
-        with ThreadPoolExecutor(_PLAN_READERS, thread_name_prefix="lance-assets-plan") as pool:
-            return list(pool.map(read, bin_))
+        return _read_each(ds, read, bin_)
 
 
 #: Metadata reads in flight when the planner reads files on an object store.
 _PLAN_READERS = 8
+
+T = TypeVar("T")
+
+
+def _read_each(ds: Dataset, read: Callable[[table_pb2.DataFragment], T], frags: Sequence[table_pb2.DataFragment]) -> list[T]:
+    """``read`` of every fragment, in order: in turn on a local disk, several at once on an
+    object store (where each metadata read is a request)."""
+    if ds.storage.is_local:
+        return [read(frag) for frag in frags]
+    with ThreadPoolExecutor(_PLAN_READERS, thread_name_prefix="lance-assets-plan") as pool:
+        return list(pool.map(read, frags))
+
+
+def _blob_refusals(ds: Dataset, frags: Sequence[table_pb2.DataFragment], blob_ids: frozenset[int]) -> dict[int, str]:
+    """Fragment id -> why its blob descriptors cannot be rewritten, for the fragments whose
+    data files hold a blob column in a page layout ``format.blobs`` does not know (judged from
+    file metadata, as the copy judges it; the descriptors themselves are read only by the copy)."""
+
+    def read(frag: table_pb2.DataFragment) -> str:
+        for df in frag.files:
+            rel = ds.data_file_path(df)
+            meta = read_v2_metadata(ds.storage, rel, df.file_size_bytes)
+            columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in blob_ids and col >= 0}
+            if not columns:
+                continue
+            try:
+                blob_columns(meta, columns, blob_ids, ds.storage.url(rel))
+            except CompactionRefusedError as exc:
+                return exc.reason
+            for fid, col in columns.items():
+                if col >= meta.num_columns:
+                    return f"data file {df.path} has no column {col}"
+                refusals = column_refusals(meta.columns[col], meta.version)
+                if refusals:
+                    return f"blob field {fid}: " + "; ".join(refusals)
+        return ""
+
+    return {frag.id: why for frag, why in zip(frags, _read_each(ds, read, frags)) if why}
 
 
 def _bins(candidates: Sequence[tuple[table_pb2.DataFragment, Any] | None]) -> Iterable[list[table_pb2.DataFragment]]:

@@ -7,20 +7,22 @@ fragment is written by pylance's fragment writer -- the live rows of the group, 
 and *not* committed by pylance: the new fragments go into our Rewrite like every binary-copied
 group, with the inputs' row ids and versions (deleted rows removed) carried by us. Without
 pylance the group is binary-copied and its deletions are carried forward as a deletion file.
+Datasets with blob columns are never re-encoded (``blob_reencode_refusal``).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from lance_assets._proto import table_pb2
+from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import DATA_DIR, Dataset
 from lance_assets.engine.report import Reason, RewriteResult
 from lance_assets.engine.rows import carry_row_sequences, live_rows
 from lance_assets.format import manifest as mf
+from lance_assets.format.v2file import is_blob_field
 from lance_assets.io.storage import UNSAFE_COMMIT_OPTION
 
 if TYPE_CHECKING:  # the planner asks pylance_available(), so this module must not import it
@@ -41,6 +43,16 @@ def pylance_storage_options(storage_options: dict[str, Any]) -> dict[str, str] |
     return out or None
 
 
+def blob_reencode_refusal(fields: Iterable[file_pb2.Field]) -> str:
+    """Why a dataset with these schema fields cannot be re-encoded ("" when it can): pylance's
+    scans return a blob column's descriptors, not its bytes, so rows written back from a scan
+    would lose their blobs (and point at the old file's)."""
+    names = [f.name for f in fields if is_blob_field(f)]
+    if not names:
+        return ""
+    return f"blob columns ({', '.join(names)}): pylance's scans return their descriptors, not their bytes"
+
+
 def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, started: float) -> RewriteResult:
     """Write the live rows of ``task``'s fragments as new fragments with pylance; commits nothing.
 
@@ -57,6 +69,9 @@ def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, start
             skipped_detail=detail,
         )
 
+    blobs = blob_reencode_refusal(ds.manifest.fields)
+    if blobs:  # planners never ask for this; a plan from elsewhere might
+        return failed(blobs)
     if not pylance_available():
         return failed("re-encoding needs pylance: pip install 'lance_assets[reencode]'")
     import lance

@@ -2,14 +2,16 @@
 
 A page may be copied byte for byte only when nothing inside it names a file position: every
 encoding must be one we can prove page-local, with no column-level or file-level buffers,
-deferred encodings, blob layouts or statistics that describe one file. This module judges the
-parsed metadata of ``v2file``; anything it cannot prove safe is refused with a reason.
+deferred encodings, blob layouts or statistics that describe one file. The one exception are
+blob columns the caller names: their descriptor pages are rewritten by the copier, so they are
+judged by whether ``format.blobs`` can rewrite them. This module judges the parsed metadata of
+``v2file``; anything it cannot prove safe is refused with a reason.
 Encoding bytes repeat across files, so each distinct value is judged once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -19,6 +21,7 @@ from google.protobuf.message import Message
 from lance_assets._proto import encodings_v2_0_pb2 as enc20
 from lance_assets._proto import encodings_v2_1_pb2 as enc21
 from lance_assets._proto import file2_pb2, file_pb2
+from lance_assets.format import blobs
 from lance_assets.format.protobuf import parse, unknown_field_numbers, wire_fields
 from lance_assets.format.v2file import (
     ARRAY_ENCODING_URL,
@@ -113,28 +116,43 @@ def blob_fields(descriptor: file_pb2.FileDescriptor) -> tuple[file_pb2.Field, ..
     )
 
 
-def inspect_copy_safety(meta: V2FileMetadata) -> FileSafety:
-    """Judge every column of a parsed file; undecodable encoding bytes raise CorruptFileError."""
+def inspect_copy_safety(meta: V2FileMetadata, blob_columns: Collection[int] | None = None) -> FileSafety:
+    """Judge every column of a parsed file; undecodable encoding bytes raise CorruptFileError.
+
+    ``blob_columns`` are the columns the caller knows (from the dataset schema) to hold blob
+    descriptors: they are judged by whether ``format.blobs`` can rewrite them. Without it, a
+    blob field in the file's schema refuses the whole file (which columns it owns is not known).
+    """
     file_reasons = []
     if len(meta.global_buffers) > 1:
         file_reasons.append(f"{len(meta.global_buffers)} global buffers: only the schema buffer (GB0) is rebuilt")
-    for field in blob_fields(meta.descriptor):
-        file_reasons.append(f"blob field {field.name!r} (id {field.id}): blob pages hold absolute positions")
-    columns = tuple(_column_safety(i, col, meta) for i, col in enumerate(meta.columns))
+    if blob_columns is None:
+        for field in blob_fields(meta.descriptor):
+            file_reasons.append(f"blob field {field.name!r} (id {field.id}): blob pages hold absolute positions")
+        blob_columns = ()
+    blob_set = set(blob_columns)
+    columns = tuple(
+        _blob_column_safety(i, col, meta.version) if i in blob_set else _column_safety(i, col, meta)
+        for i, col in enumerate(meta.columns)
+    )
     return FileSafety(meta.path, meta.version, tuple(file_reasons), columns)
 
 
-def copy_refusals(meta: V2FileMetadata, columns: Sequence[int]) -> tuple[str, ...]:
+def copy_refusals(meta: V2FileMetadata, columns: Sequence[int], blob_columns: Collection[int] = ()) -> tuple[str, ...]:
     """Why the given columns of a file cannot be binary copied; empty when they can.
 
-    The copier asks this of every input file, so the common answer (every encoding already
-    judged safe, one global buffer, no blob field) costs one dict lookup per page; the full
-    ``inspect_copy_safety`` report is built only when something may be wrong.
+    ``blob_columns`` (a subset of ``columns``) hold blob descriptors, which the copier rewrites:
+    they pass when ``format.blobs`` recognises every page. The copier asks this of every input
+    file, so the common answer (every encoding already judged safe, one global buffer, no blob
+    field) costs one dict lookup per page; the full ``inspect_copy_safety`` report is built only
+    when something may be wrong.
     """
     pages_ok = _verdicts(meta.version)
     columns_ok = _verdicts("column")
     fast = len(meta.global_buffers) == 1
     for c in columns if fast else ():
+        if c in blob_columns:
+            continue
         column = meta.columns[c]
         if column.buffer_offsets or columns_ok.get(column.encoding.direct.encoding) != ():
             fast = False
@@ -145,12 +163,16 @@ def copy_refusals(meta: V2FileMetadata, columns: Sequence[int]) -> tuple[str, ..
                 break
         if not fast:
             break
-    if fast and not blob_fields(meta.descriptor):
+    if fast and not any(blobs.column_refusals(meta.columns[c], meta.version) for c in blob_columns):
         return ()
-    safety = inspect_copy_safety(meta)
+    safety = inspect_copy_safety(meta, blob_columns)
     wanted = set(columns)
     per_column = (f"column {c.index}: {c.reason}" for c in safety.columns if c.index in wanted and not c.copyable)
     return (*safety.file_reasons, *per_column)
+
+
+def _blob_column_safety(index: int, column: file2_pb2.ColumnMetadata, version: FileVersion) -> ColumnSafety:
+    return ColumnSafety(index, blobs.column_refusals(column, version), False, (), ())
 
 
 def _column_safety(index: int, column: file2_pb2.ColumnMetadata, meta: V2FileMetadata) -> ColumnSafety:

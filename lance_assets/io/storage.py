@@ -18,8 +18,9 @@ import contextlib
 import datetime as _dt
 import errno
 import json
+import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -300,6 +301,30 @@ class Storage:
             if progress:
                 progress(len(chunk))
 
+    def copy_object(
+        self,
+        src: str,
+        dst: str,
+        size: int,
+        *,
+        batch_bytes: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Create ``dst`` as a copy of the ``size`` bytes of ``src``: inside the store on S3
+        (s3fs's copy: CopyObject, or a multipart copy for the largest objects), cloned or copied
+        by ``copy_range`` locally, in pieces of at most ``batch_bytes`` elsewhere. A failed copy
+        leaves no ``dst``."""
+        if self.server_side_copy:
+            with self._errors(src):
+                self._makedirs_for(dst)
+                self.fs.copy(self.path(src), self.path(dst))
+            if progress:
+                progress(size)
+            return
+        with self.open_write(dst) as out:
+            if size:
+                self.copy_range(src, 0, size, out, batch_bytes=batch_bytes, progress=progress)
+
     def clone_block_size(self, rel_dir: str) -> int:
         """The block size at which local copies into ``rel_dir`` share blocks with their source
         (reflink: btrfs, XFS …), or 0 where copies move bytes.
@@ -438,6 +463,15 @@ class Storage:
             except FileNotFoundError:
                 if not missing_ok:
                     raise
+
+    def remove_empty_dirs(self, rel_dirs: Iterable[str]) -> None:
+        """Remove the given folders where they exist and are empty (local disks: object stores have
+        no folders). Best effort: a folder something was written to meanwhile stays."""
+        if not self.is_local:
+            return
+        for rel in sorted(set(rel_dirs), reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path(rel))
 
     def delete_many(self, rels: Sequence[str], *, batch: int = 1000) -> None:
         """Delete many objects, missing ones ignored: on S3 in bulk requests (DeleteObjects,

@@ -684,7 +684,7 @@ def test_byte_cap_with_sizes_missing_from_the_manifest(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "shape,version,target,reasons",
     [
-        ("blob", "2.1", 1_000_000, {"blob_column"}),
+        ("blob", "legacy", 1_000_000, {"blob_column"}),
         ("deletes_arrow", "2.2", 10, {"at_target_size"}),
         ("stable_row_ids", "2.1", 10, {"at_target_size"}),
     ],

@@ -15,11 +15,14 @@ import pytest
 
 from lance_assets import CompactionOptions, compact
 from tests.support import factory
+from tests.support.blobs import resolved
 
-# Blob columns are refused (their descriptors hold positions into the file; see docs/how-it-works.md),
-# while pylance re-encodes them: until blob relocation lands, a refusal leaves more fragments.
+# pylance 14 cannot read a legacy (0.x) blob column back at all (its scan panics), so there is
+# nothing to compare; we leave such datasets alone.
 CASES = [
-    pytest.param(shape, version, marks=pytest.mark.xfail(strict=True, reason="blob columns are refused")) if shape == "blob" else (shape, version)
+    pytest.param(shape, version, marks=pytest.mark.xfail(strict=True, reason="pylance 14 cannot read legacy blob columns"))
+    if (shape, version) == ("blob", "legacy")
+    else (shape, version)
     for shape in factory.SHAPES
     for version in factory.STORAGE_VERSIONS
     if (shape, version) not in factory.UNSUPPORTED
@@ -27,8 +30,9 @@ CASES = [
 
 
 def _rows(path: Path) -> pa.Table:
-    """All rows by id, dictionary columns decoded (one file's dictionary may differ from several's)."""
-    table = lance.dataset(str(path)).to_table().sort_by("id")
+    """All rows by id, dictionary columns decoded (one file's dictionary may differ from several's),
+    blob columns as their bytes (a scan returns descriptors, which a compaction rewrites)."""
+    table = resolved(lance.dataset(str(path))).sort_by("id")
     return pa.table({n: c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for n, c in zip(table.column_names, table.columns)})
 
 
