@@ -24,7 +24,11 @@ Where layers live (see docs/format.md):
   form (field 1) whose field 1 is a byte string of ``RepDefLayer`` values innermost first, or an
   explicit form (field 2) holding one entry per layer, outermost first: an item (field 1) or a
   list (field 2). An explicit item whose field 1 is 1 and that records no null count (field 3)
-  is all-valid; any other item holds nulls.
+  is all-valid; field 1 = 2 marks an item layer that is all null (it keeps no validity bits);
+  any other item holds some nulls. All-null differs from some-null at a guarded layer: a
+  struct above a list that is all null in one page and partly null in another makes pylance 14
+  fail ("Structural sibling fields have incompatible validity metadata"), found by the random
+  nested-data test.
 
 Pure functions over encoding bytes; the copier and the planner do the reading.
 """
@@ -41,8 +45,9 @@ from lance_assets._proto import file2_pb2, file_pb2
 from lance_assets.format.protobuf import wire_fields
 from lance_assets.format.v2file import FileVersion
 
-#: One character per layer, innermost first: a list layer, an all-valid item, a nullable item.
-LIST, VALID, NULLABLE = "L", "V", "N"
+#: One character per layer, innermost first: a list layer, an all-valid item, a nullable item,
+#: and (2.3 explicit form only) an item layer whose every value is null.
+LIST, VALID, NULLABLE, ALL_NULL = "L", "V", "N", "A"
 
 _FROM_ENUM: dict[int, str] = {
     enc21.REPDEF_ALL_VALID_ITEM: VALID,
@@ -197,7 +202,8 @@ def describe_difference(a: LayerKey, b: LayerKey, names: Mapping[int, str]) -> s
         if other is not None and other != kinds:
 
             def spell(k: str) -> str:
-                return ", ".join("all-valid" if c == VALID else "nullable" for c in k)
+                spelled = {VALID: "all-valid", ALL_NULL: "all-null"}
+                return ", ".join(spelled.get(c, "nullable") for c in k)
 
             return (
                 f"field {names.get(field_id, field_id)!r}: a struct above a list is {spell(kinds)} in one "
@@ -273,6 +279,10 @@ def _planar_layers(value: bytes) -> str | None:
         if fields is None or not {n for n, _, _ in fields} <= _EXPLICIT_ITEM_FIELDS:
             return None
         varints = {n: v for n, w, v in fields if w == 0}
-        valid = varints.get(1) == 1 and not varints.get(3)
-        layers.append(VALID if valid else NULLABLE)
+        if varints.get(1) == 2:
+            layers.append(ALL_NULL)
+        elif varints.get(1) == 1 and not varints.get(3):
+            layers.append(VALID)
+        else:
+            layers.append(NULLABLE)
     return "".join(reversed(layers)) or None

@@ -195,6 +195,43 @@ def test_struct_of_list_of_structs_on_2_3(tmp_path: Path) -> None:
     assert_lance_order(path, tables, dry["plan"])
 
 
+def test_all_null_struct_above_a_list_stays_apart_on_2_3(tmp_path: Path) -> None:
+    """2.3 ``list<struct<l: list<list<string>>, s: string>>``: a file whose structs are all null
+    beside one whose structs are partly null. Copied side by side, pylance 14 could not read them
+    ("Structural sibling fields have incompatible validity metadata"); found by the random test
+    below and shrunk to these rows. The 2.3 explicit layer form marks an all-null item layer on
+    its own (``repdef.ALL_NULL``), so the two files stay apart and everything reads."""
+    t = pa.list_(pa.struct([("l", pa.list_(pa.list_(pa.string()))), ("s", pa.string())]))
+    rows: list[list[Any]] = [[[None, None]], [None, [None, {"l": [[""]], "s": None}]]]
+    tables, start = [], 0
+    for part in rows:
+        tables.append(pa.table({"i": pa.array(range(start, start + len(part)), pa.int64()), "v": pa.array(part, t)}))
+        start += len(part)
+    path = tmp_path / "ds.lance"
+    write_fragments(path, tables, "2.3")
+    layers = {repdef.page_layers(p.encoding.direct.encoding, FileVersion.V2_3) for p in _pages_of(path, "v.item.l.item.item")}
+    assert {"VLLAL", "VLLNL"} <= layers, layers
+    dry = cli_compact(path, "--dry-run", "--no-reencode-fallback")
+    report = cli_compact(path, "--no-reencode-fallback")
+    assert [s["reason"] for s in report["skipped"]] == [s["reason"] for s in dry["skipped"]]
+    assert {s["reason"] for s in report["skipped"]} <= {"incompatible_layers"}
+    assert_reads_as(path, pa.concat_tables(tables))
+
+
+def _pages_of(path: Path, name: str) -> list[Any]:
+    """The pages of the column that field ``name`` (dotted path) owns, over every data file."""
+    ds = Dataset.open(str(path))
+    paths = repdef.field_paths(ds.manifest.fields)
+    field_id = next(i for i, p in paths.items() if p == name)
+    pages = []
+    for frag in ds.fragments:
+        for df in frag.files:
+            meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
+            column = dict(zip(df.fields, df.column_indices))[field_id]
+            pages.extend(meta.columns[column].pages)
+    return pages
+
+
 def test_a_reencode_pylance_would_misread_is_refused(tmp_path: Path) -> None:
     """pylance 14 misreads ``list<struct<l: list<map<string, int64>>, s>>`` holding [], [], [None]
     when it writes them in one go, although each one-row file reads fine: the re-encoded group is
