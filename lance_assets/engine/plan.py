@@ -38,6 +38,8 @@ from lance_assets.format.v2file import FileVersion, null_fillable_fields
 
 # Legacy (0.x) files count rows per batch in int32 (Metadata.batch_offsets).
 LEGACY_MAX_ROWS_PER_FILE = 2**31 - 1
+#: The v2 data-file versions whose pages we know how to copy.
+_KNOWN_FILE_VERSIONS = frozenset(v.value for v in FileVersion)
 
 
 @dataclass(frozen=True)
@@ -488,6 +490,9 @@ def _candidate_reason(
         key.append((tuple(df.fields[:]), tuple(df.column_indices[:]), version))
     if len(set(versions)) != 1:
         return skip(Reason.FILE_VERSION_MISMATCH, "the fragment's data files have different versions")
+    if versions[0] != mf.LEGACY and mf.storage_version_name(versions[0]) not in _KNOWN_FILE_VERSIONS:
+        # A newer Lance (or a damaged manifest): we know no layout to copy it by.
+        return skip(Reason.NOT_COPYABLE, f"data file version {mf.storage_version_name(versions[0])} is not one we copy")
     if (versions[0] == mf.LEGACY) != (storage_version == mf.LEGACY):
         names = mf.storage_version_name(versions[0]), mf.storage_version_name(storage_version)
         return skip(Reason.FILE_VERSION_MISMATCH, "a {} data file in a {} dataset".format(*names))

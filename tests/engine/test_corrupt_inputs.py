@@ -17,8 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lance_assets.engine.compaction import compact
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.inspect import inspect_dataset
+from lance_assets.engine.options import CompactionOptions
+from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.report import Reason
 from lance_assets.errors import (
     CorruptFileError,
     LanceAssetsError,
@@ -293,3 +297,22 @@ def test_data_file_name_with_nul_byte(dataset_copy: Copy) -> None:
     assert opened is None  # the manifest itself is fine
     assert isinstance(inspected, StorageError)  # not a bare ValueError from os.stat
     assert tree_digest(path) == before
+
+
+@pytest.mark.parametrize("pair", [(3, 1), (2, 9)])
+def test_data_file_of_an_unknown_version_is_left_alone(dataset_copy: Copy, pair: tuple[int, int]) -> None:
+    """A fragment whose data file claims a version we know no layout for (a newer Lance, or a
+    damaged manifest: found by the planner fuzz test) is skipped with a reason, never copied,
+    and the planner does not crash on it."""
+    path = dataset_copy("appends", "2.1")
+
+    def newer(m: mf.Manifest) -> None:
+        m.fragments[1].files[0].file_major_version, m.fragments[1].files[0].file_minor_version = pair
+
+    rewrite_manifest(path, newer)
+    plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=10_000))
+    skipped = {s.fragment_id: s for s in plan.skipped}
+    assert skipped[1].reason is Reason.NOT_COPYABLE and f"{pair[0]}.{pair[1]}" in skipped[1].detail
+    assert all(1 not in t.fragment_ids for t in plan.tasks)
+    report = compact(str(path), CompactionOptions(target_rows_per_fragment=10_000))
+    assert any(s.fragment_id == 1 and s.reason is Reason.NOT_COPYABLE for s in report.skipped)
