@@ -13,7 +13,7 @@ from lance_assets.engine.cleanup import CleanupReport, bytes_on_disk, cleanup
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.index_upkeep import IndexUpkeepReport, maintain_indices
-from lance_assets.engine.indices import index_coverage, reuse_version_count
+from lance_assets.engine.indices import index_coverage, reuse_versions
 from lance_assets.engine.inspect import Inspection, inspect_dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.report import CompactionReport, ProgressCallback, RewriteResult
@@ -245,8 +245,9 @@ class LanceDatasets(_LanceDatasetsBase):
             >>> unindexed, reuse_versions, has_indices = lance.index_status("events")
         """
         ds = Dataset.open(self.uri(partition_key), storage_options=self.options())
-        coverage = index_coverage(ds)
-        return sum(c.unindexed_rows for c in coverage), reuse_version_count(ds), bool(coverage)
+        versions = reuse_versions(ds)  # read once: coverage applies them too
+        coverage = index_coverage(ds, versions)
+        return sum(c.unindexed_rows for c in coverage), len(versions), bool(coverage)
 
     def maintain_indices(self, partition_key: str | None) -> IndexUpkeepReport:
         """pylance's ``optimize_indices`` (when installed), then the reuse-index trim.

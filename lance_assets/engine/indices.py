@@ -124,10 +124,19 @@ class IndexView:
         return _uuid(self.meta)
 
 
-def index_views(ds: Dataset) -> list[IndexView]:
-    """Every index segment with its effective fragment coverage (reuse versions applied)."""
-    reuse = reuse_index_meta(ds)
-    versions = load_reuse_versions(ds, reuse) if reuse is not None else []
+def reuse_versions(ds: Dataset) -> list[Details.Version]:
+    """The dataset's fragment-reuse versions, oldest first (none without a reuse index)."""
+    meta = reuse_index_meta(ds)
+    return load_reuse_versions(ds, meta) if meta is not None else []
+
+
+def index_views(ds: Dataset, versions: list[Details.Version] | None = None) -> list[IndexView]:
+    """Every index segment with its effective fragment coverage (reuse versions applied).
+
+    ``versions`` are the dataset's reuse versions when the caller has read them already (the
+    reuse index may live in its own file: one read is enough)."""
+    if versions is None:
+        versions = reuse_versions(ds)
     out = []
     for meta in ds.indices:
         if not meta.fragment_bitmap:
@@ -149,10 +158,11 @@ class IndexCoverage:
     unindexed_rows: int
 
 
-def index_coverage(ds: Dataset) -> list[IndexCoverage]:
-    """Coverage of every user index (segments of one name together), in manifest order."""
+def index_coverage(ds: Dataset, versions: list[Details.Version] | None = None) -> list[IndexCoverage]:
+    """Coverage of every user index (segments of one name together), in manifest order;
+    ``versions`` as in :func:`index_views`."""
     by_name: dict[str, list[IndexView]] = {}
-    for view in index_views(ds):
+    for view in index_views(ds, versions):
         if not is_system_index(view.meta):
             by_name.setdefault(view.name, []).append(view)
     out = []
@@ -168,8 +178,7 @@ def index_coverage(ds: Dataset) -> list[IndexCoverage]:
 
 
 def reuse_version_count(ds: Dataset) -> int:
-    meta = reuse_index_meta(ds)
-    return len(load_reuse_versions(ds, meta)) if meta is not None else 0
+    return len(reuse_versions(ds))
 
 
 def total_unindexed_rows(ds: Dataset) -> int:
