@@ -172,10 +172,7 @@ def _read(storage: Storage, rel: str, tail: bytes, tail_offset: int, start: int,
     """Bytes ``[start, end)`` of ``rel``: from the tail already read when it holds them."""
     if start >= tail_offset:
         return tail[start - tail_offset : end - tail_offset]
-    data = storage.read(rel, start, end)
-    if len(data) != end - start:
-        raise CorruptFileError(f"file ends before {end} (short read at {start})", path=storage.url(rel))
-    return data
+    return storage.read_exact(rel, start, end)
 
 
 def _sidecars(

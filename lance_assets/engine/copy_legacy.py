@@ -157,13 +157,11 @@ class _Copier:
             self.storage.copy_range(src.rel_path, run[0], run[1], self.out, batch_bytes=self.batch, progress=self.progress)
         self.bytes_read += run[1] - run[0]
 
-    def read(self, src: _Input, start: int, end: int, where: str) -> bytes:
+    def read(self, src: _Input, start: int, end: int) -> bytes:
         """Source bytes [start, end), from memory when the metadata read already holds them."""
         data = src.cached(start, end)
         if data is None:
-            data = self.storage.read(src.rel_path, start, end)
-            if len(data) != end - start:
-                raise CorruptFileError(f"file ends before {end} (short read at {start})", path=where)
+            data = self.storage.read_exact(src.rel_path, start, end)
         self.bytes_read += len(data)
         return data
 
@@ -193,7 +191,7 @@ def _copy_pages(copier: _Copier, src: _Input, where: str) -> dict[tuple[int, int
     for start, end, fid, batch, page, layout in todo:
         if layout.encoding is legacy.LegacyEncoding.VAR_BINARY:
             # [values][n + 1 absolute offsets]; the first offset is where the values start.
-            first = copier.read(src, start, min(end, start + chunk), where)
+            first = copier.read(src, start, min(end, start + chunk))
             values_start = int.from_bytes(first[:8], "little", signed=True)
             if not cursor <= values_start <= start:
                 raise CorruptFileError(
@@ -205,7 +203,7 @@ def _copy_pages(copier: _Copier, src: _Input, where: str) -> dict[tuple[int, int
             copier.write(legacy.shift_positions(first, delta, lo=values_start, hi=start, path=where))
             pos = start + len(first)
             while pos < end:
-                piece = copier.read(src, pos, min(end, pos + chunk), where)
+                piece = copier.read(src, pos, min(end, pos + chunk))
                 copier.write(legacy.shift_positions(piece, delta, lo=values_start, hi=start, path=where))
                 pos += len(piece)
             if copier.progress:

@@ -208,7 +208,7 @@ class Repager:
             offset, remaining = first_bit % 8, end_bit - first_bit
             while remaining:
                 stop = min(end, start + self.chunk)
-                data = copier.read(p.src, start, stop, self._where(p))
+                data = copier.read(p.src, start, stop)
                 nbits = min(remaining, 8 * len(data) - offset)
                 copier.write(joiner.add(data, offset, nbits))
                 self._progress(len(data))
@@ -278,13 +278,12 @@ class Repager:
         """Entries ``p.lo`` and ``p.hi`` of the integer array at the page position (all of them when
         they fit in what is left of this page's budget)."""
         start, end = page.position + p.lo * width, page.position + (p.hi + 1) * width
-        where = self._where(p)
         if end - start <= self._budget:
-            data = self.copier.read(p.src, start, end, where)
+            data = self.copier.read(p.src, start, end)
             self._budget -= len(data)
             return _Ends(_int(data[:width]), _int(data[-width:]), data)
-        first = self.copier.read(p.src, start, start + width, where)
-        last = self.copier.read(p.src, end - width, end, where)
+        first = self.copier.read(p.src, start, start + width)
+        last = self.copier.read(p.src, end - width, end)
         return _Ends(_int(first), _int(last), None)
 
     def _rebased(self, p: _Piece, page: legacy.LegacyPage, width: int, e: _Ends, delta: int, what: str) -> Iterator[bytes]:
@@ -294,7 +293,7 @@ class Repager:
         if e.data is not None:
             slices: Iterator[bytes] = iter([e.data[width:]])
         else:
-            slices = self._slices(p, page.position + (p.lo + 1) * width, page.position + (p.hi + 1) * width, where)
+            slices = self._slices(p, page.position + (p.lo + 1) * width, page.position + (p.hi + 1) * width)
         for data in slices:
             if not data:
                 continue
@@ -302,10 +301,10 @@ class Repager:
             floor = _int(data[-width:])
             self._progress(len(data))
 
-    def _slices(self, p: _Piece, start: int, end: int, where: str) -> Iterator[bytes]:
+    def _slices(self, p: _Piece, start: int, end: int) -> Iterator[bytes]:
         while start < end:
             stop = min(end, start + self.chunk)
-            yield self.copier.read(p.src, start, stop, where)
+            yield self.copier.read(p.src, start, stop)
             start = stop
 
     def _progress(self, n: int) -> None:

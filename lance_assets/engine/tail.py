@@ -54,10 +54,7 @@ def read_parsed_tail(
         want = parsed.offset
         if not 0 <= want < offset:
             raise CorruptFileError("metadata parser asked for bytes it already has", path=where)
-        prefix = storage.read(rel_path, want, offset)
-        if len(prefix) != offset - want:
-            raise CorruptFileError(f"file ends before {offset} (short read at {want})", path=where)
-        tail = prefix + tail
+        tail = storage.read_exact(rel_path, want, offset) + tail
         offset = want
 
 

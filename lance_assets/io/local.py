@@ -175,6 +175,12 @@ def makedirs_for(path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
 
 
+def remove_empty_dir(path: str) -> None:
+    """Remove the folder ``path`` if it exists and is empty; otherwise leave it (best effort)."""
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
 def create_exclusive(path: str, data: bytes) -> None:
     """Create the file ``path`` holding ``data`` only if it does not exist (FileExistsError if it does).
 

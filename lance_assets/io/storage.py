@@ -18,7 +18,6 @@ import contextlib
 import datetime as _dt
 import errno
 import json
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -183,6 +182,14 @@ class Storage:
         with self._errors(rel):
             data: bytes = self.fs.cat_file(self.path(rel), start=start, end=end)
             return data
+
+    def read_exact(self, rel: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of ``rel``, all of them: a file that ends sooner is corrupt
+        (its metadata pointed past its end), not a short answer to pass on."""
+        data = self.read(rel, start, end)
+        if len(data) != end - start:
+            raise CorruptFileError(f"file ends before {end} (short read at {start})", path=self.url(rel))
+        return data
 
     def size(self, rel: str) -> int:
         with self._errors(rel):
@@ -470,8 +477,7 @@ class Storage:
         if not self.is_local:
             return
         for rel in sorted(set(rel_dirs), reverse=True):
-            with contextlib.suppress(OSError):
-                os.rmdir(self.path(rel))
+            local.remove_empty_dir(self.path(rel))
 
     def delete_many(self, rels: Sequence[str], *, batch: int = 1000) -> None:
         """Delete many objects, missing ones ignored: on S3 in bulk requests (DeleteObjects,

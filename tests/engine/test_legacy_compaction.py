@@ -534,9 +534,9 @@ def test_large_files_repaged_in_bounded_pieces(tmp_path: Path, monkeypatch: pyte
     reads: list[int] = []
     original_read, original_copy = copy_legacy._Copier.read, Storage.copy_range
 
-    def read(self, src, start, end, where):  # type: ignore[no-untyped-def]
+    def read(self, src, start, end):  # type: ignore[no-untyped-def]
         reads.append(end - start)
-        return original_read(self, src, start, end, where)
+        return original_read(self, src, start, end)
 
     def copy_range(self, rel, start, end, out, *, batch_bytes, progress=None):  # type: ignore[no-untyped-def]
         assert batch_bytes == 4096
