@@ -25,6 +25,7 @@ from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.io import Storage
+from tests.support.system import unavailable
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def xfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None or shutil.which("mount") is None:
-        pytest.skip("needs root and mkfs.xfs (xfsprogs) to make a reflink filesystem")
+        unavailable("needs root and mkfs.xfs (xfsprogs) to make a reflink filesystem")
     root = tmp_path_factory.mktemp("xfs")
     image, mount_point = root / "fs.img", root / "mnt"
     mount_point.mkdir()
@@ -40,10 +41,10 @@ def xfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         f.truncate(2 << 30)  # sparse
     made = subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], capture_output=True, text=True)
     if made.returncode != 0:
-        pytest.skip(f"mkfs.xfs failed: {made.stderr.strip()}")
+        unavailable(f"mkfs.xfs failed: {made.stderr.strip()}")
     mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], capture_output=True, text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a loop device here: {mounted.stderr.strip()}")
+        unavailable(f"cannot mount a loop device here: {mounted.stderr.strip()}")
     try:
         yield mount_point
     finally:
