@@ -1,19 +1,20 @@
-"""Commit finished rewrite tasks as one new dataset version, safely against other writers.
+"""Commit finished rewrite tasks (and index changes) as one new dataset version each.
 
-The protocol (fact sheet §6): re-read the latest version, check every commit
-that landed after our read version for conflicts, write the transaction file,
-then create the next manifest only if absent. Losing that race means someone
-else committed: re-check and retry. A real conflict removes the files we wrote
-and raises, leaving the dataset exactly as the other writer left it.
+This module decides *what* the next version holds: the Rewrite transaction and its groups,
+new fragment ids, carried deletion files, the fragment-reuse record and every index's
+coverage, and which commits that landed since our read version we may rebase over. *How* it
+lands — writing side files, create-if-absent, retrying lost races, telling a lost response
+from a lost race — is :mod:`lance_assets.engine.commit_loop`, shared by every kind of commit.
+A real conflict removes the files we wrote and raises, leaving the dataset exactly as the
+other writer left it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,15 +22,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
-from lance_assets.engine.dataset import (
-    DELETIONS_DIR,
-    HINT_FILE,
-    TRANSACTIONS_DIR,
-    Dataset,
-    DatasetRef,
-    VersionLocation,
-    storage_of,
+from lance_assets.engine.commit_loop import (
+    DEFAULT_MAX_RETRIES,
+    Attempt,
+    Landed,
+    commit_loop,
+    load_transaction,
+    remove_files,
+    transaction_write,
 )
+from lance_assets.engine.dataset import DELETIONS_DIR, Dataset, DatasetRef, storage_of
 from lance_assets.engine.indices import (
     INDEX_REMAP_DEFER,
     REUSE_INDEX_NAME,
@@ -46,22 +48,17 @@ from lance_assets.engine.plan import CompactionPlan, fragment_file_count
 from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.rows import deleted_offsets
 from lance_assets.errors import (
-    AlreadyExistsError,
     CommitConflictError,
-    LanceAssetsError,
     MissingFileError,
     NotADatasetError,
     VersionNotFoundError,
 )
 from lance_assets.format import manifest as mf
-from lance_assets.format.blobs import SIDECAR_SUFFIX
 from lance_assets.format.deletion import DeletionFileType, deletion_file_name
-from lance_assets.format.protobuf import parse
 from lance_assets.format.roaring import decode_bitmap, encode_bitmap
 from lance_assets.io import Storage
 
 WRITER_LIBRARY = "lance_assets"
-DEFAULT_MAX_RETRIES = 20
 
 
 @dataclass(frozen=True)
@@ -69,17 +66,6 @@ class _Group:
     old_ids: tuple[int, ...]
     new: tuple[table_pb2.DataFragment, ...]
     reencoded: bool = False
-
-
-def _load_transaction(storage: Storage, ds: Dataset) -> transaction_pb2.Transaction | None:
-    """The transaction that produced ``ds``: inline in the manifest, else its .txn file."""
-    if ds.file.transaction is not None:
-        return ds.file.transaction
-    name = ds.manifest.transaction_file
-    if not name:
-        return None
-    rel = f"{TRANSACTIONS_DIR}/{name}"
-    return parse(transaction_pb2.Transaction, storage.read(rel), path=storage.url(rel), what="transaction")
 
 
 def _conflict(txn: transaction_pb2.Transaction | None, version: int, ours: set[int], stable_row_ids: bool) -> str | None:
@@ -136,7 +122,7 @@ def _check_concurrent(
             continue
         try:
             ds = latest if version == latest.version else Dataset.open(storage, version)
-            txn = _load_transaction(storage, ds)
+            txn = load_transaction(storage, ds)
         except (VersionNotFoundError, MissingFileError, NotADatasetError) as exc:
             raise CommitConflictError(
                 f"version {version} cannot be checked for conflicts ({exc.reason})", path=storage.uri
@@ -152,18 +138,6 @@ def _check_concurrent(
     if missing:
         raise CommitConflictError(f"fragments {missing[:10]} no longer exist in version {latest.version}", path=storage.uri)
     return None
-
-
-def _landed(storage: Storage, target: VersionLocation, txn_uuid: str) -> bool | None:
-    """Whether ``target`` holds our transaction: True, False, or None when that cannot be told."""
-    try:
-        if not storage.exists(target.rel_path):
-            return False
-        ds = Dataset.open(storage, target.version)
-        txn = _load_transaction(storage, ds)
-    except LanceAssetsError:
-        return None
-    return txn is not None and txn.uuid == txn_uuid
 
 
 def _next_fragment_id(manifest: table_pb2.Manifest) -> int:
@@ -337,76 +311,34 @@ def commit_index_change(
     ``change(latest, now)`` is asked again on every attempt, on the version we would commit
     on top of, so a writer that committed meanwhile is never overwritten: the change is
     re-derived from what that writer left. Side files it asks for are written first and
-    removed when nothing lands.
+    removed when nothing lands (and kept when our manifest may have landed unseen).
     """
     txn_uuid = str(uuid.uuid4())
-    written: set[str] = set()
-    storage.check_commit_support()
-    try:
-        for attempt in range(max_retries + 1):
-            latest = Dataset.open(storage)
-            mf.check_feature_flags(latest.manifest, path=storage.uri, for_write=True)
-            now = time.time()
-            planned = change(latest, now)
-            if planned is None:
-                remove_files(storage, written)
-                return None
-            new, removed, side_writes = planned
-            current = {rel for rel, _ in side_writes}
-            remove_files(storage, written - current)
-            for rel, payload in side_writes:
-                storage.write(rel, payload)
-            written = current
-            txn = transaction_pb2.Transaction(read_version=latest.version, uuid=txn_uuid)
-            txn.create_index.new_indices.extend(new)
-            txn.create_index.removed_indices.extend(removed)
-            section = table_pb2.IndexSection()
-            if latest.file.index_section is not None:
-                section.CopyFrom(latest.file.index_section)
-            gone = {bytes(m.uuid.uuid) for m in removed}
-            names = {m.name for m in new}
-            kept = [m for m in section.indices if bytes(m.uuid.uuid) not in gone and m.name not in names]
-            del section.indices[:]
-            section.indices.extend([*kept, *new])
-            m = table_pb2.Manifest()
-            m.CopyFrom(latest.manifest)
-            _stamp(m, latest, latest.version, txn_uuid, now)
-            if m.transaction_file:
-                rel = f"{TRANSACTIONS_DIR}/{m.transaction_file}"
-                storage.write(rel, txn.SerializeToString())
-                written.add(rel)
-            target = VersionLocation(latest.version + 1, latest.location.scheme)
-            try:
-                storage.create(target.rel_path, mf.build_manifest_file(m, txn, section))
-            except AlreadyExistsError:
-                if m.transaction_file:
-                    remove_files(storage, [f"{TRANSACTIONS_DIR}/{m.transaction_file}"])
-                    written.discard(f"{TRANSACTIONS_DIR}/{m.transaction_file}")
-                time.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** (attempt + 1))))
-                continue
-            try:
-                storage.write(HINT_FILE, f'{{"version":{target.version}}}'.encode())
-            except LanceAssetsError:
-                pass
-            return target.version
-    except BaseException:
-        remove_files(storage, written)
-        raise
-    remove_files(storage, written)
-    raise CommitConflictError(f"gave up after {max_retries} attempts: other writers keep committing", path=storage.uri)
 
+    def prepare(latest: Dataset, now: float) -> Attempt[None] | None:
+        planned = change(latest, now)
+        if planned is None:
+            return None
+        new, removed, side_writes = planned
+        txn = transaction_pb2.Transaction(read_version=latest.version, uuid=txn_uuid)
+        txn.create_index.new_indices.extend(new)
+        txn.create_index.removed_indices.extend(removed)
+        section = table_pb2.IndexSection()
+        if latest.file.index_section is not None:
+            section.CopyFrom(latest.file.index_section)
+        gone = {bytes(m.uuid.uuid) for m in removed}
+        names = {m.name for m in new}
+        kept = [m for m in section.indices if bytes(m.uuid.uuid) not in gone and m.name not in names]
+        del section.indices[:]
+        section.indices.extend([*kept, *new])
+        m = table_pb2.Manifest()
+        m.CopyFrom(latest.manifest)
+        _stamp(m, latest, latest.version, txn_uuid, now)
+        writes = [*side_writes, *transaction_write(m.transaction_file, txn)]
+        return Attempt(mf.build_manifest_file(m, txn, section), writes, None)
 
-def remove_files(storage: Storage, paths: Iterable[str]) -> None:
-    """Delete what we wrote, best effort; blob sidecar folders left empty go too."""
-    folders = set()
-    for rel in paths:
-        if rel.endswith(SIDECAR_SUFFIX):
-            folders.add(rel.rsplit("/", 1)[0])
-        try:
-            storage.delete(rel, missing_ok=True)
-        except LanceAssetsError:
-            pass  # best effort: an orphan is harmless and `lance-assets cleanup` finds it
-    storage.remove_empty_dirs(folders)
+    committed = commit_loop(storage, txn_uuid, prepare, max_retries=max_retries)
+    return None if committed is None else committed.version
 
 
 def commit_compaction(
@@ -478,73 +410,34 @@ def commit_compaction(
     written = [p for r in done for p in r.files_written]
     ours = {i for r in done for i in r.old_fragment_ids}
     txn_uuid = str(uuid.uuid4())
-    txn_rel = None
-    side_rels: set[str] = set()
-    txn: transaction_pb2.Transaction | None = None
-    built: _Built | None = None
-    attempt = 0
     cleared: set[int] = set()
-    landed: int | None = None
-    keep_files = False
     try:
         storage.check_commit_support()  # refuse stores without conditional writes before anything else
         gone = [rel for rel in written if not storage.exists(rel)]
-        if gone:
-            # e.g. a cleanup with too short a grace period ran during a long compaction
-            raise MissingFileError(
-                f"{len(gone)} data files written by this compaction vanished before the commit ({gone[0]}); nothing committed",
-                path=storage.uri,
-            )
-        while landed is None:
-            latest = Dataset.open(storage)
-            mf.check_feature_flags(latest.manifest, path=storage.uri, for_write=True)
-            landed = _check_concurrent(storage, plan, latest, ours, txn_uuid, cleared)
-            if landed is not None:
-                break  # an earlier attempt did commit
-            built = _build(latest, plan, done, txn_uuid, time.time())
-            txn = built.txn
-            # Fragment ids (hence deletion file names) and the reuse index's folder change
-            # when other writers commit meanwhile.
-            current = {rel for rel, _ in built.side_writes}
-            remove_files(storage, side_rels - current)
-            for rel, payload in built.side_writes:
-                storage.write(rel, payload)
-            side_rels = current
-            if built.txn_name:
-                txn_rel = f"{TRANSACTIONS_DIR}/{built.txn_name}"
-                storage.write(txn_rel, txn.SerializeToString())
-            target = VersionLocation(latest.version + 1, latest.location.scheme)
-            try:
-                storage.create(target.rel_path, built.manifest_file)
-                landed = target.version
-            except AlreadyExistsError:
-                attempt += 1
-                if attempt > max_retries:
-                    raise CommitConflictError(
-                        f"gave up after {max_retries} attempts: other writers keep committing", path=storage.uri
-                    ) from None
-                time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
-            except BaseException as exc:
-                # The outcome is unknown (network error, interrupt): look before cleaning up.
-                outcome = _landed(storage, target, txn_uuid)
-                if outcome and isinstance(exc, Exception):
-                    landed = target.version
-                elif outcome is False and (storage.is_local or "memory" in storage.protocols):
-                    raise  # a local link (or in-memory write) happened or not: nothing can land later
-                else:
-                    # Committed (and interrupted), or a remote PUT that may still land: the
-                    # files stay; `lance-assets cleanup` removes them if nothing references them.
-                    keep_files = True
-                    raise
     except BaseException:
-        if not keep_files:
-            remove_files(storage, written + sorted(side_rels) + ([txn_rel] if txn_rel else []))
+        remove_files(storage, written)
         raise
-    try:
-        storage.write(HINT_FILE, f'{{"version":{landed}}}'.encode())
-    except LanceAssetsError:
-        pass  # the hint is advisory; readers fall back to listing
-    assert txn is not None and built is not None  # built by this attempt or (same groups, same counts) by the one that landed
+    if gone:
+        # e.g. a cleanup with too short a grace period ran during a long compaction
+        remove_files(storage, written)
+        raise MissingFileError(
+            f"{len(gone)} data files written by this compaction vanished before the commit ({gone[0]}); nothing committed",
+            path=storage.uri,
+        )
+
+    def prepare(latest: Dataset, now: float) -> Attempt[_Built] | Landed:
+        landed = _check_concurrent(storage, plan, latest, ours, txn_uuid, cleared)
+        if landed is not None:
+            return Landed(landed)  # an earlier attempt did commit
+        built = _build(latest, plan, done, txn_uuid, now)
+        # Fragment ids (hence deletion file names) and the reuse index's folder change when
+        # other writers commit meanwhile: the loop replaces the previous attempt's side files.
+        return Attempt(built.manifest_file, [*built.side_writes, *transaction_write(built.txn_name, built.txn)], built)
+
+    committed = commit_loop(storage, txn_uuid, prepare, owned=written, max_retries=max_retries)
+    assert committed is not None  # prepare never says "nothing to do"
+    landed, built = committed.version, committed.result
+    txn = built.txn
     old_frags = [f for g in txn.rewrite.groups for f in g.old_fragments]
     new_frags = [f for g in txn.rewrite.groups for f in g.new_fragments]
     return CompactionReport(
@@ -555,7 +448,7 @@ def commit_compaction(
         files_removed=sum(fragment_file_count(f) for f in old_frags),
         files_added=sum(fragment_file_count(f) for f in new_frags),
         seconds=time.monotonic() - started,
-        retries=attempt,
+        retries=committed.retries,
         indices=built.indices,
         **base,
     )

@@ -22,7 +22,7 @@ from typing import IO
 
 from lance_assets._proto import file2_pb2, file_pb2, table_pb2
 from lance_assets.engine import blob_copy
-from lance_assets.engine.commit import remove_files
+from lance_assets.engine.commit_loop import remove_files
 from lance_assets.engine.copy_legacy import write_legacy_output
 from lance_assets.engine.dataset import DATA_DIR, Dataset, DatasetRef, open_dataset
 from lance_assets.engine.plan import CompactionPlan, CompactionTask

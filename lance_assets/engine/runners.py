@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any, Protocol
 
-from lance_assets.engine.commit import remove_files
+from lance_assets.engine.commit_loop import remove_files
 from lance_assets.engine.copy import execute_task
 from lance_assets.engine.plan import CompactionPlan, CompactionTask
 from lance_assets.engine.report import ProgressCallback, RewriteResult
