@@ -37,7 +37,7 @@ def build_retention_job(
         older_than: str = Field(default=default_cutoff, description="Remove versions committed before this long ago (e.g. 7d).")
         retain_versions: int = Field(default=default_keep, description="Always keep this many newest versions (and tagged ones).")
 
-    @dg.op(name=f"{name}_retention", out={}, required_resource_keys={resource_key})
+    @dg.op(name=f"{name}_cleanup", out={}, required_resource_keys={resource_key})
     def retention_op(context: dg.OpExecutionContext, config: RetentionConfig) -> Iterator[dg.AssetObservation]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         key = context.partition_key if partitions_def is not None else None

@@ -25,7 +25,7 @@ def test_retention_job_removes_old_versions_and_observes(root: Path, instance: d
     assert result.success and len(lance.dataset(str(a)).versions()) == 5
     # run config overrides the definitions' cutoff
     result = job.execute_in_process(
-        run_config={"ops": {"t_retention": {"config": {"older_than": "0s", "retain_versions": 2}}}}, instance=instance, partition_key="a"
+        run_config={"ops": {"t_cleanup": {"config": {"older_than": "0s", "retain_versions": 2}}}}, instance=instance, partition_key="a"
     )
     assert result.success
     ds = lance.dataset(str(a))
