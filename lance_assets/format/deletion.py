@@ -20,13 +20,15 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
-
-import pyarrow as pa
-import pyarrow.ipc as ipc
+from functools import cache
+from typing import TYPE_CHECKING
 
 from lance_assets._proto import table_pb2
 from lance_assets.errors import CorruptFileError
 from lance_assets.format.roaring import decode_bitmap, encode_bitmap
+
+if TYPE_CHECKING:  # pyarrow (and numpy below it) loads on first use, so importing the package stays cheap
+    import pyarrow as pa
 
 # Lance keeps a deletion set as a hash set until it holds this many entries.
 # Built in one go from a set of known size, exactly 5000 already becomes a bitmap;
@@ -34,7 +36,16 @@ from lance_assets.format.roaring import decode_bitmap, encode_bitmap
 BITMAP_THRESHOLD = 5000
 
 ARROW_MAGIC = b"ARROW1"
-DELETION_SCHEMA = pa.schema([pa.field("row_id", pa.uint32(), nullable=False)])
+
+
+@cache
+def deletion_schema() -> pa.Schema:
+    """Lance's schema of an Arrow deletion file: one non-null UInt32 ``row_id`` column."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field("row_id", pa.uint32(), nullable=False)])
+
+
 _U32_MAX = (1 << 32) - 1
 _U32_CODE = "I" if array("I").itemsize == 4 else "L"
 
@@ -117,12 +128,15 @@ def decode_arrow_deletion_file(data: bytes, *, path: str | None = None) -> list[
 
 def _read_single_column(data: bytes, *, path: str | None) -> pa.Array:
     """The ``row_id`` column of the file's only batch, after Lance's schema checks."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
     try:
         reader = ipc.open_file(pa.py_buffer(data))
         schema = reader.schema
-        if not schema.equals(DELETION_SCHEMA, check_metadata=True):
+        if not schema.equals(deletion_schema(), check_metadata=True):
             raise CorruptFileError(
-                f"deletion file schema is {_describe(schema)}, expected {_describe(DELETION_SCHEMA)}",
+                f"deletion file schema is {_describe(schema)}, expected {_describe(deletion_schema())}",
                 path=path,
             )
         if reader.num_record_batches != 1:
@@ -168,12 +182,15 @@ def encode_deletion_file(offsets: Iterable[int], file_type: DeletionFileType | i
 
 def encode_arrow_deletion_file(offsets: Iterable[int]) -> bytes:
     """An ``ARROW_ARRAY`` deletion file: one ZSTD-compressed batch, Lance's exact schema."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
     values = array(_U32_CODE, _checked_offsets(offsets))
     column = pa.Array.from_buffers(pa.uint32(), len(values), [None, pa.py_buffer(values)])
-    batch = pa.record_batch([column], schema=DELETION_SCHEMA)
+    batch = pa.record_batch([column], schema=deletion_schema())
     sink = pa.BufferOutputStream()
     options = ipc.IpcWriteOptions(compression="zstd")
-    with ipc.new_file(sink, DELETION_SCHEMA, options=options) as writer:
+    with ipc.new_file(sink, deletion_schema(), options=options) as writer:
         writer.write_batch(batch)
     data: bytes = sink.getvalue().to_pybytes()
     return data

@@ -34,13 +34,14 @@ import sys
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING
 
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.errors import CorruptFileError, UnsupportedFeatureError, UnsupportedVersionError
 from lance_assets.format.protobuf import parse
+
+if TYPE_CHECKING:  # pyarrow (and numpy below it) loads on first use, so importing the package stays cheap
+    import pyarrow as pa
 
 MAGIC = b"LANC"
 FOOTER_SIZE = 16
@@ -552,6 +553,9 @@ def shift_offsets(
     n = len(data) // width
     if n == 0:
         return b""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     values = _int_arrow(data, width, n)
     lo_seen, hi_seen = pc.min_max(values).values()
     if lo_seen.as_py() < lo or hi_seen.as_py() > hi:
@@ -567,11 +571,13 @@ def shift_offsets(
     return _int_bytes(shifted, width, n)
 
 
-_INT_TYPES = {4: (pa.int32(), "i"), 8: (pa.int64(), "q")}
+_INT_CODES = {4: "i", 8: "q"}
 
 
 def _int_arrow(data: bytes, width: int, n: int) -> pa.Array:
-    arrow_type, code = _INT_TYPES[width]
+    import pyarrow as pa
+
+    arrow_type, code = (pa.int32() if width == 4 else pa.int64()), _INT_CODES[width]
     if _BIG_ENDIAN:  # pyarrow reads native byte order
         swapped = array(code, data)
         swapped.byteswap()
@@ -583,7 +589,7 @@ def _int_bytes(values: pa.Array, width: int, n: int) -> bytes:
     buf = values.buffers()[1]
     raw: bytes = buf.to_pybytes()[values.offset * width : (values.offset + n) * width]
     if _BIG_ENDIAN:
-        swapped = array(_INT_TYPES[width][1], raw)
+        swapped = array(_INT_CODES[width], raw)
         swapped.byteswap()
         raw = swapped.tobytes()
     return raw

@@ -38,11 +38,12 @@ from collections.abc import Iterable
 from functools import cache
 from itertools import islice
 from operator import lt
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING
 
 from lance_assets.errors import CorruptFileError
+
+if TYPE_CHECKING:  # pyarrow (and numpy below it) loads on first use, so importing the package stays cheap
+    import pyarrow as pa
 
 COOKIE_NO_RUNS = 12346
 COOKIE_RUNS = 12347
@@ -70,6 +71,9 @@ def lsb_bit_positions(bits: bytes | memoryview, nbits: int) -> array[int]:
     because a Python loop over 65 536 bits per container is too slow for
     million-row deletion files. The caller makes sure ``len(bits) * 8 >= nbits``.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     mask = pa.BooleanArray.from_buffers(pa.bool_(), nbits, [None, pa.py_buffer(bytes(bits))])
     return _u64_array_from_arrow(pc.indices_nonzero(mask))
 
@@ -359,6 +363,8 @@ def _run_payload(runs: list[tuple[int, int]]) -> bytes:
 
 def _bitmap_payload(lows: list[int]) -> bytes:
     """8192-byte LSB-first bitmap; pyarrow's ``is_in`` sets all bits in one C pass."""
+    import pyarrow.compute as pc
+
     members = pc.is_in(_all_lows(), value_set=_u32_arrow(lows))
     buffer = members.buffers()[1]
     return bytes(memoryview(buffer)[:BITMAP_CONTAINER_BYTES])
@@ -372,6 +378,8 @@ def _all_lows() -> pa.Array:
 
 def _u32_arrow(values: Iterable[int]) -> pa.Array:
     """UInt32 pyarrow array straight from packed bytes (``pa.array`` would import pandas)."""
+    import pyarrow as pa
+
     packed = array(_U32_CODE, values)
     return pa.Array.from_buffers(pa.uint32(), len(packed), [None, pa.py_buffer(packed)])
 

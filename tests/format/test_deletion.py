@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 
 from lance_assets.errors import CorruptFileError
 from lance_assets.format.deletion import (
-    DELETION_SCHEMA,
     DeletionFileType,
     decode_arrow_deletion_file,
     decode_deletion_file,
     deletion_file_name,
     deletion_file_type_for,
+    deletion_schema,
     encode_arrow_deletion_file,
     encode_deletion_file,
 )
@@ -119,7 +119,7 @@ def test_pylance_arrow_file_shape(datasets: tuple[Path, Path]) -> None:
     w = _deletion_files(first)[0]
     data = (first / "_deletions" / w.name).read_bytes()
     reader = ipc.open_file(pa.py_buffer(data))
-    assert reader.schema.equals(DELETION_SCHEMA, check_metadata=True)
+    assert reader.schema.equals(deletion_schema(), check_metadata=True)
     assert reader.num_record_batches == 1
     assert sorted(reader.get_batch(0).column(0).to_pylist()) == [3, 5, 7]
 
@@ -209,7 +209,7 @@ def test_our_arrow_file_is_zstd_with_lance_schema() -> None:
     data = encode_arrow_deletion_file([9, 1, 4, 1])
     assert data[:6] == b"ARROW1" and data[-6:] == b"ARROW1"
     reader = ipc.open_file(pa.py_buffer(data))
-    assert reader.schema.equals(DELETION_SCHEMA, check_metadata=True)
+    assert reader.schema.equals(deletion_schema(), check_metadata=True)
     assert reader.num_record_batches == 1
     assert reader.get_batch(0).column(0).to_pylist() == [1, 4, 9]
     assert ZSTD_FRAME_MAGIC in data
@@ -244,7 +244,7 @@ def _ipc_file(schema: pa.Schema, batches: list[pa.RecordBatch]) -> bytes:
 
 
 def _batch(values: list[int]) -> pa.RecordBatch:
-    return pa.record_batch([pa.array(values, pa.uint32())], schema=DELETION_SCHEMA)
+    return pa.record_batch([pa.array(values, pa.uint32())], schema=deletion_schema())
 
 
 def _single(schema: pa.Schema, values: list[int | None]) -> bytes:
@@ -254,7 +254,7 @@ def _single(schema: pa.Schema, values: list[int | None]) -> bytes:
 
 def _stream_bytes() -> bytes:
     sink = pa.BufferOutputStream()
-    with ipc.new_stream(sink, DELETION_SCHEMA) as writer:
+    with ipc.new_stream(sink, deletion_schema()) as writer:
         writer.write_batch(_batch([1]))
     return sink.getvalue().to_pybytes()
 
@@ -265,10 +265,10 @@ def _stream_bytes() -> bytes:
         (_single(pa.schema([pa.field("row_id", pa.int32(), nullable=False)]), [1]), "schema"),
         (_single(pa.schema([pa.field("row_id", pa.uint32())]), [1]), "schema"),
         (_single(pa.schema([pa.field("rowid", pa.uint32(), nullable=False)]), [1]), "schema"),
-        (_single(DELETION_SCHEMA.with_metadata({"a": "b"}), [1]), "schema"),
-        (_ipc_file(DELETION_SCHEMA, []), "0 record batches"),
-        (_ipc_file(DELETION_SCHEMA, [_batch([1]), _batch([2])]), "2 record batches"),
-        (_single(DELETION_SCHEMA, [1, None]), "null"),
+        (_single(deletion_schema().with_metadata({"a": "b"}), [1]), "schema"),
+        (_ipc_file(deletion_schema(), []), "0 record batches"),
+        (_ipc_file(deletion_schema(), [_batch([1]), _batch([2])]), "2 record batches"),
+        (_single(deletion_schema(), [1, None]), "null"),
         (_stream_bytes(), "not an Arrow IPC file"),
         (b"ARROW1", "not an Arrow IPC file"),
         (b"ARROW1\x00\x00garbageARROW1", "not a readable"),
