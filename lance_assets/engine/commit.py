@@ -34,6 +34,8 @@ from lance_assets.engine.indices import (
     INDEX_REMAP_DEFER,
     REUSE_INDEX_NAME,
     Details,
+    IndexView,
+    has_graph,
     index_type,
     index_views,
     is_system_index,
@@ -202,6 +204,23 @@ def _kept_rows(latest: Dataset, old: table_pb2.DataFragment, reencoded: bool) ->
     return spans
 
 
+def _refuse_graph_row_drops(latest: Dataset, groups: Sequence[_Group], views: Sequence[IndexView]) -> None:
+    """Refuse to record dropped rows under a graph (HNSW) index: pylance would fail every query
+    through it (``indices.has_graph``). The planner keeps such fragments' deleted rows, so this
+    only happens when the index was created after the plan; planning again avoids it."""
+    old_by_id = {f.id: f for f in latest.manifest.fragments}
+    for view in views:
+        if view.fragments is None or not has_graph(view.meta):
+            continue
+        for g in groups:
+            if g.reencoded and any(i in view.fragments and old_by_id[i].HasField("deletion_file") for i in g.old_ids):
+                raise CommitConflictError(
+                    f"index {view.name!r} (a graph index) now covers fragments {list(g.old_ids)}, whose deleted rows "
+                    "this compaction dropped; plan again",
+                    path=latest.uri,
+                )
+
+
 def _indices_after(
     latest: Dataset,
     groups: Sequence[_Group],
@@ -225,6 +244,7 @@ def _indices_after(
     writes: list[tuple[str, bytes]] = []
     defer = mode == INDEX_REMAP_DEFER and not latest.stable_row_ids
     if affected and defer:
+        _refuse_graph_row_drops(latest, groups, views)
         old_by_id = {f.id: f for f in latest.manifest.fragments}
         version = Details.Version(dataset_version=latest.version)
         for g in groups:
