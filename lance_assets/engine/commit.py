@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
+from lance_assets.engine.btree_remap import RowMoves, is_btree, remap_btree, row_moves
 from lance_assets.engine.dataset import (
     DELETIONS_DIR,
     HINT_FILE,
@@ -33,18 +34,21 @@ from lance_assets.engine.dataset import (
 from lance_assets.engine.indices import (
     INDEX_REMAP_DEFER,
     REUSE_INDEX_NAME,
+    VECTOR_DETAILS_TYPE_URL,
     Details,
     IndexView,
     has_graph,
     index_type,
     index_views,
     is_system_index,
+    is_vector,
     load_reuse_versions,
     reuse_group,
     reuse_index_meta,
     reuse_index_metadata,
 )
 from lance_assets.engine.plan import CompactionPlan, fragment_file_count
+from lance_assets.engine.reencode import pylance_available
 from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.rows import deleted_offsets
 from lance_assets.errors import (
@@ -205,12 +209,15 @@ def _kept_rows(latest: Dataset, old: table_pb2.DataFragment, reencoded: bool) ->
 
 
 def _refuse_graph_row_drops(latest: Dataset, groups: Sequence[_Group], views: Sequence[IndexView]) -> None:
-    """Refuse to record dropped rows under a graph (HNSW) index: pylance would fail every query
-    through it (``indices.has_graph``). The planner keeps such fragments' deleted rows, so this
-    only happens when the index was created after the plan; planning again avoids it."""
+    """Refuse to drop rows under an index that cannot lose them: a graph (HNSW) index mapped
+    through the reuse index (``indices.has_graph``: pylance would fail every query through it),
+    or any vector index on a stable-row-id dataset (it would keep returning the dropped ids).
+    The planner keeps such fragments' deleted rows, so this only happens when the index was
+    created after the plan; planning again avoids it."""
     old_by_id = {f.id: f for f in latest.manifest.fragments}
+    keeps_rows = is_vector if latest.stable_row_ids else has_graph  # as the planner's _index_sets
     for view in views:
-        if view.fragments is None or not has_graph(view.meta):
+        if view.fragments is None or not keeps_rows(view.meta):
             continue
         for g in groups:
             if g.reencoded and any(i in view.fragments and old_by_id[i].HasField("deletion_file") for i in g.old_ids):
@@ -221,30 +228,61 @@ def _refuse_graph_row_drops(latest: Dataset, groups: Sequence[_Group], views: Se
                 )
 
 
-def _indices_after(
-    latest: Dataset,
-    groups: Sequence[_Group],
-    mode: str,
-    now: float,
-) -> tuple[table_pb2.IndexSection | None, list[tuple[str, bytes]], list[dict[str, Any]]]:
+@dataclass
+class _IndexChanges:
+    """What a rewrite does to the index section: the section, the files it needs, the
+    ``indices`` report and the Rewrite's ``rewritten_indices``."""
+
+    section: table_pb2.IndexSection | None
+    writes: list[tuple[str, bytes]]
+    report: list[dict[str, Any]]
+    rewritten: list[transaction_pb2.Transaction.Rewrite.RewrittenIndex]
+
+
+#: ``remap`` values of the ``indices`` report (public JSON).
+REMAP_REUSE = "reuse_index"  # the moves are recorded in the fragment-reuse index
+REMAP_DROPPED = "dropped"  # the rewritten fragments left the index (scanned until re-indexed)
+REMAP_MOVED = "moved"  # stable row ids: the index keys rows by id, its coverage moved to the new fragments
+REMAP_REWRITTEN = "rewritten"  # stable row ids: a BTree segment written anew on the new addresses
+REMAP_UNAFFECTED = "unaffected"
+
+#: Index kinds whose entries pylance 14 keys by stable row id (their files stay valid across a
+#: rewrite of a stable-row-id dataset; measured: queries answer as before). BTree keys by row
+#: address (rewritten, ``btree_remap``); a zone map describes fragments' own row ranges (Lance
+#: drops it there too); anything else is dropped, never guessed.
+_ROW_ID_KEYED = {
+    "/lance.table.BitmapIndexDetails",
+    "/lance.table.LabelListIndexDetails",
+    "/lance.table.InvertedIndexDetails",
+    "/lance.table.NGramIndexDetails",
+    VECTOR_DETAILS_TYPE_URL,
+}
+
+
+def _indices_after(latest: Dataset, groups: Sequence[_Group], mode: str, now: float) -> _IndexChanges:
     """The index section of the new version, the files it needs, and the ``indices`` report.
 
-    With ``defer`` (not possible on stable-row-id datasets, which pylance 14 refuses to read
-    with a reuse index) the moves are appended to ``__lance_frag_reuse`` and every index keeps
-    covering the merged rows; with ``drop`` the rewritten fragments leave the bitmaps.
+    Without stable row ids, ``defer`` appends the moves to ``__lance_frag_reuse`` and every
+    index keeps covering the merged rows. With stable row ids (where pylance 14 refuses a
+    reuse index) ``defer`` keeps each index covering as Lance's own compaction does there:
+    row-id keyed indices keep their files and their coverage moves to the new fragments, BTree
+    segments are rewritten on the new addresses, zone maps (and kinds we do not know) drop the
+    rewritten fragments. ``drop`` always removes the rewritten fragments from the bitmaps.
     """
     section = latest.file.index_section
     if section is None or not len(section.indices):
-        return section, [], []
+        return _IndexChanges(section, [], [], [])
     rewritten = {i for g in groups for i in g.old_ids}
     views = index_views(latest)
     affected = {v.name for v in views if not is_system_index(v.meta) and v.fragments is not None and v.fragments & rewritten}
     out = table_pb2.IndexSection()
     out.CopyFrom(section)
-    writes: list[tuple[str, bytes]] = []
-    defer = mode == INDEX_REMAP_DEFER and not latest.stable_row_ids
+    changes = _IndexChanges(out, [], [], [])
+    how: dict[str, str] = {}
+    defer = mode == INDEX_REMAP_DEFER
     if affected and defer:
         _refuse_graph_row_drops(latest, groups, views)
+    if affected and defer and not latest.stable_row_ids:
         old_by_id = {f.id: f for f in latest.manifest.fragments}
         version = Details.Version(dataset_version=latest.version)
         for g in groups:
@@ -253,24 +291,83 @@ def _indices_after(
         previous = reuse_index_meta(latest)
         versions = load_reuse_versions(latest, previous) if previous is not None else []
         new_ids = {f.id for g in groups for f in g.new}
-        meta, writes = reuse_index_metadata(latest, previous, [*versions, version], new_ids, now)
+        meta, changes.writes = reuse_index_metadata(latest, previous, [*versions, version], new_ids, now)
         kept = [m for m in out.indices if m.name != REUSE_INDEX_NAME]
         del out.indices[:]
         out.indices.extend([*kept, meta])
+        how = dict.fromkeys(affected, REMAP_REUSE)
+    elif affected and defer:
+        how = _keep_stable_row_id_coverage(latest, groups, out, changes)
     elif affected:
         _drop_coverage(out, rewritten)
+        how = dict.fromkeys(affected, REMAP_DROPPED)
     report: dict[str, dict[str, Any]] = {}
     for v in views:
         if is_system_index(v.meta) or v.name in report:
             continue
-        hit = v.name in affected
+        remap = how.get(v.name, REMAP_DROPPED) if v.name in affected else REMAP_UNAFFECTED
         report[v.name] = {
             "name": v.name,
             "type": index_type(v.meta),
-            "remap": ("reuse_index" if defer else "dropped") if hit else "unaffected",
-            "covers_output": defer if hit else None,
+            "remap": remap,
+            "covers_output": None if remap == REMAP_UNAFFECTED else remap != REMAP_DROPPED,
         }
-    return out, writes, list(report.values())
+    changes.report = list(report.values())
+    return changes
+
+
+def _keep_stable_row_id_coverage(
+    latest: Dataset, groups: Sequence[_Group], out: table_pb2.IndexSection, changes: _IndexChanges
+) -> dict[str, str]:
+    """Keep every index of a stable-row-id dataset covering the rewritten rows where that is
+    exact (see :func:`_indices_after`); the ``remap`` of each index name touched. An index
+    with several segments is reported by its weakest outcome."""
+    old_by_id = {f.id: f for f in latest.manifest.fragments}
+    moves: RowMoves | None = None
+    how: dict[str, str] = {}
+    rank = [REMAP_DROPPED, REMAP_REWRITTEN, REMAP_MOVED]
+    for idx in out.indices:
+        if is_system_index(idx) or not idx.fragment_bitmap:
+            continue
+        covered = set(decode_bitmap(idx.fragment_bitmap))
+        full = [g for g in groups if set(g.old_ids) <= covered]
+        touched = [g for g in groups if covered & set(g.old_ids)]
+        if not touched:
+            continue
+        outcome = REMAP_DROPPED
+        if idx.index_details.type_url in _ROW_ID_KEYED:
+            outcome = REMAP_MOVED
+        elif is_btree(idx) and pylance_available():
+            if moves is None:
+                moves = row_moves(
+                    ([old_by_id[i] for i in g.old_ids], [_kept_rows(latest, old_by_id[i], g.reencoded) for i in g.old_ids], g.new)
+                    for g in groups
+                )
+            done = remap_btree(latest, idx, moves)
+            if not isinstance(done, str):
+                new_uuid, files = done
+                entry = transaction_pb2.Transaction.Rewrite.RewrittenIndex()
+                entry.old_id.uuid = bytes(idx.uuid.uuid)
+                idx.uuid.uuid = uuid.UUID(new_uuid).bytes
+                entry.new_id.uuid = bytes(idx.uuid.uuid)
+                entry.new_index_details.CopyFrom(idx.index_details)
+                entry.new_index_version = idx.index_version
+                if len(idx.files):  # sizes readers trust when they open the files
+                    del idx.files[:]
+                    idx.files.extend(
+                        table_pb2.IndexFile(path=rel.rsplit("/", 1)[-1], size_bytes=len(data)) for rel, data in files
+                    )
+                changes.rewritten.append(entry)
+                changes.writes.extend(files)
+                outcome = REMAP_REWRITTEN
+        for g in touched:
+            covered.difference_update(g.old_ids)
+            if outcome != REMAP_DROPPED and g in full:
+                covered.update(f.id for f in g.new)
+        idx.fragment_bitmap = encode_bitmap(sorted(covered))
+        if idx.name not in how or rank.index(outcome) < rank.index(how[idx.name]):
+            how[idx.name] = outcome
+    return how
 
 
 @dataclass(frozen=True)
@@ -323,8 +420,11 @@ def _build(latest: Dataset, plan: CompactionPlan, results: Sequence[RewriteResul
     m.fragments.extend(fragments)
     m.max_fragment_id = next_id - 1
     _stamp(m, latest, plan.read_version, txn_uuid, now)
-    index_section, index_writes, indices = _indices_after(latest, groups, plan.options.index_remap, now)
-    return _Built(mf.build_manifest_file(m, txn, index_section), txn, m.transaction_file, deletions + index_writes, indices)
+    changes = _indices_after(latest, groups, plan.options.index_remap, now)
+    txn.rewrite.rewritten_indices.extend(changes.rewritten)
+    return _Built(
+        mf.build_manifest_file(m, txn, changes.section), txn, m.transaction_file, deletions + changes.writes, changes.report
+    )
 
 
 def _stamp(m: table_pb2.Manifest, latest: Dataset, read_version: int, txn_uuid: str, now: float) -> None:

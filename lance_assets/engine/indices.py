@@ -53,6 +53,10 @@ VECTOR_DETAILS_TYPE_URL = "/lance.index.pb.VectorIndexDetails"
 _VECTOR_DETAILS_HNSW_FIELD = 3
 
 
+def is_vector(meta: table_pb2.IndexMetadata) -> bool:
+    return meta.index_details.type_url == VECTOR_DETAILS_TYPE_URL
+
+
 def has_graph(meta: table_pb2.IndexMetadata) -> bool:
     """Whether ``meta`` may be a graph (IVF_HNSW_*) vector index, or a vector index of a kind
     its details do not tell (empty or unreadable details count as a graph: the safe side).

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from lance_assets._proto import table_pb2
 from lance_assets.engine.blob_copy import blob_columns, blob_field_ids
 from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
-from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, has_graph, index_views, is_system_index
+from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, has_graph, index_views, is_system_index, is_vector
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.reencode import blob_reencode_refusal, pylance_available
 from lance_assets.engine.report import Reason, SkippedFragment
@@ -171,21 +171,23 @@ def _index_sets(ds: Dataset, index_remap: str) -> tuple[dict[int, frozenset[str]
     fragments the reuse index names are pinned: dropping them from a bitmap that names their
     predecessors is not possible. Other system indices hold mappings of their own.
 
-    Rows of a graph-covered fragment must not be dropped while the moves go through the reuse
-    index (``indices.has_graph``): its deleted rows are kept as a deletion file instead.
-    On stable-row-id datasets no reuse index is written, so no fragment is graph-covered.
+    The third map names the fragments whose deleted rows must stay (kept as a deletion file,
+    never dropped by a re-encode) and why: under a graph (HNSW) index while the moves go
+    through the reuse index (``indices.has_graph``: pylance would fail every query), and on
+    stable-row-id datasets under any vector index, which keeps returning the ids of rows a
+    re-encode dropped (pylance then answers fewer than k neighbours; measured).
     """
     cover: dict[int, set[str]] = {}
     pinned: dict[int, str] = {}
     graphs: dict[int, str] = {}
-    through_reuse = index_remap != INDEX_REMAP_DROP and not ds.stable_row_ids
+    keeps = index_remap != INDEX_REMAP_DROP
     everything = False
     for view in index_views(ds):
         if view.fragments is None:
             everything = True
             continue
         is_reuse = view.name == REUSE_INDEX_NAME
-        graph = through_reuse and has_graph(view.meta)
+        graph = keeps and (is_vector(view.meta) if ds.stable_row_ids else has_graph(view.meta))
         for fid in view.fragments:
             cover.setdefault(fid, set()).add(view.uuid)
             if is_system_index(view.meta) and (not is_reuse or index_remap == INDEX_REMAP_DROP):
@@ -285,7 +287,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
     for frag in fragments:
         if _over_threshold(frag, options):
             if frag.id in keep_deleted:
-                held_heavy[frag.id] = _graph_detail(frag, options, keep_deleted[frag.id])
+                held_heavy[frag.id] = _graph_detail(frag, options, keep_deleted[frag.id], ds.stable_row_ids)
             else:
                 over.add(frag.id)
         reason = _candidate_reason(
@@ -438,12 +440,16 @@ def _heavy_detail(frag: table_pb2.DataFragment, options: CompactionOptions, why:
     )
 
 
-def _graph_detail(frag: table_pb2.DataFragment, options: CompactionOptions, index: str) -> str:
+def _graph_detail(frag: table_pb2.DataFragment, options: CompactionOptions, index: str, stable_row_ids: bool) -> str:
     deleted = frag.deletion_file.num_deleted_rows
+    why = (
+        "a vector index keeps returning the ids of dropped rows on stable-row-id datasets (fewer than k answers)"
+        if stable_row_ids
+        else "pylance cannot map deleted rows out of an HNSW graph through the fragment-reuse index (every query would fail)"
+    )
     return (
         f"{deleted} of {frag.physical_rows} rows deleted (over {options.materialize_deletions_threshold:.0%}); "
-        f"kept as a deletion file: the graph index {index!r} covers them, and pylance cannot map deleted rows "
-        "out of an HNSW graph through the fragment-reuse index (every query would fail)"
+        f"kept as a deletion file: the index {index!r} covers them and {why}"
     )
 
 

@@ -165,3 +165,91 @@ def _compact_and_clean_like_pylance(path: Path) -> None:
         assert {f: sorted(ds.to_table(filter=f, columns=["id"])["id"].to_pylist()) for f in flt} == expect
         assert ds.to_table().sort_by("id").equals(rows)
         unindexed(ds)  # answers, no error
+
+
+def _nested(start: int, rows: int) -> pa.Table:
+    ids = np.arange(start, start + rows)
+    return pa.table({"id": pa.array(ids, pa.int64()), "s": pa.array([{"k": int(i % 17), "v": f"v{i}"} for i in ids])})
+
+
+def test_stable_row_ids_and_a_btree_on_a_nested_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 26 B and item 3: stable row ids, ``create_scalar_index("s.k", "BTREE")`` beside
+    ``id_idx`` (2.2, four appends). One Rewrite keeps both BTrees covering (their segments
+    rewritten on the new addresses, as pylance's own compaction does), so nothing is left for
+    ``optimize_indices`` to fail on; it still works afterwards."""
+    path = tmp_path / "ds.lance"
+    ds = factory.appends(path, "2.2", [100] * 4, make=_nested, enable_stable_row_ids=True)
+    ds.create_scalar_index("id", "BTREE", name="id_idx")
+    ds.create_scalar_index("s.k", "BTREE")
+    ds = lance.dataset(str(path))
+    filters = ["s.k = 3", "id = 7", "id >= 150 AND id < 260", "s.k > 14"]
+    expect = {f: sorted(ds.to_table(filter=f, columns=["id"])["id"].to_pylist()) for f in filters}
+    ids_before = ds.to_table(columns=["id"], with_row_id=True).sort_by("id")
+    version = ds.version
+    assert main(["compact", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "note:" not in out
+    ds = lance.dataset(str(path))
+    assert ds.version == version + 1 and len(ds.get_fragments()) == 1
+    assert {f: sorted(ds.to_table(filter=f, columns=["id"])["id"].to_pylist()) for f in filters} == expect
+    assert all("ScalarIndexQuery" in ds.scanner(filter=f).explain_plan() for f in filters)
+    assert unindexed(ds) == {"id_idx": 0, "s.k_idx": 0}
+    assert ds.to_table(columns=["id"], with_row_id=True).sort_by("id").equals(ids_before)
+    factory.write(_nested(400, 50), path, "2.2")
+    lance.dataset(str(path)).optimize.optimize_indices()
+    ds = lance.dataset(str(path))
+    assert unindexed(ds) == {"id_idx": 0, "s.k_idx": 0}
+    assert sorted(ds.to_table(filter="s.k = 3", columns=["id"])["id"].to_pylist()) == sorted(
+        expect["s.k = 3"] + [i for i in range(400, 450) if i % 17 == 3]
+    )
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1", "2.3"])
+def test_stable_row_id_btree_one_version_like_pylance(tmp_path: Path, version: str) -> None:
+    """Item 3: a BTree-indexed stable-row-id dataset with deletions (one group re-encoded,
+    one binary-copied with its deletions carried) gains one version, as with pylance's own
+    compaction, and the index covers every row as there."""
+    ours, theirs = tmp_path / "ours.lance", tmp_path / "theirs.lance"
+    for path in (ours, theirs):
+        ds = factory.appends(path, version, [100] * 6, make=_scalar_table, enable_stable_row_ids=True)
+        ds.delete("id < 300 AND id % 4 = 1")  # 25%: materialized
+        ds = lance.dataset(str(path))
+        ds.delete("id >= 300 AND id % 50 = 7")  # 2%: carried
+        lance.dataset(str(path)).create_scalar_index("id", "BTREE", name="id_idx")
+    start = lance.dataset(str(ours)).version
+    report = compact(str(ours), CompactionOptions(target_rows_per_fragment=300))
+    lance.dataset(str(theirs)).optimize.compact_files(target_rows_per_fragment=300)
+    a, b = lance.dataset(str(ours)), lance.dataset(str(theirs))
+    assert report.committed_versions == [start + 1] == [a.version]  # pylance: ReserveFragments + Rewrite
+    assert [i["remap"] for i in report.indices] == ["rewritten"]
+    assert unindexed(a) == unindexed(b) == {"id_idx": 0}
+    for flt in ["id = 5", "id = 9", "id >= 280 AND id < 320", "id > 590", "id % 4 = 1"]:
+        assert sorted(a.to_table(filter=flt, columns=["id"])["id"].to_pylist()) == sorted(
+            b.to_table(filter=flt, columns=["id"])["id"].to_pylist()
+        ), flt
+        if "%" not in flt:  # (a modulo is not an index query)
+            assert "ScalarIndexQuery" in a.scanner(filter=flt).explain_plan()
+
+
+def test_cli_text_says_what_only_json_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Notes (kept deletions, index upkeep) and indices that no longer cover the merged rows are
+    printed by the text output too, not only in ``--json``."""
+    path = tmp_path / "ds.lance"
+    ds = factory.appends(path, "2.2", [100] * 4, make=vectors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.create_index("vec", "IVF_HNSW_SQ", name="vec_idx", num_partitions=2)
+        ds.create_scalar_index("id", "BTREE", name="id_idx")
+    lance.dataset(str(path)).delete("id % 5 = 1")
+    assert main(["compact", str(path), "--index-remap", "drop"]) == 0
+    out = capsys.readouterr().out
+    assert "index vec_idx does not cover the merged rows (dropped)" in out.replace("\n", " ")
+    assert "index id_idx does not cover the merged rows (dropped)" in out.replace("\n", " ")
+    path2 = tmp_path / "ds2.lance"
+    ds = factory.appends(path2, "2.2", [100] * 4, make=vectors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.create_index("vec", "IVF_HNSW_SQ", name="vec_idx", num_partitions=2)
+    lance.dataset(str(path2)).delete("id % 5 = 1")
+    assert main(["compact", str(path2)]) == 0
+    assert "note: deletions_kept: 4 fragments" in capsys.readouterr().out
