@@ -1,19 +1,25 @@
-"""Rewriting a BTree index segment onto the row addresses of a rewrite (stable-row-id datasets).
+"""Rewriting a BTree index segment onto the row addresses of a rewrite.
 
-pylance 14 keeps stable row ids out of its BTree: the segment's ``page_data.lance`` pairs each
-value (sorted) with a row *address*, and ``page_lookup.lance`` holds per page of
-``batch_size`` rows its first value (``min``), last value (``max``), null count and index.
-A fragment-reuse index could map those addresses, but pylance refuses one on stable-row-id
-datasets, and moving the segment's bitmap to the new fragments without mapping the addresses
-makes pylance answer from stale addresses (nothing found). So, as Lance's own compaction does
-there, the segment is written anew under a new uuid with every address mapped; the values and
-their order do not change, only entries of dropped rows go. The other index kinds of such a
-dataset key their entries by row id and keep their files (``commit``).
+pylance 14's BTree keys its entries by row *address*, also on stable-row-id datasets: the
+segment's ``page_data.lance`` pairs each value (sorted, nulls first) with a row address, and
+``page_lookup.lance`` holds per page of ``batch_size`` rows its first value (``min``), last
+value (``max``), null count and index. A rewrite moves rows, so the entries must be mapped:
+
+- on stable-row-id datasets pylance refuses a fragment-reuse index, and moving the segment's
+  bitmap without mapping its addresses makes pylance find nothing in the merged rows;
+- without stable row ids the reuse index would map them for readers, but pylance's own later
+  remapping compaction maps a BTree's entries without the reuse versions and loses the rows
+  they moved.
+
+So, as Lance's own remapping compaction does, the segment is written anew under a new uuid with
+every address mapped (through the older reuse versions first, then this rewrite); the values
+and their order do not change, only entries of dropped rows go, and the pages and lookup are
+cut anew when any did.
 
 Both files are Lance files, read and written through pylance (this runs only where pylance is
-installed; without it the commit drops the segment's coverage instead). Every segment is
-checked first: our recomputation of its lookup from its own data must give the lookup it has,
-otherwise the segment is left alone (coverage dropped, never guessed).
+installed; otherwise the segment keeps covering through the reuse index, or drops coverage on
+stable-row-id datasets). Every segment is checked first: our recomputation of its lookup from
+its own pages must give the lookup it has, otherwise it is left to the fallback, never guessed.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from typing import TYPE_CHECKING
 
 from lance_assets._proto import table_pb2
 from lance_assets.engine.dataset import INDICES_DIR, Dataset
+from lance_assets.engine.indices import Details
+from lance_assets.errors import CorruptFileError
+from lance_assets.format.roaring import decode_treemap
 
 if TYPE_CHECKING:
     import numpy as np
@@ -77,9 +86,38 @@ def is_btree(meta: table_pb2.IndexMetadata) -> bool:
     return meta.index_details.type_url == BTREE_DETAILS_TYPE_URL
 
 
-def remap_btree(ds: Dataset, meta: table_pb2.IndexMetadata, moves: RowMoves) -> tuple[str, list[tuple[str, bytes]]] | str:
-    """The new segment's uuid and files (``_indices/<uuid>/...``) with every address of a moved
-    row mapped, or why the segment cannot be rewritten (the caller then drops its coverage)."""
+def reuse_moves(version: Details.Version) -> RowMoves:
+    """The moves one fragment-reuse version records: per group, the old addresses it kept
+    (sorted, as readers pair them) fill the new fragments' rows in order; the rest are gone."""
+    import numpy as np
+
+    out: dict[int, np.ndarray] = {}
+    for group in version.groups:
+        kept = np.asarray(decode_treemap(group.changed_row_addrs), dtype=np.uint64)
+        targets = np.concatenate(
+            [(np.uint64(f.id) << np.uint64(32)) + np.arange(f.physical_rows, dtype=np.uint64) for f in group.new_fragments]
+            or [np.zeros(0, np.uint64)]
+        )
+        if len(kept) != len(targets):
+            raise CorruptFileError(
+                f"a fragment-reuse group keeps {len(kept)} rows but its new fragments hold {len(targets)}", path=None
+            )
+        frags = (kept >> np.uint64(32)).astype(np.int64)
+        offsets = (kept & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        for f in group.old_fragments:
+            table = np.full(f.physical_rows, GONE, dtype=np.uint64)
+            hit = frags == f.id
+            table[offsets[hit]] = targets[hit]
+            out[f.id] = table
+    return RowMoves(out)
+
+
+def remap_btree(
+    ds: Dataset, meta: table_pb2.IndexMetadata, moves: Sequence[RowMoves]
+) -> tuple[str, list[tuple[str, bytes]]] | str:
+    """The new segment's uuid and files (``_indices/<uuid>/...``) with every address mapped
+    through ``moves`` in turn, or why the segment cannot be rewritten (the caller then keeps
+    it as it is, covering through the reuse index, or drops its coverage)."""
     import numpy as np
     import pyarrow as pa
     from lance.file import LanceFileReader, LanceFileWriter
@@ -106,7 +144,9 @@ def remap_btree(ds: Dataset, meta: table_pb2.IndexMetadata, moves: RowMoves) -> 
         if data.column_names != ["values", "ids"] or not _lookup_of(data, batch, lookup.schema).equals(lookup):
             return "the BTree segment's lookup is not what its pages give"
         ids = data["ids"].combine_chunks().to_numpy(zero_copy_only=False).astype(np.uint64)
-        mapped = _map_addresses(ids, moves)
+        mapped = ids
+        for step in moves:
+            mapped = _map_addresses(mapped, step)
         keep = mapped != np.uint64(GONE)
         out = data.set_column(1, data.schema.field("ids"), pa.array(mapped, pa.uint64()))
         if not keep.all():
@@ -135,12 +175,15 @@ def _map_addresses(ids: np.ndarray, moves: RowMoves) -> np.ndarray:
     import numpy as np
 
     out = ids.copy()
+    live = ids != np.uint64(GONE)
     frags = (ids >> np.uint64(32)).astype(np.int64)
     offsets = (ids & np.uint64(0xFFFFFFFF)).astype(np.int64)
     for frag_id, table in moves.new_address.items():
-        hit = frags == frag_id
+        hit = (frags == frag_id) & live
         if hit.any():
-            out[hit] = table[offsets[hit]]
+            inside = hit & (offsets < len(table))
+            out[inside] = table[offsets[inside]]
+            out[hit & ~inside] = np.uint64(GONE)  # names no row of that fragment: nothing to find
     return out
 
 

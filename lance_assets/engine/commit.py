@@ -21,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
-from lance_assets.engine.btree_remap import RowMoves, is_btree, remap_btree, row_moves
+from lance_assets.engine.btree_remap import RowMoves, is_btree, remap_btree, reuse_moves, row_moves
 from lance_assets.engine.dataset import (
     DELETIONS_DIR,
     HINT_FILE,
@@ -46,6 +46,7 @@ from lance_assets.engine.indices import (
     reuse_group,
     reuse_index_meta,
     reuse_index_metadata,
+    reuse_versions,
 )
 from lance_assets.engine.plan import CompactionPlan, fragment_file_count
 from lance_assets.engine.reencode import pylance_available
@@ -262,12 +263,21 @@ _ROW_ID_KEYED = {
 def _indices_after(latest: Dataset, groups: Sequence[_Group], mode: str, now: float) -> _IndexChanges:
     """The index section of the new version, the files it needs, and the ``indices`` report.
 
-    Without stable row ids, ``defer`` appends the moves to ``__lance_frag_reuse`` and every
-    index keeps covering the merged rows. With stable row ids (where pylance 14 refuses a
-    reuse index) ``defer`` keeps each index covering as Lance's own compaction does there:
-    row-id keyed indices keep their files and their coverage moves to the new fragments, BTree
-    segments are rewritten on the new addresses, zone maps (and kinds we do not know) drop the
-    rewritten fragments. ``drop`` always removes the rewritten fragments from the bitmaps.
+    With ``defer`` every index keeps covering the merged rows where that is exact:
+
+    - BTree segments (entries keyed by row address) are written anew on the new addresses,
+      when pylance is installed (``btree_remap``), as Lance's own remapping compaction does.
+      They must not depend on the reuse index: pylance's own later (remapping) compaction
+      maps a BTree's entries without the reuse versions and loses every row they moved
+      (measured: a deferred compaction, a delete, a default compaction -- the BTree then
+      finds nothing in the merged rows).
+    - Without stable row ids the other indices keep covering through one new version of
+      ``__lance_frag_reuse`` (written only when some index needs it).
+    - With stable row ids (where pylance 14 refuses a reuse index) row-id keyed indices keep
+      their files and their coverage moves to the new fragments; zone maps and kinds we do
+      not know drop the rewritten fragments (re-indexed afterwards, ``restore_index_coverage``).
+
+    ``drop`` always removes the rewritten fragments from the bitmaps.
     """
     section = latest.file.index_section
     if section is None or not len(section.indices):
@@ -279,25 +289,16 @@ def _indices_after(latest: Dataset, groups: Sequence[_Group], mode: str, now: fl
     out.CopyFrom(section)
     changes = _IndexChanges(out, [], [], [])
     how: dict[str, str] = {}
-    defer = mode == INDEX_REMAP_DEFER
-    if affected and defer:
+    if affected and mode == INDEX_REMAP_DEFER:
         _refuse_graph_row_drops(latest, groups, views)
-    if affected and defer and not latest.stable_row_ids:
-        old_by_id = {f.id: f for f in latest.manifest.fragments}
-        version = Details.Version(dataset_version=latest.version)
-        for g in groups:
-            old = [old_by_id[i] for i in g.old_ids]
-            version.groups.append(reuse_group(old, g.new, [_kept_rows(latest, f, g.reencoded) for f in old]))
-        previous = reuse_index_meta(latest)
-        versions = load_reuse_versions(latest, previous) if previous is not None else []
-        new_ids = {f.id for g in groups for f in g.new}
-        meta, changes.writes = reuse_index_metadata(latest, previous, [*versions, version], new_ids, now)
-        kept = [m for m in out.indices if m.name != REUSE_INDEX_NAME]
-        del out.indices[:]
-        out.indices.extend([*kept, meta])
-        how = dict.fromkeys(affected, REMAP_REUSE)
-    elif affected and defer:
-        how = _keep_stable_row_id_coverage(latest, groups, out, changes)
+        how, pending = _rewrite_btrees(latest, groups, views, changes)
+        if latest.stable_row_ids:
+            how.update(_keep_stable_row_id_coverage(groups, out, pending, how))
+        elif pending:
+            _append_reuse_version(latest, groups, changes, now)
+            for v in views:
+                if v.uuid in pending:
+                    _weakest(how, v.name, REMAP_REUSE)
     elif affected:
         _drop_coverage(out, rewritten)
         how = dict.fromkeys(affected, REMAP_DROPPED)
@@ -316,58 +317,110 @@ def _indices_after(latest: Dataset, groups: Sequence[_Group], mode: str, now: fl
     return changes
 
 
-def _keep_stable_row_id_coverage(
-    latest: Dataset, groups: Sequence[_Group], out: table_pb2.IndexSection, changes: _IndexChanges
-) -> dict[str, str]:
-    """Keep every index of a stable-row-id dataset covering the rewritten rows where that is
-    exact (see :func:`_indices_after`); the ``remap`` of each index name touched. An index
-    with several segments is reported by its weakest outcome."""
+def _append_reuse_version(latest: Dataset, groups: Sequence[_Group], changes: _IndexChanges, now: float) -> None:
+    """Record this rewrite's row moves as a new version of ``__lance_frag_reuse`` in ``changes``."""
+    assert changes.section is not None
     old_by_id = {f.id: f for f in latest.manifest.fragments}
-    moves: RowMoves | None = None
+    version = Details.Version(dataset_version=latest.version)
+    for g in groups:
+        old = [old_by_id[i] for i in g.old_ids]
+        version.groups.append(reuse_group(old, g.new, [_kept_rows(latest, f, g.reencoded) for f in old]))
+    previous = reuse_index_meta(latest)
+    versions = load_reuse_versions(latest, previous) if previous is not None else []
+    new_ids = {f.id for g in groups for f in g.new}
+    meta, writes = reuse_index_metadata(latest, previous, [*versions, version], new_ids, now)
+    changes.writes.extend(writes)
+    kept = [m for m in changes.section.indices if m.name != REUSE_INDEX_NAME]
+    del changes.section.indices[:]
+    changes.section.indices.extend([*kept, meta])
+
+
+#: How one index name fared when its segments differ: the weakest outcome is reported.
+_RANK = [REMAP_DROPPED, REMAP_REUSE, REMAP_REWRITTEN, REMAP_MOVED]
+
+
+def _weakest(how: dict[str, str], name: str, outcome: str) -> None:
+    if name not in how or _RANK.index(outcome) < _RANK.index(how[name]):
+        how[name] = outcome
+
+
+def _rewrite_btrees(
+    latest: Dataset, groups: Sequence[_Group], views: Sequence[IndexView], changes: _IndexChanges
+) -> tuple[dict[str, str], set[str]]:
+    """Write every BTree segment the rewrite touches anew on the new row addresses (see
+    :func:`_indices_after`); the ``remap`` per index name of those rewritten, and the uuids of
+    the touched segments still to be handled (other kinds, and BTrees that could not be
+    rewritten: without pylance, or a layout we do not know)."""
+    assert changes.section is not None
+    rewritten_ids = {i for g in groups for i in g.old_ids}
+    pending = {v.uuid for v in views if not is_system_index(v.meta) and v.fragments is not None and v.fragments & rewritten_ids}
     how: dict[str, str] = {}
-    rank = [REMAP_DROPPED, REMAP_REWRITTEN, REMAP_MOVED]
+    if not pending or not pylance_available():
+        return how, pending
+    by_uuid = {v.uuid: v for v in views}
+    old_by_id = {f.id: f for f in latest.manifest.fragments}
+    moves: list[RowMoves] | None = None
+    for idx in changes.section.indices:
+        view = by_uuid.get(str(uuid.UUID(bytes=bytes(idx.uuid.uuid))))
+        if view is None or view.uuid not in pending or not is_btree(idx) or view.fragments is None:
+            continue
+        if moves is None:
+            # Entries may still name rows older reuse versions moved: map through those first.
+            moves = [reuse_moves(v) for v in reuse_versions(latest)] if not latest.stable_row_ids else []
+            old = [[old_by_id[i] for i in g.old_ids] for g in groups]
+            moves.append(row_moves((o, [_kept_rows(latest, f, g.reencoded) for f in o], g.new) for o, g in zip(old, groups)))
+        done = remap_btree(latest, idx, moves)
+        if isinstance(done, str):
+            continue
+        new_uuid, files = done
+        entry = transaction_pb2.Transaction.Rewrite.RewrittenIndex()
+        entry.old_id.uuid = bytes(idx.uuid.uuid)
+        idx.uuid.uuid = uuid.UUID(new_uuid).bytes
+        entry.new_id.uuid = bytes(idx.uuid.uuid)
+        entry.new_index_details.CopyFrom(idx.index_details)
+        entry.new_index_version = idx.index_version
+        if len(idx.files):  # sizes readers trust when they open the files
+            del idx.files[:]
+            idx.files.extend(table_pb2.IndexFile(path=rel.rsplit("/", 1)[-1], size_bytes=len(data)) for rel, data in files)
+        covered = set(view.fragments)  # as readers see it: the entries now name current rows
+        for g in groups:
+            if covered & set(g.old_ids):
+                full = set(g.old_ids) <= covered
+                covered.difference_update(g.old_ids)
+                if full:
+                    covered.update(f.id for f in g.new)
+        idx.fragment_bitmap = encode_bitmap(sorted(covered))
+        if not latest.stable_row_ids:
+            # Built on this version's addresses: no older reuse version applies to it any more.
+            idx.dataset_version = latest.version
+        changes.rewritten.append(entry)
+        changes.writes.extend(files)
+        pending.discard(view.uuid)
+        _weakest(how, view.name, REMAP_REWRITTEN)
+    return how, pending
+
+
+def _keep_stable_row_id_coverage(
+    groups: Sequence[_Group], out: table_pb2.IndexSection, pending: set[str], how: dict[str, str]
+) -> dict[str, str]:
+    """On a stable-row-id dataset: move the coverage of row-id keyed segments in ``pending`` to
+    the new fragments, drop it from the others (see :func:`_indices_after`); the ``remap``
+    of each index name, merged into ``how``."""
+    out_how = dict(how)
     for idx in out.indices:
-        if is_system_index(idx) or not idx.fragment_bitmap:
+        if is_system_index(idx) or not idx.fragment_bitmap or str(uuid.UUID(bytes=bytes(idx.uuid.uuid))) not in pending:
             continue
         covered = set(decode_bitmap(idx.fragment_bitmap))
-        full = [g for g in groups if set(g.old_ids) <= covered]
-        touched = [g for g in groups if covered & set(g.old_ids)]
-        if not touched:
-            continue
-        outcome = REMAP_DROPPED
-        if idx.index_details.type_url in _ROW_ID_KEYED:
-            outcome = REMAP_MOVED
-        elif is_btree(idx) and pylance_available():
-            if moves is None:
-                moves = row_moves(
-                    ([old_by_id[i] for i in g.old_ids], [_kept_rows(latest, old_by_id[i], g.reencoded) for i in g.old_ids], g.new)
-                    for g in groups
-                )
-            done = remap_btree(latest, idx, moves)
-            if not isinstance(done, str):
-                new_uuid, files = done
-                entry = transaction_pb2.Transaction.Rewrite.RewrittenIndex()
-                entry.old_id.uuid = bytes(idx.uuid.uuid)
-                idx.uuid.uuid = uuid.UUID(new_uuid).bytes
-                entry.new_id.uuid = bytes(idx.uuid.uuid)
-                entry.new_index_details.CopyFrom(idx.index_details)
-                entry.new_index_version = idx.index_version
-                if len(idx.files):  # sizes readers trust when they open the files
-                    del idx.files[:]
-                    idx.files.extend(
-                        table_pb2.IndexFile(path=rel.rsplit("/", 1)[-1], size_bytes=len(data)) for rel, data in files
-                    )
-                changes.rewritten.append(entry)
-                changes.writes.extend(files)
-                outcome = REMAP_REWRITTEN
-        for g in touched:
-            covered.difference_update(g.old_ids)
-            if outcome != REMAP_DROPPED and g in full:
-                covered.update(f.id for f in g.new)
+        outcome = REMAP_MOVED if idx.index_details.type_url in _ROW_ID_KEYED else REMAP_DROPPED
+        for g in groups:
+            if covered & set(g.old_ids):
+                full = set(g.old_ids) <= covered
+                covered.difference_update(g.old_ids)
+                if outcome == REMAP_MOVED and full:
+                    covered.update(f.id for f in g.new)
         idx.fragment_bitmap = encode_bitmap(sorted(covered))
-        if idx.name not in how or rank.index(outcome) < rank.index(how[idx.name]):
-            how[idx.name] = outcome
-    return how
+        _weakest(out_how, idx.name, outcome)
+    return out_how
 
 
 @dataclass(frozen=True)

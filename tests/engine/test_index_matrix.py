@@ -131,7 +131,9 @@ def check(path: Path, version: str, vector: str, stable: bool) -> None:
             "id_idx": "rewritten", "cat_idx": "moved", "tags_idx": "moved", "txt_idx": "moved", "txt2_idx": "moved", "vec_idx": "moved"
         }
     else:
-        assert {i["remap"] for i in report.indices} == {"reuse_index"}
+        assert {i["name"]: i["remap"] for i in report.indices} == {
+            f"{c}_idx": "rewritten" if k == "BTREE" else "reuse_index" for c, k in {**SCALAR, "vec": "VECTOR"}.items()
+        }
 
 
 DEFAULT = [
