@@ -223,8 +223,8 @@ def _refuse_graph_row_drops(latest: Dataset, groups: Sequence[_Group], views: Se
         for g in groups:
             if g.reencoded and any(i in view.fragments and old_by_id[i].HasField("deletion_file") for i in g.old_ids):
                 raise CommitConflictError(
-                    f"index {view.name!r} (a graph index) now covers fragments {list(g.old_ids)}, whose deleted rows "
-                    "this compaction dropped; plan again",
+                    f"index {view.name!r} (which must keep every row it covers) now covers fragments "
+                    f"{list(g.old_ids)}, whose deleted rows this compaction dropped; plan again",
                     path=latest.uri,
                 )
 
@@ -244,7 +244,7 @@ class _IndexChanges:
 REMAP_REUSE = "reuse_index"  # the moves are recorded in the fragment-reuse index
 REMAP_DROPPED = "dropped"  # the rewritten fragments left the index (scanned until re-indexed)
 REMAP_MOVED = "moved"  # stable row ids: the index keys rows by id, its coverage moved to the new fragments
-REMAP_REWRITTEN = "rewritten"  # stable row ids: a BTree segment written anew on the new addresses
+REMAP_REWRITTEN = "rewritten"  # a BTree segment written anew on the new addresses
 REMAP_UNAFFECTED = "unaffected"
 
 #: Index kinds whose entries pylance 14 keys by stable row id (their files stay valid across a
