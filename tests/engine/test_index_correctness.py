@@ -289,3 +289,33 @@ def test_rewritten_btree_pages_with_nulls_and_dropped_rows(tmp_path: Path, versi
     assert answers(ds, True) == truth
     assert unindexed(ds) == {"v_idx": 0, "s_idx": 0}
     assert all("ScalarIndexQuery" in ds.scanner(filter=f).explain_plan() for f in filters)
+
+
+@pytest.mark.parametrize(("stable", "kind", "why"), [(False, "IVF_HNSW_FLAT", "changed fragments"), (True, "IVF_PQ", "plan again")])
+def test_index_created_after_planning_refuses_the_row_drop(tmp_path: Path, stable: bool, kind: str, why: str) -> None:
+    """A heavily deleted group planned for a re-encode, then an index that must keep those
+    rows (HNSW; any vector index with stable row ids, where an index build does not conflict
+    with a rewrite) created over it before the commit: the commit refuses and the dataset
+    stays exactly as it was; planned again, the rows are kept."""
+    from lance_assets.engine import commit_compaction, execute_task, plan_compaction
+    from lance_assets.errors import CommitConflictError
+    from tests.support.assertions import tree_digest
+
+    path = tmp_path / "ds.lance"
+    factory.appends(path, "2.2", [100] * 4, make=vectors, enable_stable_row_ids=stable)
+    lance.dataset(str(path)).delete("id % 5 = 1")
+    plan = plan_compaction(str(path))
+    assert plan.tasks and all(t.reencode for t in plan.tasks)
+    results = [execute_task(plan.uri, plan, t) for t in plan.tasks]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lance.dataset(str(path)).create_index("vec", kind, num_partitions=2, **({"num_sub_vectors": 2} if "PQ" in kind else {}))
+    before = tree_digest(path)
+    with pytest.raises(CommitConflictError, match=why):
+        commit_compaction(plan.uri, plan, results)
+    ours = {p for r in results for p in r.files_written}
+    assert ours and tree_digest(path) == {k: v for k, v in before.items() if k not in ours}  # only our files went
+    ds = lance.dataset(str(path))
+    assert knn(ds) and ds.count_rows() == 320
+    assert compact(str(path)).version == ds.version + 1  # planned again: the rows are kept
+    assert len(knn(lance.dataset(str(path)))) == len(QUERIES)
