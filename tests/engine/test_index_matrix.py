@@ -6,7 +6,8 @@ unless an index needs them kept), a lightly deleted group is binary-copied with 
 carried, an untouched group is binary-copied. pylance then answers every indexed query: exact
 kinds exactly as a scan without indices does, the vector index with at least the recall it
 had before, and ``index_statistics`` counts no unindexed row. Default run: every vector kind,
-with and without stable row ids, file versions rotated; ``-m slow`` runs every version.
+with and without stable row ids, file versions rotated, and legacy (0.x) files; ``-m slow``
+runs every version.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def check(path: Path, version: str, vector: str, stable: bool) -> None:
 DEFAULT = [
     (VERSIONS[i % len(VERSIONS)], vector, stable)
     for i, (vector, stable) in enumerate(itertools.product(VECTOR_KINDS, [False, True]))
-]
+] + [("legacy", "IVF_HNSW_SQ", False), ("legacy", "IVF_PQ", False)]  # legacy (0.x) files: no stable row ids
 
 
 @pytest.mark.parametrize(("version", "vector", "stable"), DEFAULT)
@@ -150,7 +151,11 @@ def test_every_index_kind_answers_after_compaction(tmp_path: Path, version: str,
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("version", "vector", "stable"),
-    [c for c in itertools.product(VERSIONS, VECTOR_KINDS, [False, True]) if c not in DEFAULT],
+    [
+        c
+        for c in [*itertools.product(VERSIONS, VECTOR_KINDS, [False, True]), *(("legacy", v, False) for v in VECTOR_KINDS)]
+        if c not in DEFAULT
+    ],
 )
 def test_every_index_kind_answers_after_compaction_all_versions(tmp_path: Path, version: str, vector: str, stable: bool) -> None:
     check(tmp_path / "ds.lance", version, vector, stable)
