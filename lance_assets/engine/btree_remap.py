@@ -172,18 +172,27 @@ def _file_version(meta: object) -> str:
 
 
 def _map_addresses(ids: np.ndarray, moves: RowMoves) -> np.ndarray:
+    """``ids`` with every address of a moved fragment replaced by its new address (``GONE``
+    for dropped rows and for offsets past the fragment's end); other addresses unchanged.
+    One pass over the entries whatever the number of fragments moved."""
     import numpy as np
 
-    out = ids.copy()
+    if not moves.new_address:
+        return ids
+    keys = np.array(sorted(moves.new_address), dtype=np.int64)
+    tables = [moves.new_address[int(k)] for k in keys]
+    lengths = np.array([len(t) for t in tables], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    flat = np.concatenate(tables) if tables else np.zeros(0, np.uint64)
     live = ids != np.uint64(GONE)
     frags = (ids >> np.uint64(32)).astype(np.int64)
     offsets = (ids & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    for frag_id, table in moves.new_address.items():
-        hit = (frags == frag_id) & live
-        if hit.any():
-            inside = hit & (offsets < len(table))
-            out[inside] = table[offsets[inside]]
-            out[hit & ~inside] = np.uint64(GONE)  # names no row of that fragment: nothing to find
+    pos = np.clip(np.searchsorted(keys, frags), 0, len(keys) - 1)
+    moved = live & (keys[pos] == frags)
+    inside = moved & (offsets < lengths[pos])
+    out = ids.copy()
+    out[inside] = flat[starts[pos[inside]] + offsets[inside]]
+    out[moved & ~inside] = np.uint64(GONE)  # names no row of that fragment: nothing to find
     return out
 
 
