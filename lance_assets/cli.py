@@ -132,6 +132,27 @@ def _print_report(report: CompactionReport, console: Console) -> None:
         reasons[s.reason] = reasons.get(s.reason, 0) + 1
     if reasons:
         console.print("skipped fragments: " + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())))
+    _print_notes(report, console)
+
+
+def _print_notes(report: CompactionReport, console: Console) -> None:
+    """What ``--json`` says in ``notes`` and ``indices`` that a user must know: notes about
+    fragments by reason (count and the first detail), the others in full, and every index that
+    does not cover the merged rows."""
+    by_reason: dict[str, list[str]] = {}
+    for n in report.notes:
+        if n.fragment_id is None:
+            console.print(f"note: {n.reason}: {escape(n.detail)}")
+        else:
+            by_reason.setdefault(n.reason, []).append(n.detail)
+    for reason, details in sorted(by_reason.items()):
+        console.print(f"note: {reason}: {len(details)} fragments (e.g. {escape(details[0])})")
+    for i in report.indices:
+        if i.get("covers_output") is False:
+            console.print(
+                f"note: index {escape(str(i['name']))} does not cover the merged rows ({i['remap']}): "
+                "they are scanned until optimize_indices"
+            )
 
 
 def _scalar(tp: Any) -> Any:

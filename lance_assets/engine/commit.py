@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
+from lance_assets.engine.btree_remap import RowMoves, is_btree, remap_btree, reuse_moves, row_moves
 from lance_assets.engine.commit_loop import (
     DEFAULT_MAX_RETRIES,
     Attempt,
@@ -35,16 +36,22 @@ from lance_assets.engine.dataset import DELETIONS_DIR, Dataset, DatasetRef, stor
 from lance_assets.engine.indices import (
     INDEX_REMAP_DEFER,
     REUSE_INDEX_NAME,
+    VECTOR_DETAILS_TYPE_URL,
     Details,
+    IndexView,
+    has_graph,
     index_type,
     index_views,
     is_system_index,
+    is_vector,
     load_reuse_versions,
     reuse_group,
     reuse_index_meta,
     reuse_index_metadata,
+    reuse_versions,
 )
 from lance_assets.engine.plan import CompactionPlan, fragment_file_count
+from lance_assets.engine.reencode import pylance_available
 from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.rows import deleted_offsets
 from lance_assets.errors import (
@@ -176,55 +183,218 @@ def _kept_rows(latest: Dataset, old: table_pb2.DataFragment, reencoded: bool) ->
     return spans
 
 
-def _indices_after(
-    latest: Dataset,
-    groups: Sequence[_Group],
-    mode: str,
-    now: float,
-) -> tuple[table_pb2.IndexSection | None, list[tuple[str, bytes]], list[dict[str, Any]]]:
+def _refuse_graph_row_drops(latest: Dataset, groups: Sequence[_Group], views: Sequence[IndexView]) -> None:
+    """Refuse to drop rows under an index that cannot lose them: a graph (HNSW) index mapped
+    through the reuse index (``indices.has_graph``: pylance would fail every query through it),
+    or any vector index on a stable-row-id dataset (it would keep returning the dropped ids).
+    The planner keeps such fragments' deleted rows, so this only happens when the index was
+    created after the plan; planning again avoids it."""
+    old_by_id = {f.id: f for f in latest.manifest.fragments}
+    keeps_rows = is_vector if latest.stable_row_ids else has_graph  # as the planner's _index_sets
+    for view in views:
+        if view.fragments is None or not keeps_rows(view.meta):
+            continue
+        for g in groups:
+            if g.reencoded and any(i in view.fragments and old_by_id[i].HasField("deletion_file") for i in g.old_ids):
+                raise CommitConflictError(
+                    f"index {view.name!r} (which must keep every row it covers) now covers fragments "
+                    f"{list(g.old_ids)}, whose deleted rows this compaction dropped; plan again",
+                    path=latest.uri,
+                )
+
+
+@dataclass
+class _IndexChanges:
+    """What a rewrite does to the index section: the section, the files it needs, the
+    ``indices`` report and the Rewrite's ``rewritten_indices``."""
+
+    section: table_pb2.IndexSection | None
+    writes: list[tuple[str, bytes]]
+    report: list[dict[str, Any]]
+    rewritten: list[transaction_pb2.Transaction.Rewrite.RewrittenIndex]
+
+
+#: ``remap`` values of the ``indices`` report (public JSON).
+REMAP_REUSE = "reuse_index"  # the moves are recorded in the fragment-reuse index
+REMAP_DROPPED = "dropped"  # the rewritten fragments left the index (scanned until re-indexed)
+REMAP_MOVED = "moved"  # stable row ids: the index keys rows by id, its coverage moved to the new fragments
+REMAP_REWRITTEN = "rewritten"  # a BTree segment written anew on the new addresses
+REMAP_UNAFFECTED = "unaffected"
+
+#: Index kinds whose entries pylance 14 keys by stable row id (their files stay valid across a
+#: rewrite of a stable-row-id dataset; measured: queries answer as before). BTree keys by row
+#: address (rewritten, ``btree_remap``); a zone map describes fragments' own row ranges (Lance
+#: drops it there too); anything else is dropped, never guessed.
+_ROW_ID_KEYED = {
+    "/lance.table.BitmapIndexDetails",
+    "/lance.table.LabelListIndexDetails",
+    "/lance.table.InvertedIndexDetails",
+    "/lance.table.NGramIndexDetails",
+    VECTOR_DETAILS_TYPE_URL,
+}
+
+
+def _indices_after(latest: Dataset, groups: Sequence[_Group], mode: str, now: float) -> _IndexChanges:
     """The index section of the new version, the files it needs, and the ``indices`` report.
 
-    With ``defer`` (not possible on stable-row-id datasets, which pylance 14 refuses to read
-    with a reuse index) the moves are appended to ``__lance_frag_reuse`` and every index keeps
-    covering the merged rows; with ``drop`` the rewritten fragments leave the bitmaps.
+    With ``defer`` every index keeps covering the merged rows where that is exact:
+
+    - BTree segments (entries keyed by row address) are written anew on the new addresses,
+      when pylance is installed (``btree_remap``), as Lance's own remapping compaction does.
+      They must not depend on the reuse index: pylance's own later (remapping) compaction
+      maps a BTree's entries without the reuse versions and loses every row they moved
+      (measured: a deferred compaction, a delete, a default compaction -- the BTree then
+      finds nothing in the merged rows).
+    - Without stable row ids the other indices keep covering through one new version of
+      ``__lance_frag_reuse`` (written only when some index needs it).
+    - With stable row ids (where pylance 14 refuses a reuse index) row-id keyed indices keep
+      their files and their coverage moves to the new fragments; zone maps and kinds we do
+      not know drop the rewritten fragments (re-indexed afterwards, ``restore_index_coverage``).
+
+    ``drop`` always removes the rewritten fragments from the bitmaps.
     """
     section = latest.file.index_section
     if section is None or not len(section.indices):
-        return section, [], []
+        return _IndexChanges(section, [], [], [])
     rewritten = {i for g in groups for i in g.old_ids}
     views = index_views(latest)
     affected = {v.name for v in views if not is_system_index(v.meta) and v.fragments is not None and v.fragments & rewritten}
     out = table_pb2.IndexSection()
     out.CopyFrom(section)
-    writes: list[tuple[str, bytes]] = []
-    defer = mode == INDEX_REMAP_DEFER and not latest.stable_row_ids
-    if affected and defer:
-        old_by_id = {f.id: f for f in latest.manifest.fragments}
-        version = Details.Version(dataset_version=latest.version)
-        for g in groups:
-            old = [old_by_id[i] for i in g.old_ids]
-            version.groups.append(reuse_group(old, g.new, [_kept_rows(latest, f, g.reencoded) for f in old]))
-        previous = reuse_index_meta(latest)
-        versions = load_reuse_versions(latest, previous) if previous is not None else []
-        new_ids = {f.id for g in groups for f in g.new}
-        meta, writes = reuse_index_metadata(latest, previous, [*versions, version], new_ids, now)
-        kept = [m for m in out.indices if m.name != REUSE_INDEX_NAME]
-        del out.indices[:]
-        out.indices.extend([*kept, meta])
+    changes = _IndexChanges(out, [], [], [])
+    how: dict[str, str] = {}
+    if affected and mode == INDEX_REMAP_DEFER:
+        _refuse_graph_row_drops(latest, groups, views)
+        how, pending = _rewrite_btrees(latest, groups, views, changes)
+        if latest.stable_row_ids:
+            how.update(_keep_stable_row_id_coverage(groups, out, pending, how))
+        elif pending:
+            _append_reuse_version(latest, groups, changes, now)
+            for v in views:
+                if v.uuid in pending:
+                    _weakest(how, v.name, REMAP_REUSE)
     elif affected:
         _drop_coverage(out, rewritten)
+        how = dict.fromkeys(affected, REMAP_DROPPED)
     report: dict[str, dict[str, Any]] = {}
     for v in views:
         if is_system_index(v.meta) or v.name in report:
             continue
-        hit = v.name in affected
+        remap = how.get(v.name, REMAP_DROPPED) if v.name in affected else REMAP_UNAFFECTED
         report[v.name] = {
             "name": v.name,
             "type": index_type(v.meta),
-            "remap": ("reuse_index" if defer else "dropped") if hit else "unaffected",
-            "covers_output": defer if hit else None,
+            "remap": remap,
+            "covers_output": None if remap == REMAP_UNAFFECTED else remap != REMAP_DROPPED,
         }
-    return out, writes, list(report.values())
+    changes.report = list(report.values())
+    return changes
+
+
+def _append_reuse_version(latest: Dataset, groups: Sequence[_Group], changes: _IndexChanges, now: float) -> None:
+    """Record this rewrite's row moves as a new version of ``__lance_frag_reuse`` in ``changes``."""
+    assert changes.section is not None
+    old_by_id = {f.id: f for f in latest.manifest.fragments}
+    version = Details.Version(dataset_version=latest.version)
+    for g in groups:
+        old = [old_by_id[i] for i in g.old_ids]
+        version.groups.append(reuse_group(old, g.new, [_kept_rows(latest, f, g.reencoded) for f in old]))
+    previous = reuse_index_meta(latest)
+    versions = load_reuse_versions(latest, previous) if previous is not None else []
+    new_ids = {f.id for g in groups for f in g.new}
+    meta, writes = reuse_index_metadata(latest, previous, [*versions, version], new_ids, now)
+    changes.writes.extend(writes)
+    kept = [m for m in changes.section.indices if m.name != REUSE_INDEX_NAME]
+    del changes.section.indices[:]
+    changes.section.indices.extend([*kept, meta])
+
+
+#: How one index name fared when its segments differ: the weakest outcome is reported.
+_RANK = [REMAP_DROPPED, REMAP_REUSE, REMAP_REWRITTEN, REMAP_MOVED]
+
+
+def _weakest(how: dict[str, str], name: str, outcome: str) -> None:
+    if name not in how or _RANK.index(outcome) < _RANK.index(how[name]):
+        how[name] = outcome
+
+
+def _rewrite_btrees(
+    latest: Dataset, groups: Sequence[_Group], views: Sequence[IndexView], changes: _IndexChanges
+) -> tuple[dict[str, str], set[str]]:
+    """Write every BTree segment the rewrite touches anew on the new row addresses (see
+    :func:`_indices_after`); the ``remap`` per index name of those rewritten, and the uuids of
+    the touched segments still to be handled (other kinds, and BTrees that could not be
+    rewritten: without pylance, or a layout we do not know)."""
+    assert changes.section is not None
+    rewritten_ids = {i for g in groups for i in g.old_ids}
+    pending = {v.uuid for v in views if not is_system_index(v.meta) and v.fragments is not None and v.fragments & rewritten_ids}
+    how: dict[str, str] = {}
+    if not pending or not pylance_available():
+        return how, pending
+    by_uuid = {v.uuid: v for v in views}
+    old_by_id = {f.id: f for f in latest.manifest.fragments}
+    moves: list[RowMoves] | None = None
+    for idx in changes.section.indices:
+        view = by_uuid.get(str(uuid.UUID(bytes=bytes(idx.uuid.uuid))))
+        if view is None or view.uuid not in pending or not is_btree(idx) or view.fragments is None:
+            continue
+        if moves is None:
+            # Entries may still name rows older reuse versions moved: map through those first.
+            moves = [reuse_moves(v) for v in reuse_versions(latest)] if not latest.stable_row_ids else []
+            old = [[old_by_id[i] for i in g.old_ids] for g in groups]
+            moves.append(row_moves((o, [_kept_rows(latest, f, g.reencoded) for f in o], g.new) for o, g in zip(old, groups)))
+        done = remap_btree(latest, idx, moves)
+        if isinstance(done, str):
+            continue
+        new_uuid, files = done
+        entry = transaction_pb2.Transaction.Rewrite.RewrittenIndex()
+        entry.old_id.uuid = bytes(idx.uuid.uuid)
+        idx.uuid.uuid = uuid.UUID(new_uuid).bytes
+        entry.new_id.uuid = bytes(idx.uuid.uuid)
+        entry.new_index_details.CopyFrom(idx.index_details)
+        entry.new_index_version = idx.index_version
+        if len(idx.files):  # sizes readers trust when they open the files
+            del idx.files[:]
+            idx.files.extend(table_pb2.IndexFile(path=rel.rsplit("/", 1)[-1], size_bytes=len(data)) for rel, data in files)
+        covered = set(view.fragments)  # as readers see it: the entries now name current rows
+        for g in groups:
+            if covered & set(g.old_ids):
+                full = set(g.old_ids) <= covered
+                covered.difference_update(g.old_ids)
+                if full:
+                    covered.update(f.id for f in g.new)
+        idx.fragment_bitmap = encode_bitmap(sorted(covered))
+        if not latest.stable_row_ids:
+            # Built on this version's addresses: no older reuse version applies to it any more.
+            idx.dataset_version = latest.version
+        changes.rewritten.append(entry)
+        changes.writes.extend(files)
+        pending.discard(view.uuid)
+        _weakest(how, view.name, REMAP_REWRITTEN)
+    return how, pending
+
+
+def _keep_stable_row_id_coverage(
+    groups: Sequence[_Group], out: table_pb2.IndexSection, pending: set[str], how: dict[str, str]
+) -> dict[str, str]:
+    """On a stable-row-id dataset: move the coverage of row-id keyed segments in ``pending`` to
+    the new fragments, drop it from the others (see :func:`_indices_after`); the ``remap``
+    of each index name, merged into ``how``."""
+    out_how = dict(how)
+    for idx in out.indices:
+        if is_system_index(idx) or not idx.fragment_bitmap or str(uuid.UUID(bytes=bytes(idx.uuid.uuid))) not in pending:
+            continue
+        covered = set(decode_bitmap(idx.fragment_bitmap))
+        outcome = REMAP_MOVED if idx.index_details.type_url in _ROW_ID_KEYED else REMAP_DROPPED
+        for g in groups:
+            if covered & set(g.old_ids):
+                full = set(g.old_ids) <= covered
+                covered.difference_update(g.old_ids)
+                if outcome == REMAP_MOVED and full:
+                    covered.update(f.id for f in g.new)
+        idx.fragment_bitmap = encode_bitmap(sorted(covered))
+        _weakest(out_how, idx.name, outcome)
+    return out_how
 
 
 @dataclass(frozen=True)
@@ -277,8 +447,11 @@ def _build(latest: Dataset, plan: CompactionPlan, results: Sequence[RewriteResul
     m.fragments.extend(fragments)
     m.max_fragment_id = next_id - 1
     _stamp(m, latest, plan.read_version, txn_uuid, now)
-    index_section, index_writes, indices = _indices_after(latest, groups, plan.options.index_remap, now)
-    return _Built(mf.build_manifest_file(m, txn, index_section), txn, m.transaction_file, deletions + index_writes, indices)
+    changes = _indices_after(latest, groups, plan.options.index_remap, now)
+    txn.rewrite.rewritten_indices.extend(changes.rewritten)
+    return _Built(
+        mf.build_manifest_file(m, txn, changes.section), txn, m.transaction_file, deletions + changes.writes, changes.report
+    )
 
 
 def _stamp(m: table_pb2.Manifest, latest: Dataset, read_version: int, txn_uuid: str, now: float) -> None:

@@ -132,12 +132,14 @@ def run_plan(
 def restore_index_coverage(report: CompactionReport, options: CompactionOptions, storage: Storage) -> CompactionReport:
     """Re-index what a commit had to leave unindexed, when pylance is there to do it.
 
-    On stable-row-id datasets pylance 14 refuses a fragment-reuse index, and its index
-    entries are row addresses all the same, so the commit drops the rewritten fragments from
-    the indices. With ``index_remap="defer"`` (the default) and pylance installed, its
-    ``optimize_indices`` then indexes the merged rows in a version of its own and the report
-    says ``"remap": "reindexed"``. A failure here never turns the landed compaction into a
-    failure: it is listed in ``notes``.
+    The commit keeps indices covering wherever that is exact (the fragment-reuse index; on
+    stable-row-id datasets moved coverage and rewritten BTree segments); what it had to drop
+    -- zone maps and index kinds we do not know on stable-row-id datasets, BTree segments
+    without pylance -- is re-indexed here, with ``index_remap="defer"`` (the default) and
+    pylance installed: its ``optimize_indices`` on those indices only, in a version of its own,
+    and the report says ``"remap": "reindexed"``. A failure here never turns the landed
+    compaction into a failure: it is listed in ``notes`` (per index), and that index's merged
+    rows stay unindexed (scanned, exact).
     """
     dropped = {i["name"] for i in report.indices if i["remap"] == "dropped"}
     if not dropped or options.index_remap != INDEX_REMAP_DEFER or not report.committed_versions or not pylance_available():
@@ -149,10 +151,14 @@ def restore_index_coverage(report: CompactionReport, options: CompactionOptions,
         if v.name in dropped
     }
     try:
-        upkeep = maintain_indices(storage.uri, options.storage_options)
+        upkeep = maintain_indices(storage.uri, options.storage_options, index_names=sorted(dropped))
     except Exception as exc:  # the compaction landed; say what is left undone
         note = SkippedFragment(None, Reason.INDEX_UPKEEP_FAILED, f"{type(exc).__name__}: {exc}; run optimize_indices")
         return replace(report, notes=[*report.notes, note])
+    failed = [
+        SkippedFragment(None, Reason.INDEX_UPKEEP_FAILED, f"index {name!r}: {why}; its merged rows are scanned (exact)")
+        for name, why in sorted(upkeep.failed.items())
+    ]
     covered: dict[str, set[int]] = {}
     for view in index_views(Dataset.open(storage)):
         covered.setdefault(view.name, set()).update(view.fragments or ())
@@ -163,7 +169,7 @@ def restore_index_coverage(report: CompactionReport, options: CompactionOptions,
         for i in report.indices
     ]
     versions = report.committed_versions + upkeep.committed_versions
-    return replace(report, indices=indices, committed_versions=versions, version=versions[-1])
+    return replace(report, indices=indices, committed_versions=versions, version=versions[-1], notes=[*report.notes, *failed])
 
 
 def _combine(plan: CompactionPlan, reports: list[CompactionReport]) -> CompactionReport:

@@ -8,7 +8,7 @@ rule (:func:`~lance_assets.engine.indices.caught_up`).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +39,8 @@ class IndexUpkeepReport:
     reuse_versions_after: int
     optimized: bool = False
     committed_versions: list[int] = field(default_factory=list)
+    #: index name -> why pylance could not optimize it (only when names were asked for)
+    failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     dry_run: bool = False
 
@@ -124,19 +126,26 @@ def trim_reuse_index(
     )
 
 
-def maintain_indices(uri: DatasetRef, storage_options: Mapping[str, Any] | None = None) -> IndexUpkeepReport:
+def maintain_indices(
+    uri: DatasetRef, storage_options: Mapping[str, Any] | None = None, *, index_names: Sequence[str] | None = None
+) -> IndexUpkeepReport:
     """Rebuild indices over unindexed rows with pylance's ``optimize_indices``, then trim.
 
     After a compaction the merged rows are served through the fragment-reuse index; rebuilding
     lets queries use the indices directly again and lets :func:`trim_reuse_index` drop the
     versions no index needs any more. This is the one step that needs pylance (the optional
-    ``reencode`` extra): index files are Lance's own formats, which we never write. Without
-    pylance (or without user indices) only the trim runs.
+    ``reencode`` extra): building an index is Lance's own work. Without pylance (or without
+    user indices) only the trim runs.
+
+    With ``index_names`` only those indices are optimized (others, e.g. a vector index that
+    already covers every row, are left exactly as they are), and one that pylance fails on
+    does not hold up the rest: it is tried alone and its error is listed in ``failed``.
 
     Args:
         uri: The dataset: a URI, an open Dataset or a Storage.
         storage_options: Filesystem options (credentials, endpoint) for a URI; also given to
             pylance (default: the Storage's own).
+        index_names: Optimize only these indices (default: all), each failure listed, not raised.
 
     Returns:
         Unindexed rows and reuse versions before and after, whether pylance ran, and the
@@ -158,17 +167,15 @@ def maintain_indices(uri: DatasetRef, storage_options: Mapping[str, Any] | None 
     versions_before = reuse_version_count(ds)
     committed: list[int] = []
     optimized = False
+    failed: dict[str, str] = {}
     if pylance_available() and any(not is_system_index(m) for m in ds.indices):
         import lance
 
-        lds = lance.dataset(
-            ds.uri, storage_options=pylance_storage_options(dict(storage_options or ds.storage.storage_options or {}))
-        )
-        lds.optimize.optimize_indices()
+        options = pylance_storage_options(dict(storage_options or ds.storage.storage_options or {}))
+        failed = _optimize(lambda: lance.dataset(ds.uri, storage_options=options), index_names)
         optimized = True
         after_optimize = Dataset.open(ds.storage)
-        if after_optimize.version > ds.version:
-            committed.append(after_optimize.version)
+        committed.extend(range(ds.version + 1, after_optimize.version + 1))  # one per optimized index at most
         ds = after_optimize
     trim = trim_reuse_index(ds)
     committed.extend(trim.committed_versions)
@@ -182,4 +189,28 @@ def maintain_indices(uri: DatasetRef, storage_options: Mapping[str, Any] | None 
         optimized=optimized,
         committed_versions=committed,
         seconds=time.monotonic() - started,
+        failed=failed,
     )
+
+
+def _optimize(open_latest: Callable[[], Any], index_names: Sequence[str] | None) -> dict[str, str]:
+    """Run pylance's ``optimize_indices`` on the dataset ``open_latest()`` opens (on
+    ``index_names`` only, when given); the names it failed on, with the error. Without names
+    its error is raised unchanged."""
+    if index_names is None:
+        open_latest().optimize.optimize_indices()
+        return {}
+    names = list(dict.fromkeys(index_names))
+    try:
+        open_latest().optimize.optimize_indices(index_names=names)
+        return {}
+    except Exception as exc:  # one index pylance cannot update must not hold up the others
+        if len(names) == 1:
+            return {names[0]: f"{type(exc).__name__}: {exc}"}
+    failed: dict[str, str] = {}
+    for name in names:
+        try:
+            open_latest().optimize.optimize_indices(index_names=[name])
+        except Exception as exc:
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    return failed

@@ -21,7 +21,7 @@ from lance_assets._proto import table_pb2
 from lance_assets.engine.dataset import INDICES_DIR, Dataset
 from lance_assets.engine.rows import live_rows
 from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedFeatureError
-from lance_assets.format.protobuf import has_unknown_fields, parse
+from lance_assets.format.protobuf import has_unknown_fields, parse, wire_fields
 from lance_assets.format.roaring import decode_bitmap, encode_bitmap, encode_treemap_ranges
 
 REUSE_INDEX_NAME = "__lance_frag_reuse"
@@ -46,6 +46,30 @@ def index_type(meta: table_pb2.IndexMetadata) -> str:
     """A short type name from the details' type URL: ``BTree``, ``Vector``, ``Inverted``, ..."""
     name = meta.index_details.type_url.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
     return name.removesuffix("IndexDetails") or "unknown"
+
+
+VECTOR_DETAILS_TYPE_URL = "/lance.index.pb.VectorIndexDetails"
+# VectorIndexDetails field holding the HNSW build parameters (present for every IVF_HNSW_* index).
+_VECTOR_DETAILS_HNSW_FIELD = 3
+
+
+def is_vector(meta: table_pb2.IndexMetadata) -> bool:
+    return meta.index_details.type_url == VECTOR_DETAILS_TYPE_URL
+
+
+def has_graph(meta: table_pb2.IndexMetadata) -> bool:
+    """Whether ``meta`` may be a graph (IVF_HNSW_*) vector index, or a vector index of a kind
+    its details do not tell (empty or unreadable details count as a graph: the safe side).
+
+    pylance 14 cannot map rows *away* from an HNSW graph through the fragment-reuse index: it
+    drops them from the graph's vector storage but not from the graph, and every query then
+    fails ("HNSW graph has N nodes but its vector storage has M rows"). Binary copies, which
+    keep every row, map fine.
+    """
+    if meta.index_details.type_url != VECTOR_DETAILS_TYPE_URL:
+        return False
+    fields = wire_fields(meta.index_details.value) if meta.index_details.value else None
+    return fields is None or any(number == _VECTOR_DETAILS_HNSW_FIELD for number, _, _ in fields)
 
 
 def reuse_index_meta(ds: Dataset) -> table_pb2.IndexMetadata | None:
@@ -88,11 +112,14 @@ def load_reuse_versions(ds: Dataset, meta: table_pb2.IndexMetadata) -> list[Deta
     return sorted(content.versions, key=lambda v: v.dataset_version)
 
 
-def remap_fragment_ids(ids: Iterable[int], versions: Sequence[Details.Version], *, path: str | None = None) -> set[int]:
+def remap_fragment_ids(ids: Iterable[int], versions: Sequence[Details.Version]) -> set[int]:
     """The fragments an index covers once the reuse versions are applied, as a reader sees them.
 
-    A group whose old fragments the index covers only in part cannot be mapped (pylance fails
-    on it), so it is reported as corrupt rather than guessed.
+    A group whose old fragments the index covers in full is covered through its new
+    fragments. A group it covers only in part (histories of several writers produce them,
+    e.g. pylance's deferred compaction of fragments an ``optimize_indices`` indexed in part)
+    counts as pylance counts it: its indexed old fragments are gone and its new fragments are
+    not covered -- they also hold rows the index never saw, so they are scanned (exact).
     """
     out = set(ids)
     for version in versions:
@@ -101,10 +128,9 @@ def remap_fragment_ids(ids: Iterable[int], versions: Sequence[Details.Version], 
             hit = sum(1 for i in old if i in out)
             if not hit:
                 continue
-            if hit != len(old):
-                raise CorruptFileError(f"a fragment-reuse group {old} is only partly covered by an index", path=path)
             out.difference_update(old)
-            out.update(f.id for f in group.new_fragments)
+            if hit == len(old):
+                out.update(f.id for f in group.new_fragments)
     return out
 
 
@@ -143,7 +169,12 @@ def index_views(ds: Dataset, versions: list[Details.Version] | None = None) -> l
             out.append(IndexView(meta, None))
             continue
         ids = decode_bitmap(meta.fragment_bitmap, path=ds.uri)
-        out.append(IndexView(meta, frozenset(remap_fragment_ids(ids, versions, path=ds.uri))))
+        if is_system_index(meta):
+            # A system index's bitmap says what it describes (the reuse index: the new fragments
+            # of every version it keeps), not what rows it indexes: it is not mapped.
+            out.append(IndexView(meta, frozenset(ids)))
+            continue
+        out.append(IndexView(meta, frozenset(remap_fragment_ids(ids, versions))))
     return out
 
 

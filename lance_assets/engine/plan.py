@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from lance_assets._proto import table_pb2
 from lance_assets.engine.blob_copy import blob_columns, blob_field_ids
 from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
-from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, index_views, is_system_index
+from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, has_graph, index_views, is_system_index, is_vector
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.reencode import blob_reencode_refusal, pylance_available
 from lance_assets.engine.report import Reason, SkippedFragment
@@ -159,9 +159,10 @@ def field_layout(fragment: table_pb2.DataFragment, live_ids: set[int]) -> tuple[
     return tuple(sorted(seen.items()))
 
 
-def _index_sets(ds: Dataset, index_remap: str) -> tuple[dict[int, frozenset[str]] | None, dict[int, str]]:
+def _index_sets(ds: Dataset, index_remap: str) -> tuple[dict[int, frozenset[str]] | None, dict[int, str], dict[int, str]]:
     """Fragment id -> uuids of the indices covering it as readers see them (None: an index
-    covers everything), and fragment id -> name of a system index that pins it.
+    covers everything), fragment id -> name of a system index that pins it, and fragment id
+    -> name of a graph (HNSW) index that covers it through the reuse index.
 
     Coverage is what pylance sees: each index's bitmap with the fragment-reuse versions
     applied. A group must be covered by the same indices throughout -- pylance cannot map a
@@ -169,20 +170,31 @@ def _index_sets(ds: Dataset, index_remap: str) -> tuple[dict[int, frozenset[str]
     reuse index included, as Lance's planner does). With ``index_remap="drop"`` the
     fragments the reuse index names are pinned: dropping them from a bitmap that names their
     predecessors is not possible. Other system indices hold mappings of their own.
+
+    The third map names the fragments whose deleted rows must stay (kept as a deletion file,
+    never dropped by a re-encode) and why: under a graph (HNSW) index while the moves go
+    through the reuse index (``indices.has_graph``: pylance would fail every query), and on
+    stable-row-id datasets under any vector index, which keeps returning the ids of rows a
+    re-encode dropped (pylance then answers fewer than k neighbours; measured).
     """
     cover: dict[int, set[str]] = {}
     pinned: dict[int, str] = {}
+    graphs: dict[int, str] = {}
+    keeps = index_remap != INDEX_REMAP_DROP
     everything = False
     for view in index_views(ds):
         if view.fragments is None:
             everything = True
             continue
         is_reuse = view.name == REUSE_INDEX_NAME
+        graph = keeps and (is_vector(view.meta) if ds.stable_row_ids else has_graph(view.meta))
         for fid in view.fragments:
             cover.setdefault(fid, set()).add(view.uuid)
             if is_system_index(view.meta) and (not is_reuse or index_remap == INDEX_REMAP_DROP):
                 pinned[fid] = view.name
-    return (None if everything else {k: frozenset(v) for k, v in cover.items()}), pinned
+            if graph:
+                graphs.setdefault(fid, view.name)
+    return (None if everything else {k: frozenset(v) for k, v in cover.items()}), pinned, graphs
 
 
 def fragment_file_count(fragment: table_pb2.DataFragment) -> int:
@@ -256,7 +268,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
     # Index entries hold row addresses (pylance 14 also with stable row ids), which a rewrite
     # moves; the commit records the moves (or drops coverage), see engine.indices. An index
     # without a bitmap (covering "everything") can do neither: it blocks.
-    index_sets, pinned = _index_sets(ds, options.index_remap)
+    index_sets, pinned, graphs = _index_sets(ds, options.index_remap)
 
     # Each candidate carries the key that must match for it to share a bin with its neighbour.
     candidates: list[tuple[table_pb2.DataFragment, Any] | None] = []
@@ -267,14 +279,23 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
     layouts: dict[Any, tuple[tuple[int, bool], ...]] = {}
     # Lance's "compact itself" candidates: fragments whose deleted share is over the threshold.
     over: set[int] = set()
+    held_heavy: dict[int, str] = {}  # over the threshold, but its deleted rows must stay: why
+    deletions = {f.id for f in fragments if f.HasField("deletion_file")}
     fillable = functools.cache(lambda v: null_fillable_fields(ds.manifest.fields, FileVersion(mf.storage_version_name(v))))
+    # Fragments whose deleted rows must stay (a graph index maps them through the reuse index).
+    keep_deleted = {fid: name for fid, name in graphs.items() if fid in deletions}
     for frag in fragments:
         if _over_threshold(frag, options):
-            over.add(frag.id)
+            if frag.id in keep_deleted:
+                held_heavy[frag.id] = _graph_detail(frag, options, keep_deleted[frag.id], ds.stable_row_ids)
+            else:
+                over.add(frag.id)
         reason = _candidate_reason(
             ds, frag, options, live_ids, index_sets, pinned, check_unknown, layouts, frag.id in over, fillable
         )
         if isinstance(reason, SkippedFragment):
+            if reason.reason is Reason.AT_TARGET_SIZE and frag.id in held_heavy:
+                reason = SkippedFragment(frag.id, Reason.MATERIALIZE_DELETIONS, held_heavy[frag.id])
             skipped.append(reason)
             candidates.append(None)
             continue
@@ -293,7 +314,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
     # Why nothing can be re-encoded ("" when pylance may): importing pylance only when asked.
     why_not = functools.cache(lambda: blob_reencode_refusal(ds.manifest.fields) or _why_not_reencode(options))
     why_not_reencode = "" if not over else why_not()
-    layers = _FileSplitter(ds, why_not)
+    layers = _FileSplitter(ds, why_not, frozenset(keep_deleted))
     source_budget = options.max_source_fragments
     capped = options.max_rows_per_file is not None or options.max_bytes_per_file is not None
     packed_alone: set[int] = set()
@@ -332,10 +353,9 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
                     skipped.append(
                         SkippedFragment(ids[0], Reason.NO_REDUCTION, "the size limits leave this input in a file of its own")
                     )
-                elif heavy:
-                    skipped.append(
-                        SkippedFragment(ids[0], Reason.MATERIALIZE_DELETIONS, _heavy_detail(group[0], options, why_not_reencode))
-                    )
+                elif heavy or ids[0] in held_heavy:
+                    detail = held_heavy.get(ids[0]) or _heavy_detail(group[0], options, why_not_reencode)
+                    skipped.append(SkippedFragment(ids[0], Reason.MATERIALIZE_DELETIONS, detail))
                 elif alone is not None:
                     skipped.append(SkippedFragment(ids[0], layers.reason, alone))
                 else:
@@ -379,6 +399,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
                     for f in group
                     if f.id in over
                 )
+            notes.extend(SkippedFragment(i, Reason.DELETIONS_KEPT, held_heavy[i]) for i in ids if i in held_heavy)
             notes.extend(
                 SkippedFragment(fid, Reason.REENCODED, f"re-encoded with the fragment before it: {why}") for fid, why in forced
             )
@@ -416,6 +437,19 @@ def _heavy_detail(frag: table_pb2.DataFragment, options: CompactionOptions, why:
     return (
         f"{deleted} of {frag.physical_rows} rows deleted (over {options.materialize_deletions_threshold:.0%}); "
         f"binary copy keeps them as a deletion file: {why}"
+    )
+
+
+def _graph_detail(frag: table_pb2.DataFragment, options: CompactionOptions, index: str, stable_row_ids: bool) -> str:
+    deleted = frag.deletion_file.num_deleted_rows
+    why = (
+        "a vector index keeps returning the ids of dropped rows on stable-row-id datasets (fewer than k answers)"
+        if stable_row_ids
+        else "pylance cannot map deleted rows out of an HNSW graph through the fragment-reuse index (every query would fail)"
+    )
+    return (
+        f"{deleted} of {frag.physical_rows} rows deleted (over {options.materialize_deletions_threshold:.0%}); "
+        f"kept as a deletion file: the index {index!r} covers them and {why}"
     )
 
 
@@ -548,9 +582,11 @@ class _FileSplitter:
     (Legacy files never need a split: batches that do not line up are re-cut by the copy.)
     """
 
-    def __init__(self, ds: Dataset, why_not_reencode: Callable[[], str]) -> None:
+    def __init__(self, ds: Dataset, why_not_reencode: Callable[[], str], keep_deleted: frozenset[int] = frozenset()) -> None:
         self._ds = ds
         self._why_not_reencode = why_not_reencode
+        #: fragments whose deleted rows must stay (a re-encode would drop them): split, never re-encode
+        self._keep_deleted = keep_deleted
         #: boundaries (left id, right id) merged anyway because the group will be re-encoded
         self.reencode_pairs: dict[tuple[int, int], str] = {}
         # Guarded fields per file version (empty for 2.0); the schema decides, so once per version.
@@ -574,7 +610,12 @@ class _FileSplitter:
                 run = []
                 continue
             problem = self._refuses(run, info) if run else None
-            if run and problem is not None and not self._why_not_reencode():
+            if (
+                run
+                and problem is not None
+                and not self._why_not_reencode()
+                and not any(f.id in self._keep_deleted for f in (*pieces[-1], frag))
+            ):
                 # pylance can re-encode the group: merge, and say which boundary needs it
                 self.reencode_pairs[(pieces[-1][-1].id, frag.id)] = problem
                 pieces[-1].append(frag)

@@ -137,7 +137,9 @@ def test_indices_keep_covering_merged_rows(tmp_path: Path, version: str) -> None
 
     report = compact(str(path), CompactionOptions(target_rows_per_fragment=2000, reencode_fallback=False))
     assert report.fragments_removed == 10 and report.fragments_added == 2
-    assert {i["name"]: (i["remap"], i["covers_output"]) for i in report.indices} == {n: ("reuse_index", True) for n in names}
+    assert {i["name"]: (i["remap"], i["covers_output"]) for i in report.indices} == {
+        n: ("rewritten" if n == "id_idx" else "reuse_index", True) for n in names
+    }
     ds = lance.dataset(str(path))
     assert unindexed_rows(ds, names) == stats_before
     assert {f: index_nodes(ds, f) for f in FILTERS} == plans  # the same index operators as before
@@ -228,10 +230,12 @@ def test_external_reuse_content(tmp_path: Path) -> None:
     factory.write(pa.table({"id": pa.array(ids), "v": pa.array(ids % 97)}), path, "2.1", mode="create", max_rows_per_file=1000)
     ds = lance.dataset(str(path))
     ds.delete("id % 2 = 0")  # re-encoded groups keep every other row: no runs, large treemaps
-    ds.create_scalar_index("id", "BTREE")
+    ds.create_scalar_index("id", "BTREE")  # rewritten on the new addresses: needs no reuse version
+    ds.create_scalar_index("v", "BITMAP")  # keeps covering through the reuse index
     ds = lance.dataset(str(path))
     assert len(ds.get_fragments()) == 300
-    before = {q: ds.to_table(filter=q)["id"].to_pylist() for q in ("id = 5", "id = 299999", "id > 150000 AND id < 150010")}
+    queries = ("id = 5", "id = 299999", "id > 150000 AND id < 150010", "v = 5", "v = 96 AND id < 20000")
+    before = {q: ds.to_table(filter=q)["id"].to_pylist() for q in queries}
     report = compact(str(path), CompactionOptions(target_rows_per_fragment=1_000_000))
     assert report.reencoded_fragments == 300
     d = Dataset.open(str(path))
@@ -242,19 +246,23 @@ def test_external_reuse_content(tmp_path: Path) -> None:
     assert (path / "_indices" / str(__import__("uuid").UUID(bytes=meta.uuid.uuid)) / "details.binpb").stat().st_size == details.external.size
     ds = lance.dataset(str(path))
     assert {q: ds.to_table(filter=q)["id"].to_pylist() for q in before} == before
-    assert unindexed_rows(ds, ["id_idx"]) == {"id_idx": 0}
+    assert unindexed_rows(ds, ["id_idx", "v_idx"]) == {"id_idx": 0, "v_idx": 0}
     assert any("@id_idx" in node for node in index_nodes(ds, "id = 5"))
+    assert any("@v_idx" in node for node in index_nodes(ds, "v = 5"))
+    assert {i["name"]: i["remap"] for i in report.indices} == {"id_idx": "rewritten", "v_idx": "reuse_index"}
 
 
-def test_stable_row_ids_are_reindexed_by_pylance(tmp_path: Path) -> None:
-    """pylance refuses a reuse index with stable row ids: coverage is dropped in our commit and
-    restored by pylance's optimize_indices right after, which the report says."""
+def test_stable_row_ids_keep_coverage_in_one_commit(tmp_path: Path) -> None:
+    """pylance refuses a reuse index with stable row ids. As in Lance's own compaction there,
+    the row-id keyed indices keep their files and cover the new fragments, and the BTree
+    (keyed by row address) is rewritten on the new addresses -- all in our one commit."""
     path = tmp_path / "ds.lance"
     ds = indexed(path, "2.2", [100] * 5, vector=False, enable_stable_row_ids=True)
     before, ids_before = answers(ds, vector=False), ds.to_table(columns=["id"], with_row_id=True)
     report = compact(str(path), CompactionOptions(target_rows_per_fragment=1000))
-    assert {i["remap"] for i in report.indices} == {"reindexed"} and all(i["covers_output"] for i in report.indices)
-    assert len(report.committed_versions) == 2
+    assert {i["name"]: i["remap"] for i in report.indices} == {n: "rewritten" if k == "BTREE" else "moved" for n, k in SCALAR.items()}
+    assert all(i["covers_output"] for i in report.indices)
+    assert len(report.committed_versions) == 1 and report.version == ds.version + 1
     ds = lance.dataset(str(path))
     assert answers(ds, vector=False) == before
     assert unindexed_rows(ds, list(SCALAR)) == {n: 0 for n in SCALAR}
@@ -409,7 +417,7 @@ def test_hnsw_index_and_multi_file_fragments(tmp_path: Path) -> None:
     before = knn(ds), sorted(ds.to_table(filter="twice = 84", columns=["id"])["id"].to_pylist())
     stats = unindexed_rows(ds, ["vec_idx", "twice_idx"])
     report = compact(str(path), CompactionOptions(target_rows_per_fragment=1000))
-    assert {i["name"]: i["remap"] for i in report.indices} == {"vec_idx": "reuse_index", "twice_idx": "reuse_index"}
+    assert {i["name"]: i["remap"] for i in report.indices} == {"vec_idx": "reuse_index", "twice_idx": "rewritten"}
     ds = lance.dataset(str(path))
     assert len(ds.get_fragments()) == 1 and unindexed_rows(ds, ["vec_idx", "twice_idx"]) == stats
     assert (knn(ds), sorted(ds.to_table(filter="twice = 84", columns=["id"])["id"].to_pylist())) == before
