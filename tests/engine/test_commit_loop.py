@@ -44,7 +44,8 @@ def _lost_answer(kind: str) -> Callable[..., None]:
 
 
 def _table(start: int, rows: int) -> pa.Table:
-    return pa.table({"id": pa.array(range(start, start + rows), pa.int64()), "v": pa.array([i * 0.5 for i in range(start, start + rows)])})
+    ids = range(start, start + rows)
+    return pa.table({"id": pa.array(ids, pa.int64()), "cat": pa.array([f"c{i % 7}" for i in ids])})
 
 
 def _referenced_files_exist(uri: str, opts: dict) -> None:  # type: ignore[type-arg]
@@ -62,13 +63,16 @@ def _referenced_files_exist(uri: str, opts: dict) -> None:  # type: ignore[type-
 
 @pytest.fixture
 def indexed_s3(s3_endpoint):  # type: ignore[no-untyped-def]
-    """Four small appends on moto with a BTREE index built before them all were written."""
+    """Four small appends on moto with a BTREE and a BITMAP index (the bitmap one keeps covering
+    merged rows through the fragment-reuse index, so a compaction adds a reuse version)."""
     bucket = s3_endpoint.new_bucket()
     uri, opts = f"s3://{bucket}/t.lance", s3_endpoint.pylance_options
     factory.appends(uri, "2.1", [50, 50, 50, 50], make=_table, storage_options=opts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lance.dataset(uri, storage_options=opts).create_scalar_index("id", "BTREE", name="id_idx")
+        ds = lance.dataset(uri, storage_options=opts)
+        ds.create_scalar_index("id", "BTREE", name="id_idx")
+        ds.create_scalar_index("cat", "BITMAP", name="cat_idx")
     return uri, opts
 
 
@@ -95,9 +99,10 @@ def test_index_change_whose_answer_was_lost_is_committed_once(indexed_s3, monkey
     compact(uri, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))  # adds a reuse version
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lance.dataset(uri, storage_options=opts).create_scalar_index("id", "BTREE", name="id_idx", replace=True)
+        lance.dataset(uri, storage_options=opts).create_scalar_index("cat", "BITMAP", name="cat_idx", replace=True)
     before = lance.dataset(uri, storage_options=opts).version
-    assert trim_reuse_index(uri, opts, dry_run=True).reuse_versions_after == 0  # the trim has work to do
+    dry = trim_reuse_index(uri, opts, dry_run=True)
+    assert (dry.reuse_versions_before, dry.reuse_versions_after) == (1, 0)  # the trim has work to do
 
     monkeypatch.setattr(s3, "put_if_absent", _lost_answer(kind))
     report = trim_reuse_index(uri, opts)
@@ -108,6 +113,7 @@ def test_index_change_whose_answer_was_lost_is_committed_once(indexed_s3, monkey
     assert ds.version == before + 1
     assert sorted(ds.to_table(columns=["id"])["id"].to_pylist()) == list(range(200))
     assert ds.to_table(filter="id = 77", columns=["id"])["id"].to_pylist() == [77]
-    assert ds.stats.index_stats("id_idx")["num_unindexed_rows"] == 0
+    assert ds.stats.index_stats("cat_idx")["num_unindexed_rows"] == 0
+    assert sorted(ds.to_table(filter="cat = 'c3'", columns=["id"])["id"].to_pylist()) == [i for i in range(200) if i % 7 == 3]
     ds.validate()
     _referenced_files_exist(uri, opts)
