@@ -472,13 +472,18 @@ def verify_output(
     for index, column in enumerate(meta.columns):
         if version is v2file.FileVersion.V2_0:
             break  # 2.0 page lengths count values, not rows
+        # Page lengths count values, priorities rows: below a fixed-size list of structs a row
+        # is several values (the parser has checked that the lengths add up to a whole number).
+        per_row = max(1, sum(page.length for page in column.pages) // rows) if rows else 1
         expected = 0
         for page in column.pages:
-            if page.priority != expected:
+            if page.priority != expected or page.length % per_row:
                 raise CompactionRefusedError(
-                    f"self-check: column {index} has a page starting at row {page.priority}, expected {expected}", path=where
+                    f"self-check: column {index} has a page of {page.length} values starting at row {page.priority}, "
+                    f"expected whole rows of {per_row} values from row {expected}",
+                    path=where,
                 )
-            expected += page.length
+            expected += page.length // per_row
     for index in guarded_columns:
         if repdef.column_kinds(meta.columns[index].pages, version) is None:
             raise CompactionRefusedError(

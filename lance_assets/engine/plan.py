@@ -29,7 +29,7 @@ from lance_assets.engine.reencode import blob_reencode_refusal, pylance_availabl
 from lance_assets.engine.report import Reason, SkippedFragment
 from lance_assets.engine.rows import live_rows
 from lance_assets.engine.tail import read_v2_metadata
-from lance_assets.errors import CompactionRefusedError
+from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedFeatureError, UnsupportedVersionError
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
 from lance_assets.format.blobs import column_refusals
@@ -569,6 +569,10 @@ class _FileSplitter:
         pieces: list[list[table_pb2.DataFragment]] = []
         run: list[Any] = []
         for frag, info in zip(bin_, self._infos(bin_)):
+            if isinstance(info, SkippedFragment):
+                skipped.append(info)
+                run = []
+                continue
             if isinstance(info, str):
                 skipped.append(SkippedFragment(frag.id, self.reason, info))
                 run = []
@@ -602,7 +606,8 @@ class _FileSplitter:
         return None if info == run[-1] else repdef.describe_difference(run[-1], info, self._names)
 
     def _infos(self, bin_: list[table_pb2.DataFragment]) -> list[Any]:
-        """Per fragment: its layer key, or why it has none."""
+        """Per fragment: its layer key, or why it has none (a string: its layers; a skip: its
+        files could not be judged, which leaves that fragment alone, not the whole run)."""
         ds = self._ds
 
         def read(frag: table_pb2.DataFragment) -> Any:
@@ -610,7 +615,10 @@ class _FileSplitter:
             for df in frag.files:
                 version = FileVersion(mf.storage_version_name(mf.data_file_version(df)))
                 guarded = self._guarded(version)
-                meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
+                try:
+                    meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
+                except _UNJUDGED as exc:
+                    return SkippedFragment(frag.id, Reason.NOT_COPYABLE, str(exc))
                 owners = {fid: col for fid, col in zip(df.fields, df.column_indices) if col >= 0}
                 key = repdef.file_layer_key(meta.columns, owners, guarded, version)
                 if isinstance(key, repdef.LayerConflict):
@@ -620,6 +628,11 @@ class _FileSplitter:
 
         return _read_each(ds, read, bin_)
 
+
+#: What reading one fragment's file metadata may raise that is about that fragment's files (a
+#: layout we cannot parse or do not know): the fragment is left alone with the reason, the plan
+#: goes on. Storage errors (network, permissions, a missing file) still stop the plan.
+_UNJUDGED = (CorruptFileError, UnsupportedVersionError, UnsupportedFeatureError)
 
 #: Metadata reads in flight when the planner reads files on an object store.
 _PLAN_READERS = 8
@@ -644,7 +657,10 @@ def _blob_refusals(ds: Dataset, frags: Sequence[table_pb2.DataFragment], blob_id
     def read(frag: table_pb2.DataFragment) -> str:
         for df in frag.files:
             rel = ds.data_file_path(df)
-            meta = read_v2_metadata(ds.storage, rel, df.file_size_bytes)
+            try:
+                meta = read_v2_metadata(ds.storage, rel, df.file_size_bytes)
+            except _UNJUDGED as exc:
+                return str(exc)
             columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in blob_ids and col >= 0}
             if not columns:
                 continue

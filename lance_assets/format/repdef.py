@@ -22,13 +22,13 @@ Where layers live (see docs/format.md):
   innermost first.
 * 2.3 (``PlanarLayout``, no published proto): field 1 is the page's structure, either a compact
   form (field 1) whose field 1 is a byte string of ``RepDefLayer`` values innermost first, or an
-  explicit form (field 2) holding one entry per layer, outermost first: an item (field 1) or a
-  list (field 2). An explicit item whose field 1 is 1 and that records no null count (field 3)
-  is all-valid; field 1 = 2 marks an item layer that is all null (it keeps no validity bits);
-  any other item holds some nulls. All-null differs from some-null at a guarded layer: a
-  struct above a list that is all null in one page and partly null in another makes pylance 14
-  fail ("Structural sibling fields have incompatible validity metadata"), found by the random
-  nested-data test.
+  explicit form (field 2) holding one entry per layer, outermost first: an item (field 1), a
+  list (field 2) or a fixed-size list (field 3: its size, then its validity as an item's). An
+  explicit item whose field 1 is 1 and that records no null count (field 3) is all-valid;
+  field 1 = 2 marks an item layer that is all null (it keeps no validity bits); any other item
+  holds some nulls. All-null differs from some-null at a guarded layer: a struct above a list
+  that is all null in one page and partly null in another makes pylance 14 fail ("Structural
+  sibling fields have incompatible validity metadata"), found by the random nested-data test.
 
 Pure functions over encoding bytes; the copier and the planner do the reading.
 """
@@ -275,14 +275,27 @@ def _planar_layers(value: bytes) -> str | None:
         if kind == 2:
             layers.append(LIST)
             continue
-        fields = wire_fields(details) if kind == 1 else None
-        if fields is None or not {n for n, _, _ in fields} <= _EXPLICIT_ITEM_FIELDS:
+        if kind == 3:  # a fixed-size list: its size (field 1) and its validity, as an item's (field 2)
+            fsl = wire_fields(details)
+            item = [v for n, w, v in fsl or () if n == 2 and w == 2]
+            if fsl is None or not {n for n, _, _ in fsl} <= {1, 2} or len(item) != 1 or not isinstance(item[0], bytes):
+                return None
+            kind, details = 1, item[0]
+        layer = _explicit_item(details) if kind == 1 else None
+        if layer is None:
             return None
-        varints = {n: v for n, w, v in fields if w == 0}
-        if varints.get(1) == 2:
-            layers.append(ALL_NULL)
-        elif varints.get(1) == 1 and not varints.get(3):
-            layers.append(VALID)
-        else:
-            layers.append(NULLABLE)
+        layers.append(layer)
     return "".join(reversed(layers)) or None
+
+
+def _explicit_item(details: bytes) -> str | None:
+    """The kind of one explicit 2.3 item layer (a struct, the leaf, or a fixed-size list)."""
+    fields = wire_fields(details)
+    if fields is None or not {n for n, _, _ in fields} <= _EXPLICIT_ITEM_FIELDS:
+        return None
+    varints = {n: v for n, w, v in fields if w == 0}
+    if varints.get(1) == 2:
+        return ALL_NULL
+    if varints.get(1) == 1 and not varints.get(3):
+        return VALID
+    return NULLABLE
