@@ -555,6 +555,7 @@ class _FileSplitter:
         self.reencode_pairs: dict[tuple[int, int], str] = {}
         # Guarded fields per file version (empty for 2.0); the schema decides, so once per version.
         self._guarded = functools.cache(lambda version: repdef.guarded_field_ids(ds.manifest.fields, version))
+        self._templates = repdef.fixed_size_templates(ds.manifest.fields)
         self._nested = ds.storage_version != mf.LEGACY and bool(self._guarded(FileVersion.V2_1))
         self._names = repdef.field_paths(ds.manifest.fields)
         self.reason = Reason.INCOMPATIBLE_LAYERS
@@ -620,7 +621,7 @@ class _FileSplitter:
                 except _UNJUDGED as exc:
                     return SkippedFragment(frag.id, Reason.NOT_COPYABLE, str(exc))
                 owners = {fid: col for fid, col in zip(df.fields, df.column_indices) if col >= 0}
-                key = repdef.file_layer_key(meta.columns, owners, guarded, version)
+                key = repdef.file_layer_key(meta.columns, owners, guarded, version, self._templates)
                 if isinstance(key, repdef.LayerConflict):
                     return f"field {self._names.get(key.field_id, key.field_id)!r}: {key.detail}"
                 keys.extend(key)

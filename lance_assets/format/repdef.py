@@ -48,6 +48,9 @@ from lance_assets.format.v2file import FileVersion
 #: One character per layer, innermost first: a list layer, an all-valid item, a nullable item,
 #: and (2.3 explicit form only) an item layer whose every value is null.
 LIST, VALID, NULLABLE, ALL_NULL = "L", "V", "N", "A"
+#: In a ``fixed_size_templates`` template: a fixed-size list of structs (an item layer that
+#: multiplies the values inside it).
+_FIXED = "F"
 
 _FROM_ENUM: dict[int, str] = {
     enc21.REPDEF_ALL_VALID_ITEM: VALID,
@@ -82,8 +85,9 @@ LayerKey = tuple[tuple[int, str], ...]
 
 def guarded_field_ids(fields: Sequence[file_pb2.Field], version: FileVersion) -> frozenset[int]:
     """Fields whose column has a guarded layer: a list somewhere below a struct or fixed-size
-    list, both on the path from the top-level field down to the field. None in 2.0 files, which
-    have no structural layers.
+    list, both on the path from the top-level field down to the field, or a fixed-size list of
+    structs anywhere on that path (``fixed_size_templates``). None in 2.0 files, which have no
+    structural layers.
 
     Decided from the schema alone, so a dataset without such a field never needs its pages read.
     """
@@ -97,7 +101,7 @@ def guarded_field_ids(fields: Sequence[file_pb2.Field], version: FileVersion) ->
     def makes_item(f: file_pb2.Field) -> bool:
         return f.logical_type == "struct" or f.logical_type.startswith("fixed_size_list")
 
-    out = set()
+    out = set(fixed_size_templates(fields))
     for f in fields:
         seen_list = False
         node: file_pb2.Field | None = f
@@ -108,6 +112,36 @@ def guarded_field_ids(fields: Sequence[file_pb2.Field], version: FileVersion) ->
             seen_list = seen_list or is_list(node)
             node = by_id.get(node.parent_id)
     return frozenset(out)
+
+
+def fixed_size_templates(fields: Sequence[file_pb2.Field]) -> dict[int, str]:
+    """Per field below a fixed-size list of structs: the kinds of its layers, innermost first --
+    ``L`` a list, ``F`` a fixed-size list of structs, ``I`` any other item (the leaf, a struct).
+
+    Such a list keeps child fields (a fixed-size list of primitives is folded into its leaf) and
+    is an item layer in the pages, but every value of it holds several values of the layer
+    inside it, as a list does: an all-valid page contributes one "valid" per innermost value,
+    which at the list's own layer and above it is the wrong count. Its layer and every item
+    layer above it are therefore guarded (``guarded_positions``). Each field on the path is one
+    layer (a map is a list and its entries struct), as pylance 14 writes them; a page whose
+    layers do not match the template is not judged (``column_kinds``).
+    """
+    by_id = {f.id: f for f in fields}
+    out: dict[int, str] = {}
+    for f in fields:
+        kinds: list[str] = []
+        node: file_pb2.Field | None = f
+        while node is not None and len(kinds) <= len(fields):
+            if node.logical_type.split(".")[0] in _LIST_TYPES:
+                kinds.append(LIST)
+            elif node is not f and node.logical_type.startswith("fixed_size_list"):
+                kinds.append(_FIXED)
+            else:
+                kinds.append("I")
+            node = by_id.get(node.parent_id)
+        if _FIXED in kinds:
+            out[f.id] = "".join(kinds)
+    return out
 
 
 def field_paths(fields: Sequence[file_pb2.Field]) -> dict[int, str]:
@@ -138,17 +172,23 @@ def page_layers(encoding: bytes, version: FileVersion) -> str | None:
 
 
 def guarded_positions(layers: str) -> tuple[int, ...]:
-    """Item layers with a list layer inside them."""
-    first_list = layers.find(LIST)
-    if first_list < 0:
+    """Item layers with a list layer inside them; in a ``fixed_size_templates`` template also
+    each fixed-size list of structs and every item layer above it."""
+    lists = [i for i in (layers.find(LIST), layers.find(_FIXED) - 1) if i >= 0]
+    if not lists:
         return ()
-    return tuple(i for i in range(first_list + 1, len(layers)) if layers[i] != LIST)
+    first = min(lists)
+    return tuple(i for i in range(first + 1, len(layers)) if layers[i] != LIST)
 
 
-def column_kinds(pages: Iterable[file2_pb2.ColumnMetadata.Page], version: FileVersion) -> str | None:
+def column_kinds(pages: Iterable[file2_pb2.ColumnMetadata.Page], version: FileVersion, template: str | None = None) -> str | None:
     """The kinds at the guarded layers shared by every page of a column, e.g. ``"N"``; None when
     a page's layers cannot be read, the pages disagree on where the lists are, or they disagree
-    at a guarded layer (a file whose own pages already do that is left as it is)."""
+    at a guarded layer (a file whose own pages already do that is left as it is).
+
+    ``template`` (``fixed_size_templates``) says where a column's fixed-size lists of structs
+    are, which the pages do not record; each page's layers must then line up with it.
+    """
     shape: str | None = None
     kinds: str | None = None
     for page in pages:
@@ -158,7 +198,13 @@ def column_kinds(pages: Iterable[file2_pb2.ColumnMetadata.Page], version: FileVe
         if layers is None:
             return None
         page_shape = "".join(LIST if c == LIST else "I" for c in layers)
-        page_kinds = "".join(layers[i] for i in guarded_positions(layers))
+        if template is None:
+            positions = guarded_positions(layers)
+        elif page_shape == template.replace(_FIXED, "I"):
+            positions = guarded_positions(template)
+        else:
+            return None
+        page_kinds = "".join(layers[i] for i in positions)
         if shape is None:
             shape, kinds = page_shape, page_kinds
         elif page_shape != shape or page_kinds != kinds:
@@ -171,11 +217,13 @@ def file_layer_key(
     owners: Mapping[int, int],
     guarded: frozenset[int],
     version: FileVersion,
+    templates: Mapping[int, str] | None = None,
 ) -> LayerKey | LayerConflict:
     """What must be equal between files whose pages share output columns.
 
     ``owners`` maps field ids to their column index in this file; only ``guarded`` fields are
-    looked at (``guarded_field_ids``: none in 2.0 files).
+    looked at (``guarded_field_ids``: none in 2.0 files); ``templates`` are the dataset's
+    ``fixed_size_templates``.
     """
     if not guarded:
         return ()
@@ -184,7 +232,7 @@ def file_layer_key(
         column = owners.get(field_id)
         if column is None:
             continue
-        kinds = column_kinds(columns[column].pages, version)
+        kinds = column_kinds(columns[column].pages, version, (templates or {}).get(field_id))
         if kinds is None:
             return LayerConflict(
                 field_id,
