@@ -326,6 +326,15 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
             heavy = [i for i in ids if i in over]
             forced = layers.forced_reencode(ids)
             reencode = bool(forced) or (bool(heavy) and not why_not_reencode)
+            # Why the deleted rows stay ("" when they go, or nothing is heavy): re-encoding only to
+            # drop deleted rows may not leave more fragments than it reads (a row cap can cut
+            # the live rows into more files than there were inputs).
+            why_kept = why_not_reencode
+            per_file: int | None = None
+            if reencode and not forced:
+                per_file, more = _rows_per_file_for_deletions(group, options)
+                if per_file is None:
+                    reencode, why_kept = False, more
             if len(group) < 2 and not reencode:
                 alone = layers.alone.get(ids[0]) if ids else None
                 if ids[0] in packed_alone and len(bin_) > 1:
@@ -334,7 +343,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
                     )
                 elif heavy:
                     skipped.append(
-                        SkippedFragment(ids[0], Reason.MATERIALIZE_DELETIONS, _heavy_detail(group[0], options, why_not_reencode))
+                        SkippedFragment(ids[0], Reason.MATERIALIZE_DELETIONS, _heavy_detail(group[0], options, why_kept))
                     )
                 elif alone is not None:
                     skipped.append(SkippedFragment(ids[0], layers.reason, alone))
@@ -345,7 +354,10 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
                     )
                 continue
             sizes = sizes_of(group)
-            outputs = _reencode_outputs(group, sizes, options) if reencode else _outputs(group, sizes, options_for_outputs)
+            if reencode:
+                outputs = _reencode_outputs(group, sizes, options, per_file)
+            else:
+                outputs = _outputs(group, sizes, options_for_outputs)
             if not reencode and len(outputs) >= len(group):
                 skipped.extend(
                     SkippedFragment(i, Reason.NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids
@@ -375,7 +387,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
             )
             if heavy and not reencode:
                 notes.extend(
-                    SkippedFragment(f.id, Reason.DELETIONS_KEPT, _heavy_detail(f, options, why_not_reencode))
+                    SkippedFragment(f.id, Reason.DELETIONS_KEPT, _heavy_detail(f, options, why_kept))
                     for f in group
                     if f.id in over
                 )
@@ -419,11 +431,34 @@ def _heavy_detail(frag: table_pb2.DataFragment, options: CompactionOptions, why:
     )
 
 
+def _rows_per_file_for_deletions(group: list[table_pb2.DataFragment], options: CompactionOptions) -> tuple[int | None, str]:
+    """Rows per file for re-encoding ``group`` only to drop its deleted rows, and why not (None).
+
+    Such a rewrite may not leave more fragments than it reads: where the target would cut the
+    live rows into more files than inputs, fewer and larger files are written (the target is
+    what makes a fragment small, not a cap); where only the row cap does, the group is left as
+    it is, with its deletion files.
+    """
+    live = live_rows(group)
+    per = options.rows_per_reencoded_file(live)
+    inputs = len(group)
+    if live <= per * inputs:
+        return per, ""
+    fewer = -(-live // inputs)
+    if fewer <= options.row_cap:
+        return fewer, ""
+    files = -(-live // options.row_cap)
+    return None, (
+        f"re-encoding would cut its {live:,} live rows into {files} files of at most {options.row_cap:,} rows "
+        f"(max_rows_per_file), more fragments than the {inputs} it reads"
+    )
+
+
 def _reencode_outputs(
-    group: list[table_pb2.DataFragment], sizes: dict[int, int], options: CompactionOptions
+    group: list[table_pb2.DataFragment], sizes: dict[int, int], options: CompactionOptions, per: int | None = None
 ) -> tuple[OutputFile, ...]:
-    """The files a re-encode of ``group`` writes: its live rows cut every
-    ``options.rows_per_reencoded_file(live)`` rows.
+    """The files a re-encode of ``group`` writes: its live rows cut every ``per`` rows (by
+    default ``options.rows_per_reencoded_file(live)``).
 
     Each output names every input (rows are re-cut, not copied file by file); bytes are estimated
     in proportion to the live rows.
@@ -432,7 +467,7 @@ def _reencode_outputs(
     live = live_rows(group)
     physical = sum(f.physical_rows for f in group) or 1
     size = sum(sizes.values()) * live // physical
-    per = options.rows_per_reencoded_file(live)
+    per = per or options.rows_per_reencoded_file(live)
     counts = [per] * (live // per) + ([live % per] if live % per or not live else [])
     return tuple(OutputFile(ids, n, size * n // max(live, 1)) for n in counts)
 
