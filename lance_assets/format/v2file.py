@@ -367,7 +367,7 @@ def values_per_row(fields: Sequence[file_pb2.Field]) -> tuple[int, ...]:
         if f.logical_type.startswith(_FIXED_SIZE_LIST):
             size = f.logical_type.rsplit(":", 1)[-1]
             # (a size Lance could write: hostile digit strings must not reach int())
-            per *= int(size) if size.isdigit() and len(size) <= 9 and int(size) > 0 else 1
+            per *= int(size) if size.isascii() and size.isdigit() and len(size) <= 9 and int(size) > 0 else 1
         stack.extend((k, per) for k in reversed(kids))
     return tuple(out)
 
