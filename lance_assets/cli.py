@@ -11,7 +11,7 @@ import json
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from rich.console import Console
@@ -22,7 +22,7 @@ from rich.table import Table
 from lance_assets.engine.cleanup import DEFAULT_OLDER_THAN_SECONDS, cleanup, parse_duration
 from lance_assets.engine.compaction import compact, dry_run_report, run_plan
 from lance_assets.engine.inspect import Inspection, inspect_dataset
-from lance_assets.engine.options import CompactionOptions, option_specs
+from lance_assets.engine.options import CompactionOptions, OptionError, option_specs
 from lance_assets.engine.plan import plan_compaction
 from lance_assets.engine.report import CompactionReport
 from lance_assets.engine.runners import RUNNER_CHOICES, RUNNER_LOCAL, make_runner
@@ -98,6 +98,9 @@ def _print_inspection(report: Inspection, console: Console, max_fragments: int) 
 
 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+    if args.max_fragments < 0:
+        raise argparse.ArgumentTypeError(f"--max-fragments must not be negative, not {args.max_fragments}")
+    _checked(lambda: CompactionOptions(target_rows_per_fragment=args.target_rows_per_fragment))
     report = inspect_dataset(
         args.uri,
         version=args.version,
@@ -189,10 +192,39 @@ def add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
 def options_from_args(args: argparse.Namespace) -> CompactionOptions:
     values = {spec.name: getattr(args, spec.name) for spec in option_specs() if spec.name != "storage_options"}
     values["excluded_fragment_ids"] = frozenset(values["excluded_fragment_ids"])
+    return _checked(lambda: CompactionOptions(**values, storage_options=args.storage_options))
+
+
+def _checked(make: Callable[[], CompactionOptions]) -> CompactionOptions:
+    """``make()``, with an option out of range reported under its flag (bad input, not a bug)."""
     try:
-        return CompactionOptions(**values, storage_options=args.storage_options)
-    except ValueError as exc:  # e.g. a non-positive size: bad input, not a bug
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        return make()
+    except OptionError as exc:
+        flags = {spec.name: spec.flag for spec in option_specs()}
+        raise argparse.ArgumentTypeError(f"{flags.get(exc.name, exc.name)} {exc.problem}") from None
+
+
+#: Flags whose value may start with "-" (a negative duration, rejected with its own message);
+#: argparse would otherwise take the value for a flag and say "expected one argument".
+_DASHED_VALUES = ("--older-than",)
+
+
+def _attach_dashed_values(argv: Sequence[str]) -> list[str]:
+    """``--older-than -5d`` as ``--older-than=-5d``, so the value reaches its check."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in _DASHED_VALUES:
+            value = next(it, None)
+            if value is not None and value.startswith("-") and value[1:2].isdigit():
+                out.append(f"{arg}={value}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(arg)
+    return out
 
 
 def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
@@ -294,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--version", type=int, default=None, help="inspect this version instead of the latest")
     p.add_argument("--max-fragments", type=int, default=50, help="fragments listed in the table output")
-    p.set_defaults(run=_cmd_inspect)
+    p.set_defaults(run=_cmd_inspect, parser=p)
 
     p = sub.add_parser("compact", help="merge small fragments by binary copy and commit a new version")
     common(p, with_target=False)
@@ -317,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="Ray cluster to use (e.g. ray://head:10001 or auto); default: start a local one",
     )
-    p.set_defaults(run=_cmd_compact)
+    p.set_defaults(run=_cmd_compact, parser=p)
 
     p = sub.add_parser("cleanup", help="remove old versions and the files only they (or no version) reference")
     p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
@@ -355,20 +387,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove no version, only unreferenced files older than --older-than",
     )
     p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
-    p.set_defaults(run=_cmd_cleanup)
+    p.set_defaults(run=_cmd_cleanup, parser=p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_dashed_values(sys.argv[1:] if argv is None else argv))
     console = Console(stderr=False)
     err = Console(stderr=True)
     try:
         args.storage_options = _storage_options(args.storage_options)
         return int(args.run(args, console))
     except argparse.ArgumentTypeError as exc:
-        parser.error(str(exc))
+        # the subcommand's usage line, not the top-level one: that is where the flag lives
+        getattr(args, "parser", parser).error(str(exc))
     except LanceAssetsError as exc:
         # escape: paths and messages may contain [..] (rich markup); soft_wrap: one line, never wrapped
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)

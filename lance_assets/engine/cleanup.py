@@ -77,7 +77,9 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0
 
 
 def parse_duration(text: str) -> float:
-    """``30m``, ``2h``, ``7d``, ``1.5h``, ``90s``, ``45`` (seconds) -> seconds."""
+    """``30m``, ``2h``, ``7d``, ``1.5h``, ``90s``, ``45`` (seconds) -> seconds; never negative."""
+    if str(text).strip().startswith("-"):
+        raise ValueError(f"a duration cannot be negative: {text!r} (use e.g. 30m, 2h, 7d; 0 for no minimum age)")
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text).lower())
     if not m:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 2h, 7d)")

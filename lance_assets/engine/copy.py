@@ -15,7 +15,7 @@ import itertools
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
@@ -361,6 +361,7 @@ def _write_data_file(
     bytes_read = 0
     clone_block = storage.clone_block_size(DATA_DIR)
     guarded = repdef.guarded_field_ids(ds.manifest.fields, version)
+    templates = repdef.fixed_size_templates(ds.manifest.fields)
     # The guarded layers' kinds per field, as the first input holding the field has them; every
     # later input must agree (a fragment's files each hold some fields, so compare per field).
     kinds: dict[int, str] = {}
@@ -374,7 +375,7 @@ def _write_data_file(
                 for fid in lacking[filled]:
                     mergers[fid].add_all_null(inputs[filled].physical_rows, starts[filled])
                 filled += 1
-            key = repdef.file_layer_key(src.meta.columns, src.columns, guarded, version)
+            key = repdef.file_layer_key(src.meta.columns, src.columns, guarded, version, templates)
             if isinstance(key, repdef.LayerConflict):
                 raise CompactionRefusedError(
                     f"field {repdef.field_paths(ds.manifest.fields).get(key.field_id, key.field_id)!r}: {key.detail}",
@@ -417,7 +418,8 @@ def _write_data_file(
         size = pos + len(tail)
     if verify:
         try:
-            verify_output(storage, rel, size, rows, columns, version, [i for i, fid in enumerate(out_fields) if fid in guarded])
+            checked = {i: templates.get(fid) for i, fid in enumerate(out_fields) if fid in guarded}
+            verify_output(storage, rel, size, rows, columns, version, checked)
             blob_copy.verify(storage, blob_out, size)
         except BaseException:
             storage.delete(rel, missing_ok=True)
@@ -447,14 +449,15 @@ def verify_output(
     rows: int,
     columns: Sequence[file2_pb2.ColumnMetadata],
     version: v2file.FileVersion,
-    guarded_columns: Sequence[int],
+    guarded_columns: Sequence[int] | Mapping[int, str | None],
 ) -> None:
     """Read a finished output file back from storage and refuse it unless it is what we meant.
 
     The metadata on storage must parse as a ``version`` file of ``rows`` rows whose columns are
     exactly ``columns`` (byte offsets, sizes, encodings, priorities); in 2.1+ every column's
     pages must cover the rows in order without gaps; and every column with a guarded layer must
-    obey the layer rule across all its pages, i.e. across every boundary between two inputs.
+    obey the layer rule across all its pages, i.e. across every boundary between two inputs
+    (``guarded_columns`` may map each such column to its ``repdef.fixed_size_templates`` entry).
     We have no value decoder, so these checks are on what tells a reader how to decode the
     pages (the page bytes themselves are copied, never rewritten); a page whose layers we cannot
     read makes the file refused.
@@ -472,15 +475,21 @@ def verify_output(
     for index, column in enumerate(meta.columns):
         if version is v2file.FileVersion.V2_0:
             break  # 2.0 page lengths count values, not rows
+        # Page lengths count values, priorities rows: below a fixed-size list of structs a row
+        # is several values (the parser has checked that the lengths add up to a whole number).
+        per_row = max(1, sum(page.length for page in column.pages) // rows) if rows else 1
         expected = 0
         for page in column.pages:
-            if page.priority != expected:
+            if page.priority != expected or page.length % per_row:
                 raise CompactionRefusedError(
-                    f"self-check: column {index} has a page starting at row {page.priority}, expected {expected}", path=where
+                    f"self-check: column {index} has a page of {page.length} values starting at row {page.priority}, "
+                    f"expected whole rows of {per_row} values from row {expected}",
+                    path=where,
                 )
-            expected += page.length
-    for index in guarded_columns:
-        if repdef.column_kinds(meta.columns[index].pages, version) is None:
+            expected += page.length // per_row
+    templates = guarded_columns if isinstance(guarded_columns, Mapping) else dict.fromkeys(guarded_columns)
+    for index, template in templates.items():
+        if repdef.column_kinds(meta.columns[index].pages, version, template) is None:
             raise CompactionRefusedError(
                 f"self-check: column {index} mixes pages whose repetition/definition layers pylance would misread "
                 "(or whose layers cannot be read)",

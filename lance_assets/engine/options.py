@@ -20,6 +20,16 @@ MAX_ROWS_PER_FILE_LIMIT = 2**32 - 1
 IndexRemap = Literal["defer", "drop"]
 
 
+class OptionError(ValueError):
+    """An option out of range. It carries the option's name and the problem apart, so each front
+    end names the option as its user spells it (the CLI its flag, Dagster its config field)."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.name = name
+        self.problem = problem
+        super().__init__(f"{name} {problem}")
+
+
 def _option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None, dagster: bool = True) -> Any:
     """A dataclass field carrying what the CLI and the Dagster config need to offer it."""
     meta = {"help": help, "flag": flag, "metavar": metavar, "dagster": dagster}
@@ -95,15 +105,18 @@ class CompactionOptions:
     def __post_init__(self) -> None:
         for name in ("target_rows_per_fragment", "read_batch_bytes"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+                raise OptionError(name, "must be positive")
         for name in ("max_rows_per_file", "max_bytes_per_file", "max_source_fragments", "commit_every"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive when set")
+                raise OptionError(name, "must be positive when set")
         if self.index_remap not in typing.get_args(IndexRemap):
-            raise ValueError(f"index_remap must be 'defer' or 'drop', not {self.index_remap!r}")
-        if not self.materialize_deletions_threshold >= 0.0:
-            raise ValueError("materialize_deletions_threshold must not be negative")
+            raise OptionError("index_remap", f"must be 'defer' or 'drop', not {self.index_remap!r}")
+        # A share of a fragment's rows: above 1 no fragment could ever qualify (a typo, not a choice).
+        if not 0.0 <= self.materialize_deletions_threshold <= 1.0:
+            raise OptionError(
+                "materialize_deletions_threshold", f"must be between 0 and 1, not {self.materialize_deletions_threshold}"
+            )
         object.__setattr__(self, "excluded_fragment_ids", frozenset(int(i) for i in self.excluded_fragment_ids))
 
     @property

@@ -29,7 +29,7 @@ from lance_assets.engine.reencode import blob_reencode_refusal, pylance_availabl
 from lance_assets.engine.report import Reason, SkippedFragment
 from lance_assets.engine.rows import live_rows
 from lance_assets.engine.tail import read_v2_metadata
-from lance_assets.errors import CompactionRefusedError
+from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedFeatureError, UnsupportedVersionError
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef
 from lance_assets.format.blobs import column_refusals
@@ -347,6 +347,15 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
             heavy = [i for i in ids if i in over]
             forced = layers.forced_reencode(ids)
             reencode = bool(forced) or (bool(heavy) and not why_not_reencode)
+            # Why the deleted rows stay ("" when they go, or nothing is heavy): re-encoding only to
+            # drop deleted rows may not leave more fragments than it reads (a row cap can cut
+            # the live rows into more files than there were inputs).
+            why_kept = why_not_reencode
+            per_file: int | None = None
+            if reencode and not forced:
+                per_file, more = _rows_per_file_for_deletions(group, options)
+                if per_file is None:
+                    reencode, why_kept = False, more
             if len(group) < 2 and not reencode:
                 alone = layers.alone.get(ids[0]) if ids else None
                 if ids[0] in packed_alone and len(bin_) > 1:
@@ -354,7 +363,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
                         SkippedFragment(ids[0], Reason.NO_REDUCTION, "the size limits leave this input in a file of its own")
                     )
                 elif heavy or ids[0] in held_heavy:
-                    detail = held_heavy.get(ids[0]) or _heavy_detail(group[0], options, why_not_reencode)
+                    detail = held_heavy.get(ids[0]) or _heavy_detail(group[0], options, why_kept)
                     skipped.append(SkippedFragment(ids[0], Reason.MATERIALIZE_DELETIONS, detail))
                 elif alone is not None:
                     skipped.append(SkippedFragment(ids[0], layers.reason, alone))
@@ -365,7 +374,10 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
                     )
                 continue
             sizes = sizes_of(group)
-            outputs = _reencode_outputs(group, sizes, options) if reencode else _outputs(group, sizes, options_for_outputs)
+            if reencode:
+                outputs = _reencode_outputs(group, sizes, options, per_file)
+            else:
+                outputs = _outputs(group, sizes, options_for_outputs)
             if not reencode and len(outputs) >= len(group):
                 skipped.extend(
                     SkippedFragment(i, Reason.NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids
@@ -395,7 +407,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
             )
             if heavy and not reencode:
                 notes.extend(
-                    SkippedFragment(f.id, Reason.DELETIONS_KEPT, _heavy_detail(f, options, why_not_reencode))
+                    SkippedFragment(f.id, Reason.DELETIONS_KEPT, _heavy_detail(f, options, why_kept))
                     for f in group
                     if f.id in over
                 )
@@ -453,11 +465,34 @@ def _graph_detail(frag: table_pb2.DataFragment, options: CompactionOptions, inde
     )
 
 
+def _rows_per_file_for_deletions(group: list[table_pb2.DataFragment], options: CompactionOptions) -> tuple[int | None, str]:
+    """Rows per file for re-encoding ``group`` only to drop its deleted rows, and why not (None).
+
+    Such a rewrite may not leave more fragments than it reads: where the target would cut the
+    live rows into more files than inputs, fewer and larger files are written (the target is
+    what makes a fragment small, not a cap); where only the row cap does, the group is left as
+    it is, with its deletion files.
+    """
+    live = live_rows(group)
+    per = options.rows_per_reencoded_file(live)
+    inputs = len(group)
+    if live <= per * inputs:
+        return per, ""
+    fewer = -(-live // inputs)
+    if fewer <= options.row_cap:
+        return fewer, ""
+    files = -(-live // options.row_cap)
+    return None, (
+        f"re-encoding would cut its {live:,} live rows into {files} files of at most {options.row_cap:,} rows "
+        f"(max_rows_per_file), more fragments than the {inputs} it reads"
+    )
+
+
 def _reencode_outputs(
-    group: list[table_pb2.DataFragment], sizes: dict[int, int], options: CompactionOptions
+    group: list[table_pb2.DataFragment], sizes: dict[int, int], options: CompactionOptions, per: int | None = None
 ) -> tuple[OutputFile, ...]:
-    """The files a re-encode of ``group`` writes: its live rows cut every
-    ``options.rows_per_reencoded_file(live)`` rows.
+    """The files a re-encode of ``group`` writes: its live rows cut every ``per`` rows (by
+    default ``options.rows_per_reencoded_file(live)``).
 
     Each output names every input (rows are re-cut, not copied file by file); bytes are estimated
     in proportion to the live rows.
@@ -466,7 +501,7 @@ def _reencode_outputs(
     live = live_rows(group)
     physical = sum(f.physical_rows for f in group) or 1
     size = sum(sizes.values()) * live // physical
-    per = options.rows_per_reencoded_file(live)
+    per = per or options.rows_per_reencoded_file(live)
     counts = [per] * (live // per) + ([live % per] if live % per or not live else [])
     return tuple(OutputFile(ids, n, size * n // max(live, 1)) for n in counts)
 
@@ -591,6 +626,7 @@ class _FileSplitter:
         self.reencode_pairs: dict[tuple[int, int], str] = {}
         # Guarded fields per file version (empty for 2.0); the schema decides, so once per version.
         self._guarded = functools.cache(lambda version: repdef.guarded_field_ids(ds.manifest.fields, version))
+        self._templates = repdef.fixed_size_templates(ds.manifest.fields)
         self._nested = ds.storage_version != mf.LEGACY and bool(self._guarded(FileVersion.V2_1))
         self._names = repdef.field_paths(ds.manifest.fields)
         self.reason = Reason.INCOMPATIBLE_LAYERS
@@ -605,6 +641,10 @@ class _FileSplitter:
         pieces: list[list[table_pb2.DataFragment]] = []
         run: list[Any] = []
         for frag, info in zip(bin_, self._infos(bin_)):
+            if isinstance(info, SkippedFragment):
+                skipped.append(info)
+                run = []
+                continue
             if isinstance(info, str):
                 skipped.append(SkippedFragment(frag.id, self.reason, info))
                 run = []
@@ -643,7 +683,8 @@ class _FileSplitter:
         return None if info == run[-1] else repdef.describe_difference(run[-1], info, self._names)
 
     def _infos(self, bin_: list[table_pb2.DataFragment]) -> list[Any]:
-        """Per fragment: its layer key, or why it has none."""
+        """Per fragment: its layer key, or why it has none (a string: its layers; a skip: its
+        files could not be judged, which leaves that fragment alone, not the whole run)."""
         ds = self._ds
 
         def read(frag: table_pb2.DataFragment) -> Any:
@@ -651,9 +692,12 @@ class _FileSplitter:
             for df in frag.files:
                 version = FileVersion(mf.storage_version_name(mf.data_file_version(df)))
                 guarded = self._guarded(version)
-                meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
+                try:
+                    meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
+                except _UNJUDGED as exc:
+                    return SkippedFragment(frag.id, Reason.NOT_COPYABLE, str(exc))
                 owners = {fid: col for fid, col in zip(df.fields, df.column_indices) if col >= 0}
-                key = repdef.file_layer_key(meta.columns, owners, guarded, version)
+                key = repdef.file_layer_key(meta.columns, owners, guarded, version, self._templates)
                 if isinstance(key, repdef.LayerConflict):
                     return f"field {self._names.get(key.field_id, key.field_id)!r}: {key.detail}"
                 keys.extend(key)
@@ -661,6 +705,11 @@ class _FileSplitter:
 
         return _read_each(ds, read, bin_)
 
+
+#: What reading one fragment's file metadata may raise that is about that fragment's files (a
+#: layout we cannot parse or do not know): the fragment is left alone with the reason, the plan
+#: goes on. Storage errors (network, permissions, a missing file) still stop the plan.
+_UNJUDGED = (CorruptFileError, UnsupportedVersionError, UnsupportedFeatureError)
 
 #: Metadata reads in flight when the planner reads files on an object store.
 _PLAN_READERS = 8
@@ -685,7 +734,10 @@ def _blob_refusals(ds: Dataset, frags: Sequence[table_pb2.DataFragment], blob_id
     def read(frag: table_pb2.DataFragment) -> str:
         for df in frag.files:
             rel = ds.data_file_path(df)
-            meta = read_v2_metadata(ds.storage, rel, df.file_size_bytes)
+            try:
+                meta = read_v2_metadata(ds.storage, rel, df.file_size_bytes)
+            except _UNJUDGED as exc:
+                return str(exc)
             columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in blob_ids and col >= 0}
             if not columns:
                 continue

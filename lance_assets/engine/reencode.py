@@ -103,7 +103,8 @@ def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, start
                 ds.storage.uri,
                 schema=reader.schema,
                 mode="append",
-                max_rows_per_file=options.rows_per_reencoded_file(live),
+                # as planned (a rewrite only for deleted rows may write fewer, larger files)
+                max_rows_per_file=max((o.rows for o in task.outputs), default=options.rows_per_reencoded_file(live)),
                 max_bytes_per_file=options.max_bytes_per_file or 90 * 1024**3,
                 data_storage_version="legacy" if ds.storage_version == mf.LEGACY else version,
                 storage_options=pylance_options,

@@ -22,13 +22,13 @@ Where layers live (see docs/format.md):
   innermost first.
 * 2.3 (``PlanarLayout``, no published proto): field 1 is the page's structure, either a compact
   form (field 1) whose field 1 is a byte string of ``RepDefLayer`` values innermost first, or an
-  explicit form (field 2) holding one entry per layer, outermost first: an item (field 1) or a
-  list (field 2). An explicit item whose field 1 is 1 and that records no null count (field 3)
-  is all-valid; field 1 = 2 marks an item layer that is all null (it keeps no validity bits);
-  any other item holds some nulls. All-null differs from some-null at a guarded layer: a
-  struct above a list that is all null in one page and partly null in another makes pylance 14
-  fail ("Structural sibling fields have incompatible validity metadata"), found by the random
-  nested-data test.
+  explicit form (field 2) holding one entry per layer, outermost first: an item (field 1), a
+  list (field 2) or a fixed-size list (field 3: its size, then its validity as an item's). An
+  explicit item whose field 1 is 1 and that records no null count (field 3) is all-valid;
+  field 1 = 2 marks an item layer that is all null (it keeps no validity bits); any other item
+  holds some nulls. All-null differs from some-null at a guarded layer: a struct above a list
+  that is all null in one page and partly null in another makes pylance 14 fail ("Structural
+  sibling fields have incompatible validity metadata"), found by the random nested-data test.
 
 Pure functions over encoding bytes; the copier and the planner do the reading.
 """
@@ -48,6 +48,9 @@ from lance_assets.format.v2file import FileVersion
 #: One character per layer, innermost first: a list layer, an all-valid item, a nullable item,
 #: and (2.3 explicit form only) an item layer whose every value is null.
 LIST, VALID, NULLABLE, ALL_NULL = "L", "V", "N", "A"
+#: In a ``fixed_size_templates`` template: a fixed-size list of structs (an item layer that
+#: multiplies the values inside it).
+_FIXED = "F"
 
 _FROM_ENUM: dict[int, str] = {
     enc21.REPDEF_ALL_VALID_ITEM: VALID,
@@ -82,8 +85,9 @@ LayerKey = tuple[tuple[int, str], ...]
 
 def guarded_field_ids(fields: Sequence[file_pb2.Field], version: FileVersion) -> frozenset[int]:
     """Fields whose column has a guarded layer: a list somewhere below a struct or fixed-size
-    list, both on the path from the top-level field down to the field. None in 2.0 files, which
-    have no structural layers.
+    list, both on the path from the top-level field down to the field, or a fixed-size list of
+    structs anywhere on that path (``fixed_size_templates``). None in 2.0 files, which have no
+    structural layers.
 
     Decided from the schema alone, so a dataset without such a field never needs its pages read.
     """
@@ -97,7 +101,7 @@ def guarded_field_ids(fields: Sequence[file_pb2.Field], version: FileVersion) ->
     def makes_item(f: file_pb2.Field) -> bool:
         return f.logical_type == "struct" or f.logical_type.startswith("fixed_size_list")
 
-    out = set()
+    out = set(fixed_size_templates(fields))
     for f in fields:
         seen_list = False
         node: file_pb2.Field | None = f
@@ -108,6 +112,36 @@ def guarded_field_ids(fields: Sequence[file_pb2.Field], version: FileVersion) ->
             seen_list = seen_list or is_list(node)
             node = by_id.get(node.parent_id)
     return frozenset(out)
+
+
+def fixed_size_templates(fields: Sequence[file_pb2.Field]) -> dict[int, str]:
+    """Per field below a fixed-size list of structs: the kinds of its layers, innermost first --
+    ``L`` a list, ``F`` a fixed-size list of structs, ``I`` any other item (the leaf, a struct).
+
+    Such a list keeps child fields (a fixed-size list of primitives is folded into its leaf) and
+    is an item layer in the pages, but every value of it holds several values of the layer
+    inside it, as a list does: an all-valid page contributes one "valid" per innermost value,
+    which at the list's own layer and above it is the wrong count. Its layer and every item
+    layer above it are therefore guarded (``guarded_positions``). Each field on the path is one
+    layer (a map is a list and its entries struct), as pylance 14 writes them; a page whose
+    layers do not match the template is not judged (``column_kinds``).
+    """
+    by_id = {f.id: f for f in fields}
+    out: dict[int, str] = {}
+    for f in fields:
+        kinds: list[str] = []
+        node: file_pb2.Field | None = f
+        while node is not None and len(kinds) <= len(fields):
+            if node.logical_type.split(".")[0] in _LIST_TYPES:
+                kinds.append(LIST)
+            elif node is not f and node.logical_type.startswith("fixed_size_list"):
+                kinds.append(_FIXED)
+            else:
+                kinds.append("I")
+            node = by_id.get(node.parent_id)
+        if _FIXED in kinds:
+            out[f.id] = "".join(kinds)
+    return out
 
 
 def field_paths(fields: Sequence[file_pb2.Field]) -> dict[int, str]:
@@ -138,17 +172,23 @@ def page_layers(encoding: bytes, version: FileVersion) -> str | None:
 
 
 def guarded_positions(layers: str) -> tuple[int, ...]:
-    """Item layers with a list layer inside them."""
-    first_list = layers.find(LIST)
-    if first_list < 0:
+    """Item layers with a list layer inside them; in a ``fixed_size_templates`` template also
+    each fixed-size list of structs and every item layer above it."""
+    lists = [i for i in (layers.find(LIST), layers.find(_FIXED) - 1) if i >= 0]
+    if not lists:
         return ()
-    return tuple(i for i in range(first_list + 1, len(layers)) if layers[i] != LIST)
+    first = min(lists)
+    return tuple(i for i in range(first + 1, len(layers)) if layers[i] != LIST)
 
 
-def column_kinds(pages: Iterable[file2_pb2.ColumnMetadata.Page], version: FileVersion) -> str | None:
+def column_kinds(pages: Iterable[file2_pb2.ColumnMetadata.Page], version: FileVersion, template: str | None = None) -> str | None:
     """The kinds at the guarded layers shared by every page of a column, e.g. ``"N"``; None when
     a page's layers cannot be read, the pages disagree on where the lists are, or they disagree
-    at a guarded layer (a file whose own pages already do that is left as it is)."""
+    at a guarded layer (a file whose own pages already do that is left as it is).
+
+    ``template`` (``fixed_size_templates``) says where a column's fixed-size lists of structs
+    are, which the pages do not record; each page's layers must then line up with it.
+    """
     shape: str | None = None
     kinds: str | None = None
     for page in pages:
@@ -158,7 +198,13 @@ def column_kinds(pages: Iterable[file2_pb2.ColumnMetadata.Page], version: FileVe
         if layers is None:
             return None
         page_shape = "".join(LIST if c == LIST else "I" for c in layers)
-        page_kinds = "".join(layers[i] for i in guarded_positions(layers))
+        if template is None:
+            positions = guarded_positions(layers)
+        elif page_shape == template.replace(_FIXED, "I"):
+            positions = guarded_positions(template)
+        else:
+            return None
+        page_kinds = "".join(layers[i] for i in positions)
         if shape is None:
             shape, kinds = page_shape, page_kinds
         elif page_shape != shape or page_kinds != kinds:
@@ -171,11 +217,13 @@ def file_layer_key(
     owners: Mapping[int, int],
     guarded: frozenset[int],
     version: FileVersion,
+    templates: Mapping[int, str] | None = None,
 ) -> LayerKey | LayerConflict:
     """What must be equal between files whose pages share output columns.
 
     ``owners`` maps field ids to their column index in this file; only ``guarded`` fields are
-    looked at (``guarded_field_ids``: none in 2.0 files).
+    looked at (``guarded_field_ids``: none in 2.0 files); ``templates`` are the dataset's
+    ``fixed_size_templates``.
     """
     if not guarded:
         return ()
@@ -184,7 +232,7 @@ def file_layer_key(
         column = owners.get(field_id)
         if column is None:
             continue
-        kinds = column_kinds(columns[column].pages, version)
+        kinds = column_kinds(columns[column].pages, version, (templates or {}).get(field_id))
         if kinds is None:
             return LayerConflict(
                 field_id,
@@ -275,14 +323,27 @@ def _planar_layers(value: bytes) -> str | None:
         if kind == 2:
             layers.append(LIST)
             continue
-        fields = wire_fields(details) if kind == 1 else None
-        if fields is None or not {n for n, _, _ in fields} <= _EXPLICIT_ITEM_FIELDS:
+        if kind == 3:  # a fixed-size list: its size (field 1) and its validity, as an item's (field 2)
+            fsl = wire_fields(details)
+            item = [v for n, w, v in fsl or () if n == 2 and w == 2]
+            if fsl is None or not {n for n, _, _ in fsl} <= {1, 2} or len(item) != 1 or not isinstance(item[0], bytes):
+                return None
+            kind, details = 1, item[0]
+        layer = _explicit_item(details) if kind == 1 else None
+        if layer is None:
             return None
-        varints = {n: v for n, w, v in fields if w == 0}
-        if varints.get(1) == 2:
-            layers.append(ALL_NULL)
-        elif varints.get(1) == 1 and not varints.get(3):
-            layers.append(VALID)
-        else:
-            layers.append(NULLABLE)
+        layers.append(layer)
     return "".join(reversed(layers)) or None
+
+
+def _explicit_item(details: bytes) -> str | None:
+    """The kind of one explicit 2.3 item layer (a struct, the leaf, or a fixed-size list)."""
+    fields = wire_fields(details)
+    if fields is None or not {n for n, _, _ in fields} <= _EXPLICIT_ITEM_FIELDS:
+        return None
+    varints = {n: v for n, w, v in fields if w == 0}
+    if varints.get(1) == 2:
+        return ALL_NULL
+    if varints.get(1) == 1 and not varints.get(3):
+        return VALID
+    return NULLABLE

@@ -228,6 +228,7 @@ def parse_tail(tail: bytes, tail_offset: int, file_size: int, *, path: str | Non
     column_ranges = tuple(unpack(tail, cmo_at + i * _ENTRY.size) for i in range(footer.num_columns))
     region_start, region_end = footer.column_meta_start, footer.cmo_table_position
     version, num_rows = footer.version, descriptor.length
+    per_row = _values_per_row(descriptor.schema.fields, footer.num_columns) if version.aligned else ()
     columns: list[file2_pb2.ColumnMetadata] = []
     for i, (pos, size) in enumerate(column_ranges):
         if pos < region_start or pos + size > region_end:
@@ -242,7 +243,7 @@ def parse_tail(tail: bytes, tail_offset: int, file_size: int, *, path: str | Non
         except Exception:
             parse(ColumnMetadata, tail[at : at + size], path=path, what=f"column {i} metadata")
             raise
-        _check_column(i, column, version, gb0_pos, num_rows, path)
+        _check_column(i, column, version, gb0_pos, num_rows, per_row[i] if i < len(per_row) else (1,), path)
         columns.append(column)
     return V2FileMetadata(
         path=path,
@@ -302,10 +303,16 @@ def _check_column(
     version: FileVersion,
     data_end: int,
     num_rows: int,
+    per_row: tuple[int, ...],
     path: str | None,
 ) -> None:
     """Reject buffers outside the data region, misalignment Lance would reject, and (2.1+) pages
-    that do not cover exactly the file's rows: a copier trusts all of these."""
+    that do not cover exactly the file's rows: a copier trusts all of these.
+
+    ``per_row`` holds the values one row may count for in this column's page lengths (one
+    value, or the candidates when the schema does not say which field owns the column): below a
+    fixed-size list of structs each row counts once per list item (``values_per_row``).
+    """
     if column.buffer_offsets or column.buffer_sizes:
         problem = _check_buffers(column.buffer_offsets, column.buffer_sizes, False, data_end)
         if problem:
@@ -317,8 +324,67 @@ def _check_column(
         if found is None:
             raise AssertionError("unreachable: _rows_if_valid and _check_buffers disagree")
         raise CorruptFileError(f"column {index} page {found[0]}: {found[1]}", path=path)
-    if mask and covered != num_rows:
-        raise CorruptFileError(f"column {index} pages hold {covered} rows but the file has {num_rows}", path=path)
+    if mask and all(covered != num_rows * m for m in per_row):
+        if per_row == (1,):
+            raise CorruptFileError(f"column {index} pages hold {covered} rows but the file has {num_rows}", path=path)
+        counts = " or ".join(f"{num_rows * m}" for m in per_row)
+        raise CorruptFileError(
+            f"column {index} pages hold {covered} values but the file's {num_rows} rows make {counts} "
+            "(fixed-size lists of structs count each item)",
+            path=path,
+        )
+
+
+#: Logical types of fixed-size lists: ``fixed_size_list:<item type>:<size>``.
+_FIXED_SIZE_LIST = "fixed_size_list:"
+
+
+def values_per_row(fields: Sequence[file_pb2.Field]) -> tuple[int, ...]:
+    """Per column of a 2.1+ file, in column order: how many values one row counts for in its
+    page lengths and priorities' units (docs/format.md, "Page lengths").
+
+    Only leaf fields own columns (a packed struct owns one for itself and its children), in
+    schema pre-order. A fixed-size list of primitives is one leaf (its items are folded into
+    the value), but a fixed-size list of structs keeps child fields, and each column below it
+    counts one value per list item: a row counts the product of the sizes of every such list
+    above the leaf.
+    """
+    children: dict[int, list[file_pb2.Field]] = {}
+    for f in fields:
+        children.setdefault(f.parent_id, []).append(f)
+    out: list[int] = []
+    seen: set[int] = set()
+    stack: list[tuple[file_pb2.Field, int]] = [(f, 1) for f in reversed(children.get(-1, []))]
+    while stack:
+        f, per = stack.pop()
+        if f.id in seen:  # hostile schemas: a field reached twice names no column of its own
+            continue
+        seen.add(f.id)
+        kids = children.get(f.id, []) if f.id != -1 else []
+        if not kids or _is_packed(f):
+            out.append(per)
+            continue
+        if f.logical_type.startswith(_FIXED_SIZE_LIST):
+            size = f.logical_type.rsplit(":", 1)[-1]
+            # (a size Lance could write: hostile digit strings must not reach int())
+            per *= int(size) if size.isascii() and size.isdigit() and len(size) <= 9 and int(size) > 0 else 1
+        stack.extend((k, per) for k in reversed(kids))
+    return tuple(out)
+
+
+def _is_packed(field: file_pb2.Field) -> bool:
+    value = field.metadata.get("packed", field.metadata.get("lance-encoding:packed", b""))
+    return bytes(value).lower() == b"true"
+
+
+def _values_per_row(fields: Sequence[file_pb2.Field], num_columns: int) -> tuple[tuple[int, ...], ...]:
+    """``values_per_row`` as candidates per column: exact when the leaves match the columns;
+    otherwise (a layout we do not map, e.g. blob fields) any count the schema allows."""
+    per_row = values_per_row(fields)
+    if len(per_row) == num_columns:
+        return tuple((m,) for m in per_row)
+    anywhere = tuple(sorted({1, *per_row}))
+    return tuple(anywhere for _ in range(num_columns))
 
 
 # --------------------------------------------------------------------------------------------

@@ -159,3 +159,21 @@ def abort_upload(fs: Any, path: str, upload_id: str) -> None:
     """Abort the multipart upload ``upload_id`` that would create ``path``."""
     bucket, key = fs.split_path(path)[:2]
     fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+
+
+def describe_client_error(exc: BaseException) -> str | None:
+    """One line for an error of the S3 client stack (botocore, aiohttp) that s3fs lets through
+    instead of turning it into an ``OSError``: missing credentials, an endpoint that does not
+    answer, a bad endpoint URL. None for anything else (a bug, not the store's answer)."""
+    module = type(exc).__module__ or ""
+    if not module.startswith(("botocore", "aiobotocore", "aiohttp")):
+        return None
+    name = type(exc).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+        return (
+            f"no usable S3 credentials ({exc}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or pass "
+            "the storage options key and secret (or aws_access_key_id and aws_secret_access_key)"
+        )
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
+        return f"cannot reach the S3 endpoint ({exc})"
+    return f"{name}: {exc}"

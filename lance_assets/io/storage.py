@@ -27,7 +27,14 @@ from typing import IO, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from lance_assets.errors import AlreadyExistsError, CorruptFileError, LanceAssetsError, MissingFileError, StorageError
+from lance_assets.errors import (
+    AlreadyExistsError,
+    CorruptFileError,
+    LanceAssetsError,
+    MissingFileError,
+    StorageError,
+    UnsupportedFeatureError,
+)
 from lance_assets.io import local, s3
 from lance_assets.io.multipart import MultipartComposer
 
@@ -41,6 +48,15 @@ UNSAFE_COMMIT_OPTION = "lance_assets_unsafe_commit"
 # Our own storage option: "false" turns off server-side copies of large extents on S3
 # (UploadPartCopy), for S3-compatible stores that lack it. On by default.
 SERVER_SIDE_COPY_OPTION = "lance_assets_server_side_copy"
+
+
+#: Protocols fsspec knows that lance_assets refuses before touching them, and why. HDFS goes
+#: through pyarrow's libhdfs, which needs a JVM and floods stderr when it has none; it also
+#: offers no create-if-absent for commits.
+UNSUPPORTED_PROTOCOLS = {
+    p: "HDFS (through a JVM) is not a store lance_assets supports; use a local path or an object store (s3://, gs://, az://)"
+    for p in ("hdfs", "viewfs", "arrow_hdfs")
+}
 
 
 def decode_option_value(value: str) -> Any:
@@ -127,10 +143,12 @@ class Storage:
     ) -> None:
         self.uri = uri.rstrip("/") or uri
         options = dict(storage_options or {})
+        protocol = fsspec.utils.get_protocol(self.uri)
+        if protocol in UNSUPPORTED_PROTOCOLS:
+            raise UnsupportedFeatureError(f"{protocol}:// is not supported: {UNSUPPORTED_PROTOCOLS[protocol]}", path=uri)
         try:
-            protocol = fsspec.utils.get_protocol(self.uri)
             self.fs, self.root = fsspec.core.url_to_fs(self.uri, **fsspec_options(protocol, options))
-        except (ImportError, ValueError, TypeError) as exc:
+        except (ImportError, ValueError, TypeError, OSError) as exc:
             raise StorageError(f"cannot open filesystem ({exc})", path=uri) from None
         self.root = self.root.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
@@ -522,6 +540,13 @@ class Storage:
             raise
         except OSError as exc:
             raise self._translate(rel, exc) from None
+        except Exception as exc:
+            # The S3 client stack raises its own errors for what is no bug of ours (no
+            # credentials, an endpoint that does not answer); anything else propagates.
+            described = s3.describe_client_error(exc)
+            if described is None:
+                raise
+            raise StorageError(described, path=self.url(rel)) from None
 
     def _translate(self, rel: str, exc: OSError) -> LanceAssetsError:
         if isinstance(exc, FileNotFoundError):

@@ -95,3 +95,22 @@ def expected_rows(before: Before, plan: CompactionPlan) -> list[dict[str, Any]]:
 def expected_row_ids(before: Before, plan: CompactionPlan) -> list[int]:
     unmerged, outputs = expected_layout(before, plan)
     return [r for i in unmerged + [i for o in outputs for i in o] for r in before.row_ids[i]]
+
+
+def assert_reads_every_way(path: Path | str, expected: pa.Table, key: str = "id") -> None:
+    """pylance reads ``expected`` (compared sorted by ``key``) every way a user reads a dataset:
+    a whole scan, batch sizes 1, 3 and 1000, ``to_batches``, ``take`` of every row and a filter."""
+    ds = lance.dataset(str(path))
+    want = expected.sort_by(key).to_pylist()
+
+    def same(table: pa.Table, how: str) -> None:
+        assert table.sort_by(key).to_pylist() == want, f"pylance misreads the dataset ({how})"
+
+    same(ds.to_table(), "whole scan")
+    for batch_size in (1, 3, 1000):
+        same(ds.to_table(batch_size=batch_size), f"batch_size={batch_size}")
+    same(pa.Table.from_batches(list(ds.to_batches()), schema=ds.schema), "to_batches")
+    same(ds.take(list(range(ds.count_rows()))[::-1]), "take (every row, reversed)")
+    middle = sorted(expected[key].to_pylist())[expected.num_rows // 2] if expected.num_rows else 0
+    got = ds.to_table(filter=f"{key} >= {middle}").sort_by(key).to_pylist()
+    assert got == [r for r in want if r[key] >= middle], "pylance misreads the dataset (filter)"

@@ -30,12 +30,21 @@ def arrow_types(max_depth: int = 3, maps: bool = True) -> st.SearchStrategy[pa.D
             children.map(pa.list_),
             children.map(pa.large_list),
             st.tuples(leaves, st.integers(1, 3)).map(lambda t: pa.list_(t[0], t[1])),
+            # Fixed-size lists of anything pylance writes them of (structs; 2.2+): their columns
+            # count one value per item, and their layers sit between the lists and structs.
+            st.tuples(children, st.integers(1, 3)).map(lambda t: pa.list_(_as_struct(t[0]), t[1])),
         ]
         if maps:
             options.append(children.map(lambda c: pa.map_(pa.string(), c)))
         return st.one_of(*options)
 
     return st.recursive(leaves, extend, max_leaves=4 * max_depth).filter(lambda t: _depth(t) <= max_depth)
+
+
+def _as_struct(t: pa.DataType) -> pa.DataType:
+    """``t`` if it is a struct, else a struct holding it: pylance 14 writes fixed-size lists of
+    primitives and of structs only (not of lists or maps)."""
+    return t if pa.types.is_struct(t) else pa.struct([pa.field("f", t)])
 
 
 def _depth(t: pa.DataType) -> int:
@@ -111,7 +120,16 @@ def guarded_types(maps: bool = True) -> st.SearchStrategy[pa.DataType]:
     def struct_of_list(c: pa.DataType) -> pa.DataType:
         return pa.struct([pa.field("l", pa.list_(c)), pa.field("s", pa.string())])
 
-    options = [inner.map(struct_of_list), inner.map(lambda c: pa.list_(struct_of_list(c))), inner.map(lambda c: pa.struct([pa.field("t", struct_of_list(c))]))]
+    options = [
+        inner.map(struct_of_list),
+        inner.map(lambda c: pa.list_(struct_of_list(c))),
+        inner.map(lambda c: pa.struct([pa.field("t", struct_of_list(c))])),
+        # a fixed-size list above the struct, alone, below a list and below a struct
+        st.tuples(inner, st.integers(1, 3)).map(lambda t: pa.list_(struct_of_list(t[0]), t[1])),
+        st.tuples(inner, st.integers(1, 3)).map(lambda t: pa.list_(pa.list_(struct_of_list(t[0]), t[1]))),
+        st.tuples(inner, st.integers(1, 3)).map(lambda t: pa.struct([pa.field("t", pa.list_(struct_of_list(t[0]), t[1]))])),
+    ]
     if maps:
         options.append(inner.map(lambda c: pa.map_(pa.string(), struct_of_list(c))))
+        options.append(inner.map(lambda c: pa.map_(pa.string(), pa.list_(struct_of_list(c), 2))))
     return st.one_of(*options)
