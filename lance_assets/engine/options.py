@@ -18,6 +18,9 @@ DEFAULT_READ_BATCH_BYTES = 16 * 1024 * 1024
 MAX_ROWS_PER_FILE_LIMIT = 2**32 - 1
 
 IndexRemap = Literal["defer", "drop"]
+PagesMode = Literal["copy", "coalesce"]
+PAGES_COPY: PagesMode = "copy"
+PAGES_COALESCE: PagesMode = "coalesce"
 
 
 def _option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None, dagster: bool = True) -> Any:
@@ -89,6 +92,12 @@ class CompactionOptions:
         "defer: record the row moves in Lance's fragment-reuse index, so indices keep covering the merged rows; "
         "drop: remove the rewritten fragments from the indices (unindexed until optimize_indices).",
     )
+    pages: PagesMode = _option(
+        "coalesce",
+        "coalesce: columns made of many small pages (docs/format.md, Page health) are re-encoded into large "
+        "pages with pylance when installed, other columns copied byte for byte, and fragments at target size "
+        "whose columns have many small pages are rewritten too; copy: every page copied as it is.",
+    )
     storage_options: dict[str, Any] = _option({}, "Filesystem options (credentials, endpoint).", dagster=False)
     dry_run: bool = _option(False, "Only plan: report what would be read and written; write and commit nothing.")
 
@@ -102,6 +111,8 @@ class CompactionOptions:
                 raise ValueError(f"{name} must be positive when set")
         if self.index_remap not in typing.get_args(IndexRemap):
             raise ValueError(f"index_remap must be 'defer' or 'drop', not {self.index_remap!r}")
+        if self.pages not in typing.get_args(PagesMode):
+            raise ValueError(f"pages must be 'copy' or 'coalesce', not {self.pages!r}")
         if not self.materialize_deletions_threshold >= 0.0:
             raise ValueError("materialize_deletions_threshold must not be negative")
         object.__setattr__(self, "excluded_fragment_ids", frozenset(int(i) for i in self.excluded_fragment_ids))

@@ -35,6 +35,8 @@ class Reason(StrEnum):
     LEGACY_DICTIONARY = "legacy_dictionary"
     BLOB_COLUMN = "blob_column"
     INCOMPATIBLE_LAYERS = "incompatible_layers"  # nested columns whose pages disagree on layers (docs/format.md)
+    # skipped: at target size with many small pages that cannot be coalesced; notes: rewritten to coalesce them
+    SMALL_PAGES = "small_pages"
     # running: a task or a commit that did not happen
     NOT_COPYABLE = "not_copyable"
     REENCODE_FAILED = "reencode_failed"
