@@ -11,13 +11,23 @@ whose columns are worth healing, so it never picks what the copy would leave as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Collection, Container, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from lance_assets._proto import file_pb2
+from lance_assets._proto import file_pb2, table_pb2
+from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import PAGES_COPY, CompactionOptions
-from lance_assets.engine.reencode import pylance_available
-from lance_assets.format import repdef
-from lance_assets.format.v2file import FileVersion, is_blob_field
+from lance_assets.engine.page_health import read_each
+from lance_assets.engine.reencode import pylance_available, pylance_storage_options
+from lance_assets.engine.tail import read_v2_metadata
+from lance_assets.errors import CompactionRefusedError
+from lance_assets.format import repdef, v2safety
+from lance_assets.format.pages import SMALL_PAGE_BYTES, ColumnPages, column_pages
+from lance_assets.format.v2file import FileVersion, V2FileMetadata, is_blob_field
+from lance_assets.io import Storage
 
 
 def coalescible_fields(fields: Sequence[file_pb2.Field], version: FileVersion) -> frozenset[int]:
@@ -26,14 +36,7 @@ def coalescible_fields(fields: Sequence[file_pb2.Field], version: FileVersion) -
     ``blob_copy``) or a guarded nested field (pylance 14 misreads some such values it wrote in
     one go, see ``reencode``; their pages keep the layer rule by being copied)."""
     guarded = repdef.guarded_field_ids(fields, version)
-    by_id = {f.id: f for f in fields}
-
-    def top(f: file_pb2.Field) -> int:
-        while f.parent_id != -1 and f.parent_id in by_id:
-            f = by_id[f.parent_id]
-        return f.id
-
-    tops = {f.id: top(f) for f in fields}
+    tops = top_level(fields)
     refused = {tops[f.id] for f in fields if f.id in guarded or is_blob_field(f)}
     return frozenset(fid for fid, t in tops.items() if t not in refused)
 
@@ -47,3 +50,187 @@ def why_not_coalesce(fields: Sequence[file_pb2.Field], options: CompactionOption
     if not pylance_available():
         return "coalescing small pages needs pylance: pip install 'lance_assets[reencode]'"
     return ""
+
+
+# --- choosing the columns of one output file ---------------------------------------------------
+@dataclass
+class PageTally:
+    """What one output file's columns became: filled by the copy, summed into the report."""
+
+    pages_before: int = 0  # pages of the kept columns over all inputs
+    pages_after: int = 0  # pages of the output's columns
+    by_pylance: set[str] = field(default_factory=set)  # column paths re-encoded into large pages
+    left_small: set[str] = field(default_factory=set)  # column paths still made of small pages
+    why_left: set[str] = field(default_factory=set)  # why those were not coalesced
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input data file as the pre-pass read it."""
+
+    url: str  # for pylance's reader
+    rows: int
+    columns: dict[int, int]  # field id -> column, for live fields that own a column
+    names: dict[int, str]  # field id -> name in the file's own schema (top-level fields)
+    stats: dict[int, ColumnPages]  # field id -> its column's pages
+
+
+def read_inputs(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], live: Container[int]) -> list[list[InputFile]]:
+    """Per input fragment, its data files' column metadata (the copy reads them again as it
+    goes: this pass decides which columns to coalesce before anything is written)."""
+
+    def read(frag: table_pb2.DataFragment) -> list[InputFile]:
+        out = []
+        for df in frag.files:
+            rel = ds.data_file_path(df)
+            meta = read_v2_metadata(ds.storage, rel, df.file_size_bytes)
+            columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in live and 0 <= col < meta.num_columns}
+            names = {f.id: f.name for f in meta.fields if f.parent_id == -1}
+            stats = {fid: column_pages(meta.columns[col].pages) for fid, col in columns.items()}
+            out.append(InputFile(ds.storage.url(rel), meta.num_rows, columns, names, stats))
+        return out
+
+    return read_each(ds, read, inputs)
+
+
+def choose_tops(
+    fields: Sequence[file_pb2.Field],
+    version: FileVersion,
+    out_fields: Sequence[int],
+    files: Sequence[Sequence[InputFile]],
+    lacking: Collection[int],
+) -> tuple[dict[int, list[int]], dict[int, ColumnPages]]:
+    """The top-level fields whose columns to re-encode (schema order; each with the fields
+    under it that own an output column), and every output column's pages summed over the inputs.
+
+    A top-level field is chosen when one of its columns, as binary copy would assemble it, is
+    made of many small pages (``ColumnPages.fragmented``), pylance may rewrite it
+    (``coalescible_fields``) and every input holds it (an input lacking it gets all-null pages)."""
+    merged: dict[int, ColumnPages] = {}
+    for frag_files in files:
+        for f in frag_files:
+            for fid, stats in f.stats.items():
+                merged[fid] = merged.get(fid, ColumnPages()) + stats
+    allowed = coalescible_fields(fields, version)
+    tops = top_level(fields)
+    owners: dict[int, list[int]] = {}
+    for fid in out_fields:
+        owners.setdefault(tops[fid], []).append(fid)
+    order = {f.id: i for i, f in enumerate(fields)}
+    chosen = {
+        top: fids
+        for top, fids in sorted(owners.items(), key=lambda item: order[item[0]])
+        if any(merged.get(fid, ColumnPages()).fragmented for fid in fids)
+        and all(fid in allowed and fid not in lacking for fid in fids)
+    }
+    return chosen, merged
+
+
+def top_level(fields: Sequence[file_pb2.Field]) -> dict[int, int]:
+    """Field id -> id of the top-level field above it (itself when top-level)."""
+    by_id = {f.id: f for f in fields}
+    out = {}
+    for f in fields:
+        node = f
+        while node.parent_id != -1 and node.parent_id in by_id:
+            node = by_id[node.parent_id]
+        out[f.id] = node.id
+    return out
+
+
+# --- pylance's writer -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Coalesced:
+    """A temporary file pylance wrote holding the chosen top-level fields of all inputs, in
+    row order; its columns belong, in order, to ``fields`` (the output's column owners)."""
+
+    storage: Storage
+    rel: str
+    meta: V2FileMetadata
+    fields: tuple[int, ...]
+
+
+def write_with_pylance(
+    directory: str,
+    files: Sequence[Sequence[InputFile]],
+    owners_by_top: dict[int, list[int]],
+    version: FileVersion,
+    read_batch_bytes: int,
+    storage_options: dict[str, Any],
+) -> Coalesced:
+    """Re-encode the columns of the top-level fields ``owners_by_top`` (schema order; each with
+    the fields under it that own a column) of every input, in row order, into one file of
+    ``version`` under the local ``directory`` with pylance's file writer; read its metadata back.
+
+    Memory stays near ``read_batch_bytes``: inputs are read in batches of about that many bytes
+    and the writer's page cache is that large (at least 256 KiB per column, so the pages it
+    writes are never small ones). Raises CompactionRefusedError when pylance fails or the file
+    is not one the copy can take pages from (the caller then copies the small pages as they are).
+    """
+    import pyarrow as pa
+    from lance.file import LanceFileReader, LanceFileWriter
+
+    options = pylance_storage_options(storage_options)
+    tops = list(owners_by_top)
+    owners = [fid for t in tops for fid in owners_by_top[t]]
+    rel = "coalesced.lance"
+    writer: Any = None
+    schema: Any = None
+    rows = 0
+    try:
+        for frag_files in files:
+            parts = []  # (input file, the names of the tops it holds, in schema order)
+            for f in frag_files:
+                held = [t for t in tops if any(fid in f.columns for fid in owners_by_top[t])]
+                if any(t not in f.names for t in held):
+                    raise CompactionRefusedError(f"{f.url}: a column's field is not top-level in the file's schema")
+                if held:
+                    parts.append((f, [f.names[t] for t in held]))
+            if sorted(n for _, names in parts for n in names) != sorted(set(n for _, names in parts for n in names)):
+                raise CompactionRefusedError("a column is held by two data files of one fragment")
+            frag_rows = frag_files[0].rows
+            size = sum(s.bytes for f, _ in parts for fid, s in f.stats.items() if fid in owners)
+            batch = max(1, min(frag_rows, read_batch_bytes * frag_rows // max(size, 1)))
+            readers = [
+                LanceFileReader(f.url, storage_options=options, columns=names).read_all(batch_size=batch).to_batches()
+                for f, names in parts
+            ]
+            got = 0
+            for pieces in zip(*readers, strict=True):
+                arrays = [a for piece in pieces for a in piece.columns]
+                if schema is None:
+                    schema = pa.schema([fld for piece in pieces for fld in piece.schema])
+                    if len(schema) != len(tops):
+                        raise CompactionRefusedError(f"the inputs hold {len(schema)} of the {len(tops)} columns to coalesce")
+                    cache = max(read_batch_bytes, len(tops) * 4 * SMALL_PAGE_BYTES)
+                    writer = LanceFileWriter(os.path.join(directory, rel), schema, version=version.value, data_cache_bytes=cache)
+                if len({len(a) for a in arrays}) != 1:
+                    raise CompactionRefusedError("the data files of one fragment gave batches of different lengths")
+                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+                got += len(arrays[0])
+            if got != frag_rows:
+                raise CompactionRefusedError(f"pylance read {got} rows of an input holding {frag_rows}")
+            rows += got
+        if writer is None:
+            raise CompactionRefusedError("no input rows to coalesce")
+        writer.close()
+        writer = None
+    except CompactionRefusedError:
+        raise
+    except Exception as exc:  # pylance failing is a reason to copy the pages as they are
+        raise CompactionRefusedError(f"pylance could not re-encode the columns: {exc}") from exc
+    finally:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+    storage = Storage(directory)
+    meta = read_v2_metadata(storage, rel)
+    if meta.version is not version or meta.num_rows != rows or meta.num_columns != len(owners):
+        raise CompactionRefusedError(
+            f"pylance wrote {meta.num_columns} columns of {meta.num_rows} rows ({meta.version}), "
+            f"expected {len(owners)} of {rows} ({version})"
+        )
+    problems = v2safety.copy_refusals(meta, list(range(meta.num_columns)))
+    if problems:
+        raise CompactionRefusedError("pylance's pages cannot be moved: " + "; ".join(problems))
+    return Coalesced(storage, rel, meta, tuple(owners))
