@@ -148,6 +148,7 @@ class Coalesced:
     rel: str
     meta: V2FileMetadata
     fields: tuple[int, ...]
+    bytes_read: int = 0  # the inputs' page bytes of these columns, which pylance read
 
 
 def write_with_pylance(
@@ -215,9 +216,9 @@ def write_with_pylance(
             raise CompactionRefusedError("no input rows to coalesce")
         writer.close()
         writer = None
-    except CompactionRefusedError:
+    except (CompactionRefusedError, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:  # pylance failing is a reason to copy the pages as they are
+    except BaseException as exc:  # pylance failing (its panics are BaseExceptions) means: copy the pages as they are
         raise CompactionRefusedError(f"pylance could not re-encode the columns: {exc}") from exc
     finally:
         if writer is not None:
@@ -233,4 +234,5 @@ def write_with_pylance(
     problems = v2safety.copy_refusals(meta, list(range(meta.num_columns)))
     if problems:
         raise CompactionRefusedError("pylance's pages cannot be moved: " + "; ".join(problems))
-    return Coalesced(storage, rel, meta, tuple(owners))
+    read = sum(s.bytes for frag_files in files for f in frag_files for fid, s in f.stats.items() if fid in owners)
+    return Coalesced(storage, rel, meta, tuple(owners), read)

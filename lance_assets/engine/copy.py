@@ -389,6 +389,8 @@ def _coalesce_small_pages(
     """The columns of this output to take from pylance's re-encode instead of the inputs' small
     pages (None: every column is copied as it is; ``tally`` then says which stay small and why)."""
     if options is None or options.pages != PAGES_COALESCE:
+        if options is not None:
+            tally.why_left.add(coalesce.why_not_coalesce(ds.manifest.fields, options))
         return None
     why_not = coalesce.why_not_coalesce(ds.manifest.fields, options)
     files = coalesce.read_inputs(ds, inputs, set(out_fields))
@@ -396,8 +398,11 @@ def _coalesce_small_pages(
     small = {fid for fid in out_fields if merged.get(fid, page_health.ColumnPages()).fragmented}
     if not small:
         return None
+    if why_not or small - {fid for fids in chosen.values() for fid in fids}:
+        tally.why_left.add(
+            why_not or "pylance does not re-encode them (blob, struct-above-list nested fields, or fields some inputs lack)"
+        )
     if why_not or not chosen:
-        tally.why_left.add(why_not or "their fields may not be re-encoded (blob or nested struct-above-list fields)")
         return None
     try:
         return coalesce.write_with_pylance(scratch, files, chosen, version, options.read_batch_bytes, options.storage_options)
@@ -490,6 +495,7 @@ def _write_merged(
             extents = _extents(coalesced.meta, range(coalesced.meta.num_columns), pos, whole=True)
             move = _relocator(extents)
             pos, n = _copy_extents(coalesced.storage, temp, extents, pos, out, read_batch_bytes, None)
+            bytes_read += coalesced.bytes_read
             for fid, column in zip(coalesced.fields, coalesced.meta.columns):
                 mergers[fid].add(column, move, 0)
             tally.by_pylance.update(names.get(fid, str(fid)) for fid in coalesced.fields)
