@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Collection, Container, Sequence
+from collections import deque
+from collections.abc import Collection, Container, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +75,7 @@ class InputFile:
     columns: dict[int, int]  # field id -> column, for live fields that own a column
     names: dict[int, str]  # field id -> name in the file's own schema (top-level fields)
     stats: dict[int, ColumnPages]  # field id -> its column's pages
+    schema_metadata: dict[str, bytes] = field(default_factory=dict)  # the file schema's metadata
 
 
 def read_inputs(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], live: Container[int]) -> list[list[InputFile]]:
@@ -87,7 +90,8 @@ def read_inputs(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], live: Con
             columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in live and 0 <= col < meta.num_columns}
             names = {f.id: f.name for f in meta.fields if f.parent_id == -1}
             stats = {fid: column_pages(meta.columns[col].pages) for fid, col in columns.items()}
-            out.append(InputFile(ds.storage.url(rel), meta.num_rows, columns, names, stats))
+            schema_metadata = dict(meta.descriptor.schema.metadata)
+            out.append(InputFile(ds.storage.url(rel), meta.num_rows, columns, names, stats, schema_metadata))
         return out
 
     return read_each(ds, read, inputs)
@@ -140,6 +144,42 @@ def top_level(fields: Sequence[file_pb2.Field]) -> dict[int, int]:
 
 # --- pylance's writer -------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class DatasetScan:
+    """An in-order scan of some fragments' columns at one version (every physical row when the
+    fragments have no deleted rows)."""
+
+    uri: str
+    version: int
+    fragment_ids: tuple[int, ...]
+    columns: tuple[str, ...]  # top-level names in the dataset schema
+
+    def batches(self, rows_per_batch: int, storage_options: dict[str, str] | None) -> Iterator[Any]:
+        import lance
+
+        ds = lance.dataset(self.uri, version=self.version, storage_options=storage_options)
+        fragments = []
+        for i in self.fragment_ids:
+            found = ds.get_fragment(i)
+            if found is None:
+                raise CompactionRefusedError(f"fragment {i} is not in version {self.version}")
+            fragments.append(found)
+        # A few batches ahead, each of about read_batch_bytes / 8: memory near the bound.
+        scanner = ds.scanner(
+            columns=list(self.columns),
+            fragments=fragments,
+            scan_in_order=True,
+            batch_size=max(1, rows_per_batch // 8),
+            batch_readahead=4,
+            fragment_readahead=4,
+        )
+        yield from scanner.to_reader()
+
+
+#: Inputs pylance reads at once (its readers release the GIL; each small input costs ~1.5 ms).
+_PYLANCE_READERS = 4
+
+
+@dataclass(frozen=True)
 class Coalesced:
     """A temporary file pylance wrote holding the chosen top-level fields of all inputs, in
     row order; its columns belong, in order, to ``fields`` (the output's column owners)."""
@@ -149,19 +189,26 @@ class Coalesced:
     meta: V2FileMetadata
     fields: tuple[int, ...]
     bytes_read: int = 0  # the inputs' page bytes of these columns, which pylance read
+    pages_before: int = 0  # the inputs' pages of these columns
+    schema_metadata: dict[str, bytes] = field(default_factory=dict)  # the first input's file schema metadata
 
 
 def write_with_pylance(
     directory: str,
-    files: Sequence[Sequence[InputFile]],
+    inputs: Sequence[Sequence[InputFile]],
     owners_by_top: dict[int, list[int]],
     version: FileVersion,
     read_batch_bytes: int,
     storage_options: dict[str, Any],
+    scan: DatasetScan | None = None,
 ) -> Coalesced:
     """Re-encode the columns of the top-level fields ``owners_by_top`` (schema order; each with
     the fields under it that own a column) of every input, in row order, into one file of
     ``version`` under the local ``directory`` with pylance's file writer; read its metadata back.
+
+    The inputs are read file by file with pylance's file reader, which returns every physical
+    row; or, with ``scan`` (when no input has deleted rows, so a dataset scan returns them all),
+    by one in-order dataset scan of the input fragments, which reads them in parallel.
 
     Memory stays near ``read_batch_bytes``: inputs are read in batches of about that many bytes
     and the writer's page cache is that large (at least 256 KiB per column, so the pages it
@@ -172,48 +219,107 @@ def write_with_pylance(
     from lance.file import LanceFileReader, LanceFileWriter
 
     options = pylance_storage_options(storage_options)
+    files = inputs
     tops = list(owners_by_top)
     owners = [fid for t in tops for fid in owners_by_top[t]]
     rel = "coalesced.lance"
+
+    def plan(frag_files: Sequence[InputFile]) -> tuple[list[tuple[InputFile, list[str]]], int]:
+        """The files of one input fragment holding the chosen columns (with their names in the
+        file's schema), and the bytes of those columns."""
+        parts = []
+        for f in frag_files:
+            held = [t for t in tops if any(fid in f.columns for fid in owners_by_top[t])]
+            if any(t not in f.names for t in held):
+                raise CompactionRefusedError(f"{f.url}: a column's field is not top-level in the file's schema")
+            if held:
+                parts.append((f, [f.names[t] for t in held]))
+        names = [n for _, held_names in parts for n in held_names]
+        if len(names) != len(set(names)):
+            raise CompactionRefusedError("a column is held by two data files of one fragment")
+        return parts, sum(s.bytes for f, _ in parts for fid, s in f.stats.items() if fid in owners)
+
+    def batches(frag_files: Sequence[InputFile]) -> Iterator[Any]:
+        """The chosen columns of one input fragment, in batches of about ``read_batch_bytes``."""
+        parts, size = plan(frag_files)
+        frag_rows = frag_files[0].rows
+        batch = max(1, min(frag_rows, read_batch_bytes * frag_rows // max(size, 1)))
+        readers = [
+            LanceFileReader(f.url, storage_options=options, columns=names).read_all(batch_size=batch).to_batches()
+            for f, names in parts
+        ]
+        got = 0
+        for pieces in zip(*readers, strict=True):
+            if len({len(piece) for piece in pieces}) != 1:
+                raise CompactionRefusedError("the data files of one fragment gave batches of different lengths")
+            fields = [fld for piece in pieces for fld in piece.schema]
+            yield pa.RecordBatch.from_arrays([a for piece in pieces for a in piece.columns], schema=pa.schema(fields))
+            got += len(pieces[0])
+        if got != frag_rows:
+            raise CompactionRefusedError(f"pylance read {got} rows of an input holding {frag_rows}")
+
+    # Small inputs (the common case: thousands of them) are read several at a time, each whole,
+    # within the memory bound; larger ones are streamed in batches as they come.
+    small = max(1, read_batch_bytes // (2 * _PYLANCE_READERS))
     writer: Any = None
     schema: Any = None
     rows = 0
+    pending: list[Any] = []  # batches of small inputs, written together (fewer, larger writes)
+    pending_bytes = 0
+
+    def write(batch: Any) -> None:
+        nonlocal writer, schema, rows, pending_bytes
+        if schema is None:
+            schema = batch.schema
+            if len(schema) != len(tops):
+                raise CompactionRefusedError(f"the inputs hold {len(schema)} of the {len(tops)} columns to coalesce")
+            cache = max(read_batch_bytes, len(tops) * 4 * SMALL_PAGE_BYTES)
+            writer = LanceFileWriter(os.path.join(directory, rel), schema, version=version.value, data_cache_bytes=cache)
+        pending.append(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+        pending_bytes += batch.nbytes
+        rows += len(batch)
+        if pending_bytes >= small:
+            flush()
+
+    def flush() -> None:
+        nonlocal pending_bytes
+        if pending:
+            writer.write_batch(pa.Table.from_batches(pending, schema=schema))
+            pending.clear()
+            pending_bytes = 0
+
     try:
-        for frag_files in files:
-            parts = []  # (input file, the names of the tops it holds, in schema order)
-            for f in frag_files:
-                held = [t for t in tops if any(fid in f.columns for fid in owners_by_top[t])]
-                if any(t not in f.names for t in held):
-                    raise CompactionRefusedError(f"{f.url}: a column's field is not top-level in the file's schema")
-                if held:
-                    parts.append((f, [f.names[t] for t in held]))
-            if sorted(n for _, names in parts for n in names) != sorted(set(n for _, names in parts for n in names)):
-                raise CompactionRefusedError("a column is held by two data files of one fragment")
-            frag_rows = frag_files[0].rows
-            size = sum(s.bytes for f, _ in parts for fid, s in f.stats.items() if fid in owners)
-            batch = max(1, min(frag_rows, read_batch_bytes * frag_rows // max(size, 1)))
-            readers = [
-                LanceFileReader(f.url, storage_options=options, columns=names).read_all(batch_size=batch).to_batches()
-                for f, names in parts
-            ]
-            got = 0
-            for pieces in zip(*readers, strict=True):
-                arrays = [a for piece in pieces for a in piece.columns]
-                if schema is None:
-                    schema = pa.schema([fld for piece in pieces for fld in piece.schema])
-                    if len(schema) != len(tops):
-                        raise CompactionRefusedError(f"the inputs hold {len(schema)} of the {len(tops)} columns to coalesce")
-                    cache = max(read_batch_bytes, len(tops) * 4 * SMALL_PAGE_BYTES)
-                    writer = LanceFileWriter(os.path.join(directory, rel), schema, version=version.value, data_cache_bytes=cache)
-                if len({len(a) for a in arrays}) != 1:
-                    raise CompactionRefusedError("the data files of one fragment gave batches of different lengths")
-                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
-                got += len(arrays[0])
-            if got != frag_rows:
-                raise CompactionRefusedError(f"pylance read {got} rows of an input holding {frag_rows}")
-            rows += got
+        if scan is not None:
+            size = sum(s.bytes for frag_files in files for f in frag_files for fid, s in f.stats.items() if fid in owners)
+            expected = sum(frag_files[0].rows for frag_files in files)
+            for batch in scan.batches(read_batch_bytes * expected // max(size, 1), options):
+                write(batch)
+            if rows != expected:
+                raise CompactionRefusedError(f"pylance's scan returned {rows} rows of inputs holding {expected}")
+            files = ()  # read
+        with ThreadPoolExecutor(_PYLANCE_READERS, thread_name_prefix="lance-assets-coalesce") as pool:
+            window: deque[tuple[Sequence[InputFile], Future[list[Any]] | None]] = deque()
+            todo = iter(files)
+            try:
+                while True:
+                    while len(window) < 2 * _PYLANCE_READERS:
+                        frag_files = next(todo, None)
+                        if frag_files is None:
+                            break
+                        whole = plan(frag_files)[1] <= small
+                        window.append((frag_files, pool.submit(lambda f: list(batches(f)), frag_files) if whole else None))
+                    if not window:
+                        break
+                    frag_files, future = window.popleft()
+                    for batch in future.result() if future is not None else batches(frag_files):
+                        write(batch)
+            finally:
+                for _, future in window:
+                    if future is not None:
+                        future.cancel()
         if writer is None:
             raise CompactionRefusedError("no input rows to coalesce")
+        flush()
         writer.close()
         writer = None
     except (CompactionRefusedError, KeyboardInterrupt, SystemExit):
@@ -234,5 +340,7 @@ def write_with_pylance(
     problems = v2safety.copy_refusals(meta, list(range(meta.num_columns)))
     if problems:
         raise CompactionRefusedError("pylance's pages cannot be moved: " + "; ".join(problems))
-    read = sum(s.bytes for frag_files in files for f in frag_files for fid, s in f.stats.items() if fid in owners)
-    return Coalesced(storage, rel, meta, tuple(owners), read)
+    read = sum(s.bytes for frag_files in inputs for f in frag_files for fid, s in f.stats.items() if fid in owners)
+    before = sum(s.pages for frag_files in inputs for f in frag_files for fid, s in f.stats.items() if fid in owners)
+    first = inputs[0][0].schema_metadata if inputs and inputs[0] else {}
+    return Coalesced(storage, rel, meta, tuple(owners), read, before, first)

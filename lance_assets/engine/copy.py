@@ -404,8 +404,16 @@ def _coalesce_small_pages(
         )
     if why_not or not chosen:
         return None
+    scan = None
+    if not any(f.HasField("deletion_file") and f.deletion_file.num_deleted_rows for f in inputs):
+        # every physical row is a live row: one in-order dataset scan reads them all
+        top_names = {f.id: f.name for f in ds.manifest.fields if f.parent_id == -1}
+        ids = tuple(f.id for f in inputs)
+        scan = coalesce.DatasetScan(ds.storage.uri, ds.version, ids, tuple(top_names[t] for t in chosen))
     try:
-        return coalesce.write_with_pylance(scratch, files, chosen, version, options.read_batch_bytes, options.storage_options)
+        return coalesce.write_with_pylance(
+            scratch, files, chosen, version, options.read_batch_bytes, options.storage_options, scan
+        )
     except CompactionRefusedError as exc:
         tally.why_left.add(str(exc))
         return None
@@ -450,7 +458,12 @@ def _write_merged(
         pos = 0
         starts = list(itertools.accumulate((frag.physical_rows for frag in inputs), initial=0))
         filled = 0  # inputs whose all-null pages are in: they go in row order with the copied ones
-        for row_offset, src in _input_sources(ds, inputs, order, read_batch_bytes):
+        # When every column is re-encoded, nothing is copied from the inputs (nor read again).
+        everything = coalesced is not None and set(coalesced.fields) == set(out_fields)
+        if everything and coalesced is not None:
+            schema_metadata = dict(coalesced.schema_metadata)
+            tally.pages_before += coalesced.pages_before
+        for row_offset, src in () if everything else _input_sources(ds, inputs, order, read_batch_bytes):
             while filled < len(inputs) and starts[filled] <= row_offset:
                 for fid in lacking[filled]:
                     mergers[fid].add_all_null(inputs[filled].physical_rows, starts[filled])
