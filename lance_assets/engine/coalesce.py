@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections import deque
 from collections.abc import Collection, Container, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -222,7 +223,7 @@ def write_with_pylance(
     files = inputs
     tops = list(owners_by_top)
     owners = [fid for t in tops for fid in owners_by_top[t]]
-    rel = "coalesced.lance"
+    rel = f"coalesced-{uuid.uuid4().hex}.lance"  # a retry never meets an earlier attempt's file
 
     def plan(frag_files: Sequence[InputFile]) -> tuple[list[tuple[InputFile, list[str]]], int]:
         """The files of one input fragment holding the chosen columns (with their names in the

@@ -404,16 +404,26 @@ def _coalesce_small_pages(
         )
     if why_not or not chosen:
         return None
-    scan = None
-    if not any(f.HasField("deletion_file") and f.deletion_file.num_deleted_rows for f in inputs):
-        # every physical row is a live row: one in-order dataset scan reads them all
-        top_names = {f.id: f.name for f in ds.manifest.fields if f.parent_id == -1}
-        ids = tuple(f.id for f in inputs)
-        scan = coalesce.DatasetScan(ds.storage.uri, ds.version, ids, tuple(top_names[t] for t in chosen))
+
+    def write(tops: dict[int, list[int]]) -> coalesce.Coalesced:
+        scan = None
+        if not any(f.HasField("deletion_file") and f.deletion_file.num_deleted_rows for f in inputs):
+            # every physical row is a live row: one in-order dataset scan reads them all
+            top_names = {f.id: f.name for f in ds.manifest.fields if f.parent_id == -1}
+            ids = tuple(f.id for f in inputs)
+            scan = coalesce.DatasetScan(ds.storage.uri, ds.version, ids, tuple(top_names[t] for t in tops))
+        return coalesce.write_with_pylance(scratch, files, tops, version, options.read_batch_bytes, options.storage_options, scan)
+
     try:
-        return coalesce.write_with_pylance(
-            scratch, files, chosen, version, options.read_batch_bytes, options.storage_options, scan
-        )
+        return write(chosen)
+    except CompactionRefusedError as exc:
+        tally.why_left.add(str(exc))
+    # pylance fails on some nested values: the flat columns (one column per field) alone, then
+    flat = {top: fids for top, fids in chosen.items() if fids == [top]}
+    if not flat or len(flat) == len(chosen):
+        return None
+    try:
+        return write(flat)
     except CompactionRefusedError as exc:
         tally.why_left.add(str(exc))
         return None
