@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -216,7 +217,7 @@ def main() -> None:
         for case in chosen:
             print(f"{case.name}: {case.fragments} fragments of {case.rows_per_fragment} rows ({case.version})", flush=True)
             rows += run_case(case, Path(tmp), args.repeat)
-    command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    command = "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     text = (
         "# Reads after compaction\n\n"
         f"Command: `{command}` on {platform.machine()}, Python {platform.python_version()}, pylance {lance.__version__}. "
