@@ -39,12 +39,11 @@ from typing import Any
 import lance
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import _strings, vector_table, wide_table  # noqa: E402
+from datasets import _strings, vector_table, wide_table
 
-from lance_assets import CompactionOptions, compact, inspect_dataset  # noqa: E402
+from lance_assets import CompactionOptions, compact, inspect_dataset
 
 HERE = Path(__file__).resolve().parent
 
