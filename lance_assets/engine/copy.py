@@ -608,6 +608,10 @@ def verify_output(
             )
 
 
+class _NothingCoalesced(CompactionRefusedError):
+    """A task of fragments rewritten alone to coalesce their pages, none of which could be."""
+
+
 def execute_task(
     uri: DatasetRef,
     plan: CompactionPlan,
@@ -688,6 +692,11 @@ def execute_task(
             fragments.append(RewriteResult.encode_fragment(frag))
             bytes_read += n_read
             bytes_written += n_written
+        if all(len(o.fragment_ids) == 1 for o in task.outputs) and tally.pages_after >= tally.pages_before:
+            # Only fragments healed alone, and their pages could not be coalesced: committing
+            # the same pages again would change nothing but the version.
+            why = "; ".join(sorted(tally.why_left)) or "no column was coalesced"
+            raise _NothingCoalesced(f"small pages left as they were: {why}")
     except CompactionRefusedError as exc:
         remove_files(storage, written)
         return RewriteResult(
@@ -695,7 +704,7 @@ def execute_task(
             old_fragment_ids=task.fragment_ids,
             bytes_read=bytes_read,
             seconds=time.monotonic() - started,
-            skipped_reason=Reason.NOT_COPYABLE,
+            skipped_reason=Reason.SMALL_PAGES if isinstance(exc, _NothingCoalesced) else Reason.NOT_COPYABLE,
             skipped_detail=str(exc),
         )
     except BaseException:

@@ -26,6 +26,7 @@ from lance_assets import CompactionOptions, compact, inspect_dataset
 from lance_assets.cli import main as cli_main
 from lance_assets.engine import plan_compaction
 from lance_assets.engine.report import Reason
+from lance_assets.errors import CompactionRefusedError
 from lance_assets.format.pages import MIN_SMALL_PAGES
 from tests.support import factory, nested
 
@@ -310,3 +311,25 @@ def test_dry_run_reports_no_page_counts(tmp_path: Path) -> None:
     dry = cli_compact(path, "--dry-run")
     assert dry["pages_before"] is None and dry["pages_after"] is None
     shutil.rmtree(path)
+
+
+def test_a_fragment_whose_pages_cannot_be_coalesced_is_not_rewritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When pylance fails on every column of a fragment healed alone, nothing is committed
+    (reason ``small_pages``): rewriting the same pages would only add a version."""
+    path = tmp_path / "ds.lance"
+    tables = [stream(k * 50, 50) for k in range(8)]
+    write_appends(path, tables, "2.1")
+    compact(str(path), CompactionOptions(pages="copy"))
+    version = lance.dataset(str(path)).version
+
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise CompactionRefusedError("pylance could not re-encode the columns: simulated")
+
+    monkeypatch.setattr("lance_assets.engine.coalesce.write_with_pylance", fails)
+    files = sorted(p.name for p in (path / "data").iterdir())
+    report = compact(str(path), CompactionOptions(target_rows_per_fragment=100))
+    assert report.version is None and lance.dataset(str(path)).version == version
+    (skip,) = report.skipped
+    assert skip.reason == Reason.SMALL_PAGES and "simulated" in skip.detail
+    assert sorted(p.name for p in (path / "data").iterdir()) == files  # what it wrote is removed
+    assert_reads_as(path, pa.concat_tables(tables))
