@@ -418,8 +418,10 @@ def _coalesce_small_pages(
         return write(chosen)
     except CompactionRefusedError as exc:
         tally.why_left.add(str(exc))
-    # pylance fails on some nested values: the flat columns (one column per field) alone, then
-    flat = {top: fids for top, fids in chosen.items() if fids == [top]}
+    # pylance fails on some nested values (maps, structs): the columns without them alone, then
+    tops = coalesce.top_level(ds.manifest.fields)
+    nested = {tops[f.id] for f in ds.manifest.fields if "struct" in f.logical_type or "map" in f.logical_type}
+    flat = {top: fids for top, fids in chosen.items() if top not in nested}
     if not flat or len(flat) == len(chosen):
         return None
     try:
