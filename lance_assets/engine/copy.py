@@ -393,16 +393,17 @@ def _coalesce_small_pages(
             tally.why_left.add(coalesce.why_not_coalesce(ds.manifest.fields, options))
         return None
     why_not = coalesce.why_not_coalesce(ds.manifest.fields, options)
+    if why_not:  # nothing can coalesce: no extra metadata pass (the copy reports what stays small)
+        tally.why_left.add(why_not)
+        return None
     files = coalesce.read_inputs(ds, inputs, set(out_fields))
     chosen, merged = coalesce.choose_tops(ds.manifest.fields, version, out_fields, files, lacking)
     small = {fid for fid in out_fields if merged.get(fid, page_health.ColumnPages()).fragmented}
     if not small:
         return None
-    if why_not or small - {fid for fids in chosen.values() for fid in fids}:
-        tally.why_left.add(
-            why_not or "pylance does not re-encode them (blob, struct-above-list nested fields, or fields some inputs lack)"
-        )
-    if why_not or not chosen:
+    if small - {fid for fids in chosen.values() for fid in fids}:
+        tally.why_left.add("pylance does not re-encode them (blob, struct-above-list nested fields, or fields some inputs lack)")
+    if not chosen:
         return None
 
     def write(tops: dict[int, list[int]]) -> coalesce.Coalesced:
