@@ -123,7 +123,10 @@ def appends_of_many_types(draw: st.DrawFn, version: str) -> list[pa.Table]:
         fsl = draw(st.lists(st.lists(st.integers(-1000, 1000), min_size=3, max_size=3), min_size=n, max_size=n))
         cols["fsl"] = pa.array(fsl, pa.list_(pa.int32(), 3))
         if large:
-            cols["big"] = pa.array([bytes([start % 251]) * (70_000 + j) for j in range(n)], pa.large_binary())
+            # incompressible, as real large values are (pylance cuts pages by their size before
+            # compression, so a repeated byte would give tiny pages even in a fresh write)
+            rng = np.random.default_rng(start)
+            cols["big"] = pa.array([rng.bytes(70_000 + j) for j in range(n)], pa.large_binary())
         cols["v"] = pa.array(draw(st.lists(nested.values(nested_type, nulls, version != "2.0"), min_size=n, max_size=n)), nested_type)
         tables.append(pa.table(cols))
         start += n
@@ -153,27 +156,32 @@ def _property(version: str, max_examples: int, judged: list[int]):  # type: igno
         )
         assert report["fragments_added"] == 1 and report["pages_after"] <= report["pages_before"]
         assert_reads_as(path, pa.concat_tables(tables))
-        # only the nested column may be left made of small pages (when it is a struct above a
-        # list); no other column is, and none has more pages than pylance's own writer gives it
-        assert all(c == "v" or c.startswith("v.") for c in report["columns_left_small"])
-        health = inspect_dataset(str(path), pages=True)
-        still = [(c.name, c.pages, c.small_pages) for c in health.columns if c.small_pages >= MIN_SMALL_PAGES]
-        assert all(name in report["columns_left_small"] for name, _, _ in still), (still, report)
+        # A column may be left made of small pages only where it is nested (a struct above a list
+        # keeps its pages) or where pylance's own writer makes small pages of it too (very
+        # compressible large values: it cuts pages by their size before compression).
         (after,) = data_file_pages(path)
+        health = inspect_dataset(str(path), pages=True)
         try:
             fresh = fresh_pages(pa.concat_tables(tables), version, root / "fresh.lance")
-        except BaseException as exc:  # pylance panics on some data written in one go (then so did our coalescing)
+            fresh_small = {c.name for c in inspect_dataset(str(root / "fresh.lance"), pages=True).columns if c.small_pages >= MIN_SMALL_PAGES}
+        except BaseException as exc:  # pylance panics on some data written in one go
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            fresh = None
+            fresh, fresh_small = None, None
+        left = report["columns_left_small"]
+        if fresh_small is not None:
+            assert all(c == "v" or c.startswith("v.") or c in fresh_small for c in left), report["notes"]
+        still = [c.name for c in health.columns if c.small_pages >= MIN_SMALL_PAGES]
+        assert all(name in left for name in still), (still, report)
         if fresh is not None:
             # a column has about the pages a fresh write gives it, unless it has too few small
-            # pages to be worth coalescing (or is a nested column left as it was)
+            # pages to be worth coalescing (or is left as it was)
             assert len(after) == len(fresh) == len(health.columns)
             for a, f, c in zip(after, fresh, health.columns):
-                assert a <= f + 1 or c.small_pages < MIN_SMALL_PAGES or c.name in report["columns_left_small"], (after, fresh)
-        # nothing left to heal: the next plan has no task
-        assert plan_compaction(str(path)).tasks == ()
+                assert a <= f + 1 or c.small_pages < MIN_SMALL_PAGES or c.name in left, (after, fresh)
+        # no loop: running again soon commits nothing
+        again = [compact(str(path)) for _ in range(2)]
+        assert again[-1].version is None, again[-1]
         judged.append(1)
 
     return check
