@@ -21,7 +21,7 @@ from rich.table import Table
 
 from lance_assets.engine.cleanup import DEFAULT_OLDER_THAN_SECONDS, cleanup, parse_duration
 from lance_assets.engine.compaction import compact, dry_run_report, run_plan
-from lance_assets.engine.inspect import Inspection, inspect_dataset
+from lance_assets.engine.inspect import SMALL_PAGE_RULE, Inspection, inspect_dataset
 from lance_assets.engine.options import CompactionOptions, OptionError, option_specs
 from lance_assets.engine.plan import plan_compaction
 from lance_assets.engine.report import CompactionReport
@@ -95,6 +95,25 @@ def _print_inspection(report: Inspection, console: Console, max_fragments: int) 
         f"{human_bytes(s.bytes)}; [bold]{s.small_fragments:,}[/bold] fragments under {s.target_rows_per_fragment:,} rows"
     )
     console.print("size histogram: " + ", ".join(f"{k}: {v}" for k, v in s.histogram.items()))
+    if report.columns:
+        cols = Table(title="pages per column", title_justify="left")
+        for col in ("column", "files", "pages", "pages/file", "rows/page", "bytes/page", "small pages"):
+            cols.add_column(col, justify="left" if col == "column" else "right")
+        for c in report.columns:
+            cols.add_row(
+                escape(c.name),
+                f"{c.files:,}",
+                f"{c.pages:,}",
+                f"{c.pages_per_file:,.1f}",
+                f"{c.rows_per_page:,.0f}",
+                human_bytes(c.bytes_per_page),
+                f"{c.small_pages:,}",
+            )
+        console.print(cols)
+        console.print(
+            f"pages {s.pages or 0:,}, [bold]{s.small_pages or 0:,}[/bold] small ({SMALL_PAGE_RULE}); "
+            f"{s.small_page_fragments or 0:,} fragments with columns made of small pages"
+        )
 
 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
@@ -106,6 +125,7 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
         version=args.version,
         target_rows_per_fragment=args.target_rows_per_fragment,
         storage_options=args.storage_options,
+        pages=args.pages,
     )
     if args.json:
         print(json.dumps(report.to_dict()))
@@ -326,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--version", type=int, default=None, help="inspect this version instead of the latest")
     p.add_argument("--max-fragments", type=int, default=50, help="fragments listed in the table output")
+    p.add_argument(
+        "--pages",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="page health: read every data file's metadata for pages per column and small pages (--no-pages: manifest only)",
+    )
     p.set_defaults(run=_cmd_inspect, parser=p)
 
     p = sub.add_parser("compact", help="merge small fragments by binary copy and commit a new version")

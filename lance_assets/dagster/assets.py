@@ -194,6 +194,12 @@ def compaction_metadata(before: Inspection, after: Inspection | None, report: Co
         "workers": dg.MetadataValue.int(report.workers),
         "task_retries": dg.MetadataValue.int(report.task_retries),
     }
+    if report.pages_before is not None and report.pages_after is not None:
+        # page health of the compacted columns (docs/how-it-works.md, Small pages)
+        meta["pages_before"] = dg.MetadataValue.int(report.pages_before)
+        meta["pages_after"] = dg.MetadataValue.int(report.pages_after)
+        for key in ("columns_coalesced_native", "columns_coalesced_pylance", "columns_left_small"):
+            meta[key] = dg.MetadataValue.text(", ".join(getattr(report, key)))
     if report.notes:
         meta["notes"] = dg.MetadataValue.md(_skipped_markdown(report.notes))
     if after is not None:

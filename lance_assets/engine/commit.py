@@ -574,8 +574,9 @@ def commit_compaction(
         tasks=len(done),
         tasks_skipped=len(failed),
         skipped=skipped,
-        notes=list(plan.notes),
+        notes=list(plan.notes) + CompactionReport.page_notes(done),
         reencoded_fragments=sum(len(r.old_fragment_ids) for r in done if r.reencoded),
+        **CompactionReport.page_fields(done),
     )
     if not done:
         return CompactionReport(version=None, seconds=time.monotonic() - started, **base)

@@ -196,6 +196,11 @@ def _combine(plan: CompactionPlan, reports: list[CompactionReport]) -> Compactio
         committed_versions=versions,
         reencoded_fragments=sum(r.reencoded_fragments for r in reports),
         notes=reports[0].notes,
+        pages_before=sum(r.pages_before or 0 for r in reports),
+        pages_after=sum(r.pages_after or 0 for r in reports),
+        columns_coalesced_native=sorted({c for r in reports for c in r.columns_coalesced_native}),
+        columns_coalesced_pylance=sorted({c for r in reports for c in r.columns_coalesced_pylance}),
+        columns_left_small=sorted({c for r in reports for c in r.columns_left_small}),
     )
 
 

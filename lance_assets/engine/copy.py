@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import shutil
+import tempfile
 import time
 import uuid
 from collections import deque
@@ -21,10 +23,11 @@ from dataclasses import dataclass
 from typing import IO
 
 from lance_assets._proto import file2_pb2, file_pb2, table_pb2
-from lance_assets.engine import blob_copy
+from lance_assets.engine import blob_copy, coalesce
 from lance_assets.engine.commit_loop import remove_files
 from lance_assets.engine.copy_legacy import write_legacy_output
 from lance_assets.engine.dataset import DATA_DIR, Dataset, DatasetRef, open_dataset
+from lance_assets.engine.options import PAGES_COALESCE, CompactionOptions
 from lance_assets.engine.plan import CompactionPlan, CompactionTask
 from lance_assets.engine.reencode import reencode_task
 from lance_assets.engine.report import ProgressCallback, Reason, RewriteResult
@@ -32,6 +35,7 @@ from lance_assets.engine.rows import carry_deletions, carry_row_sequences
 from lance_assets.engine.tail import read_v2_metadata, read_v2_tail
 from lance_assets.errors import CompactionRefusedError
 from lance_assets.format import manifest as mf
+from lance_assets.format import pages as page_health
 from lance_assets.format import repdef, v2file, v2safety
 from lance_assets.io import Storage
 
@@ -294,16 +298,23 @@ def _write_output(
     read_batch_bytes: int,
     progress: ProgressCallback | None,
     verify: bool = True,
+    *,
+    options: CompactionOptions | None = None,
+    tally: coalesce.PageTally | None = None,
 ) -> tuple[table_pb2.DataFragment, tuple[str, ...], int, int]:
     """Write one merged data file; returns its fragment (id unset), the files written (the data
-    file, then its blob sidecars), bytes read and written.
+    file, then its blob sidecars), bytes read and written. With ``options.pages="coalesce"``
+    columns made of many small pages are re-encoded into large ones (``coalesce``); ``tally``
+    receives the page counts before and after.
 
     Nothing stays behind when it fails: the data file is removed by ``_write_data_file``, the
     blob sidecars copied so far here.
     """
     sidecars: list[str] = []
     try:
-        fragment, rel, bytes_read, size = _write_data_file(ds, inputs, read_batch_bytes, progress, verify, sidecars)
+        fragment, rel, bytes_read, size = _write_data_file(
+            ds, inputs, read_batch_bytes, progress, verify, sidecars, options, tally or coalesce.PageTally()
+        )
     except BaseException:
         remove_files(ds.storage, sidecars)
         raise
@@ -317,6 +328,8 @@ def _write_data_file(
     progress: ProgressCallback | None,
     verify: bool,
     sidecars: list[str],
+    options: CompactionOptions | None,
+    tally: coalesce.PageTally,
 ) -> tuple[table_pb2.DataFragment, str, int, int]:
     """Write one merged data file; returns its fragment (id unset), path, bytes read and written
     (blob sidecars included: their paths are appended to ``sidecars`` as they are copied).
@@ -326,7 +339,6 @@ def _write_data_file(
     (``blob_copy``); with ``verify`` the finished file is read back and checked
     (``verify_output``, ``blob_copy.verify``) before it is handed to the commit.
     """
-    storage = ds.storage
     order = _schema_order(ds.manifest)
     # The inputs' own file version (a mixed-version dataset merges each version separately).
     versions = {mf.data_file_version(df) for frag in inputs for df in frag.files}
@@ -350,6 +362,96 @@ def _write_data_file(
         lacking.append(missing)
     layout = sorted(union.items(), key=lambda fc: order[fc[0]])
     out_fields = [fid for fid, owns in layout if owns]
+    names = repdef.field_paths(ds.manifest.fields)
+    scratch = tempfile.mkdtemp(prefix="lance-assets-coalesce-")
+    try:
+        coalesced = _coalesce_small_pages(
+            ds, inputs, version, out_fields, {fid for missing in lacking for fid in missing}, options, tally, names, scratch
+        )
+        return _write_merged(
+            ds, inputs, read_batch_bytes, progress, verify, sidecars, tally, version, lacking, layout, out_fields, coalesced
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _coalesce_small_pages(
+    ds: Dataset,
+    inputs: Sequence[table_pb2.DataFragment],
+    version: v2file.FileVersion,
+    out_fields: Sequence[int],
+    lacking: set[int],
+    options: CompactionOptions | None,
+    tally: coalesce.PageTally,
+    names: dict[int, str],
+    scratch: str,
+) -> coalesce.Coalesced | None:
+    """The columns of this output to take from pylance's re-encode instead of the inputs' small
+    pages (None: every column is copied as it is; ``tally`` then says which stay small and why)."""
+    if options is None or options.pages != PAGES_COALESCE:
+        if options is not None:
+            tally.why_left.add(coalesce.why_not_coalesce(ds.manifest.fields, options))
+        return None
+    why_not = coalesce.why_not_coalesce(ds.manifest.fields, options)
+    if why_not:  # nothing can coalesce: no extra metadata pass (the copy reports what stays small)
+        tally.why_left.add(why_not)
+        return None
+    files = coalesce.read_inputs(ds, inputs, set(out_fields))
+    chosen, merged = coalesce.choose_tops(ds.manifest.fields, version, out_fields, files, lacking)
+    small = {fid for fid in out_fields if merged.get(fid, page_health.ColumnPages()).fragmented}
+    if not small:
+        return None
+    if small - {fid for fids in chosen.values() for fid in fids}:
+        tally.why_left.add("pylance does not re-encode them (blob, struct-above-list nested fields, or fields some inputs lack)")
+    if not chosen:
+        return None
+
+    def write(tops: dict[int, list[int]]) -> coalesce.Coalesced:
+        scan = None
+        if not any(f.HasField("deletion_file") and f.deletion_file.num_deleted_rows for f in inputs):
+            # every physical row is a live row: one in-order dataset scan reads them all
+            top_names = {f.id: f.name for f in ds.manifest.fields if f.parent_id == -1}
+            ids = tuple(f.id for f in inputs)
+            scan = coalesce.DatasetScan(ds.storage.uri, ds.version, ids, tuple(top_names[t] for t in tops))
+        return coalesce.write_with_pylance(scratch, files, tops, version, options.read_batch_bytes, options.storage_options, scan)
+
+    try:
+        return write(chosen)
+    except CompactionRefusedError as exc:
+        tally.why_left.add(str(exc))
+    # pylance fails on some nested values (maps, structs): the columns without them alone, then
+    tops = coalesce.top_level(ds.manifest.fields)
+    nested = {tops[f.id] for f in ds.manifest.fields if "struct" in f.logical_type or "map" in f.logical_type}
+    flat = {top: fids for top, fids in chosen.items() if top not in nested}
+    if not flat or len(flat) == len(chosen):
+        return None
+    try:
+        return write(flat)
+    except CompactionRefusedError as exc:
+        tally.why_left.add(str(exc))
+        return None
+
+
+def _write_merged(
+    ds: Dataset,
+    inputs: Sequence[table_pb2.DataFragment],
+    read_batch_bytes: int,
+    progress: ProgressCallback | None,
+    verify: bool,
+    sidecars: list[str],
+    tally: coalesce.PageTally,
+    version: v2file.FileVersion,
+    lacking: list[list[int]],
+    layout: list[tuple[int, bool]],
+    out_fields: list[int],
+    coalesced: coalesce.Coalesced | None,
+) -> tuple[table_pb2.DataFragment, str, int, int]:
+    """Copy the inputs' pages (all but the coalesced columns') and then the coalesced columns'
+    pages into one new data file, and write its metadata."""
+    storage = ds.storage
+    order = _schema_order(ds.manifest)
+    names = repdef.field_paths(ds.manifest.fields)
+    skip = frozenset(coalesced.fields) if coalesced is not None else frozenset()
 
     name = mf.data_file_name(uuid.uuid4().bytes)
     rel = f"{DATA_DIR}/{name}"
@@ -370,7 +472,12 @@ def _write_data_file(
         pos = 0
         starts = list(itertools.accumulate((frag.physical_rows for frag in inputs), initial=0))
         filled = 0  # inputs whose all-null pages are in: they go in row order with the copied ones
-        for row_offset, src in _input_sources(ds, inputs, order, read_batch_bytes):
+        # When every column is re-encoded, nothing is copied from the inputs (nor read again).
+        everything = coalesced is not None and set(coalesced.fields) == set(out_fields)
+        if everything and coalesced is not None:
+            schema_metadata = dict(coalesced.schema_metadata)
+            tally.pages_before += coalesced.pages_before
+        for row_offset, src in () if everything else _input_sources(ds, inputs, order, read_batch_bytes):
             while filled < len(inputs) and starts[filled] <= row_offset:
                 for fid in lacking[filled]:
                     mergers[fid].add_all_null(inputs[filled].physical_rows, starts[filled])
@@ -390,7 +497,9 @@ def _write_data_file(
                     raise CompactionRefusedError(difference, path=storage.url(src.rel_path))
             if schema_metadata is None:
                 schema_metadata = dict(src.meta.descriptor.schema.metadata)
-            extents = _extents(src.meta, sorted(src.columns.values()), pos, clone_block, whole=bool(src.blob_columns))
+            tally.pages_before += sum(len(src.meta.columns[col].pages) for col in src.columns.values())
+            kept = {fid: col for fid, col in src.columns.items() if fid not in skip}
+            extents = _extents(src.meta, sorted(kept.values()), pos, clone_block, whole=bool(src.blob_columns))
             move = _relocator(extents)
             copies: tuple[blob_copy.SidecarCopy, ...] = ()
             if src.blob_columns:
@@ -405,10 +514,24 @@ def _write_data_file(
                 sidecars.append(copy.target)
                 storage.copy_object(copy.source, copy.target, copy.size, batch_bytes=read_batch_bytes, progress=progress)
                 bytes_read += copy.size
-            for fid, col in src.columns.items():
+            for fid, col in kept.items():
                 mergers[fid].add(src.meta.columns[col], move, row_offset)
+        if coalesced is not None:
+            # The re-encoded columns' pages, after every input's: one source, rows from 0.
+            temp = _Source(coalesced.rel, coalesced.meta, {}, b"", coalesced.meta.file_size)
+            extents = _extents(coalesced.meta, range(coalesced.meta.num_columns), pos, whole=True)
+            move = _relocator(extents)
+            pos, n = _copy_extents(coalesced.storage, temp, extents, pos, out, read_batch_bytes, None)
+            bytes_read += coalesced.bytes_read
+            for fid, column in zip(coalesced.fields, coalesced.meta.columns):
+                mergers[fid].add(column, move, 0)
+            tally.by_pylance.update(names.get(fid, str(fid)) for fid in coalesced.fields)
         rows = sum(frag.physical_rows for frag in inputs)
         columns = [mergers[fid].finish() for fid in out_fields]
+        tally.pages_after += sum(len(c.pages) for c in columns)
+        tally.left_small.update(
+            names.get(fid, str(fid)) for fid, c in zip(out_fields, columns) if page_health.column_pages(c.pages).fragmented
+        )
         descriptor = file_pb2.FileDescriptor(length=rows)
         descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
         for meta_key, value in (schema_metadata or {}).items():
@@ -497,6 +620,10 @@ def verify_output(
             )
 
 
+class _NothingCoalesced(CompactionRefusedError):
+    """A task of fragments rewritten alone to coalesce their pages, none of which could be."""
+
+
 def execute_task(
     uri: DatasetRef,
     plan: CompactionPlan,
@@ -549,7 +676,8 @@ def execute_task(
         raise CompactionRefusedError(f"fragments {missing} are not in version {plan.read_version}", path=storage.uri)
     if task.reencode:
         return reencode_task(ds, plan, task, started)
-    write_output = write_legacy_output if ds.storage_version == mf.LEGACY else _write_output
+    legacy = ds.storage_version == mf.LEGACY
+    tally = coalesce.PageTally()
     written: list[str] = []
     fragments: list[str] = []
     deletions: list[str] = []
@@ -557,14 +685,30 @@ def execute_task(
     try:
         for output in task.outputs:
             inputs = [by_id[i] for i in output.fragment_ids]
-            frag, files, n_read, n_written = write_output(
-                ds, inputs, plan.options.read_batch_bytes, progress, plan.options.verify_output
-            )
+            if legacy:
+                frag, files, n_read, n_written = write_legacy_output(
+                    ds, inputs, plan.options.read_batch_bytes, progress, plan.options.verify_output
+                )
+            else:
+                frag, files, n_read, n_written = _write_output(
+                    ds,
+                    inputs,
+                    plan.options.read_batch_bytes,
+                    progress,
+                    plan.options.verify_output,
+                    options=plan.options,
+                    tally=tally,
+                )
             written.extend(files)
             deletions.append(carry_deletions(ds, inputs, frag))
             fragments.append(RewriteResult.encode_fragment(frag))
             bytes_read += n_read
             bytes_written += n_written
+        if all(len(o.fragment_ids) == 1 for o in task.outputs) and tally.pages_after >= tally.pages_before:
+            # Only fragments healed alone, and their pages could not be coalesced: committing
+            # the same pages again would change nothing but the version.
+            why = "; ".join(sorted(tally.why_left)) or "no column was coalesced"
+            raise _NothingCoalesced(f"small pages left as they were: {why}")
     except CompactionRefusedError as exc:
         remove_files(storage, written)
         return RewriteResult(
@@ -572,7 +716,7 @@ def execute_task(
             old_fragment_ids=task.fragment_ids,
             bytes_read=bytes_read,
             seconds=time.monotonic() - started,
-            skipped_reason=Reason.NOT_COPYABLE,
+            skipped_reason=Reason.SMALL_PAGES if isinstance(exc, _NothingCoalesced) else Reason.NOT_COPYABLE,
             skipped_detail=str(exc),
         )
     except BaseException:
@@ -588,4 +732,9 @@ def execute_task(
         bytes_read=bytes_read,
         bytes_written=bytes_written,
         seconds=time.monotonic() - started,
+        pages_before=tally.pages_before,
+        pages_after=tally.pages_after,
+        columns_coalesced_pylance=tuple(sorted(tally.by_pylance)),
+        columns_left_small=tuple(sorted(tally.left_small)),
+        pages_notes=tuple(sorted(tally.why_left)),
     )

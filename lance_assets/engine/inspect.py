@@ -2,7 +2,8 @@
 
 Everything comes from one manifest read (plus a size lookup only for data
 files whose size the manifest does not record), so it is cheap enough for a
-Dagster sensor to run on every tick.
+Dagster sensor to run on every tick. Page health (``pages=True``, the CLI's default) also
+reads every data file's metadata: pages per column and how many are small.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from typing import Any
 from lance_assets._proto import file_pb2
 from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
 from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
+from lance_assets.engine.page_health import fragments_pages
 from lance_assets.errors import CorruptFileError
 from lance_assets.format import manifest as mf
+from lance_assets.format.pages import MIN_SMALL_PAGES, SMALL_PAGE_BYTES, ColumnPages
+from lance_assets.format.repdef import field_paths
 from lance_assets.format.roaring import decode_bitmap
 
 # Upper bounds (exclusive) of the byte-size histogram buckets.
@@ -47,6 +51,8 @@ class FragmentInfo:
     bytes: int
     file_version: str
     has_deletion_file: bool
+    pages: int | None = None  # pages of all its columns (None: page health not read)
+    small_pages: int | None = None  # of which small (format.pages.SMALL_PAGE_BYTES)
 
     @property
     def live_rows(self) -> int:
@@ -71,6 +77,46 @@ class Summary:
     bytes: int
     data_files: int
     histogram: dict[str, int]
+    # Page health (None when not read): pages of all columns, small ones, and fragments with
+    # at least one column made of many small pages (what `compact` coalesces).
+    pages: int | None = None
+    small_pages: int | None = None
+    small_page_fragments: int | None = None
+    small_page_bytes: int = SMALL_PAGE_BYTES
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    """One column's pages over the whole version (every fragment's file holding it)."""
+
+    field_id: int
+    name: str
+    files: int
+    pages: int
+    small_pages: int
+    rows: int
+    bytes: int
+
+    @property
+    def pages_per_file(self) -> float:
+        return self.pages / self.files if self.files else 0.0
+
+    @property
+    def rows_per_page(self) -> float:
+        return self.rows / self.pages if self.pages else 0.0
+
+    @property
+    def bytes_per_page(self) -> float:
+        return self.bytes / self.pages if self.pages else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            pages_per_file=round(self.pages_per_file, 2),
+            rows_per_page=round(self.rows_per_page, 1),
+            bytes_per_page=round(self.bytes_per_page, 1),
+        )
+        return out
 
 
 @dataclass(frozen=True)
@@ -89,9 +135,12 @@ class Inspection:
     summary: Summary
     writer: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    columns: list[ColumnInfo] = field(default_factory=list)  # page health per column (empty: not read)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["columns"] = [c.to_dict() for c in self.columns]
+        return out
 
 
 def _schema(fields: list[file_pb2.Field]) -> list[SchemaField]:
@@ -125,6 +174,7 @@ def inspect_dataset(
     version: int | None = None,
     target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT,
     storage_options: Mapping[str, Any] | None = None,
+    pages: bool = False,
 ) -> Inspection:
     """Inventory and fragmentation summary of one dataset version.
 
@@ -137,6 +187,8 @@ def inspect_dataset(
         version: The version to inspect; default the latest (or an open Dataset's own).
         target_rows_per_fragment: Fragments with fewer rows count as small in the summary.
         storage_options: Filesystem options (credentials, endpoint) for a URI.
+        pages: Also read every data file's metadata for page health: pages per column, rows
+            and bytes per page, small pages (``columns``, per-fragment and summary counts).
 
     Returns:
         The schema, fragments, indices, feature flags and a summary (small fragments, rows,
@@ -155,7 +207,8 @@ def inspect_dataset(
     """
     ds = open_dataset(uri, storage_options, version)
     m = ds.manifest
-    frags = []
+    frags: list[FragmentInfo] = []
+    health = _page_health(ds) if pages else None
     names: dict[tuple[int, int], str] = {}  # version pair -> name; a sensor runs this on every tick
     for f in m.fragments:
         files = list(f.files)
@@ -176,6 +229,8 @@ def inspect_dataset(
                 bytes=ds.data_bytes(files),
                 file_version=",".join(sorted(versions)),
                 has_deletion_file=has_deletion_file,
+                pages=None if health is None else sum(s.pages for s in health[1].get(f.id, {}).values()),
+                small_pages=None if health is None else sum(s.small_pages for s in health[1].get(f.id, {}).values()),
             )
         )
     summary = Summary(
@@ -187,6 +242,11 @@ def inspect_dataset(
         bytes=sum(f.bytes for f in frags),
         data_files=sum(f.files for f in frags),
         histogram=_histogram([f.bytes for f in frags]),
+        pages=None if health is None else sum(c.pages for c in health[0]),
+        small_pages=None if health is None else sum(c.small_pages for c in health[0]),
+        small_page_fragments=None
+        if health is None
+        else sum(1 for per in health[1].values() if any(s.fragmented for s in per.values())),
     )
     wv = m.writer_version
     return Inspection(
@@ -203,4 +263,29 @@ def inspect_dataset(
         config=dict(m.config),
         summary=summary,
         writer=f"{wv.library} {wv.version}".strip(),
+        columns=[] if health is None else health[0],
     )
+
+
+def _page_health(ds: Dataset) -> tuple[list[ColumnInfo], dict[int, dict[int, ColumnPages]]]:
+    """Per column (schema order) its pages over all fragments, and per fragment its columns' pages."""
+    m = ds.manifest
+    live = {f.id for f in m.fields}
+    per_fragment = dict(zip((f.id for f in m.fragments), fragments_pages(ds, list(m.fragments), live)))
+    sums: dict[int, tuple[int, ColumnPages]] = {}
+    for per in per_fragment.values():
+        for fid, stats in per.items():
+            files, total = sums.get(fid, (0, ColumnPages()))
+            sums[fid] = (files + 1, total + stats)
+    names = field_paths(list(m.fields))
+    columns = [
+        ColumnInfo(f.id, names[f.id], files, s.pages, s.small_pages, s.rows, s.bytes)
+        for f in m.fields
+        if f.id in sums
+        for files, s in [sums[f.id]]
+    ]
+    return columns, per_fragment
+
+
+#: Re-exported for the CLI's explanation of "small".
+SMALL_PAGE_RULE = f"pages under {SMALL_PAGE_BYTES // 1024} KiB; a column with {MIN_SMALL_PAGES}+ of them is coalesced by compact"

@@ -18,6 +18,9 @@ DEFAULT_READ_BATCH_BYTES = 16 * 1024 * 1024
 MAX_ROWS_PER_FILE_LIMIT = 2**32 - 1
 
 IndexRemap = Literal["defer", "drop"]
+PagesMode = Literal["copy", "coalesce"]
+PAGES_COPY: PagesMode = "copy"
+PAGES_COALESCE: PagesMode = "coalesce"
 
 
 class OptionError(ValueError):
@@ -99,6 +102,12 @@ class CompactionOptions:
         "defer: record the row moves in Lance's fragment-reuse index, so indices keep covering the merged rows; "
         "drop: remove the rewritten fragments from the indices (unindexed until optimize_indices).",
     )
+    pages: PagesMode = _option(
+        "coalesce",
+        "coalesce: columns made of many small pages (docs/format.md, Page health) are re-encoded into large "
+        "pages with pylance when installed, other columns copied byte for byte, and fragments at target size "
+        "whose columns have many small pages are rewritten too; copy: every page copied as it is.",
+    )
     storage_options: dict[str, Any] = _option({}, "Filesystem options (credentials, endpoint).", dagster=False)
     dry_run: bool = _option(False, "Only plan: report what would be read and written; write and commit nothing.")
 
@@ -112,6 +121,8 @@ class CompactionOptions:
                 raise OptionError(name, "must be positive when set")
         if self.index_remap not in typing.get_args(IndexRemap):
             raise OptionError("index_remap", f"must be 'defer' or 'drop', not {self.index_remap!r}")
+        if self.pages not in typing.get_args(PagesMode):
+            raise OptionError("pages", f"must be 'copy' or 'coalesce', not {self.pages!r}")
         # A share of a fragment's rows: above 1 no fragment could ever qualify (a typo, not a choice).
         if not 0.0 <= self.materialize_deletions_threshold <= 1.0:
             raise OptionError(

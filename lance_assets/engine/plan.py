@@ -16,15 +16,16 @@ import functools
 import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from typing import Any, TypeVar
+from typing import Any
 
 from lance_assets._proto import table_pb2
 from lance_assets.engine.blob_copy import blob_columns, blob_field_ids
+from lance_assets.engine.coalesce import coalescible_fields, why_not_coalesce
 from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
 from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, has_graph, index_views, is_system_index, is_vector
 from lance_assets.engine.options import CompactionOptions
+from lance_assets.engine.page_health import fragments_pages, read_each
 from lance_assets.engine.reencode import blob_reencode_refusal, pylance_available
 from lance_assets.engine.report import Reason, SkippedFragment
 from lance_assets.engine.rows import live_rows
@@ -290,8 +291,16 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
                 held_heavy[frag.id] = _graph_detail(frag, options, keep_deleted[frag.id], ds.stable_row_ids)
             else:
                 over.add(frag.id)
+    # Fragments at target size whose columns are cut into many small pages are rewritten too
+    # (coalesced), when the copy can coalesce them; otherwise they are skipped saying so.
+    heal, unhealable = _small_page_fragments(ds, fragments, options, live_ids, over)
+    for frag in fragments:
+        if frag.id in unhealable:
+            skipped.append(SkippedFragment(frag.id, Reason.SMALL_PAGES, unhealable[frag.id]))
+            candidates.append(None)
+            continue
         reason = _candidate_reason(
-            ds, frag, options, live_ids, index_sets, pinned, check_unknown, layouts, frag.id in over, fillable
+            ds, frag, options, live_ids, index_sets, pinned, check_unknown, layouts, frag.id in over or frag.id in heal, fillable
         )
         if isinstance(reason, SkippedFragment):
             if reason.reason is Reason.AT_TARGET_SIZE and frag.id in held_heavy:
@@ -356,7 +365,8 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
                 per_file, more = _rows_per_file_for_deletions(group, options)
                 if per_file is None:
                     reencode, why_kept = False, more
-            if len(group) < 2 and not reencode:
+            healing = [i for i in ids if i in heal]
+            if len(group) < 2 and not reencode and not healing:
                 alone = layers.alone.get(ids[0]) if ids else None
                 if ids[0] in packed_alone and len(bin_) > 1:
                     skipped.append(
@@ -378,7 +388,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
                 outputs = _reencode_outputs(group, sizes, options, per_file)
             else:
                 outputs = _outputs(group, sizes, options_for_outputs)
-            if not reencode and len(outputs) >= len(group):
+            if not reencode and not healing and len(outputs) >= len(group):
                 skipped.extend(
                     SkippedFragment(i, Reason.NO_REDUCTION, "the size limits leave every input in a file of its own") for i in ids
                 )
@@ -415,6 +425,8 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
             notes.extend(
                 SkippedFragment(fid, Reason.REENCODED, f"re-encoded with the fragment before it: {why}") for fid, why in forced
             )
+            if not reencode:
+                notes.extend(SkippedFragment(i, Reason.SMALL_PAGES, heal[i]) for i in healing)
     skipped.sort(key=lambda s: -1 if s.fragment_id is None else s.fragment_id)
     return CompactionPlan(
         ds.uri,
@@ -426,6 +438,55 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
         tuple(splits),
         tuple(notes),
     )
+
+
+def _small_page_fragments(
+    ds: Dataset,
+    fragments: Sequence[table_pb2.DataFragment],
+    options: CompactionOptions,
+    live_ids: set[int],
+    over: set[int],
+) -> tuple[dict[int, str], dict[int, str]]:
+    """Fragments at target size with columns of many small pages: (fragment id -> which columns,
+    for those the copy will coalesce; fragment id -> why not, for those it cannot).
+
+    Reads the data files' metadata of the fragments at target size only (small fragments are
+    candidates anyway). Only columns the copy may coalesce count (``coalesce.coalescible_fields``),
+    and a coalesced column holds pages as large as pylance's writer makes them, so a fragment
+    healed once is not picked again.
+    """
+    if options.pages == "copy" or ds.storage_version == mf.LEGACY:
+        return {}, {}
+    at_target = [
+        f
+        for f in fragments
+        if f.physical_rows >= options.target_rows_per_fragment
+        and f.id not in over
+        and f.id not in options.excluded_fragment_ids
+        and f.files
+        and all(mf.data_file_version(df) != mf.LEGACY for df in f.files)
+        and mf.storage_version_name(mf.data_file_version(f.files[0])) in _KNOWN_FILE_VERSIONS
+    ]
+    if not at_target:
+        return {}, {}
+    names = repdef.field_paths(ds.manifest.fields)
+    why_not = why_not_coalesce(ds.manifest.fields, options)
+    coalescible = functools.cache(lambda v: coalescible_fields(ds.manifest.fields, FileVersion(mf.storage_version_name(v))))
+    heal: dict[int, str] = {}
+    cannot: dict[int, str] = {}
+    for frag, stats in zip(at_target, fragments_pages(ds, at_target, live_ids)):
+        fragmented = {fid: s for fid, s in stats.items() if s.fragmented}
+        if not fragmented:
+            continue
+        allowed = coalescible(mf.data_file_version(frag.files[0]))
+        fixable = {fid: s for fid, s in fragmented.items() if fid in allowed}
+        listed = ", ".join(f"{names.get(fid, fid)} ({s.small_pages} of {s.pages})" for fid, s in sorted(fragmented.items()))
+        if fixable and not why_not:
+            heal[frag.id] = f"at target size, but columns are made of small pages: {listed}; rewritten to coalesce them"
+        else:
+            reason = why_not or "their columns are not ones pylance may rewrite (blob or guarded nested fields)"
+            cannot[frag.id] = f"columns made of small pages: {listed}; left as they are: {reason}"
+    return heal, cannot
 
 
 def _over_threshold(frag: table_pb2.DataFragment, options: CompactionOptions) -> bool:
@@ -703,27 +764,13 @@ class _FileSplitter:
                 keys.extend(key)
             return tuple(sorted(keys))
 
-        return _read_each(ds, read, bin_)
+        return read_each(ds, read, bin_)
 
 
 #: What reading one fragment's file metadata may raise that is about that fragment's files (a
 #: layout we cannot parse or do not know): the fragment is left alone with the reason, the plan
 #: goes on. Storage errors (network, permissions, a missing file) still stop the plan.
 _UNJUDGED = (CorruptFileError, UnsupportedVersionError, UnsupportedFeatureError)
-
-#: Metadata reads in flight when the planner reads files on an object store.
-_PLAN_READERS = 8
-
-T = TypeVar("T")
-
-
-def _read_each(ds: Dataset, read: Callable[[table_pb2.DataFragment], T], frags: Sequence[table_pb2.DataFragment]) -> list[T]:
-    """``read`` of every fragment, in order: in turn on a local disk, several at once on an
-    object store (where each metadata read is a request)."""
-    if ds.storage.is_local:
-        return [read(frag) for frag in frags]
-    with ThreadPoolExecutor(_PLAN_READERS, thread_name_prefix="lance-assets-plan") as pool:
-        return list(pool.map(read, frags))
 
 
 def _blob_refusals(ds: Dataset, frags: Sequence[table_pb2.DataFragment], blob_ids: frozenset[int]) -> dict[int, str]:
@@ -753,7 +800,7 @@ def _blob_refusals(ds: Dataset, frags: Sequence[table_pb2.DataFragment], blob_id
                     return f"blob field {fid}: " + "; ".join(refusals)
         return ""
 
-    return {frag.id: why for frag, why in zip(frags, _read_each(ds, read, frags)) if why}
+    return {frag.id: why for frag, why in zip(frags, read_each(ds, read, frags)) if why}
 
 
 def _bins(candidates: Sequence[tuple[table_pb2.DataFragment, Any] | None]) -> Iterable[list[table_pb2.DataFragment]]:

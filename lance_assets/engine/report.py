@@ -35,6 +35,8 @@ class Reason(StrEnum):
     LEGACY_DICTIONARY = "legacy_dictionary"
     BLOB_COLUMN = "blob_column"
     INCOMPATIBLE_LAYERS = "incompatible_layers"  # nested columns whose pages disagree on layers (docs/format.md)
+    # skipped: at target size with many small pages that cannot be coalesced; notes: rewritten to coalesce them
+    SMALL_PAGES = "small_pages"
     # running: a task or a commit that did not happen
     NOT_COPYABLE = "not_copyable"
     REENCODE_FAILED = "reencode_failed"
@@ -80,6 +82,15 @@ class RewriteResult:
     skipped_reason: str = ""
     skipped_detail: str = ""
     reencoded: bool = False  # written by pylance's re-encode (deleted rows dropped), not by binary copy
+    # Page health of the written files (v2 binary copies; 0 and empty otherwise): pages of the
+    # inputs' kept columns and of the outputs' columns, the column paths re-encoded into large
+    # pages (by pylance / natively), those still made of small pages, and why they were left.
+    pages_before: int = 0
+    pages_after: int = 0
+    columns_coalesced_pylance: tuple[str, ...] = ()
+    columns_coalesced_native: tuple[str, ...] = ()
+    columns_left_small: tuple[str, ...] = ()
+    pages_notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -108,7 +119,16 @@ class RewriteResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RewriteResult:
         data = dict(data)
-        for key in ("old_fragment_ids", "new_fragments", "deletion_files", "files_written"):
+        for key in (
+            "old_fragment_ids",
+            "new_fragments",
+            "deletion_files",
+            "files_written",
+            "columns_coalesced_pylance",
+            "columns_coalesced_native",
+            "columns_left_small",
+            "pages_notes",
+        ):
             data[key] = tuple(data.get(key) or ())
         return cls(**data)
 
@@ -143,6 +163,38 @@ class CompactionReport:
     runner: str = "local"  # where the copies ran: local | processes | ray | dask
     workers: int = 0  # distinct worker processes that ran tasks
     task_retries: int = 0  # task attempts lost to dead workers and run again
+    # Page health (docs/how-it-works.md, Small pages): pages of the compacted columns before and
+    # after (None in a dry run: the plan reads no small fragment's pages), and the column paths
+    # coalesced into large pages natively / by pylance, or left made of small pages.
+    pages_before: int | None = None
+    pages_after: int | None = None
+    columns_coalesced_native: list[str] = field(default_factory=list)
+    columns_coalesced_pylance: list[str] = field(default_factory=list)
+    columns_left_small: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def page_fields(results: list[RewriteResult]) -> dict[str, Any]:
+        """The page-health keys summed over task results."""
+
+        def union(attr: str) -> list[str]:
+            return sorted({c for r in results for c in getattr(r, attr)})
+
+        return dict(
+            pages_before=sum(r.pages_before for r in results),
+            pages_after=sum(r.pages_after for r in results),
+            columns_coalesced_native=union("columns_coalesced_native"),
+            columns_coalesced_pylance=union("columns_coalesced_pylance"),
+            columns_left_small=union("columns_left_small"),
+        )
+
+    @staticmethod
+    def page_notes(results: list[RewriteResult]) -> list[SkippedFragment]:
+        """A run note per reason some columns were left made of small pages."""
+        left = sorted({c for r in results for c in r.columns_left_small})
+        if not left:
+            return []
+        why = sorted({w for r in results for w in r.pages_notes}) or ["pylance's re-encode did not make them larger"]
+        return [SkippedFragment(None, Reason.SMALL_PAGES, f"columns left with small pages: {', '.join(left)}: {'; '.join(why)}")]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

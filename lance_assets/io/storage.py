@@ -287,7 +287,7 @@ class Storage:
         store itself (UploadPartCopy). Any other store reads ranges of at most
         ``batch_bytes``.
         """
-        if isinstance(out, MultipartComposer):
+        if isinstance(out, MultipartComposer) and not self.is_local:  # a local source is read and uploaded
             with self._errors(rel):
                 try:
                     out.copy_range(self.path(rel), start, end, batch_bytes=batch_bytes)

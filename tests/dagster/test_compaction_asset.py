@@ -28,6 +28,7 @@ BEFORE_AFTER_KEYS = {
     "fragments_removed", "fragments_added", "bytes_copied", "bytes_written", "seconds", "mb_per_s", "tasks",
     "skipped", "target_rows_per_fragment", "fragments_after", "files_after", "rows_after", "bytes_after",
     "small_fragments_after", "reencoded_fragments", "runner", "workers", "task_retries",
+    "pages_before", "pages_after", "columns_coalesced_native", "columns_coalesced_pylance", "columns_left_small",
 }
 
 
@@ -69,6 +70,8 @@ def test_materialize_one_partition_with_tiny_read_batches(root: Path, instance: 
     assert mat.partition == "a"
     meta = metadata_values(mat.metadata)
     assert set(meta) == BEFORE_AFTER_KEYS
+    # 12 small files' pages coalesced by pylance into one page per column
+    assert meta["pages_after"] < meta["pages_before"] and meta["columns_coalesced_pylance"] and not meta["columns_left_small"]
 
     ds = lance.dataset(str(a))
     assert ds.version == read_version + 1

@@ -71,6 +71,9 @@ CHILD = textwrap.dedent(
     if kind == "s3":
         import s3fs, aiobotocore.session  # the client library's own memory is not the copy's
         s3fs.S3FileSystem  # noqa: B018
+    # pylance re-encodes the small-paged id column (pages="coalesce"): its native library's own
+    # memory is not the copy's either
+    import lance.file  # noqa: F401
     before = status_kib("VmRSS")
     if kind == "s3":
         # Streamed through this process (server-side copy off): parts upload while the next is read.

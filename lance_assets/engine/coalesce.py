@@ -1,0 +1,347 @@
+"""Coalescing small pages: which columns may be re-encoded into large pages, and by what.
+
+Binary copy turns every small input file into one small page per column of the output
+(``format.pages``); Lance's reader pays per page. With ``pages="coalesce"`` (the default) the
+copy re-encodes the columns made of many small pages -- and only those -- with pylance's file
+writer (``lance.file.LanceFileWriter``) into a temporary file of the same file version, and
+copies that file's pages into the output in place of the small ones. Every other column is
+still copied byte for byte. The planner uses the same rules to pick fragments at target size
+whose columns are worth healing, so it never picks what the copy would leave as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections import deque
+from collections.abc import Collection, Container, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from lance_assets._proto import file_pb2, table_pb2
+from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.options import PAGES_COPY, CompactionOptions
+from lance_assets.engine.page_health import read_each
+from lance_assets.engine.reencode import pylance_available, pylance_storage_options
+from lance_assets.engine.tail import read_v2_metadata
+from lance_assets.errors import CompactionRefusedError
+from lance_assets.format import repdef, v2safety
+from lance_assets.format.pages import SMALL_PAGE_BYTES, ColumnPages, column_pages
+from lance_assets.format.v2file import FileVersion, V2FileMetadata, is_blob_field
+from lance_assets.io import Storage
+
+
+def coalescible_fields(fields: Sequence[file_pb2.Field], version: FileVersion) -> frozenset[int]:
+    """Ids of the fields whose columns pylance may rewrite: every field of a top-level field's
+    subtree, unless the subtree holds a blob field (its pages are descriptors, rewritten by
+    ``blob_copy``) or a guarded nested field (pylance 14 misreads some such values it wrote in
+    one go, see ``reencode``; their pages keep the layer rule by being copied)."""
+    guarded = repdef.guarded_field_ids(fields, version)
+    tops = top_level(fields)
+    refused = {tops[f.id] for f in fields if f.id in guarded or is_blob_field(f)}
+    return frozenset(fid for fid, t in tops.items() if t not in refused)
+
+
+def why_not_coalesce(fields: Sequence[file_pb2.Field], options: CompactionOptions) -> str:
+    """Why small pages of this dataset cannot be coalesced ("" when they can)."""
+    if options.pages == PAGES_COPY:
+        return "pages='copy' keeps every page as it is"
+    if any(is_blob_field(f) for f in fields):
+        return "datasets with blob columns are binary-copied page by page"
+    if not pylance_available():
+        return "coalescing small pages needs pylance: pip install 'lance_assets[reencode]'"
+    return ""
+
+
+# --- choosing the columns of one output file ---------------------------------------------------
+@dataclass
+class PageTally:
+    """What one output file's columns became: filled by the copy, summed into the report."""
+
+    pages_before: int = 0  # pages of the kept columns over all inputs
+    pages_after: int = 0  # pages of the output's columns
+    by_pylance: set[str] = field(default_factory=set)  # column paths re-encoded into large pages
+    left_small: set[str] = field(default_factory=set)  # column paths still made of small pages
+    why_left: set[str] = field(default_factory=set)  # why those were not coalesced
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input data file as the pre-pass read it."""
+
+    url: str  # for pylance's reader
+    rows: int
+    columns: dict[int, int]  # field id -> column, for live fields that own a column
+    names: dict[int, str]  # field id -> name in the file's own schema (top-level fields)
+    stats: dict[int, ColumnPages]  # field id -> its column's pages
+    schema_metadata: dict[str, bytes] = field(default_factory=dict)  # the file schema's metadata
+
+
+def read_inputs(ds: Dataset, inputs: Sequence[table_pb2.DataFragment], live: Container[int]) -> list[list[InputFile]]:
+    """Per input fragment, its data files' column metadata (the copy reads them again as it
+    goes: this pass decides which columns to coalesce before anything is written)."""
+
+    def read(frag: table_pb2.DataFragment) -> list[InputFile]:
+        out = []
+        for df in frag.files:
+            rel = ds.data_file_path(df)
+            meta = read_v2_metadata(ds.storage, rel, df.file_size_bytes)
+            columns = {fid: col for fid, col in zip(df.fields, df.column_indices) if fid in live and 0 <= col < meta.num_columns}
+            names = {f.id: f.name for f in meta.fields if f.parent_id == -1}
+            stats = {fid: column_pages(meta.columns[col].pages) for fid, col in columns.items()}
+            schema_metadata = dict(meta.descriptor.schema.metadata)
+            out.append(InputFile(ds.storage.url(rel), meta.num_rows, columns, names, stats, schema_metadata))
+        return out
+
+    return read_each(ds, read, inputs)
+
+
+def choose_tops(
+    fields: Sequence[file_pb2.Field],
+    version: FileVersion,
+    out_fields: Sequence[int],
+    files: Sequence[Sequence[InputFile]],
+    lacking: Collection[int],
+) -> tuple[dict[int, list[int]], dict[int, ColumnPages]]:
+    """The top-level fields whose columns to re-encode (schema order; each with the fields
+    under it that own an output column), and every output column's pages summed over the inputs.
+
+    A top-level field is chosen when one of its columns, as binary copy would assemble it, is
+    made of many small pages (``ColumnPages.fragmented``), pylance may rewrite it
+    (``coalescible_fields``) and every input holds it (an input lacking it gets all-null pages)."""
+    merged: dict[int, ColumnPages] = {}
+    for frag_files in files:
+        for f in frag_files:
+            for fid, stats in f.stats.items():
+                merged[fid] = merged.get(fid, ColumnPages()) + stats
+    allowed = coalescible_fields(fields, version)
+    tops = top_level(fields)
+    owners: dict[int, list[int]] = {}
+    for fid in out_fields:
+        owners.setdefault(tops[fid], []).append(fid)
+    order = {f.id: i for i, f in enumerate(fields)}
+    chosen = {
+        top: fids
+        for top, fids in sorted(owners.items(), key=lambda item: order[item[0]])
+        if any(merged.get(fid, ColumnPages()).fragmented for fid in fids)
+        and all(fid in allowed and fid not in lacking for fid in fids)
+    }
+    return chosen, merged
+
+
+def top_level(fields: Sequence[file_pb2.Field]) -> dict[int, int]:
+    """Field id -> id of the top-level field above it (itself when top-level)."""
+    by_id = {f.id: f for f in fields}
+    out = {}
+    for f in fields:
+        node = f
+        while node.parent_id != -1 and node.parent_id in by_id:
+            node = by_id[node.parent_id]
+        out[f.id] = node.id
+    return out
+
+
+# --- pylance's writer -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetScan:
+    """An in-order scan of some fragments' columns at one version (every physical row when the
+    fragments have no deleted rows)."""
+
+    uri: str
+    version: int
+    fragment_ids: tuple[int, ...]
+    columns: tuple[str, ...]  # top-level names in the dataset schema
+
+    def batches(self, rows_per_batch: int, storage_options: dict[str, str] | None) -> Iterator[Any]:
+        import lance
+
+        ds = lance.dataset(self.uri, version=self.version, storage_options=storage_options)
+        fragments = []
+        for i in self.fragment_ids:
+            found = ds.get_fragment(i)
+            if found is None:
+                raise CompactionRefusedError(f"fragment {i} is not in version {self.version}")
+            fragments.append(found)
+        # A few batches ahead, each of about read_batch_bytes / 8: memory near the bound.
+        scanner = ds.scanner(
+            columns=list(self.columns),
+            fragments=fragments,
+            scan_in_order=True,
+            batch_size=max(1, rows_per_batch // 8),
+            batch_readahead=4,
+            fragment_readahead=4,
+        )
+        yield from scanner.to_reader()
+
+
+#: Inputs pylance reads at once (its readers release the GIL; each small input costs ~1.5 ms).
+_PYLANCE_READERS = 4
+
+
+@dataclass(frozen=True)
+class Coalesced:
+    """A temporary file pylance wrote holding the chosen top-level fields of all inputs, in
+    row order; its columns belong, in order, to ``fields`` (the output's column owners)."""
+
+    storage: Storage
+    rel: str
+    meta: V2FileMetadata
+    fields: tuple[int, ...]
+    bytes_read: int = 0  # the inputs' page bytes of these columns, which pylance read
+    pages_before: int = 0  # the inputs' pages of these columns
+    schema_metadata: dict[str, bytes] = field(default_factory=dict)  # the first input's file schema metadata
+
+
+def write_with_pylance(
+    directory: str,
+    inputs: Sequence[Sequence[InputFile]],
+    owners_by_top: dict[int, list[int]],
+    version: FileVersion,
+    read_batch_bytes: int,
+    storage_options: dict[str, Any],
+    scan: DatasetScan | None = None,
+) -> Coalesced:
+    """Re-encode the columns of the top-level fields ``owners_by_top`` (schema order; each with
+    the fields under it that own a column) of every input, in row order, into one file of
+    ``version`` under the local ``directory`` with pylance's file writer; read its metadata back.
+
+    The inputs are read file by file with pylance's file reader, which returns every physical
+    row; or, with ``scan`` (when no input has deleted rows, so a dataset scan returns them all),
+    by one in-order dataset scan of the input fragments, which reads them in parallel.
+
+    Memory stays near ``read_batch_bytes``: inputs are read in batches of about that many bytes
+    and the writer's page cache is that large (at least 256 KiB per column, so the pages it
+    writes are never small ones). Raises CompactionRefusedError when pylance fails or the file
+    is not one the copy can take pages from (the caller then copies the small pages as they are).
+    """
+    import pyarrow as pa
+    from lance.file import LanceFileReader, LanceFileWriter
+
+    options = pylance_storage_options(storage_options)
+    files = inputs
+    tops = list(owners_by_top)
+    owners = [fid for t in tops for fid in owners_by_top[t]]
+    rel = f"coalesced-{uuid.uuid4().hex}.lance"  # a retry never meets an earlier attempt's file
+
+    def plan(frag_files: Sequence[InputFile]) -> tuple[list[tuple[InputFile, list[str]]], int]:
+        """The files of one input fragment holding the chosen columns (with their names in the
+        file's schema), and the bytes of those columns."""
+        parts = []
+        for f in frag_files:
+            held = [t for t in tops if any(fid in f.columns for fid in owners_by_top[t])]
+            if any(t not in f.names for t in held):
+                raise CompactionRefusedError(f"{f.url}: a column's field is not top-level in the file's schema")
+            if held:
+                parts.append((f, [f.names[t] for t in held]))
+        names = [n for _, held_names in parts for n in held_names]
+        if len(names) != len(set(names)):
+            raise CompactionRefusedError("a column is held by two data files of one fragment")
+        return parts, sum(s.bytes for f, _ in parts for fid, s in f.stats.items() if fid in owners)
+
+    def batches(frag_files: Sequence[InputFile]) -> Iterator[Any]:
+        """The chosen columns of one input fragment, in batches of about ``read_batch_bytes``."""
+        parts, size = plan(frag_files)
+        frag_rows = frag_files[0].rows
+        batch = max(1, min(frag_rows, read_batch_bytes * frag_rows // max(size, 1)))
+        readers = [
+            LanceFileReader(f.url, storage_options=options, columns=names).read_all(batch_size=batch).to_batches()
+            for f, names in parts
+        ]
+        got = 0
+        for pieces in zip(*readers, strict=True):
+            if len({len(piece) for piece in pieces}) != 1:
+                raise CompactionRefusedError("the data files of one fragment gave batches of different lengths")
+            fields = [fld for piece in pieces for fld in piece.schema]
+            yield pa.RecordBatch.from_arrays([a for piece in pieces for a in piece.columns], schema=pa.schema(fields))
+            got += len(pieces[0])
+        if got != frag_rows:
+            raise CompactionRefusedError(f"pylance read {got} rows of an input holding {frag_rows}")
+
+    # Small inputs (the common case: thousands of them) are read several at a time, each whole,
+    # within the memory bound; larger ones are streamed in batches as they come.
+    small = max(1, read_batch_bytes // (2 * _PYLANCE_READERS))
+    writer: Any = None
+    schema: Any = None
+    rows = 0
+    pending: list[Any] = []  # batches of small inputs, written together (fewer, larger writes)
+    pending_bytes = 0
+
+    def write(batch: Any) -> None:
+        nonlocal writer, schema, rows, pending_bytes
+        if schema is None:
+            schema = batch.schema
+            if len(schema) != len(tops):
+                raise CompactionRefusedError(f"the inputs hold {len(schema)} of the {len(tops)} columns to coalesce")
+            cache = max(read_batch_bytes, len(tops) * 4 * SMALL_PAGE_BYTES)
+            writer = LanceFileWriter(os.path.join(directory, rel), schema, version=version.value, data_cache_bytes=cache)
+        pending.append(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+        pending_bytes += batch.nbytes
+        rows += len(batch)
+        if pending_bytes >= small:
+            flush()
+
+    def flush() -> None:
+        nonlocal pending_bytes
+        if pending:
+            writer.write_batch(pa.Table.from_batches(pending, schema=schema))
+            pending.clear()
+            pending_bytes = 0
+
+    try:
+        if scan is not None:
+            size = sum(s.bytes for frag_files in files for f in frag_files for fid, s in f.stats.items() if fid in owners)
+            expected = sum(frag_files[0].rows for frag_files in files)
+            for batch in scan.batches(read_batch_bytes * expected // max(size, 1), options):
+                write(batch)
+            if rows != expected:
+                raise CompactionRefusedError(f"pylance's scan returned {rows} rows of inputs holding {expected}")
+            files = ()  # read
+        with ThreadPoolExecutor(_PYLANCE_READERS, thread_name_prefix="lance-assets-coalesce") as pool:
+            window: deque[tuple[Sequence[InputFile], Future[list[Any]] | None]] = deque()
+            todo = iter(files)
+            try:
+                while True:
+                    while len(window) < 2 * _PYLANCE_READERS:
+                        frag_files = next(todo, None)
+                        if frag_files is None:
+                            break
+                        whole = plan(frag_files)[1] <= small
+                        window.append((frag_files, pool.submit(lambda f: list(batches(f)), frag_files) if whole else None))
+                    if not window:
+                        break
+                    frag_files, future = window.popleft()
+                    for batch in future.result() if future is not None else batches(frag_files):
+                        write(batch)
+            finally:
+                for _, future in window:
+                    if future is not None:
+                        future.cancel()
+        if writer is None:
+            raise CompactionRefusedError("no input rows to coalesce")
+        flush()
+        writer.close()
+        writer = None
+    except (CompactionRefusedError, KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pylance failing (its panics are BaseExceptions) means: copy the pages as they are
+        raise CompactionRefusedError(f"pylance could not re-encode the columns: {exc}") from exc
+    finally:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+    storage = Storage(directory)
+    meta = read_v2_metadata(storage, rel)
+    if meta.version is not version or meta.num_rows != rows or meta.num_columns != len(owners):
+        raise CompactionRefusedError(
+            f"pylance wrote {meta.num_columns} columns of {meta.num_rows} rows ({meta.version}), "
+            f"expected {len(owners)} of {rows} ({version})"
+        )
+    problems = v2safety.copy_refusals(meta, list(range(meta.num_columns)))
+    if problems:
+        raise CompactionRefusedError("pylance's pages cannot be moved: " + "; ".join(problems))
+    read = sum(s.bytes for frag_files in inputs for f in frag_files for fid, s in f.stats.items() if fid in owners)
+    before = sum(s.pages for frag_files in inputs for f in frag_files for fid, s in f.stats.items() if fid in owners)
+    first = inputs[0][0].schema_metadata if inputs and inputs[0] else {}
+    return Coalesced(storage, rel, meta, tuple(owners), read, before, first)
