@@ -33,7 +33,11 @@ def test_checks_pass_in_the_same_run(root: Path, instance: dg.DagsterInstance) -
     assert all(c.passed for c in checks.values()), {k: c.metadata for k, c in checks.items()}
     assert all(c.asset_key == COMPACTED for c in checks.values())
     assert checks[ROWS_CHECK].metadata["rows_in_rewritten_fragments"].value == checks[ROWS_CHECK].metadata["rows_in_new_fragments"].value == 90
-    assert checks[SMALL_CHECK].metadata["small_fragments"].value == 1
+    # the one merged fragment is under the target but has nothing to merge with: not work left behind (#25.6)
+    assert checks[SMALL_CHECK].metadata["small_fragments"].value == 0
+    assert checks[SMALL_CHECK].metadata["lone_small_fragments"].value == 1
+    # each result belongs to the dataset (partition) it checked (#25.4)
+    assert {c.partition for c in checks.values()} == {"a"}
     assert checks[SMALL_CHECK].severity == dg.AssetCheckSeverity.WARN
     assert checks[READ_BACK_CHECK].metadata["version"].value == lance.dataset(str(path)).version
     assert checks[READ_BACK_CHECK].metadata["problems"].value == "none"
