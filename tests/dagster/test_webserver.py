@@ -8,6 +8,7 @@ Screenshots land in the test's tmp_path.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -276,3 +277,82 @@ def test_webserver_serves_the_lance_layer(webserver: Webserver, tmp_path: Path) 
     assert "Unsynced" not in compacted_page, compacted_page[-2000:]
     checks_page = page(f"{webserver.url}/assets/demo/compacted?view=checks", profile, tmp_path / "checks.png")
     assert "rows_preserved" in checks_page and "events" in checks_page, checks_page[-2000:]
+
+
+RUNS = """
+{ runsOrError(filter: {tags: [{key: "dagster/partition", value: "events"}]}) { __typename
+  ... on Runs { results { runId status startTime endTime assetSelection { path } } } } }
+"""
+
+
+def load_demo_instance_yaml() -> str:
+    spec = importlib.util.spec_from_file_location("demo_script_under_test", REPO / "scripts" / "demo.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.DAGSTER_YAML)
+
+
+def test_dagster_dev_runs_one_compaction_per_dataset_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dagster dev` on the demo instance: two Materialize launches for one dataset (and whatever the
+    running sensor asks for) queue behind each other; no two runs of that dataset overlap (#25.5)."""
+    exe = Path(sys.executable).with_name("dagster")
+    if not exe.exists():
+        pytest.skip("dagster is not installed next to this interpreter")
+    home, root = tmp_path / "dagster_home", tmp_path / "datasets"
+    home.mkdir()
+    root.mkdir()
+    (home / "dagster.yaml").write_text(load_demo_instance_yaml())
+    make_dataset(root / "events.lance", 20)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("LANCE_ASSETS_ROOT", str(root))
+    with dg.DagsterInstance.get() as instance:
+        apply_partition_requests(instance, evaluate_sensor(load_example_defs(), instance, "demo_dataset_discovery_sensor"))
+
+    port = free_port()
+    log = tmp_path / "dagster-dev.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(exe), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    server = Webserver(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, f"dagster dev exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"dagster dev not ready in 240 s:\n{log.read_text()[-3000:]}"
+            try:
+                [entry] = server.graphql(WORKSPACE)["workspaceOrError"]["locationEntries"]
+                if entry["loadStatus"] == "LOADED":
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(1)
+        tags = [{"key": "dagster/partition", "value": "events"}]
+        first = launch_like_the_materialize_button(server, tags)
+        second = launch_like_the_materialize_button(server, tags)
+        assert first["status"] == second["status"] == "QUEUED"  # the instance's queue decides when each starts
+
+        deadline = time.monotonic() + 480
+        while True:
+            runs = server.graphql(RUNS)["runsOrError"]["results"]
+            mine = [r for r in runs if r["runId"] in (first["runId"], second["runId"])]
+            if all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in mine):
+                break
+            started = [r for r in runs if r["status"] == "STARTED"]
+            assert len(started) <= 1, f"two runs of one dataset at once: {started}"
+            assert time.monotonic() < deadline, f"runs not finished in 480 s: {runs}\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        assert [r["status"] for r in mine] == ["SUCCESS", "SUCCESS"], log.read_text()[-3000:]
+        intervals = sorted((r["startTime"], r["endTime"]) for r in runs if r["startTime"] and r["endTime"])
+        assert len(intervals) >= 2
+        for (_, end), (start, _) in itertools.pairwise(intervals):
+            assert start >= end, f"runs of one dataset overlapped: {intervals}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
