@@ -1,8 +1,11 @@
 """Example Dagster definitions: compact every Lance dataset under ``demo-data/datasets``.
 
 Loaded by ``dagster dev -w workspace.yaml``; ``./dev demo`` drives the same
-definitions headless. Point ``LANCE_ASSETS_ROOT`` at another root (local path
-or URL) to use it on real data.
+definitions headless. Its sensors and schedules start with the daemon
+(``start_automation=True``), so within a minute of ``dagster dev`` the discovery
+sensor finds the datasets and the small-fragment sensor records them and
+requests compaction. Point ``LANCE_ASSETS_ROOT`` at another root (local path or
+URL) to use it on real data.
 """
 
 import os
@@ -18,4 +21,6 @@ defs = build_lance_compaction_defs(
     min_small_fragments=16,
     sensor_interval_seconds=30,
     cron_schedule="0 2 * * *",
+    cleanup_older_than="7d",  # retention after each compaction, and the demo_retention job and schedule
+    start_automation=True,
 )

@@ -25,11 +25,18 @@ DATA = ROOT / "demo-data" / "datasets"
 DAGSTER_HOME = ROOT / ".dagster_home"
 DAGSTER_YAML = """\
 # Local demo instance: SQLite storage under this folder.
+# One run per dataset at a time: every run of a partition carries dagster/partition (the
+# dataset), however it was launched (UI, backfill, sensor, schedule); runs of unpartitioned
+# families carry lance_assets/dataset.
 concurrency:
   pools:
     default_limit: 2
   runs:
     tag_concurrency_limits:
+      - key: dagster/partition
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
       - key: lance_assets/dataset
         value:
           applyLimitPerUniqueValue: true
@@ -118,7 +125,7 @@ def main() -> int:
         result = sensor.evaluate_tick(context)
     for event in result.asset_events:
         instance.report_runless_asset_event(event)
-    print(f"small-fragment sensor: {len(result.run_requests)} run requests, {len(result.asset_events)} fragment observations")
+    print(f"small-fragment sensor: {len(result.run_requests)} run requests, {len(result.asset_events)} fragment records")
 
     job = defs.resolve_job_def("demo_compaction")
     for request in result.run_requests:

@@ -1,7 +1,7 @@
 """Fragment assets, the compaction asset and its checks.
 
-A dataset's fragments are one asset (observed by the sensor, never one
-partition per fragment: they come and go by the thousand); the compacted
+A dataset's fragments are one asset (recorded by the sensor, never one
+partition per fragment: they come and go by the thousand; see ``fragments``); the compacted
 dataset is a second asset downstream of it, materialized per partition by
 running the engine.
 """
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field, create_model
 
+from lance_assets.dagster.fragments import fragments_record, small_fragment_counts
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.cleanup import parse_duration
 from lance_assets.engine.dataset import Dataset
@@ -24,12 +25,10 @@ from lance_assets.engine.plan import plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult, SkippedFragment
 from lance_assets.engine.runners import RUNNER_RAY, TaskRunner, make_runner
 
-DATA_VERSION_TAG = "dagster/data_version"
 DATASET_TAG = "lance_assets/dataset"
 ROWS_CHECK = "rows_preserved"
 SMALL_CHECK = "small_fragments_under_threshold"
 READ_BACK_CHECK = "new_version_reads_back"
-MAX_FRAGMENT_ROWS_SHOWN = 200
 
 
 class _CompactionConfigBase(dg.Config):
@@ -117,52 +116,6 @@ class AssetKeys:
         return cls(dg.AssetKey([*key_prefix, name, "fragments"]), dg.AssetKey([*key_prefix, name, "compacted"]))
 
 
-def fragment_metadata(report: Inspection) -> dict[str, Any]:
-    """What the UI shows about a dataset's fragments: counts, sizes, a histogram and a table."""
-    s = report.summary
-    rows = [
-        dg.TableRecord(
-            {"id": f.id, "physical_rows": f.physical_rows, "deleted_rows": f.deleted_rows, "files": f.files, "bytes": f.bytes}
-        )
-        for f in report.fragments[:MAX_FRAGMENT_ROWS_SHOWN]
-    ]
-    histogram = "\n".join(["| size | fragments |", "|---|---|"] + [f"| {k} | {v} |" for k, v in s.histogram.items()])
-    return {
-        "lance_version": dg.MetadataValue.int(report.version),
-        "storage_version": report.storage_version,
-        "fragments": dg.MetadataValue.int(s.fragments),
-        "small_fragments": dg.MetadataValue.int(s.small_fragments),
-        "target_rows_per_fragment": dg.MetadataValue.int(s.target_rows_per_fragment),
-        "rows": dg.MetadataValue.int(s.rows),
-        "deleted_rows": dg.MetadataValue.int(s.deleted_rows),
-        "bytes": dg.MetadataValue.int(s.bytes),
-        "data_files": dg.MetadataValue.int(s.data_files),
-        "size_histogram": dg.MetadataValue.md(histogram),
-        "fragment_table": dg.MetadataValue.table(
-            rows,
-            schema=dg.TableSchema(
-                columns=[
-                    dg.TableColumn("id", "int"),
-                    dg.TableColumn("physical_rows", "int"),
-                    dg.TableColumn("deleted_rows", "int"),
-                    dg.TableColumn("files", "int"),
-                    dg.TableColumn("bytes", "int"),
-                ]
-            ),
-        ),
-        "uri": dg.MetadataValue.path(report.uri),
-    }
-
-
-def observation(keys: AssetKeys, report: Inspection, partition_key: str | None) -> dg.AssetObservation:
-    return dg.AssetObservation(
-        asset_key=keys.fragments,
-        partition=partition_key,
-        metadata=fragment_metadata(report),
-        tags={DATA_VERSION_TAG: str(report.version)},
-    )
-
-
 def _skipped_markdown(skipped: Sequence[SkippedFragment]) -> str:
     counts: dict[str, int] = {}
     for s in skipped:
@@ -209,7 +162,9 @@ def compaction_metadata(before: Inspection, after: Inspection | None, report: Co
                 "files_after": dg.MetadataValue.int(after.summary.data_files),
                 "rows_after": dg.MetadataValue.int(after.summary.rows),
                 "bytes_after": dg.MetadataValue.int(after.summary.bytes),
-                "small_fragments_after": dg.MetadataValue.int(after.summary.small_fragments),
+                "small_fragments_after": dg.MetadataValue.int(
+                    small_fragment_counts([f.physical_rows for f in after.fragments], after.summary.target_rows_per_fragment)[0]
+                ),
             }
         )
     if report.plan is not None:
@@ -232,7 +187,7 @@ def build_compaction_asset(
 ) -> dg.AssetsDefinition:
     """The compaction asset: binary-copy compaction of the partition's dataset, then (with
     ``cleanup_older_than``) version retention, so the small files' space comes back; it records
-    a fresh fragments observation itself, so the UI never shows the pre-compaction dataset."""
+    a fresh record of the fragments itself, so the UI never shows the pre-compaction dataset."""
     if cleanup_older_than is not None:
         parse_duration(cleanup_older_than)  # a typo fails when the definitions load, not at 2 am
 
@@ -268,8 +223,8 @@ def build_compaction_asset(
                     "bytes_to_copy": dg.MetadataValue.int(plan.bytes_to_read),
                     "skipped": dg.MetadataValue.md(_skipped_markdown(plan.skipped)),
                     "planning_seconds": dg.MetadataValue.float(round(time.monotonic() - started, 4)),
+                    "lance_version": dg.MetadataValue.int(plan.read_version),
                 },
-                tags={DATA_VERSION_TAG: str(plan.read_version)},
             )
             return
         unindexed_before, _, indexed = lance.index_status(key)
@@ -330,7 +285,9 @@ def build_compaction_asset(
                 }
             )
         if report.version is not None:
-            yield observation(keys, after, key)
+            # The dataset's fresh state, recorded before the compacted materialization: the same
+            # content version as before (a rewrite keeps every row), so this run's result stays in sync.
+            yield fragments_record(keys.fragments, lance, after, key)
         yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(str(after.version)))
 
     return _compacted

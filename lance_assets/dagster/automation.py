@@ -1,10 +1,11 @@
 """Sensors and the schedule that decide when a dataset gets compacted.
 
 The small-fragment sensor reads only manifests (one small read per dataset),
-records a fragment observation whenever a dataset's Lance version changes,
-and requests a compaction run once a dataset has enough small fragments —
-at most once per Lance version (the run key) and never while a compaction of
-that dataset is already queued or running.
+records the fragments (a materialization of ``<name>/fragments``) whenever a
+dataset's Lance version changes, and requests a compaction run once a dataset
+has enough small fragments that compaction can merge — at most once per Lance
+version (the run key) and never while a compaction of that dataset is already
+queued or running, however that run was launched.
 """
 
 import json
@@ -16,7 +17,8 @@ import dagster as dg
 if TYPE_CHECKING:  # the asset-job type is not exported publicly
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from lance_assets.dagster.assets import DATASET_TAG, AssetKeys, observation
+from lance_assets.dagster.assets import DATASET_TAG, AssetKeys
+from lance_assets.dagster.fragments import fragments_record, mergeable_small_bytes, small_fragment_counts
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.errors import LanceAssetsError
 
@@ -38,8 +40,22 @@ def partition_keys(partitions_def: dg.PartitionsDefinition | None, instance: dg.
     return partitions_def.get_partition_keys(dynamic_partitions_store=instance)
 
 
-def _compaction_active(instance: dg.DagsterInstance, tag: str) -> bool:
-    return bool(instance.get_runs(filters=dg.RunsFilter(tags={DATASET_TAG: tag}, statuses=ACTIVE_STATUSES), limit=1))
+PARTITION_TAG = "dagster/partition"
+
+
+def _compaction_active(instance: dg.DagsterInstance, compacted: dg.AssetKey, tag: str, partition_key: str | None) -> bool:
+    """Whether a run that compacts this dataset is queued or running.
+
+    Runs of our jobs carry ``lance_assets/dataset``; a run launched from the UI's Materialize
+    button (Dagster's own asset job) carries only ``dagster/partition``, so those are found by
+    partition and asset selection.
+    """
+    if instance.get_runs(filters=dg.RunsFilter(tags={DATASET_TAG: tag}, statuses=ACTIVE_STATUSES), limit=1):
+        return True
+    if partition_key is None:
+        return False
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={PARTITION_TAG: partition_key}, statuses=ACTIVE_STATUSES))
+    return any(compacted in (run.asset_selection or ()) for run in runs)
 
 
 def build_small_fragment_sensor(
@@ -79,18 +95,18 @@ def build_small_fragment_sensor(
                 reasons.append(f"{key or name}: {exc}")
                 continue
             if observed.get(ck) != report.version:
-                events.append(observation(keys, report, key))
+                events.append(fragments_record(keys.fragments, lance, report, key))
                 observed[ck] = report.version
-            s = report.summary
-            small_bytes = sum(f.bytes for f in report.fragments if f.physical_rows < target_rows_per_fragment)
+            small, _ = small_fragment_counts([f.physical_rows for f in report.fragments], target_rows_per_fragment)
+            small_bytes = mergeable_small_bytes(report)
             label = key or name
-            if s.small_fragments < min_small_fragments:
-                reasons.append(f"{label}: {s.small_fragments} small fragments < {min_small_fragments}")
+            if small < min_small_fragments:
+                reasons.append(f"{label}: {small} small fragments < {min_small_fragments}")
             elif min_small_bytes is not None and small_bytes < min_small_bytes:
                 reasons.append(f"{label}: small fragments hold {small_bytes} bytes < {min_small_bytes}")
             elif requested.get(ck) == report.version:
                 reasons.append(f"{label}: version {report.version} already requested")
-            elif _compaction_active(context.instance, dataset_tag(name, key)):
+            elif _compaction_active(context.instance, keys.compacted, dataset_tag(name, key), key):
                 reasons.append(f"{label}: a compaction run is already queued or running")
             else:
                 requests.append(

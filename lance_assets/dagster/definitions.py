@@ -18,6 +18,7 @@ from lance_assets.dagster.assets import AssetKeys, build_compaction_asset, datas
 from lance_assets.dagster.automation import build_discovery_sensor, build_nightly_schedule, build_small_fragment_sensor
 from lance_assets.dagster.checks import build_compaction_checks
 from lance_assets.dagster.fanout import build_fanout_job
+from lance_assets.dagster.fragments import build_fragments_asset
 from lance_assets.dagster.resources import LanceDatasets, LanceRay
 from lance_assets.dagster.retention import build_retention_job, build_retention_schedule
 from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
@@ -48,6 +49,7 @@ def build_lance_compaction_defs(
     runner: Runner = "local",
     max_workers: int = 1,
     ray_address: str | None = None,
+    start_automation: bool = False,
 ) -> dg.Definitions:
     """Definitions for compacting the Lance datasets under ``root``: resource, fragment and
     compaction assets with checks, sensors, schedules, the fan-out job and (with a cutoff) the
@@ -81,6 +83,8 @@ def build_lance_compaction_defs(
             ``<resource_key>_ray``, on ``ray_address``); planning and the one commit stay in the run.
         max_workers: Tasks at once for the local and processes runners.
         ray_address: Ray cluster address for ``runner="ray"`` (None: the connected cluster, else a local one per run).
+        start_automation: Start the sensors and schedules as soon as the daemon runs (default: stopped until turned on
+            in the UI, so a deployment never compacts before someone decides it should).
 
     Returns:
         Definitions ready to merge into a code location.
@@ -101,15 +105,15 @@ def build_lance_compaction_defs(
     keys = AssetKeys.for_name(name, key_prefix)
     group = group_name or name
 
-    fragments = dg.AssetSpec(
-        key=keys.fragments,
-        partitions_def=partitions_def,
+    fragments = build_fragments_asset(
+        keys.fragments,
+        partitions_def,
+        resource_key=resource_key,
         group_name=group,
-        kinds={"lance"},
-        description=(
-            "Fragments of the Lance dataset as last observed by the small-fragment sensor (one observation per Lance version)."
-        ),
+        target_rows_per_fragment=target_rows_per_fragment,
     )
+    sensor_status = dg.DefaultSensorStatus.RUNNING if start_automation else dg.DefaultSensorStatus.STOPPED
+    schedule_status = dg.DefaultScheduleStatus.RUNNING if start_automation else dg.DefaultScheduleStatus.STOPPED
     resources: dict[str, LanceDatasets | LanceRay] = {resource_key: resource}
     ray_key = f"{resource_key}_ray"
     if runner == "ray":
@@ -127,7 +131,7 @@ def build_lance_compaction_defs(
         ray_resource_key=ray_key,
     )
     checks = build_compaction_checks(
-        keys, resource_key=resource_key, max_small_fragments=min_small_fragments, partitioned=partitions_def is not None
+        keys, resource_key=resource_key, max_small_fragments=min_small_fragments, partitions_def=partitions_def
     )
     job = dg.define_asset_job(
         f"{name}_compaction",
@@ -146,19 +150,24 @@ def build_lance_compaction_defs(
             min_small_bytes=min_small_bytes,
             target_rows_per_fragment=target_rows_per_fragment,
             minimum_interval_seconds=sensor_interval_seconds,
+            default_status=sensor_status,
         )
     ]
     if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
         sensors.append(
             build_discovery_sensor(
-                name, partitions_def, resource_key=resource_key, minimum_interval_seconds=sensor_interval_seconds
+                name,
+                partitions_def,
+                resource_key=resource_key,
+                minimum_interval_seconds=sensor_interval_seconds,
+                default_status=sensor_status,
             )
         )
     jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [
         job,
         build_fanout_job(name, keys, partitions_def, resource_key=resource_key, pool=pool),
     ]
-    schedules = [build_nightly_schedule(name, job, partitions_def, cron_schedule=cron_schedule)]
+    schedules = [build_nightly_schedule(name, job, partitions_def, cron_schedule=cron_schedule, default_status=schedule_status)]
     if cleanup_older_than is not None:
         retention = build_retention_job(
             name,
@@ -170,7 +179,11 @@ def build_lance_compaction_defs(
             target_rows_per_fragment=target_rows_per_fragment,
         )
         jobs.append(retention)
-        schedules.append(build_retention_schedule(name, retention, partitions_def, cron_schedule=retention_cron_schedule))
+        schedules.append(
+            build_retention_schedule(
+                name, retention, partitions_def, cron_schedule=retention_cron_schedule, default_status=schedule_status
+            )
+        )
     return dg.Definitions(
         assets=[fragments, compacted],
         asset_checks=[checks],

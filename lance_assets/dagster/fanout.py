@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from lance_assets.dagster.assets import AssetKeys, CompactionConfig, dataset_run_tagging
+from lance_assets.dagster.fragments import fragments_record
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.compaction import restore_index_coverage
@@ -57,8 +58,8 @@ def build_fanout_job(
                     "tasks": dg.MetadataValue.int(len(plan.tasks)),
                     "fragments_to_compact": dg.MetadataValue.int(plan.fragments_to_compact),
                     "bytes_to_copy": dg.MetadataValue.int(plan.bytes_to_read),
+                    "lance_version": dg.MetadataValue.int(plan.read_version),
                 },
-                tags={"dagster/data_version": str(plan.read_version)},
             )
             return
         for task in plan.tasks:
@@ -91,6 +92,8 @@ def build_fanout_job(
         report = commit_compaction(storage, plan, [RewriteResult.from_dict(json.loads(r)) for r in results])
         report = restore_index_coverage(report, plan.options, storage)
         if report.version is not None:
+            after = lance.inspect(_key(context), plan.options.target_rows_per_fragment)
+            yield fragments_record(keys.fragments, lance, after, _key(context))
             yield dg.AssetMaterialization(
                 asset_key=keys.compacted,
                 partition=_key(context),

@@ -2,7 +2,7 @@
 
 The compaction asset already runs retention after each compaction that committed; this job is
 for the rest of the time: appends, deletes and pylance's own writers keep adding versions, and
-their space only comes back when old versions go. It records a fragments observation with what
+their space only comes back when old versions go. It records the fragments (same content version: no row changed) with what
 was reclaimed, so the UI plots storage over time.
 """
 
@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
-from lance_assets.dagster.assets import AssetKeys, dataset_run_tagging, fragment_metadata
+from lance_assets.dagster.assets import AssetKeys, dataset_run_tagging
 from lance_assets.dagster.automation import build_nightly_schedule
+from lance_assets.dagster.fragments import fragments_record
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.cleanup import parse_duration
 from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
@@ -38,7 +39,7 @@ def build_retention_job(
         retain_versions: int = Field(default=default_keep, description="Always keep this many newest versions (and tagged ones).")
 
     @dg.op(name=f"{name}_cleanup", out={}, required_resource_keys={resource_key})
-    def retention_op(context: dg.OpExecutionContext, config: RetentionConfig) -> Iterator[dg.AssetObservation]:
+    def retention_op(context: dg.OpExecutionContext, config: RetentionConfig) -> Iterator[dg.AssetMaterialization]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         key = context.partition_key if partitions_def is not None else None
         disk_before = lance.bytes_on_disk(key)
@@ -48,11 +49,12 @@ def build_retention_job(
             f"retention: {len(report.removed_versions)} versions and {len(report.files)} files removed ({report.bytes} bytes)"
         )
         after = lance.inspect(key, target_rows_per_fragment)
-        yield dg.AssetObservation(
-            asset_key=keys.fragments,
-            partition=key,
-            metadata={
-                **fragment_metadata(after),
+        yield fragments_record(
+            keys.fragments,
+            lance,
+            after,
+            key,
+            {
                 "versions_removed": dg.MetadataValue.int(len(report.removed_versions)),
                 "bytes_reclaimed": dg.MetadataValue.int(report.bytes),
                 "bytes_on_disk_before": dg.MetadataValue.int(disk_before),
@@ -73,9 +75,19 @@ def build_retention_job(
 
 
 def build_retention_schedule(
-    name: str, job: dg.JobDefinition, partitions_def: dg.PartitionsDefinition | None, *, cron_schedule: str
+    name: str,
+    job: dg.JobDefinition,
+    partitions_def: dg.PartitionsDefinition | None,
+    *,
+    cron_schedule: str,
+    default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
 ) -> dg.ScheduleDefinition:
     """``<name>_retention_schedule``: one retention run per dataset (stopped until turned on)."""
     return build_nightly_schedule(
-        name, job, partitions_def, cron_schedule=cron_schedule, schedule_name=f"{name}_retention_schedule"
+        name,
+        job,
+        partitions_def,
+        cron_schedule=cron_schedule,
+        schedule_name=f"{name}_retention_schedule",
+        default_status=default_status,
     )

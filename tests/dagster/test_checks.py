@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def test_checks_pass_in_the_same_run(root: Path, instance: dg.DagsterInstance) -
     assert all(c.passed for c in checks.values()), {k: c.metadata for k, c in checks.items()}
     assert all(c.asset_key == COMPACTED for c in checks.values())
     assert checks[ROWS_CHECK].metadata["rows_in_rewritten_fragments"].value == checks[ROWS_CHECK].metadata["rows_in_new_fragments"].value == 90
-    assert checks[SMALL_CHECK].metadata["small_fragments"].value == 1
+    # the one merged fragment is under the target but has nothing to merge with: not work left behind (#25.6)
+    assert checks[SMALL_CHECK].metadata["small_fragments"].value == 0
+    assert checks[SMALL_CHECK].metadata["lone_small_fragments"].value == 1
+    # each result belongs to the dataset (partition) it checked (#25.4)
+    assert {c.partition for c in checks.values()} == {"a"}
     assert checks[SMALL_CHECK].severity == dg.AssetCheckSeverity.WARN
     assert checks[READ_BACK_CHECK].metadata["version"].value == lance.dataset(str(path)).version
     assert checks[READ_BACK_CHECK].metadata["problems"].value == "none"
@@ -77,8 +82,10 @@ def test_checks_cover_every_commit_of_a_compaction(root: Path, instance: dg.Dags
     assert table_of(path).equals(expected)
     new_fragments = [f for f in lance.dataset(str(path)).get_fragments() if f.fragment_id > old_max_id]
     assert checks[ROWS_CHECK].metadata["rows_in_new_fragments"].value == sum(f.count_rows() for f in new_fragments) >= 60
-    small = sum(1 for rows in fragment_rows(path) if rows < TARGET)
-    assert checks[SMALL_CHECK].metadata["small_fragments"].value == small
+    # small fragments in runs of two or more (a lone one has nothing to merge with)
+    runs = [len(list(g)) for is_small, g in itertools.groupby(rows < TARGET for rows in fragment_rows(path)) if is_small]
+    assert checks[SMALL_CHECK].metadata["small_fragments"].value == sum(n for n in runs if n > 1)
+    assert checks[SMALL_CHECK].metadata["lone_small_fragments"].value == sum(1 for n in runs if n == 1)
 
 
 def test_checks_cover_partial_progress_commits(root: Path, instance: dg.DagsterInstance) -> None:
@@ -176,12 +183,14 @@ def test_check_only_run_needs_a_materialization_in_the_same_run(root: Path, inst
     """
     path = root / "a.lance"
     make_dataset(path, 6)
-    # the checks are not partitioned, so a check-only run (as the UI's "Execute" launches it) has no partition
-    checks_only = dg.define_asset_job("checks_only", selection=dg.AssetSelection.checks_for_assets(COMPACTED))
-    defs = defs_for(root, extra_jobs=[checks_only])
+    # the checks are partitioned like the asset: a check-only run (the UI's "Execute") is for one dataset
+    defs = defs_for(root)
     defs.resolve_job_def("t_compaction").execute_in_process(run_config=compaction_config(), instance=instance, partition_key="a")
     expected = table_of(path)
-    result = defs.resolve_job_def("checks_only").execute_in_process(instance=instance)
+    checks_only = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection=set(), asset_check_selection={dg.AssetCheckKey(COMPACTED, n) for n in (ROWS_CHECK, SMALL_CHECK, READ_BACK_CHECK)}
+    )
+    result = checks_only.execute_in_process(instance=instance, partition_key="a")
     assert not any(e.event_type_value == "ASSET_MATERIALIZATION" for e in result.all_events)
     checks = check_evaluations(result)
     assert set(checks) == {ROWS_CHECK, SMALL_CHECK, READ_BACK_CHECK}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -167,3 +168,14 @@ def test_import_and_build_raise_no_warnings(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "clean"
     assert "Warning" not in proc.stderr
+
+
+def test_dg_lists_the_component_through_the_entry_point(tmp_path: Path) -> None:
+    """`dg list components` finds the Component by the package's dagster_dg_cli.registry_modules entry point (#25.7)."""
+    exe = Path(sys.executable).with_name("dg")
+    if not exe.exists():
+        pytest.skip("dg (dagster-dg-cli, the ui/test extra) is not installed next to this interpreter")
+    listed = subprocess.run([str(exe), "list", "components", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    keys = {item["key"] for item in json.loads(listed.stdout)["items"]}
+    assert "lance_assets.dagster.LanceCompactionComponent" in keys

@@ -14,7 +14,11 @@ from tests.support.dagster import append, compaction_config, make_dataset
 
 
 def _materialization(result: dg.ExecuteInProcessResult) -> dict:
-    [mat] = [e.event_specific_data.materialization for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]  # type: ignore[union-attr]
+    [mat] = [
+        e.event_specific_data.materialization  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key is not None and e.asset_key.path[-1] == "compacted"
+    ]
     return {k: v.value for k, v in mat.metadata.items()}
 
 

@@ -89,8 +89,11 @@ def test_fanout_on_the_multiprocess_executor(fan_root: Path, instance: dg.Dagste
         step_pids = [e.pid for e in events(result, "STEP_SUCCESS")]
         assert os.getpid() not in step_pids
         assert len(set(step_pids)) == len(step_pids) == 5
-        [mat] = [e.event_specific_data.materialization for e in events(result, "ASSET_MATERIALIZATION")]  # type: ignore[union-attr]
-        assert mat.asset_key == dg.AssetKey(["fan", "compacted"]) and mat.partition == "a"
+        mats = {e.asset_key: e.event_specific_data.materialization for e in events(result, "ASSET_MATERIALIZATION")}  # type: ignore[union-attr]
+        assert set(mats) == {dg.AssetKey(["fan", "fragments"]), dg.AssetKey(["fan", "compacted"])}
+        assert mats[dg.AssetKey(["fan", "fragments"])].metadata["fragments"].value == 3  # the fresh record of the fragments
+        mat = mats[dg.AssetKey(["fan", "compacted"])]
+        assert mat.partition == "a"
         assert mat.metadata["lance_version"].value == lance.dataset(str(fan_root / "a.lance")).version
         assert mat.tags["dagster/data_version"] == str(lance.dataset(str(fan_root / "a.lance")).version)
         assert mat.metadata["tasks"].value == 3

@@ -25,7 +25,11 @@ def test_compaction_asset_runs_tasks_on_ray(root: Path, instance: dg.DagsterInst
     config = compaction_config(max_rows_per_file=before.num_rows // 3)
     result = defs.resolve_job_def("t_compaction").execute_in_process(run_config=config, instance=instance, partition_key="a")
     assert result.success
-    [mat] = [e.event_specific_data.materialization for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]  # type: ignore[union-attr]
+    [mat] = [
+        e.event_specific_data.materialization  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key == dg.AssetKey(["t", "compacted"])
+    ]
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert meta["runner"] == "ray" and meta["tasks"] == 3 and meta["workers"] >= 1 and meta["task_retries"] == 0
     logs = [e.message for e in instance.all_logs(result.run_id) if e.message and e.message.startswith("task ")]

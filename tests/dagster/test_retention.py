@@ -30,10 +30,11 @@ def test_retention_job_removes_old_versions_and_observes(root: Path, instance: d
     assert result.success
     ds = lance.dataset(str(a))
     assert [v["version"] for v in ds.versions()] == [4, 5] and ds.to_table().equals(rows)
-    [obs] = [e.event_specific_data.asset_observation for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"]  # type: ignore[union-attr]
+    [obs] = [e.event_specific_data.materialization for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]  # type: ignore[union-attr]
     assert obs.asset_key == dg.AssetKey(["t", "fragments"]) and obs.partition == "a"
     assert obs.metadata["versions_removed"].value == 3 and obs.metadata["bytes_reclaimed"].value > 0
     assert obs.metadata["bytes_on_disk_after"].value < obs.metadata["bytes_on_disk_before"].value
+    assert obs.tags["dagster/data_version"] == "5"  # retention changes no row: the content version stays
     assert result.dagster_run.tags[DATASET_TAG] == "t/a"
 
 

@@ -18,7 +18,7 @@ SENSOR = "t_small_fragments_sensor"
 DISCOVERY = "t_dataset_discovery_sensor"
 FRAGMENT_KEYS = {
     "lance_version", "storage_version", "fragments", "small_fragments", "target_rows_per_fragment",
-    "rows", "deleted_rows", "bytes", "data_files", "size_histogram", "fragment_table", "uri",
+    "rows", "deleted_rows", "bytes", "data_files", "size_histogram", "fragment_table", "uri", "lone_small_fragments", "content_version",
 }
 
 
@@ -146,7 +146,7 @@ def test_observations_once_per_version(root: Path, instance: dg.DagsterInstance)
     assert set(by_partition) == {"a", "b"}
     for key, event in by_partition.items():
         ds = lance.dataset(str(root / f"{key}.lance"))
-        assert isinstance(event, dg.AssetObservation)
+        assert isinstance(event, dg.AssetMaterialization)  # a record of the fragments (#25.3)
         assert event.asset_key == dg.AssetKey(["t", "fragments"])
         assert set(event.metadata) == FRAGMENT_KEYS
         assert event.tags["dagster/data_version"] == str(ds.version)
@@ -171,11 +171,11 @@ def test_observations_once_per_version(root: Path, instance: dg.DagsterInstance)
     assert third.asset_events[0].metadata["deleted_rows"].value == 3
     assert third.asset_events[0].tags["dagster/data_version"] == str(lance.dataset(str(path)).version)
 
-    # reported the way the daemon does, they become the asset's observation history
+    # reported the way the daemon does, they become the asset's history
     for event in first.asset_events + third.asset_events:
         instance.report_runless_asset_event(event)
-    records = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(["t", "fragments"]), asset_partitions=["a"]), limit=10).records
-    assert [r.asset_observation.tags["dagster/data_version"] for r in records] == [str(lance.dataset(str(path)).version), "2"]
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(["t", "fragments"]), asset_partitions=["a"]), limit=10).records
+    assert [r.asset_materialization.tags["dagster/data_version"] for r in records] == [str(lance.dataset(str(path)).version), "2"]  # type: ignore[union-attr]
 
 
 def test_unreadable_dataset_is_a_skip_reason_not_a_crash(root: Path, instance: dg.DagsterInstance) -> None:

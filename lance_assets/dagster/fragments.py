@@ -1,0 +1,177 @@
+"""The fragments asset: a record of a dataset's fragments, and the data version it carries.
+
+The fragments are written by others (streaming writers, pylance jobs), so Dagster cannot make
+them; what it can make is a *record* of them. Each record is a materialization of
+``<name>/fragments`` (by the small-fragment sensor, by the compaction run after it commits, or
+by "Materialize" in the UI, which inspects the dataset), so the UI shows the asset as present
+and fresh per dataset instead of "never materialized / missing".
+
+Its data version is the dataset's *content version*: the Lance version of the last commit that
+changed rows. Commits that keep every row (a compaction's rewrite, an index build, a config
+change) do not change it, so the compaction the compacted asset just ran does not make that
+same asset look out of date; a writer's append does, which is the truth the UI should show.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+
+from lance_assets.dagster.resources import LanceDatasets
+from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.inspect import Inspection
+from lance_assets.errors import LanceAssetsError
+
+DATA_VERSION_TAG = "dagster/data_version"
+USER_DATA_VERSION_TAG = "dagster/data_version_is_user_provided"
+MAX_FRAGMENT_ROWS_SHOWN = 200
+#: Transaction kinds that commit a new version without changing any row.
+ROW_PRESERVING_OPERATIONS = frozenset({"rewrite", "create_index", "reserve_fragments", "update_config"})
+#: How far back the content version is looked for; past it the version reached is used (an
+#: older version than the truth would only make Dagster think the data changed: never hides a change).
+MAX_VERSIONS_WALKED = 16
+
+
+def content_version(lance: LanceDatasets, partition_key: str | None, latest: int) -> int:
+    """The Lance version of the last commit at or before ``latest`` that changed rows.
+
+    Walks back over the versions whose transaction keeps every row. A version without an
+    inline transaction, or one already removed by retention, ends the walk (it counts as a
+    change, so Dagster may see a change that was not one, never the reverse).
+    """
+    uri, options = lance.uri(partition_key), lance.options()
+    version = latest
+    for _ in range(MAX_VERSIONS_WALKED):
+        if version <= 1:
+            break
+        try:
+            txn = Dataset.open(uri, version, options).file.transaction
+        except LanceAssetsError:
+            break
+        if txn is None or txn.WhichOneof("operation") not in ROW_PRESERVING_OPERATIONS:
+            break
+        version -= 1
+    return version
+
+
+def small_fragment_counts(physical_rows: Sequence[int], target_rows_per_fragment: int) -> tuple[int, int]:
+    """(small fragments compaction can merge, lone small fragments), in manifest order.
+
+    Compaction only merges neighbours, so a small fragment with no small neighbour (typically
+    the one fragment a compaction just wrote, or a short tail after big fragments) is not
+    work left behind: counting it would make every compacted dataset look unfinished.
+
+    >>> small_fragment_counts([10, 10, 500, 10], 100)
+    (2, 1)
+    """
+    small = [rows < target_rows_per_fragment for rows in physical_rows]
+    mergeable = sum(
+        1 for i, is_small in enumerate(small) if is_small and ((i > 0 and small[i - 1]) or (i + 1 < len(small) and small[i + 1]))
+    )
+    return mergeable, sum(small) - mergeable
+
+
+def mergeable_small_bytes(report: Inspection) -> int:
+    """Bytes held by the small fragments compaction can merge (the sensor's byte threshold)."""
+    target = report.summary.target_rows_per_fragment
+    small = [f.physical_rows < target for f in report.fragments]
+    return sum(
+        f.bytes
+        for i, f in enumerate(report.fragments)
+        if small[i] and ((i > 0 and small[i - 1]) or (i + 1 < len(small) and small[i + 1]))
+    )
+
+
+def fragment_metadata(report: Inspection, data_version: int | None = None) -> dict[str, Any]:
+    """What the UI shows about a dataset's fragments: counts, sizes, a histogram and a table.
+
+    ``small_fragments`` counts the small fragments compaction can merge; ``lone_small_fragments``
+    the ones it cannot (no small neighbour).
+    """
+    s = report.summary
+    mergeable, lone = small_fragment_counts([f.physical_rows for f in report.fragments], s.target_rows_per_fragment)
+    rows = [
+        dg.TableRecord(
+            {"id": f.id, "physical_rows": f.physical_rows, "deleted_rows": f.deleted_rows, "files": f.files, "bytes": f.bytes}
+        )
+        for f in report.fragments[:MAX_FRAGMENT_ROWS_SHOWN]
+    ]
+    histogram = "\n".join(["| size | fragments |", "|---|---|"] + [f"| {k} | {v} |" for k, v in s.histogram.items()])
+    meta: dict[str, Any] = {
+        "lance_version": dg.MetadataValue.int(report.version),
+        "storage_version": report.storage_version,
+        "fragments": dg.MetadataValue.int(s.fragments),
+        "small_fragments": dg.MetadataValue.int(mergeable),
+        "lone_small_fragments": dg.MetadataValue.int(lone),
+        "target_rows_per_fragment": dg.MetadataValue.int(s.target_rows_per_fragment),
+        "rows": dg.MetadataValue.int(s.rows),
+        "deleted_rows": dg.MetadataValue.int(s.deleted_rows),
+        "bytes": dg.MetadataValue.int(s.bytes),
+        "data_files": dg.MetadataValue.int(s.data_files),
+        "size_histogram": dg.MetadataValue.md(histogram),
+        "fragment_table": dg.MetadataValue.table(
+            rows,
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("id", "int"),
+                    dg.TableColumn("physical_rows", "int"),
+                    dg.TableColumn("deleted_rows", "int"),
+                    dg.TableColumn("files", "int"),
+                    dg.TableColumn("bytes", "int"),
+                ]
+            ),
+        ),
+        "uri": dg.MetadataValue.path(report.uri),
+    }
+    if data_version is not None:
+        meta["content_version"] = dg.MetadataValue.int(data_version)
+    return meta
+
+
+def fragments_record(
+    asset_key: dg.AssetKey,
+    lance: LanceDatasets,
+    report: Inspection,
+    partition_key: str | None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> dg.AssetMaterialization:
+    """A record of the fragments as ``report`` saw them, with the content version as data version."""
+    version = content_version(lance, partition_key, report.version)
+    return dg.AssetMaterialization(
+        asset_key=asset_key,
+        partition=partition_key,
+        metadata={**fragment_metadata(report, version), **(extra_metadata or {})},
+        tags={DATA_VERSION_TAG: str(version), USER_DATA_VERSION_TAG: "true"},
+    )
+
+
+def build_fragments_asset(
+    asset_key: dg.AssetKey,
+    partitions_def: dg.PartitionsDefinition | None,
+    *,
+    resource_key: str,
+    group_name: str | None,
+    target_rows_per_fragment: int,
+) -> dg.AssetsDefinition:
+    """``<name>/fragments``: materializing it inspects the dataset (manifest reads only) and records it."""
+
+    @dg.asset(
+        key=asset_key,
+        partitions_def=partitions_def,
+        group_name=group_name,
+        kinds={"lance"},
+        required_resource_keys={resource_key},
+        description=(
+            "The Lance dataset's fragments as last recorded: by the small-fragment sensor (once per Lance version), "
+            "by each compaction after it commits, or by materializing this asset (reads manifests only). Its data "
+            "version is the last Lance version that changed rows, so compaction and index builds keep it."
+        ),
+    )
+    def _fragments(context: dg.AssetExecutionContext) -> dg.MaterializeResult[None]:
+        lance: LanceDatasets = getattr(context.resources, resource_key)
+        key = context.partition_key if partitions_def is not None else None
+        report = lance.inspect(key, target_rows_per_fragment)
+        version = content_version(lance, key, report.version)
+        return dg.MaterializeResult(metadata=fragment_metadata(report, version), data_version=dg.DataVersion(str(version)))
+
+    return _fragments
