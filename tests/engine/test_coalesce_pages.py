@@ -29,6 +29,7 @@ from lance_assets.engine.report import Reason
 from lance_assets.errors import CompactionRefusedError
 from lance_assets.format.pages import MIN_SMALL_PAGES
 from tests.support import factory, nested
+from tests.support.assertions import assert_reads_every_way
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -42,27 +43,8 @@ def cli_compact(path: Path | str, *extra: str) -> dict[str, Any]:
 
 
 def assert_reads_as(path: Path | str, expected: pa.Table, storage_options: dict[str, str] | None = None) -> None:
-    """Every way a user reads the dataset returns ``expected`` (sorted by ``i``)."""
-    ds = lance.dataset(str(path), storage_options=storage_options)
-    want = expected.sort_by("i").to_pylist()
-    n = expected.num_rows
-
-    def same(table: pa.Table, how: str) -> None:
-        assert table.sort_by("i").to_pylist() == want, f"pylance misreads the dataset ({how})"
-
-    same(ds.to_table(), "whole scan")
-    for batch_size in (1, 3, 1000):
-        same(ds.to_table(batch_size=batch_size), f"batch_size={batch_size}")
-    same(pa.Table.from_batches(list(ds.to_batches())), "to_batches")
-    same(ds.take(list(range(n))[::-1]), "take (all rows, reversed)")
-    # rows from different inputs in one take, out of order
-    picks = sorted({0, n - 1, n // 2, n // 3, max(0, n // 2 - 1)}, reverse=True)
-    assert ds.take(picks).to_pylist() == [ds.to_table().to_pylist()[p] for p in picks]
-    half = n // 2
-    got = ds.to_table(filter=f"i >= {half}").sort_by("i").to_pylist()
-    assert got == [r for r in want if r["i"] >= half], "pylance misreads the dataset (filter)"
-    odd = ds.to_table(filter="i % 3 = 1").sort_by("i").to_pylist()
-    assert odd == [r for r in want if r["i"] % 3 == 1], "pylance misreads the dataset (filter across inputs)"
+    """Every way a user reads the dataset returns ``expected`` (its rows keyed by ``i``)."""
+    assert_reads_every_way(path, expected, key="i", storage_options=storage_options)
 
 
 def data_file_pages(path: Path | str) -> list[list[int]]:

@@ -34,7 +34,7 @@ from lance_assets.errors import CompactionRefusedError
 from lance_assets.format import repdef, v2file
 from lance_assets.format.v2file import FileVersion, build_tail
 from tests.support import factory, nested
-from tests.support.assertions import tree_digest
+from tests.support.assertions import assert_reads_every_way, tree_digest
 
 STRUCTURAL = ["2.1", "2.2", "2.3"]
 
@@ -54,22 +54,8 @@ def cli_compact(path: Path, *extra: str) -> dict[str, Any]:
 
 
 def assert_reads_as(path: Path, expected: pa.Table) -> None:
-    """Every way a user reads the dataset returns ``expected`` (sorted by the ``i`` column)."""
-    ds = lance.dataset(str(path))
-    want = expected.sort_by("i").to_pylist()
-    n = expected.num_rows
-
-    def same(table: pa.Table, how: str) -> None:
-        assert table.sort_by("i").to_pylist() == want, f"pylance misreads the dataset ({how})"
-
-    same(ds.to_table(), "whole scan")
-    for batch_size in (1, 3, 1000):
-        same(ds.to_table(batch_size=batch_size), f"batch_size={batch_size}")
-    same(pa.Table.from_batches(list(ds.to_batches())), "to_batches")
-    same(ds.take(list(range(n))[::-1]), "take (all rows, reversed)")
-    half = n // 2
-    got = ds.to_table(filter=f"i >= {half}").sort_by("i").to_pylist()
-    assert got == [r for r in want if r["i"] >= half], "pylance misreads the dataset (filter)"
+    """Every way a user reads the dataset returns ``expected`` (its rows keyed by ``i``)."""
+    assert_reads_every_way(path, expected, key="i")
 
 
 def assert_lance_order(path: Path, tables: list[pa.Table], plan: dict[str, Any]) -> None:

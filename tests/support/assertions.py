@@ -97,11 +97,15 @@ def expected_row_ids(before: Before, plan: CompactionPlan) -> list[int]:
     return [r for i in unmerged + [i for o in outputs for i in o] for r in before.row_ids[i]]
 
 
-def assert_reads_every_way(path: Path | str, expected: pa.Table, key: str = "id") -> None:
+def assert_reads_every_way(
+    path: Path | str, expected: pa.Table, key: str = "id", storage_options: dict[str, str] | None = None
+) -> None:
     """pylance reads ``expected`` (compared sorted by ``key``) every way a user reads a dataset:
-    a whole scan, batch sizes 1, 3 and 1000, ``to_batches``, ``take`` of every row and a filter."""
-    ds = lance.dataset(str(path))
+    a whole scan, batch sizes 1, 3 and 1000, ``to_batches``, ``take`` of every row and of a few
+    rows from different places at once, and filters (one of them picking rows across inputs)."""
+    ds = lance.dataset(str(path), storage_options=storage_options)
     want = expected.sort_by(key).to_pylist()
+    n = expected.num_rows
 
     def same(table: pa.Table, how: str) -> None:
         assert table.sort_by(key).to_pylist() == want, f"pylance misreads the dataset ({how})"
@@ -111,6 +115,13 @@ def assert_reads_every_way(path: Path | str, expected: pa.Table, key: str = "id"
         same(ds.to_table(batch_size=batch_size), f"batch_size={batch_size}")
     same(pa.Table.from_batches(list(ds.to_batches()), schema=ds.schema), "to_batches")
     same(ds.take(list(range(ds.count_rows()))[::-1]), "take (every row, reversed)")
-    middle = sorted(expected[key].to_pylist())[expected.num_rows // 2] if expected.num_rows else 0
+    if n:
+        # rows that came from different inputs, in one take, out of order
+        picks = sorted({0, n - 1, n // 2, n // 3, max(0, n // 2 - 1)}, reverse=True)
+        scanned = ds.to_table().to_pylist()
+        assert ds.take(picks).to_pylist() == [scanned[p] for p in picks], "pylance misreads the dataset (take)"
+    middle = sorted(expected[key].to_pylist())[n // 2] if n else 0
     got = ds.to_table(filter=f"{key} >= {middle}").sort_by(key).to_pylist()
     assert got == [r for r in want if r[key] >= middle], "pylance misreads the dataset (filter)"
+    spread = ds.to_table(filter=f"{key} % 3 = 1").sort_by(key).to_pylist()
+    assert spread == [r for r in want if r[key] % 3 == 1], "pylance misreads the dataset (filter across inputs)"
