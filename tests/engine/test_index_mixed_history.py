@@ -19,7 +19,8 @@ from typing import Any
 import lance
 import numpy as np
 import pyarrow as pa
-from hypothesis import HealthCheck, example, given, settings
+import pytest
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from lance_assets.engine.cleanup import cleanup
@@ -64,14 +65,39 @@ STEPS = st.sampled_from(
 @example(steps=["compact_defer", "append", "optimize", "delete", "compact_defer", "ours_cleanup", "ours_compact"], stable=False, version="2.1", seed=1)
 @example(steps=["ours_compact", "update", "optimize", "compact_defer", "ours_compact", "ours_cleanup"], stable=False, version="2.2", seed=2)
 @example(steps=["ours_compact", "delete", "compact_remap", "ours_compact", "optimize"], stable=True, version="2.2", seed=3)
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(STEPS, min_size=3, max_size=7), stable=st.booleans(), version=st.sampled_from(["2.1", "2.2"]), seed=st.integers(0, 1000))
 def test_mixed_histories_keep_answering(steps: list[str], stable: bool, version: str, seed: int) -> None:
+    # pylance 14 alone breaks a BTree here: its deferred compaction leaves the BTree covering
+    # through the reuse index, and its default compaction later remaps BTrees ignoring that index
+    # (`test_pylance_alone_loses_btree_rows` pins it). Our compaction in between repairs it.
+    assume(not _pylance_btree_break(steps, stable))
     root = Path(tempfile.mkdtemp(prefix="mixed-"))
     try:
         _run(root / "ds.lance", steps, stable, version, seed)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _pylance_btree_break(steps: list[str], stable: bool) -> bool:
+    """Whether pylance's deferred compaction is followed by its remapping one with no compaction
+    of ours in between (the history pylance 14 itself gets wrong)."""
+    deferred = False
+    for step in steps:
+        if step == "compact_defer" and not stable:
+            deferred = True
+        elif step == "ours_compact":
+            deferred = False
+        elif step == "compact_remap" and deferred:
+            return True
+    return False
+
+
+def test_pylance_alone_loses_btree_rows(tmp_path: Path) -> None:
+    """The pylance-only history the property test leaves out: if pylance ever fixes it, this
+    fails and the exclusion can go."""
+    with pytest.raises(AssertionError, match="id = 7"):
+        _run(tmp_path / "ds.lance", ["compact_defer", "delete", "compact_remap"], False, "2.1", 1)
 
 
 def _run(path: Path, steps: list[str], stable: bool, version: str, seed: int) -> None:
