@@ -23,8 +23,10 @@ batch, the cumulative batch offsets, the embedded schema; page statistics are dr
 
 What is refused (CompactionRefusedError, so the task is skipped with a reason):
 
-* live DICTIONARY fields: every file stores its own dictionary at an absolute position and the
-  keys index into it, so two files' keys cannot share one dictionary without re-encoding;
+* DICTIONARY fields whose inputs store different dictionary values (their keys would mean
+  different things; pylance never writes such files). Otherwise a dictionary field's key pages
+  are copied like integer pages and its dictionary is written once, after the pages
+  (:func:`_dictionaries`); readers take it from the manifest file anyway (docs/format.md);
 * types :func:`legacy.field_layouts` cannot classify;
 * more than 2**31 - 1 rows (legacy batch offsets are int32), an output batch whose list items
   would overflow int32 list offsets, files whose page table range disagrees with their DataFile.

@@ -416,8 +416,8 @@ def page_extent(layout: FieldLayout, page: LegacyPage) -> tuple[int, int]:
 def field_layouts(meta: LegacyFileMetadata, *, path: str | None = None) -> tuple[FieldLayout, ...]:
     """Classify every schema field, in schema order, and check its pages against the file.
 
-    The copier uses this to refuse DICTIONARY fields and to find VAR_BINARY pages, whose
-    positions arrays hold absolute file offsets. Checks (CorruptFileError): each page's fixed
+    The copier uses this to find DICTIONARY fields (whose values it stores once per output)
+    and VAR_BINARY pages, whose positions arrays hold absolute file offsets. Checks (CorruptFileError): each page's fixed
     part lies inside the data region, and outside lists each page holds one value per batch row
     (list offsets: one more). Unknown logical types raise UnsupportedFeatureError (Lance's own
     legacy reader cannot read them either).

@@ -175,9 +175,11 @@ def parse_manifest_file(data: bytes, *, path: str | None = None) -> ManifestFile
 
 
 def _dictionary_bytes(data: bytes, manifest: Manifest, first_section: int, path: str | None) -> bytes:
-    """The bytes ahead of the first section when the schema records a dictionary (else none),
-    after checking that every recorded dictionary lies inside them."""
-    located = [f for f in manifest.fields if f.HasField("dictionary")]
+    """The bytes ahead of the first section when a legacy schema records a dictionary (else
+    none), after checking that every recorded dictionary lies inside them. (2.x files keep their
+    dictionaries in their pages; their manifests may still carry a meaningless location.)"""
+    legacy = STORAGE_VERSIONS.get(manifest.data_format.version or "0.1") == LEGACY
+    located = [f for f in manifest.fields if f.HasField("dictionary")] if legacy else []
     if not located:
         return b""
     for f in located:

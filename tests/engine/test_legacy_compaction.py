@@ -51,7 +51,7 @@ GROUP = 7  # max_rows_per_group: files of several batches
 
 
 def legacy_table(start: int, n: int) -> pa.Table:
-    """Every type the legacy format stores (no dictionary: see the refusal tests), with nulls."""
+    """Every type the legacy format stores (dictionaries: see dict_table), with nulls."""
     r = range(start, start + n)
     return pa.table(
         {
@@ -638,9 +638,10 @@ def test_dictionary_fields_merge(copy_of: Callable[[str], Path], name: str, dele
     pylance_keeps_working(path)
 
 
-def test_dictionary_survives_an_index_commit(copy_of: Callable[[str], Path]) -> None:
-    """Every manifest we write on a legacy dataset keeps the schema's dictionaries where it
-    records them (readers take them from the manifest file), not only compaction's."""
+def test_dictionary_dataset_across_commits(copy_of: Callable[[str], Path]) -> None:
+    """Our manifests keep the schema's dictionaries where it records them (readers take them
+    from the manifest file): pylance indexes and deletes on top of our version, and we compact
+    again (rewriting the index) on top of pylance's."""
     path = copy_of("dictionary")
     before = lance.dataset(str(path)).to_table()
     compact(str(path))
