@@ -794,18 +794,35 @@ def _value(t: pa.DataType, rng: random.Random) -> Any:
     st.lists(st.integers(1, 40), min_size=2, max_size=5),
     st.sampled_from(["none", "deletions", "stable", "stable_deletions"]),
     st.integers(0, 2**32),
+    st.sampled_from([None, (pa.string(), pa.int8()), (pa.string(), pa.int32()), (pa.large_string(), pa.uint16()), (pa.int64(), pa.int16())]),
 )
-def test_random_legacy_appends(types: list[pa.DataType], group: int, sizes: list[int], extras: str, seed: int) -> None:
-    """Appends of arbitrary sizes, many small batches, random nested types and values: one
-    fragment afterwards, read by pylance exactly as before (rows, order, deletions, row ids)."""
+def test_random_legacy_appends(
+    types: list[pa.DataType], group: int, sizes: list[int], extras: str, seed: int, dictionary: tuple[pa.DataType, pa.DataType] | None
+) -> None:
+    """Appends of arbitrary sizes, many small batches, random nested types and values, maybe a
+    dictionary column (one random dictionary, as pylance requires of appends; random keys, null
+    ones included): one fragment afterwards, read by pylance exactly as before (rows, order,
+    deletions, row ids)."""
     rng = random.Random(seed)
     schema = pa.schema([pa.field("id", pa.int64())] + [pa.field(f"c{i}", t) for i, t in enumerate(types)])
+    dict_values: pa.Array | None = None
+    if dictionary is not None:
+        value_type, key_type = dictionary
+        schema = schema.append(pa.field("d", pa.dictionary(key_type, value_type)))
+        n_values = rng.randint(1, 6)
+        if pa.types.is_integer(value_type):  # pylance's legacy dictionaries hold no empty strings
+            dict_values = pa.array(rng.sample(range(-1000, 1000), n_values), value_type)
+        else:
+            dict_values = pa.array([f"v{k}" + "é" * rng.randint(0, 4) for k in range(n_values)], value_type)
     tmp = Path(tempfile.mkdtemp(prefix="lance-assets-legacy-"))
     try:
         path = tmp / "ds.lance"
         start = 0
         for i, n in enumerate(sizes):
             cols = [pa.array(range(start, start + n), pa.int64())] + [pa.array([_value(t, rng) for _ in range(n)], t) for t in types]
+            if dictionary is not None and dict_values is not None:
+                keys = [None if rng.random() < 0.1 else rng.randrange(len(dict_values)) for _ in range(n)]
+                cols.append(pa.DictionaryArray.from_arrays(pa.array(keys, dictionary[1]), dict_values))
             table = pa.Table.from_arrays(cols, schema=schema)
             extra = {"enable_stable_row_ids": True} if "stable" in extras and not i else {}
             factory.write(table, path, "legacy", mode="append" if i else "create", max_rows_per_group=group, **extra)
