@@ -450,7 +450,11 @@ def _build(latest: Dataset, plan: CompactionPlan, results: Sequence[RewriteResul
     changes = _indices_after(latest, groups, plan.options.index_remap, now)
     txn.rewrite.rewritten_indices.extend(changes.rewritten)
     return _Built(
-        mf.build_manifest_file(m, txn, changes.section), txn, m.transaction_file, deletions + changes.writes, changes.report
+        mf.build_manifest_file(m, txn, changes.section, latest.file.dictionaries),
+        txn,
+        m.transaction_file,
+        deletions + changes.writes,
+        changes.report,
     )
 
 
@@ -508,7 +512,7 @@ def commit_index_change(
         m.CopyFrom(latest.manifest)
         _stamp(m, latest, latest.version, txn_uuid, now)
         writes = [*side_writes, *transaction_write(m.transaction_file, txn)]
-        return Attempt(mf.build_manifest_file(m, txn, section), writes, None)
+        return Attempt(mf.build_manifest_file(m, txn, section, latest.file.dictionaries), writes, None)
 
     committed = commit_loop(storage, txn_uuid, prepare, max_retries=max_retries)
     return None if committed is None else committed.version

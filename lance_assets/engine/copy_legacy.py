@@ -23,8 +23,10 @@ batch, the cumulative batch offsets, the embedded schema; page statistics are dr
 
 What is refused (CompactionRefusedError, so the task is skipped with a reason):
 
-* live DICTIONARY fields: every file stores its own dictionary at an absolute position and the
-  keys index into it, so two files' keys cannot share one dictionary without re-encoding;
+* DICTIONARY fields whose inputs store different dictionary values (their keys would mean
+  different things; pylance never writes such files). Otherwise a dictionary field's key pages
+  are copied like integer pages and its dictionary is written once, after the pages
+  (:func:`_dictionaries`); readers take it from the manifest file anyway (docs/format.md);
 * types :func:`legacy.field_layouts` cannot classify;
 * more than 2**31 - 1 rows (legacy batch offsets are int32), an output batch whose list items
   would overflow int32 list offsets, files whose page table range disagrees with their DataFile.
@@ -104,13 +106,80 @@ def _inputs(ds: Dataset, frag: table_pb2.DataFragment, schema: dict[int, file_pb
                     f"{schema[fid].logical_type!r} in the dataset",
                     path=where,
                 )
-            if lay.encoding is legacy.LegacyEncoding.DICTIONARY:
-                raise CompactionRefusedError(
-                    f"dictionary field {schema[fid].name!r}: each legacy file stores its own dictionary at an "
-                    "absolute position, so files cannot be merged without re-encoding",
-                    path=where,
-                )
         out.append(_Input(rel, meta, layouts, live, tail, tail_offset))
+    return out
+
+
+@dataclass(frozen=True)
+class _Dictionary:
+    """One dictionary field's values as an input file stores them, position-independent:
+    the value bytes and, for var-binary values, the value boundaries relative to their start
+    (i64 little-endian, one more than there are values); ``positions`` is empty for fixed-width
+    values, which ``values`` holds bit-packed or back to back."""
+
+    values: bytes
+    positions: bytes
+    length: int
+
+
+def _read_dictionary(storage: Storage, src: _Input, layout: legacy.FieldLayout) -> _Dictionary:
+    where = storage.url(src.rel_path)
+    d = layout.dictionary
+    assert d is not None
+    extent = legacy.dictionary_extent(layout.logical_type, d.offset, d.length)
+    assert extent is not None  # field_layouts classified it
+    if d.values_encoding is not legacy.LegacyEncoding.VAR_BINARY:
+        return _Dictionary(storage.read_exact(src.rel_path, d.offset, extent[2]), b"", d.length)
+    raw = storage.read_exact(src.rel_path, d.offset, extent[2])
+    start = int.from_bytes(raw[:8], "little", signed=True)
+    if not 0 <= start <= d.offset:
+        raise CorruptFileError(f"dictionary of field {layout.name!r}: values start at {start}, after {d.offset}", path=where)
+    positions = legacy.shift_positions(raw, -start, lo=start, hi=d.offset, path=where)
+    return _Dictionary(storage.read_exact(src.rel_path, start, d.offset), positions, d.length)
+
+
+def _dictionaries(
+    storage: Storage, sources: Sequence[Sequence[_Input]], schema: dict[int, file_pb2.Field]
+) -> dict[int, _Dictionary]:
+    """The dictionary of every live dictionary field, refusing inputs whose dictionaries differ.
+
+    The pages of a dictionary field hold integer keys into the dictionary, which pylance reads
+    from the dataset's manifest (it refuses appends whose dictionary differs from the
+    schema's), so the key pages are copied like any integer page and the output needs one
+    dictionary only. It is stored in the output too, so the file is whole on its own; inputs
+    with dictionaries of different values would mean keys of different meaning and are refused.
+    """
+    found: dict[int, _Dictionary] = {}
+    for files in sources:
+        for src in files:
+            for fid in src.field_ids:
+                layout = src.layouts[fid]
+                if layout.encoding is not legacy.LegacyEncoding.DICTIONARY:
+                    continue
+                d = _read_dictionary(storage, src, layout)
+                if found.setdefault(fid, d) != d:
+                    raise CompactionRefusedError(
+                        f"dictionary field {schema[fid].name!r}: the inputs hold different dictionaries, so their "
+                        "keys cannot share one without re-encoding",
+                        path=storage.url(src.rel_path),
+                    )
+    return found
+
+
+def _write_dictionaries(copier: _Copier, found: dict[int, _Dictionary], fields: list[file_pb2.Field]) -> list[file_pb2.Field]:
+    """Write each dictionary after the pages; ``fields`` with their dictionaries pointing at them."""
+    out = []
+    for f in fields:
+        d = found.get(f.id)
+        if d is not None:
+            f = file_pb2.Field.FromString(f.SerializeToString())
+            start = copier.pos
+            copier.write(d.values)
+            f.dictionary.offset = copier.pos
+            f.dictionary.length = d.length
+            if d.positions:
+                copier.write(legacy.shift_positions(d.positions, start, lo=0, hi=len(d.values)))
+        out.append(f)
     return out
 
 
@@ -280,6 +349,7 @@ def write_legacy_output(
     keep = set(out_ids)
     fields = [f for f in ds.manifest.fields if f.id in keep]
     concatenate = _concatenable(sources)
+    found = _dictionaries(storage, sources, schema)
 
     name = mf.data_file_name(uuid.uuid4().bytes)
     rel = f"{DATA_DIR}/{name}"
@@ -302,6 +372,8 @@ def write_legacy_output(
             repager = Repager(copier, fields, holders, [files[0].meta.num_rows for files in sources], size_b)
             batch_rows = repager.write()
             pages = repager.pages
+        fields = _write_dictionaries(copier, found, fields)
+        copier.flush()
         data_end = copier.pos
         offsets = [0]
         for n in batch_rows:

@@ -168,9 +168,9 @@ class Repager:
             page = self._var_binary(layout, pieces, pages)
         elif enc is Enc.NULL:
             page = legacy.LegacyPage(self.copier.pos, count)
-        elif enc is Enc.PLAIN and layout.value_bits is not None:
-            page = self._plain(layout.value_bits, pieces, pages)
-        else:  # DICTIONARY is refused before any byte is written; nothing else has pages
+        elif enc in (Enc.PLAIN, Enc.DICTIONARY) and layout.value_bits is not None:
+            page = self._plain(layout.value_bits, pieces, pages)  # dictionary keys: plain integers
+        else:  # nothing else has pages
             raise CompactionRefusedError(f"field {layout.name!r}: {enc.value} pages cannot be re-cut")
         self._set(fid, batch, page)
 

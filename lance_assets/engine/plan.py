@@ -645,14 +645,6 @@ def _candidate_reason(
         layout = found
         if layouts is not None:
             layouts[layout_key] = layout
-    if storage_version == mf.LEGACY:
-        dictionaries = [f.name for f in ds.manifest.fields if f.logical_type.startswith("dict:") and (f.id, True) in layout]
-        if dictionaries:
-            return skip(
-                Reason.LEGACY_DICTIONARY,
-                f"dictionary fields {', '.join(dictionaries)}: each legacy file has its own dictionary, so files "
-                "cannot be merged by copy",
-            )
     if index_sets is None:
         return skip(Reason.INDEXED, "an index without a fragment bitmap covers every fragment")
     if fid in pinned:

@@ -32,7 +32,7 @@ class Reason(StrEnum):
     BASE_PATH = "base_path"
     EXTERNAL_ROW_IDS = "external_row_ids"
     COLUMN_MAPPING = "column_mapping"
-    LEGACY_DICTIONARY = "legacy_dictionary"
+    LEGACY_DICTIONARY = "legacy_dictionary"  # no longer produced (legacy dictionaries merge); kept for old reports
     BLOB_COLUMN = "blob_column"
     INCOMPATIBLE_LAYERS = "incompatible_layers"  # nested columns whose pages disagree on layers (docs/format.md)
     # skipped: at target size with many small pages that cannot be coalesced; notes: rewritten to coalesce them

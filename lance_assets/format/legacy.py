@@ -416,8 +416,8 @@ def page_extent(layout: FieldLayout, page: LegacyPage) -> tuple[int, int]:
 def field_layouts(meta: LegacyFileMetadata, *, path: str | None = None) -> tuple[FieldLayout, ...]:
     """Classify every schema field, in schema order, and check its pages against the file.
 
-    The copier uses this to refuse DICTIONARY fields and to find VAR_BINARY pages, whose
-    positions arrays hold absolute file offsets. Checks (CorruptFileError): each page's fixed
+    The copier uses this to find DICTIONARY fields (whose values it stores once per output)
+    and VAR_BINARY pages, whose positions arrays hold absolute file offsets. Checks (CorruptFileError): each page's fixed
     part lies inside the data region, and outside lists each page holds one value per batch row
     (list offsets: one more). Unknown logical types raise UnsupportedFeatureError (Lance's own
     legacy reader cannot read them either).
@@ -498,6 +498,20 @@ def _under_list(fields: tuple[LegacyField, ...], path: str | None) -> dict[int, 
     return memo
 
 
+def dictionary_extent(logical_type: str, offset: int, length: int) -> tuple[LegacyEncoding, int | None, int] | None:
+    """How the ``length`` values of a ``dict:<values>:<keys>:<ordered>`` field stored at
+    ``offset`` are encoded (PLAIN or VAR_BINARY), their bit width, and where what lies at
+    ``offset`` ends; None for value types the legacy format cannot hold in a dictionary."""
+    parts = logical_type.split(":")
+    if len(parts) != 4:
+        return None
+    if parts[1] in _VAR_BINARY:
+        return LegacyEncoding.VAR_BINARY, None, offset + 8 * (length + 1)
+    if (bits := _fixed_bits(parts[1])) is not None:
+        return LegacyEncoding.PLAIN, bits, offset + (length * bits + 7) // 8
+    return None
+
+
 def _dictionary(f: LegacyField, meta: LegacyFileMetadata, path: str | None) -> LegacyDictionary:
     """Where a dictionary field's values live; they must lie before the embedded manifest."""
     parts = f.logical_type.split(":")
@@ -506,12 +520,10 @@ def _dictionary(f: LegacyField, meta: LegacyFileMetadata, path: str | None) -> L
     if f.dictionary_offset is None or f.dictionary_length is None:
         raise CorruptFileError(f"dictionary field {f.name!r} has no dictionary location", path=path)
     off, n = f.dictionary_offset, f.dictionary_length
-    if parts[1] in _VAR_BINARY:
-        enc, bits, end = LegacyEncoding.VAR_BINARY, None, off + 8 * (n + 1)
-    elif (bits := _fixed_bits(parts[1])) is not None:
-        enc, end = LegacyEncoding.PLAIN, off + (n * bits + 7) // 8
-    else:
+    found = dictionary_extent(f.logical_type, off, n)
+    if found is None:
         raise UnsupportedFeatureError(f"field {f.name!r}: unsupported dictionary values {parts[1]!r}", path=path)
+    enc, bits, end = found
     if not (off >= 0 and n >= 0 and end <= meta.manifest_position):
         raise CorruptFileError(f"dictionary of field {f.name!r} at {off} (+{n} values) is out of range", path=path)
     return LegacyDictionary(offset=off, length=n, values_encoding=enc, value_bits=bits)

@@ -14,6 +14,7 @@ from enum import Enum
 
 from lance_assets._proto import table_pb2, transaction_pb2
 from lance_assets.errors import CorruptFileError, UnknownFeatureFlagError, UnsupportedVersionError
+from lance_assets.format.legacy import dictionary_extent
 from lance_assets.format.protobuf import parse
 
 MAGIC = b"LANC"
@@ -123,6 +124,11 @@ class ManifestFile:
     manifest: Manifest
     transaction: Transaction | None
     index_section: IndexSection | None
+    #: Legacy (0.x) datasets: the dictionary values of the schema's dictionary fields. Lance
+    #: writes them at the very start of every manifest file and records their offsets in
+    #: ``Field.dictionary``; readers take a dictionary from the manifest file, not from the data
+    #: files. So a manifest written on top of this one must hold these bytes at the same offsets.
+    dictionaries: bytes = b""
 
 
 def _section(data: bytes, pos: int, *, path: str | None, what: str, end: int) -> bytes:
@@ -163,17 +169,44 @@ def parse_manifest_file(data: bytes, *, path: str | None = None) -> ManifestFile
     if manifest.HasField("index_section"):
         idx_raw = _section(data, manifest.index_section, path=path, what="index section", end=pos)
         index_section = parse(IndexSection, idx_raw, path=path, what="index section")
-    return ManifestFile(manifest, transaction, index_section)
+    sections = [pos, *([] if txn_pos is None else [txn_pos]), *([manifest.index_section] if index_section is not None else [])]
+    dictionaries = _dictionary_bytes(data, manifest, min(sections), path)
+    return ManifestFile(manifest, transaction, index_section, dictionaries)
 
 
-def build_manifest_file(manifest: Manifest, transaction: Transaction | None, index_section: IndexSection | None) -> bytes:
+def _dictionary_bytes(data: bytes, manifest: Manifest, first_section: int, path: str | None) -> bytes:
+    """The bytes ahead of the first section when a legacy schema records a dictionary (else
+    none), after checking that every recorded dictionary lies inside them. (2.x files keep their
+    dictionaries in their pages; their manifests may still carry a meaningless location.)"""
+    legacy = STORAGE_VERSIONS.get(manifest.data_format.version or "0.1") == LEGACY
+    located = [f for f in manifest.fields if f.HasField("dictionary")] if legacy else []
+    if not located:
+        return b""
+    for f in located:
+        extent = dictionary_extent(f.logical_type, f.dictionary.offset, f.dictionary.length)
+        end = f.dictionary.offset if extent is None else extent[2]
+        if not 0 <= f.dictionary.offset <= end <= first_section:
+            raise CorruptFileError(
+                f"dictionary of field {f.name!r} at {f.dictionary.offset} lies outside the manifest's leading bytes "
+                f"(0..{first_section})",
+                path=path,
+            )
+    return data[:first_section]
+
+
+def build_manifest_file(
+    manifest: Manifest, transaction: Transaction | None, index_section: IndexSection | None, dictionaries: bytes = b""
+) -> bytes:
     """Serialize a manifest file; section positions in ``manifest`` are set here.
+
+    ``dictionaries`` (:attr:`ManifestFile.dictionaries` of the manifest this one is based on)
+    is written first, so the dictionary offsets its schema records stay true.
 
     The inline transaction position is written to tag 23 (what pylance 14
     reads); the older tag 21 is cleared so the two can never disagree.
     """
     manifest = _copy(manifest)
-    out = bytearray()
+    out = bytearray(dictionaries)
     manifest.ClearField("index_section")
     manifest.ClearField("transaction_section")
     manifest.ClearField("transaction_section_v1")

@@ -43,7 +43,7 @@ from lance_assets.errors import CorruptFileError
 from lance_assets.format import manifest as mf
 from lance_assets.format.legacy import BitJoiner, LegacyEncoding, field_layouts, parse_file, shift_offsets, uniform_batches
 from tests.support import factory
-from tests.support.assertions import Before, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
+from tests.support.assertions import Before, assert_reads_every_way, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
 
 lance = pytest.importorskip("lance")
 
@@ -51,7 +51,7 @@ GROUP = 7  # max_rows_per_group: files of several batches
 
 
 def legacy_table(start: int, n: int) -> pa.Table:
-    """Every type the legacy format stores (no dictionary: see the refusal tests), with nulls."""
+    """Every type the legacy format stores (dictionaries: see dict_table), with nulls."""
     r = range(start, start + n)
     return pa.table(
         {
@@ -94,9 +94,20 @@ def legacy_table(start: int, n: int) -> pa.Table:
 
 
 def dict_table(start: int, n: int) -> pa.Table:
+    """Dictionary strings (null keys included) beside other columns. Every append must carry the
+    same dictionary: pylance refuses one whose dictionary differs from the schema's."""
     r = range(start, start + n)
-    colors = pa.array(["red", "green", "blue"])
-    return pa.table({"id": pa.array(list(r), pa.int64()), "color": pa.DictionaryArray.from_arrays(pa.array([i % 3 for i in r], pa.int32()), colors)})
+    colors = pa.array(["red", "green", "blue", "a much longer colour name"])
+    sizes = pa.array([1, 10, 100], pa.int16())
+    return pa.table(
+        {
+            "id": pa.array(list(r), pa.int64()),
+            "color": pa.DictionaryArray.from_arrays(pa.array([None if i % 5 == 4 else i % 4 for i in r], pa.int32()), colors),
+            "s": pa.array([None if i % 7 == 3 else f"str{i}" * (1 + i % 3) for i in r]),
+            "size": pa.DictionaryArray.from_arrays(pa.array([i % 3 for i in r], pa.int8()), sizes),
+            "f": pa.array([i * 0.5 for i in r], pa.float64()),
+        }
+    )
 
 
 def appends(path: Path, sizes: list[int], make: Callable[[int, int], pa.Table] = legacy_table, **kwargs: Any) -> None:
@@ -213,8 +224,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
         "all_types_uneven": lambda p: appends(p, [10, 25, 3, 2, 16, 9]),
         "uneven_multi_file": lambda p: (appends(p, [10, 25, 10], make=factory.simple_table), lance.dataset(str(p)).add_columns({"doubled": "id * 2"})),
         "uneven_stable": lambda p: appends(p, [10, 25, 10], make=factory.simple_table, enable_stable_row_ids=True),
-        "dictionary": lambda p: appends(p, [7, 7, 3], make=dict_table),
-        "dictionary_uneven": lambda p: appends(p, [10, 4, 9], make=dict_table),
+        "dictionary": lambda p: appends(p, [7, 7, 7, 7, 3], make=dict_table),
+        "dictionary_uneven": lambda p: appends(p, [10, 4, 9, 13, 2], make=dict_table),
     }
     cache: dict[str, Path] = {}
 
@@ -590,34 +601,78 @@ def test_concatenated_uneven_batches_would_break_pylance(copy_of: Callable[[str]
     assert 12 in lance.dataset(str(path)).to_table()["id"].to_pylist()  # another row went instead
 
 
-# --- refusals ----------------------------------------------------------------------------------------
+# --- dictionary fields --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["dictionary", "dictionary_uneven"])
-def test_dictionary_fields_are_skipped(copy_of: Callable[[str], Path], name: str) -> None:
-    """The one legacy encoding left alone, in the plan, the dry run and the run alike."""
+@pytest.mark.parametrize("delete", [False, True])
+def test_dictionary_fields_merge(copy_of: Callable[[str], Path], name: str, delete: bool) -> None:
+    """Five appends of dictionary columns become one file in one new version (concatenated or
+    re-paged), the dry run planning what the run does; pylance reads the same values every way,
+    filters on the dictionary columns included, and keeps working on top."""
     path = copy_of(name)
-    digest = tree_digest(path)
-    plan = plan_compaction(str(path))
-    assert not plan.tasks
-    assert {s.fragment_id: s.reason for s in plan.skipped} == {0: "legacy_dictionary", 1: "legacy_dictionary", 2: "legacy_dictionary"}
-    assert all("color" in s.detail and "own dictionary" in s.detail for s in plan.skipped)
+    if delete:
+        lance.dataset(str(path)).delete("id IN (2, 8, 15)")
+    before = lance.dataset(str(path)).to_table()
+    read_version = lance.dataset(str(path)).version
     dry = compact(str(path), CompactionOptions(dry_run=True))
-    report = compact(str(path))
-    assert report.version is None and report.skipped == dry.skipped == list(plan.skipped)
-    assert tree_digest(path) == digest
+    if delete:  # the deleted rows go: merged by the (pylance) re-encode fallback
+        report = compact(str(path))
+        assert report.reencoded_fragments == 5
+        ds = lance.dataset(str(path))
+    else:
+        plan, report, ds, _ = run_and_check(path)
+        assert [list(o.fragment_ids) for t in plan.tasks for o in t.outputs] == [[0, 1, 2, 3, 4]]
+    assert report.version == read_version + 1 == ds.version
+    assert dry.skipped == report.skipped and dry.reencoded_fragments == report.reencoded_fragments
+    assert dry.rows == report.rows or delete  # a dry run counts the rows read, a re-encode the rows kept
+    (frag,) = ds.get_fragments()
+    merged = parse_file((path / "data" / frag.metadata.files[0].path).read_bytes())
+    dictionaries = {lay.name: lay.dictionary for lay in field_layouts(merged) if lay.dictionary}
+    assert set(dictionaries) == {"color", "size"}  # the file holds its dictionaries too
+    assert_reads_every_way(path, before)
+    got = ds.to_table()
+    assert got.schema == before.schema and got.equals(before)
+    for color in ("red", "a much longer colour name"):
+        want = before.filter(pc.equal(pc.cast(before["color"], pa.string()), color))
+        assert ds.to_table(filter=f"color = '{color}'").equals(want)
+    assert ds.to_table(filter="size = 10").equals(before.filter(pc.equal(pc.cast(before["size"], pa.int16()), 10)))
+    pylance_keeps_working(path)
 
 
-def test_dictionary_refused_at_execution_too(copy_of: Callable[[str], Path]) -> None:
-    """A task that reaches the copier anyway (e.g. a plan made elsewhere) is skipped with the reason."""
+def test_dictionary_dataset_across_commits(copy_of: Callable[[str], Path]) -> None:
+    """Our manifests keep the schema's dictionaries where it records them (readers take them
+    from the manifest file): pylance indexes and deletes on top of our version, and we compact
+    again (rewriting the index) on top of pylance's."""
     path = copy_of("dictionary")
+    before = lance.dataset(str(path)).to_table()
+    compact(str(path))
+    lance.dataset(str(path)).create_scalar_index("id", "BTREE")
+    lance.dataset(str(path)).delete("id = 3")
+    compact(str(path), CompactionOptions(materialize_deletions_threshold=0.0))
+    assert_reads_every_way(path, before.filter(pc.not_equal(before["id"], 3)))
+
+
+def test_different_dictionaries_are_refused(copy_of: Callable[[str], Path]) -> None:
+    """Inputs whose stored dictionaries differ (pylance never writes them; forged here) are skipped
+    with the reason, and the dataset is left exactly as it was."""
+    path = copy_of("dictionary")
+    frag = lance.dataset(str(path)).get_fragments()[2]
+    file = path / "data" / frag.metadata.files[0].path
+    data = bytearray(file.read_bytes())
+    (color,) = [lay for lay in field_layouts(parse_file(bytes(data))) if lay.name == "color"]
+    assert color.dictionary is not None
+    start = struct.unpack_from("<q", data, color.dictionary.offset)[0]
+    assert data[start : start + 3] == b"red"
+    data[start : start + 3] = b"rex"
+    file.write_bytes(bytes(data))
     digest = tree_digest(path)
-    d = Dataset.open(str(path))
-    task = CompactionTask(0, (0, 1), 14, 0, (OutputFile((0, 1), 14, 0),))
-    plan = CompactionPlan(str(path), d.version, "legacy", (task,), (), CompactionOptions())
-    result = execute_task(str(path), plan, task)
-    assert result.skipped_reason == "not_copyable" and "dictionary field 'color'" in result.skipped_detail
+    report = compact(str(path))
+    assert report.version is None and report.tasks_skipped == 1
+    (detail,) = {s.detail for s in report.skipped}
+    assert "'color'" in detail and "different dictionaries" in detail
     assert tree_digest(path) == digest
 
 
+# --- refusals ----------------------------------------------------------------------------------------
 def test_forged_positions_array_is_refused(copy_of: Callable[[str], Path]) -> None:
     """A var-binary offset pointing outside its page's values raises; nothing is left behind."""
     path = copy_of("single_batches")
@@ -739,18 +794,35 @@ def _value(t: pa.DataType, rng: random.Random) -> Any:
     st.lists(st.integers(1, 40), min_size=2, max_size=5),
     st.sampled_from(["none", "deletions", "stable", "stable_deletions"]),
     st.integers(0, 2**32),
+    st.sampled_from([None, (pa.string(), pa.int8()), (pa.string(), pa.int32()), (pa.large_string(), pa.uint16()), (pa.int64(), pa.int16())]),
 )
-def test_random_legacy_appends(types: list[pa.DataType], group: int, sizes: list[int], extras: str, seed: int) -> None:
-    """Appends of arbitrary sizes, many small batches, random nested types and values: one
-    fragment afterwards, read by pylance exactly as before (rows, order, deletions, row ids)."""
+def test_random_legacy_appends(
+    types: list[pa.DataType], group: int, sizes: list[int], extras: str, seed: int, dictionary: tuple[pa.DataType, pa.DataType] | None
+) -> None:
+    """Appends of arbitrary sizes, many small batches, random nested types and values, maybe a
+    dictionary column (one random dictionary, as pylance requires of appends; random keys, null
+    ones included): one fragment afterwards, read by pylance exactly as before (rows, order,
+    deletions, row ids)."""
     rng = random.Random(seed)
     schema = pa.schema([pa.field("id", pa.int64())] + [pa.field(f"c{i}", t) for i, t in enumerate(types)])
+    dict_values: pa.Array | None = None
+    if dictionary is not None:
+        value_type, key_type = dictionary
+        schema = schema.append(pa.field("d", pa.dictionary(key_type, value_type)))
+        n_values = rng.randint(1, 6)
+        if pa.types.is_integer(value_type):  # pylance's legacy dictionaries hold no empty strings
+            dict_values = pa.array(rng.sample(range(-1000, 1000), n_values), value_type)
+        else:
+            dict_values = pa.array([f"v{k}" + "é" * rng.randint(0, 4) for k in range(n_values)], value_type)
     tmp = Path(tempfile.mkdtemp(prefix="lance-assets-legacy-"))
     try:
         path = tmp / "ds.lance"
         start = 0
         for i, n in enumerate(sizes):
             cols = [pa.array(range(start, start + n), pa.int64())] + [pa.array([_value(t, rng) for _ in range(n)], t) for t in types]
+            if dictionary is not None and dict_values is not None:
+                keys = [None if rng.random() < 0.1 else rng.randrange(len(dict_values)) for _ in range(n)]
+                cols.append(pa.DictionaryArray.from_arrays(pa.array(keys, dictionary[1]), dict_values))
             table = pa.Table.from_arrays(cols, schema=schema)
             extra = {"enable_stable_row_ids": True} if "stable" in extras and not i else {}
             factory.write(table, path, "legacy", mode="append" if i else "create", max_rows_per_group=group, **extra)

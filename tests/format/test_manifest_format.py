@@ -51,6 +51,29 @@ def test_every_manifest_parses_and_rebuilds(dataset_cache: Callable[[str, str], 
         assert rebuilt == raw, f"version {v}: rebuilt manifest file differs from pylance's"
 
 
+def test_legacy_dictionaries_are_kept(tmp_path: Path) -> None:
+    """pylance writes a legacy schema's dictionary values at the start of every manifest file
+    (its readers take them from there); they are parsed out and written back at the same
+    offsets, so the rebuilt file is pylance's byte for byte."""
+    import pyarrow as pa
+
+    path = tmp_path / "dict.lance"
+    values = pa.array(["red", "green", "a much longer colour name"])
+    for i in range(3):
+        keys = pa.array([None if (i + k) % 4 == 3 else (i + k) % 3 for k in range(5)], pa.int16())
+        table = pa.table({"id": pa.array(range(5 * i, 5 * i + 5)), "c": pa.DictionaryArray.from_arrays(keys, values)})
+        lance.write_dataset(table, str(path), mode="append" if i else "create", data_storage_version="legacy")
+    lance.dataset(str(path)).create_scalar_index("id", "BTREE")
+    for v, raw in manifests(path):
+        parsed = mf.parse_manifest_file(raw, path=f"v{v}")
+        (field,) = [f for f in parsed.manifest.fields if f.name == "c"]
+        assert len(parsed.dictionaries) > field.dictionary.offset + 8 * field.dictionary.length
+        assert b"a much longer colour name" in parsed.dictionaries
+        rebuilt = mf.build_manifest_file(parsed.manifest, parsed.transaction, parsed.index_section, parsed.dictionaries)
+        assert rebuilt == raw
+        assert mf.parse_manifest_file(rebuilt).dictionaries == parsed.dictionaries
+
+
 @pytest.mark.parametrize(("shape", "version"), ALL, ids=ALL_IDS)
 def test_inline_transaction_matches_pylance(dataset_cache: Callable[[str, str], Path], shape: str, version: str) -> None:
     path = dataset_cache(shape, version)
