@@ -5,7 +5,7 @@ safe to run from a sensor -- except where the schema nests a list below a struct
 dataset, or has a blob column: there the candidates' file metadata is read too (rep/def
 layers: see ``_FileSplitter``; blob descriptor layouts: ``_blob_refusals``), because the plan
 must say what the copy will do. It follows
-Lance's own candidate selection and binning (fact sheet §7.2), and additionally
+Lance's own candidate selection and binning (docs/how-it-works.md), and additionally
 simulates the output files so that a task which would not reduce the number
 of fragments is never run.
 """

@@ -1,8 +1,8 @@
 """Manifest files, version naming, transaction names and feature flags.
 
 A manifest file is ``[u32 len][IndexSection]? [u32 len][Transaction]?
-[u32 len][Manifest] [i64 manifest position][u16 0][u16 2]["LANC"]``; see the
-fact sheet §4. Parsing and building live together so they cannot disagree.
+[u32 len][Manifest] [i64 manifest position][u16 0][u16 2]["LANC"]``; see
+docs/format.md. Parsing and building live together so they cannot disagree.
 """
 
 from __future__ import annotations
