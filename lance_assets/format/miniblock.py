@@ -1,0 +1,542 @@
+"""Mini-block pages of 2.1 and 2.2 files: decoded into levels and values, re-cut into large pages.
+
+Binary copy of many small appends leaves a column of thousands of one-chunk pages, and Lance's
+reader pays per page. This module coalesces such pages without pylance and without changing a
+value: it decodes each small page's chunks (the encodings pylance's writer picks for small
+pages: flat and variable-width values, fast-lanes bit-packing, run-length and flat levels) and
+writes the concatenation as a few large pages of plain encodings (flat values, flat 16-bit
+levels), cut into chunks that obey the mini-block rule: every chunk but a page's last holds a
+power of two of values, at most 4,096. The byte layout is described in docs/format.md
+("Mini-block pages"). Anything else (dictionaries, FSST, general compression, fixed-size
+lists, 2.3 planar pages) is reported as not native: the caller copies those pages as they are
+or has pylance re-encode them.
+
+numpy does the bit work; it is imported with this module, which the copy loads on first use.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+
+from lance_assets._proto import encodings_v2_1_pb2 as enc21
+from lance_assets._proto import file2_pb2
+from lance_assets.errors import CorruptFileError
+from lance_assets.format.protobuf import wire_fields
+from lance_assets.format.v2file import FileVersion
+
+LAYOUT_URL = "/lance.encodings21.PageLayout"
+#: Chunks start on 8-byte boundaries; their sizes are stored in units of 8 bytes.
+CHUNK_ALIGNMENT = 8
+#: A chunk holds at most this many values (the power-of-two rule caps it at 2**12).
+MAX_CHUNK_VALUES = 4096
+#: Bytes of values and levels we aim to put in one chunk: what Lance's writer aims at too
+#: (a few disk sectors), so a read of a few rows decodes little.
+CHUNK_TARGET_BYTES = 8 * 1024
+#: The largest chunk a 16-bit size word can describe (12 bits of 8-byte units).
+MAX_CHUNK_BYTES = 4096 * CHUNK_ALIGNMENT
+#: A value longer than this is never coalesced (pylance stores such columns full-zip anyway).
+MAX_VALUE_BYTES = 4096
+#: MiniBlockLayout field 10 (a varint 1), which pylance writes on every 2.2 mini-block page:
+#: chunk size words and value-buffer sizes in chunk headers are then 32-bit, not 16-bit.
+WIDE_SIZES_FIELD = 10
+_WIDE_SIZES_BYTES = bytes([WIDE_SIZES_FIELD << 3, 1])
+_LIST_LAYERS = frozenset(
+    {enc21.REPDEF_ALL_VALID_LIST, enc21.REPDEF_NULLABLE_LIST, enc21.REPDEF_EMPTYABLE_LIST, enc21.REPDEF_NULL_AND_EMPTY_LIST}
+)
+_DEF_LEVELS = {
+    enc21.REPDEF_ALL_VALID_ITEM: 0,
+    enc21.REPDEF_ALL_VALID_LIST: 0,
+    enc21.REPDEF_NULLABLE_ITEM: 1,
+    enc21.REPDEF_NULLABLE_LIST: 1,
+    enc21.REPDEF_EMPTYABLE_LIST: 1,
+    enc21.REPDEF_NULL_AND_EMPTY_LIST: 2,
+}
+_UINT = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
+
+U8 = npt.NDArray[np.uint8]
+U16 = npt.NDArray[np.uint16]
+I64 = npt.NDArray[np.int64]
+
+
+class NotNative(ValueError):
+    """A page this module does not decode (the message says why)."""
+
+
+# --- what a page is ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shape:
+    """What a mini-block page's bytes mean, as far as coalescing needs. Pages of one shape (but
+    any level or value compression) can be concatenated: the layers say how levels read."""
+
+    layers: tuple[int, ...]
+    rep: bool  # chunks hold repetition levels
+    defs: bool  # chunks hold definition levels
+    variable: bool  # values are variable-width (offsets then bytes) rather than fixed-width
+    bits: int  # bits per fixed-width value, or per offset of a variable-width one
+    wide: bool  # 32-bit chunk size words and value-buffer sizes (2.2 onwards)
+
+    @property
+    def max_rep(self) -> int:
+        return sum(1 for layer in self.layers if layer in _LIST_LAYERS)
+
+    @property
+    def max_visible_def(self) -> int | None:
+        """Definition levels up to this one stand for a value in the values buffer; higher ones
+        (null or empty lists) do not. None when there are no lists: every level has a value."""
+        total = 0
+        for layer in self.layers:
+            if layer in _LIST_LAYERS:
+                return total
+            total += _DEF_LEVELS.get(layer, 0)
+        return None
+
+
+@dataclass(frozen=True)
+class _Codec:
+    """How one page's chunks are compressed (the shape plus the per-part decoders)."""
+
+    shape: Shape
+    rep: enc21.CompressiveEncoding | None
+    defs: enc21.CompressiveEncoding | None
+    values: enc21.CompressiveEncoding
+    num_items: int
+
+
+def page_shape(encoding: bytes, version: FileVersion) -> Shape | str:
+    """The shape of a page with these encoding bytes, or why it is not coalesced natively."""
+    codec = _codec(encoding, version)
+    return codec if isinstance(codec, str) else codec.shape
+
+
+@lru_cache(maxsize=4096)
+def _codec(encoding: bytes, version: FileVersion) -> _Codec | str:
+    if version not in (FileVersion.V2_1, FileVersion.V2_2):
+        return f"{version.value} pages are not mini-block pages this copier decodes"
+    try:
+        wrapper = any_pb2.Any.FromString(encoding)
+        if wrapper.type_url != LAYOUT_URL:
+            return f"page encoding {wrapper.type_url}"
+        layout = enc21.PageLayout.FromString(wrapper.value)
+    except DecodeError:
+        return "page encoding does not parse"
+    if layout.WhichOneof("layout") != "mini_block_layout":
+        return f"{layout.WhichOneof('layout')} page"
+    mb = layout.mini_block_layout
+    raw = wire_fields(mb.SerializeToString())
+    unknown = {num for num, _, _ in raw or ()} - {f.number for f in mb.DESCRIPTOR.fields}
+    if unknown - {WIDE_SIZES_FIELD}:
+        return f"mini-block field(s) {sorted(unknown)} unknown"
+    wide = WIDE_SIZES_FIELD in unknown
+    if mb.HasField("dictionary") or mb.num_dictionary_items:
+        return "dictionary-encoded page"
+    if mb.num_buffers != 1:
+        return f"{mb.num_buffers} value buffers per chunk"
+    if any(layer not in _DEF_LEVELS for layer in mb.layers):
+        return "unknown repetition/definition layer"
+    rep = mb.rep_compression if mb.HasField("rep_compression") else None
+    defs = mb.def_compression if mb.HasField("def_compression") else None
+    for what, levels in (("repetition", rep), ("definition", defs)):
+        if levels is not None and _levels_reason(levels):
+            return f"{what} levels: {_levels_reason(levels)}"
+    if mb.repetition_index_depth not in ((1,) if rep is not None else (0,)):
+        return f"repetition index of depth {mb.repetition_index_depth}"
+    values = mb.value_compression
+    kind = values.WhichOneof("compression")
+    if kind == "flat" and not values.flat.HasField("data") and values.flat.bits_per_value in (1, 8, 16, 32, 64, 128):
+        variable, bits = False, values.flat.bits_per_value
+    elif kind == "inline_bitpacking" and not values.inline_bitpacking.HasField("values"):
+        variable, bits = False, values.inline_bitpacking.uncompressed_bits_per_value
+        if bits not in _UINT:
+            return f"bit-packed {bits}-bit values"
+    elif (
+        kind == "variable"
+        and not values.variable.HasField("values")
+        and values.variable.offsets.WhichOneof("compression") == "flat"
+        and values.variable.offsets.flat.bits_per_value in (32, 64)
+        and not values.variable.offsets.flat.HasField("data")
+    ):
+        variable, bits = True, values.variable.offsets.flat.bits_per_value
+    else:
+        return f"{kind} values"
+    shape = Shape(tuple(mb.layers), rep is not None, defs is not None, variable, bits, wide)
+    return _Codec(shape, rep, defs, values, mb.num_items)
+
+
+def _levels_reason(levels: enc21.CompressiveEncoding) -> str:
+    kind = levels.WhichOneof("compression")
+    if kind == "flat" and levels.flat.bits_per_value == 16 and not levels.flat.HasField("data"):
+        return ""
+    if kind == "inline_bitpacking" and levels.inline_bitpacking.uncompressed_bits_per_value == 16:
+        return "" if not levels.inline_bitpacking.HasField("values") else "compressed bit-packing"
+    if kind == "out_of_line_bitpacking":
+        inner = levels.out_of_line_bitpacking
+        ok = inner.uncompressed_bits_per_value == 16 and inner.values.WhichOneof("compression") == "flat"
+        return "" if ok else "out-of-line bit-packing of another shape"
+    if kind == "rle":
+        ok = (
+            levels.rle.values.WhichOneof("compression") == "flat"
+            and levels.rle.values.flat.bits_per_value == 16
+            and levels.rle.run_lengths.WhichOneof("compression") == "flat"
+            and levels.rle.run_lengths.flat.bits_per_value == 8
+        )
+        return "" if ok else "run-length encoding of another shape"
+    return f"{kind} compression"
+
+
+# --- decoding ---------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """Decoded rows of one or more consecutive pages: levels and values, ready to re-cut."""
+
+    shape: Shape
+    rows: int = 0
+    rep: list[U16] = field(default_factory=list)
+    defs: list[U16] = field(default_factory=list)
+    fixed: list[U8] = field(default_factory=list)  # value bytes; for 1-bit values one byte per bit
+    lengths: list[I64] = field(default_factory=list)  # variable-width: value lengths
+    data: list[U8] = field(default_factory=list)  # variable-width: value bytes
+    num_values: int = 0
+    nbytes: int = 0  # decoded bytes held (what the memory bound counts)
+
+    def extend(self, other: Run) -> None:
+        self.rows += other.rows
+        self.rep += other.rep
+        self.defs += other.defs
+        self.fixed += other.fixed
+        self.lengths += other.lengths
+        self.data += other.data
+        self.num_values += other.num_values
+        self.nbytes += other.nbytes
+
+
+def decode_page(page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | memoryview], version: FileVersion) -> Run:
+    """Decode one mini-block page (its buffers as read from the file) into a Run.
+
+    Raises NotNative for pages this module does not decode (``page_shape`` says which) and
+    CorruptFileError when the bytes contradict the page's own description."""
+    codec = _codec(page.encoding.direct.encoding, version)
+    if isinstance(codec, str):
+        raise NotNative(codec)
+    shape = codec.shape
+    if len(buffers) < 2:
+        raise CorruptFileError(f"mini-block page with {len(buffers)} buffers")
+    word = "<u4" if shape.wide else "<u2"
+    words = np.frombuffer(buffers[0], dtype=word)
+    data = memoryview(buffers[1])
+    run = Run(shape, rows=page.length)
+    total = codec.num_items
+    pos = seen = 0
+    size_fmt = "<I" if shape.wide else "<H"
+    size_len = 4 if shape.wide else 2
+    for i, w in enumerate(words.tolist()):
+        nbytes = ((w >> 4) + 1) * CHUNK_ALIGNMENT
+        last = i == len(words) - 1
+        n = total - seen if last else 1 << (w & 0xF)
+        if n < 0 or pos + nbytes > len(data):
+            raise CorruptFileError("mini-block chunk sizes exceed the page's data")
+        chunk = data[pos : pos + nbytes]
+        pos += nbytes
+        seen += n
+        (levels,) = struct.unpack_from("<H", chunk, 0)
+        at = 2
+        rep_size = def_size = 0
+        if shape.rep:
+            (rep_size,) = struct.unpack_from("<H", chunk, at)
+            at += 2
+        if shape.defs:
+            (def_size,) = struct.unpack_from("<H", chunk, at)
+            at += 2
+        (value_size,) = struct.unpack_from(size_fmt, chunk, at)
+        at = _aligned(at + size_len)
+        if shape.rep:
+            run.rep.append(_decode_levels(codec.rep, chunk[at : at + rep_size], levels))
+            at = _aligned(at + rep_size)
+        if shape.defs:
+            run.defs.append(_decode_levels(codec.defs, chunk[at : at + def_size], levels))
+            at = _aligned(at + def_size)
+        if at + value_size > nbytes:
+            raise CorruptFileError("mini-block chunk buffers exceed the chunk")
+        _decode_values(codec, chunk[at : at + value_size], n, run)
+    if seen != total or pos > len(data):
+        raise CorruptFileError(f"mini-block page holds {seen} values, its layout says {total}")
+    run.num_values = total
+    return run
+
+
+def _aligned(n: int) -> int:
+    return n + (-n % CHUNK_ALIGNMENT)
+
+
+def _decode_levels(encoding: enc21.CompressiveEncoding | None, raw: memoryview, count: int) -> U16:
+    assert encoding is not None
+    kind = encoding.WhichOneof("compression")
+    if kind == "flat":
+        out = np.frombuffer(raw, dtype="<u2", count=count)
+    elif kind == "inline_bitpacking":
+        width = int(np.frombuffer(raw, dtype="<u2", count=1)[0])
+        out = _unpack_block(np.frombuffer(raw[2:], dtype="<u2"), width, 16)[:count]
+    elif kind == "out_of_line_bitpacking":
+        width = encoding.out_of_line_bitpacking.values.flat.bits_per_value
+        out = _unpack_out_of_line(np.frombuffer(raw, dtype="<u2"), width, count)
+    else:  # rle: u64 byte length of the run values, the values, then one u8 length per run
+        (value_bytes,) = struct.unpack_from("<Q", raw, 0)
+        values = np.frombuffer(raw, dtype="<u2", count=value_bytes // 2, offset=8)
+        runs = np.frombuffer(raw, dtype=np.uint8, count=value_bytes // 2, offset=8 + value_bytes)
+        out = np.repeat(values, runs)
+    if len(out) != count:
+        raise CorruptFileError(f"a chunk's levels decode to {len(out)} values, its header says {count}")
+    return out.astype(np.uint16, copy=False)
+
+
+def _decode_values(codec: _Codec, raw: memoryview, n: int, run: Run) -> None:
+    shape = codec.shape
+    kind = codec.values.WhichOneof("compression")
+    if shape.variable:
+        width = shape.bits // 8
+        offsets = np.frombuffer(raw, dtype=f"<u{width}", count=n + 1).astype(np.int64)
+        lengths = np.diff(offsets)
+        if n and (offsets[0] < (n + 1) * width or offsets[-1] > len(raw) or (lengths < 0).any()):
+            raise CorruptFileError("variable-width chunk offsets out of range")
+        if n and int(lengths.max()) > MAX_VALUE_BYTES:
+            raise NotNative(f"values longer than {MAX_VALUE_BYTES} bytes")
+        run.lengths.append(lengths)
+        run.data.append(np.frombuffer(raw, dtype=np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0])))
+        run.nbytes += len(raw)
+    elif kind == "inline_bitpacking":
+        bits = shape.bits
+        width = int(np.frombuffer(raw, dtype=f"<u{bits // 8}", count=1)[0])
+        values = _unpack_block(np.frombuffer(raw[bits // 8 :], dtype=f"<u{bits // 8}"), width, bits)[:n]
+        run.fixed.append(values.astype(f"<u{bits // 8}", copy=False).view(np.uint8))
+        run.nbytes += n * bits // 8
+    elif shape.bits == 1:
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n, bitorder="little")
+        run.fixed.append(bits)
+        run.nbytes += n
+    else:
+        size = n * shape.bits // 8
+        if size > len(raw):
+            raise CorruptFileError("flat chunk shorter than its values")
+        run.fixed.append(np.frombuffer(raw, dtype=np.uint8, count=size))
+        run.nbytes += size
+
+
+# --- fast-lanes bit-packing (1,024 values per block, transposed in lanes) -------------------
+_FL_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)
+
+
+@lru_cache(maxsize=8)
+def _lane_positions(bits: int) -> npt.NDArray[np.intp]:
+    """Position in the block of the value packed as row r of lane l, as a (lanes, bits) array:
+    a block is 1024 / bits lanes of ``bits`` rows; row r of lane l holds the value at
+    128 * (r % 8) + 16 * order[r // 8] + l."""
+    lanes = 1024 // bits
+    rows = np.arange(bits)
+    order = np.array(_FL_ORDER)[rows // 8]
+    return (128 * (rows % 8) + 16 * order)[None, :] + np.arange(lanes)[:, None]
+
+
+def _unpack_block(words: npt.NDArray[np.unsignedinteger], width: int, bits: int) -> npt.NDArray[np.unsignedinteger]:
+    """The 1,024 values of one block packed ``width`` bits each into ``bits``-bit words."""
+    dtype = _UINT[bits]
+    lanes = 1024 // bits
+    if width == 0:
+        return np.zeros(1024, dtype=dtype)
+    if width > bits or len(words) < width * lanes:
+        raise CorruptFileError(f"bit-packed block of width {width} is short or too wide")
+    packed = np.ascontiguousarray(words[: width * lanes]).astype(f"<u{bits // 8}", copy=False).reshape(width, lanes)
+    stream = np.unpackbits(packed.view(np.uint8).reshape(width, lanes, bits // 8), axis=2, bitorder="little")
+    # stream[k, l, :] are the bits of word k of lane l; a lane's rows are consecutive runs of
+    # ``width`` bits through its words.
+    per_lane = stream.reshape(width, lanes, bits).transpose(1, 0, 2).reshape(lanes, bits, width)
+    weights = np.left_shift(np.ones(width, dtype=dtype), np.arange(width, dtype=dtype))
+    values = (per_lane.astype(dtype) * weights).sum(axis=2, dtype=dtype)
+    out = np.empty(1024, dtype=dtype)
+    out[_lane_positions(bits)] = values
+    return out
+
+
+def _unpack_out_of_line(words: U16, width: int, count: int) -> U16:
+    """Levels bit-packed in whole blocks; a last partial block is either packed (padded) or
+    stored as raw 16-bit values, told apart by the buffer's length."""
+    per_block = 1024 * width // 16
+    whole, tail = divmod(count, 1024)
+    parts = [_unpack_block(words[i * per_block : (i + 1) * per_block], width, 16) for i in range(whole)]
+    if tail:
+        rest = words[whole * per_block :]
+        parts.append(rest[:tail] if len(rest) == tail else _unpack_block(rest, width, 16)[:tail])
+    return np.concatenate(parts).astype(np.uint16, copy=False) if parts else np.zeros(0, np.uint16)
+
+
+# --- encoding ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncodedPage:
+    """A page ready to write: its buffers in order and the Page message's encoding bytes."""
+
+    buffers: tuple[bytes, ...]
+    encoding: bytes
+    rows: int
+
+
+def encode_page(run: Run) -> EncodedPage:
+    """One page holding all of ``run``: flat values (offsets then bytes when variable-width),
+    flat 16-bit levels, chunks of a power of two of values, a repetition index when there are
+    lists. The bytes follow the layout pylance writes for the same file version."""
+    shape = run.shape
+    rep = np.concatenate(run.rep) if shape.rep else None
+    defs = np.concatenate(run.defs) if shape.defs else None
+    levels = len(rep) if rep is not None else len(defs) if defs is not None else 0
+    n = run.num_values
+    if n == 0:
+        raise NotNative("pages without values")
+    if shape.variable:
+        lengths = np.concatenate(run.lengths) if run.lengths else np.zeros(0, np.int64)
+        data = np.concatenate(run.data) if run.data else np.zeros(0, np.uint8)
+        ends = np.concatenate(([0], np.cumsum(lengths)))
+        value_cost = ends + np.arange(n + 1) * (shape.bits // 8)  # bytes of values [0, i) with their offsets
+    else:
+        fixed = np.concatenate(run.fixed) if run.fixed else np.zeros(0, np.uint8)
+        per = shape.bits // 8
+        value_cost = np.arange(n + 1) * per if per else np.arange(n + 1) // 8
+    # level_end[i]: levels that belong to the first i values (a chunk takes the levels up to
+    # its last value; levels of null or empty lists after it start the next chunk)
+    visible = shape.max_visible_def
+    if levels == 0:
+        level_end = np.zeros(n + 1, dtype=np.int64)
+    elif levels == n:
+        level_end = np.arange(n + 1)
+    elif visible is not None and defs is not None:
+        shown = np.flatnonzero(defs <= visible)
+        if len(shown) != n:
+            raise CorruptFileError(f"definition levels show {len(shown)} values, the pages hold {n}")
+        level_end = np.concatenate(([0], shown + 1))
+    else:
+        raise CorruptFileError(f"{levels} levels for {n} values without lists")
+    level_bytes = 2 * ((1 if shape.rep else 0) + (1 if shape.defs else 0))
+    header = _aligned(2 + 2 * (int(shape.rep) + int(shape.defs)) + (4 if shape.wide else 2))
+
+    meta: list[int] = []
+    body = bytearray()
+    rep_index: list[int] = []
+    start = lstart = 0
+    while start < n:
+        count = _chunk_values(value_cost, level_end, start, n, level_bytes, header)
+        end = start + count
+        last = end >= n
+        lend = levels if last else int(level_end[end])
+        chunk = bytearray(struct.pack("<H", lend - lstart))
+        if shape.rep:
+            chunk += struct.pack("<H", 2 * (lend - lstart))
+        if shape.defs:
+            chunk += struct.pack("<H", 2 * (lend - lstart))
+        if shape.variable:
+            width = shape.bits // 8
+            offsets = ends[start : end + 1] - ends[start] + (count + 1) * width
+            values = offsets.astype(f"<u{width}").tobytes() + data[int(ends[start]) : int(ends[end])].tobytes()
+            values += bytes(-len(values) % width)  # the reader wants whole offset-width units
+        elif shape.bits == 1:
+            values = np.packbits(fixed[start:end], bitorder="little").tobytes()
+        else:
+            values = fixed[start * per : end * per].tobytes()
+        chunk += struct.pack("<I" if shape.wide else "<H", len(values))
+        _pad(chunk)
+        for part in (rep, defs):
+            if part is not None:
+                chunk += part[lstart:lend].astype("<u2").tobytes()
+                _pad(chunk)
+        chunk += values
+        _pad(chunk)
+        if len(chunk) > MAX_CHUNK_BYTES:
+            raise NotNative(f"a chunk of {count} values needs {len(chunk)} bytes")
+        log = 0 if last else count.bit_length() - 1
+        meta.append(((len(chunk) // CHUNK_ALIGNMENT - 1) << 4) | log)
+        if rep is not None:
+            _index_chunk(rep_index, rep[lstart:lend], shape.max_rep, first=start == 0, last=last)
+        body += chunk
+        start, lstart = end, lend
+    buffers = [np.array(meta, dtype="<u4" if shape.wide else "<u2").tobytes(), bytes(body)]
+    if rep is not None:
+        if sum(rep_index[0::2]) != run.rows:
+            raise CorruptFileError(f"repetition levels end {sum(rep_index[0::2])} rows, the pages hold {run.rows}")
+        buffers.append(np.array(rep_index, dtype="<u8").tobytes())
+    return EncodedPage(tuple(buffers), _layout_bytes(shape, n), run.rows)
+
+
+def _pad(buf: bytearray) -> None:
+    buf += b"\xfe" * (-len(buf) % CHUNK_ALIGNMENT)
+
+
+def _chunk_values(value_cost: I64, level_end: I64, start: int, n: int, level_bytes: int, header: int) -> int:
+    """How many values the chunk starting at value ``start`` takes: all the rest when they fit
+    (the last chunk may hold any count), else the largest power of two that fits."""
+
+    def cost(count: int) -> int:
+        end = start + count
+        return header + int(value_cost[end] - value_cost[start]) + level_bytes * int(level_end[end] - level_end[start]) + 24
+
+    rest = n - start
+    if rest <= MAX_CHUNK_VALUES and cost(rest) <= CHUNK_TARGET_BYTES:
+        return rest
+    count = 1 << (min(rest, MAX_CHUNK_VALUES).bit_length() - 1)
+    if count == rest:
+        count //= 2  # a power of two that is not the last chunk must leave values after it
+    while count > 1 and cost(count) > CHUNK_TARGET_BYTES:
+        count //= 2
+    return max(count, 1)
+
+
+def _index_chunk(index: list[int], rep: U16, max_rep: int, *, first: bool, last: bool) -> None:
+    """Append one chunk's repetition-index entry: the rows that end in it and the levels after
+    its last row start that belong to a row finished by a later chunk."""
+    starts = np.flatnonzero(rep == max_rep)
+    ended = int(len(starts) - (1 if len(starts) and starts[0] == 0 else 0))
+    if not first and len(rep) and rep[0] == max_rep and index[-1] != 0:
+        index[-2] += 1  # the previous chunk's leftovers were a whole row after all
+        index[-1] = 0
+    if last:
+        index += [ended + 1, 0]
+    else:
+        leftovers = len(rep) - int(starts[-1]) if len(starts) else len(rep)
+        index += [ended, leftovers]
+
+
+def _layout_bytes(shape: Shape, num_items: int) -> bytes:
+    flat16 = enc21.CompressiveEncoding(flat=enc21.Flat(bits_per_value=16))
+    if shape.variable:
+        values = enc21.CompressiveEncoding(
+            variable=enc21.Variable(offsets=enc21.CompressiveEncoding(flat=enc21.Flat(bits_per_value=shape.bits)))
+        )
+    else:
+        values = enc21.CompressiveEncoding(flat=enc21.Flat(bits_per_value=shape.bits))
+    mb = enc21.MiniBlockLayout(
+        value_compression=values,
+        layers=list(shape.layers),
+        num_buffers=1,
+        repetition_index_depth=1 if shape.rep else 0,
+        num_items=num_items,
+    )
+    if shape.rep:
+        mb.rep_compression.CopyFrom(flat16)
+    if shape.defs:
+        mb.def_compression.CopyFrom(flat16)
+    inner = mb.SerializeToString(deterministic=True) + (_WIDE_SIZES_BYTES if shape.wide else b"")
+    # PageLayout { mini_block_layout (field 1, length-delimited) }
+    layout = b"\x0a" + _varint(len(inner)) + inner
+    return any_pb2.Any(type_url=LAYOUT_URL, value=layout).SerializeToString(deterministic=True)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
