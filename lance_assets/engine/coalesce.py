@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from lance_assets._proto import file_pb2, table_pb2
+from lance_assets._proto import file2_pb2, file_pb2, table_pb2
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import PAGES_COPY, CompactionOptions
 from lance_assets.engine.page_health import read_each
@@ -51,8 +51,111 @@ def why_not_coalesce(fields: Sequence[file_pb2.Field], options: CompactionOption
     if any(is_blob_field(f) for f in fields):
         return "datasets with blob columns are binary-copied page by page"
     if not pylance_available():
-        return "coalescing small pages needs pylance: pip install 'lance_assets[reencode]'"
+        return "small pages of encodings the copy does not re-cut itself need pylance: pip install 'lance_assets[reencode]'"
     return ""
+
+
+# --- native coalescing: small mini-block pages decoded and re-cut as the copy goes ------------
+#: Natively coalesced pages are written once their decoded values reach this many bytes (or
+#: ``read_batch_bytes`` shared among the columns being coalesced, if less): large enough that
+#: a reader pays the per-page cost a handful of times per file, as after pylance's writer.
+NATIVE_PAGE_BYTES = 16 * 1024 * 1024
+
+
+def natively_coalescible(version: FileVersion) -> bool:
+    """Whether this copier can decode and re-cut small pages of files of ``version`` itself."""
+    return version in (FileVersion.V2_1, FileVersion.V2_2)
+
+
+def native_page_bytes(
+    fields: Sequence[file_pb2.Field], version: FileVersion, options: CompactionOptions | None, columns: int
+) -> int:
+    """The size of natively coalesced pages for one output of ``columns`` columns, or 0 when the
+    copy does not re-cut pages (``pages="copy"``, a file version it does not decode, blob
+    columns). Pending rows of every column stay within ``read_batch_bytes`` together."""
+    if options is None or options.pages == PAGES_COPY or not natively_coalescible(version):
+        return 0
+    if any(is_blob_field(f) for f in fields):
+        return 0
+    return max(SMALL_PAGE_BYTES * 4, min(NATIVE_PAGE_BYTES, options.read_batch_bytes // max(1, columns)))
+
+
+def pylance_fields(ds: Dataset, first: table_pb2.DataFragment, version: FileVersion, out_fields: Sequence[int]) -> list[int]:
+    """The output fields to hand to pylance's writer: every field of each top-level field that
+    holds a column whose small pages, in the first input, the copy cannot re-cut itself. Later
+    inputs usually share the first one's encodings; where one does not, its pages are copied as
+    they are and the report names the column as left small."""
+    native = NativeColumn(version, 0)
+    foreign = set()
+    for df in first.files:
+        meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
+        for fid, col in zip(df.fields, df.column_indices):
+            if fid not in out_fields or not 0 <= col < meta.num_columns:
+                continue
+            pages = meta.columns[col].pages
+            small = [p for p in pages if 0 < sum(p.buffer_sizes) < SMALL_PAGE_BYTES]
+            if small and not native.takes(small):
+                foreign.add(fid)
+    tops = top_level(ds.manifest.fields)
+    foreign_tops = {tops[fid] for fid in foreign}
+    return [fid for fid in out_fields if tops.get(fid) in foreign_tops]
+
+
+class NativeColumn:
+    """One output column's small pages, decoded as the copy reaches them and written as large
+    pages (``format.miniblock``), in row order with the pages copied as they are.
+
+    The copy asks ``takes`` for each input file's pages of the column: when every one is a
+    small mini-block page the module decodes, they are ``add``-ed (decoded) instead of copied;
+    otherwise the copy flushes the pending rows (``flush``) and copies the pages. Memory holds
+    at most ``page_bytes`` of decoded values per column.
+    """
+
+    def __init__(self, version: FileVersion, page_bytes: int) -> None:
+        from lance_assets.format import miniblock  # numpy comes with it, only when compacting
+
+        self._mb = miniblock
+        self._version = version
+        self._page_bytes = page_bytes
+        self._run: Any = None  # miniblock.Run of the pending rows
+        self._first_row = 0
+        self.coalesced = False  # whether any page was written from decoded rows
+
+    def takes(self, pages: Sequence[file2_pb2.ColumnMetadata.Page]) -> bool:
+        for page in pages:
+            size = sum(page.buffer_sizes)
+            if not 0 < size < SMALL_PAGE_BYTES or page.encoding.WhichOneof("location") != "direct":
+                return False
+            if isinstance(self._mb.page_shape(page.encoding.direct.encoding, self._version), str):
+                return False
+        return True
+
+    def add(
+        self, page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | memoryview], first_row: int
+    ) -> list[tuple[int, Any]]:
+        """Decode one page (its rows start at output row ``first_row``); returns the pages to
+        write now, as ``flush`` does."""
+        run = self._mb.decode_page(page, buffers, self._version)
+        out: list[tuple[int, Any]] = []
+        if self._run is not None and self._run.shape != run.shape:
+            out += self.flush()
+        if self._run is None:
+            self._run, self._first_row = run, first_row
+        else:
+            self._run.extend(run)
+        if self._run.nbytes >= self._page_bytes:
+            out += self.flush()
+        return out
+
+    def flush(self) -> list[tuple[int, Any]]:
+        """The pending rows as one ``miniblock.EncodedPage``, with the output row it starts at
+        (nothing when no rows are pending)."""
+        if self._run is None:
+            return []
+        encoded = self._mb.encode_page(self._run)
+        self._run = None
+        self.coalesced = True
+        return [(self._first_row, encoded)]
 
 
 # --- choosing the columns of one output file ---------------------------------------------------
@@ -62,6 +165,7 @@ class PageTally:
 
     pages_before: int = 0  # pages of the kept columns over all inputs
     pages_after: int = 0  # pages of the output's columns
+    native: set[str] = field(default_factory=set)  # column paths whose small pages were re-cut natively
     by_pylance: set[str] = field(default_factory=set)  # column paths re-encoded into large pages
     left_small: set[str] = field(default_factory=set)  # column paths still made of small pages
     why_left: set[str] = field(default_factory=set)  # why those were not coalesced

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from lance_assets._proto import file2_pb2, file_pb2, table_pb2
 from lance_assets.engine import blob_copy, coalesce
@@ -365,11 +365,33 @@ def _write_data_file(
     names = repdef.field_paths(ds.manifest.fields)
     scratch = tempfile.mkdtemp(prefix="lance-assets-coalesce-")
     try:
+        native = coalesce.native_page_bytes(ds.manifest.fields, version, options, len(out_fields))
         coalesced = _coalesce_small_pages(
-            ds, inputs, version, out_fields, {fid for missing in lacking for fid in missing}, options, tally, names, scratch
+            ds,
+            inputs,
+            version,
+            out_fields,
+            {fid for missing in lacking for fid in missing},
+            options,
+            tally,
+            names,
+            scratch,
+            bool(native),
         )
         return _write_merged(
-            ds, inputs, read_batch_bytes, progress, verify, sidecars, tally, version, lacking, layout, out_fields, coalesced
+            ds,
+            inputs,
+            read_batch_bytes,
+            progress,
+            verify,
+            sidecars,
+            tally,
+            version,
+            lacking,
+            layout,
+            out_fields,
+            coalesced,
+            native,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -385,20 +407,29 @@ def _coalesce_small_pages(
     tally: coalesce.PageTally,
     names: dict[int, str],
     scratch: str,
+    native: bool,
 ) -> coalesce.Coalesced | None:
     """The columns of this output to take from pylance's re-encode instead of the inputs' small
-    pages (None: every column is copied as it is; ``tally`` then says which stay small and why)."""
+    pages (None: every column is copied as it is or, with ``native``, has its small pages
+    re-cut by the copy; ``tally`` then says which stay small and why).
+
+    pylance is asked only for the top-level fields whose small pages the copy cannot re-cut
+    itself, judged from the first input (``coalesce.pylance_fields``); when there are none, no
+    extra metadata pass is made."""
     if options is None or options.pages != PAGES_COALESCE:
         if options is not None:
             tally.why_left.add(coalesce.why_not_coalesce(ds.manifest.fields, options))
         return None
+    wanted = coalesce.pylance_fields(ds, inputs[0], version, out_fields) if native else list(out_fields)
+    if not wanted:
+        return None
     why_not = coalesce.why_not_coalesce(ds.manifest.fields, options)
-    if why_not:  # nothing can coalesce: no extra metadata pass (the copy reports what stays small)
+    if why_not:  # nothing more can coalesce: no extra metadata pass (the copy reports what stays small)
         tally.why_left.add(why_not)
         return None
     files = coalesce.read_inputs(ds, inputs, set(out_fields))
-    chosen, merged = coalesce.choose_tops(ds.manifest.fields, version, out_fields, files, lacking)
-    small = {fid for fid in out_fields if merged.get(fid, page_health.ColumnPages()).fragmented}
+    chosen, merged = coalesce.choose_tops(ds.manifest.fields, version, wanted, files, lacking)
+    small = {fid for fid in wanted if merged.get(fid, page_health.ColumnPages()).fragmented}
     if not small:
         return None
     if small - {fid for fids in chosen.values() for fid in fids}:
@@ -445,9 +476,12 @@ def _write_merged(
     layout: list[tuple[int, bool]],
     out_fields: list[int],
     coalesced: coalesce.Coalesced | None,
+    native_page_bytes: int = 0,
 ) -> tuple[table_pb2.DataFragment, str, int, int]:
     """Copy the inputs' pages (all but the coalesced columns') and then the coalesced columns'
-    pages into one new data file, and write its metadata."""
+    pages into one new data file, and write its metadata. With ``native_page_bytes`` the small
+    pages the copy can decode are re-cut into pages of about that many bytes
+    (``coalesce.NativeColumn``) instead of being copied."""
     storage = ds.storage
     order = _schema_order(ds.manifest)
     names = repdef.field_paths(ds.manifest.fields)
@@ -468,6 +502,10 @@ def _write_merged(
     # later input must agree (a fragment's files each hold some fields, so compare per field).
     kinds: dict[int, str] = {}
     blob_out = blob_copy.OutputBlobs(rel)
+    natives = {
+        fid: coalesce.NativeColumn(version, native_page_bytes) for fid in out_fields if fid not in skip and native_page_bytes
+    }
+    column_encodings: dict[int, file2_pb2.Encoding] = {}
     with storage.open_write(rel) as out:
         pos = 0
         starts = list(itertools.accumulate((frag.physical_rows for frag in inputs), initial=0))
@@ -499,6 +537,14 @@ def _write_merged(
                 schema_metadata = dict(src.meta.descriptor.schema.metadata)
             tally.pages_before += sum(len(src.meta.columns[col].pages) for col in src.columns.values())
             kept = {fid: col for fid, col in src.columns.items() if fid not in skip}
+            decoded = {
+                fid: col for fid, col in kept.items() if fid in natives and natives[fid].takes(src.meta.columns[col].pages)
+            }
+            for fid, col in kept.items():
+                column_encodings.setdefault(fid, src.meta.columns[col].encoding)
+                if fid in natives and fid not in decoded:  # pending rows go before this file's copied pages
+                    pos = _write_encoded(out, pos, natives[fid].flush(), mergers[fid], column_encodings[fid])
+            kept = {fid: col for fid, col in kept.items() if fid not in decoded}
             extents = _extents(src.meta, sorted(kept.values()), pos, clone_block, whole=bool(src.blob_columns))
             move = _relocator(extents)
             copies: tuple[blob_copy.SidecarCopy, ...] = ()
@@ -516,6 +562,16 @@ def _write_merged(
                 bytes_read += copy.size
             for fid, col in kept.items():
                 mergers[fid].add(src.meta.columns[col], move, row_offset)
+            for fid, col in decoded.items():
+                for page in src.meta.columns[col].pages:
+                    buffers = [_read_buffer(storage, src, o, n) for o, n in zip(page.buffer_offsets, page.buffer_sizes)]
+                    bytes_read += sum(page.buffer_sizes)
+                    written = natives[fid].add(page, buffers, row_offset + page.priority)
+                    pos = _write_encoded(out, pos, written, mergers[fid], column_encodings[fid])
+        for fid, native in natives.items():
+            pos = _write_encoded(out, pos, native.flush(), mergers[fid], column_encodings.get(fid))
+            if native.coalesced:
+                tally.native.add(names.get(fid, str(fid)))
         if coalesced is not None:
             # The re-encoded columns' pages, after every input's: one source, rows from 0.
             temp = _Source(coalesced.rel, coalesced.meta, {}, b"", coalesced.meta.file_size)
@@ -563,6 +619,42 @@ def _write_merged(
     if ds.stable_row_ids:
         carry_row_sequences(ds, inputs, [fragment])
     return fragment, rel, bytes_read, size + sum(c.size for c in blob_out.sidecars)
+
+
+def _read_buffer(storage: Storage, src: _Source, offset: int, size: int) -> bytes | memoryview:
+    """One page buffer of an input: from the bytes read with its metadata when they hold it
+    (all of a small file), else read."""
+    if offset >= src.tail_offset:
+        return memoryview(src.tail)[offset - src.tail_offset : offset - src.tail_offset + size]
+    return storage.read(src.rel_path, offset, offset + size)
+
+
+def _write_encoded(
+    out: IO[bytes],
+    pos: int,
+    pages: Sequence[tuple[int, Any]],
+    merger: v2file.ColumnMerger,
+    encoding: file2_pb2.Encoding | None,
+) -> int:
+    """Append natively coalesced pages (``(first row, miniblock.EncodedPage)``) to ``out``, now
+    at ``pos``, each buffer 64-byte aligned, and add them to the column's merger; returns the
+    new position."""
+    for first_row, encoded in pages:
+        page = file2_pb2.ColumnMetadata.Page(length=encoded.rows, priority=first_row)
+        page.encoding.direct.encoding = encoded.encoding
+        for buffer in encoded.buffers:
+            pad = -pos % v2file.ALIGNMENT
+            out.write(bytes(pad))
+            pos += pad
+            page.buffer_offsets.append(pos)
+            page.buffer_sizes.append(len(buffer))
+            out.write(buffer)
+            pos += len(buffer)
+        part = file2_pb2.ColumnMetadata(pages=[page])
+        if encoding is not None:
+            part.encoding.CopyFrom(encoding)
+        merger.add(part, 0, 0)
+    return pos
 
 
 def verify_output(
@@ -734,6 +826,7 @@ def execute_task(
         seconds=time.monotonic() - started,
         pages_before=tally.pages_before,
         pages_after=tally.pages_after,
+        columns_coalesced_native=tuple(sorted(tally.native)),
         columns_coalesced_pylance=tuple(sorted(tally.by_pylance)),
         columns_left_small=tuple(sorted(tally.left_small)),
         pages_notes=tuple(sorted(tally.why_left)),

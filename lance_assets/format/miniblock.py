@@ -51,7 +51,7 @@ _WIDE_SIZES_BYTES = bytes([WIDE_SIZES_FIELD << 3, 1])
 _LIST_LAYERS = frozenset(
     {enc21.REPDEF_ALL_VALID_LIST, enc21.REPDEF_NULLABLE_LIST, enc21.REPDEF_EMPTYABLE_LIST, enc21.REPDEF_NULL_AND_EMPTY_LIST}
 )
-_DEF_LEVELS = {
+_DEF_LEVELS: dict[int, int] = {
     enc21.REPDEF_ALL_VALID_ITEM: 0,
     enc21.REPDEF_ALL_VALID_LIST: 0,
     enc21.REPDEF_NULLABLE_ITEM: 1,
@@ -191,6 +191,17 @@ def _levels_reason(levels: enc21.CompressiveEncoding) -> str:
     return f"{kind} compression"
 
 
+@dataclass(frozen=True)
+class Packed:
+    """Levels of one chunk still bit-packed (one fast-lanes block of 16-bit levels): unpacked
+    together with every other block of the run when it is encoded, which costs one numpy pass
+    instead of one per small page."""
+
+    words: U16
+    width: int
+    count: int
+
+
 # --- decoding ---------------------------------------------------------------------------------
 @dataclass
 class Run:
@@ -198,8 +209,8 @@ class Run:
 
     shape: Shape
     rows: int = 0
-    rep: list[U16] = field(default_factory=list)
-    defs: list[U16] = field(default_factory=list)
+    rep: list[U16 | Packed] = field(default_factory=list)
+    defs: list[U16 | Packed] = field(default_factory=list)
     fixed: list[U8] = field(default_factory=list)  # value bytes; for 1-bit values one byte per bit
     lengths: list[I64] = field(default_factory=list)  # variable-width: value lengths
     data: list[U8] = field(default_factory=list)  # variable-width: value bytes
@@ -275,14 +286,16 @@ def _aligned(n: int) -> int:
     return n + (-n % CHUNK_ALIGNMENT)
 
 
-def _decode_levels(encoding: enc21.CompressiveEncoding | None, raw: memoryview, count: int) -> U16:
+def _decode_levels(encoding: enc21.CompressiveEncoding | None, raw: memoryview, count: int) -> U16 | Packed:
     assert encoding is not None
     kind = encoding.WhichOneof("compression")
     if kind == "flat":
         out = np.frombuffer(raw, dtype="<u2", count=count)
     elif kind == "inline_bitpacking":
-        width = int(np.frombuffer(raw, dtype="<u2", count=1)[0])
-        out = _unpack_block(np.frombuffer(raw[2:], dtype="<u2"), width, 16)[:count]
+        (width,) = struct.unpack_from("<H", raw, 0)
+        if count > 1024 or width > 16 or len(raw) < 2 + 128 * width:
+            raise CorruptFileError(f"bit-packed levels of width {width} for {count} values do not fit their chunk")
+        return Packed(np.frombuffer(raw, dtype="<u2", count=64 * width, offset=2), width, count)
     elif kind == "out_of_line_bitpacking":
         width = encoding.out_of_line_bitpacking.values.flat.bits_per_value
         out = _unpack_out_of_line(np.frombuffer(raw, dtype="<u2"), width, count)
@@ -317,8 +330,8 @@ def _decode_values(codec: _Codec, raw: memoryview, n: int, run: Run) -> None:
         run.fixed.append(values.astype(f"<u{bits // 8}", copy=False).view(np.uint8))
         run.nbytes += n * bits // 8
     elif shape.bits == 1:
-        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n, bitorder="little")
-        run.fixed.append(bits)
+        unpacked = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n, bitorder="little")
+        run.fixed.append(unpacked)
         run.nbytes += n
     else:
         size = n * shape.bits // 8
@@ -340,27 +353,57 @@ def _lane_positions(bits: int) -> npt.NDArray[np.intp]:
     lanes = 1024 // bits
     rows = np.arange(bits)
     order = np.array(_FL_ORDER)[rows // 8]
-    return (128 * (rows % 8) + 16 * order)[None, :] + np.arange(lanes)[:, None]
+    positions: npt.NDArray[np.intp] = (128 * (rows % 8) + 16 * order)[None, :] + np.arange(lanes)[:, None]
+    return positions
 
 
 def _unpack_block(words: npt.NDArray[np.unsignedinteger], width: int, bits: int) -> npt.NDArray[np.unsignedinteger]:
     """The 1,024 values of one block packed ``width`` bits each into ``bits``-bit words."""
-    dtype = _UINT[bits]
     lanes = 1024 // bits
-    if width == 0:
-        return np.zeros(1024, dtype=dtype)
     if width > bits or len(words) < width * lanes:
         raise CorruptFileError(f"bit-packed block of width {width} is short or too wide")
-    packed = np.ascontiguousarray(words[: width * lanes]).astype(f"<u{bits // 8}", copy=False).reshape(width, lanes)
-    stream = np.unpackbits(packed.view(np.uint8).reshape(width, lanes, bits // 8), axis=2, bitorder="little")
-    # stream[k, l, :] are the bits of word k of lane l; a lane's rows are consecutive runs of
+    block: npt.NDArray[np.unsignedinteger] = _unpack_blocks(np.asarray(words[: width * lanes])[None, :], width, bits)[0]
+    return block
+
+
+def _unpack_blocks(words: npt.NDArray[np.unsignedinteger], width: int, bits: int) -> npt.NDArray[np.unsignedinteger]:
+    """Blocks of 1,024 values, one per row of ``words`` (each ``width * 1024 / bits`` words of
+    ``bits`` bits), as a (blocks, 1024) array."""
+    dtype = _UINT[bits]
+    lanes = 1024 // bits
+    k = len(words)
+    if width == 0:
+        return np.zeros((k, 1024), dtype=dtype)
+    packed = np.ascontiguousarray(words).astype(f"<u{bits // 8}", copy=False).reshape(k, width, lanes)
+    stream = np.unpackbits(packed.view(np.uint8).reshape(k, width, lanes, bits // 8), axis=3, bitorder="little")
+    # stream[b, w, l, :] are the bits of word w of lane l; a lane's rows are consecutive runs of
     # ``width`` bits through its words.
-    per_lane = stream.reshape(width, lanes, bits).transpose(1, 0, 2).reshape(lanes, bits, width)
+    per_lane = stream.reshape(k, width, lanes, bits).transpose(0, 2, 1, 3).reshape(k, lanes, bits, width)
     weights = np.left_shift(np.ones(width, dtype=dtype), np.arange(width, dtype=dtype))
-    values = (per_lane.astype(dtype) * weights).sum(axis=2, dtype=dtype)
-    out = np.empty(1024, dtype=dtype)
-    out[_lane_positions(bits)] = values
+    values = (per_lane.astype(dtype) * weights).sum(axis=3, dtype=dtype)
+    out = np.empty((k, 1024), dtype=dtype)
+    out[:, _lane_positions(bits)] = values
     return out
+
+
+def _levels(parts: Sequence[U16 | Packed]) -> U16:
+    """The levels of a run in order, unpacking the still-packed blocks of each width at once."""
+    out: list[U16] = []
+    packed = [p for p in parts if isinstance(p, Packed)]
+    unpacked: dict[int, U16] = {}
+    for width in {p.width for p in packed}:
+        group = [i for i, p in enumerate(packed) if p.width == width]
+        blocks = _unpack_blocks(np.stack([packed[i].words for i in group]), width, 16)
+        for row, i in enumerate(group):
+            unpacked[i] = blocks[row, : packed[i].count]
+    k = 0
+    for part in parts:
+        if isinstance(part, Packed):
+            out.append(unpacked[k])
+            k += 1
+        else:
+            out.append(part)
+    return np.concatenate(out).astype(np.uint16, copy=False) if out else np.zeros(0, np.uint16)
 
 
 def _unpack_out_of_line(words: U16, width: int, count: int) -> U16:
@@ -390,8 +433,8 @@ def encode_page(run: Run) -> EncodedPage:
     flat 16-bit levels, chunks of a power of two of values, a repetition index when there are
     lists. The bytes follow the layout pylance writes for the same file version."""
     shape = run.shape
-    rep = np.concatenate(run.rep) if shape.rep else None
-    defs = np.concatenate(run.defs) if shape.defs else None
+    rep = _levels(run.rep) if shape.rep else None
+    defs = _levels(run.defs) if shape.defs else None
     levels = len(rep) if rep is not None else len(defs) if defs is not None else 0
     n = run.num_values
     if n == 0:
@@ -517,7 +560,7 @@ def _layout_bytes(shape: Shape, num_items: int) -> bytes:
         values = enc21.CompressiveEncoding(flat=enc21.Flat(bits_per_value=shape.bits))
     mb = enc21.MiniBlockLayout(
         value_compression=values,
-        layers=list(shape.layers),
+        layers=[enc21.RepDefLayer.Name(layer) for layer in shape.layers],
         num_buffers=1,
         repetition_index_depth=1 if shape.rep else 0,
         num_items=num_items,
