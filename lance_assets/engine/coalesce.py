@@ -51,7 +51,10 @@ def why_not_coalesce(fields: Sequence[file_pb2.Field], options: CompactionOption
     if any(is_blob_field(f) for f in fields):
         return "datasets with blob columns are binary-copied page by page"
     if not pylance_available():
-        return "small pages of encodings the copy does not re-cut itself need pylance: pip install 'lance_assets[reencode]'"
+        return (
+            "coalescing pages the copy does not re-cut itself (2.0 and 2.3 files; dictionary, FSST, compressed or "
+            "fixed-size-list pages) needs pylance: pip install 'lance_assets[reencode]'"
+        )
     return ""
 
 
@@ -86,6 +89,7 @@ def pylance_fields(ds: Dataset, first: table_pb2.DataFragment, version: FileVers
     inputs usually share the first one's encodings; where one does not, its pages are copied as
     they are and the report names the column as left small."""
     native = NativeColumn(version, 0)
+    guarded = repdef.guarded_field_ids(ds.manifest.fields, version)
     foreign = set()
     for df in first.files:
         meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
@@ -94,7 +98,7 @@ def pylance_fields(ds: Dataset, first: table_pb2.DataFragment, version: FileVers
                 continue
             pages = meta.columns[col].pages
             small = [p for p in pages if 0 < sum(p.buffer_sizes) < SMALL_PAGE_BYTES]
-            if small and not native.takes(small):
+            if small and (fid in guarded or not native.takes(small)):
                 foreign.add(fid)
     tops = top_level(ds.manifest.fields)
     foreign_tops = {tops[fid] for fid in foreign}
@@ -111,22 +115,25 @@ class NativeColumn:
     at most ``page_bytes`` of decoded values per column.
     """
 
-    def __init__(self, version: FileVersion, page_bytes: int) -> None:
+    def __init__(self, version: FileVersion, page_bytes: int, boolean: bool = False) -> None:
         from lance_assets.format import miniblock  # numpy comes with it, only when compacting
 
         self._mb = miniblock
         self._version = version
         self._page_bytes = page_bytes
+        self._boolean = boolean  # the column holds booleans (pages of one value do not say)
         self._run: Any = None  # miniblock.Run of the pending rows
         self._first_row = 0
         self.coalesced = False  # whether any page was written from decoded rows
 
     def takes(self, pages: Sequence[file2_pb2.ColumnMetadata.Page]) -> bool:
         for page in pages:
-            size = sum(page.buffer_sizes)
-            if not 0 < size < SMALL_PAGE_BYTES or page.encoding.WhichOneof("location") != "direct":
+            if page.encoding.WhichOneof("location") != "direct":
                 return False
-            if isinstance(self._mb.page_shape(page.encoding.direct.encoding, self._version), str):
+            shape = self._mb.page_shape(page.encoding.direct.encoding, self._version, self._boolean)
+            if isinstance(shape, str):
+                return False
+            if page.buffer_sizes and not 0 < sum(page.buffer_sizes) < SMALL_PAGE_BYTES:
                 return False
         return True
 
@@ -135,9 +142,9 @@ class NativeColumn:
     ) -> list[tuple[int, Any]]:
         """Decode one page (its rows start at output row ``first_row``); returns the pages to
         write now, as ``flush`` does."""
-        run = self._mb.decode_page(page, buffers, self._version)
+        run = self._mb.decode_page(page, buffers, self._version, self._boolean)
         out: list[tuple[int, Any]] = []
-        if self._run is not None and self._run.shape != run.shape:
+        if self._run is not None and self._mb.combine(self._run.shape, run.shape) is None:
             out += self.flush()
         if self._run is None:
             self._run, self._first_row = run, first_row
@@ -169,6 +176,15 @@ class PageTally:
     by_pylance: set[str] = field(default_factory=set)  # column paths re-encoded into large pages
     left_small: set[str] = field(default_factory=set)  # column paths still made of small pages
     why_left: set[str] = field(default_factory=set)  # why those were not coalesced
+
+    def merge(self, other: PageTally) -> None:
+        """Add another output file's counts."""
+        self.pages_before += other.pages_before
+        self.pages_after += other.pages_after
+        self.native |= other.native
+        self.by_pylance |= other.by_pylance
+        self.left_small |= other.left_small
+        self.why_left |= other.why_left
 
 
 @dataclass(frozen=True)

@@ -366,33 +366,46 @@ def _write_data_file(
     scratch = tempfile.mkdtemp(prefix="lance-assets-coalesce-")
     try:
         native = coalesce.native_page_bytes(ds.manifest.fields, version, options, len(out_fields))
-        coalesced = _coalesce_small_pages(
-            ds,
-            inputs,
-            version,
-            out_fields,
-            {fid for missing in lacking for fid in missing},
-            options,
-            tally,
-            names,
-            scratch,
-            bool(native),
-        )
-        return _write_merged(
-            ds,
-            inputs,
-            read_batch_bytes,
-            progress,
-            verify,
-            sidecars,
-            tally,
-            version,
-            lacking,
-            layout,
-            out_fields,
-            coalesced,
-            native,
-        )
+        forced: list[int] = []
+        while True:
+            attempt = coalesce.PageTally()
+            coalesced = _coalesce_small_pages(
+                ds,
+                inputs,
+                version,
+                out_fields,
+                {fid for missing in lacking for fid in missing},
+                options,
+                attempt,
+                names,
+                scratch,
+                bool(native),
+                forced,
+            )
+            try:
+                written = _write_merged(
+                    ds,
+                    inputs,
+                    read_batch_bytes,
+                    progress,
+                    verify,
+                    sidecars,
+                    attempt,
+                    version,
+                    lacking,
+                    layout,
+                    out_fields,
+                    coalesced,
+                    native,
+                    retry=not forced and options is not None and not coalesce.why_not_coalesce(ds.manifest.fields, options),
+                )
+            except _PylanceWanted as wanted:
+                # Inputs after the first held small pages the copy cannot re-cut: once more, with
+                # pylance re-encoding those columns (the file written so far is gone).
+                forced = wanted.fields
+                continue
+            tally.merge(attempt)
+            return written
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -408,6 +421,7 @@ def _coalesce_small_pages(
     names: dict[int, str],
     scratch: str,
     native: bool,
+    forced: Sequence[int] = (),
 ) -> coalesce.Coalesced | None:
     """The columns of this output to take from pylance's re-encode instead of the inputs' small
     pages (None: every column is copied as it is or, with ``native``, has its small pages
@@ -420,7 +434,10 @@ def _coalesce_small_pages(
         if options is not None:
             tally.why_left.add(coalesce.why_not_coalesce(ds.manifest.fields, options))
         return None
-    wanted = coalesce.pylance_fields(ds, inputs[0], version, out_fields) if native else list(out_fields)
+    if forced:
+        wanted = list(forced)
+    else:
+        wanted = coalesce.pylance_fields(ds, inputs[0], version, out_fields) if native else list(out_fields)
     if not wanted:
         return None
     why_not = coalesce.why_not_coalesce(ds.manifest.fields, options)
@@ -477,11 +494,14 @@ def _write_merged(
     out_fields: list[int],
     coalesced: coalesce.Coalesced | None,
     native_page_bytes: int = 0,
+    *,
+    retry: bool = False,
 ) -> tuple[table_pb2.DataFragment, str, int, int]:
     """Copy the inputs' pages (all but the coalesced columns') and then the coalesced columns'
     pages into one new data file, and write its metadata. With ``native_page_bytes`` the small
     pages the copy can decode are re-cut into pages of about that many bytes
-    (``coalesce.NativeColumn``) instead of being copied."""
+    (``coalesce.NativeColumn``) instead of being copied; with ``retry``, a column where enough
+    small pages could not be re-cut raises _PylanceWanted before the file is finished."""
     storage = ds.storage
     order = _schema_order(ds.manifest)
     names = repdef.field_paths(ds.manifest.fields)
@@ -502,10 +522,14 @@ def _write_merged(
     # later input must agree (a fragment's files each hold some fields, so compare per field).
     kinds: dict[int, str] = {}
     blob_out = blob_copy.OutputBlobs(rel)
+    logical_types = {f.id: f.logical_type for f in ds.manifest.fields}
     natives = {
-        fid: coalesce.NativeColumn(version, native_page_bytes) for fid in out_fields if fid not in skip and native_page_bytes
+        fid: coalesce.NativeColumn(version, native_page_bytes, logical_types.get(fid) == "bool")
+        for fid in out_fields
+        if fid not in skip and fid not in guarded and native_page_bytes
     }
     column_encodings: dict[int, file2_pb2.Encoding] = {}
+    foreign: dict[int, int] = {}  # field id -> its small pages the copy could not re-cut
     with storage.open_write(rel) as out:
         pos = 0
         starts = list(itertools.accumulate((frag.physical_rows for frag in inputs), initial=0))
@@ -544,6 +568,8 @@ def _write_merged(
                 column_encodings.setdefault(fid, src.meta.columns[col].encoding)
                 if fid in natives and fid not in decoded:  # pending rows go before this file's copied pages
                     pos = _write_encoded(out, pos, natives[fid].flush(), mergers[fid], column_encodings[fid])
+            for fid in natives.keys() & kept.keys() - decoded.keys():
+                foreign[fid] = foreign.get(fid, 0) + page_health.column_pages(src.meta.columns[kept[fid]].pages).small_pages
             kept = {fid: col for fid, col in kept.items() if fid not in decoded}
             extents = _extents(src.meta, sorted(kept.values()), pos, clone_block, whole=bool(src.blob_columns))
             move = _relocator(extents)
@@ -568,6 +594,10 @@ def _write_merged(
                     bytes_read += sum(page.buffer_sizes)
                     written = natives[fid].add(page, buffers, row_offset + page.priority)
                     pos = _write_encoded(out, pos, written, mergers[fid], column_encodings[fid])
+        stuck = [fid for fid, small in foreign.items() if small >= page_health.MIN_SMALL_PAGES]
+        if retry and stuck:
+            tops = coalesce.top_level(ds.manifest.fields)
+            raise _PylanceWanted([fid for fid in out_fields if tops.get(fid) in {tops[f] for f in stuck}])
         for fid, native in natives.items():
             pos = _write_encoded(out, pos, native.flush(), mergers[fid], column_encodings.get(fid))
             if native.coalesced:
@@ -710,6 +740,15 @@ def verify_output(
                 "(or whose layers cannot be read)",
                 path=where,
             )
+
+
+class _PylanceWanted(Exception):
+    """Small pages the copy cannot re-cut itself turned up after the first input: these fields'
+    columns are to be re-encoded by pylance instead."""
+
+    def __init__(self, fields: list[int]) -> None:
+        super().__init__(fields)
+        self.fields = fields
 
 
 class _NothingCoalesced(CompactionRefusedError):

@@ -21,7 +21,7 @@ from typing import Any
 
 from lance_assets._proto import table_pb2
 from lance_assets.engine.blob_copy import blob_columns, blob_field_ids
-from lance_assets.engine.coalesce import coalescible_fields, why_not_coalesce
+from lance_assets.engine.coalesce import coalescible_fields, natively_coalescible, why_not_coalesce
 from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
 from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, has_graph, index_views, is_system_index, is_vector
 from lance_assets.engine.options import CompactionOptions
@@ -451,7 +451,8 @@ def _small_page_fragments(
     for those the copy will coalesce; fragment id -> why not, for those it cannot).
 
     Reads the data files' metadata of the fragments at target size only (small fragments are
-    candidates anyway). Only columns the copy may coalesce count (``coalesce.coalescible_fields``),
+    candidates anyway). Only columns the copy may coalesce count (``coalesce.coalescible_fields``;
+    2.1 and 2.2 files are re-cut by the copy itself, other versions need pylance),
     and a coalesced column holds pages as large as pylance's writer makes them, so a fragment
     healed once is not picked again.
     """
@@ -481,7 +482,8 @@ def _small_page_fragments(
         allowed = coalescible(mf.data_file_version(frag.files[0]))
         fixable = {fid: s for fid, s in fragmented.items() if fid in allowed}
         listed = ", ".join(f"{names.get(fid, fid)} ({s.small_pages} of {s.pages})" for fid, s in sorted(fragmented.items()))
-        if fixable and not why_not:
+        version = FileVersion(mf.storage_version_name(mf.data_file_version(frag.files[0])))
+        if fixable and (not why_not or natively_coalescible(version)):
             heal[frag.id] = f"at target size, but columns are made of small pages: {listed}; rewritten to coalesce them"
         else:
             reason = why_not or "their columns are not ones pylance may rewrite (blob or guarded nested fields)"

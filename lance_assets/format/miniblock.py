@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -47,6 +47,8 @@ MAX_VALUE_BYTES = 4096
 #: MiniBlockLayout field 10 (a varint 1), which pylance writes on every 2.2 mini-block page:
 #: chunk size words and value-buffer sizes in chunk headers are then 32-bit, not 16-bit.
 WIDE_SIZES_FIELD = 10
+#: AllNullLayout field 6: on 2.2 pages of one repeated fixed-width value, that value's bytes.
+CONSTANT_VALUE_FIELD = 6
 _WIDE_SIZES_BYTES = bytes([WIDE_SIZES_FIELD << 3, 1])
 _LIST_LAYERS = frozenset(
     {enc21.REPDEF_ALL_VALID_LIST, enc21.REPDEF_NULLABLE_LIST, enc21.REPDEF_EMPTYABLE_LIST, enc21.REPDEF_NULL_AND_EMPTY_LIST}
@@ -58,6 +60,16 @@ _DEF_LEVELS: dict[int, int] = {
     enc21.REPDEF_NULLABLE_LIST: 1,
     enc21.REPDEF_EMPTYABLE_LIST: 1,
     enc21.REPDEF_NULL_AND_EMPTY_LIST: 2,
+}
+#: What each definition level of a layer stands for, in the order the levels are numbered
+#: (a list that may be both null and empty numbers "null" first).
+_MEANINGS: dict[int, tuple[str, ...]] = {
+    enc21.REPDEF_ALL_VALID_ITEM: (),
+    enc21.REPDEF_NULLABLE_ITEM: ("null",),
+    enc21.REPDEF_ALL_VALID_LIST: (),
+    enc21.REPDEF_NULLABLE_LIST: ("null",),
+    enc21.REPDEF_EMPTYABLE_LIST: ("empty",),
+    enc21.REPDEF_NULL_AND_EMPTY_LIST: ("null", "empty"),
 }
 _UINT = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 
@@ -82,6 +94,7 @@ class Shape:
     variable: bool  # values are variable-width (offsets then bytes) rather than fixed-width
     bits: int  # bits per fixed-width value, or per offset of a variable-width one
     wide: bool  # 32-bit chunk size words and value-buffer sizes (2.2 onwards)
+    null: bool = False  # an all-null page of a flat column: no buffers, every row null
 
     @property
     def max_rep(self) -> int:
@@ -99,6 +112,44 @@ class Shape:
         return None
 
 
+def combine(a: Shape, b: Shape) -> Shape | None:
+    """The shape a page holding pages of shapes ``a`` and ``b`` takes, or None when they cannot
+    share a page. Pages differ in layers where one append had nulls (or empty lists) and another
+    had none: each layer then takes the form that has every kind of level either had (a
+    nullable item; a list that may be null, empty or both), and the pages' definition levels
+    are renumbered into it (``_def_mapping``). An all-null page of a flat column joins any flat
+    page of it as null items."""
+    if a.null and b.null:
+        return a
+    if a.null or b.null:
+        other = b if a.null else a
+        if other.layers not in ((enc21.REPDEF_ALL_VALID_ITEM,), (enc21.REPDEF_NULLABLE_ITEM,)) or other.rep:
+            return None
+        return replace(other, layers=(enc21.REPDEF_NULLABLE_ITEM,), defs=True)
+    if (a.rep, a.variable, a.bits, a.wide, len(a.layers)) != (b.rep, b.variable, b.bits, b.wide, len(b.layers)):
+        return None
+    layers = []
+    for x, y in zip(a.layers, b.layers):
+        if (x in _LIST_LAYERS) != (y in _LIST_LAYERS):
+            return None
+        meanings = set(_MEANINGS[x]) | set(_MEANINGS[y])
+        layers.append(
+            next(layer for layer, m in _MEANINGS.items() if set(m) == meanings and (layer in _LIST_LAYERS) == (x in _LIST_LAYERS))
+        )
+    return replace(a, layers=tuple(layers), defs=any(_DEF_LEVELS[layer] for layer in layers))
+
+
+def _def_mapping(source: Shape, target: Shape) -> I64:
+    """Definition level in ``source`` -> the level of the same meaning in ``target`` (whose
+    layers have every kind of level the source's have; see ``combine``)."""
+    mapping = [0]
+    before = 0
+    for src, dst in zip(source.layers, target.layers):
+        mapping += [before + _MEANINGS[dst].index(meaning) + 1 for meaning in _MEANINGS[src]]
+        before += _DEF_LEVELS[dst]
+    return np.array(mapping, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class _Codec:
     """How one page's chunks are compressed (the shape plus the per-part decoders)."""
@@ -108,16 +159,19 @@ class _Codec:
     defs: enc21.CompressiveEncoding | None
     values: enc21.CompressiveEncoding
     num_items: int
+    buffers: int = 1  # value buffers per chunk
+    constant: bytes | None = None  # the one value of every row of a constant page
 
 
-def page_shape(encoding: bytes, version: FileVersion) -> Shape | str:
-    """The shape of a page with these encoding bytes, or why it is not coalesced natively."""
-    codec = _codec(encoding, version)
+def page_shape(encoding: bytes, version: FileVersion, boolean: bool = False) -> Shape | str:
+    """The shape of a page with these encoding bytes, or why it is not coalesced natively.
+    ``boolean`` says the column holds booleans (a constant page does not tell them from bytes)."""
+    codec = _codec(encoding, version, boolean)
     return codec if isinstance(codec, str) else codec.shape
 
 
 @lru_cache(maxsize=4096)
-def _codec(encoding: bytes, version: FileVersion) -> _Codec | str:
+def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Codec | str:
     if version not in (FileVersion.V2_1, FileVersion.V2_2):
         return f"{version.value} pages are not mini-block pages this copier decodes"
     try:
@@ -127,6 +181,29 @@ def _codec(encoding: bytes, version: FileVersion) -> _Codec | str:
         layout = enc21.PageLayout.FromString(wrapper.value)
     except DecodeError:
         return "page encoding does not parse"
+    if layout.WhichOneof("layout") == "all_null_layout":
+        # 2.2 writes a page of one repeated fixed-width value as an all-null layout of a valid
+        # item carrying the value's bytes (field 6) and no buffers
+        fields = wire_fields(wrapper.value)
+        inner = wire_fields(fields[0][2]) if fields and len(fields) == 1 and isinstance(fields[0][2], bytes) else None
+        if (
+            inner is not None
+            and len(inner) == 2
+            and inner[0] == (5, 2, bytes([enc21.REPDEF_ALL_VALID_ITEM]))
+            and inner[1][:2] == (CONSTANT_VALUE_FIELD, 2)
+            and isinstance(inner[1][2], bytes)
+            and len(inner[1][2]) in (1, 2, 4, 8, 16)
+            and not (boolean and len(inner[1][2]) != 1)
+        ):
+            value = inner[1][2]
+            bits = 1 if boolean else 8 * len(value)
+            shape = Shape((enc21.REPDEF_ALL_VALID_ITEM,), False, False, False, bits, version is FileVersion.V2_2)
+            return _Codec(shape, None, None, enc21.CompressiveEncoding(), 0, 0, value)
+        simple = wire_fields(layout.all_null_layout.SerializeToString()) == [(5, 2, bytes([enc21.REPDEF_NULLABLE_ITEM]))]
+        if not simple or wire_fields(wrapper.value) != [(2, 2, layout.all_null_layout.SerializeToString())]:
+            return "all-null page of a nested column"
+        null = Shape((enc21.REPDEF_NULLABLE_ITEM,), False, True, False, 0, version is FileVersion.V2_2, null=True)
+        return _Codec(null, None, None, enc21.CompressiveEncoding(), 0)
     if layout.WhichOneof("layout") != "mini_block_layout":
         return f"{layout.WhichOneof('layout')} page"
     mb = layout.mini_block_layout
@@ -137,7 +214,7 @@ def _codec(encoding: bytes, version: FileVersion) -> _Codec | str:
     wide = WIDE_SIZES_FIELD in unknown
     if mb.HasField("dictionary") or mb.num_dictionary_items:
         return "dictionary-encoded page"
-    if mb.num_buffers != 1:
+    if mb.num_buffers != (2 if mb.value_compression.WhichOneof("compression") == "rle" else 1):
         return f"{mb.num_buffers} value buffers per chunk"
     if any(layer not in _DEF_LEVELS for layer in mb.layers):
         return "unknown repetition/definition layer"
@@ -156,6 +233,8 @@ def _codec(encoding: bytes, version: FileVersion) -> _Codec | str:
         variable, bits = False, values.inline_bitpacking.uncompressed_bits_per_value
         if bits not in _UINT:
             return f"bit-packed {bits}-bit values"
+    elif kind == "rle" and _rle_shape_ok(values.rle, (8, 16, 32, 64)):
+        variable, bits = False, values.rle.values.flat.bits_per_value
     elif (
         kind == "variable"
         and not values.variable.HasField("values")
@@ -167,7 +246,19 @@ def _codec(encoding: bytes, version: FileVersion) -> _Codec | str:
     else:
         return f"{kind} values"
     shape = Shape(tuple(mb.layers), rep is not None, defs is not None, variable, bits, wide)
-    return _Codec(shape, rep, defs, values, mb.num_items)
+    return _Codec(shape, rep, defs, values, mb.num_items, mb.num_buffers)
+
+
+def _rle_shape_ok(rle: enc21.Rle, value_bits: Sequence[int]) -> bool:
+    """Run-length encoding as pylance writes it: flat values, one byte per run length."""
+    return (
+        rle.values.WhichOneof("compression") == "flat"
+        and rle.values.flat.bits_per_value in value_bits
+        and not rle.values.flat.HasField("data")
+        and rle.run_lengths.WhichOneof("compression") == "flat"
+        and rle.run_lengths.flat.bits_per_value == 8
+        and not rle.run_lengths.flat.HasField("data")
+    )
 
 
 def _levels_reason(levels: enc21.CompressiveEncoding) -> str:
@@ -181,13 +272,7 @@ def _levels_reason(levels: enc21.CompressiveEncoding) -> str:
         ok = inner.uncompressed_bits_per_value == 16 and inner.values.WhichOneof("compression") == "flat"
         return "" if ok else "out-of-line bit-packing of another shape"
     if kind == "rle":
-        ok = (
-            levels.rle.values.WhichOneof("compression") == "flat"
-            and levels.rle.values.flat.bits_per_value == 16
-            and levels.rle.run_lengths.WhichOneof("compression") == "flat"
-            and levels.rle.run_lengths.flat.bits_per_value == 8
-        )
-        return "" if ok else "run-length encoding of another shape"
+        return "" if _rle_shape_ok(levels.rle, (16,)) else "run-length encoding of another shape"
     return f"{kind} compression"
 
 
@@ -204,23 +289,47 @@ class Packed:
 
 # --- decoding ---------------------------------------------------------------------------------
 @dataclass
+class _Levels:
+    """The levels of consecutive decoded pages of one shape (``count`` levels; for shapes
+    without levels, values)."""
+
+    shape: Shape
+    rep: list[U16 | Packed] = field(default_factory=list)
+    defs: list[U16 | Packed] = field(default_factory=list)
+    count: int = 0
+
+
+@dataclass
 class Run:
-    """Decoded rows of one or more consecutive pages: levels and values, ready to re-cut."""
+    """Decoded rows of one or more consecutive pages: levels and values, ready to re-cut.
+
+    Values are kept in the pages' order; an all-null page contributes a count of placeholder
+    values (an int in ``fixed`` and ``lengths``), made once the run's value width is known."""
 
     shape: Shape
     rows: int = 0
-    rep: list[U16 | Packed] = field(default_factory=list)
-    defs: list[U16 | Packed] = field(default_factory=list)
-    fixed: list[U8] = field(default_factory=list)  # value bytes; for 1-bit values one byte per bit
-    lengths: list[I64] = field(default_factory=list)  # variable-width: value lengths
+    levels: list[_Levels] = field(default_factory=list)
+    fixed: list[U8 | int] = field(default_factory=list)  # value bytes; for 1-bit values one byte per bit
+    lengths: list[I64 | int] = field(default_factory=list)  # variable-width: value lengths
     data: list[U8] = field(default_factory=list)  # variable-width: value bytes
     num_values: int = 0
     nbytes: int = 0  # decoded bytes held (what the memory bound counts)
 
     def extend(self, other: Run) -> None:
+        """Append ``other``'s rows (their shapes must ``combine``)."""
+        shape = combine(self.shape, other.shape)
+        if shape is None:
+            raise NotNative("pages of shapes that cannot share a page")
+        self.shape = shape
+        for part in other.levels:
+            last = self.levels[-1] if self.levels else None
+            if last is not None and last.shape == part.shape:
+                last.rep += part.rep
+                last.defs += part.defs
+                last.count += part.count
+            else:
+                self.levels.append(part)
         self.rows += other.rows
-        self.rep += other.rep
-        self.defs += other.defs
         self.fixed += other.fixed
         self.lengths += other.lengths
         self.data += other.data
@@ -228,21 +337,38 @@ class Run:
         self.nbytes += other.nbytes
 
 
-def decode_page(page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | memoryview], version: FileVersion) -> Run:
+def decode_page(
+    page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | memoryview], version: FileVersion, boolean: bool = False
+) -> Run:
     """Decode one mini-block page (its buffers as read from the file) into a Run.
 
     Raises NotNative for pages this module does not decode (``page_shape`` says which) and
     CorruptFileError when the bytes contradict the page's own description."""
-    codec = _codec(page.encoding.direct.encoding, version)
+    codec = _codec(page.encoding.direct.encoding, version, boolean)
     if isinstance(codec, str):
         raise NotNative(codec)
     shape = codec.shape
+    if codec.constant is not None:
+        if buffers:
+            raise CorruptFileError("constant page with buffers")
+        n = page.length
+        if shape.bits == 1:
+            values = np.full(n, codec.constant[0] & 1, dtype=np.uint8)
+        else:
+            values = np.tile(np.frombuffer(codec.constant, dtype=np.uint8), n)
+        return Run(shape, n, [_Levels(shape, count=n)], [values], [], [], n, len(values))
+    if shape.null:
+        if buffers:
+            raise CorruptFileError("all-null page with buffers")
+        return Run(shape, page.length, [_Levels(shape, count=page.length)], [page.length], [page.length], [], page.length, 0)
     if len(buffers) < 2:
         raise CorruptFileError(f"mini-block page with {len(buffers)} buffers")
     word = "<u4" if shape.wide else "<u2"
     words = np.frombuffer(buffers[0], dtype=word)
     data = memoryview(buffers[1])
     run = Run(shape, rows=page.length)
+    levels = _Levels(shape)
+    run.levels.append(levels)
     total = codec.num_items
     pos = seen = 0
     size_fmt = "<I" if shape.wide else "<H"
@@ -256,7 +382,7 @@ def decode_page(page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | m
         chunk = data[pos : pos + nbytes]
         pos += nbytes
         seen += n
-        (levels,) = struct.unpack_from("<H", chunk, 0)
+        (num_levels,) = struct.unpack_from("<H", chunk, 0)
         at = 2
         rep_size = def_size = 0
         if shape.rep:
@@ -265,20 +391,29 @@ def decode_page(page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | m
         if shape.defs:
             (def_size,) = struct.unpack_from("<H", chunk, at)
             at += 2
-        (value_size,) = struct.unpack_from(size_fmt, chunk, at)
-        at = _aligned(at + size_len)
+        sizes = struct.unpack_from(size_fmt[0] + size_fmt[1] * codec.buffers, chunk, at)
+        at = _aligned(at + size_len * codec.buffers)
         if shape.rep:
-            run.rep.append(_decode_levels(codec.rep, chunk[at : at + rep_size], levels))
+            levels.rep.append(_decode_levels(codec.rep, chunk[at : at + rep_size], num_levels))
             at = _aligned(at + rep_size)
         if shape.defs:
-            run.defs.append(_decode_levels(codec.defs, chunk[at : at + def_size], levels))
+            levels.defs.append(_decode_levels(codec.defs, chunk[at : at + def_size], num_levels))
             at = _aligned(at + def_size)
-        if at + value_size > nbytes:
-            raise CorruptFileError("mini-block chunk buffers exceed the chunk")
-        _decode_values(codec, chunk[at : at + value_size], n, run)
+        parts = []
+        for size in sizes:
+            if at + size > nbytes:
+                raise CorruptFileError("mini-block chunk buffers exceed the chunk")
+            parts.append(chunk[at : at + size])
+            at = _aligned(at + size)
+        _decode_values(codec, parts, n, run)
     if seen != total or pos > len(data):
         raise CorruptFileError(f"mini-block page holds {seen} values, its layout says {total}")
     run.num_values = total
+    levels.count = (
+        sum(p.count if isinstance(p, Packed) else len(p) for p in (levels.rep or levels.defs))
+        if (shape.rep or shape.defs)
+        else total
+    )
     return run
 
 
@@ -309,10 +444,20 @@ def _decode_levels(encoding: enc21.CompressiveEncoding | None, raw: memoryview, 
     return out.astype(np.uint16, copy=False)
 
 
-def _decode_values(codec: _Codec, raw: memoryview, n: int, run: Run) -> None:
+def _decode_values(codec: _Codec, parts: Sequence[memoryview], n: int, run: Run) -> None:
     shape = codec.shape
     kind = codec.values.WhichOneof("compression")
-    if shape.variable:
+    raw = parts[0]
+    if kind == "rle":  # buffer 0: the runs' values, buffer 1: one u8 length per run
+        width = shape.bits // 8
+        runs = len(parts[1])
+        values = np.frombuffer(raw, dtype=np.uint8, count=runs * width).reshape(runs, width)
+        repeats = np.frombuffer(parts[1], dtype=np.uint8)
+        if int(repeats.sum(dtype=np.int64)) != n:
+            raise CorruptFileError(f"run lengths add up to {int(repeats.sum(dtype=np.int64))}, the chunk holds {n} values")
+        run.fixed.append(np.repeat(values, repeats, axis=0).reshape(-1))
+        run.nbytes += n * width
+    elif shape.variable:
         width = shape.bits // 8
         offsets = np.frombuffer(raw, dtype=f"<u{width}", count=n + 1).astype(np.int64)
         lengths = np.diff(offsets)
@@ -386,6 +531,13 @@ def _unpack_blocks(words: npt.NDArray[np.unsignedinteger], width: int, bits: int
     return out
 
 
+#: The encoding of an all-null page of a flat column (AllNullLayout with one nullable item layer).
+_NULL_PAGE = any_pb2.Any(
+    type_url=LAYOUT_URL,
+    value=enc21.PageLayout(all_null_layout=enc21.AllNullLayout(layers=[enc21.REPDEF_NULLABLE_ITEM])).SerializeToString(),
+).SerializeToString(deterministic=True)
+
+
 def _levels(parts: Sequence[U16 | Packed]) -> U16:
     """The levels of a run in order, unpacking the still-packed blocks of each width at once."""
     out: list[U16] = []
@@ -433,20 +585,32 @@ def encode_page(run: Run) -> EncodedPage:
     flat 16-bit levels, chunks of a power of two of values, a repetition index when there are
     lists. The bytes follow the layout pylance writes for the same file version."""
     shape = run.shape
-    rep = _levels(run.rep) if shape.rep else None
-    defs = _levels(run.defs) if shape.defs else None
-    levels = len(rep) if rep is not None else len(defs) if defs is not None else 0
     n = run.num_values
+    if shape.null:
+        return EncodedPage((), _NULL_PAGE, run.rows)
     if n == 0:
         raise NotNative("pages without values")
+    rep = np.concatenate([_levels(part.rep) for part in run.levels]) if shape.rep else None
+    defs = None
+    if shape.defs:
+        parts = []
+        for part in run.levels:
+            found = _levels(part.defs) if part.shape.defs else np.zeros(part.count, np.uint16)
+            if part.shape.null:
+                found = np.ones(part.count, np.uint16)  # a null item in its (only) nullable layer
+            if part.shape.layers != shape.layers:
+                found = _def_mapping(part.shape, shape).astype(np.uint16)[found]
+            parts.append(found)
+        defs = np.concatenate(parts)
+    levels = len(rep) if rep is not None else len(defs) if defs is not None else 0
     if shape.variable:
-        lengths = np.concatenate(run.lengths) if run.lengths else np.zeros(0, np.int64)
+        lengths = np.concatenate([np.zeros(x, np.int64) if isinstance(x, int) else x for x in run.lengths])
         data = np.concatenate(run.data) if run.data else np.zeros(0, np.uint8)
         ends = np.concatenate(([0], np.cumsum(lengths)))
         value_cost = ends + np.arange(n + 1) * (shape.bits // 8)  # bytes of values [0, i) with their offsets
     else:
-        fixed = np.concatenate(run.fixed) if run.fixed else np.zeros(0, np.uint8)
         per = shape.bits // 8
+        fixed = np.concatenate([np.zeros(x * max(per, 1), np.uint8) if isinstance(x, int) else x for x in run.fixed])
         value_cost = np.arange(n + 1) * per if per else np.arange(n + 1) // 8
     # level_end[i]: levels that belong to the first i values (a chunk takes the levels up to
     # its last value; levels of null or empty lists after it start the next chunk)
@@ -490,9 +654,9 @@ def encode_page(run: Run) -> EncodedPage:
             values = fixed[start * per : end * per].tobytes()
         chunk += struct.pack("<I" if shape.wide else "<H", len(values))
         _pad(chunk)
-        for part in (rep, defs):
-            if part is not None:
-                chunk += part[lstart:lend].astype("<u2").tobytes()
+        for stream in (rep, defs):
+            if stream is not None:
+                chunk += stream[lstart:lend].astype("<u2").tobytes()
                 _pad(chunk)
         chunk += values
         _pad(chunk)

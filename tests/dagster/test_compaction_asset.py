@@ -71,8 +71,8 @@ def test_materialize_one_partition_with_tiny_read_batches(root: Path, instance: 
     assert mat.partition == "a"
     meta = metadata_values(mat.metadata)
     assert set(meta) == BEFORE_AFTER_KEYS
-    # 12 small files' pages coalesced by pylance into one page per column
-    assert meta["pages_after"] < meta["pages_before"] and meta["columns_coalesced_pylance"] and not meta["columns_left_small"]
+    # 12 small files' pages re-cut by the copy into one page per column
+    assert meta["pages_after"] < meta["pages_before"] and meta["columns_coalesced_native"] and not meta["columns_left_small"]
 
     ds = lance.dataset(str(a))
     assert ds.version == read_version + 1

@@ -197,7 +197,9 @@ def test_streaming_appends_read_as_a_fresh_write(tmp_path: Path, version: str) -
     write_appends(path, tables, version)
     report = compact(str(path))
     assert report.fragments_added == 1 and report.columns_left_small == []
-    assert set(report.columns_coalesced_pylance) >= {"i", "f", "s", "b"}
+    assert set(report.columns_coalesced_pylance) | set(report.columns_coalesced_native) >= {"i", "f", "s", "b"}
+    if version in ("2.1", "2.2"):  # re-cut by the copy itself; other versions by pylance's writer
+        assert set(report.columns_coalesced_native) >= {"i", "f", "s", "b"}
     assert report.pages_before is not None and report.pages_after is not None
     assert report.pages_before >= 40 * 5 and report.pages_after < report.pages_before // 10
     assert_reads_as(path, pa.concat_tables(tables))
@@ -226,16 +228,28 @@ def test_pages_copy_keeps_every_page(tmp_path: Path, version: str) -> None:
     assert plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=100)).tasks == ()
 
 
-def test_without_pylance_pages_are_copied_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_pylance_2_0_pages_are_copied_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ds.lance"
+    tables = [stream(k * 50, 50) for k in range(8)]
+    write_appends(path, tables, "2.0")
+    monkeypatch.setattr("lance_assets.engine.coalesce.pylance_available", lambda: False)
+    report = compact(str(path))
+    assert report.columns_coalesced_native == [] and report.columns_coalesced_pylance == []
+    assert set(report.columns_left_small) >= {"b", "f", "i", "s"}
+    (note,) = [n for n in report.notes if n.reason == Reason.SMALL_PAGES]
+    assert note.fragment_id is None and "needs pylance" in note.detail and "i" in note.detail
+    assert_reads_as(path, pa.concat_tables(tables))
+
+
+def test_without_pylance_2_2_pages_are_recut_by_the_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ds.lance"
     tables = [stream(k * 50, 50) for k in range(8)]
     write_appends(path, tables, "2.2")
     monkeypatch.setattr("lance_assets.engine.coalesce.pylance_available", lambda: False)
     report = compact(str(path))
-    assert report.pages_before == report.pages_after == 8 * 5
-    assert report.columns_left_small == ["b", "f", "i", "l.item", "s"]
-    (note,) = [n for n in report.notes if n.reason == Reason.SMALL_PAGES]
-    assert note.fragment_id is None and "needs pylance" in note.detail and "l.item" in note.detail
+    assert report.pages_before == 8 * 5 and report.pages_after == 5
+    assert report.columns_coalesced_native == ["b", "f", "i", "l.item", "s"] and report.columns_left_small == []
+    assert not [n for n in report.notes if n.reason == Reason.SMALL_PAGES]
     assert_reads_as(path, pa.concat_tables(tables))
 
 
@@ -249,7 +263,7 @@ def test_row_ids_deletions_and_stable_row_ids_are_kept(tmp_path: Path, version: 
     ids = before.to_table(columns=["i"], with_row_id=True)
     rows = before.to_table()
     report = compact(str(path), CompactionOptions(materialize_deletions=False))
-    assert report.columns_coalesced_pylance and report.fragments_added == 1
+    assert (report.columns_coalesced_pylance or report.columns_coalesced_native) and report.fragments_added == 1
     after = lance.dataset(str(path))
     assert after.to_table(columns=["i"], with_row_id=True).sort_by("i").equals(ids.sort_by("i"))
     assert after.count_rows() == rows.num_rows
@@ -267,8 +281,8 @@ def test_memory_bound_small_read_batches(tmp_path: Path) -> None:
 
 
 def test_guarded_nested_column_is_copied_beside_coalesced_ones(tmp_path: Path) -> None:
-    """A struct above a list keeps its pages (copied under the layer rule); the flat columns
-    beside it are coalesced, in the same output file."""
+    """A struct above a list keeps its pages (copied under the layer rule); the other columns
+    are coalesced, in the same output file."""
     path = tmp_path / "ds.lance"
     t = pa.struct([pa.field("l", pa.list_(pa.int64())), pa.field("s", pa.string())])
     tables = [
@@ -277,8 +291,9 @@ def test_guarded_nested_column_is_copied_beside_coalesced_ones(tmp_path: Path) -
     ]
     write_appends(path, tables, "2.1")
     report = compact(str(path))
-    assert report.columns_coalesced_pylance == ["i"]
-    assert set(report.columns_left_small) == {"g.l.item", "g.s"}
+    # the copy re-cuts the flat column and the struct's string child (its pages are its own)
+    assert report.columns_coalesced_native == ["g.s", "i"] and report.columns_coalesced_pylance == []
+    assert set(report.columns_left_small) == {"g.l.item"}
     note = next(n for n in report.notes if n.reason == Reason.SMALL_PAGES)
     assert "struct-above-list" in note.detail
     assert_reads_as(path, pa.concat_tables(tables))
@@ -290,7 +305,7 @@ def test_object_store(s3_endpoint) -> None:  # type: ignore[no-untyped-def]
     tables = [stream(k * 50, 50) for k in range(6)]
     write_appends(uri, tables, "2.2", storage_options=opts)  # type: ignore[arg-type]
     report = compact(uri, CompactionOptions(storage_options=opts))
-    assert report.fragments_added == 1 and set(report.columns_coalesced_pylance) >= {"i", "f", "s", "b"}
+    assert report.fragments_added == 1 and set(report.columns_coalesced_native) >= {"i", "f", "s", "b"}
     assert report.pages_after is not None and report.pages_after <= 6
     assert_reads_as(uri, pa.concat_tables(tables), opts)
 
@@ -308,7 +323,7 @@ def test_a_fragment_whose_pages_cannot_be_coalesced_is_not_rewritten(tmp_path: P
     (reason ``small_pages``): rewriting the same pages would only add a version."""
     path = tmp_path / "ds.lance"
     tables = [stream(k * 50, 50) for k in range(8)]
-    write_appends(path, tables, "2.1")
+    write_appends(path, tables, "2.0")  # 2.0 pages are coalesced by pylance alone
     compact(str(path), CompactionOptions(pages="copy"))
     version = lance.dataset(str(path)).version
 

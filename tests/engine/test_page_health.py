@@ -10,7 +10,7 @@ import lance
 import pytest
 from lance.file import LanceFileReader
 
-from lance_assets import CompactionOptions, inspect_dataset
+from lance_assets import CompactionOptions, compact, inspect_dataset
 from lance_assets.cli import main
 from lance_assets.engine import plan_compaction
 from lance_assets.engine.report import Reason
@@ -105,9 +105,21 @@ def test_planner_leaves_few_small_pages_and_fresh_writes_alone(tmp_path: Path) -
     assert plan.tasks == () and [s.reason for s in plan.skipped] == [Reason.AT_TARGET_SIZE]
 
 
+def test_without_pylance_the_copy_heals_2_2_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ds.lance"
+    before = _binary_copied(path, "2.2").to_table()
+    monkeypatch.setattr("lance_assets.engine.coalesce.pylance_available", lambda: False)
+    plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=100))
+    assert len(plan.tasks) == 1
+    report = compact(str(path), CompactionOptions(target_rows_per_fragment=100))
+    assert report.columns_coalesced_native and not report.columns_left_small
+    assert all(pages == 1 for pages, _ in _pylance_pages(path).values())  # one page per column, as a fresh write
+    assert lance.dataset(str(path)).to_table().equals(before)
+
+
 def test_planner_says_why_small_pages_stay_without_pylance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ds.lance"
-    _binary_copied(path, "2.2")
+    _binary_copied(path, "2.0")  # 2.0 pages are not re-cut by the copy itself
     monkeypatch.setattr("lance_assets.engine.coalesce.pylance_available", lambda: False)
     plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=100))
     assert plan.tasks == ()
