@@ -22,7 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
-from lance_assets.engine.btree_remap import RowMoves, is_btree, remap_btree, reuse_moves, row_moves
+from lance_assets.engine.btree_remap import BTREE_DETAILS_TYPE_URL, RowMoves, remap_btree, reuse_moves, row_moves
 from lance_assets.engine.commit_loop import (
     DEFAULT_MAX_RETRIES,
     Attempt,
@@ -54,6 +54,7 @@ from lance_assets.engine.plan import CompactionPlan, fragment_file_count
 from lance_assets.engine.reencode import pylance_available
 from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.rows import deleted_offsets
+from lance_assets.engine.zone_remap import ZONED_KINDS, remap_zones
 from lance_assets.errors import (
     CommitConflictError,
     MissingFileError,
@@ -331,19 +332,24 @@ def _rewrite_btrees(
     how: dict[str, str] = {}
     if not pending or not pylance_available():
         return how, pending
+    # Zone maps and bloom filters are rewritten only where nothing else keeps them covering.
+    remappers = {BTREE_DETAILS_TYPE_URL: remap_btree}
+    if latest.stable_row_ids:
+        remappers.update(dict.fromkeys(ZONED_KINDS, remap_zones))
     by_uuid = {v.uuid: v for v in views}
     old_by_id = {f.id: f for f in latest.manifest.fragments}
     moves: list[RowMoves] | None = None
     for idx in changes.section.indices:
         view = by_uuid.get(str(uuid.UUID(bytes=bytes(idx.uuid.uuid))))
-        if view is None or view.uuid not in pending or not is_btree(idx) or view.fragments is None:
+        remap = remappers.get(idx.index_details.type_url)
+        if view is None or view.uuid not in pending or remap is None or view.fragments is None:
             continue
         if moves is None:
             # Entries may still name rows older reuse versions moved: map through those first.
             moves = [reuse_moves(v) for v in reuse_versions(latest)] if not latest.stable_row_ids else []
             old = [[old_by_id[i] for i in g.old_ids] for g in groups]
             moves.append(row_moves((o, [_kept_rows(latest, f, g.reencoded) for f in o], g.new) for o, g in zip(old, groups)))
-        done = remap_btree(latest, idx, moves)
+        done = remap(latest, idx, moves)
         if isinstance(done, str):
             continue
         new_uuid, files = done
