@@ -70,7 +70,11 @@ def table(start: int, rows: int) -> pa.Table:
 def unindexed(ds: lance.LanceDataset) -> dict[str, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {i.name: ds.stats.index_stats(i.name)["num_unindexed_rows"] for i in ds.describe_indices() if not i.name.startswith("__")}
+        return {
+            i.name: ds.stats.index_stats(i.name)["num_unindexed_rows"]
+            for i in ds.describe_indices()
+            if not i.name.startswith("__")
+        }
 
 
 def answers(ds: lance.LanceDataset, filters: list[str], *, indexed: bool) -> dict[str, list[int]]:

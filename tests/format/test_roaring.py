@@ -150,9 +150,7 @@ def test_bitmaps_pylance_writes_into_the_index_section(tmp_path: Path) -> None:
     for index in indices.values():
         assert encode_bitmap(decode_bitmap(index.fragment_bitmap)) == index.fragment_bitmap
 
-    details = table_pb2.FragmentReuseIndexDetails.FromString(
-        indices["__lance_frag_reuse"].index_details.value
-    )
+    details = table_pb2.FragmentReuseIndexDetails.FromString(indices["__lance_frag_reuse"].index_details.value)
     (version,) = details.inline.versions
     (group,) = version.groups
     moved = [(0 << 32) | o for o in range(100) if o != 3]
@@ -257,12 +255,7 @@ def test_forged_treemap_count_is_rejected_without_looping() -> None:
     with pytest.raises(CorruptFileError, match="cannot fit"):
         decode_treemap(struct.pack("<Q", 1 << 62) + encode_bitmap([1]))
     with pytest.raises(CorruptFileError, match="ascending"):
-        decode_treemap(
-            struct.pack("<QI", 2, 4)
-            + encode_bitmap([1])
-            + struct.pack("<I", 4)
-            + encode_bitmap([2])
-        )
+        decode_treemap(struct.pack("<QI", 2, 4) + encode_bitmap([1]) + struct.pack("<I", 4) + encode_bitmap([2]))
 
 
 def test_error_carries_path() -> None:
@@ -273,7 +266,11 @@ def test_error_carries_path() -> None:
 
 # --- row-address maps (per fragment a 32-bit bitmap; the null rows of zone maps and bloom filters)
 @settings(max_examples=60, deadline=None)
-@given(st.dictionaries(st.integers(0, U32_MAX), st.one_of(st.none(), st.lists(st.integers(0, 70000), min_size=1, max_size=40)), max_size=6))
+@given(
+    st.dictionaries(
+        st.integers(0, U32_MAX), st.one_of(st.none(), st.lists(st.integers(0, 70000), min_size=1, max_size=40)), max_size=6
+    )
+)
 def test_row_addr_map_round_trip(entries: dict[int, list[int] | None]) -> None:
     data = encode_row_addr_map(entries)
     assert decode_row_addr_map(data) == {f: None if v is None else sorted(set(v)) for f, v in entries.items()}
