@@ -219,13 +219,14 @@ class _IndexChanges:
 REMAP_REUSE = "reuse_index"  # the moves are recorded in the fragment-reuse index
 REMAP_DROPPED = "dropped"  # the rewritten fragments left the index (scanned until re-indexed)
 REMAP_MOVED = "moved"  # stable row ids: the index keys rows by id, its coverage moved to the new fragments
-REMAP_REWRITTEN = "rewritten"  # a BTree segment written anew on the new addresses
+REMAP_REWRITTEN = "rewritten"  # a BTree, zone map or bloom filter segment written anew on the new rows
 REMAP_UNAFFECTED = "unaffected"
 
 #: Index kinds whose entries pylance 14 keys by stable row id (their files stay valid across a
 #: rewrite of a stable-row-id dataset; measured: queries answer as before). BTree keys by row
-#: address (rewritten, ``btree_remap``); a zone map describes fragments' own row ranges (Lance
-#: drops it there too); anything else is dropped, never guessed.
+#: address (rewritten, ``btree_remap``); zone maps and bloom filters describe runs of rows of
+#: fragments (rewritten, ``zone_remap``; Lance's own compaction drops them there); anything
+#: else is dropped, never guessed.
 _ROW_ID_KEYED = {
     "/lance.table.BitmapIndexDetails",
     "/lance.table.LabelListIndexDetails",
@@ -249,8 +250,10 @@ def _indices_after(latest: Dataset, groups: Sequence[_Group], mode: str, now: fl
     - Without stable row ids the other indices keep covering through one new version of
       ``__lance_frag_reuse`` (written only when some index needs it).
     - With stable row ids (where pylance 14 refuses a reuse index) row-id keyed indices keep
-      their files and their coverage moves to the new fragments; zone maps and kinds we do
-      not know drop the rewritten fragments (re-indexed afterwards, ``restore_index_coverage``).
+      their files and their coverage moves to the new fragments; zone maps and bloom filters
+      are written anew with their zones on the new rows (``zone_remap``, pylance installed);
+      kinds we do not know, and segments we could not rewrite, drop the rewritten fragments
+      (re-indexed afterwards, ``restore_index_coverage``).
 
     ``drop`` always removes the rewritten fragments from the bitmaps.
     """
@@ -266,7 +269,7 @@ def _indices_after(latest: Dataset, groups: Sequence[_Group], mode: str, now: fl
     how: dict[str, str] = {}
     if affected and mode == INDEX_REMAP_DEFER:
         _refuse_graph_row_drops(latest, groups, views)
-        how, pending = _rewrite_btrees(latest, groups, views, changes)
+        how, pending = _rewrite_address_keyed(latest, groups, views, changes)
         if latest.stable_row_ids:
             how.update(_keep_stable_row_id_coverage(groups, out, pending, how))
         elif pending:
@@ -319,13 +322,14 @@ def _weakest(how: dict[str, str], name: str, outcome: str) -> None:
         how[name] = outcome
 
 
-def _rewrite_btrees(
+def _rewrite_address_keyed(
     latest: Dataset, groups: Sequence[_Group], views: Sequence[IndexView], changes: _IndexChanges
 ) -> tuple[dict[str, str], set[str]]:
-    """Write every BTree segment the rewrite touches anew on the new row addresses (see
-    :func:`_indices_after`); the ``remap`` per index name of those rewritten, and the uuids of
-    the touched segments still to be handled (other kinds, and BTrees that could not be
-    rewritten: without pylance, or a layout we do not know)."""
+    """Write every BTree segment the rewrite touches anew on the new row addresses, and on
+    stable-row-id datasets every zone map and bloom filter segment (see :func:`_indices_after`);
+    the ``remap`` per index name of those rewritten, and the uuids of the touched segments
+    still to be handled (other kinds, and segments that could not be rewritten: without
+    pylance, or a layout we do not know)."""
     assert changes.section is not None
     rewritten_ids = {i for g in groups for i in g.old_ids}
     pending = {v.uuid for v in views if not is_system_index(v.meta) and v.fragments is not None and v.fragments & rewritten_ids}

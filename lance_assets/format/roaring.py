@@ -4,9 +4,10 @@ Lance keeps these things as Roaring bitmaps: ``BITMAP`` deletion files and
 ``IndexMetadata.fragment_bitmap`` (the 32-bit portable format), the
 fragment-reuse index's ``changed_row_addrs`` (the 64-bit "treemap" format of
 the Rust ``roaring`` crate), and row-address maps (one 32-bit bitmap per
-fragment, e.g. the null rows of a zone map or bloom filter index). We read and write them ourselves so that the
-library needs no native Roaring dependency and so that every malformed byte
-becomes a :class:`CorruptFileError` instead of a crash or a huge allocation.
+fragment, e.g. the null rows of a zone map or bloom filter index). We read and
+write them ourselves so that the library needs no native Roaring dependency and
+so that every malformed byte becomes a :class:`CorruptFileError` instead of a
+crash or a huge allocation.
 
 32-bit portable layout (all integers little-endian)::
 
