@@ -58,6 +58,8 @@ ZONED_KINDS = {
 LOCATION = ("fragment_id", "zone_start", "zone_length")
 #: Schema metadata naming the global buffer that holds the addresses of the null rows.
 NULL_BITMAP_KEY = b"null_bitmap"
+#: Rows of zones expanded to addresses at once (8 bytes each, a few arrays): memory stays bounded.
+_ROWS_PER_PASS = 1 << 22
 #: Index versions pylance 14 writes for these kinds; the file layout is checked anyway.
 _KNOWN_VERSIONS = (0,)
 
@@ -141,9 +143,12 @@ def _relocate(
     kept = np.flatnonzero(~touched)
     parts = [(kept, frag[kept], start[kept], length[kept])]
     which = np.flatnonzero(touched)
-    if len(which):
-        lengths = length[which].astype(np.int64)
-        zone = np.repeat(which, lengths)
+    # A zone's rows are expanded to addresses to map them: a bounded number of rows at a time.
+    batch = np.cumsum(length[which].astype(np.int64)) // _ROWS_PER_PASS if len(which) else np.zeros(0, np.int64)
+    for part in np.unique(batch):
+        chosen = which[batch == part]
+        lengths = length[chosen].astype(np.int64)
+        zone = np.repeat(chosen, lengths)
         first = np.repeat(np.cumsum(lengths) - lengths, lengths)
         offsets = np.arange(len(zone), dtype=np.uint64) - first.astype(np.uint64) + start[zone]
         mapped = (frag[zone] << np.uint64(32)) + offsets
@@ -151,16 +156,17 @@ def _relocate(
             mapped = map_addresses(mapped, step)
         live = mapped != np.uint64(GONE)
         zone, mapped = zone[live], mapped[live]
+        if not len(zone):
+            continue
         new_frag = mapped >> np.uint64(32)
         new_offset = mapped & np.uint64(0xFFFFFFFF)
-        if len(zone):
-            cut = np.flatnonzero((np.diff(zone) != 0) | (np.diff(new_frag) != 0)) + 1
-            heads = np.concatenate([[0], cut])
-            tails = np.concatenate([cut, [len(zone)]]) - 1
-            span = new_offset[tails] - new_offset[heads] + np.uint64(1)
-            if (span != (tails - heads + 1).astype(np.uint64)).any():
-                return "a zone's rows would not land as one run of a new fragment"
-            parts.append((zone[heads], new_frag[heads], new_offset[heads], span))
+        cut = np.flatnonzero((np.diff(zone) != 0) | (np.diff(new_frag) != 0)) + 1
+        heads = np.concatenate([[0], cut])
+        tails = np.concatenate([cut, [len(zone)]]) - 1
+        span = new_offset[tails] - new_offset[heads] + np.uint64(1)
+        if (span != (tails - heads + 1).astype(np.uint64)).any():
+            return "a zone's rows would not land as one run of a new fragment"
+        parts.append((zone[heads], new_frag[heads], new_offset[heads], span))
     source, out_frag, out_start, out_length = (np.concatenate(p) for p in zip(*parts, strict=True))
     order = np.lexsort((out_start, out_frag))
     return source[order], out_frag[order], out_start[order], out_length[order]
