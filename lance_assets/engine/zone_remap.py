@@ -143,7 +143,19 @@ def _relocate(
     kept = np.flatnonzero(~touched)
     parts = [(kept, frag[kept], start[kept], length[kept])]
     which = np.flatnonzero(touched)
-    # A zone's rows are expanded to addresses to map them: a bounded number of rows at a time.
+    # Mapping is monotonic within an old fragment, so a zone whose first and last rows land
+    # in one new fragment exactly ``length - 1`` rows apart lost no row and was not cut: it
+    # moves whole (every zone of a binary copy not cut by a file cap). Only the others ...
+    first_row = (frag[which] << np.uint64(32)) + start[which]
+    ends = np.concatenate([first_row, first_row + length[which] - np.uint64(1)])
+    for step in moves:
+        ends = map_addresses(ends, step)
+    lo, hi = ends[: len(which)], ends[len(which) :]
+    whole = (length[which] > 0) & (lo != np.uint64(GONE)) & (hi != np.uint64(GONE))
+    whole &= ((lo >> np.uint64(32)) == (hi >> np.uint64(32))) & (hi - lo + np.uint64(1) == length[which])
+    parts.append((which[whole], lo[whole] >> np.uint64(32), lo[whole] & np.uint64(0xFFFFFFFF), length[which][whole]))
+    which = which[~whole]
+    # ... are expanded to their rows' addresses and mapped, a bounded number of rows at a time.
     batch = np.cumsum(length[which].astype(np.int64)) // _ROWS_PER_PASS if len(which) else np.zeros(0, np.int64)
     for part in np.unique(batch):
         chosen = which[batch == part]
