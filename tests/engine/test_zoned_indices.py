@@ -109,6 +109,7 @@ def test_every_kind_covers_in_one_commit_where_pylance_needs_two(tmp_path: Path,
     ds = lance.dataset(str(path))
     assert report.committed_versions == [start + 1] and ds.version == start + 1
     assert len(ds.get_fragments()) == 1
+    assert (report.reencoded_fragments > 0) == (deletes == "reencoded")  # else binary copies
     assert {i["name"]: i["remap"] for i in report.indices} == {
         **{f"{c}_idx": "rewritten" for c in ("id", "z", "b")},
         **{f"{c}_idx": "moved" for c in ("cat", "tags", "txt", "txt2")},
@@ -125,11 +126,11 @@ def test_every_kind_covers_in_one_commit_where_pylance_needs_two(tmp_path: Path,
         warnings.simplefilter("ignore")
         lance.dataset(str(theirs)).optimize.compact_files()
     pylance = lance.dataset(str(theirs))
-    assert pylance.version == start + 2  # ReserveFragments + Rewrite
-    theirs_unindexed = unindexed(pylance)
-    assert all(v == 0 for k, v in theirs_unindexed.items() if k not in ("z_idx", "b_idx"))
-    assert theirs_unindexed["z_idx"] == theirs_unindexed["b_idx"] == pylance.count_rows() > 0
     assert answers(pylance, FILTERS, indexed=True) == truth
+    # ours covers wherever pylance's covers, in no more versions (pylance 14.0.2: two versions,
+    # ReserveFragments + Rewrite; the zone map and bloom filter cover none of the merged rows)
+    assert pylance.version - start >= 1
+    assert all(unindexed(ds)[name] <= left for name, left in unindexed(pylance).items())
 
 
 def zones_hold_every_live_row(ds: lance.LanceDataset, name: str) -> bool:
