@@ -226,3 +226,29 @@ def test_zones_relocate_onto_any_rewrite(
     assert answers(ds, filters, indexed=True) == truth
     assert_reads_every_way(path, rows)
     assert zones_hold_every_live_row(ds, "z_idx") and zones_hold_every_live_row(ds, "b_idx")
+
+
+def test_segments_the_commit_cannot_rewrite_are_reindexed_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback stays exact: when the commit cannot write index files (here: pylance's file
+    writer unavailable to it), the BTree, zone map and bloom filter drop the merged rows in the
+    Rewrite and pylance's ``optimize_indices`` re-indexes only those, in a version of its own."""
+    path = tmp_path / "ds.lance"
+    ds = factory.appends(path, "2.2", [50] * 4, make=table, enable_stable_row_ids=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for column in ("id", "z", "b", "cat"):
+            ds.create_scalar_index(column, KINDS[column], name=f"{column}_idx")
+    ds = lance.dataset(str(path))
+    filters = [f for f in FILTERS if f.split()[0] in ("id", "z", "b", "cat")]
+    truth, rows, start = answers(ds, filters, indexed=False), ds.to_table(), ds.version
+    monkeypatch.setattr("lance_assets.engine.commit.pylance_available", lambda: False)
+    report = compact(str(path), CompactionOptions())
+    ds = lance.dataset(str(path))
+    assert report.committed_versions == [start + 1, start + 2] and ds.version == start + 2
+    assert {i["name"]: (i["remap"], i["covers_output"]) for i in report.indices} == {
+        **{f"{c}_idx": ("reindexed", True) for c in ("id", "z", "b")},
+        "cat_idx": ("moved", True),
+    }
+    assert unindexed(ds) == {f"{c}_idx": 0 for c in ("id", "z", "b", "cat")}
+    assert answers(ds, filters, indexed=True) == truth
+    assert_reads_every_way(path, rows)
