@@ -82,10 +82,6 @@ def row_moves(groups: Iterable[Group]) -> RowMoves:
     return RowMoves(out)
 
 
-def is_btree(meta: table_pb2.IndexMetadata) -> bool:
-    return meta.index_details.type_url == BTREE_DETAILS_TYPE_URL
-
-
 def reuse_moves(version: Details.Version) -> RowMoves:
     """The moves one fragment-reuse version records: per group, the old addresses it kept
     (sorted, as readers pair them) fill the new fragments' rows in order; the rest are gone."""
@@ -120,23 +116,18 @@ def remap_btree(
     it as it is, covering through the reuse index, or drops its coverage)."""
     import numpy as np
     import pyarrow as pa
-    from lance.file import LanceFileReader, LanceFileWriter
 
     if meta.index_version not in _KNOWN_VERSIONS:
         return f"BTree index format version {meta.index_version} is not one we rewrite"
-    folder = f"{INDICES_DIR}/{uuid_mod.UUID(bytes=bytes(meta.uuid.uuid))}"
-    names = {f.path for f in meta.files} if len(meta.files) else {e.name for e in ds.storage.list(folder)}
+    folder = segment_folder(meta)
+    names = segment_files(ds, meta)
     if names != {PAGE_DATA, PAGE_LOOKUP}:
         return f"index files {sorted(names)} are not the two files of a BTree segment we know"
     with tempfile.TemporaryDirectory(prefix="lance-assets-btree-") as tmp:
-        local = {}
-        for name in (PAGE_DATA, PAGE_LOOKUP):
-            local[name] = os.path.join(tmp, "in-" + name)
-            with open(local[name], "wb") as fh:
-                fh.write(ds.storage.read(f"{folder}/{name}"))
-        readers = {name: LanceFileReader(path) for name, path in local.items()}
-        data = readers[PAGE_DATA].read_all().to_table()
-        lookup = readers[PAGE_LOOKUP].read_all().to_table()
+        data_file, lookup_file = (read_index_file(ds, f"{folder}/{name}", tmp) for name in (PAGE_DATA, PAGE_LOOKUP))
+        if data_file.buffers or lookup_file.buffers:
+            return "the BTree segment keeps side data (global buffers) we do not know"
+        data, lookup = data_file.table, lookup_file.table
         metadata = lookup.schema.metadata or {}
         if metadata.get(b"range_partitioned", b"false") != b"false" or b"batch_size" not in metadata:
             return "a range-partitioned (or unrecognised) BTree layout"
@@ -146,24 +137,70 @@ def remap_btree(
         ids = data["ids"].combine_chunks().to_numpy(zero_copy_only=False).astype(np.uint64)
         mapped = ids
         for step in moves:
-            mapped = _map_addresses(mapped, step)
+            mapped = map_addresses(mapped, step)
         keep = mapped != np.uint64(GONE)
         out = data.set_column(1, data.schema.field("ids"), pa.array(mapped, pa.uint64()))
         if not keep.all():
             out = out.filter(pa.array(keep))
         new_lookup = lookup if keep.all() else _lookup_of(out, batch, lookup.schema)
-        version = {name: _file_version(r.metadata()) for name, r in readers.items()}
         new_uuid = str(uuid_mod.uuid4())
-        writes = []
-        for name, table in ((PAGE_DATA, out), (PAGE_LOOKUP, new_lookup)):
-            path = os.path.join(tmp, "out-" + name)
-            writer = LanceFileWriter(path, table.schema, version=version[name])
-            if table.num_rows:
-                writer.write_batch(table)
-            writer.close()
-            with open(path, "rb") as fh:
-                writes.append((f"{INDICES_DIR}/{new_uuid}/{name}", fh.read()))
+        writes = [
+            (f"{INDICES_DIR}/{new_uuid}/{name}", write_index_file(IndexFile(table, file.version, []), tmp))
+            for name, table, file in ((PAGE_DATA, out, data_file), (PAGE_LOOKUP, new_lookup, lookup_file))
+        ]
     return new_uuid, writes
+
+
+def segment_folder(meta: table_pb2.IndexMetadata) -> str:
+    """``_indices/<uuid>``: where a segment's files live."""
+    return f"{INDICES_DIR}/{uuid_mod.UUID(bytes=bytes(meta.uuid.uuid))}"
+
+
+def segment_files(ds: Dataset, meta: table_pb2.IndexMetadata) -> set[str]:
+    """The names of a segment's files: as its metadata lists them, else as stored."""
+    return {f.path for f in meta.files} if len(meta.files) else {e.name for e in ds.storage.list(segment_folder(meta))}
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    """One Lance file of an index segment: its rows, its ``major.minor`` version (to write it
+    back in), and its global buffers after the first (the first holds the schema; index
+    kinds keep side data in the others, named by index from the schema metadata)."""
+
+    table: pa.Table
+    version: str
+    buffers: list[bytes]
+
+
+def read_index_file(ds: Dataset, rel: str, tmp: str) -> IndexFile:
+    """One Lance file of an index segment, read whole through pylance's file reader (via a
+    local copy in ``tmp``)."""
+    from lance.file import LanceFileReader
+
+    local = os.path.join(tmp, f"in-{uuid_mod.uuid4()}")
+    with open(local, "wb") as fh:
+        fh.write(ds.storage.read(rel))
+    reader = LanceFileReader(local)
+    meta = reader.metadata()
+    count = len(meta.global_buffers)
+    return IndexFile(reader.read_all().to_table(), _file_version(meta), [reader.read_global_buffer(i) for i in range(1, count)])
+
+
+def write_index_file(file: IndexFile, tmp: str) -> bytes:
+    """``file`` as the bytes of a Lance file (schema metadata and global buffers in their
+    places), written through pylance's file writer in ``tmp``."""
+    from lance.file import LanceFileWriter
+
+    path = os.path.join(tmp, f"out-{uuid_mod.uuid4()}")
+    writer = LanceFileWriter(path, file.table.schema, version=file.version)
+    for i, buffer in enumerate(file.buffers, start=1):
+        if writer.add_global_buffer(buffer) != i:
+            raise RuntimeError("pylance numbered a global buffer unlike the file it rewrites")
+    if file.table.num_rows:
+        writer.write_batch(file.table)
+    writer.close()
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def _file_version(meta: object) -> str:
@@ -171,7 +208,7 @@ def _file_version(meta: object) -> str:
     return f"{meta.major_version}.{meta.minor_version}"  # type: ignore[attr-defined]
 
 
-def _map_addresses(ids: np.ndarray, moves: RowMoves) -> np.ndarray:
+def map_addresses(ids: np.ndarray, moves: RowMoves) -> np.ndarray:
     """``ids`` with every address of a moved fragment replaced by its new address (``GONE``
     for dropped rows and for offsets past the fragment's end); other addresses unchanged.
     One pass over the entries whatever the number of fragments moved."""

@@ -22,7 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
-from lance_assets.engine.btree_remap import RowMoves, is_btree, remap_btree, reuse_moves, row_moves
+from lance_assets.engine.btree_remap import BTREE_DETAILS_TYPE_URL, RowMoves, remap_btree, reuse_moves, row_moves
 from lance_assets.engine.commit_loop import (
     DEFAULT_MAX_RETRIES,
     Attempt,
@@ -54,6 +54,7 @@ from lance_assets.engine.plan import CompactionPlan, fragment_file_count
 from lance_assets.engine.reencode import pylance_available
 from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.rows import deleted_offsets
+from lance_assets.engine.zone_remap import ZONED_KINDS, remap_zones
 from lance_assets.errors import (
     CommitConflictError,
     MissingFileError,
@@ -218,13 +219,14 @@ class _IndexChanges:
 REMAP_REUSE = "reuse_index"  # the moves are recorded in the fragment-reuse index
 REMAP_DROPPED = "dropped"  # the rewritten fragments left the index (scanned until re-indexed)
 REMAP_MOVED = "moved"  # stable row ids: the index keys rows by id, its coverage moved to the new fragments
-REMAP_REWRITTEN = "rewritten"  # a BTree segment written anew on the new addresses
+REMAP_REWRITTEN = "rewritten"  # a BTree, zone map or bloom filter segment written anew on the new rows
 REMAP_UNAFFECTED = "unaffected"
 
 #: Index kinds whose entries pylance 14 keys by stable row id (their files stay valid across a
 #: rewrite of a stable-row-id dataset; measured: queries answer as before). BTree keys by row
-#: address (rewritten, ``btree_remap``); a zone map describes fragments' own row ranges (Lance
-#: drops it there too); anything else is dropped, never guessed.
+#: address (rewritten, ``btree_remap``); zone maps and bloom filters describe runs of rows of
+#: fragments (rewritten, ``zone_remap``; Lance's own compaction drops them there); anything
+#: else is dropped, never guessed.
 _ROW_ID_KEYED = {
     "/lance.table.BitmapIndexDetails",
     "/lance.table.LabelListIndexDetails",
@@ -248,8 +250,10 @@ def _indices_after(latest: Dataset, groups: Sequence[_Group], mode: str, now: fl
     - Without stable row ids the other indices keep covering through one new version of
       ``__lance_frag_reuse`` (written only when some index needs it).
     - With stable row ids (where pylance 14 refuses a reuse index) row-id keyed indices keep
-      their files and their coverage moves to the new fragments; zone maps and kinds we do
-      not know drop the rewritten fragments (re-indexed afterwards, ``restore_index_coverage``).
+      their files and their coverage moves to the new fragments; zone maps and bloom filters
+      are written anew with their zones on the new rows (``zone_remap``, pylance installed);
+      kinds we do not know, and segments we could not rewrite, drop the rewritten fragments
+      (re-indexed afterwards, ``restore_index_coverage``).
 
     ``drop`` always removes the rewritten fragments from the bitmaps.
     """
@@ -265,7 +269,7 @@ def _indices_after(latest: Dataset, groups: Sequence[_Group], mode: str, now: fl
     how: dict[str, str] = {}
     if affected and mode == INDEX_REMAP_DEFER:
         _refuse_graph_row_drops(latest, groups, views)
-        how, pending = _rewrite_btrees(latest, groups, views, changes)
+        how, pending = _rewrite_address_keyed(latest, groups, views, changes)
         if latest.stable_row_ids:
             how.update(_keep_stable_row_id_coverage(groups, out, pending, how))
         elif pending:
@@ -318,32 +322,38 @@ def _weakest(how: dict[str, str], name: str, outcome: str) -> None:
         how[name] = outcome
 
 
-def _rewrite_btrees(
+def _rewrite_address_keyed(
     latest: Dataset, groups: Sequence[_Group], views: Sequence[IndexView], changes: _IndexChanges
 ) -> tuple[dict[str, str], set[str]]:
-    """Write every BTree segment the rewrite touches anew on the new row addresses (see
-    :func:`_indices_after`); the ``remap`` per index name of those rewritten, and the uuids of
-    the touched segments still to be handled (other kinds, and BTrees that could not be
-    rewritten: without pylance, or a layout we do not know)."""
+    """Write every BTree segment the rewrite touches anew on the new row addresses, and on
+    stable-row-id datasets every zone map and bloom filter segment (see :func:`_indices_after`);
+    the ``remap`` per index name of those rewritten, and the uuids of the touched segments
+    still to be handled (other kinds, and segments that could not be rewritten: without
+    pylance, or a layout we do not know)."""
     assert changes.section is not None
     rewritten_ids = {i for g in groups for i in g.old_ids}
     pending = {v.uuid for v in views if not is_system_index(v.meta) and v.fragments is not None and v.fragments & rewritten_ids}
     how: dict[str, str] = {}
     if not pending or not pylance_available():
         return how, pending
+    # Zone maps and bloom filters are rewritten only where nothing else keeps them covering.
+    remappers = {BTREE_DETAILS_TYPE_URL: remap_btree}
+    if latest.stable_row_ids:
+        remappers.update(dict.fromkeys(ZONED_KINDS, remap_zones))
     by_uuid = {v.uuid: v for v in views}
     old_by_id = {f.id: f for f in latest.manifest.fragments}
     moves: list[RowMoves] | None = None
     for idx in changes.section.indices:
         view = by_uuid.get(str(uuid.UUID(bytes=bytes(idx.uuid.uuid))))
-        if view is None or view.uuid not in pending or not is_btree(idx) or view.fragments is None:
+        remap = remappers.get(idx.index_details.type_url)
+        if view is None or view.uuid not in pending or remap is None or view.fragments is None:
             continue
         if moves is None:
             # Entries may still name rows older reuse versions moved: map through those first.
             moves = [reuse_moves(v) for v in reuse_versions(latest)] if not latest.stable_row_ids else []
             old = [[old_by_id[i] for i in g.old_ids] for g in groups]
             moves.append(row_moves((o, [_kept_rows(latest, f, g.reencoded) for f in o], g.new) for o, g in zip(old, groups)))
-        done = remap_btree(latest, idx, moves)
+        done = remap(latest, idx, moves)
         if isinstance(done, str):
             continue
         new_uuid, files = done

@@ -133,11 +133,11 @@ def restore_index_coverage(report: CompactionReport, options: CompactionOptions,
     """Re-index what a commit had to leave unindexed, when pylance is there to do it.
 
     The commit keeps indices covering wherever that is exact (the fragment-reuse index; on
-    stable-row-id datasets moved coverage and rewritten BTree segments); what it had to drop
-    -- zone maps and index kinds we do not know on stable-row-id datasets, BTree segments
-    without pylance -- is re-indexed here, with ``index_remap="defer"`` (the default) and
-    pylance installed: its ``optimize_indices`` on those indices only, in a version of its own,
-    and the report says ``"remap": "reindexed"``. A failure here never turns the landed
+    stable-row-id datasets moved coverage and rewritten BTree, zone map and bloom filter
+    segments); what it had to drop on stable-row-id datasets -- index kinds we do not know,
+    segments in a layout we do not rewrite -- is re-indexed here, with ``index_remap="defer"``
+    (the default) and pylance installed: its ``optimize_indices`` on those indices only, in a
+    version of its own, and the report says ``"remap": "reindexed"``. A failure here never turns the landed
     compaction into a failure: it is listed in ``notes`` (per index), and that index's merged
     rows stay unindexed (scanned, exact).
     """

@@ -157,7 +157,7 @@ class CompactionReport:
     committed_versions: list[int] = field(default_factory=list)
     reencoded_fragments: int = 0  # fragments of groups re-encoded by pylance (deleted rows dropped)
     notes: list[SkippedFragment] = field(default_factory=list)  # merged, with a caveat
-    # Per user index: {name, type, remap ("reuse_index" | "dropped" | "reindexed" | "unaffected"),
+    # Per user index: {name, type, remap ("reuse_index" | "rewritten" | "moved" | "dropped" | "reindexed" | "unaffected"),
     # covers_output (None when unaffected)}.
     indices: list[dict[str, Any]] = field(default_factory=list)
     runner: str = "local"  # where the copies ran: local | processes | ray | dask

@@ -1,11 +1,13 @@
 """Our own codec for the portable Roaring bitmap formats Lance stores.
 
-Lance keeps three things as Roaring bitmaps: ``BITMAP`` deletion files and
-``IndexMetadata.fragment_bitmap`` (the 32-bit portable format), and the
+Lance keeps these things as Roaring bitmaps: ``BITMAP`` deletion files and
+``IndexMetadata.fragment_bitmap`` (the 32-bit portable format), the
 fragment-reuse index's ``changed_row_addrs`` (the 64-bit "treemap" format of
-the Rust ``roaring`` crate). We read and write them ourselves so that the
-library needs no native Roaring dependency and so that every malformed byte
-becomes a :class:`CorruptFileError` instead of a crash or a huge allocation.
+the Rust ``roaring`` crate), and row-address maps (one 32-bit bitmap per
+fragment, e.g. the null rows of a zone map or bloom filter index). We read and
+write them ourselves so that the library needs no native Roaring dependency and
+so that every malformed byte becomes a :class:`CorruptFileError` instead of a
+crash or a huge allocation.
 
 32-bit portable layout (all integers little-endian)::
 
@@ -156,6 +158,38 @@ def decode_treemap(data: bytes | memoryview, *, path: str | None = None) -> list
     if reader.remaining():
         raise reader.fail(f"{reader.remaining()} unexpected bytes after the treemap")
     return values
+
+
+def decode_row_addr_map(data: bytes | memoryview, *, path: str | None = None) -> dict[int, list[int] | None]:
+    """Per fragment id, the sorted row offsets of a Lance row-address map (``None``: every row
+    of the fragment). Layout: ``[u32 n]`` then ``n`` times ``[u32 fragment][u32 size][size
+    bytes of a 32-bit portable bitmap]``, size 0 meaning the whole fragment."""
+    reader = _Reader(data, path=path, what="row-address map")
+    count = reader.u32("fragment count")
+    if count * 8 > reader.remaining():
+        raise reader.fail(f"{count} fragments cannot fit in {reader.remaining()} bytes")
+    out: dict[int, list[int] | None] = {}
+    for _ in range(count):
+        fragment = reader.u32("fragment id")
+        if fragment in out:
+            raise reader.fail(f"fragment {fragment} listed twice")
+        size = reader.u32("bitmap size")
+        out[fragment] = decode_bitmap(reader.take(size, "bitmap"), path=path) if size else None
+    if reader.remaining():
+        raise reader.fail(f"{reader.remaining()} unexpected bytes after the map")
+    return out
+
+
+def encode_row_addr_map(entries: dict[int, list[int] | None]) -> bytes:
+    """The bytes :func:`decode_row_addr_map` reads, fragments ascending (an empty offset list
+    leaves its fragment out: size 0 would mean every row)."""
+    kept = {f: v for f, v in entries.items() if v is None or len(v)}
+    parts = [len(kept).to_bytes(4, "little")]
+    for fragment in sorted(kept):
+        offsets = kept[fragment]
+        bitmap = b"" if offsets is None else encode_bitmap(offsets)
+        parts += [fragment.to_bytes(4, "little"), len(bitmap).to_bytes(4, "little"), bitmap]
+    return b"".join(parts)
 
 
 def _read_bitmap(reader: _Reader) -> list[int]:

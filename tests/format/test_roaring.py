@@ -17,8 +17,10 @@ from lance_assets.errors import CorruptFileError
 from lance_assets.format.manifest import parse_manifest_file
 from lance_assets.format.roaring import (
     decode_bitmap,
+    decode_row_addr_map,
     decode_treemap,
     encode_bitmap,
+    encode_row_addr_map,
     encode_treemap,
     lsb_bit_positions,
 )
@@ -148,9 +150,7 @@ def test_bitmaps_pylance_writes_into_the_index_section(tmp_path: Path) -> None:
     for index in indices.values():
         assert encode_bitmap(decode_bitmap(index.fragment_bitmap)) == index.fragment_bitmap
 
-    details = table_pb2.FragmentReuseIndexDetails.FromString(
-        indices["__lance_frag_reuse"].index_details.value
-    )
+    details = table_pb2.FragmentReuseIndexDetails.FromString(indices["__lance_frag_reuse"].index_details.value)
     (version,) = details.inline.versions
     (group,) = version.groups
     moved = [(0 << 32) | o for o in range(100) if o != 3]
@@ -255,15 +255,66 @@ def test_forged_treemap_count_is_rejected_without_looping() -> None:
     with pytest.raises(CorruptFileError, match="cannot fit"):
         decode_treemap(struct.pack("<Q", 1 << 62) + encode_bitmap([1]))
     with pytest.raises(CorruptFileError, match="ascending"):
-        decode_treemap(
-            struct.pack("<QI", 2, 4)
-            + encode_bitmap([1])
-            + struct.pack("<I", 4)
-            + encode_bitmap([2])
-        )
+        decode_treemap(struct.pack("<QI", 2, 4) + encode_bitmap([1]) + struct.pack("<I", 4) + encode_bitmap([2]))
 
 
 def test_error_carries_path() -> None:
     with pytest.raises(CorruptFileError) as info:
         decode_bitmap(b"\x00", path="_deletions/0-1-2.bin")
     assert info.value.path == "_deletions/0-1-2.bin"
+
+
+# --- row-address maps (per fragment a 32-bit bitmap; the null rows of zone maps and bloom filters)
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(
+        st.integers(0, U32_MAX), st.one_of(st.none(), st.lists(st.integers(0, 70000), min_size=1, max_size=40)), max_size=6
+    )
+)
+def test_row_addr_map_round_trip(entries: dict[int, list[int] | None]) -> None:
+    data = encode_row_addr_map(entries)
+    assert decode_row_addr_map(data) == {f: None if v is None else sorted(set(v)) for f, v in entries.items()}
+    # layout: count, then per fragment ascending its id, the bitmap's size (0: every row), the bitmap
+    assert int.from_bytes(data[:4], "little") == len(entries)
+
+
+def test_row_addr_map_leaves_out_empty_fragments() -> None:
+    assert decode_row_addr_map(encode_row_addr_map({3: [], 4: [1]})) == {4: [1]}
+
+
+def test_row_addr_map_pylance_writes_for_null_rows(tmp_path: Path) -> None:
+    """The null rows pylance records in a zone map's global buffer decode to their addresses."""
+    import warnings
+
+    from lance.file import LanceFileReader
+
+    path = tmp_path / "ds.lance"
+    for k in range(3):
+        ids = list(range(20 * k, 20 * k + 20))
+        table = pa.table({"id": ids, "v": [None if i % 6 == 1 else i for i in ids]})
+        lance.write_dataset(table, str(path), mode="append", data_storage_version="2.2")
+    ds = lance.dataset(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.create_scalar_index("v", "ZONEMAP", name="z")
+    (segment,) = lance.dataset(str(path)).describe_indices()[0].segments
+    reader = LanceFileReader(str(path / "_indices" / segment.uuid / "zonemap.lance"))
+    at = int(reader.read_all().to_table().schema.metadata[b"null_bitmap"])
+    got = decode_row_addr_map(reader.read_global_buffer(at))
+    assert got == {k: [i - 20 * k for i in range(20 * k, 20 * k + 20) if i % 6 == 1] for k in range(3)}
+    assert encode_row_addr_map(got) == reader.read_global_buffer(at)  # the bytes pylance writes
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x01\x00\x00",  # truncated count
+        b"\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",  # two fragments promised, one there
+        b"\x01\x00\x00\x00\x05\x00\x00\x00\x20\x00\x00\x00",  # bitmap size past the end
+        b"\x01\x00\x00\x00\x05\x00\x00\x00\x00\x00\x00\x00\xff",  # trailing byte
+        b"\xff\xff\xff\xff",  # forged count
+    ],
+)
+def test_row_addr_map_corruption_is_typed(data: bytes) -> None:
+    with pytest.raises(CorruptFileError):
+        decode_row_addr_map(data)
