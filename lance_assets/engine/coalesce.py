@@ -58,6 +58,11 @@ def why_not_coalesce(fields: Sequence[file_pb2.Field], options: CompactionOption
     return ""
 
 
+def pylance_writer_available() -> bool:
+    """Whether pylance's writer can take the columns the copy cannot re-cut itself."""
+    return pylance_available()
+
+
 # --- native coalescing: small mini-block pages decoded and re-cut as the copy goes ------------
 #: Natively coalesced pages are written once their decoded values reach this many bytes (or
 #: ``read_batch_bytes`` shared among the columns being coalesced, if less): large enough that

@@ -397,7 +397,7 @@ def _write_data_file(
                     out_fields,
                     coalesced,
                     native,
-                    retry=not forced and options is not None and not coalesce.why_not_coalesce(ds.manifest.fields, options),
+                    retry=not forced and options is not None,
                 )
             except _PylanceWanted as wanted:
                 # Inputs after the first held small pages the copy cannot re-cut: once more, with
@@ -595,7 +595,7 @@ def _write_merged(
                     written = natives[fid].add(page, buffers, row_offset + page.priority)
                     pos = _write_encoded(out, pos, written, mergers[fid], column_encodings[fid])
         stuck = [fid for fid, small in foreign.items() if small >= page_health.MIN_SMALL_PAGES]
-        if retry and stuck:
+        if retry and stuck and coalesce.pylance_writer_available():
             tops = coalesce.top_level(ds.manifest.fields)
             raise _PylanceWanted([fid for fid in out_fields if tops.get(fid) in {tops[f] for f in stuck}])
         for fid, native in natives.items():

@@ -119,7 +119,7 @@ def combine(a: Shape, b: Shape) -> Shape | None:
     nullable item; a list that may be null, empty or both), and the pages' definition levels
     are renumbered into it (``_def_mapping``). An all-null page of a flat column joins any flat
     page of it as null items."""
-    if a.null and b.null:
+    if a == b:
         return a
     if a.null or b.null:
         other = b if a.null else a
