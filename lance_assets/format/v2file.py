@@ -21,6 +21,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 from google.protobuf import any_pb2
 
@@ -228,7 +229,9 @@ def parse_tail(tail: bytes, tail_offset: int, file_size: int, *, path: str | Non
     column_ranges = tuple(unpack(tail, cmo_at + i * _ENTRY.size) for i in range(footer.num_columns))
     region_start, region_end = footer.column_meta_start, footer.cmo_table_position
     version, num_rows = footer.version, descriptor.length
-    per_row = _values_per_row(descriptor.schema.fields, footer.num_columns) if version.aligned else ()
+    per_row = (
+        _values_per_row_of(descriptor.schema.SerializeToString(deterministic=True), footer.num_columns) if version.aligned else ()
+    )
     columns: list[file2_pb2.ColumnMetadata] = []
     for i, (pos, size) in enumerate(column_ranges):
         if pos < region_start or pos + size > region_end:
@@ -375,6 +378,13 @@ def values_per_row(fields: Sequence[file_pb2.Field]) -> tuple[int, ...]:
 def _is_packed(field: file_pb2.Field) -> bool:
     value = field.metadata.get("packed", field.metadata.get("lance-encoding:packed", b""))
     return bytes(value).lower() == b"true"
+
+
+@lru_cache(maxsize=256)
+def _values_per_row_of(schema: bytes, num_columns: int) -> tuple[tuple[int, ...], ...]:
+    """``_values_per_row`` of a serialized schema: the inputs of one compaction share a schema,
+    so it is worked out once, not once per file."""
+    return _values_per_row(file_pb2.Schema.FromString(schema).fields, num_columns)
 
 
 def _values_per_row(fields: Sequence[file_pb2.Field], num_columns: int) -> tuple[tuple[int, ...], ...]:
