@@ -142,12 +142,19 @@ class NativeColumn:
                 return False
         return True
 
-    def add(
-        self, page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | memoryview], first_row: int
-    ) -> list[tuple[int, Any]]:
-        """Decode one page (its rows start at output row ``first_row``); returns the pages to
-        write now, as ``flush`` does."""
-        run = self._mb.decode_page(page, buffers, self._version, self._boolean)
+    def decode(
+        self, pages: Sequence[file2_pb2.ColumnMetadata.Page], buffers: Sequence[Sequence[bytes | memoryview]]
+    ) -> list[Any] | None:
+        """One input file's pages of the column decoded (``miniblock.Run`` each), or None when
+        one cannot be (a value too long for a chunk): the copy then copies them as they are."""
+        try:
+            return [self._mb.decode_page(p, b, self._version, self._boolean) for p, b in zip(pages, buffers, strict=True)]
+        except self._mb.NotNative:
+            return None
+
+    def add(self, run: Any, first_row: int) -> list[tuple[int, Any]]:
+        """Append one decoded page (its rows start at output row ``first_row``); returns the
+        pages to write now, as ``flush`` does."""
         out: list[tuple[int, Any]] = []
         if self._run is not None and self._mb.combine(self._run.shape, run.shape) is None:
             out += self.flush()
@@ -164,7 +171,10 @@ class NativeColumn:
         (nothing when no rows are pending)."""
         if self._run is None:
             return []
-        encoded = self._mb.encode_page(self._run)
+        try:
+            encoded = self._mb.encode_page(self._run)
+        except self._mb.NotNative as exc:  # e.g. levels of one value that overflow a chunk
+            raise CompactionRefusedError(f"re-cutting small pages: {exc}") from exc
         self._run = None
         self.coalesced = True
         return [(self._first_row, encoded)]

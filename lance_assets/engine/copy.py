@@ -561,9 +561,16 @@ def _write_merged(
                 schema_metadata = dict(src.meta.descriptor.schema.metadata)
             tally.pages_before += sum(len(src.meta.columns[col].pages) for col in src.columns.values())
             kept = {fid: col for fid, col in src.columns.items() if fid not in skip}
-            decoded = {
-                fid: col for fid, col in kept.items() if fid in natives and natives[fid].takes(src.meta.columns[col].pages)
-            }
+            decoded: dict[int, tuple[int, list[Any]]] = {}
+            for fid, col in kept.items():
+                pages = src.meta.columns[col].pages
+                if fid in natives and natives[fid].takes(pages):
+                    buffers = [
+                        [_read_buffer(storage, src, o, n) for o, n in zip(p.buffer_offsets, p.buffer_sizes)] for p in pages
+                    ]
+                    runs = natives[fid].decode(pages, buffers)
+                    if runs is not None:
+                        decoded[fid] = (col, runs)
             for fid, col in kept.items():
                 column_encodings.setdefault(fid, src.meta.columns[col].encoding)
                 if fid in natives and fid not in decoded:  # pending rows go before this file's copied pages
@@ -588,11 +595,10 @@ def _write_merged(
                 bytes_read += copy.size
             for fid, col in kept.items():
                 mergers[fid].add(src.meta.columns[col], move, row_offset)
-            for fid, col in decoded.items():
-                for page in src.meta.columns[col].pages:
-                    buffers = [_read_buffer(storage, src, o, n) for o, n in zip(page.buffer_offsets, page.buffer_sizes)]
+            for fid, (col, runs) in decoded.items():
+                for page, run in zip(src.meta.columns[col].pages, runs):
                     bytes_read += sum(page.buffer_sizes)
-                    written = natives[fid].add(page, buffers, row_offset + page.priority)
+                    written = natives[fid].add(run, row_offset + page.priority)
                     pos = _write_encoded(out, pos, written, mergers[fid], column_encodings[fid])
         stuck = [fid for fid, small in foreign.items() if small >= page_health.MIN_SMALL_PAGES]
         if retry and stuck and coalesce.pylance_writer_available():

@@ -42,8 +42,9 @@ MAX_CHUNK_VALUES = 4096
 CHUNK_TARGET_BYTES = 8 * 1024
 #: The largest chunk a 16-bit size word can describe (12 bits of 8-byte units).
 MAX_CHUNK_BYTES = 4096 * CHUNK_ALIGNMENT
-#: A value longer than this is never coalesced (pylance stores such columns full-zip anyway).
-MAX_VALUE_BYTES = 4096
+#: A value longer than this is never coalesced: with its offsets and levels it must fit one chunk
+#: (pylance stores columns of values over 256 bytes full-zip anyway).
+MAX_VALUE_BYTES = 16 * 1024
 #: MiniBlockLayout field 10 (a varint 1), which pylance writes on every 2.2 mini-block page:
 #: chunk size words and value-buffer sizes in chunk headers are then 32-bit, not 16-bit.
 WIDE_SIZES_FIELD = 10
@@ -95,6 +96,12 @@ class Shape:
     bits: int  # bits per fixed-width value, or per offset of a variable-width one
     wide: bool  # 32-bit chunk size words and value-buffer sizes (2.2 onwards)
     null: bool = False  # an all-null page of a flat column: no buffers, every row null
+    items: int = 0  # a fixed-size list of ``items`` fixed-width values per row (0: not a list)
+
+    @property
+    def value_bytes(self) -> int:
+        """Bytes of one fixed-width value (0 for 1-bit values, which are packed)."""
+        return self.bits // 8 * max(1, self.items)
 
     @property
     def max_rep(self) -> int:
@@ -126,7 +133,7 @@ def combine(a: Shape, b: Shape) -> Shape | None:
         if other.layers not in ((enc21.REPDEF_ALL_VALID_ITEM,), (enc21.REPDEF_NULLABLE_ITEM,)) or other.rep:
             return None
         return replace(other, layers=(enc21.REPDEF_NULLABLE_ITEM,), defs=True)
-    if (a.rep, a.variable, a.bits, a.wide, len(a.layers)) != (b.rep, b.variable, b.bits, b.wide, len(b.layers)):
+    if (a.rep, a.variable, a.bits, a.items, a.wide, len(a.layers)) != (b.rep, b.variable, b.bits, b.items, b.wide, len(b.layers)):
         return None
     layers = []
     for x, y in zip(a.layers, b.layers):
@@ -227,6 +234,7 @@ def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Cod
         return f"repetition index of depth {mb.repetition_index_depth}"
     values = mb.value_compression
     kind = values.WhichOneof("compression")
+    items = 0
     if kind == "flat" and not values.flat.HasField("data") and values.flat.bits_per_value in (1, 8, 16, 32, 64, 128):
         variable, bits = False, values.flat.bits_per_value
     elif kind == "inline_bitpacking" and not values.inline_bitpacking.HasField("values"):
@@ -235,6 +243,16 @@ def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Cod
             return f"bit-packed {bits}-bit values"
     elif kind == "rle" and _rle_shape_ok(values.rle, (8, 16, 32, 64)):
         variable, bits = False, values.rle.values.flat.bits_per_value
+    elif (
+        kind == "fixed_size_list"
+        and not values.fixed_size_list.has_validity
+        and values.fixed_size_list.items_per_value > 0
+        and values.fixed_size_list.values.WhichOneof("compression") == "flat"
+        and values.fixed_size_list.values.flat.bits_per_value in (8, 16, 32, 64, 128)
+        and not values.fixed_size_list.values.flat.HasField("data")
+    ):
+        variable, bits = False, values.fixed_size_list.values.flat.bits_per_value
+        items = values.fixed_size_list.items_per_value
     elif (
         kind == "variable"
         and not values.variable.HasField("values")
@@ -245,7 +263,9 @@ def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Cod
         variable, bits = True, values.variable.offsets.flat.bits_per_value
     else:
         return f"{kind} values"
-    shape = Shape(tuple(mb.layers), rep is not None, defs is not None, variable, bits, wide)
+    shape = Shape(tuple(mb.layers), rep is not None, defs is not None, variable, bits, wide, items=items)
+    if shape.value_bytes > MAX_VALUE_BYTES:
+        return f"values of {shape.value_bytes} bytes"
     return _Codec(shape, rep, defs, values, mb.num_items, mb.num_buffers)
 
 
@@ -479,7 +499,7 @@ def _decode_values(codec: _Codec, parts: Sequence[memoryview], n: int, run: Run)
         run.fixed.append(unpacked)
         run.nbytes += n
     else:
-        size = n * shape.bits // 8
+        size = n * shape.value_bytes
         if size > len(raw):
             raise CorruptFileError("flat chunk shorter than its values")
         run.fixed.append(np.frombuffer(raw, dtype=np.uint8, count=size))
@@ -609,7 +629,7 @@ def encode_page(run: Run) -> EncodedPage:
         ends = np.concatenate(([0], np.cumsum(lengths)))
         value_cost = ends + np.arange(n + 1) * (shape.bits // 8)  # bytes of values [0, i) with their offsets
     else:
-        per = shape.bits // 8
+        per = shape.value_bytes
         fixed = np.concatenate([np.zeros(x * max(per, 1), np.uint8) if isinstance(x, int) else x for x in run.fixed])
         value_cost = np.arange(n + 1) * per if per else np.arange(n + 1) // 8
     # level_end[i]: levels that belong to the first i values (a chunk takes the levels up to
@@ -722,6 +742,8 @@ def _layout_bytes(shape: Shape, num_items: int) -> bytes:
         )
     else:
         values = enc21.CompressiveEncoding(flat=enc21.Flat(bits_per_value=shape.bits))
+        if shape.items:
+            values = enc21.CompressiveEncoding(fixed_size_list=enc21.FixedSizeList(items_per_value=shape.items, values=values))
     mb = enc21.MiniBlockLayout(
         value_compression=values,
         layers=[enc21.RepDefLayer.Name(layer) for layer in shape.layers],

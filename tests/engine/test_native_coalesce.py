@@ -109,6 +109,27 @@ def test_runs_of_equal_values_are_decoded(tmp_path: Path, version: str, no_pylan
     assert_reads_as(path, pa.concat_tables(tables))
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_small_fixed_size_lists_are_recut(tmp_path: Path, version: str, no_pylance_writer: None) -> None:
+    path = tmp_path / "ds.lance"
+    rng = np.random.default_rng(7)
+    tables = [
+        pa.table(
+            {
+                "i": pa.array(range(k * 80, k * 80 + 80), pa.int64()),
+                "xyz": pa.array(rng.integers(-9, 9, (80, 3)).tolist(), pa.list_(pa.int32(), 3)),
+                "emb": pa.array(rng.standard_normal((80, 4)).astype(np.float32).tolist(), pa.list_(pa.float32(), 4)),
+            }
+        )
+        for k in range(8)
+    ]
+    write_appends(path, tables, version)
+    report = compact(str(path))
+    assert {"xyz", "emb"} <= set(report.columns_coalesced_native) and report.columns_left_small == []
+    assert data_file_pages(path)[0] == [1, 1, 1]
+    assert_reads_as(path, pa.concat_tables(tables))
+
+
 # --- random data ---------------------------------------------------------------------------------
 _TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint32(), pa.float32(), pa.float64(), pa.string(), pa.binary(), pa.bool_()]
 
