@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import socket
 import statistics
@@ -204,7 +205,8 @@ def main() -> int:
         "",
         f"Command: `python benchmarks/bench_object_store.py --runs {args.runs}{cases}{latency}` — {(time.perf_counter() - started_all) / 60:.1f} min, "
         f"{platform.python_implementation()} {platform.python_version()}, pylance {getattr(lance, '__version__', '?')}, "
-        f"`read_batch_bytes` = {args.read_batch_bytes // (1024 * 1024)} MiB.",
+        f"`read_batch_bytes` = {args.read_batch_bytes // (1024 * 1024)} MiB; load average {os.getloadavg()[0]:.1f} at the end "
+        f"on {os.cpu_count()} CPUs (other jobs share the machine: compare variants within one run, not across runs).",
         "",
         f"Each case: fragments of an id and a {args.dim}-dim float32 vector, storage version {args.version}, compacted "
         f"into one fragment. Seconds cover opening the dataset and compacting it (imports excluded), median of "
