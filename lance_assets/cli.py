@@ -2,6 +2,10 @@
 
 Parsing and presentation only; all work is done by ``lance_assets.engine``.
 Expected failures print one line and exit 2; only bugs show a traceback.
+
+Each command imports the engine modules (and rich) it runs when it runs: building the parser
+needs only the option declarations, so ``--help`` and a mistyped flag answer at once, and
+``inspect`` does not pay for compaction, commits or retention.
 """
 
 from __future__ import annotations
@@ -12,28 +16,32 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
-from rich.table import Table
-
-from lance_assets.engine.cleanup import DEFAULT_OLDER_THAN_SECONDS, cleanup, parse_duration
-from lance_assets.engine.compaction import compact, dry_run_report, run_plan
-from lance_assets.engine.inspect import SMALL_PAGE_RULE, Inspection, inspect_dataset
-from lance_assets.engine.options import CompactionOptions, OptionError, option_specs
-from lance_assets.engine.plan import plan_compaction
-from lance_assets.engine.report import CompactionReport
-from lance_assets.engine.runners import RUNNER_CHOICES, RUNNER_LOCAL, make_runner
+from lance_assets.engine.options import (
+    DEFAULT_OLDER_THAN_SECONDS,
+    RUNNER_CHOICES,
+    RUNNER_LOCAL,
+    CompactionOptions,
+    OptionError,
+    option_specs,
+    parse_duration,
+)
 from lance_assets.errors import LanceAssetsError
-from lance_assets.io.storage import decode_option_value
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lance_assets.engine.inspect import Inspection
+    from lance_assets.engine.report import CompactionReport
 
 EXIT_ERROR = 2
 
 
 def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; values that parse as JSON (numbers, booleans, objects) are decoded."""
+    from lance_assets.io.storage import decode_option_value
+
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -52,6 +60,11 @@ def human_bytes(n: float) -> str:
 
 
 def _print_inspection(report: Inspection, console: Console, max_fragments: int) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from lance_assets.engine.inspect import SMALL_PAGE_RULE
+
     s = report.summary
     console.print(
         f"[bold]{escape(report.uri)}[/bold]  version {report.version}  storage {report.storage_version}  "
@@ -119,13 +132,20 @@ def _print_inspection(report: Inspection, console: Console, max_fragments: int) 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     if args.max_fragments < 0:
         raise argparse.ArgumentTypeError(f"--max-fragments must not be negative, not {args.max_fragments}")
-    _checked(lambda: CompactionOptions(target_rows_per_fragment=args.target_rows_per_fragment))
+    _checked(
+        lambda: CompactionOptions(
+            target_rows_per_fragment=args.target_rows_per_fragment, max_concurrent_requests=args.max_concurrent_requests
+        )
+    )
+    from lance_assets.engine.inspect import inspect_dataset
+
     report = inspect_dataset(
         args.uri,
         version=args.version,
         target_rows_per_fragment=args.target_rows_per_fragment,
         storage_options=args.storage_options,
         pages=args.pages,
+        max_concurrent_requests=args.max_concurrent_requests,
     )
     if args.json:
         print(json.dumps(report.to_dict()))
@@ -162,6 +182,8 @@ def _print_notes(report: CompactionReport, console: Console) -> None:
     """What ``--json`` says in ``notes`` and ``indices`` that a user must know: notes about
     fragments by reason (count and the first detail), the others in full, and every index that
     does not cover the merged rows."""
+    from rich.markup import escape
+
     by_reason: dict[str, list[str]] = {}
     for n in report.notes:
         if n.fragment_id is None:
@@ -248,6 +270,12 @@ def _attach_dashed_values(argv: Sequence[str]) -> list[str]:
 
 
 def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    from lance_assets.engine.compaction import compact, dry_run_report, run_plan
+    from lance_assets.engine.plan import plan_compaction
+    from lance_assets.engine.runners import make_runner
+
     options = options_from_args(args)
     if args.workers < 1:
         raise argparse.ArgumentTypeError("--workers must be at least 1")
@@ -286,6 +314,10 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
+    from rich.markup import escape
+
+    from lance_assets.engine.cleanup import cleanup
+
     try:
         older_than = parse_duration(args.older_than)
     except ValueError as exc:
@@ -352,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="page health: read every data file's metadata for pages per column and small pages (--no-pages: manifest only)",
     )
+    add_option_flags(p, ["max_concurrent_requests"])
     p.set_defaults(run=_cmd_inspect, parser=p)
 
     p = sub.add_parser("compact", help="merge small fragments by binary copy and commit a new version")
@@ -417,11 +450,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DeferredConsole:
+    """A rich ``Console`` made on first use: ``--json`` output never imports rich."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return getattr(self._console, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_attach_dashed_values(sys.argv[1:] if argv is None else argv))
-    console = Console(stderr=False)
-    err = Console(stderr=True)
+    console = typing.cast("Console", _DeferredConsole(stderr=False))
+    err = typing.cast("Console", _DeferredConsole(stderr=True))
     try:
         args.storage_options = _storage_options(args.storage_options)
         return int(args.run(args, console))
@@ -429,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the subcommand's usage line, not the top-level one: that is where the flag lives
         getattr(args, "parser", parser).error(str(exc))
     except LanceAssetsError as exc:
+        from rich.markup import escape
+
         # escape: paths and messages may contain [..] (rich markup); soft_wrap: one line, never wrapped
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_ERROR

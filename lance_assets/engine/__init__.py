@@ -3,20 +3,64 @@
 Uses ``format`` and ``io``; knows nothing of Dagster or the terminal. Every entry point takes
 the dataset first, as a :data:`DatasetRef`: a URI (with ``storage_options`` for credentials),
 an open :class:`Dataset`, or a configured :class:`~lance_assets.io.Storage`.
+
+The public names below are loaded on first use (PEP 562), not when the package is imported:
+the CLI, a sensor tick or a remote task imports only the modules its path runs, so starting
+one does not pay for planning, committing, cleanup and their dependencies all at once.
 """
 
-from lance_assets.engine.cleanup import CleanupReport, bytes_on_disk, cleanup
-from lance_assets.engine.commit import commit_compaction
-from lance_assets.engine.compaction import compact, dry_run_report, run_plan
-from lance_assets.engine.copy import execute_task
-from lance_assets.engine.dataset import Dataset, DatasetRef
-from lance_assets.engine.index_upkeep import IndexUpkeepReport, maintain_indices, trim_reuse_index
-from lance_assets.engine.indices import IndexCoverage, index_coverage
-from lance_assets.engine.inspect import Inspection, inspect_dataset
-from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, CompactionTask, plan_compaction
-from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
-from lance_assets.engine.runners import DaskRunner, LocalRunner, ProcessRunner, RayRunner, TaskRunner
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lance_assets.engine.cleanup import CleanupReport, bytes_on_disk, cleanup
+    from lance_assets.engine.commit import commit_compaction
+    from lance_assets.engine.compaction import compact, dry_run_report, run_plan
+    from lance_assets.engine.copy import execute_task
+    from lance_assets.engine.dataset import Dataset, DatasetRef
+    from lance_assets.engine.index_upkeep import IndexUpkeepReport, maintain_indices, trim_reuse_index
+    from lance_assets.engine.indices import IndexCoverage, index_coverage
+    from lance_assets.engine.inspect import Inspection, inspect_dataset
+    from lance_assets.engine.options import CompactionOptions
+    from lance_assets.engine.plan import CompactionPlan, CompactionTask, plan_compaction
+    from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
+    from lance_assets.engine.runners import DaskRunner, LocalRunner, ProcessRunner, RayRunner, TaskRunner
+
+#: Where each public name lives (module below ``lance_assets.engine``).
+_HOMES = {
+    "CleanupReport": "cleanup",
+    "bytes_on_disk": "cleanup",
+    "cleanup": "cleanup",
+    "commit_compaction": "commit",
+    "compact": "compaction",
+    "dry_run_report": "compaction",
+    "run_plan": "compaction",
+    "execute_task": "copy",
+    "Dataset": "dataset",
+    "DatasetRef": "dataset",
+    "IndexUpkeepReport": "index_upkeep",
+    "maintain_indices": "index_upkeep",
+    "trim_reuse_index": "index_upkeep",
+    "IndexCoverage": "indices",
+    "index_coverage": "indices",
+    "Inspection": "inspect",
+    "inspect_dataset": "inspect",
+    "CompactionOptions": "options",
+    "CompactionPlan": "plan",
+    "CompactionTask": "plan",
+    "plan_compaction": "plan",
+    "CompactionReport": "report",
+    "Reason": "report",
+    "RewriteResult": "report",
+    "SkippedFragment": "report",
+    "DaskRunner": "runners",
+    "LocalRunner": "runners",
+    "ProcessRunner": "runners",
+    "RayRunner": "runners",
+    "TaskRunner": "runners",
+}
 
 __all__ = [
     "CleanupReport",
@@ -50,3 +94,16 @@ __all__ = [
     "run_plan",
     "trim_reuse_index",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -55,13 +55,14 @@ from lance_assets.engine.dataset import (
     storage_of,
 )
 from lance_assets.engine.index_upkeep import trim_reuse_index
+from lance_assets.engine.options import DEFAULT_OLDER_THAN_SECONDS as DEFAULT_OLDER_THAN_SECONDS
+from lance_assets.engine.options import parse_duration as parse_duration
 from lance_assets.errors import CorruptFileError, MissingFileError, UnsupportedFeatureError, VersionNotFoundError
 from lance_assets.format import manifest as mf
 from lance_assets.format.protobuf import unknown_field_numbers
 from lance_assets.io import Storage
 from lance_assets.io.storage import Entry
 
-DEFAULT_OLDER_THAN_SECONDS = 14 * 86400.0  # Lance's cleanup_old_versions default: two weeks
 TAGS_DIR = "_refs/tags"
 
 # Staging names in _versions/: ours ("<manifest>.tmp-<hex>", the conditional-write probe),
@@ -72,18 +73,6 @@ _STAGING = re.compile(r".+\.tmp-[0-9a-f]+|\.lance-assets-probe-[0-9a-f]+|.+#\d+|
 # _indices/<uuid>/. Anything else below those folders is of unknown purpose and never touched.
 _SIDECAR = re.compile(r"[^/]+/[^/]+\.blob")
 _INDEX_FILE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/.+")
-
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def parse_duration(text: str) -> float:
-    """``30m``, ``2h``, ``7d``, ``1.5h``, ``90s``, ``45`` (seconds) -> seconds; never negative."""
-    if str(text).strip().startswith("-"):
-        raise ValueError(f"a duration cannot be negative: {text!r} (use e.g. 30m, 2h, 7d; 0 for no minimum age)")
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text).lower())
-    if not m:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 2h, 7d)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 @dataclass(frozen=True)

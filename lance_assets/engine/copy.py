@@ -16,9 +16,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -38,6 +36,7 @@ from lance_assets.format import manifest as mf
 from lance_assets.format import pages as page_health
 from lance_assets.format import repdef, v2file, v2safety
 from lance_assets.io import Storage
+from lance_assets.io.ahead import ordered_ahead
 
 
 @dataclass(frozen=True)
@@ -71,57 +70,39 @@ def _schema_order(manifest: table_pb2.Manifest) -> dict[int, int]:
     return {f.id: i for i, f in enumerate(manifest.fields)}
 
 
-#: Reads in flight ahead of the copy on object stores, where each read is a request.
-PREFETCH_WORKERS = 8
-
-
 def _input_sources(
     ds: Dataset, inputs: Sequence[table_pb2.DataFragment], live: dict[int, int], read_batch_bytes: int
 ) -> Iterator[tuple[int, _Source]]:
     """Every input data file, in order, with the rows of the fragments before its own.
 
     Local reads are fast and happen in order. On an object store a request's latency would
-    dominate small files, so up to ``PREFETCH_WORKERS`` are read ahead at once, and files small
-    enough are fetched whole (metadata and data in one request). What is read ahead stays under
-    ``read_batch_bytes``: at most 2 * PREFETCH_WORKERS reads of at most 1/(2 * PREFETCH_WORKERS) of it.
+    dominate small files, so up to ``storage.max_in_flight`` (``max_concurrent_requests``) are
+    read ahead at once (``io.ahead``), and files small enough are fetched whole (metadata and
+    data in one request, the size coming from the manifest). What is read ahead stays within
+    ``read_batch_bytes`` plus the input being copied.
     """
     jobs = []
     rows = 0
     for frag in inputs:
-        jobs += [(rows, frag, df) for df in frag.files]
+        jobs += [(rows, frag, df, ds.data_file_path(df)) for df in frag.files]
         rows += frag.physical_rows
     storage = ds.storage
-    if storage.is_local:
-        for rows, frag, df in jobs:
-            rel = ds.data_file_path(df)
-            yield rows, _source(ds, frag, df, rel, live, read_v2_tail(storage, rel, df.file_size_bytes))
-        return
-    whole = max(v2file.DEFAULT_TAIL_BYTES, read_batch_bytes // (2 * PREFETCH_WORKERS))
+    in_flight = 1 if storage.is_local else storage.max_in_flight
+    whole = max(v2file.DEFAULT_TAIL_BYTES, read_batch_bytes // (2 * in_flight))
 
-    def fetch(rel: str, size: int) -> tuple[v2file.V2FileMetadata, bytes, int]:
-        first = size if 0 < size <= whole else v2file.DEFAULT_TAIL_BYTES
-        return read_v2_tail(storage, rel, size, first)
+    def first(job: tuple[int, table_pb2.DataFragment, table_pb2.DataFile, str]) -> int:
+        size = job[2].file_size_bytes
+        return size if 0 < size <= whole and in_flight > 1 else v2file.DEFAULT_TAIL_BYTES
 
-    window: deque[
-        tuple[int, table_pb2.DataFragment, table_pb2.DataFile, str, Future[tuple[v2file.V2FileMetadata, bytes, int]]]
-    ] = deque()
-    pending = iter(jobs)
-    with ThreadPoolExecutor(PREFETCH_WORKERS, thread_name_prefix="lance-assets-read") as pool:
-        try:
-            while True:
-                while len(window) < 2 * PREFETCH_WORKERS:
-                    job = next(pending, None)
-                    if job is None:
-                        break
-                    rel = ds.data_file_path(job[2])
-                    window.append((*job, rel, pool.submit(fetch, rel, job[2].file_size_bytes)))
-                if not window:
-                    return
-                rows, frag, df, rel, future = window.popleft()
-                yield rows, _source(ds, frag, df, rel, live, future.result())
-        finally:
-            for *_, future in window:
-                future.cancel()
+    def fetch(job: tuple[int, table_pb2.DataFragment, table_pb2.DataFile, str]) -> tuple[v2file.V2FileMetadata, bytes, int]:
+        if in_flight == 1:
+            return read_v2_tail(storage, job[3], job[2].file_size_bytes)
+        return read_v2_tail(storage, job[3], job[2].file_size_bytes, first(job))
+
+    for (rows, frag, df, rel), read in ordered_ahead(
+        jobs, fetch, max_in_flight=in_flight, max_bytes=read_batch_bytes, cost=first
+    ):
+        yield rows, _source(ds, frag, df, rel, live, read)
 
 
 def _source(
@@ -807,6 +788,7 @@ def execute_task(
     started = time.monotonic()
     ds = open_dataset(uri, plan.options.storage_options, plan.read_version)
     storage = ds.storage
+    storage.max_in_flight = plan.options.max_concurrent_requests
     by_id = {f.id: f for f in ds.manifest.fragments}
     missing = [i for i in task.fragment_ids if i not in by_id]
     if missing:

@@ -175,6 +175,7 @@ def inspect_dataset(
     target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT,
     storage_options: Mapping[str, Any] | None = None,
     pages: bool = False,
+    max_concurrent_requests: int | None = None,
 ) -> Inspection:
     """Inventory and fragmentation summary of one dataset version.
 
@@ -189,6 +190,8 @@ def inspect_dataset(
         storage_options: Filesystem options (credentials, endpoint) for a URI.
         pages: Also read every data file's metadata for page health: pages per column, rows
             and bytes per page, small pages (``columns``, per-fragment and summary counts).
+        max_concurrent_requests: Metadata reads in flight on an object store (for ``pages``);
+            default the Storage's (``CompactionOptions``' default).
 
     Returns:
         The schema, fragments, indices, feature flags and a summary (small fragments, rows,
@@ -206,6 +209,8 @@ def inspect_dataset(
         >>> summary.fragments, summary.small_fragments, summary.bytes
     """
     ds = open_dataset(uri, storage_options, version)
+    if max_concurrent_requests is not None:
+        ds.storage.max_in_flight = max_concurrent_requests
     m = ds.manifest
     frags: list[FragmentInfo] = []
     health = _page_health(ds) if pages else None

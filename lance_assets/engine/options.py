@@ -7,6 +7,7 @@ are derived from these declarations (:func:`option_specs`), so the three cannot 
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -14,6 +15,9 @@ from typing import Any, Literal
 
 DEFAULT_TARGET_ROWS_PER_FRAGMENT = 1024 * 1024
 DEFAULT_READ_BATCH_BYTES = 16 * 1024 * 1024
+# The same as lance_assets.io.storage.DEFAULT_MAX_IN_FLIGHT (a test holds them equal; not
+# imported, so that building the CLI's parser does not load the storage layer).
+DEFAULT_MAX_CONCURRENT_REQUESTS = 16
 # Lance's file readers count rows in u32.
 MAX_ROWS_PER_FILE_LIMIT = 2**32 - 1
 
@@ -21,6 +25,25 @@ IndexRemap = Literal["defer", "drop"]
 PagesMode = Literal["copy", "coalesce"]
 PAGES_COPY: PagesMode = "copy"
 PAGES_COALESCE: PagesMode = "coalesce"
+
+# Where copy tasks run (``engine.runners``) and what retention keeps (``engine.cleanup``): declared
+# here, with the compaction options, so the CLI builds its parser without importing the engine.
+RUNNER_LOCAL = "local"
+RUNNER_PROCESSES = "processes"
+RUNNER_RAY = "ray"
+RUNNER_CHOICES = (RUNNER_LOCAL, RUNNER_PROCESSES, RUNNER_RAY)
+DEFAULT_OLDER_THAN_SECONDS = 14 * 86400.0  # Lance's cleanup_old_versions default: two weeks
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """``30m``, ``2h``, ``7d``, ``1.5h``, ``90s``, ``45`` (seconds) -> seconds; never negative."""
+    if str(text).strip().startswith("-"):
+        raise ValueError(f"a duration cannot be negative: {text!r} (use e.g. 30m, 2h, 7d; 0 for no minimum age)")
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text).lower())
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 2h, 7d)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 class OptionError(ValueError):
@@ -74,6 +97,13 @@ class CompactionOptions:
     read_batch_bytes: int = _option(
         DEFAULT_READ_BATCH_BYTES, "Bound on the bytes a task holds in memory while copying.", metavar="BYTES"
     )
+    max_concurrent_requests: int = _option(
+        DEFAULT_MAX_CONCURRENT_REQUESTS,
+        "Requests a task (and planning) keeps in flight on an object store: input files, their metadata and "
+        "pieces of large ones are read ahead, within read_batch_bytes plus one input, and written in order. "
+        "Local disks read in turn.",
+        metavar="N",
+    )
     max_source_fragments: int | None = _option(None, "Compact at most this many fragments in one run.", metavar="N")
     excluded_fragment_ids: frozenset[int] = _option(
         frozenset(), "Never compact these fragments.", flag="--exclude", metavar="FRAGMENT_ID"
@@ -112,7 +142,7 @@ class CompactionOptions:
     dry_run: bool = _option(False, "Only plan: report what would be read and written; write and commit nothing.")
 
     def __post_init__(self) -> None:
-        for name in ("target_rows_per_fragment", "read_batch_bytes"):
+        for name in ("target_rows_per_fragment", "read_batch_bytes", "max_concurrent_requests"):
             if getattr(self, name) <= 0:
                 raise OptionError(name, "must be positive")
         for name in ("max_rows_per_file", "max_bytes_per_file", "max_source_fragments", "commit_every"):

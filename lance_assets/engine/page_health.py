@@ -9,7 +9,6 @@ files' tails are read, several at once on an object store.
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from lance_assets._proto import table_pb2
@@ -17,20 +16,17 @@ from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.format import manifest as mf
 from lance_assets.format.pages import ColumnPages, column_pages
-
-#: Metadata reads in flight when files are read on an object store.
-METADATA_READERS = 8
+from lance_assets.io.ahead import ordered_ahead
 
 T = TypeVar("T")
 
 
 def read_each(ds: Dataset, read: Callable[[table_pb2.DataFragment], T], frags: Sequence[table_pb2.DataFragment]) -> list[T]:
-    """``read`` of every fragment, in order: in turn on a local disk, several at once on an
-    object store (where each metadata read is a request)."""
-    if ds.storage.is_local:
-        return [read(frag) for frag in frags]
-    with ThreadPoolExecutor(METADATA_READERS, thread_name_prefix="lance-assets-meta") as pool:
-        return list(pool.map(read, frags))
+    """``read`` of every fragment, in order: in turn on a local disk, ``storage.max_in_flight``
+    (``max_concurrent_requests``) at once on an object store, where each metadata read is a
+    request."""
+    in_flight = 1 if ds.storage.is_local else ds.storage.max_in_flight
+    return [out for _, out in ordered_ahead(frags, read, max_in_flight=in_flight, thread_name="lance-assets-meta")]
 
 
 def fragment_pages(ds: Dataset, frag: table_pb2.DataFragment, live: Container[int]) -> dict[int, ColumnPages]:

@@ -236,6 +236,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
     """
     options = options or CompactionOptions()
     ds = open_dataset(uri, options.storage_options)
+    ds.storage.max_in_flight = options.max_concurrent_requests
     mf.check_feature_flags(ds.manifest, path=ds.uri, for_write=True)
     fragments = ds.fragments
     skipped: list[SkippedFragment] = []

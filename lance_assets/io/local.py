@@ -17,7 +17,9 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
-from typing import IO
+from typing import IO, TypeVar
+
+E = TypeVar("E")
 
 # Filesystems whose copy_file_range clones blocks (reflink) or copies on the server side.
 _CLONING_FILESYSTEMS = frozenset({"btrfs", "xfs", "bcachefs", "ocfs2", "zfs", "nfs", "nfs4", "cifs", "smb3"})
@@ -73,6 +75,22 @@ def read(path: str, start: int | None, end: int | None) -> bytes:
         return pread_all(fd, max(0, end - first), first)
     finally:
         os.close(fd)
+
+
+def list_files(folder: str, entry: Callable[[str, int, float], E]) -> list[E]:
+    """``entry(name, size, mtime)`` for each file directly in ``folder`` (symlinks followed, as
+    fsspec's local listing does; folders left out)."""
+    out = []
+    with os.scandir(folder) as it:
+        for item in it:
+            try:
+                if item.is_dir():
+                    continue
+                st = item.stat()
+            except OSError:  # a dangling link: listed with its own size, as fsspec does
+                st = item.stat(follow_symlinks=False)
+            out.append(entry(item.name, st.st_size, st.st_mtime))
+    return out
 
 
 def fileno(stream: IO[bytes]) -> int | None:

@@ -21,6 +21,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from lance_assets.io.ahead import cut, ordered_ahead
+
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_COPY_PART_BYTES = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
@@ -69,17 +71,17 @@ class MultipartComposer:
     def flush(self) -> None:
         """Nothing to do: parts go out when they are full (the upload completes on ``close``)."""
 
-    def copy_range(self, source_path: str, start: int, end: int, *, batch_bytes: int) -> int:
+    def copy_range(self, source_path: str, start: int, end: int, *, batch_bytes: int, max_in_flight: int = 1) -> int:
         """Append bytes ``[start, end)`` of the S3 object ``source_path``; returns bytes copied
         inside the store. The rest (a range under two parts, the top-up of a partly filled
         buffer, or everything with server-side copy off) is read in pieces of half
-        ``batch_bytes``."""
+        ``batch_bytes`` in all, ``max_in_flight`` requests at once."""
         self._check_open()
         if not self._server_side_copy:
-            self._read_into_buffer(source_path, start, end, batch_bytes)
+            self._read_into_buffer(source_path, start, end, batch_bytes, max_in_flight)
             return 0
         if end - start < 2 * MIN_PART_BYTES:
-            self._read_into_buffer(source_path, start, end, batch_bytes)
+            self._read_into_buffer(source_path, start, end, batch_bytes, max_in_flight)
             return 0
         # Stores differ on a copy range past the end (AWS refuses, others truncate).
         size = self._fs.size(source_path)
@@ -146,15 +148,18 @@ class MultipartComposer:
         # 5 MiB parts for the first thousand, then larger, so 10,000 parts reach ~275 GB.
         return MIN_PART_BYTES * (1 + self._part_count // 1000)
 
-    def _read_into_buffer(self, source_path: str, start: int, end: int, batch_bytes: int) -> None:
-        pos = start
-        while pos < end:
-            stop = min(end, pos + max(1, batch_bytes // 2))  # the other half may be uploading
-            chunk = self._fs.cat_file(source_path, start=pos, end=stop)
-            if len(chunk) != stop - pos:
-                raise EOFError(f"{source_path} ends before {stop} (short read at {pos})")
+    def _read_into_buffer(self, source_path: str, start: int, end: int, batch_bytes: int, max_in_flight: int = 1) -> None:
+        budget = max(1, batch_bytes // 2)  # the other half may be uploading
+        pieces = cut(start, end, budget, max_in_flight)
+
+        def fetch(span: tuple[int, int]) -> bytes:
+            chunk: bytes = self._fs.cat_file(source_path, start=span[0], end=span[1])
+            if len(chunk) != span[1] - span[0]:
+                raise EOFError(f"{source_path} ends before {span[1]} (short read at {span[0]})")
+            return chunk
+
+        for _, chunk in ordered_ahead(pieces, fetch, max_in_flight=max_in_flight, max_bytes=budget, cost=lambda s: s[1] - s[0]):
             self.write(chunk)
-            pos = stop
 
     def _flush_buffer(self) -> None:
         data = bytes(self._buffer)

@@ -18,14 +18,12 @@ import contextlib
 import datetime as _dt
 import errno
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import IO, Any
-
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from lance_assets.errors import (
     AlreadyExistsError,
@@ -36,6 +34,7 @@ from lance_assets.errors import (
     UnsupportedFeatureError,
 )
 from lance_assets.io import local, s3
+from lance_assets.io.ahead import cut, ordered_ahead
 from lance_assets.io.multipart import MultipartComposer
 
 # In-process lock for stores where create-if-absent is emulated (memory://).
@@ -45,6 +44,10 @@ _EMULATED_CREATE_LOCK = threading.Lock()
 # other writer can commit concurrently (an external lock, a single writer), so
 # a store without conditional writes may commit by "exists? then write".
 UNSAFE_COMMIT_OPTION = "lance_assets_unsafe_commit"
+#: Requests one stream of reads keeps in flight on an object store unless told otherwise
+#: (``CompactionOptions.max_concurrent_requests`` declares the same default).
+DEFAULT_MAX_IN_FLIGHT = 16
+
 # Our own storage option: "false" turns off server-side copies of large extents on S3
 # (UploadPartCopy), for S3-compatible stores that lack it. On by default.
 SERVER_SIDE_COPY_OPTION = "lance_assets_server_side_copy"
@@ -66,6 +69,23 @@ def decode_option_value(value: str) -> Any:
         return json.loads(value)
     except ValueError:
         return value
+
+
+_LOCAL_PROTOCOLS = ("file", "local")
+
+
+def plain_local_root(uri: str) -> str | None:
+    """The absolute POSIX path fsspec's local filesystem would use for ``uri`` when it is a plain
+    path (no scheme, no chaining, no drive letter: no ``:`` at all) on a POSIX system, else None."""
+    if ":" in uri or os.sep != "/" or not uri:
+        return None
+    if uri.startswith("~"):
+        uri = os.path.expanduser(uri)
+    elif uri.startswith("./") or uri == ".":
+        uri = uri[2:]
+    if not uri.startswith("/"):
+        uri = f"{os.getcwd()}/{uri}"
+    return uri.rstrip("/") or "/"
 
 
 def _truthy(value: Any) -> bool:
@@ -140,29 +160,55 @@ class Storage:
         storage_options: Mapping[str, Any] | None = None,
         *,
         commit_lock: Callable[[], AbstractContextManager[Any]] | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self.uri = uri.rstrip("/") or uri
+        # Requests a stream of reads (read_ranges_ahead, copy_range) keeps in flight on an object
+        # store; the engine sets it from CompactionOptions.max_concurrent_requests. Local disks
+        # read in turn: there a read is a page-cache copy, not a wait.
+        self.max_in_flight = max_in_flight
         options = dict(storage_options or {})
-        protocol = fsspec.utils.get_protocol(self.uri)
-        if protocol in UNSUPPORTED_PROTOCOLS:
-            raise UnsupportedFeatureError(f"{protocol}:// is not supported: {UNSUPPORTED_PROTOCOLS[protocol]}", path=uri)
-        try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.uri, **fsspec_options(protocol, options))
-        except (ImportError, ValueError, TypeError, OSError) as exc:
-            raise StorageError(f"cannot open filesystem ({exc})", path=uri) from None
-        self.root = self.root.rstrip("/")
-        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self._fs: Any = None
+        root = None if fsspec_options("file", options) else plain_local_root(self.uri)
+        if root is not None:
+            # A plain local path: reads, listings and sizes are OS calls (``local``), so fsspec
+            # (asyncio, its registry: a tenth of a second) is imported only if a write needs it.
+            self.root, self.is_local = root, True
+        else:
+            import fsspec
+            from fsspec.implementations.local import LocalFileSystem
+
+            protocol = fsspec.utils.get_protocol(self.uri)
+            if protocol in UNSUPPORTED_PROTOCOLS:
+                raise UnsupportedFeatureError(f"{protocol}:// is not supported: {UNSUPPORTED_PROTOCOLS[protocol]}", path=uri)
+            try:
+                self._fs, root = fsspec.core.url_to_fs(self.uri, **fsspec_options(protocol, options))
+            except (ImportError, ValueError, TypeError, OSError) as exc:
+                raise StorageError(f"cannot open filesystem ({exc})", path=uri) from None
+            self.root = root.rstrip("/")
+            self.is_local = isinstance(self._fs, LocalFileSystem)
         self.storage_options = options
         self.commit_lock = commit_lock
         self.unsafe_commit = _truthy(options.get(UNSAFE_COMMIT_OPTION, False))
         # s3fs exposes the raw S3 calls our multipart writer needs (background parts, and
         # parts copied inside the store unless turned off).
-        self._s3_calls = s3.has_raw_calls(self.fs, self.protocols)
+        self._s3_calls = s3.has_raw_calls(self._fs, self.protocols)
         self.server_side_copy = self._s3_calls and _truthy(options.get(SERVER_SIDE_COPY_OPTION, True))
         self._conditional_put_verified = False
 
     @property
+    def fs(self) -> Any:
+        """The fsspec filesystem; for a plain local path made on first use."""
+        if self._fs is None:
+            from fsspec.implementations.local import LocalFileSystem
+
+            self._fs = LocalFileSystem()
+        return self._fs
+
+    @property
     def protocols(self) -> tuple[str, ...]:
+        if self._fs is None:
+            return _LOCAL_PROTOCOLS
         p = self.fs.protocol
         return p if isinstance(p, tuple) else (p,)
 
@@ -209,8 +255,23 @@ class Storage:
             raise CorruptFileError(f"file ends before {end} (short read at {start})", path=self.url(rel))
         return data
 
+    def read_ranges_ahead(
+        self, ranges: Iterable[tuple[str, int, int]], *, max_bytes: int, max_in_flight: int | None = None
+    ) -> Iterator[bytes]:
+        """The bytes of each ``(rel, start, end)``, in order and all of them (``read_exact``),
+        with up to ``max_in_flight`` (default: this Storage's) requests running ahead on an
+        object store whose ranges add up to at most ``max_bytes`` (one range is always allowed).
+        Local disks read in turn."""
+        n = 1 if self.is_local else (max_in_flight or self.max_in_flight)
+        for _, data in ordered_ahead(
+            ranges, lambda r: self.read_exact(*r), max_in_flight=n, max_bytes=max_bytes, cost=lambda r: r[2] - r[1]
+        ):
+            yield data
+
     def size(self, rel: str) -> int:
         with self._errors(rel):
+            if self.is_local:
+                return os.stat(self.path(rel)).st_size
             return int(self.fs.size(self.path(rel)))
 
     def read_tail(self, rel: str, length: int, size: int | None = None) -> tuple[bytes, int]:
@@ -234,6 +295,8 @@ class Storage:
     def exists(self, rel: str) -> bool:
         self._refresh(rel)
         with self._errors(rel):
+            if self.is_local:
+                return os.path.exists(self.path(rel))
             return bool(self.fs.exists(self.path(rel)))
 
     def list(self, rel_dir: str, *, recursive: bool = False) -> list[Entry]:
@@ -241,6 +304,14 @@ class Storage:
         path below ``rel_dir``, e.g. ``<stem>/<id>.blob``); an absent folder lists as empty."""
         self._refresh(rel_dir)
         base = self.path(rel_dir).rstrip("/")
+        if self.is_local and not recursive:
+            with self._errors(rel_dir):
+                try:
+                    return local.list_files(base, Entry)
+                except FileNotFoundError:
+                    return []
+                except NotADirectoryError:
+                    pass  # fsspec lists a file as itself
         with self._errors(rel_dir):
             try:
                 if recursive:
@@ -284,13 +355,14 @@ class Storage:
         buffer: there copy_file_range falls back to an in-kernel splice that
         measured about 1.5x slower than that (benchmarks/, ext4). Into an S3
         object from ``open_write`` (s3fs), large ranges are copied by the
-        store itself (UploadPartCopy). Any other store reads ranges of at most
-        ``batch_bytes``.
+        store itself (UploadPartCopy). Any other store reads pieces of the range
+        with ``max_in_flight`` requests at once, at most ``batch_bytes`` of them
+        held, and writes them in order.
         """
         if isinstance(out, MultipartComposer) and not self.is_local:  # a local source is read and uploaded
             with self._errors(rel):
                 try:
-                    out.copy_range(self.path(rel), start, end, batch_bytes=batch_bytes)
+                    out.copy_range(self.path(rel), start, end, batch_bytes=batch_bytes, max_in_flight=self.max_in_flight)
                 except EOFError as exc:
                     raise MissingFileError(str(exc), path=self.url(rel)) from None
             if progress:
@@ -314,17 +386,15 @@ class Storage:
                     except EOFError as exc:
                         raise MissingFileError(str(exc), path=self.url(rel)) from None
                 return
-        pos = start
-        while pos < end:
-            stop = min(end, pos + batch_bytes)
-            chunk = self.read(rel, pos, stop)
-            if len(chunk) != stop - pos:
-                raise MissingFileError(f"file ends before {stop} (short read at {pos})", path=self.url(rel))
-            with self._errors(rel):
-                out.write(chunk)
-            pos = stop
-            if progress:
-                progress(len(chunk))
+        pieces = [(rel, a, b) for a, b in cut(start, end, batch_bytes, self.max_in_flight)]
+        try:
+            for chunk in self.read_ranges_ahead(pieces, max_bytes=batch_bytes):
+                with self._errors(rel):
+                    out.write(chunk)
+                if progress:
+                    progress(len(chunk))
+        except CorruptFileError as exc:  # a source shorter than its extents: as on a local disk
+            raise MissingFileError(exc.reason, path=exc.path) from None
 
     def copy_object(
         self,

@@ -98,7 +98,7 @@ def test_options_reach_the_plan(dataset_copy: Copy, capsys: pytest.CaptureFixtur
         "--max-rows-per-file", "1000", "--max-bytes-per-file", "1000000", "--read-batch-bytes", "4096",
         "--max-source-fragments", "10", "--exclude", "3", "--exclude", "7",
         "--no-materialize-deletions", "--materialize-deletions-threshold", "0.25", "--commit-every", "3", "--no-reencode-fallback", "--no-verify-output", "--index-remap", "drop",
-        "--pages", "copy",
+        "--pages", "copy", "--max-concurrent-requests", "5",
     )
     assert code == 0
     report = one_json(out)
@@ -107,7 +107,7 @@ def test_options_reach_the_plan(dataset_copy: Copy, capsys: pytest.CaptureFixtur
         "target_rows_per_fragment": 200, "max_rows_per_file": 1000, "max_bytes_per_file": 1000000,
         "read_batch_bytes": 4096, "max_source_fragments": 10, "excluded_fragment_ids": [3, 7], "dry_run": True,
         "materialize_deletions": False, "materialize_deletions_threshold": 0.25, "commit_every": 3, "reencode_fallback": False,
-        "verify_output": False, "index_remap": "drop", "pages": "copy",
+        "verify_output": False, "index_remap": "drop", "pages": "copy", "max_concurrent_requests": 5,
     }
     # 100, 1 merge; 250 is at the target; 30 is excluded
     assert [t["fragment_ids"] for t in report["plan"]["tasks"]] == [[0, 1]]
