@@ -19,11 +19,13 @@ DISCOVERY = "t_dataset_discovery_sensor"
 FRAGMENT_KEYS = {
     "lance_version", "storage_version", "fragments", "small_fragments", "target_rows_per_fragment",
     "rows", "deleted_rows", "bytes", "data_files", "size_histogram", "fragment_table", "uri", "lone_small_fragments", "content_version",
+    "small_fragment_bytes", "deleted_row_ratio", "unindexed_rows",
 }
 
 
 def static_defs(root: Path, keys: list[str], **kwargs: object) -> dg.Definitions:
     kwargs.setdefault("min_small_fragments", 4)
+    kwargs.setdefault("trigger", "sensor")  # these tests are about the sensor requesting runs itself
     return build_lance_compaction_defs(
         "t", root=str(root), partitioning=dg.StaticPartitionsDefinition(keys), target_rows_per_fragment=TARGET, **kwargs  # type: ignore[arg-type]
     )

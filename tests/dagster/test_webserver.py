@@ -217,7 +217,7 @@ def test_webserver_serves_the_lance_layer(webserver: Webserver, tmp_path: Path) 
     assert location["__typename"] == "RepositoryLocation", location
     [repo] = location["repositories"]
     sensors = {s["name"]: s for s in repo["sensors"]}
-    assert set(sensors) == {"demo_small_fragments_sensor", "demo_dataset_discovery_sensor"}
+    assert set(sensors) == {"demo_small_fragments_sensor", "demo_dataset_discovery_sensor", "demo_automation_sensor"}
     # the demo's automation starts with the daemon, retention included (#25.7)
     assert all(s["defaultStatus"] == "RUNNING" and s["minIntervalSeconds"] == 30 for s in sensors.values())
     assert sorted((s["name"], s["cronSchedule"], s["defaultStatus"]) for s in repo["schedules"]) == [
