@@ -193,7 +193,7 @@ def test_unreadable_dataset_is_a_skip_reason_not_a_crash(root: Path, instance: d
 def test_unpartitioned_sensor(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     path = tmp_path / "single.lance"
     make_dataset(path, 4)
-    defs = build_lance_compaction_defs("t", root=str(path), partitioning="none", min_small_fragments=4, target_rows_per_fragment=TARGET)
+    defs = build_lance_compaction_defs("t", root=str(path), partitioning="none", min_small_fragments=4, target_rows_per_fragment=TARGET, trigger="sensor")
     result = evaluate_sensor(defs, instance, SENSOR)
     [request] = result.run_requests
     assert request.partition_key is None
@@ -204,7 +204,7 @@ def test_unpartitioned_sensor(tmp_path: Path, instance: dg.DagsterInstance) -> N
 
 
 def test_dynamic_partitions_follow_the_datasets(root: Path, instance: dg.DagsterInstance) -> None:
-    defs = build_lance_compaction_defs("t", root=str(root), min_small_fragments=4, target_rows_per_fragment=TARGET)
+    defs = build_lance_compaction_defs("t", root=str(root), min_small_fragments=4, target_rows_per_fragment=TARGET, trigger="sensor")
     empty = evaluate_sensor(defs, instance, DISCOVERY)
     assert empty.skip_message == "0 datasets, no change"
 
