@@ -24,6 +24,12 @@ from lance_assets.errors import LanceAssetsError
 
 DATA_VERSION_TAG = "dagster/data_version"
 USER_DATA_VERSION_TAG = "dagster/data_version_is_user_provided"
+#: Lineage tags Dagster writes on an asset step's materialization (what staleness compares):
+#: the code version and, per upstream, the data version consumed and the record it came from.
+CODE_VERSION_TAG = "dagster/code_version"
+INPUT_DATA_VERSION_TAG = "dagster/input_data_version"
+INPUT_EVENT_POINTER_TAG = "dagster/input_event_pointer"
+NULL_EVENT_POINTER = "NULL"
 MAX_FRAGMENT_ROWS_SHOWN = 200
 #: Transaction kinds that commit a new version without changing any row.
 ROW_PRESERVING_OPERATIONS = frozenset({"rewrite", "create_index", "reserve_fragments", "update_config"})
@@ -171,6 +177,39 @@ def fragments_record(
         metadata={**fragment_metadata(report, version, unindexed), **(extra_metadata or {})},
         tags={DATA_VERSION_TAG: str(version), USER_DATA_VERSION_TAG: "true"},
     )
+
+
+def lineage_tags(
+    instance: dg.DagsterInstance,
+    fragments_key: dg.AssetKey,
+    partition_key: str | None,
+    run_id: str,
+    consumed_version: int,
+    data_version: int,
+) -> dict[str, str]:
+    """The tags an asset step gives its materialization, for a materialization an op reports.
+
+    An ``@asset`` step records which upstream record it consumed (its data version and storage
+    id) and its code version; an op's ``AssetMaterialization`` records none of it, so Dagster
+    would call the result "Unsynced" at once. The record consumed is the latest fragments record
+    of the partition (taken before this run records a new one); without one, the content version
+    the run read (``consumed_version``) with no pointer, as Dagster writes for a never-recorded
+    upstream. The code version is the run id, as for an asset without ``code_version``.
+    """
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=fragments_key, asset_partitions=[partition_key] if partition_key is not None else None),
+        limit=1,
+    ).records
+    consumed = records[0].asset_materialization if records else None
+    version = consumed.tags.get(DATA_VERSION_TAG) if consumed is not None and consumed.tags else None
+    upstream = fragments_key.to_user_string()
+    return {
+        CODE_VERSION_TAG: run_id,
+        f"{INPUT_DATA_VERSION_TAG}/{upstream}": version or str(consumed_version),
+        f"{INPUT_EVENT_POINTER_TAG}/{upstream}": str(records[0].storage_id) if version else NULL_EVENT_POINTER,
+        DATA_VERSION_TAG: str(data_version),
+        USER_DATA_VERSION_TAG: "true",
+    }
 
 
 def build_fragments_asset(
