@@ -170,7 +170,10 @@ def fragments_record(
     """A record of the fragments as ``report`` saw them, with the content version as data version
     and the rows no index covers yet (one more manifest read: records are made once per version)."""
     version = content_version(lance, partition_key, report.version)
-    unindexed, _, _ = lance.index_status(partition_key)
+    try:
+        unindexed: int | None = lance.index_status(partition_key)[0]
+    except LanceAssetsError:  # an unreadable index must not cost the record (and the sensor's tick)
+        unindexed = None
     return dg.AssetMaterialization(
         asset_key=asset_key,
         partition=partition_key,

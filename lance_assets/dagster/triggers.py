@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import dagster as dg
 
@@ -114,24 +114,32 @@ def _subset_of(context: dg.AutomationContext[dg.AssetKey], keys: set[str | None]
     return candidates if None in keys else context.get_empty_subset()
 
 
+class _StatelessCondition(dg.AutomationCondition[dg.AssetKey]):
+    """Our custom conditions: they read the instance afresh each tick (no cursor of their own)
+    and show ``node_name`` in the UI's evaluation tree."""
+
+    node_name: ClassVar[str]
+
+    @property
+    def name(self) -> str:
+        return self.node_name
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+
 @dataclass(frozen=True, eq=False)  # eq=False keeps AutomationCondition's hash (its tree's unique id)
-class FragmentsOverThreshold(dg.AutomationCondition[dg.AssetKey]):
+class FragmentsOverThreshold(_StatelessCondition):
     """True for the partitions whose latest fragments record crosses ``trigger``'s thresholds."""
 
+    node_name: ClassVar[str] = "fragments_over_threshold"
     fragments_key: dg.AssetKey
     trigger: CompactionTrigger
 
     @property
     def description(self) -> str:
         return f"latest {self.fragments_key.to_user_string()} record: {self.trigger.describe()}"
-
-    @property
-    def name(self) -> str:
-        return "fragments_over_threshold"
-
-    @property
-    def requires_cursor(self) -> bool:
-        return False
 
     def evaluate(self, context: dg.AutomationContext[dg.AssetKey]) -> dg.AutomationResult[dg.AssetKey]:
         instance = context.asset_graph_view.instance
@@ -150,7 +158,7 @@ class FragmentsOverThreshold(dg.AutomationCondition[dg.AssetKey]):
 
 
 @dataclass(frozen=True, eq=False)
-class CompactionCoolingDown(dg.AutomationCondition[dg.AssetKey]):
+class CompactionCoolingDown(_StatelessCondition):
     """True for the partitions a compaction run was created or started for within ``minutes``.
 
     Runs are found by what they compact: the compacted asset in their asset selection (runs
@@ -158,6 +166,7 @@ class CompactionCoolingDown(dg.AutomationCondition[dg.AssetKey]):
     jobs, whose runs may carry no asset selection), and by their ``dagster/partition`` tag.
     """
 
+    node_name: ClassVar[str] = "compaction_cooling_down"
     compacted_key: dg.AssetKey
     job_names: frozenset[str]
     minutes: float
@@ -165,14 +174,6 @@ class CompactionCoolingDown(dg.AutomationCondition[dg.AssetKey]):
     @property
     def description(self) -> str:
         return f"a compaction of this dataset was requested or started less than {self.minutes:g} minutes ago"
-
-    @property
-    def name(self) -> str:
-        return "compaction_cooling_down"
-
-    @property
-    def requires_cursor(self) -> bool:
-        return False
 
     def evaluate(self, context: dg.AutomationContext[dg.AssetKey]) -> dg.AutomationResult[dg.AssetKey]:
         if self.minutes <= 0 or context.candidate_subset.is_empty:
