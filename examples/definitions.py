@@ -3,9 +3,11 @@
 Loaded by ``dagster dev -w workspace.yaml``; ``./dev demo`` drives the same
 definitions headless. Its sensors and schedules start with the daemon
 (``start_automation=True``), so within a minute of ``dagster dev`` the discovery
-sensor finds the datasets and the small-fragment sensor records them and
-requests compaction. Point ``LANCE_ASSETS_ROOT`` at another root (local path or
-URL) to use it on real data.
+sensor finds the datasets, the small-fragment sensor records them, and
+``demo_automation_sensor`` evaluates the compacted asset's automation condition
+and launches a compaction for each dataset over the thresholds (the asset's
+Automation tab shows why). Point ``LANCE_ASSETS_ROOT`` at another root (local
+path or URL) to use it on real data.
 """
 
 import os
@@ -19,6 +21,7 @@ defs = build_lance_compaction_defs(
     "demo",
     root=ROOT,
     min_small_fragments=16,
+    cooldown_minutes=2,  # the demo's appends are seconds apart: let automation act again soon
     sensor_interval_seconds=30,
     cron_schedule="0 2 * * *",
     cleanup_older_than="7d",  # retention after each compaction, and the demo_retention job and schedule

@@ -4,9 +4,11 @@
    many small appends (the shape streaming writers leave behind).
 2. Uses a local Dagster instance (SQLite under ``.dagster_home``) and the
    example definitions in ``examples/definitions.py``: the discovery sensor
-   adds a partition per dataset, the small-fragment sensor observes the
-   fragments and requests compaction, and each requested run materializes the
-   compaction asset with its checks.
+   adds a partition per dataset, the small-fragment sensor records the
+   fragments, the compacted asset's automation condition requests compaction
+   (what ``demo_automation_sensor`` does under ``dagster dev``), and each
+   requested run materializes the compaction asset with its checks — except one
+   dataset, left for ``dagster dev``'s automation sensor to compact in front of the user.
 3. Prints the datasets before and after.
 """
 
@@ -23,6 +25,9 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "demo-data" / "datasets"
 DAGSTER_HOME = ROOT / ".dagster_home"
+#: The dataset the headless loop leaves fragmented, so that within a minute of `dagster dev`
+#: the automation sensor compacts it where the user can watch.
+LEFT_FOR_UI = "clicks"
 DAGSTER_YAML = """\
 # Local demo instance: SQLite storage under this folder.
 # One run per dataset at a time: every run of a partition carries dagster/partition (the
@@ -95,7 +100,11 @@ def main() -> int:
         print(f"building {name}.lance: {appends} appends of {rows} rows")
         build_demo_dataset(DATA / f"{name}.lance", appends, rows)
 
-    DAGSTER_HOME.mkdir(exist_ok=True)
+    # A fresh instance for fresh datasets: runs, records and cool-downs of an earlier demo
+    # describe datasets that no longer exist.
+    if DAGSTER_HOME.exists():
+        shutil.rmtree(DAGSTER_HOME)
+    DAGSTER_HOME.mkdir()
     (DAGSTER_HOME / "dagster.yaml").write_text(DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(DAGSTER_HOME)
     os.environ["LANCE_ASSETS_ROOT"] = str(DATA)
@@ -125,14 +134,23 @@ def main() -> int:
         result = sensor.evaluate_tick(context)
     for event in result.asset_events:
         instance.report_runless_asset_event(event)
-    print(f"small-fragment sensor: {len(result.run_requests)} run requests, {len(result.asset_events)} fragment records")
+    print(f"small-fragment sensor: {len(result.asset_events)} fragment records")
 
+    # What demo_automation_sensor does on each tick: evaluate the compacted asset's automation
+    # condition over those records, then launch a run per requested dataset.
+    compacted = dg.AssetSelection.assets(dg.AssetKey(["demo", "compacted"]))
+    automation = dg.evaluate_automation_conditions(defs, instance, asset_selection=compacted)
+    requested = sorted(automation.get_requested_partitions(dg.AssetKey(["demo", "compacted"])))
+    print(f"automation condition: {automation.total_requested} run requests {requested}")
     job = defs.resolve_job_def("demo_compaction")
-    for request in result.run_requests:
-        run = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False)
+    for partition_key in requested:
+        if partition_key == LEFT_FOR_UI:
+            print(f"  {partition_key}: left for demo_automation_sensor to compact under dagster dev")
+            continue
+        run = job.execute_in_process(instance=instance, partition_key=partition_key, raise_on_error=False)
         checks = [e.asset_check_evaluation_data for e in run.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
         print(
-            f"  run {run.run_id[:8]} for {request.partition_key}: {'success' if run.success else 'FAILED'}; checks: "
+            f"  run {run.run_id[:8]} for {partition_key}: {'success' if run.success else 'FAILED'}; checks: "
             + ", ".join(f"{c.check_name}={'pass' if c.passed else 'FAIL'}" for c in checks)
         )
         if not run.success:
@@ -141,10 +159,11 @@ def main() -> int:
     print("after:")
     for name in datasets:
         _summary("after", DATA / f"{name}.lance")
-    with dg.partition_loading_context(dynamic_partitions_store=instance):
-        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources, sensor_name=sensor.name, cursor=result.cursor))
-    print(f"\nsensor again: {len(again.run_requests or [])} run requests ({again.skip_message or ''})")
+    handled = dg.evaluate_automation_conditions(defs, instance, asset_selection=compacted, cursor=automation.cursor)
+    again = dg.evaluate_automation_conditions(defs, instance, asset_selection=compacted, cursor=handled.cursor)
+    print(f"\nautomation condition again: {again.total_requested} run requests (handled; nothing new)")
     print(f"\nOpen the UI with: DAGSTER_HOME={DAGSTER_HOME} .venv/bin/dagster dev -w workspace.yaml  (then http://127.0.0.1:3000)")
+    print(f"Within about a minute demo_automation_sensor compacts {LEFT_FOR_UI} (Runs; the demo/compacted asset's Automation tab says why).")
     return 0
 
 

@@ -184,6 +184,7 @@ def build_compaction_asset(
     runner: str = "local",
     max_workers: int = 1,
     ray_resource_key: str | None = None,
+    automation_condition: dg.AutomationCondition[dg.AssetKey] | None = None,
 ) -> dg.AssetsDefinition:
     """The compaction asset: binary-copy compaction of the partition's dataset, then (with
     ``cleanup_older_than``) version retention, so the small files' space comes back; it records
@@ -199,6 +200,7 @@ def build_compaction_asset(
         group_name=group_name,
         kinds={"lance"},
         output_required=False,
+        automation_condition=automation_condition,
         required_resource_keys={resource_key} | ({ray_resource_key} if runner == RUNNER_RAY and ray_resource_key else set()),
         description="The dataset after binary-copy compaction of its small fragments (lance_assets).",
     )
@@ -242,14 +244,19 @@ def build_compaction_asset(
             context.log.info(f"task {result.task_id}: fragments {list(result.old_fragment_ids)} {state}")
 
         report = lance.compact(key, options, runner=task_runner, on_task_done=task_done)
-        if report.version is not None and indexed and config.optimize_indices:
+        upkept = False
+        # Index upkeep after a compaction that committed, and also when only rows are unindexed
+        # (automation's ``min_unindexed_rows`` requests a run for exactly that).
+        if indexed and config.optimize_indices and (report.version is not None or unindexed_before > 0):
             upkeep = lance.maintain_indices(key)
+            upkept = bool(upkeep.committed_versions)
             context.log.info(
                 f"index upkeep: unindexed rows {upkeep.unindexed_rows_before} -> {upkeep.unindexed_rows_after}, "
                 f"reuse versions {upkeep.reuse_versions_before} -> {upkeep.reuse_versions_after} "
                 f"(optimize_indices ran: {upkeep.optimized})"
             )
-        after = lance.inspect(key, options.target_rows_per_fragment) if report.version is not None else before
+        changed = report.version is not None or upkept
+        after = lance.inspect(key, options.target_rows_per_fragment) if changed else before
         context.log.info(
             f"version {report.read_version} -> {report.version}: {report.fragments_removed} fragments -> "
             f"{report.fragments_added}, "
@@ -284,7 +291,7 @@ def build_compaction_asset(
                     "bytes_on_disk_after": dg.MetadataValue.int(disk_after),
                 }
             )
-        if report.version is not None:
+        if changed:
             # The dataset's fresh state, recorded before the compacted materialization: the same
             # content version as before (a rewrite keeps every row), so this run's result stays in sync.
             yield fragments_record(keys.fragments, lance, after, key)

@@ -1,14 +1,16 @@
-"""Sensors and the schedule that decide when a dataset gets compacted.
+"""Sensors and the schedule that record datasets and (optionally) decide when one gets compacted.
 
 The small-fragment sensor reads only manifests (one small read per dataset),
 records the fragments (a materialization of ``<name>/fragments``) whenever a
-dataset's Lance version changes, and requests a compaction run once a dataset
-has enough small fragments that compaction can merge — at most once per Lance
-version (the run key) and never while a compaction of that dataset is already
-queued or running, however that run was launched.
+dataset's Lance version changes. By default that is all it does: the compacted
+asset's automation condition (``triggers``) decides from the record. With
+``trigger="sensor"`` it also requests a compaction run once a dataset crosses the
+thresholds — at most once per Lance version (the run key) and never while a
+compaction of that dataset is already queued or running, however that run was launched.
 """
 
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,8 +20,9 @@ if TYPE_CHECKING:  # the asset-job type is not exported publicly
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from lance_assets.dagster.assets import DATASET_TAG, AssetKeys
-from lance_assets.dagster.fragments import fragments_record, mergeable_small_bytes, small_fragment_counts
+from lance_assets.dagster.fragments import fragments_record, health_values
 from lance_assets.dagster.resources import LanceDatasets
+from lance_assets.dagster.triggers import CompactionTrigger
 from lance_assets.errors import LanceAssetsError
 
 ACTIVE_STATUSES = [
@@ -65,21 +68,33 @@ def build_small_fragment_sensor(
     partitions_def: dg.PartitionsDefinition | None,
     *,
     resource_key: str,
-    min_small_fragments: int,
-    min_small_bytes: int | None,
+    trigger: CompactionTrigger,
     target_rows_per_fragment: int,
     minimum_interval_seconds: int,
+    request_runs: bool = True,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> dg.SensorDefinition:
+    """``<name>_small_fragments_sensor``: records each dataset's fragments once per Lance version
+    and, with ``request_runs``, requests a compaction when the dataset crosses ``trigger``.
+
+    Without ``request_runs`` (the default ``trigger="condition"``), it only keeps the fragments
+    record current; the compacted asset's automation condition decides from that record.
+    """
+    if request_runs:
+        description = f"Records each dataset's fragments and requests compaction when {trigger.describe()}."
+    else:
+        description = (
+            "Records each dataset's fragments once per Lance version (manifest reads only); the compacted "
+            f"asset's automation condition requests compaction when {trigger.describe()}."
+        )
+
     @dg.sensor(
         name=f"{name}_small_fragments_sensor",
         job=job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         required_resource_keys={resource_key},
-        description=(
-            f"Requests compaction when a dataset has >= {min_small_fragments} fragments under {target_rows_per_fragment} rows."
-        ),
+        description=description,
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         lance: LanceDatasets = getattr(context.resources, resource_key)
@@ -89,21 +104,25 @@ def build_small_fragment_sensor(
         events, requests, reasons = [], [], []
         for key in partition_keys(partitions_def, context.instance):
             ck = key or ""
+            label = key or name
             try:
                 report = lance.inspect(key, target_rows_per_fragment)
+                changed = observed.get(ck) != report.version
+                if changed and trigger.needs_pages:  # page health only once per version: it reads every data file
+                    report = lance.inspect(key, target_rows_per_fragment, pages=True)
+                unindexed = lance.index_status(key)[0] if trigger.min_unindexed_rows is not None else None
             except LanceAssetsError as exc:
-                reasons.append(f"{key or name}: {exc}")
+                reasons.append(f"{label}: {exc}")
                 continue
-            if observed.get(ck) != report.version:
+            if changed:
                 events.append(fragments_record(keys.fragments, lance, report, key))
                 observed[ck] = report.version
-            small, _ = small_fragment_counts([f.physical_rows for f in report.fragments], target_rows_per_fragment)
-            small_bytes = mergeable_small_bytes(report)
-            label = key or name
-            if small < min_small_fragments:
-                reasons.append(f"{label}: {small} small fragments < {min_small_fragments}")
-            elif min_small_bytes is not None and small_bytes < min_small_bytes:
-                reasons.append(f"{label}: small fragments hold {small_bytes} bytes < {min_small_bytes}")
+            if not request_runs:
+                reasons.append(f"{label}: version {report.version} {'recorded' if changed else 'unchanged'}")
+                continue
+            crossed, why = trigger.check(health_values(report, unindexed))
+            if not crossed:
+                reasons.append(f"{label}: {why}")
             elif requested.get(ck) == report.version:
                 reasons.append(f"{label}: version {report.version} already requested")
             elif _compaction_active(context.instance, keys.compacted, dataset_tag(name, key), key):
@@ -188,3 +207,29 @@ def build_nightly_schedule(
             )
 
     return _schedule
+
+
+def build_automation_sensor(
+    name: str,
+    keys: AssetKeys,
+    *,
+    minimum_interval_seconds: int,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.AutomationConditionSensorDefinition:
+    """``<name>_automation_sensor``: evaluates the compacted asset's automation condition.
+
+    The condition has custom parts (``triggers``), which only the code location's own process
+    can evaluate, hence ``use_user_code_server``; Dagster marks that parameter beta and warns
+    when it is used. The choice is deliberate, so the warning is silenced here and only here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.AutomationConditionSensorDefinition(
+            f"{name}_automation_sensor",
+            target=dg.AssetSelection.assets(keys.compacted),
+            use_user_code_server=True,
+            minimum_interval_seconds=minimum_interval_seconds,
+            default_status=default_status,
+            description="Evaluates the compacted asset's automation condition (compaction when the latest fragments "
+            "record crosses its thresholds, with a cool-down) and launches the runs it requests.",
+        )

@@ -15,16 +15,23 @@ import dagster as dg
 from pydantic import Field, create_model
 
 from lance_assets.dagster.assets import AssetKeys, build_compaction_asset, dataset_run_tagging
-from lance_assets.dagster.automation import build_discovery_sensor, build_nightly_schedule, build_small_fragment_sensor
+from lance_assets.dagster.automation import (
+    build_automation_sensor,
+    build_discovery_sensor,
+    build_nightly_schedule,
+    build_small_fragment_sensor,
+)
 from lance_assets.dagster.checks import build_compaction_checks
 from lance_assets.dagster.fanout import build_fanout_job
 from lance_assets.dagster.fragments import build_fragments_asset
 from lance_assets.dagster.resources import LanceDatasets, LanceRay
 from lance_assets.dagster.retention import build_retention_job, build_retention_schedule
+from lance_assets.dagster.triggers import CompactionTrigger, compaction_condition
 from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
 
 Partitioning = Literal["dynamic", "none"]
 Runner = Literal["local", "processes", "ray"]
+Trigger = Literal["condition", "sensor"]
 
 
 def build_lance_compaction_defs(
@@ -39,6 +46,11 @@ def build_lance_compaction_defs(
     resource_key: str = "lance",
     min_small_fragments: int = 16,
     min_small_bytes: int | None = None,
+    min_small_pages: int | None = None,
+    min_deleted_ratio: float | None = None,
+    min_unindexed_rows: int | None = None,
+    cooldown_minutes: float = 10.0,
+    trigger: Trigger = "condition",
     target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT,
     sensor_interval_seconds: int = 60,
     cron_schedule: str = "0 2 * * *",
@@ -52,8 +64,9 @@ def build_lance_compaction_defs(
     start_automation: bool = False,
 ) -> dg.Definitions:
     """Definitions for compacting the Lance datasets under ``root``: resource, fragment and
-    compaction assets with checks, sensors, schedules, the fan-out job and (with a cutoff) the
-    retention job.
+    compaction assets with checks, the compacted asset's automation condition and its sensor,
+    the recording (and optionally requesting) sensor, schedules, the fan-out job and (with a
+    cutoff) the retention job.
 
     The parameters below are also the ``LanceCompactionComponent``'s YAML attributes: the
     Component is derived from this signature and these descriptions.
@@ -68,8 +81,18 @@ def build_lance_compaction_defs(
         key_prefix: Asset key prefix.
         group_name: Asset group (default: ``name``).
         resource_key: Key of the LanceDatasets resource; give each family in a project its own.
-        min_small_fragments: The sensor requests a compaction once a dataset has this many small fragments.
-        min_small_bytes: The sensor also requests one once the small fragments hold this many bytes (None: count only).
+        min_small_fragments: A compaction is requested once a dataset has this many small fragments compaction can merge.
+        min_small_bytes: ... and they hold at least this many bytes (None: count only).
+        min_small_pages: Also request one once the dataset's columns hold this many small pages (None: not checked;
+            set, the fragments record reads every data file's page layout once per Lance version).
+        min_deleted_ratio: Also request one once deleted rows are this share of the stored rows (None: not checked).
+        min_unindexed_rows: Also request one (its index upkeep indexes them) once this many rows are not covered
+            by the dataset's indices (None: not checked).
+        cooldown_minutes: Automation requests no compaction of a dataset within this many minutes of the last one
+            requested or started (by automation, the UI, a sensor or a schedule).
+        trigger: What starts compactions: ``condition`` (default): the compacted asset's AutomationCondition over the
+            latest fragments record, evaluated by ``<name>_automation_sensor``; ``sensor``: the small-fragment sensor
+            requests runs itself (once per Lance version). Either way the sensor keeps the fragments record current.
         target_rows_per_fragment: Fragments under this row count are small (for the sensor, checks and the default run config).
         sensor_interval_seconds: Minimum seconds between sensor evaluations.
         cron_schedule: When the nightly compaction schedule runs (stopped until turned on).
@@ -83,8 +106,8 @@ def build_lance_compaction_defs(
             ``<resource_key>_ray``, on ``ray_address``); planning and the one commit stay in the run.
         max_workers: Tasks at once for the local and processes runners.
         ray_address: Ray cluster address for ``runner="ray"`` (None: the connected cluster, else a local one per run).
-        start_automation: Start the sensors and schedules as soon as the daemon runs (default: stopped until turned on
-            in the UI, so a deployment never compacts before someone decides it should).
+        start_automation: Start the sensors (the automation sensor too) and schedules as soon as the daemon runs
+            (default: stopped until turned on in the UI, so a deployment never compacts before someone decides it should).
 
     Returns:
         Definitions ready to merge into a code location.
@@ -112,6 +135,20 @@ def build_lance_compaction_defs(
         group_name=group,
         target_rows_per_fragment=target_rows_per_fragment,
     )
+    thresholds = CompactionTrigger(
+        min_small_fragments=min_small_fragments,
+        min_small_bytes=min_small_bytes,
+        min_small_pages=min_small_pages,
+        min_deleted_ratio=min_deleted_ratio,
+        min_unindexed_rows=min_unindexed_rows,
+        cooldown_minutes=cooldown_minutes,
+    )
+    job_name, fanout_name = f"{name}_compaction", f"{name}_fanout_compaction"
+    condition = (
+        compaction_condition(keys.fragments, keys.compacted, thresholds, frozenset({job_name, fanout_name}))
+        if trigger == "condition"
+        else None
+    )
     sensor_status = dg.DefaultSensorStatus.RUNNING if start_automation else dg.DefaultSensorStatus.STOPPED
     schedule_status = dg.DefaultScheduleStatus.RUNNING if start_automation else dg.DefaultScheduleStatus.STOPPED
     resources: dict[str, LanceDatasets | LanceRay] = {resource_key: resource}
@@ -129,12 +166,13 @@ def build_lance_compaction_defs(
         runner=runner,
         max_workers=max_workers,
         ray_resource_key=ray_key,
+        automation_condition=condition,
     )
     checks = build_compaction_checks(
         keys, resource_key=resource_key, max_small_fragments=min_small_fragments, partitions_def=partitions_def
     )
     job = dg.define_asset_job(
-        f"{name}_compaction",
+        job_name,
         selection=dg.AssetSelection.assets(keys.compacted),
         description="Binary-copy compaction of one dataset (partition) with its asset checks.",
         **dataset_run_tagging(name, partitions_def),
@@ -146,13 +184,17 @@ def build_lance_compaction_defs(
             job,
             partitions_def,
             resource_key=resource_key,
-            min_small_fragments=min_small_fragments,
-            min_small_bytes=min_small_bytes,
+            trigger=thresholds,
             target_rows_per_fragment=target_rows_per_fragment,
             minimum_interval_seconds=sensor_interval_seconds,
+            request_runs=trigger == "sensor",
             default_status=sensor_status,
         )
     ]
+    if condition is not None:
+        sensors.append(
+            build_automation_sensor(name, keys, minimum_interval_seconds=sensor_interval_seconds, default_status=sensor_status)
+        )
     if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
         sensors.append(
             build_discovery_sensor(

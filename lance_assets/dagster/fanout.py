@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from lance_assets.dagster.assets import AssetKeys, CompactionConfig, dataset_run_tagging
-from lance_assets.dagster.fragments import fragments_record
+from lance_assets.dagster.fragments import content_version, fragments_record, lineage_tags
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.commit import commit_compaction
 from lance_assets.engine.compaction import restore_index_coverage
@@ -92,6 +92,15 @@ def build_fanout_job(
         report = commit_compaction(storage, plan, [RewriteResult.from_dict(json.loads(r)) for r in results])
         report = restore_index_coverage(report, plan.options, storage)
         if report.version is not None:
+            # lineage as the compaction asset's step records it, taken before the fresh record below
+            tags = lineage_tags(
+                context.instance,
+                keys.fragments,
+                _key(context),
+                context.run_id,
+                content_version(lance, _key(context), plan.read_version),
+                report.version,
+            )
             after = lance.inspect(_key(context), plan.options.target_rows_per_fragment)
             yield fragments_record(keys.fragments, lance, after, _key(context))
             yield dg.AssetMaterialization(
@@ -105,7 +114,7 @@ def build_fanout_job(
                     "bytes_copied": report.bytes_read,
                     "tasks": report.tasks,
                 },
-                tags={"dagster/data_version": str(report.version)},
+                tags=tags,
             )
         yield dg.Output(json.dumps(report.to_dict()))
 

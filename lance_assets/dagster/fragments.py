@@ -24,6 +24,12 @@ from lance_assets.errors import LanceAssetsError
 
 DATA_VERSION_TAG = "dagster/data_version"
 USER_DATA_VERSION_TAG = "dagster/data_version_is_user_provided"
+#: Lineage tags Dagster writes on an asset step's materialization (what staleness compares):
+#: the code version and, per upstream, the data version consumed and the record it came from.
+CODE_VERSION_TAG = "dagster/code_version"
+INPUT_DATA_VERSION_TAG = "dagster/input_data_version"
+INPUT_EVENT_POINTER_TAG = "dagster/input_event_pointer"
+NULL_EVENT_POINTER = "NULL"
 MAX_FRAGMENT_ROWS_SHOWN = 200
 #: Transaction kinds that commit a new version without changing any row.
 ROW_PRESERVING_OPERATIONS = frozenset({"rewrite", "create_index", "reserve_fragments", "update_config"})
@@ -82,14 +88,39 @@ def mergeable_small_bytes(report: Inspection) -> int:
     )
 
 
-def fragment_metadata(report: Inspection, data_version: int | None = None) -> dict[str, Any]:
-    """What the UI shows about a dataset's fragments: counts, sizes, a histogram and a table.
+def health_values(report: Inspection, unindexed_rows: int | None = None) -> dict[str, int | float]:
+    """The numbers that say whether a dataset needs maintenance, by the names the fragments
+    record carries them under (what the automation condition and the sensor compare with
+    their thresholds: see ``triggers.CompactionTrigger``).
 
-    ``small_fragments`` counts the small fragments compaction can merge; ``lone_small_fragments``
-    the ones it cannot (no small neighbour).
+    ``small_pages`` only when ``report`` read page health; ``unindexed_rows`` only when given.
     """
     s = report.summary
     mergeable, lone = small_fragment_counts([f.physical_rows for f in report.fragments], s.target_rows_per_fragment)
+    stored = s.rows + s.deleted_rows
+    out: dict[str, int | float] = {
+        "small_fragments": mergeable,
+        "lone_small_fragments": lone,
+        "small_fragment_bytes": mergeable_small_bytes(report),
+        "deleted_rows": s.deleted_rows,
+        "deleted_row_ratio": round(s.deleted_rows / stored, 6) if stored else 0.0,
+    }
+    if s.small_pages is not None:
+        out["small_pages"] = s.small_pages
+    if unindexed_rows is not None:
+        out["unindexed_rows"] = unindexed_rows
+    return out
+
+
+def fragment_metadata(report: Inspection, data_version: int | None = None, unindexed_rows: int | None = None) -> dict[str, Any]:
+    """What the UI shows about a dataset's fragments: counts, sizes, a histogram and a table.
+
+    ``small_fragments`` counts the small fragments compaction can merge; ``lone_small_fragments``
+    the ones it cannot (no small neighbour). The health numbers (``health_values``) are plotted
+    over time on the asset's page and are what automation decides on.
+    """
+    s = report.summary
+    health = health_values(report, unindexed_rows)
     rows = [
         dg.TableRecord(
             {"id": f.id, "physical_rows": f.physical_rows, "deleted_rows": f.deleted_rows, "files": f.files, "bytes": f.bytes}
@@ -101,13 +132,14 @@ def fragment_metadata(report: Inspection, data_version: int | None = None) -> di
         "lance_version": dg.MetadataValue.int(report.version),
         "storage_version": report.storage_version,
         "fragments": dg.MetadataValue.int(s.fragments),
-        "small_fragments": dg.MetadataValue.int(mergeable),
-        "lone_small_fragments": dg.MetadataValue.int(lone),
         "target_rows_per_fragment": dg.MetadataValue.int(s.target_rows_per_fragment),
         "rows": dg.MetadataValue.int(s.rows),
-        "deleted_rows": dg.MetadataValue.int(s.deleted_rows),
         "bytes": dg.MetadataValue.int(s.bytes),
         "data_files": dg.MetadataValue.int(s.data_files),
+        **{
+            name: dg.MetadataValue.float(value) if isinstance(value, float) else dg.MetadataValue.int(value)
+            for name, value in health.items()
+        },
         "size_histogram": dg.MetadataValue.md(histogram),
         "fragment_table": dg.MetadataValue.table(
             rows,
@@ -135,14 +167,52 @@ def fragments_record(
     partition_key: str | None,
     extra_metadata: dict[str, Any] | None = None,
 ) -> dg.AssetMaterialization:
-    """A record of the fragments as ``report`` saw them, with the content version as data version."""
+    """A record of the fragments as ``report`` saw them, with the content version as data version
+    and the rows no index covers yet (one more manifest read: records are made once per version)."""
     version = content_version(lance, partition_key, report.version)
+    try:
+        unindexed: int | None = lance.index_status(partition_key)[0]
+    except LanceAssetsError:  # an unreadable index must not cost the record (and the sensor's tick)
+        unindexed = None
     return dg.AssetMaterialization(
         asset_key=asset_key,
         partition=partition_key,
-        metadata={**fragment_metadata(report, version), **(extra_metadata or {})},
+        metadata={**fragment_metadata(report, version, unindexed), **(extra_metadata or {})},
         tags={DATA_VERSION_TAG: str(version), USER_DATA_VERSION_TAG: "true"},
     )
+
+
+def lineage_tags(
+    instance: dg.DagsterInstance,
+    fragments_key: dg.AssetKey,
+    partition_key: str | None,
+    run_id: str,
+    consumed_version: int,
+    data_version: int,
+) -> dict[str, str]:
+    """The tags an asset step gives its materialization, for a materialization an op reports.
+
+    An ``@asset`` step records which upstream record it consumed (its data version and storage
+    id) and its code version; an op's ``AssetMaterialization`` records none of it, so Dagster
+    would call the result "Unsynced" at once. The record consumed is the latest fragments record
+    of the partition (taken before this run records a new one); without one, the content version
+    the run read (``consumed_version``) with no pointer, as Dagster writes for a never-recorded
+    upstream. The code version is the run id, as for an asset without ``code_version``.
+    """
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=fragments_key, asset_partitions=[partition_key] if partition_key is not None else None),
+        limit=1,
+    ).records
+    consumed = records[0].asset_materialization if records else None
+    version = consumed.tags.get(DATA_VERSION_TAG) if consumed is not None and consumed.tags else None
+    upstream = fragments_key.to_user_string()
+    return {
+        CODE_VERSION_TAG: run_id,
+        f"{INPUT_DATA_VERSION_TAG}/{upstream}": version or str(consumed_version),
+        f"{INPUT_EVENT_POINTER_TAG}/{upstream}": str(records[0].storage_id) if version else NULL_EVENT_POINTER,
+        DATA_VERSION_TAG: str(data_version),
+        USER_DATA_VERSION_TAG: "true",
+    }
 
 
 def build_fragments_asset(
@@ -164,14 +234,18 @@ def build_fragments_asset(
         description=(
             "The Lance dataset's fragments as last recorded: by the small-fragment sensor (once per Lance version), "
             "by each compaction after it commits, or by materializing this asset (reads manifests only). Its data "
-            "version is the last Lance version that changed rows, so compaction and index builds keep it."
+            "version is the last Lance version that changed rows, so compaction and index builds keep it. Its health "
+            "numbers (small fragments, small pages, deleted-row ratio, unindexed rows) are what automation decides on."
         ),
     )
     def _fragments(context: dg.AssetExecutionContext) -> dg.MaterializeResult[None]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         key = context.partition_key if partitions_def is not None else None
-        report = lance.inspect(key, target_rows_per_fragment)
+        report = lance.inspect(key, target_rows_per_fragment, pages=True)  # asked for: worth reading page health
         version = content_version(lance, key, report.version)
-        return dg.MaterializeResult(metadata=fragment_metadata(report, version), data_version=dg.DataVersion(str(version)))
+        unindexed, _, _ = lance.index_status(key)
+        return dg.MaterializeResult(
+            metadata=fragment_metadata(report, version, unindexed), data_version=dg.DataVersion(str(version))
+        )
 
     return _fragments

@@ -144,12 +144,14 @@ class LanceDatasets(_LanceDatasetsBase):
                 keys.append(key)
         return sorted(keys)
 
-    def inspect(self, partition_key: str | None, target_rows_per_fragment: int) -> Inspection:
+    def inspect(self, partition_key: str | None, target_rows_per_fragment: int, *, pages: bool = False) -> Inspection:
         """The partition's dataset at its latest version (see ``engine.inspect_dataset``).
 
         Args:
             partition_key: The partition's key (None when not partitioned).
             target_rows_per_fragment: Fragments with fewer rows count as small.
+            pages: Also read every data file's page layout (small pages); costs one metadata
+                read per data file, so only when a small-pages threshold or a user asks for it.
 
         Returns:
             Inventory and fragmentation summary, as sensors and asset metadata report them.
@@ -161,7 +163,10 @@ class LanceDatasets(_LanceDatasetsBase):
             >>> lance.inspect("events", 1_000_000).summary.small_fragments
         """
         return inspect_dataset(
-            self.uri(partition_key), target_rows_per_fragment=target_rows_per_fragment, storage_options=self.options()
+            self.uri(partition_key),
+            target_rows_per_fragment=target_rows_per_fragment,
+            storage_options=self.options(),
+            pages=pages,
         )
 
     def compact(

@@ -58,7 +58,9 @@ def test_component_from_yaml(root: Path, instance: dg.DagsterInstance, monkeypat
             assert {c.name for c in defs.resolve_asset_graph().asset_check_keys} == {
                 "rows_preserved", "small_fragments_under_threshold", "new_version_reads_back",
             }
-            assert {s.name for s in defs.sensors or []} == {"events_small_fragments_sensor", "events_dataset_discovery_sensor"}
+            assert {s.name for s in defs.sensors or []} == {
+                "events_small_fragments_sensor", "events_dataset_discovery_sensor", "events_automation_sensor",
+            }
             assert defs.resolve_sensor_def("events_small_fragments_sensor").minimum_interval_seconds == 90
             assert defs.resolve_schedule_def("events_compaction_schedule").cron_schedule == "30 4 * * *"
             assert {j.name for j in defs.jobs or []} >= {"events_compaction", "events_fanout_compaction"}
@@ -67,16 +69,20 @@ def test_component_from_yaml(root: Path, instance: dg.DagsterInstance, monkeypat
             assert (resource.root, resource.uri_template) == (str(root), "{root}/{partition_key}.lance")
             assert resource.options() == {"anon": False}
 
-            # the component's definitions work end to end: discovery, then the threshold from YAML
+            # the component's definitions work end to end: discovery, the record, then the
+            # automation condition with the threshold from YAML
             apply_partition_requests(instance, evaluate_sensor(defs, instance, "events_dataset_discovery_sensor"))
             assert sorted(instance.get_dynamic_partitions("events_datasets")) == ["clicks", "events"]
             result = evaluate_sensor(defs, instance, "events_small_fragments_sensor")
-            assert [r.partition_key for r in result.run_requests] == ["events"]
+            assert not result.run_requests  # the default trigger is the automation condition
+            for event in result.asset_events:
+                instance.report_runless_asset_event(event)
+            automation = dg.evaluate_automation_conditions(defs, instance)
+            assert automation.get_requested_partitions(compacted) == {"events"}
             run = defs.resolve_job_def("events_compaction").execute_in_process(
                 run_config={"ops": {"lake__events__compacted": {"config": {"target_rows_per_fragment": TARGET}}}},
                 instance=instance,
                 partition_key="events",
-                tags=result.run_requests[0].tags,
             )
             assert run.success
 
@@ -109,13 +115,16 @@ def test_component_rejects_bad_attributes() -> None:
 
 def test_factory_partitioning_variants(tmp_path: Path) -> None:
     dynamic = build_lance_compaction_defs("d", root=str(tmp_path))
-    assert {s.name for s in dynamic.sensors or []} == {"d_small_fragments_sensor", "d_dataset_discovery_sensor"}
+    assert {s.name for s in dynamic.sensors or []} == {"d_small_fragments_sensor", "d_dataset_discovery_sensor", "d_automation_sensor"}
     none = build_lance_compaction_defs("n", root=str(tmp_path / "x.lance"), partitioning="none")
     assert none.resolve_assets_def(dg.AssetKey(["n", "compacted"])).partitions_def is None
-    assert {s.name for s in none.sensors or []} == {"n_small_fragments_sensor"}
+    assert {s.name for s in none.sensors or []} == {"n_small_fragments_sensor", "n_automation_sensor"}
     static = build_lance_compaction_defs("s", root=str(tmp_path), partitioning=dg.StaticPartitionsDefinition(["p", "q"]), uri_template="{root}/{partition_key}/t.lance")
     assert static.resources["lance"].uri("p") == f"{tmp_path}/p/t.lance"
-    assert {s.name for s in static.sensors or []} == {"s_small_fragments_sensor"}
+    assert {s.name for s in static.sensors or []} == {"s_small_fragments_sensor", "s_automation_sensor"}
+    by_sensor = build_lance_compaction_defs("b", root=str(tmp_path), trigger="sensor")
+    assert {s.name for s in by_sensor.sensors or []} == {"b_small_fragments_sensor", "b_dataset_discovery_sensor"}
+    assert by_sensor.resolve_assets_def(dg.AssetKey(["b", "compacted"])).automation_conditions_by_key == {}
     merged = dg.Definitions.merge(dynamic, build_lance_compaction_defs("e", root=str(tmp_path), resource_key="other"))
     dg.Definitions.validate_loadable(merged)
 

@@ -194,3 +194,52 @@ def test_fanout_reencodes_heavily_deleted_groups_in_its_one_commit(tmp_path: Pat
     assert lance.dataset(str(path)).version == start + 1
     # fragments 0-3 (0 lost 8 of its 10 rows) re-encoded to their 32 live rows; 4-7 and 8-11 copied
     assert sorted(fragment_rows(path)) == [32, 40, 40]
+
+
+def test_fanout_result_stays_in_sync_like_the_asset_run(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """The fan-out commit records the lineage the compaction asset's step records (input data
+    version and record, code version), so Dagster's staleness resolver — the UI's "Unsynced" —
+    sees its result in sync until a writer adds data; with and without an earlier record."""
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    from tests.support.dagster import append, evaluate_sensor
+
+    for key in ("a", "b", "c"):
+        make_dataset(tmp_path / f"{key}.lance", 12)
+    partitions = dg.StaticPartitionsDefinition(["a", "b", "c"])
+    defs = build_lance_compaction_defs("t", root=str(tmp_path), partitioning=partitions, target_rows_per_fragment=TARGET)
+    compacted = dg.AssetKey(["t", "compacted"])
+    tick = evaluate_sensor(defs, instance, "t_small_fragments_sensor")
+    for event in tick.asset_events:
+        if event.partition in ("a", "b"):  # "c" has never been recorded when it is compacted
+            instance.report_runless_asset_event(event)
+
+    fanout = defs.resolve_job_def("t_fanout_compaction")
+    for key in ("a", "c"):
+        result = fanout.execute_in_process(
+            run_config={"ops": {"t_plan": {"config": {"target_rows_per_fragment": TARGET}}}}, instance=instance, partition_key=key
+        )
+        assert result.success
+    reference = defs.resolve_job_def("t_compaction").execute_in_process(
+        run_config={"ops": {"t__compacted": {"config": {"target_rows_per_fragment": TARGET}}}}, instance=instance, partition_key="b"
+    )
+    assert reference.success
+
+    def status(key: str) -> tuple[StaleStatus, list[str]]:
+        resolver = CachingStaleStatusResolver(instance, defs.get_repository_def().asset_graph, LoadingContextForTest(instance))
+        return resolver.get_status(compacted, key), [c.reason for c in resolver.get_stale_causes(compacted, key)]
+
+    def tags(key: str) -> dict[str, str]:
+        [record] = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=compacted, asset_partitions=[key]), limit=1).records
+        return dict(record.asset_materialization.tags or {})  # type: ignore[union-attr]
+
+    assert set(tags("a")) == set(tags("b")) == set(tags("c"))  # the same lineage keys as the asset step writes
+    for key in ("a", "b", "c"):
+        assert status(key) == (StaleStatus.FRESH, []), key
+        assert tags(key)["dagster/data_version"] == str(lance.dataset(str(tmp_path / f"{key}.lance")).version)
+    # a writer's append (recorded by the sensor) makes the fan-out result unsynced: the truth
+    append(tmp_path / "a.lance", 2)
+    for event in evaluate_sensor(defs, instance, "t_small_fragments_sensor", tick.cursor).asset_events:
+        instance.report_runless_asset_event(event)
+    assert status("a")[0] == StaleStatus.STALE

@@ -68,7 +68,7 @@ def test_envvar_secrets_resolve_at_run_time_only(monkeypatch: pytest.MonkeyPatch
 def test_append_from_an_asset_then_the_sensor_sees_it(root: Path, instance: dg.DagsterInstance) -> None:
     """Writing fragments from Dagster: the resource creates the dataset, then appends."""
     partitions = dg.StaticPartitionsDefinition(["events"])
-    defs = build_lance_compaction_defs("t", root=str(root), partitioning=partitions, min_small_fragments=3, target_rows_per_fragment=TARGET)
+    defs = build_lance_compaction_defs("t", root=str(root), partitioning=partitions, min_small_fragments=3, target_rows_per_fragment=TARGET, trigger="sensor")
 
     @dg.asset(partitions_def=partitions)
     def ingest(context: dg.AssetExecutionContext, lance: LanceDatasets) -> dg.MaterializeResult:
@@ -134,7 +134,7 @@ def test_s3_with_envvar_secrets_end_to_end(s3_endpoint: str, instance: dg.Dagste
     }
     partitions = dg.StaticPartitionsDefinition(["ev"])
     defs = build_lance_compaction_defs(
-        "t", root="s3://lake/tables", partitioning=partitions, storage_options=options, min_small_fragments=4, target_rows_per_fragment=TARGET
+        "t", root="s3://lake/tables", partitioning=partitions, storage_options=options, min_small_fragments=4, target_rows_per_fragment=TARGET, trigger="sensor"
     )
 
     @dg.asset(partitions_def=partitions)

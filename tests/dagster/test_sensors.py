@@ -19,11 +19,13 @@ DISCOVERY = "t_dataset_discovery_sensor"
 FRAGMENT_KEYS = {
     "lance_version", "storage_version", "fragments", "small_fragments", "target_rows_per_fragment",
     "rows", "deleted_rows", "bytes", "data_files", "size_histogram", "fragment_table", "uri", "lone_small_fragments", "content_version",
+    "small_fragment_bytes", "deleted_row_ratio", "unindexed_rows",
 }
 
 
 def static_defs(root: Path, keys: list[str], **kwargs: object) -> dg.Definitions:
     kwargs.setdefault("min_small_fragments", 4)
+    kwargs.setdefault("trigger", "sensor")  # these tests are about the sensor requesting runs itself
     return build_lance_compaction_defs(
         "t", root=str(root), partitioning=dg.StaticPartitionsDefinition(keys), target_rows_per_fragment=TARGET, **kwargs  # type: ignore[arg-type]
     )
@@ -191,7 +193,7 @@ def test_unreadable_dataset_is_a_skip_reason_not_a_crash(root: Path, instance: d
 def test_unpartitioned_sensor(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     path = tmp_path / "single.lance"
     make_dataset(path, 4)
-    defs = build_lance_compaction_defs("t", root=str(path), partitioning="none", min_small_fragments=4, target_rows_per_fragment=TARGET)
+    defs = build_lance_compaction_defs("t", root=str(path), partitioning="none", min_small_fragments=4, target_rows_per_fragment=TARGET, trigger="sensor")
     result = evaluate_sensor(defs, instance, SENSOR)
     [request] = result.run_requests
     assert request.partition_key is None
@@ -202,7 +204,7 @@ def test_unpartitioned_sensor(tmp_path: Path, instance: dg.DagsterInstance) -> N
 
 
 def test_dynamic_partitions_follow_the_datasets(root: Path, instance: dg.DagsterInstance) -> None:
-    defs = build_lance_compaction_defs("t", root=str(root), min_small_fragments=4, target_rows_per_fragment=TARGET)
+    defs = build_lance_compaction_defs("t", root=str(root), min_small_fragments=4, target_rows_per_fragment=TARGET, trigger="sensor")
     empty = evaluate_sensor(defs, instance, DISCOVERY)
     assert empty.skip_message == "0 datasets, no change"
 

@@ -25,7 +25,9 @@ COMPACTED = dg.AssetKey(["t", "compacted"])
 
 
 def dynamic_defs(root: Path, min_small_fragments: int = 4) -> dg.Definitions:
-    return build_lance_compaction_defs("t", root=str(root), target_rows_per_fragment=TARGET, min_small_fragments=min_small_fragments)
+    return build_lance_compaction_defs(
+        "t", root=str(root), target_rows_per_fragment=TARGET, min_small_fragments=min_small_fragments, trigger="sensor"
+    )
 
 
 def stale(defs: dg.Definitions, instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> tuple[StaleStatus, list[str]]:

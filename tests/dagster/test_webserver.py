@@ -7,6 +7,7 @@ Screenshots land in the test's tmp_path.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -18,11 +19,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import lance
 import pytest
 
 from tests.support.dagster import apply_partition_requests, evaluate_sensor, free_port, make_dataset
@@ -217,7 +219,7 @@ def test_webserver_serves_the_lance_layer(webserver: Webserver, tmp_path: Path) 
     assert location["__typename"] == "RepositoryLocation", location
     [repo] = location["repositories"]
     sensors = {s["name"]: s for s in repo["sensors"]}
-    assert set(sensors) == {"demo_small_fragments_sensor", "demo_dataset_discovery_sensor"}
+    assert set(sensors) == {"demo_small_fragments_sensor", "demo_dataset_discovery_sensor", "demo_automation_sensor"}
     # the demo's automation starts with the daemon, retention included (#25.7)
     assert all(s["defaultStatus"] == "RUNNING" and s["minIntervalSeconds"] == 30 for s in sensors.values())
     assert sorted((s["name"], s["cronSchedule"], s["defaultStatus"]) for s in repo["schedules"]) == [
@@ -293,22 +295,24 @@ def load_demo_instance_yaml() -> str:
     return str(module.DAGSTER_YAML)
 
 
-def test_dagster_dev_runs_one_compaction_per_dataset_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`dagster dev` on the demo instance: two Materialize launches for one dataset (and whatever the
-    running sensor asks for) queue behind each other; no two runs of that dataset overlap (#25.5)."""
+@contextlib.contextmanager
+def dagster_dev(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: Path, prepare: Callable[[dg.DagsterInstance], None] | None = None
+) -> Iterator[Webserver]:
+    """`dagster dev -w workspace.yaml` (webserver and daemon) on the demo instance's settings and
+    datasets under ``root``, on a free loopback port; yields once the code location has loaded.
+    ``prepare`` gets the instance before anything else runs on it."""
     exe = Path(sys.executable).with_name("dagster")
     if not exe.exists():
         pytest.skip("dagster is not installed next to this interpreter")
-    home, root = tmp_path / "dagster_home", tmp_path / "datasets"
+    home = tmp_path / "dagster_home"
     home.mkdir()
-    root.mkdir()
     (home / "dagster.yaml").write_text(load_demo_instance_yaml())
-    make_dataset(root / "events.lance", 20)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("LANCE_ASSETS_ROOT", str(root))
-    with dg.DagsterInstance.get() as instance:
-        apply_partition_requests(instance, evaluate_sensor(load_example_defs(), instance, "demo_dataset_discovery_sensor"))
-
+    if prepare is not None:
+        with dg.DagsterInstance.get() as instance:
+            prepare(instance)
     port = free_port()
     log = tmp_path / "dagster-dev.log"
     with log.open("wb") as out:
@@ -329,6 +333,27 @@ def test_dagster_dev_runs_one_compaction_per_dataset_at_a_time(tmp_path: Path, m
             except (OSError, ValueError):
                 pass
             time.sleep(1)
+        yield server
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_dagster_dev_runs_one_compaction_per_dataset_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dagster dev` on the demo instance: two Materialize launches for one dataset (and whatever the
+    running sensor asks for) queue behind each other; no two runs of that dataset overlap (#25.5)."""
+    root = tmp_path / "datasets"
+    root.mkdir()
+    make_dataset(root / "events.lance", 20)
+
+    def discover(instance: dg.DagsterInstance) -> None:
+        apply_partition_requests(instance, evaluate_sensor(load_example_defs(), instance, "demo_dataset_discovery_sensor"))
+
+    with dagster_dev(tmp_path, monkeypatch, root, discover) as server:
         tags = [{"key": "dagster/partition", "value": "events"}]
         first = launch_like_the_materialize_button(server, tags)
         second = launch_like_the_materialize_button(server, tags)
@@ -342,17 +367,41 @@ def test_dagster_dev_runs_one_compaction_per_dataset_at_a_time(tmp_path: Path, m
                 break
             started = [r for r in runs if r["status"] == "STARTED"]
             assert len(started) <= 1, f"two runs of one dataset at once: {started}"
-            assert time.monotonic() < deadline, f"runs not finished in 480 s: {runs}\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"runs not finished in 480 s: {runs}\n{server.log.read_text()[-3000:]}"
             time.sleep(0.5)
-        assert [r["status"] for r in mine] == ["SUCCESS", "SUCCESS"], log.read_text()[-3000:]
+        assert [r["status"] for r in mine] == ["SUCCESS", "SUCCESS"], server.log.read_text()[-3000:]
         intervals = sorted((r["startTime"], r["endTime"]) for r in runs if r["startTime"] and r["endTime"])
         assert len(intervals) >= 2
         for (_, end), (start, _) in itertools.pairwise(intervals):
             assert start >= end, f"runs of one dataset overlapped: {intervals}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+
+
+AUTOMATION_RUNS = """
+{ runsOrError(filter: {tags: [{key: "dagster/from_automation_condition", value: "true"}]}) { __typename
+  ... on Runs { results { runId status creationTime tags { key value } assetSelection { path } } } } }
+"""
+
+
+def test_dagster_dev_demo_automation_compacts_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new user's first minutes: `dagster dev` on the demo with a fragmented dataset and nothing
+    else — the daemon's sensors discover and record it, demo_automation_sensor's condition requests
+    its compaction (about a minute: two 30-second sensor intervals) and the run compacts it."""
+    root = tmp_path / "datasets"
+    root.mkdir()
+    make_dataset(root / "events.lance", 20)
+    with dagster_dev(tmp_path, monkeypatch, root) as server:
+        loaded = time.time()
+        deadline = time.monotonic() + 300
+        while True:
+            runs = server.graphql(AUTOMATION_RUNS)["runsOrError"]["results"]
+            if runs and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+                break
+            assert time.monotonic() < deadline, f"no automation run finished in 300 s: {runs}\n{server.log.read_text()[-3000:]}"
+            time.sleep(1)
+        [run] = runs  # one request for the one dataset (the next ticks see it handled)
+        assert run["status"] == "SUCCESS", server.log.read_text()[-3000:]
+        assert {t["key"]: t["value"] for t in run["tags"]}["dagster/partition"] == "events"
+        assert run["assetSelection"] == [{"path": ["demo", "compacted"]}]
+        # requested within two sensor intervals of the location loading, plus slack for a busy machine
+        assert run["creationTime"] - loaded < 120, run["creationTime"] - loaded
+    assert len(lance.dataset(str(root / "events.lance")).get_fragments()) == 1
