@@ -132,13 +132,11 @@ class NativeColumn:
         self.coalesced = False  # whether any page was written from decoded rows
 
     def takes(self, pages: Sequence[file2_pb2.ColumnMetadata.Page]) -> bool:
+        """Whether every one of these pages is small (or has no buffers) and decodable."""
         for page in pages:
-            if page.encoding.WhichOneof("location") != "direct":
-                return False
-            shape = self._mb.page_shape(page.encoding.direct.encoding, self._version, self._boolean)
-            if isinstance(shape, str):
-                return False
             if page.buffer_sizes and not 0 < sum(page.buffer_sizes) < SMALL_PAGE_BYTES:
+                return False
+            if not self._mb.decodable(page, self._version, self._boolean):
                 return False
         return True
 

@@ -177,6 +177,20 @@ def page_shape(encoding: bytes, version: FileVersion, boolean: bool = False) -> 
     return codec if isinstance(codec, str) else codec.shape
 
 
+def decodable(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, boolean: bool = False) -> bool:
+    """Whether ``decode_page`` takes this page: its encoding is one this module decodes and its
+    buffers are the ones that encoding has (none for all-null and constant pages: the same
+    encoding bytes with buffers mean another layout, e.g. a repeated string with nulls)."""
+    if page.encoding.WhichOneof("location") != "direct":
+        return False
+    codec = _codec(page.encoding.direct.encoding, version, boolean)
+    if isinstance(codec, str):
+        return False
+    if codec.shape.null or codec.constant is not None:
+        return not page.buffer_sizes
+    return len(page.buffer_sizes) == (3 if codec.shape.rep else 2)
+
+
 @lru_cache(maxsize=4096)
 def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Codec | str:
     if version not in (FileVersion.V2_1, FileVersion.V2_2):
