@@ -20,6 +20,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -312,13 +313,14 @@ def _levels_reason(levels: enc21.CompressiveEncoding) -> str:
 
 @dataclass(frozen=True)
 class Packed:
-    """Levels of one chunk still bit-packed (one fast-lanes block of 16-bit levels): unpacked
-    together with every other block of the run when it is encoded, which costs one numpy pass
-    instead of one per small page."""
+    """One fast-lanes block of ``bits``-bit levels or values still bit-packed, of which the
+    first ``count`` are wanted: unpacked together with every other block of the run when it is
+    encoded, which costs one numpy pass per bit width instead of one per small page."""
 
-    words: U16
+    words: npt.NDArray[np.unsignedinteger]
     width: int
     count: int
+    bits: int = 16
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -343,7 +345,7 @@ class Run:
     shape: Shape
     rows: int = 0
     levels: list[_Levels] = field(default_factory=list)
-    fixed: list[U8 | int] = field(default_factory=list)  # value bytes; for 1-bit values one byte per bit
+    fixed: list[U8 | Packed | int] = field(default_factory=list)  # value bytes; for 1-bit values one byte per bit
     lengths: list[I64 | int] = field(default_factory=list)  # variable-width: value lengths
     data: list[U8] = field(default_factory=list)  # variable-width: value bytes
     num_values: int = 0
@@ -428,10 +430,10 @@ def decode_page(
         sizes = struct.unpack_from(size_fmt[0] + size_fmt[1] * codec.buffers, chunk, at)
         at = _aligned(at + size_len * codec.buffers)
         if shape.rep:
-            levels.rep.append(_decode_levels(codec.rep, chunk[at : at + rep_size], num_levels))
+            levels.rep += _decode_levels(codec.rep, chunk[at : at + rep_size], num_levels)
             at = _aligned(at + rep_size)
         if shape.defs:
-            levels.defs.append(_decode_levels(codec.defs, chunk[at : at + def_size], num_levels))
+            levels.defs += _decode_levels(codec.defs, chunk[at : at + def_size], num_levels)
             at = _aligned(at + def_size)
         parts = []
         for size in sizes:
@@ -455,7 +457,7 @@ def _aligned(n: int) -> int:
     return n + (-n % CHUNK_ALIGNMENT)
 
 
-def _decode_levels(encoding: enc21.CompressiveEncoding | None, raw: memoryview, count: int) -> U16 | Packed:
+def _decode_levels(encoding: enc21.CompressiveEncoding | None, raw: memoryview, count: int) -> list[U16 | Packed]:
     assert encoding is not None
     kind = encoding.WhichOneof("compression")
     if kind == "flat":
@@ -464,10 +466,10 @@ def _decode_levels(encoding: enc21.CompressiveEncoding | None, raw: memoryview, 
         (width,) = struct.unpack_from("<H", raw, 0)
         if count > 1024 or width > 16 or len(raw) < 2 + 128 * width:
             raise CorruptFileError(f"bit-packed levels of width {width} for {count} values do not fit their chunk")
-        return Packed(np.frombuffer(raw, dtype="<u2", count=64 * width, offset=2), width, count)
+        return [Packed(np.frombuffer(raw, dtype="<u2", count=64 * width, offset=2), width, count)]
     elif kind == "out_of_line_bitpacking":
         width = encoding.out_of_line_bitpacking.values.flat.bits_per_value
-        out = _unpack_out_of_line(np.frombuffer(raw, dtype="<u2"), width, count)
+        return _out_of_line(np.frombuffer(raw, dtype="<u2"), width, count)
     else:  # rle: u64 byte length of the run values, the values, then one u8 length per run
         (value_bytes,) = struct.unpack_from("<Q", raw, 0)
         values = np.frombuffer(raw, dtype="<u2", count=value_bytes // 2, offset=8)
@@ -475,7 +477,7 @@ def _decode_levels(encoding: enc21.CompressiveEncoding | None, raw: memoryview, 
         out = np.repeat(values, runs)
     if len(out) != count:
         raise CorruptFileError(f"a chunk's levels decode to {len(out)} values, its header says {count}")
-    return out.astype(np.uint16, copy=False)
+    return [out.astype(np.uint16, copy=False)]
 
 
 def _decode_values(codec: _Codec, parts: Sequence[memoryview], n: int, run: Run) -> None:
@@ -505,8 +507,12 @@ def _decode_values(codec: _Codec, parts: Sequence[memoryview], n: int, run: Run)
     elif kind == "inline_bitpacking":
         bits = shape.bits
         width = int(np.frombuffer(raw, dtype=f"<u{bits // 8}", count=1)[0])
-        values = _unpack_block(np.frombuffer(raw[bits // 8 :], dtype=f"<u{bits // 8}"), width, bits)[:n]
-        run.fixed.append(values.astype(f"<u{bits // 8}", copy=False).view(np.uint8))
+        lanes = 1024 // bits
+        if n > 1024 or width > bits or len(raw) < bits // 8 * (1 + width * lanes):
+            raise CorruptFileError(f"bit-packed values of width {width} for {n} values do not fit their chunk")
+        run.fixed.append(
+            Packed(np.frombuffer(raw, dtype=f"<u{bits // 8}", count=width * lanes, offset=bits // 8), width, n, bits)
+        )
         run.nbytes += n * bits // 8
     elif shape.bits == 1:
         unpacked = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n, bitorder="little")
@@ -536,15 +542,6 @@ def _lane_positions(bits: int) -> npt.NDArray[np.intp]:
     return positions
 
 
-def _unpack_block(words: npt.NDArray[np.unsignedinteger], width: int, bits: int) -> npt.NDArray[np.unsignedinteger]:
-    """The 1,024 values of one block packed ``width`` bits each into ``bits``-bit words."""
-    lanes = 1024 // bits
-    if width > bits or len(words) < width * lanes:
-        raise CorruptFileError(f"bit-packed block of width {width} is short or too wide")
-    block: npt.NDArray[np.unsignedinteger] = _unpack_blocks(np.asarray(words[: width * lanes])[None, :], width, bits)[0]
-    return block
-
-
 def _unpack_blocks(words: npt.NDArray[np.unsignedinteger], width: int, bits: int) -> npt.NDArray[np.unsignedinteger]:
     """Blocks of 1,024 values, one per row of ``words`` (each ``width * 1024 / bits`` words of
     ``bits`` bits), as a (blocks, 1024) array."""
@@ -572,36 +569,44 @@ _NULL_PAGE = any_pb2.Any(
 ).SerializeToString(deterministic=True)
 
 
-def _levels(parts: Sequence[U16 | Packed]) -> U16:
-    """The levels of a run in order, unpacking the still-packed blocks of each width at once."""
-    out: list[U16] = []
-    packed = [p for p in parts if isinstance(p, Packed)]
-    unpacked: dict[int, U16] = {}
-    for width in {p.width for p in packed}:
-        group = [i for i, p in enumerate(packed) if p.width == width]
-        blocks = _unpack_blocks(np.stack([packed[i].words for i in group]), width, 16)
-        for row, i in enumerate(group):
-            unpacked[i] = blocks[row, : packed[i].count]
-    k = 0
-    for part in parts:
+def _unpacked(parts: Sequence[Any]) -> list[Any]:
+    """``parts`` with every Packed block replaced by its wanted values (blocks of one bit width
+    and word size are unpacked in one numpy pass)."""
+    out = list(parts)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, part in enumerate(parts):
         if isinstance(part, Packed):
-            out.append(unpacked[k])
-            k += 1
-        else:
-            out.append(part)
-    return np.concatenate(out).astype(np.uint16, copy=False) if out else np.zeros(0, np.uint16)
+            groups.setdefault((part.bits, part.width), []).append(i)
+    for (bits, width), where in groups.items():
+        blocks = _unpack_blocks(np.stack([parts[i].words for i in where]), width, bits)
+        for row, i in enumerate(where):
+            out[i] = blocks[row, : parts[i].count]
+    return out
 
 
-def _unpack_out_of_line(words: U16, width: int, count: int) -> U16:
+def _levels(parts: Sequence[U16 | Packed]) -> U16:
+    """The levels of a run in order."""
+    arrays = _unpacked(parts)
+    return np.concatenate(arrays).astype(np.uint16, copy=False) if arrays else np.zeros(0, np.uint16)
+
+
+def _out_of_line(words: U16, width: int, count: int) -> list[U16 | Packed]:
     """Levels bit-packed in whole blocks; a last partial block is either packed (padded) or
     stored as raw 16-bit values, told apart by the buffer's length."""
     per_block = 1024 * width // 16
     whole, tail = divmod(count, 1024)
-    parts = [_unpack_block(words[i * per_block : (i + 1) * per_block], width, 16) for i in range(whole)]
+    if len(words) < whole * per_block:
+        raise CorruptFileError(f"out-of-line bit-packed levels hold fewer than {count} values")
+    parts: list[U16 | Packed] = [Packed(words[i * per_block : (i + 1) * per_block], width, 1024) for i in range(whole)]
     if tail:
         rest = words[whole * per_block :]
-        parts.append(rest[:tail] if len(rest) == tail else _unpack_block(rest, width, 16)[:tail])
-    return np.concatenate(parts).astype(np.uint16, copy=False) if parts else np.zeros(0, np.uint16)
+        if len(rest) == tail:
+            parts.append(rest)
+        elif len(rest) >= per_block:
+            parts.append(Packed(rest[:per_block], width, tail))
+        else:
+            raise CorruptFileError(f"out-of-line bit-packed levels hold fewer than {count} values")
+    return parts
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -644,7 +649,9 @@ def encode_page(run: Run) -> EncodedPage:
         value_cost = ends + np.arange(n + 1) * (shape.bits // 8)  # bytes of values [0, i) with their offsets
     else:
         per = shape.value_bytes
-        fixed = np.concatenate([np.zeros(x * max(per, 1), np.uint8) if isinstance(x, int) else x for x in run.fixed])
+        fixed = np.concatenate(
+            [np.zeros(x * max(per, 1), np.uint8) if isinstance(x, int) else x.view(np.uint8) for x in _unpacked(run.fixed)]
+        )
         value_cost = np.arange(n + 1) * per if per else np.arange(n + 1) // 8
     # level_end[i]: levels that belong to the first i values (a chunk takes the levels up to
     # its last value; levels of null or empty lists after it start the next chunk)
@@ -662,6 +669,11 @@ def encode_page(run: Run) -> EncodedPage:
         raise CorruptFileError(f"{levels} levels for {n} values without lists")
     level_bytes = 2 * ((1 if shape.rep else 0) + (1 if shape.defs else 0))
     header = _aligned(2 + 2 * (int(shape.rep) + int(shape.defs)) + (4 if shape.wide else 2))
+
+    if levels == 0 and not shape.variable and per:
+        # Fixed-width values without levels (the common flat column): every chunk but the last
+        # holds the same power of two of values, so the chunks are laid out by numpy at once.
+        return _encode_fixed(fixed, per, n, shape, run.rows)
 
     meta: list[int] = []
     body = bytearray()
@@ -708,6 +720,38 @@ def encode_page(run: Run) -> EncodedPage:
             raise CorruptFileError(f"repetition levels end {sum(rep_index[0::2])} rows, the pages hold {run.rows}")
         buffers.append(np.array(rep_index, dtype="<u8").tobytes())
     return EncodedPage(tuple(buffers), _layout_bytes(shape, n), run.rows)
+
+
+def _encode_fixed(fixed: U8, per: int, n: int, shape: Shape, rows: int) -> EncodedPage:
+    """``encode_page`` for fixed-width values of ``per`` bytes without levels."""
+    header = _aligned(2 + (4 if shape.wide else 2))
+    count = 1 << (max(1, min(MAX_CHUNK_VALUES, (CHUNK_TARGET_BYTES - header) // per)).bit_length() - 1)
+    full, rest = divmod(n, count)
+    if rest == 0 and full:
+        full, rest = full - 1, count  # the last chunk holds whatever remains, here a whole one
+    size_fmt = "<I" if shape.wide else "<H"
+
+    def chunk_header(values: int) -> bytes:
+        head = struct.pack("<H", 0) + struct.pack(size_fmt, values * per)
+        return head + b"\xfe" * (header - len(head))
+
+    parts = []
+    if full:
+        payload = _aligned(count * per)
+        block = np.full((full, header + payload), 0xFE, dtype=np.uint8)
+        block[:, :header] = np.frombuffer(chunk_header(count), dtype=np.uint8)
+        block[:, header : header + count * per] = fixed[: full * count * per].reshape(full, count * per)
+        parts.append(block.tobytes())
+    tail = bytearray(chunk_header(rest))
+    tail += fixed[full * count * per : (full * count + rest) * per].tobytes()
+    _pad(tail)
+    parts.append(bytes(tail))
+    if header + _aligned(count * per) > MAX_CHUNK_BYTES or len(tail) > MAX_CHUNK_BYTES:
+        raise NotNative(f"chunks of {count} values of {per} bytes do not fit a chunk")
+    words = [(((header + _aligned(count * per)) // CHUNK_ALIGNMENT - 1) << 4) | (count.bit_length() - 1)] * full
+    words.append((len(tail) // CHUNK_ALIGNMENT - 1) << 4)
+    meta = np.array(words, dtype="<u4" if shape.wide else "<u2").tobytes()
+    return EncodedPage((meta, b"".join(parts)), _layout_bytes(shape, n), rows)
 
 
 def _pad(buf: bytearray) -> None:
