@@ -551,14 +551,17 @@ def _unpack_blocks(words: npt.NDArray[np.unsignedinteger], width: int, bits: int
     if width == 0:
         return np.zeros((k, 1024), dtype=dtype)
     packed = np.ascontiguousarray(words).astype(f"<u{bits // 8}", copy=False).reshape(k, width, lanes)
-    stream = np.unpackbits(packed.view(np.uint8).reshape(k, width, lanes, bits // 8), axis=3, bitorder="little")
-    # stream[b, w, l, :] are the bits of word w of lane l; a lane's rows are consecutive runs of
-    # ``width`` bits through its words.
-    per_lane = stream.reshape(k, width, lanes, bits).transpose(0, 2, 1, 3).reshape(k, lanes, bits, width)
-    weights = np.left_shift(np.ones(width, dtype=dtype), np.arange(width, dtype=dtype))
-    values = (per_lane.astype(dtype) * weights).sum(axis=3, dtype=dtype)
+    mask = dtype((1 << width) - 1)
+    rows = np.empty((k, bits, lanes), dtype=dtype)
+    # Row r of every lane starts at bit r * width of the lane's words and may run into the next word.
+    for r in range(bits):
+        word, shift = divmod(r * width, bits)
+        value = packed[:, word, :] >> dtype(shift)
+        if shift + width > bits:
+            value = value | (packed[:, word + 1, :] << dtype(bits - shift))
+        rows[:, r, :] = value & mask
     out = np.empty((k, 1024), dtype=dtype)
-    out[:, _lane_positions(bits)] = values
+    out[:, _lane_positions(bits)] = rows.transpose(0, 2, 1)
     return out
 
 

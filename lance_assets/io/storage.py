@@ -455,11 +455,13 @@ class Storage:
         """
         with self._errors(rel):
             self._makedirs_for(rel)
-            f: Any = (
-                MultipartComposer(self.fs, self.path(rel), server_side_copy=self.server_side_copy)
-                if self._s3_calls
-                else self.fs.open(self.path(rel), "wb")
-            )
+            f: Any
+            if self._s3_calls:
+                f = MultipartComposer(self.fs, self.path(rel), server_side_copy=self.server_side_copy)
+            elif self.is_local:
+                f = open(self.path(rel), "wb")  # noqa: SIM115 -- closed below; a plain file needs no fsspec
+            else:
+                f = self.fs.open(self.path(rel), "wb")
         try:
             with self._errors(rel):
                 yield f
