@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 from lance_assets._proto import encodings_v2_1_pb2 as enc21
 from lance_assets._proto import file2_pb2
 from lance_assets.errors import CorruptFileError
-from lance_assets.format.protobuf import wire_fields
+from lance_assets.format.protobuf import varint, wire_fields
 from lance_assets.format.v2file import FileVersion
 
 LAYOUT_URL = "/lance.encodings21.PageLayout"
@@ -818,15 +818,5 @@ def _layout_bytes(shape: Shape, num_items: int) -> bytes:
         mb.def_compression.CopyFrom(flat16)
     inner = mb.SerializeToString(deterministic=True) + (_WIDE_SIZES_BYTES if shape.wide else b"")
     # PageLayout { mini_block_layout (field 1, length-delimited) }
-    layout = b"\x0a" + _varint(len(inner)) + inner
+    layout = b"\x0a" + varint(len(inner)) + inner
     return any_pb2.Any(type_url=LAYOUT_URL, value=layout).SerializeToString(deterministic=True)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)

@@ -88,3 +88,15 @@ def wire_fields(data: bytes) -> list[tuple[int, int, bytes | int]] | None:
     except ValueError:
         return None
     return fields
+
+
+def varint(value: int) -> bytes:
+    """``value`` as a protobuf base-128 varint (for fields written by hand, like ones our
+    protos do not define)."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

@@ -33,7 +33,7 @@ from lance_assets.errors import (
     UnsupportedVersionError,
 )
 from lance_assets.format import v2file, v2safety
-from lance_assets.format.protobuf import wire_fields
+from lance_assets.format.protobuf import varint, wire_fields
 from lance_assets.format.v2file import (
     ALIGNMENT,
     DEFAULT_TAIL_BYTES,
@@ -253,17 +253,7 @@ def with_page_encoding(meta: V2FileMetadata, column: int, type_url: str, value: 
 
 def unknown_field(number: int, payload: bytes = b"\x01") -> bytes:
     """A length-delimited protobuf field with a tag our protos do not define."""
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+    return varint((number << 3) | 2) + varint(len(payload)) + payload
 
 
 # ------------------------------------------------------------------------------------------
@@ -627,7 +617,7 @@ def test_v21_v22_layouts(simple_files: dict[str, V2FileMetadata]) -> None:
     # the mini-block field pylance 14 adds in 2.2 is accepted there, refused in 2.1
     mini = enc21.MiniBlockLayout(num_items=30)
     extended = mini.SerializeToString() + b"\x50\x01"  # field 10, varint 1
-    layout = b"\x0a" + _varint(len(extended)) + extended
+    layout = b"\x0a" + varint(len(extended)) + extended
     assert inspect_copy_safety(with_page_encoding(simple_files["2.2"], 0, url, layout)).copyable
     assert "MiniBlockLayout has unknown field(s) [10]" in _reasons(
         with_page_encoding(simple_files["2.1"], 0, url, layout)
