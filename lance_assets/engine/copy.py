@@ -543,15 +543,14 @@ def _write_merged(
             tally.pages_before += sum(len(src.meta.columns[col].pages) for col in src.columns.values())
             kept = {fid: col for fid, col in src.columns.items() if fid not in skip}
             decoded: dict[int, tuple[int, list[Any]]] = {}
-            for fid, col in kept.items():
+            takes = {fid: col for fid, col in kept.items() if fid in natives and natives[fid].takes(src.meta.columns[col].pages)}
+            data = _InputBytes(storage, src, [src.meta.columns[col] for col in takes.values()])
+            for fid, col in takes.items():
                 pages = src.meta.columns[col].pages
-                if fid in natives and natives[fid].takes(pages):
-                    buffers = [
-                        [_read_buffer(storage, src, o, n) for o, n in zip(p.buffer_offsets, p.buffer_sizes)] for p in pages
-                    ]
-                    runs = natives[fid].decode(pages, buffers)
-                    if runs is not None:
-                        decoded[fid] = (col, runs)
+                buffers = [[data.buffer(o, n) for o, n in zip(p.buffer_offsets, p.buffer_sizes)] for p in pages]
+                runs = natives[fid].decode(pages, buffers)
+                if runs is not None:
+                    decoded[fid] = (col, runs)
             for fid, col in kept.items():
                 column_encodings.setdefault(fid, src.meta.columns[col].encoding)
                 if fid in natives and fid not in decoded:  # pending rows go before this file's copied pages
@@ -638,12 +637,29 @@ def _write_merged(
     return fragment, rel, bytes_read, size + sum(c.size for c in blob_out.sidecars)
 
 
-def _read_buffer(storage: Storage, src: _Source, offset: int, size: int) -> bytes | memoryview:
-    """One page buffer of an input: from the bytes read with its metadata when they hold it
-    (all of a small file), else read."""
-    if offset >= src.tail_offset:
-        return memoryview(src.tail)[offset - src.tail_offset : offset - src.tail_offset + size]
-    return storage.read(src.rel_path, offset, offset + size)
+class _InputBytes:
+    """The page buffers of some columns of one input: from the bytes read with its metadata
+    where they hold them (all of a small file), the rest read in one request from the first
+    such buffer on (one input's bytes at most, within the memory bound)."""
+
+    def __init__(self, storage: Storage, src: _Source, columns: Sequence[file2_pb2.ColumnMetadata]) -> None:
+        self._src = src
+        spans = [
+            (o, o + n)
+            for c in columns
+            for p in c.pages
+            for o, n in zip(p.buffer_offsets, p.buffer_sizes)
+            if n and o < src.tail_offset
+        ]
+        self._start = min(o for o, _ in spans) if spans else src.tail_offset
+        self._head = storage.read(src.rel_path, self._start, max(e for _, e in spans)) if spans else b""
+
+    def buffer(self, offset: int, size: int) -> memoryview:
+        if offset < self._src.tail_offset:  # a buffer starting before the tail is all in the head read
+            at = offset - self._start
+            return memoryview(self._head)[at : at + size]
+        at = offset - self._src.tail_offset
+        return memoryview(self._src.tail)[at : at + size]
 
 
 def _write_encoded(

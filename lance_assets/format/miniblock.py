@@ -673,10 +673,9 @@ def encode_page(run: Run) -> EncodedPage:
     level_bytes = 2 * ((1 if shape.rep else 0) + (1 if shape.defs else 0))
     header = _aligned(2 + 2 * (int(shape.rep) + int(shape.defs)) + (4 if shape.wide else 2))
 
-    if levels == 0 and not shape.variable and per:
-        # Fixed-width values without levels (the common flat column): every chunk but the last
-        # holds the same power of two of values, so the chunks are laid out by numpy at once.
-        return _encode_fixed(fixed, per, n, shape, run.rows)
+    if not shape.variable and per and rep is None and (levels == 0 or levels == n):
+        # fixed-width values with no levels or one definition level each (flat columns)
+        return _encode_fixed(fixed, per, n, shape, run.rows, defs if levels else None)
 
     meta: list[int] = []
     body = bytearray()
@@ -725,33 +724,47 @@ def encode_page(run: Run) -> EncodedPage:
     return EncodedPage(tuple(buffers), _layout_bytes(shape, n), run.rows)
 
 
-def _encode_fixed(fixed: U8, per: int, n: int, shape: Shape, rows: int) -> EncodedPage:
-    """``encode_page`` for fixed-width values of ``per`` bytes without levels."""
-    header = _aligned(2 + (4 if shape.wide else 2))
-    count = 1 << (max(1, min(MAX_CHUNK_VALUES, (CHUNK_TARGET_BYTES - header) // per)).bit_length() - 1)
+def _encode_fixed(fixed: U8, per: int, n: int, shape: Shape, rows: int, defs: U16 | None = None) -> EncodedPage:
+    """``encode_page`` for fixed-width values of ``per`` bytes without repetition levels and
+    with either no definition levels or one per value: every chunk but the last then holds the
+    same power of two of values, so numpy lays the chunks out at once."""
+    level_bytes = 2 if defs is not None else 0
+    header = _aligned(2 + (2 if defs is not None else 0) + (4 if shape.wide else 2))
+    count = 1 << (max(1, min(MAX_CHUNK_VALUES, (CHUNK_TARGET_BYTES - header) // (per + level_bytes))).bit_length() - 1)
     full, rest = divmod(n, count)
     if rest == 0 and full:
         full, rest = full - 1, count  # the last chunk holds whatever remains, here a whole one
     size_fmt = "<I" if shape.wide else "<H"
 
     def chunk_header(values: int) -> bytes:
-        head = struct.pack("<H", 0) + struct.pack(size_fmt, values * per)
+        head = struct.pack("<H", values if defs is not None else 0)
+        if defs is not None:
+            head += struct.pack("<H", 2 * values)
+        head += struct.pack(size_fmt, values * per)
         return head + b"\xfe" * (header - len(head))
 
     parts = []
+    level_span = _aligned(count * level_bytes)
+    chunk_size = header + level_span + _aligned(count * per)
     if full:
-        payload = _aligned(count * per)
-        block = np.full((full, header + payload), 0xFE, dtype=np.uint8)
+        block = np.full((full, chunk_size), 0xFE, dtype=np.uint8)
         block[:, :header] = np.frombuffer(chunk_header(count), dtype=np.uint8)
-        block[:, header : header + count * per] = fixed[: full * count * per].reshape(full, count * per)
+        if defs is not None:
+            levels = defs[: full * count].astype("<u2").view(np.uint8)
+            block[:, header : header + count * 2] = levels.reshape(full, count * 2)
+        start = header + level_span
+        block[:, start : start + count * per] = fixed[: full * count * per].reshape(full, count * per)
         parts.append(block.tobytes())
     tail = bytearray(chunk_header(rest))
+    if defs is not None:
+        tail += defs[full * count :].astype("<u2").tobytes()
+        _pad(tail)
     tail += fixed[full * count * per : (full * count + rest) * per].tobytes()
     _pad(tail)
     parts.append(bytes(tail))
-    if header + _aligned(count * per) > MAX_CHUNK_BYTES or len(tail) > MAX_CHUNK_BYTES:
+    if chunk_size > MAX_CHUNK_BYTES or len(tail) > MAX_CHUNK_BYTES:
         raise NotNative(f"chunks of {count} values of {per} bytes do not fit a chunk")
-    words = [(((header + _aligned(count * per)) // CHUNK_ALIGNMENT - 1) << 4) | (count.bit_length() - 1)] * full
+    words = [((chunk_size // CHUNK_ALIGNMENT - 1) << 4) | (count.bit_length() - 1)] * full
     words.append((len(tail) // CHUNK_ALIGNMENT - 1) << 4)
     meta = np.array(words, dtype="<u4" if shape.wide else "<u2").tobytes()
     return EncodedPage((meta, b"".join(parts)), _layout_bytes(shape, n), rows)
