@@ -380,6 +380,17 @@ def decode_page(
 
     Raises NotNative for pages this module does not decode (``page_shape`` says which) and
     CorruptFileError when the bytes contradict the page's own description."""
+    try:
+        return _decode_page(page, buffers, version, boolean)
+    except (NotNative, CorruptFileError):
+        raise
+    except (ValueError, IndexError, struct.error) as exc:  # numpy or struct reading past a buffer's end
+        raise CorruptFileError(f"mini-block page does not decode: {exc}") from exc
+
+
+def _decode_page(
+    page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | memoryview], version: FileVersion, boolean: bool
+) -> Run:
     codec = _codec(page.encoding.direct.encoding, version, boolean)
     if isinstance(codec, str):
         raise NotNative(codec)

@@ -613,7 +613,8 @@ class ColumnMerger:
                 del pages[start:]
                 raise ValueError("page has a deferred encoding at an absolute position; refuse the file")
             if move is not None:
-                page.buffer_offsets[:] = [move(o) for o in page.buffer_offsets]
+                # an empty buffer holds no bytes to have been copied: any aligned offset will do
+                page.buffer_offsets[:] = [move(o) if n else 0 for o, n in zip(page.buffer_offsets, page.buffer_sizes)]
             elif shift:
                 page.buffer_offsets[:] = [o + shift for o in page.buffer_offsets]
             if row_offset:
