@@ -8,8 +8,9 @@ Each case is a dataset of many small fragments written by pylance (the shapes st
 leave: 100 or 1,000 rows per append, on 2.1 and 2.2; a 768-dim vector table; a 200-column
 table). It is copied once per way of compacting it and compacted:
 
-- ``lance-assets``: ``compact()`` with the defaults (``pages="coalesce"``: columns made of small
-  pages re-encoded by pylance's file writer, the rest copied byte for byte);
+- ``lance-assets``: ``compact()`` with the defaults (``pages="coalesce"``: small 2.1/2.2 pages
+  decoded and re-cut into large ones by the copy itself, pylance's file writer for what it
+  cannot decode, the rest copied byte for byte);
 - ``lance-assets copy``: ``compact(pages="copy")``, every page copied as it is (the old behaviour);
 - ``pylance binary``: ``compact_files(compaction_mode="force_binary_copy")``;
 - ``pylance reencode``: ``compact_files()``, pylance's default, which decodes and re-encodes.
