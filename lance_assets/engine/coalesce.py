@@ -2,11 +2,13 @@
 
 Binary copy turns every small input file into one small page per column of the output
 (``format.pages``); Lance's reader pays per page. With ``pages="coalesce"`` (the default) the
-copy re-encodes the columns made of many small pages -- and only those -- with pylance's file
-writer (``lance.file.LanceFileWriter``) into a temporary file of the same file version, and
-copies that file's pages into the output in place of the small ones. Every other column is
-still copied byte for byte. The planner uses the same rules to pick fragments at target size
-whose columns are worth healing, so it never picks what the copy would leave as it is.
+copy decodes the small 2.1/2.2 pages it can (``format.miniblock``) and writes them as large
+pages as it goes (``NativeColumn``); the columns made of many small pages it cannot decode are
+re-encoded -- and only those -- with pylance's file writer (``lance.file.LanceFileWriter``)
+into a temporary file of the same file version, whose pages are copied into the output in
+place of the small ones. Every other column is still copied byte for byte. The planner uses
+the same rules to pick fragments at target size whose columns are worth healing, so it never
+picks what the copy would leave as it is.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ def native_page_bytes(
 def pylance_fields(ds: Dataset, first: table_pb2.DataFragment, version: FileVersion, out_fields: Sequence[int]) -> list[int]:
     """The output fields to hand to pylance's writer: every field of each top-level field that
     holds a column whose small pages, in the first input, the copy cannot re-cut itself. Later
-    inputs usually share the first one's encodings; where one does not, its pages are copied as
-    they are and the report names the column as left small."""
+    inputs usually share the first one's encodings; where they hold enough small pages the copy
+    cannot re-cut, it writes the output once more with those fields given to pylance."""
     native = NativeColumn(version, 0)
     guarded = repdef.guarded_field_ids(ds.manifest.fields, version)
     foreign = set()
@@ -115,7 +117,7 @@ class NativeColumn:
     pages (``format.miniblock``), in row order with the pages copied as they are.
 
     The copy asks ``takes`` for each input file's pages of the column: when every one is a
-    small mini-block page the module decodes, they are ``add``-ed (decoded) instead of copied;
+    small page the module decodes, they are ``decode``-d and ``add``-ed instead of copied;
     otherwise the copy flushes the pending rows (``flush``) and copies the pages. Memory holds
     at most ``page_bytes`` of decoded values per column.
     """

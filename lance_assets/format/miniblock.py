@@ -3,13 +3,14 @@
 Binary copy of many small appends leaves a column of thousands of one-chunk pages, and Lance's
 reader pays per page. This module coalesces such pages without pylance and without changing a
 value: it decodes each small page's chunks (the encodings pylance's writer picks for small
-pages: flat and variable-width values, fast-lanes bit-packing, run-length and flat levels) and
-writes the concatenation as a few large pages of plain encodings (flat values, flat 16-bit
+pages: flat, variable-width, fast-lanes bit-packed and run-length values, fixed-size lists of
+fixed-width values; flat, bit-packed and run-length levels; all-null and single-value pages)
+and writes the concatenation as a few large pages of plain encodings (flat values, flat 16-bit
 levels), cut into chunks that obey the mini-block rule: every chunk but a page's last holds a
 power of two of values, at most 4,096. The byte layout is described in docs/format.md
-("Mini-block pages"). Anything else (dictionaries, FSST, general compression, fixed-size
-lists, 2.3 planar pages) is reported as not native: the caller copies those pages as they are
-or has pylance re-encode them.
+("Mini-block pages"). Anything else (dictionaries, FSST, general compression, 2.0 and 2.3
+pages) is not decodable here (``decodable``): the caller copies those pages as they are or has
+pylance re-encode them.
 
 numpy does the bit work; it is imported with this module, which the copy loads on first use.
 """
@@ -55,14 +56,6 @@ _WIDE_SIZES_BYTES = bytes([WIDE_SIZES_FIELD << 3, 1])
 _LIST_LAYERS = frozenset(
     {enc21.REPDEF_ALL_VALID_LIST, enc21.REPDEF_NULLABLE_LIST, enc21.REPDEF_EMPTYABLE_LIST, enc21.REPDEF_NULL_AND_EMPTY_LIST}
 )
-_DEF_LEVELS: dict[int, int] = {
-    enc21.REPDEF_ALL_VALID_ITEM: 0,
-    enc21.REPDEF_ALL_VALID_LIST: 0,
-    enc21.REPDEF_NULLABLE_ITEM: 1,
-    enc21.REPDEF_NULLABLE_LIST: 1,
-    enc21.REPDEF_EMPTYABLE_LIST: 1,
-    enc21.REPDEF_NULL_AND_EMPTY_LIST: 2,
-}
 #: What each definition level of a layer stands for, in the order the levels are numbered
 #: (a list that may be both null and empty numbers "null" first).
 _MEANINGS: dict[int, tuple[str, ...]] = {
@@ -73,6 +66,8 @@ _MEANINGS: dict[int, tuple[str, ...]] = {
     enc21.REPDEF_EMPTYABLE_LIST: ("empty",),
     enc21.REPDEF_NULL_AND_EMPTY_LIST: ("null", "empty"),
 }
+#: Definition levels each layer takes: one per meaning.
+_DEF_LEVELS = {layer: len(meanings) for layer, meanings in _MEANINGS.items()}
 _UINT = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 
 U8 = npt.NDArray[np.uint8]
@@ -169,13 +164,6 @@ class _Codec:
     num_items: int
     buffers: int = 1  # value buffers per chunk
     constant: bytes | None = None  # the one value of every row of a constant page
-
-
-def page_shape(encoding: bytes, version: FileVersion, boolean: bool = False) -> Shape | str:
-    """The shape of a page with these encoding bytes, or why it is not coalesced natively.
-    ``boolean`` says the column holds booleans (a constant page does not tell them from bytes)."""
-    codec = _codec(encoding, version, boolean)
-    return codec if isinstance(codec, str) else codec.shape
 
 
 def decodable(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, boolean: bool = False) -> bool:
@@ -378,7 +366,7 @@ def decode_page(
 ) -> Run:
     """Decode one mini-block page (its buffers as read from the file) into a Run.
 
-    Raises NotNative for pages this module does not decode (``page_shape`` says which) and
+    Raises NotNative for pages this module does not decode (``decodable`` is False) and
     CorruptFileError when the bytes contradict the page's own description."""
     try:
         return _decode_page(page, buffers, version, boolean)
