@@ -87,8 +87,13 @@ def list_files(folder: str, entry: Callable[[str, int, float], E]) -> list[E]:
                 if item.is_dir():
                     continue
                 st = item.stat()
-            except OSError:  # a dangling link: listed with its own size, as fsspec does
-                st = item.stat(follow_symlinks=False)
+            except OSError:
+                try:  # a dangling link: listed with its own size, as fsspec does
+                    st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    # Gone between the listing and the stat (a writer's temporary file renamed
+                    # into place): it is not there, but the folder and its other files are.
+                    continue
             out.append(entry(item.name, st.st_size, st.st_mtime))
     return out
 

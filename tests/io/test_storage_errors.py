@@ -313,3 +313,28 @@ def test_commit_that_landed_in_an_earlier_attempt_is_recognised(ds: Path, monkey
     assert report.version == 6 and report.retries == 0  # recognised as ours at once: no race was lost
     assert lance.dataset(str(ds)).version == 6  # committed once, not twice
     assert sorted(lance.dataset(str(ds)).to_table(columns=["id"])["id"].to_pylist()) == list(range(10_000))
+
+
+def test_a_file_renamed_away_during_a_listing_leaves_the_rest_listed(tmp_path: Path) -> None:
+    """Concurrent committers rename temporary files into ``_versions/`` while another one lists
+    it: a name that vanishes between the listing and its stat is left out, and the other files
+    are still there (once, a vanished temporary file made the whole folder list as empty, and
+    a committer then called the dataset "not a Lance dataset")."""
+    from lance_assets.io import local
+
+    for i in range(20):
+        (tmp_path / f"{i}.manifest").write_bytes(b"x" * i)
+    seen: list[str] = []
+
+    def entry(name: str, size: int, mtime: float) -> str:
+        if not seen:  # the first stat'ed file makes every other one vanish
+            for other in tmp_path.iterdir():
+                if other.name != name:
+                    other.rename(tmp_path.parent / f"moved-{other.name}")
+        seen.append(name)
+        return name
+
+    listed = local.list_files(str(tmp_path), entry)
+    assert listed == seen and len(listed) >= 1
+    storage = Storage(str(tmp_path))
+    assert [e.name for e in storage.list("")] == listed
