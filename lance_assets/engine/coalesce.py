@@ -129,9 +129,12 @@ class NativeColumn:
         self._version = version
         self._page_bytes = page_bytes
         self._boolean = boolean  # the column holds booleans (pages of one value do not say)
-        self._run: Any = None  # miniblock.Run of the pending rows
-        self._first_row = 0
+        self._pending: list[tuple[int, Any]] = []  # (first output row, miniblock.Undecoded) per page
+        self._shape: Any = None  # the shape the pending pages share (miniblock.combine)
+        self._nbytes = 0
         self.coalesced = False  # whether any page was written from decoded rows
+        self.left_small = 0  # small pages written as they came: they could not be re-cut
+        self.why_left = ""
 
     def takes(self, pages: Sequence[file2_pb2.ColumnMetadata.Page]) -> bool:
         """Whether every one of these pages is small (or has no buffers) and decodable."""
@@ -144,40 +147,43 @@ class NativeColumn:
 
     def decode(
         self, pages: Sequence[file2_pb2.ColumnMetadata.Page], buffers: Sequence[Sequence[bytes | memoryview]]
-    ) -> list[Any] | None:
-        """One input file's pages of the column decoded (``miniblock.Run`` each), or None when
-        one cannot be (a value too long for a chunk): the copy then copies them as they are."""
-        try:
-            return [self._mb.decode_page(p, b, self._version, self._boolean) for p, b in zip(pages, buffers, strict=True)]
-        except self._mb.NotNative:
-            return None
+    ) -> list[Any]:
+        """One input file's pages of the column (``takes`` said yes), kept to be decoded together
+        with the pages after them when the run is written (``miniblock.Undecoded``)."""
+        return [self._mb.defer_page(p, b, self._version, self._boolean) for p, b in zip(pages, buffers, strict=True)]
 
-    def add(self, run: Any, first_row: int) -> list[tuple[int, Any]]:
-        """Append one decoded page (its rows start at output row ``first_row``); returns the
-        pages to write now, as ``flush`` does."""
+    def add(self, part: Any, first_row: int) -> list[tuple[int, Any]]:
+        """Append one page from ``decode`` (its rows start at output row ``first_row``); returns
+        the pages to write now, as ``flush`` does."""
         out: list[tuple[int, Any]] = []
-        if self._run is not None and self._mb.combine(self._run.shape, run.shape) is None:
+        shape = self._mb.combine(self._shape, part.shape) if self._pending else part.shape
+        if shape is None:
             out += self.flush()
-        if self._run is None:
-            self._run, self._first_row = run, first_row
-        else:
-            self._run.extend(run)
-        if self._run.nbytes >= self._page_bytes:
+            shape = part.shape
+        self._pending.append((first_row, part))
+        self._shape = shape
+        self._nbytes += part.nbytes
+        if self._nbytes >= self._page_bytes:
             out += self.flush()
         return out
 
     def flush(self) -> list[tuple[int, Any]]:
         """The pending rows as one ``miniblock.EncodedPage``, with the output row it starts at
-        (nothing when no rows are pending)."""
-        if self._run is None:
+        (nothing when no rows are pending). Rows that cannot be re-cut after all (a value too
+        long for a chunk) are written as the pages they came in, unchanged (``left_small``
+        counts them)."""
+        if not self._pending:
             return []
+        pending = self._pending
+        self._pending, self._shape, self._nbytes = [], None, 0
         try:
-            encoded = self._mb.encode_page(self._run)
-        except self._mb.NotNative as exc:  # e.g. levels of one value that overflow a chunk
-            raise CompactionRefusedError(f"re-cutting small pages: {exc}") from exc
-        self._run = None
+            encoded = self._mb.encode_page(self._mb.materialize([part for _, part in pending]))
+        except self._mb.NotNative as exc:
+            self.left_small += len(pending)
+            self.why_left = str(exc)
+            return [(first_row, part.as_page()) for first_row, part in pending]
         self.coalesced = True
-        return [(self._first_row, encoded)]
+        return [(pending[0][0], encoded)]
 
 
 # --- choosing the columns of one output file ---------------------------------------------------

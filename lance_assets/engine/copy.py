@@ -548,9 +548,7 @@ def _write_merged(
             for fid, col in takes.items():
                 pages = src.meta.columns[col].pages
                 buffers = [[data.buffer(o, n) for o, n in zip(p.buffer_offsets, p.buffer_sizes)] for p in pages]
-                runs = natives[fid].decode(pages, buffers)
-                if runs is not None:
-                    decoded[fid] = (col, runs)
+                decoded[fid] = (col, natives[fid].decode(pages, buffers))
             for fid, col in kept.items():
                 column_encodings.setdefault(fid, src.meta.columns[col].encoding)
                 if fid in natives and fid not in decoded:  # pending rows go before this file's copied pages
@@ -580,14 +578,17 @@ def _write_merged(
                     bytes_read += sum(page.buffer_sizes)
                     written = natives[fid].add(run, row_offset + page.priority)
                     pos = _write_encoded(out, pos, written, mergers[fid], column_encodings[fid])
-        stuck = [fid for fid, small in foreign.items() if small >= page_health.MIN_SMALL_PAGES]
-        if retry and stuck and coalesce.pylance_writer_available():
-            tops = coalesce.top_level(ds.manifest.fields)
-            raise _PylanceWanted([fid for fid in out_fields if tops.get(fid) in {tops[f] for f in stuck}])
         for fid, native in natives.items():
             pos = _write_encoded(out, pos, native.flush(), mergers[fid], column_encodings.get(fid))
             if native.coalesced:
                 tally.native.add(names.get(fid, str(fid)))
+            if native.left_small:
+                foreign[fid] = foreign.get(fid, 0) + native.left_small
+                tally.why_left.add(f"{names.get(fid, str(fid))}: {native.why_left}")
+        stuck = [fid for fid, small in foreign.items() if small >= page_health.MIN_SMALL_PAGES]
+        if retry and stuck and coalesce.pylance_writer_available():
+            tops = coalesce.top_level(ds.manifest.fields)
+            raise _PylanceWanted([fid for fid in out_fields if tops.get(fid) in {tops[f] for f in stuck}])
         if coalesced is not None:
             # The re-encoded columns' pages, after every input's: one source, rows from 0.
             temp = _Source(coalesced.rel, coalesced.meta, {}, b"", coalesced.meta.file_size)

@@ -361,32 +361,14 @@ class Run:
         self.nbytes += other.nbytes
 
 
-def decode_page(
-    page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | memoryview], version: FileVersion, boolean: bool = False
-) -> Run:
-    """Decode one mini-block page (its buffers as read from the file) into a Run.
-
-    Raises NotNative for pages this module does not decode (``decodable`` is False) and
-    CorruptFileError when the bytes contradict the page's own description."""
-    try:
-        return _decode_page(page, buffers, version, boolean)
-    except (NotNative, CorruptFileError):
-        raise
-    except (ValueError, IndexError, struct.error) as exc:  # numpy or struct reading past a buffer's end
-        raise CorruptFileError(f"mini-block page does not decode: {exc}") from exc
-
-
-def _decode_page(
-    page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | memoryview], version: FileVersion, boolean: bool
-) -> Run:
-    codec = _codec(page.encoding.direct.encoding, version, boolean)
-    if isinstance(codec, str):
-        raise NotNative(codec)
+def _decode_page(codec: _Codec, rows: int, buffers: Sequence[bytes | memoryview]) -> Run:
+    """One mini-block page of ``rows`` rows (its buffers as read from the file) as a Run: the
+    page by page way, for pages ``_decode_batch`` does not take."""
     shape = codec.shape
     if codec.constant is not None:
         if buffers:
             raise CorruptFileError("constant page with buffers")
-        n = page.length
+        n = rows
         if shape.bits == 1:
             values = np.full(n, codec.constant[0] & 1, dtype=np.uint8)
         else:
@@ -395,13 +377,13 @@ def _decode_page(
     if shape.null:
         if buffers:
             raise CorruptFileError("all-null page with buffers")
-        return Run(shape, page.length, [_Levels(shape, count=page.length)], [page.length], [page.length], [], page.length, 0)
+        return Run(shape, rows, [_Levels(shape, count=rows)], [rows], [rows], [], rows, 0)
     if len(buffers) < 2:
         raise CorruptFileError(f"mini-block page with {len(buffers)} buffers")
     word = "<u4" if shape.wide else "<u2"
     words = np.frombuffer(buffers[0], dtype=word)
     data = memoryview(buffers[1])
-    run = Run(shape, rows=page.length)
+    run = Run(shape, rows=rows)
     levels = _Levels(shape)
     run.levels.append(levels)
     total = codec.num_items
@@ -523,6 +505,273 @@ def _decode_values(codec: _Codec, parts: Sequence[memoryview], n: int, run: Run)
             raise CorruptFileError("flat chunk shorter than its values")
         run.fixed.append(np.frombuffer(raw, dtype=np.uint8, count=size))
         run.nbytes += size
+
+
+# --- decoding many pages at once ------------------------------------------------------------
+@dataclass(frozen=True)
+class Undecoded:
+    """A small page kept as read, decoded when its run is encoded (``materialize``), together
+    with the pages of the same encoding beside it: a column of 3,000 one-chunk pages then costs
+    a few numpy passes, not 3,000 rounds of Python. Its bytes stay whole, so a run that cannot
+    be re-cut after all is written as these pages, unchanged."""
+
+    encoding: bytes  # the page's encoding (Page.encoding.direct.encoding)
+    codec: _Codec
+    rows: int
+    buffers: tuple[bytes, ...]  # copies: a view would keep the whole input file alive
+
+    @property
+    def shape(self) -> Shape:
+        return self.codec.shape
+
+    @property
+    def nbytes(self) -> int:
+        """About the bytes the page decodes to (the memory bound counts it before decoding)."""
+        return self.codec.num_items * max(self.codec.shape.value_bytes, 1) + sum(len(b) for b in self.buffers)
+
+    def as_page(self) -> EncodedPage:
+        """The page as it was read, to write unchanged."""
+        return EncodedPage(self.buffers, self.encoding, self.rows)
+
+
+def _batchable(codec: _Codec) -> bool:
+    """Pages ``_decode_batch`` decodes: one value buffer per chunk; flat, bit-packed,
+    fixed-size-list or variable-width values; flat or bit-packed levels (run-length encodings,
+    rare in small pages, and all-null and single-value pages go page by page)."""
+    if codec.shape.null or codec.constant is not None or codec.buffers != 1:
+        return False
+    for levels in (codec.rep, codec.defs):
+        if levels is not None and levels.WhichOneof("compression") == "rle":
+            return False
+    return bool(codec.values.WhichOneof("compression") != "rle")
+
+
+def _batch_key(codec: _Codec) -> tuple[Any, ...]:
+    """Pages with equal keys are decoded together: they differ at most in their value counts."""
+    return (codec.shape, codec.rep, codec.defs, codec.values)
+
+
+def defer_page(
+    page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | memoryview], version: FileVersion, boolean: bool = False
+) -> Undecoded:
+    """A page ``decodable`` says this module decodes, kept to be decoded by ``materialize``."""
+    encoding = page.encoding.direct.encoding
+    codec = _codec(encoding, version, boolean)
+    if isinstance(codec, str):
+        raise NotNative(codec)
+    return Undecoded(encoding, codec, page.length, tuple(bytes(b) for b in buffers))
+
+
+def materialize(parts: Sequence[Undecoded]) -> Run:
+    """One Run of ``parts`` in order (their shapes must ``combine``): each stretch of pages of
+    one encoding decoded in one batch. Raises NotNative (e.g. a value too long for a chunk) and
+    CorruptFileError as ``decode_page`` does."""
+    runs: list[Run] = []
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        j = i + 1
+        if _batchable(part.codec):
+            key = _batch_key(part.codec)
+            while j < len(parts) and _batch_key(parts[j].codec) == key:
+                j += 1
+        try:
+            batch = _batchable(part.codec)
+            runs.append(_decode_batch(parts[i:j]) if batch else _decode_page(part.codec, part.rows, part.buffers))
+        except (NotNative, CorruptFileError):
+            raise
+        except (ValueError, IndexError, struct.error) as exc:  # numpy or struct reading past a buffer's end
+            raise CorruptFileError(f"mini-block page does not decode: {exc}") from exc
+        i = j
+    if not runs:
+        raise NotNative("no pages")
+    first = runs[0]
+    for other in runs[1:]:
+        first.extend(other)
+    return first
+
+
+def _starts(counts: I64) -> I64:
+    """Exclusive prefix sums: where each of consecutive spans of ``counts`` starts."""
+    out = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=out[1:])
+    return out
+
+
+def _spans(starts: I64, lengths: I64) -> I64:
+    """The indices of the spans ``[starts[i], starts[i] + lengths[i])``, concatenated."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(starts - _starts(lengths), lengths) + np.arange(total, dtype=np.int64)
+
+
+def _uints(data: U8, at: I64, size: int) -> I64:
+    """The little-endian ``size``-byte unsigned integers at byte positions ``at`` of ``data``."""
+    if len(at) and (int(at.min()) < 0 or int(at.max()) + size > len(data)):
+        raise CorruptFileError("a mini-block chunk reads past its page's data")
+    raw = data[at[:, None] + np.arange(size)]
+    values: I64 = raw.view(f"<u{size}")[:, 0].astype(np.int64)
+    return values
+
+
+def _unpack_chunks(data: U8, words_at: I64, widths: I64, counts: I64, bits: int) -> npt.NDArray[np.unsignedinteger]:
+    """The first ``counts[i]`` values of the fast-lanes block whose ``widths[i]``-bit words start
+    at ``words_at[i]``, concatenated in chunk order (one numpy pass per distinct width)."""
+    dtype = _UINT[bits]
+    out = np.zeros(int(counts.sum()), dtype=dtype)
+    dest = _starts(counts)
+    lanes, size = 1024 // bits, bits // 8
+    for width in np.unique(widths).tolist():
+        if width == 0:
+            continue  # all zeros
+        sel = np.flatnonzero(widths == width)
+        raw = data[words_at[sel][:, None] + np.arange(width * lanes * size)]
+        blocks = _unpack_blocks(raw.view(f"<u{size}"), width, bits)
+        wanted = np.arange(1024)[None, :] < counts[sel][:, None]
+        out[_spans(dest[sel], counts[sel])] = blocks[wanted]
+    return out
+
+
+def _decode_batch(pages: Sequence[Undecoded]) -> Run:
+    """Pages of one encoding (``_batch_key``) decoded at once: the same checks and the same Run
+    as ``decode_page`` on each and ``Run.extend``, with numpy over all their chunks."""
+    codec = pages[0].codec
+    shape = codec.shape
+    size_len = 4 if shape.wide else 2
+    words = np.frombuffer(b"".join(p.buffers[0] for p in pages), dtype="<u4" if shape.wide else "<u2").astype(np.int64)
+    per_page = np.array([len(p.buffers[0]) // size_len for p in pages], dtype=np.int64)
+    if (per_page == 0).any() or int(per_page.sum()) != len(words):
+        raise CorruptFileError("mini-block page without whole chunk size words")
+    data = np.frombuffer(b"".join(p.buffers[1] for p in pages), dtype=np.uint8)
+    data_len = np.array([len(p.buffers[1]) for p in pages], dtype=np.int64)
+    totals = np.array([p.codec.num_items for p in pages], dtype=np.int64)
+
+    page_of = np.repeat(np.arange(len(pages)), per_page)
+    first = _starts(per_page)
+    last = first + per_page - 1
+    nbytes = ((words >> 4) + 1) * CHUNK_ALIGNMENT
+    counts = np.left_shift(1, words & 0xF)
+    counts[last] = 0
+    counts[last] = totals - np.add.reduceat(counts, first)
+    if (counts[last] < 0).any():
+        raise CorruptFileError("mini-block page holds more values than its layout says")
+    offset_in_page = _starts(nbytes)
+    offset_in_page -= offset_in_page[first][page_of]
+    if (offset_in_page + nbytes > data_len[page_of]).any():
+        raise CorruptFileError("mini-block chunk sizes exceed the page's data")
+    start = _starts(data_len)[page_of] + offset_in_page
+    end = start + nbytes
+
+    header = 2 + 2 * (int(shape.rep) + int(shape.defs)) + size_len
+    if (nbytes < header).any():
+        raise CorruptFileError("mini-block chunk shorter than its header")
+    num_levels = _uints(data, start, 2)
+    at = 2
+    sizes: dict[str, I64] = {}
+    for name, present in (("rep", shape.rep), ("defs", shape.defs)):
+        if present:
+            sizes[name] = _uints(data, start + at, 2)
+            at += 2
+    value_size = _uints(data, start + at, size_len)
+    cursor = start + _aligned(header)
+    levels = _Levels(shape)
+    for name, present in (("rep", shape.rep), ("defs", shape.defs)):
+        if present:
+            size = sizes[name]
+            if (cursor + size > end).any():
+                raise CorruptFileError("mini-block chunk levels exceed the chunk")
+            decoded = _decode_levels_batch(codec.rep if name == "rep" else codec.defs, data, cursor, size, num_levels)
+            (levels.rep if name == "rep" else levels.defs).append(decoded)
+            cursor = cursor + size + (-size % CHUNK_ALIGNMENT)
+    if (cursor + value_size > end).any():
+        raise CorruptFileError("mini-block chunk buffers exceed the chunk")
+    run = Run(shape, rows=sum(p.rows for p in pages), levels=[levels], num_values=int(totals.sum()))
+    _decode_values_batch(codec, data, cursor, value_size, counts, run)
+    levels.count = int(num_levels.sum()) if (shape.rep or shape.defs) else run.num_values
+    return run
+
+
+def _decode_levels_batch(encoding: enc21.CompressiveEncoding | None, data: U8, at: I64, size: I64, count: I64) -> U16:
+    assert encoding is not None
+    kind = encoding.WhichOneof("compression")
+    if kind == "flat":
+        if (2 * count > size).any():
+            raise CorruptFileError("a chunk's flat levels are shorter than its header says")
+        return data[_spans(at, 2 * count)].view("<u2").astype(np.uint16)
+    if kind == "out_of_line_bitpacking":
+        return _out_of_line_batch(encoding.out_of_line_bitpacking.values.flat.bits_per_value, data, at, size, count)
+    widths = _uints(data, at, 2)  # inline bit-packing: the width, then one block
+    if (count > 1024).any() or (widths > 16).any() or (size < 2 + 128 * widths).any():
+        raise CorruptFileError("bit-packed levels do not fit their chunk")
+    return _unpack_chunks(data, at + 2, widths, count, 16).astype(np.uint16, copy=False)
+
+
+def _out_of_line_batch(width: int, data: U8, at: I64, size: I64, count: I64) -> U16:
+    """Levels bit-packed out of line (``_out_of_line``) in every chunk at once: whole blocks of
+    1,024, then a partial block either packed and padded or stored as raw 16-bit values."""
+    per_block = 1024 * width // 16  # 16-bit words of one packed block
+    whole, tail = np.divmod(count, 1024)
+    rest = size // 2 - whole * per_block  # words after the whole blocks
+    raw_tail = (tail > 0) & (rest == tail)
+    packed_tail = (tail > 0) & ~raw_tail
+    if (size % 2).any() or (rest < 0).any() or (packed_tail & (rest < per_block)).any():
+        raise CorruptFileError("out-of-line bit-packed levels hold fewer values than their chunk says")
+    dest = _starts(count)
+    blocks = whole + packed_tail
+    chunk = np.repeat(np.arange(len(count)), blocks)
+    k = np.arange(int(blocks.sum())) - np.repeat(_starts(blocks), blocks)
+    block_count = np.where(k < whole[chunk], 1024, tail[chunk])
+    out = np.zeros(int(count.sum()), dtype=np.uint16)
+    packed = _unpack_chunks(data, at[chunk] + 2 * per_block * k, np.full(len(k), width), block_count, 16)
+    out[_spans(dest[chunk] + 1024 * k, block_count)] = packed
+    tail_at = at + 2 * per_block * whole
+    out[_spans((dest + 1024 * whole)[raw_tail], tail[raw_tail])] = data[_spans(tail_at[raw_tail], 2 * tail[raw_tail])].view("<u2")
+    return out
+
+
+def _decode_values_batch(codec: _Codec, data: U8, at: I64, size: I64, n: I64, run: Run) -> None:
+    shape = codec.shape
+    kind = codec.values.WhichOneof("compression")
+    if shape.variable:
+        width = shape.bits // 8
+        if ((n + 1) * width > size).any():
+            raise CorruptFileError("variable-width chunk offsets out of range")
+        offsets = data[_spans(at, (n + 1) * width)].view(f"<u{width}").astype(np.int64)
+        bounds = _starts(n + 1)  # where each chunk's offsets start
+        firsts, lasts = offsets[bounds], offsets[bounds + n]
+        lengths = np.diff(offsets)
+        keep = np.ones(len(lengths), dtype=bool)
+        keep[(bounds + n)[:-1]] = False  # the step from one chunk's last offset to the next's first
+        lengths = lengths[keep]
+        if ((n > 0) & ((firsts < (n + 1) * width) | (lasts > size))).any() or (lengths < 0).any():
+            raise CorruptFileError("variable-width chunk offsets out of range")
+        if len(lengths) and int(lengths.max()) > MAX_VALUE_BYTES:
+            raise NotNative(f"values longer than {MAX_VALUE_BYTES} bytes")
+        run.lengths.append(lengths)
+        run.data.append(data[_spans(at + firsts, lasts - firsts)])
+        run.nbytes += int(size.sum())
+    elif kind == "inline_bitpacking":
+        bits = shape.bits
+        lanes = 1024 // bits
+        widths = _uints(data, at, bits // 8)
+        if (n > 1024).any() or (widths > bits).any() or (size < bits // 8 * (1 + widths * lanes)).any():
+            raise CorruptFileError("bit-packed values do not fit their chunk")
+        run.fixed.append(_unpack_chunks(data, at + bits // 8, widths, n, bits).view(np.uint8))
+        run.nbytes += int(n.sum()) * bits // 8
+    elif shape.bits == 1:
+        packed = (n + 7) // 8
+        if (packed > size).any():
+            raise CorruptFileError("flat chunk shorter than its values")
+        bits_ = np.unpackbits(data[_spans(at, packed)], bitorder="little")
+        run.fixed.append(bits_[_spans(_starts(packed * 8), n)])
+        run.nbytes += int(n.sum())
+    else:
+        want = n * shape.value_bytes
+        if (want > size).any():
+            raise CorruptFileError("flat chunk shorter than its values")
+        run.fixed.append(data[_spans(at, want)])
+        run.nbytes += int(want.sum())
 
 
 # --- fast-lanes bit-packing (1,024 values per block, transposed in lanes) -------------------

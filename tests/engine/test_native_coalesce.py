@@ -235,6 +235,25 @@ def test_one_page_the_copy_cannot_recut_stays_between_large_ones(tmp_path: Path,
     assert_reads_as(path, pa.concat_tables(tables))
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_pages_that_cannot_be_recut_after_all_are_written_as_they_came(
+    tmp_path: Path, version: str, no_pylance_writer: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pages are decoded only when their run is written; a value found too long for a chunk
+    then (here: the limit lowered to 8 bytes, which every string passes) leaves that run's pages
+    unchanged in the output, as binary copy would have, and the report says why."""
+    monkeypatch.setattr("lance_assets.format.miniblock.MAX_VALUE_BYTES", 8)
+    path = tmp_path / "ds.lance"
+    tables = [streaming(k * 100, 100) for k in range(8)]
+    write_appends(path, tables, version)
+    report = compact(str(path))
+    assert report.columns_left_small == ["s"] and "s" not in report.columns_coalesced_native
+    assert any("s: values longer than 8 bytes" in note.detail for note in report.notes)
+    pages = dict(zip(["i", "f", "s", "b", "l"], data_file_pages(path)[0]))
+    assert pages["s"] == 8 and pages["i"] == 1
+    assert_reads_as(path, pa.concat_tables(tables))
+
+
 # --- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("version", VERSIONS)
 def test_a_corrupt_page_leaves_the_dataset_as_it_was(tmp_path: Path, version: str, no_pylance_writer: None) -> None:
