@@ -519,15 +519,11 @@ class Undecoded:
     codec: _Codec
     rows: int
     buffers: tuple[bytes, ...]  # copies: a view would keep the whole input file alive
+    nbytes: int  # about the bytes it decodes to (the memory bound counts them before decoding)
 
     @property
     def shape(self) -> Shape:
         return self.codec.shape
-
-    @property
-    def nbytes(self) -> int:
-        """About the bytes the page decodes to (the memory bound counts it before decoding)."""
-        return self.codec.num_items * max(self.codec.shape.value_bytes, 1) + sum(len(b) for b in self.buffers)
 
     def as_page(self) -> EncodedPage:
         """The page as it was read, to write unchanged."""
@@ -559,7 +555,9 @@ def defer_page(
     codec = _codec(encoding, version, boolean)
     if isinstance(codec, str):
         raise NotNative(codec)
-    return Undecoded(encoding, codec, page.length, tuple(bytes(b) for b in buffers))
+    kept = tuple(bytes(b) for b in buffers)
+    nbytes = codec.num_items * max(codec.shape.value_bytes, 1) + sum(map(len, kept))
+    return Undecoded(encoding, codec, page.length, kept, nbytes)
 
 
 def materialize(parts: Sequence[Undecoded]) -> Run:

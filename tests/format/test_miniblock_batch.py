@@ -8,6 +8,7 @@ nested lists), so every encoding pylance picks for small pages appears.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import lance
@@ -152,7 +153,8 @@ def test_damaged_pages_raise_typed_errors_only(damaged_source: list[list[miniblo
     changed = target[:at] if cut else target[:at] + bytes([value]) + target[at + 1 :]
     buffers = list(parts[k].buffers)
     buffers[which] = changed
-    broken = [*parts[:k], miniblock.Undecoded(parts[k].encoding, parts[k].codec, parts[k].rows, tuple(buffers)), *parts[k + 1 :]]
+    damaged = dataclasses.replace(parts[k], buffers=tuple(buffers))
+    broken = [*parts[:k], damaged, *parts[k + 1 :]]
     try:
         miniblock.encode_page(miniblock.materialize(broken))
     except (CorruptFileError, miniblock.NotNative):
