@@ -180,3 +180,23 @@ def damaged_source(tmp_path_factory: pytest.TempPathFactory) -> list[list[minibl
     path = tmp_path_factory.mktemp("damaged") / "ds.lance"
     write_appends(path, tables, "2.1")
     return column_pages(path, FileVersion.V2_1)
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
+@given(bits=st.sampled_from([8, 16, 32, 64]), data=st.data())
+def test_fast_lanes_blocks_unpack_as_the_layout_says(bits: int, data: st.DataObject) -> None:
+    """Each lane's words, read as one little-endian bit stream, hold its rows ``width`` bits
+    apart; row r of lane l is the value at 128 * (r % 8) + 16 * order[r // 8] + l."""
+    width = data.draw(st.integers(0, bits), label="width")
+    lanes = 1024 // bits
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    dtype = miniblock._UINT[bits]
+    words = np.random.default_rng(seed).integers(0, np.iinfo(dtype).max, (2, width * lanes), dtype=dtype, endpoint=True)
+    got = miniblock._unpack_blocks(words, width, bits)
+    order = (0, 4, 2, 6, 1, 5, 3, 7)
+    for block in range(2):
+        for lane in range(lanes):
+            stream = sum(int(words[block, j * lanes + lane]) << (j * bits) for j in range(width))
+            for row in range(bits):
+                want = (stream >> (row * width)) & ((1 << width) - 1)
+                assert int(got[block, 128 * (row % 8) + 16 * order[row // 8] + lane]) == want
