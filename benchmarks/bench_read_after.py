@@ -28,6 +28,7 @@ import argparse
 import platform
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -154,7 +155,7 @@ def best_of(fn: Callable[[], Any], repeat: int) -> float:
     return min(times)
 
 
-def run_case(case: Case, root: Path, repeat: int) -> list[dict[str, Any]]:
+def run_case(case: Case, root: Path, repeat: int, runs: int) -> list[dict[str, Any]]:
     base = root / f"{case.name}-base.lance"
     build(case, base)
     original = lance.dataset(str(base))
@@ -162,16 +163,24 @@ def run_case(case: Case, root: Path, repeat: int) -> list[dict[str, Any]]:
     checks = {name: _sorted(fn(original)) for name, fn in reads(case, take_ids).items() if name != "full scan"}
     whole = original.to_table()
     rows = []
-    for way, compact_fn in WAYS.items():
+    # Each way compacts ``runs`` fresh copies, the ways taking turns (load that comes and goes
+    # hits them alike); the median is reported and the last copy is read.
+    seconds: dict[str, list[float]] = {way: [] for way in WAYS}
+    for _run in range(runs):
+        for way, compact_fn in WAYS.items():
+            path = root / f"{case.name}-{way.replace(' ', '-')}.lance"
+            shutil.rmtree(path, ignore_errors=True)
+            shutil.copytree(base, path)
+            started = time.perf_counter()
+            compact_fn(path)
+            seconds[way].append(time.perf_counter() - started)
+    for way in WAYS:
         path = root / f"{case.name}-{way.replace(' ', '-')}.lance"
-        shutil.copytree(base, path)
-        started = time.perf_counter()
-        compact_fn(path)
-        seconds = time.perf_counter() - started
         ds = lance.dataset(str(path))
         if not ds.to_table().equals(whole):
             raise AssertionError(f"{case.name}/{way}: rows differ after compaction")
-        row: dict[str, Any] = {"case": case.name, "way": way, "compact": seconds, "fragments": len(ds.get_fragments())}
+        compacted = statistics.median(seconds[way])
+        row: dict[str, Any] = {"case": case.name, "way": way, "compact": compacted, "fragments": len(ds.get_fragments())}
         for name, fn in reads(case, take_ids).items():
             if name in checks and not _sorted(fn(ds)).equals(checks[name]):
                 raise AssertionError(f"{case.name}/{way}: {name} differs")
@@ -180,7 +189,7 @@ def run_case(case: Case, root: Path, repeat: int) -> list[dict[str, Any]]:
         row["pages/column"] = max(c.pages for c in health.columns) if health.columns else 0
         rows.append(row)
         shutil.rmtree(path)
-        print(f"  {case.name:16} {way:18} compact {seconds:7.3f}s  " + "  ".join(f"{k} {row[k] * 1000:8.1f}ms" for k in READS))
+        print(f"  {case.name:16} {way:18} compact {compacted:7.3f}s  " + "  ".join(f"{k} {row[k] * 1000:8.1f}ms" for k in READS))
     shutil.rmtree(base)
     return rows
 
@@ -208,6 +217,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a fifth of the fragments per case")
     parser.add_argument("--only", action="append", default=[], metavar="CASE", help="run only these cases (repeatable)")
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per read (best is kept)")
+    parser.add_argument("--runs", type=int, default=3, help="compactions per way, on fresh copies (the median is kept)")
     parser.add_argument("--out", type=Path, default=HERE / "results-read-after.md")
     parser.add_argument("--note", default="", help="a line added to the results (e.g. machine load)")
     args = parser.parse_args()
@@ -216,12 +226,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-read-after-") as tmp:
         for case in chosen:
             print(f"{case.name}: {case.fragments} fragments of {case.rows_per_fragment} rows ({case.version})", flush=True)
-            rows += run_case(case, Path(tmp), args.repeat)
+            rows += run_case(case, Path(tmp), args.repeat, args.runs)
     command = "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     text = (
         "# Reads after compaction\n\n"
         f"Command: `{command}` on {platform.machine()}, Python {platform.python_version()}, pylance {lance.__version__}. "
-        f"Best of {args.repeat} reads after a warm-up; in brackets the ratio to the table pylance's `compact_files()` "
+        f"Compaction: median of {args.runs} runs per way on fresh copies, the ways taking turns. "
+        f"Reads: best of {args.repeat} after a warm-up; in brackets the ratio to the table pylance's `compact_files()` "
         "(re-encode) left (reads), or to its wall time (compaction). Every result read back equal to the original.\n\n"
         + (f"{args.note}\n\n" if args.note else "")
         + table_md(rows)
