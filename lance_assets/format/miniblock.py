@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -164,6 +164,17 @@ class _Codec:
     num_items: int
     buffers: int = 1  # value buffers per chunk
     constant: bytes | None = None  # the one value of every row of a constant page
+
+    @cached_property
+    def values_key(self) -> tuple[Shape, bytes]:
+        """Pages with equal keys hold values ``_decode_batch`` decodes together (their levels may
+        be compressed differently, and their value counts differ)."""
+        return (self.shape, self.values.SerializeToString(deterministic=True))
+
+    @cached_property
+    def levels_key(self) -> tuple[bytes, bytes]:
+        """How the page's repetition and definition levels are compressed."""
+        return tuple(e.SerializeToString(deterministic=True) if e is not None else b"" for e in (self.rep, self.defs))  # type: ignore[return-value]
 
 
 def decodable(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, boolean: bool = False) -> bool:
@@ -532,19 +543,11 @@ class Undecoded:
 
 def _batchable(codec: _Codec) -> bool:
     """Pages ``_decode_batch`` decodes: one value buffer per chunk; flat, bit-packed,
-    fixed-size-list or variable-width values; flat or bit-packed levels (run-length encodings,
-    rare in small pages, and all-null and single-value pages go page by page)."""
+    fixed-size-list or variable-width values; levels of every kind ``_codec`` takes (run-length
+    encoded values, rare in small pages, and all-null and single-value pages go page by page)."""
     if codec.shape.null or codec.constant is not None or codec.buffers != 1:
         return False
-    for levels in (codec.rep, codec.defs):
-        if levels is not None and levels.WhichOneof("compression") == "rle":
-            return False
     return bool(codec.values.WhichOneof("compression") != "rle")
-
-
-def _batch_key(codec: _Codec) -> tuple[Any, ...]:
-    """Pages with equal keys are decoded together: they differ at most in their value counts."""
-    return (codec.shape, codec.rep, codec.defs, codec.values)
 
 
 def defer_page(
@@ -573,8 +576,8 @@ def materialize(parts: Sequence[Undecoded]) -> Run:
         part = parts[i]
         j = i + 1
         if _batchable(part.codec):
-            key = _batch_key(part.codec)
-            while j < len(parts) and _batch_key(parts[j].codec) == key:
+            key = part.codec.values_key
+            while j < len(parts) and parts[j].codec.values_key == key:
                 j += 1
         try:
             batch = _batchable(part.codec)
@@ -687,12 +690,27 @@ def _decode_batch(pages: Sequence[Undecoded]) -> Run:
     value_size = _uints(data, start + at, size_len)
     cursor = start + _aligned(header)
     levels = _Levels(shape)
-    for name, present in (("rep", shape.rep), ("defs", shape.defs)):
+    for which, name, present in ((0, "rep", shape.rep), (1, "defs", shape.defs)):
         if present:
             size = sizes[name]
             if (cursor + size > end).any():
                 raise CorruptFileError("mini-block chunk levels exceed the chunk")
-            decoded = _decode_levels_batch(codec.rep if name == "rep" else codec.defs, data, cursor, size, num_levels)
+            # appends with and without nulls compress their levels differently: one pass each
+            by_kind: dict[bytes, list[int]] = {}
+            for i, p in enumerate(pages):
+                by_kind.setdefault(p.codec.levels_key[which], []).append(i)
+            if len(by_kind) == 1:
+                encoding = codec.rep if name == "rep" else codec.defs
+                decoded = _decode_levels_batch(encoding, data, cursor, size, num_levels)
+            else:
+                decoded = np.zeros(int(num_levels.sum()), dtype=np.uint16)
+                dest = _starts(num_levels)
+                for members in by_kind.values():
+                    chunks = np.flatnonzero(np.isin(page_of, members))
+                    first_codec = pages[members[0]].codec
+                    encoding = first_codec.rep if name == "rep" else first_codec.defs
+                    got = _decode_levels_batch(encoding, data, cursor[chunks], size[chunks], num_levels[chunks])
+                    decoded[_spans(dest[chunks], num_levels[chunks])] = got
             (levels.rep if name == "rep" else levels.defs).append(decoded)
             cursor = cursor + size + (-size % CHUNK_ALIGNMENT)
     if (cursor + value_size > end).any():
@@ -712,10 +730,30 @@ def _decode_levels_batch(encoding: enc21.CompressiveEncoding | None, data: U8, a
         return _gather(data, at, 2 * count).view("<u2").astype(np.uint16)
     if kind == "out_of_line_bitpacking":
         return _out_of_line_batch(encoding.out_of_line_bitpacking.values.flat.bits_per_value, data, at, size, count)
+    if kind == "rle":
+        return _rle_levels_batch(data, at, size, count)
     widths = _uints(data, at, 2)  # inline bit-packing: the width, then one block
     if (count > 1024).any() or (widths > 16).any() or (size < 2 + 128 * widths).any():
         raise CorruptFileError("bit-packed levels do not fit their chunk")
     return _unpack_chunks(data, at + 2, widths, count, 16).astype(np.uint16, copy=False)
+
+
+def _rle_levels_batch(data: U8, at: I64, size: I64, count: I64) -> U16:
+    """Run-length encoded levels of every chunk at once: a u64 byte length of the runs' 16-bit
+    values, those values, then one u8 length per run."""
+    if (size < 8).any():
+        raise CorruptFileError("run-length encoded levels shorter than their header")
+    value_bytes = _uints(data, at, 8)
+    runs = value_bytes // 2
+    if (value_bytes < 0).any() or (8 + value_bytes + runs > size).any():
+        raise CorruptFileError("run-length encoded levels exceed their chunk")
+    values = _gather(data, at + 8, 2 * runs).view("<u2")
+    lengths = _gather(data, at + 8 + value_bytes, runs)
+    ends = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
+    bounds = _starts(runs)
+    if (ends[bounds + runs] - ends[bounds] != count).any():
+        raise CorruptFileError("run lengths of a chunk's levels do not add up to its level count")
+    return np.repeat(values, lengths).astype(np.uint16, copy=False)
 
 
 def _out_of_line_batch(width: int, data: U8, at: I64, size: I64, count: I64) -> U16:

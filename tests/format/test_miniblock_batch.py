@@ -200,3 +200,16 @@ def test_fast_lanes_blocks_unpack_as_the_layout_says(bits: int, data: st.DataObj
             for row in range(bits):
                 want = (stream >> (row * width)) & ((1 << width) - 1)
                 assert int(got[block, 128 * (row % 8) + 16 * order[row // 8] + lane]) == want
+
+
+def test_levels_compressed_differently_in_one_batch(tmp_path: Path) -> None:
+    """2.2 appends of a list column compress their definition levels by bit-packing in some
+    files and run-length in others; the pages still decode in one batch, and as one by one."""
+    from tests.engine.test_native_coalesce import streaming
+
+    path = tmp_path / "ds.lance"
+    write_appends(path, [streaming(k * 100, 100) for k in range(40)], "2.2")
+    columns = column_pages(path, FileVersion.V2_2)
+    lists = columns[4]
+    assert len({p.codec.levels_key for p in lists}) > 1 and len({p.codec.values_key for p in lists}) == 1
+    assert assert_batches_decode_as_pages(columns) == 5 * 40
