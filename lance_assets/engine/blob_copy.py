@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 
 from lance_assets._proto import file_pb2
 from lance_assets.errors import CompactionRefusedError, CorruptFileError, MissingFileError
-from lance_assets.format import blobs, v2file
-from lance_assets.format.v2safety import blob_fields
+from lance_assets.format import blobs, v2file, v2safety
 from lance_assets.io import Storage
 
 #: Bytes of each input's first inline blob compared between the old and the new file.
@@ -99,7 +98,7 @@ def blob_columns(meta: v2file.V2FileMetadata, columns: dict[int, int], blob_ids:
     The dataset schema decides (in 2.2+ a descriptor page looks like any struct page); the file's
     own schema must agree for every copied field, else the file is refused.
     """
-    in_file = {f.id for f in blob_fields(meta.descriptor)}
+    in_file = v2safety.blob_field_ids_in(meta)
     for fid in columns:
         if (fid in blob_ids) != (fid in in_file):
             raise CompactionRefusedError(

@@ -140,6 +140,9 @@ class V2FileMetadata:
     column_ranges: tuple[tuple[int, int], ...]
     global_buffers: tuple[tuple[int, int], ...]
     data_end: int
+    #: The schema's bytes: inputs of one dataset share a schema, so what is worked out from it
+    #: is cached by these instead of being redone per file.
+    schema_key: bytes = b""
 
     @property
     def version(self) -> FileVersion:
@@ -229,9 +232,8 @@ def parse_tail(tail: bytes, tail_offset: int, file_size: int, *, path: str | Non
     column_ranges = tuple(unpack(tail, cmo_at + i * _ENTRY.size) for i in range(footer.num_columns))
     region_start, region_end = footer.column_meta_start, footer.cmo_table_position
     version, num_rows = footer.version, descriptor.length
-    per_row = (
-        _values_per_row_of(descriptor.schema.SerializeToString(deterministic=True), footer.num_columns) if version.aligned else ()
-    )
+    schema_key = descriptor.schema.SerializeToString(deterministic=True)
+    per_row = _values_per_row_of(schema_key, footer.num_columns) if version.aligned else ()
     columns: list[file2_pb2.ColumnMetadata] = []
     for i, (pos, size) in enumerate(column_ranges):
         if pos < region_start or pos + size > region_end:
@@ -257,6 +259,7 @@ def parse_tail(tail: bytes, tail_offset: int, file_size: int, *, path: str | Non
         column_ranges=column_ranges,
         global_buffers=global_buffers,
         data_end=gb0_pos,
+        schema_key=schema_key,
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
@@ -114,6 +114,20 @@ def blob_fields(descriptor: file_pb2.FileDescriptor) -> tuple[file_pb2.Field, ..
         for field in descriptor.schema.fields
         if is_blob_field(field) or bytes(field.metadata.get("ARROW:extension:name", b"")) == extension
     )
+
+
+def blob_field_ids_in(meta: V2FileMetadata) -> frozenset[int]:
+    """Ids of the blob fields of a file's own schema (``blob_fields``), worked out once per schema."""
+    if not meta.schema_key:
+        return frozenset(f.id for f in blob_fields(meta.descriptor))
+    return _blob_field_ids_of(meta.schema_key)
+
+
+@lru_cache(maxsize=256)
+def _blob_field_ids_of(schema: bytes) -> frozenset[int]:
+    descriptor = file_pb2.FileDescriptor()
+    descriptor.schema.ParseFromString(schema)
+    return frozenset(f.id for f in blob_fields(descriptor))
 
 
 def inspect_copy_safety(meta: V2FileMetadata, blob_columns: Collection[int] | None = None) -> FileSafety:
