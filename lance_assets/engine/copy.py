@@ -645,9 +645,10 @@ class _InputBytes:
 
     def __init__(self, storage: Storage, src: _Source, columns: Sequence[file2_pb2.ColumnMetadata]) -> None:
         self._src = src
+        # (a small file was read whole with its metadata: nothing lies before its tail)
         spans = [
             (o, o + n)
-            for c in columns
+            for c in (columns if src.tail_offset else ())
             for p in c.pages
             for o, n in zip(p.buffer_offsets, p.buffer_sizes)
             if n and o < src.tail_offset
