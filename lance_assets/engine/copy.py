@@ -88,7 +88,10 @@ def _input_sources(
         rows += frag.physical_rows
     storage = ds.storage
     in_flight = 1 if storage.is_local else storage.max_in_flight
-    whole = max(v2file.DEFAULT_TAIL_BYTES, read_batch_bytes // (2 * in_flight))
+    # a file of up to a request's share of the budget comes in one request (metadata and data):
+    # one request per input is what a store's latency makes cheapest, and ordered_ahead keeps
+    # what is in flight within read_batch_bytes whatever the share
+    whole = max(v2file.DEFAULT_TAIL_BYTES, read_batch_bytes // in_flight)
 
     def first(job: tuple[int, table_pb2.DataFragment, table_pb2.DataFile, str]) -> int:
         size = job[2].file_size_bytes

@@ -208,3 +208,43 @@ def test_a_request_failing_mid_flight_leaves_nothing_and_a_retry_succeeds(s3_vec
         report = compact(uri, _options(proxy, s3_endpoint, server_side_copy))
     assert report.version == before.version + 1 and report.fragments_added == 1
     assert_reads_every_way(uri, expected, storage_options=opts)
+
+
+@pytest.mark.parametrize("shape", ["streaming", "vectors"])
+@pytest.mark.parametrize("pages", ["coalesce", "copy"])
+def test_one_request_per_input_plus_a_constant(s3_endpoint, shape: str, pages: str) -> None:  # type: ignore[no-untyped-def]
+    """Compacting many inputs costs one read request per input data file (metadata and data come
+    in one request when the file is within a request's share of ``read_batch_bytes``; here
+    small appends and ~600 KB vector files) and a constant number of other requests (listing,
+    manifests, the output's upload, the commit)."""
+    rng = np.random.default_rng(3)
+    uri = f"s3://{s3_endpoint.new_bucket()}/ds.lance"
+    inputs, parts = 24, []
+    for i in range(inputs):
+        if shape == "streaming":
+            part = pa.table(
+                {
+                    "id": pa.array(np.arange(i * 100, i * 100 + 100, dtype=np.int64)),
+                    "x": pa.array(rng.standard_normal(100)),
+                    "s": pa.array([f"s{j}" * int(rng.integers(1, 4)) for j in range(100)]),
+                    "l": pa.array([[j] * (j % 3) for j in range(100)], pa.list_(pa.int32())),
+                }
+            )
+        else:
+            vectors = rng.standard_normal(200 * 768, dtype=np.float32)
+            part = pa.table(
+                {
+                    "id": pa.array(np.arange(i * 200, i * 200 + 200, dtype=np.int64)),
+                    "vec": pa.FixedSizeListArray.from_arrays(pa.array(vectors), 768),
+                }
+            )
+        lance.write_dataset(part, uri, mode="append" if i else "create", data_storage_version="2.2", storage_options=s3_endpoint.pylance_options)
+        parts.append(part)
+    with S3Proxy(s3_endpoint.url) as proxy:
+        options = {**s3_endpoint.pylance_options, "aws_endpoint": proxy.url}
+        report = compact(uri, CompactionOptions(storage_options=options, pages=pages))  # type: ignore[arg-type]
+    assert report.fragments_removed == inputs and report.fragments_added == 1
+    data_reads = [path for method, path in proxy.log if method == "GET" and "/data/" in path]
+    assert len(data_reads) <= inputs + 2, sorted(data_reads)  # + the output's self-check
+    assert proxy.total <= inputs + 30, proxy.log
+    assert_reads_every_way(uri, pa.concat_tables(parts), storage_options=s3_endpoint.pylance_options)

@@ -33,6 +33,7 @@ class S3Proxy:
         self.delay = delay
         self.fail = fail
         self.requests: Counter[str] = Counter()
+        self.log: list[tuple[str, str]] = []  # (method, path with query) of every request, in arrival order
         self.failed = 0
         self.in_flight: Counter[str] = Counter()  # by method
         self.max_in_flight: Counter[str] = Counter()
@@ -71,6 +72,7 @@ class S3Proxy:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.log.clear()
             self.failed = 0
             self.max_in_flight = Counter(self.in_flight)
 
@@ -99,6 +101,7 @@ class S3Proxy:
         with self._lock:
             method = handler.command
             self.requests[method] += 1
+            self.log.append((method, handler.path))
             self.in_flight[method] += 1
             self.max_in_flight[method] = max(self.max_in_flight[method], self.in_flight[method])
         try:
