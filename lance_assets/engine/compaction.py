@@ -17,9 +17,6 @@ from lance_assets.engine.report import CompactionReport, ProgressCallback, Reaso
 from lance_assets.engine.runners import LocalRunner, TaskRunner
 from lance_assets.io import Storage
 
-#: Tasks of a partial-progress run (``commit_every``) that a failure stopped after earlier
-#: commits had landed: reported in ``skipped`` while the run still reports its landed versions.
-
 
 def dry_run_report(plan: CompactionPlan, seconds: float = 0.0) -> CompactionReport:
     """What a compaction would do: the plan's bytes, nothing written or committed."""
@@ -124,9 +121,6 @@ def run_plan(
             break
     report = restore_index_coverage(_combine(plan, reports), plan.options, storage)
     return replace(report, seconds=time.monotonic() - started, runner=runner.name, workers=len(worker_ids), task_retries=retries)
-
-
-#: The index upkeep after a commit failed; the commit itself stands (listed in ``notes``).
 
 
 def restore_index_coverage(report: CompactionReport, options: CompactionOptions, storage: Storage) -> CompactionReport:
