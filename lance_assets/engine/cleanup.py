@@ -249,7 +249,7 @@ def cleanup(
             are always kept.
         dry_run: report what would go, remove nothing.
         trim_reuse: first drop the fragment-reuse versions every index has caught up with
-            (one CreateIndex commit, see ``engine.indices.trim_reuse_index``), so the retention
+            (one CreateIndex commit, see ``engine.index_upkeep.trim_reuse_index``), so the retention
             that follows can reclaim what only they kept.
 
     Returns:
