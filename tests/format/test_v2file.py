@@ -33,7 +33,7 @@ from lance_assets.errors import (
     CorruptFileError,
     UnsupportedVersionError,
 )
-from lance_assets.format import v2file, v2safety
+from lance_assets.format import v2file
 from lance_assets.format.protobuf import varint, wire_fields
 from lance_assets.format.v2file import (
     ALIGNMENT,
@@ -303,7 +303,7 @@ def test_parse_every_data_file(kind: str, version: str, request: pytest.FixtureR
             rows = 0
             for info in column.pages:
                 for offset, size in zip(info.buffer_offsets, info.buffer_sizes, strict=True):
-                    assert 0 <= offset and offset + size <= meta.data_end
+                    assert offset >= 0 and offset + size <= meta.data_end
                     if meta.version.aligned:
                         assert offset % ALIGNMENT == 0
                 if meta.version.aligned:  # 2.1+: priority = first row of the page
