@@ -9,6 +9,7 @@ package (or ``lance_assets.cli``) stays cheap; the Dagster layer is ``lance_asse
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -16,6 +17,10 @@ __version__ = "0.1.0"
 # __version__ is set first: the engine stamps it into the manifests it writes.
 from lance_assets import engine
 from lance_assets.errors import LanceAssetsError
+
+# The engine logs to "lance_assets.<module>" (plan decisions, retries, skipped groups, cleanup,
+# index upkeep); a library prints nothing unless the application configures logging.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from lance_assets.engine import *  # noqa: F403 - the engine's public names are the package's

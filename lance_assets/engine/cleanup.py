@@ -34,6 +34,7 @@ may reference files we would not see), base paths, branches.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid as uuid_mod
@@ -62,6 +63,8 @@ from lance_assets.format import manifest as mf
 from lance_assets.format.protobuf import unknown_field_numbers
 from lance_assets.io import Storage
 from lance_assets.io.storage import Entry
+
+logger = logging.getLogger(__name__)
 
 TAGS_DIR = "_refs/tags"
 
@@ -249,7 +252,7 @@ def cleanup(
             are always kept.
         dry_run: report what would go, remove nothing.
         trim_reuse: first drop the fragment-reuse versions every index has caught up with
-            (one CreateIndex commit, see ``engine.indices.trim_reuse_index``), so the retention
+            (one CreateIndex commit, see ``engine.index_upkeep.trim_reuse_index``), so the retention
             that follows can reclaim what only they kept.
 
     Returns:
@@ -350,6 +353,7 @@ def cleanup(
         # if the grace period is shorter than that writer's run; cheap to check anyway).
         new_names = sorted(set(_manifest_names(storage.list(VERSIONS_DIR))) - set(names))
         if new_names:
+            logger.info("%s: %d version(s) committed during cleanup; their files are kept", storage.uri, len(new_names))
             _read_references(storage, new_names, refs)
             protected = refs.files | refs.indices
             doomed = [f for f in doomed if _owner(f.path, f.kind) not in protected]
@@ -366,7 +370,7 @@ def cleanup(
     if not dry_run:
         for upload in stale_uploads:
             storage.abort_upload(upload)
-    return CleanupReport(
+    report = CleanupReport(
         uri=storage.uri,
         dry_run=dry_run,
         older_than_seconds=older_than,
@@ -379,6 +383,30 @@ def cleanup(
         aborted_uploads=len(stale_uploads),
         reuse_versions_trimmed=trimmed,
     )
+    _log_cleanup(report)
+    return report
+
+
+def _log_cleanup(report: CleanupReport) -> None:
+    """One INFO line of what ``cleanup`` removed (or, dry, would remove); each file at DEBUG."""
+    gone = "would be removed (dry run)" if report.dry_run else "removed"
+    logger.info(
+        "cleanup %s: %d version(s) and %d file(s) (%d bytes) %s, %d version(s) kept; files kept as too young: %d, "
+        "of unknown age: %d; stale uploads %s: %d; reuse versions trimmed: %d",
+        report.uri,
+        len(report.removed_versions),
+        len(report.files),
+        report.bytes,
+        gone,
+        report.versions_kept,
+        report.kept_too_young,
+        report.kept_unknown_age,
+        "found" if report.dry_run else "aborted",
+        report.aborted_uploads,
+        report.reuse_versions_trimmed,
+    )
+    for f in report.files:
+        logger.debug("cleanup %s: %s %s (%d bytes, %.0f s old) %s", report.uri, f.kind, f.path, f.bytes, f.age_seconds, gone)
 
 
 def bytes_on_disk(uri: DatasetRef, storage_options: Mapping[str, Any] | None = None) -> int:

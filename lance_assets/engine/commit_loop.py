@@ -15,6 +15,7 @@ share this loop so that check can never again be missing from one of them.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,8 @@ from lance_assets.format import manifest as mf
 from lance_assets.format.blobs import SIDECAR_SUFFIX
 from lance_assets.format.protobuf import parse
 from lance_assets.io import Storage
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_RETRIES = 20
 
@@ -135,9 +138,11 @@ def commit_loop(
             mf.check_feature_flags(latest.manifest, path=storage.uri, for_write=True)
             planned = prepare(latest, time.time())
             if isinstance(planned, Landed):
+                logger.warning("%s: an earlier attempt of ours landed as version %d after all", storage.uri, planned.version)
                 landed = planned.version
                 break
             if planned is None:
+                logger.debug("%s: nothing to commit on version %d", storage.uri, latest.version)
                 remove_files(storage, [*written, *owned])
                 return None
             # Names can change between attempts (fragment ids, the read version in a
@@ -156,9 +161,11 @@ def commit_loop(
             except AlreadyExistsError:
                 outcome = holds_transaction(storage, target, txn_uuid)
                 if outcome:
+                    logger.warning("%s: version %d is ours although the store answered 'exists'", storage.uri, target.version)
                     landed = target.version  # our own PUT landed; its retry was told "exists"
                     break
                 if outcome is None:
+                    logger.warning("%s: version %d exists but cannot be read; keeping our files", storage.uri, target.version)
                     keep_files = True
                     raise StorageError(
                         f"version {target.version} exists but cannot be read to tell whether it is ours; "
@@ -167,20 +174,37 @@ def commit_loop(
                     ) from None
                 retries += 1
                 if retries > max_retries:
+                    logger.warning("%s: giving up after %d commit conflicts", storage.uri, max_retries)
                     raise CommitConflictError(
                         f"gave up after {max_retries} attempts: other writers keep committing", path=storage.uri
                     ) from None
+                logger.info(
+                    "%s: version %d was committed by another writer; rebuilding on it (commit retry %d of %d)",
+                    storage.uri,
+                    target.version,
+                    retries,
+                    max_retries,
+                )
                 _backoff(retries)
             except BaseException as exc:
                 # The outcome is unknown (network error, interrupt): look before cleaning up.
                 outcome = holds_transaction(storage, target, txn_uuid)
                 if outcome and isinstance(exc, Exception):
+                    logger.warning(
+                        "%s: version %d landed although its commit raised %s", storage.uri, target.version, type(exc).__name__
+                    )
                     landed = target.version
                 elif outcome is False and (storage.is_local or "memory" in storage.protocols):
                     raise  # a local link (or in-memory write) happened or not: nothing can land later
                 else:
                     # Landed (and interrupted), or a remote PUT that may still land: the
                     # files stay; `lance-assets cleanup` removes them if nothing references them.
+                    logger.warning(
+                        "%s: commit of version %d interrupted (%s) with an unknown outcome; keeping our files",
+                        storage.uri,
+                        target.version,
+                        type(exc).__name__,
+                    )
                     keep_files = True
                     raise
     except BaseException:
@@ -194,6 +218,7 @@ def commit_loop(
     # When an earlier attempt is the one that landed, ``last`` is an attempt with the same
     # content (the history only grew by our own commit after it), so its result stands.
     assert last is not None, "an attempt of ours landed, so one was built"
+    logger.debug("%s: committed version %d after %d retries", storage.uri, landed, retries)
     return Committed(landed, retries, last.result)
 
 

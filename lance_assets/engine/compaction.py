@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from lance_assets.engine.commit import commit_compaction
@@ -17,8 +18,7 @@ from lance_assets.engine.report import CompactionReport, ProgressCallback, Reaso
 from lance_assets.engine.runners import LocalRunner, TaskRunner
 from lance_assets.io import Storage
 
-#: Tasks of a partial-progress run (``commit_every``) that a failure stopped after earlier
-#: commits had landed: reported in ``skipped`` while the run still reports its landed versions.
+logger = logging.getLogger(__name__)
 
 
 def dry_run_report(plan: CompactionPlan, seconds: float = 0.0) -> CompactionReport:
@@ -102,16 +102,29 @@ def run_plan(
     reports: list[CompactionReport] = []
     worker_ids: set[str] = set()
     retries = 0
+    if plan.tasks:
+        logger.info(
+            "%s: copying %d groups (%d bytes) on the %s runner", plan.uri, len(plan.tasks), plan.bytes_to_read, runner.name
+        )
     for first in range(0, max(1, len(plan.tasks)), step):
         tasks = plan.tasks[first : first + step]
         try:
             outcome = runner.run(plan, tasks, on_task_done)
             worker_ids.update(outcome.worker_ids)
             retries += outcome.task_retries
+            _log_skipped_groups(plan.uri, outcome.results)
             reports.append(commit_compaction(storage, plan, outcome.results))
         except Exception as exc:
             if not any(r.committed_versions for r in reports):
                 raise  # nothing landed: the dataset is as it was, so this run failed
+            logger.warning(
+                "%s: stopped after committing version(s) %s: %s: %s; %d group(s) left uncommitted",
+                plan.uri,
+                [v for r in reports for v in r.committed_versions],
+                type(exc).__name__,
+                exc,
+                len(plan.tasks) - first,
+            )
             # Earlier partial commits landed: report them (a caller must not retry them as
             # failed) and list what this and later chunks left uncommitted.
             left = plan.tasks[first:]
@@ -123,10 +136,35 @@ def run_plan(
             )
             break
     report = restore_index_coverage(_combine(plan, reports), plan.options, storage)
-    return replace(report, seconds=time.monotonic() - started, runner=runner.name, workers=len(worker_ids), task_retries=retries)
+    report = replace(
+        report, seconds=time.monotonic() - started, runner=runner.name, workers=len(worker_ids), task_retries=retries
+    )
+    logger.info(
+        "%s: %s; %d fragments removed, %d added, %d bytes written in %.1f s (%d commit retries, %d task retries)",
+        plan.uri,
+        f"committed version(s) {report.committed_versions}" if report.committed_versions else "nothing committed",
+        report.fragments_removed,
+        report.fragments_added,
+        report.bytes_written,
+        report.seconds,
+        report.retries,
+        retries,
+    )
+    return report
 
 
-#: The index upkeep after a commit failed; the commit itself stands (listed in ``notes``).
+def _log_skipped_groups(uri: str, results: Sequence[RewriteResult]) -> None:
+    """Groups the plan formed that the copy refused (their fragments stay as they were)."""
+    for result in results:
+        if not result.ok:
+            logger.warning(
+                "%s: group %d (fragments %s) skipped: %s%s",
+                uri,
+                result.task_id,
+                list(result.old_fragment_ids),
+                result.skipped_reason,
+                f" ({result.skipped_detail})" if result.skipped_detail else "",
+            )
 
 
 def restore_index_coverage(report: CompactionReport, options: CompactionOptions, storage: Storage) -> CompactionReport:
@@ -150,9 +188,11 @@ def restore_index_coverage(report: CompactionReport, options: CompactionOptions,
         for v in index_views(landed)
         if v.name in dropped
     }
+    logger.info("%s: re-indexing %s with pylance (the commit could not keep their coverage)", storage.uri, sorted(dropped))
     try:
         upkeep = maintain_indices(storage.uri, options.storage_options, index_names=sorted(dropped))
     except Exception as exc:  # the compaction landed; say what is left undone
+        logger.warning("%s: re-indexing failed (%s: %s); the merged rows stay unindexed", storage.uri, type(exc).__name__, exc)
         note = SkippedFragment(None, Reason.INDEX_UPKEEP_FAILED, f"{type(exc).__name__}: {exc}; run optimize_indices")
         return replace(report, notes=[*report.notes, note])
     failed = [

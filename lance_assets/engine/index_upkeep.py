@@ -7,6 +7,7 @@ rule (:func:`~lance_assets.engine.indices.caught_up`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,8 @@ from lance_assets.engine.indices import (
     total_unindexed_rows,
 )
 from lance_assets.engine.reencode import pylance_available, pylance_storage_options
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,14 +109,17 @@ def trim_reuse_index(
     after = before
     planned = _trim_plan(ds)
     if planned is None:
-        pass  # nothing to trim: no commit (also where commits are impossible, e.g. read-only stores)
+        # nothing to trim: no commit (also where commits are impossible, e.g. read-only stores)
+        logger.debug("%s: no reuse version to trim (%d kept: some index still needs each)", ds.uri, before)
     elif dry_run:
         after = len(planned[1])
+        logger.info("%s: dry run: would trim the reuse index from %d to %d versions", ds.uri, before, after)
     else:
         version = commit_index_change(ds.storage, change)
         if version is not None:
             committed.append(version)
             after = reuse_version_count(Dataset.open(ds.storage, version))
+            logger.info("%s: trimmed the reuse index from %d to %d versions (version %d)", ds.uri, before, after, version)
     return IndexUpkeepReport(
         ds.uri,
         unindexed,
@@ -168,22 +174,36 @@ def maintain_indices(
     committed: list[int] = []
     optimized = False
     failed: dict[str, str] = {}
-    if pylance_available() and any(not is_system_index(m) for m in ds.indices):
+    user_indices = any(not is_system_index(m) for m in ds.indices)
+    if user_indices and not pylance_available():
+        logger.info("%s: pylance is not installed: only trimming (%d rows stay unindexed)", ds.uri, unindexed_before)
+    elif user_indices:
         import lance
 
+        logger.info(
+            "%s: optimizing %s with pylance (%d unindexed rows)",
+            ds.uri,
+            f"indices {list(index_names)}" if index_names is not None else "every index",
+            unindexed_before,
+        )
         options = pylance_storage_options(dict(storage_options or ds.storage.storage_options or {}))
         failed = _optimize(lambda: lance.dataset(ds.uri, storage_options=options), index_names)
         optimized = True
         after_optimize = Dataset.open(ds.storage)
         committed.extend(range(ds.version + 1, after_optimize.version + 1))  # one per optimized index at most
         ds = after_optimize
+        for name, why in sorted(failed.items()):
+            logger.warning("%s: pylance could not optimize index %r: %s", ds.uri, name, why)
     trim = trim_reuse_index(ds)
     committed.extend(trim.committed_versions)
     final = Dataset.open(ds.storage)
+    unindexed_after = total_unindexed_rows(final)
+    if optimized:
+        logger.info("%s: unindexed rows %d -> %d (versions %s)", ds.uri, unindexed_before, unindexed_after, committed)
     return IndexUpkeepReport(
         ds.uri,
         unindexed_before,
-        total_unindexed_rows(final),
+        unindexed_after,
         versions_before,
         reuse_version_count(final),
         optimized=optimized,

@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -36,6 +38,8 @@ from lance_assets.format import repdef
 from lance_assets.format.blobs import column_refusals
 from lance_assets.format.protobuf import has_unknown_fields, unknown_field_numbers
 from lance_assets.format.v2file import FileVersion, null_fillable_fields
+
+logger = logging.getLogger(__name__)
 
 # Legacy (0.x) files count rows per batch in int32 (Metadata.batch_offsets).
 LEGACY_MAX_ROWS_PER_FILE = 2**31 - 1
@@ -242,13 +246,9 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
     skipped: list[SkippedFragment] = []
 
     def skip_all(reason: Reason, detail: str) -> CompactionPlan:
-        return CompactionPlan(
-            ds.uri,
-            ds.version,
-            mf.storage_version_name(ds.storage_version),
-            (),
-            tuple(SkippedFragment(f.id, reason, detail) for f in fragments),
-            options,
+        skipped = tuple(SkippedFragment(f.id, reason, detail) for f in fragments)
+        return _logged(
+            CompactionPlan(ds.uri, ds.version, mf.storage_version_name(ds.storage_version), (), skipped, options), len(fragments)
         )
 
     if ds.storage_version == mf.LEGACY:
@@ -429,7 +429,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
             if not reencode:
                 notes.extend(SkippedFragment(i, Reason.SMALL_PAGES, heal[i]) for i in healing)
     skipped.sort(key=lambda s: -1 if s.fragment_id is None else s.fragment_id)
-    return CompactionPlan(
+    plan = CompactionPlan(
         ds.uri,
         ds.version,
         mf.storage_version_name(ds.storage_version),
@@ -439,6 +439,52 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
         tuple(splits),
         tuple(notes),
     )
+    return _logged(plan, len(fragments))
+
+
+def _logged(plan: CompactionPlan, considered: int) -> CompactionPlan:
+    """Say what ``plan`` decided, for operators who read logs rather than the JSON report: one
+    INFO line (groups formed, fragments left alone by reason), each group, split and fragment
+    left alone at DEBUG -- the same facts as the plan's ``tasks``, ``splits``, ``skipped`` and
+    ``notes``."""
+    reasons = Counter(s.reason.value for s in plan.skipped)
+    logger.info(
+        "plan %s at version %d: %d fragments considered, %d groups formed from %d fragments "
+        "(%d re-encoded, %d bytes to read), %d left alone%s",
+        plan.uri,
+        plan.read_version,
+        considered,
+        len(plan.tasks),
+        plan.fragments_to_compact,
+        sum(len(t.fragment_ids) for t in plan.tasks if t.reencode),
+        plan.bytes_to_read,
+        len(plan.skipped),
+        f" ({', '.join(f'{reason}: {n}' for reason, n in sorted(reasons.items()))})" if reasons else "",
+    )
+    if not logger.isEnabledFor(logging.DEBUG):
+        return plan  # 100,000 fragments: no per-fragment strings unless someone reads them
+    for task in plan.tasks:
+        logger.debug(
+            "group %d: fragments %s -> %d file(s), %d rows, %d bytes, by %s",
+            task.task_id,
+            list(task.fragment_ids),
+            len(task.outputs),
+            task.rows,
+            task.bytes,
+            "re-encode" if task.reencode else "binary copy",
+        )
+    for split in plan.splits:
+        logger.debug(
+            "fragments %d and %d kept apart: %s%s",
+            split.left_fragment_id,
+            split.right_fragment_id,
+            split.reason,
+            f" ({split.detail})" if split.detail else "",
+        )
+    for entry, what in [*((s, "left alone") for s in plan.skipped), *((n, "merged with a caveat") for n in plan.notes)]:
+        who = "the run" if entry.fragment_id is None else f"fragment {entry.fragment_id}"
+        logger.debug("%s %s: %s%s", who, what, entry.reason.value, f" ({entry.detail})" if entry.detail else "")
+    return plan
 
 
 def _small_page_fragments(

@@ -12,6 +12,7 @@ cleanup`` removes them once they are older than its grace period.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ from lance_assets.engine.plan import CompactionPlan, CompactionTask
 from lance_assets.engine.report import ProgressCallback, RewriteResult
 from lance_assets.errors import MissingExtraError
 from lance_assets.io import Storage
+
+logger = logging.getLogger(__name__)
 
 TaskDone = Callable[[RewriteResult], None]
 
@@ -66,6 +69,11 @@ def run_one(plan: CompactionPlan, task: CompactionTask) -> tuple[RewriteResult, 
 
 
 def _clean_up(plan: CompactionPlan, results: Sequence[RewriteResult], storage: Storage | None = None) -> None:
+    logger.warning(
+        "a copy task failed (or the run was interrupted): removing the %d file(s) %d finished task(s) wrote",
+        sum(len(r.files_written) for r in results),
+        len(results),
+    )
     remove_files(storage or Storage(plan.uri, plan.options.storage_options), (p for r in results for p in r.files_written))
 
 
@@ -193,10 +201,17 @@ class RayRunner:
                 position, attempts = pending.pop(ref)
                 try:
                     done[position] = ray.get(ref)
-                except crashed:
+                except crashed as exc:
                     if attempts >= self.max_retries:
                         raise
                     retries += 1
+                    logger.warning(
+                        "task %d: its Ray worker died (%s); running it again (retry %d of %d)",
+                        tasks[position].task_id,
+                        type(exc).__name__,
+                        attempts + 1,
+                        self.max_retries,
+                    )
                     pending[remote.remote(plan_ref, tasks[position])] = (position, attempts + 1)
                     continue
                 except ray.exceptions.RayTaskError as exc:

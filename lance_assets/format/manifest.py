@@ -26,7 +26,7 @@ Transaction = transaction_pb2.Transaction
 IndexSection = table_pb2.IndexSection
 
 
-# --- feature flags (§4.4) ------------------------------------------------------
+# --- feature flags: manifest bits naming features a reader or writer must understand ---
 FLAG_DELETION_FILES = 1
 FLAG_STABLE_ROW_IDS = 2
 FLAG_USE_V2_FORMAT_DEPRECATED = 4

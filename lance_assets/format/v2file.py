@@ -496,37 +496,6 @@ def _is_struct_encoding(blob: bytes) -> bool:
     return wrapped.type_url == ARRAY_ENCODING_URL and array.WhichOneof("array_encoding") == "struct"
 
 
-def merge_struct_header_pages(pages: Sequence[file2_pb2.ColumnMetadata.Page]) -> Page:
-    """One struct page spanning all input pages: length = sum of lengths, priority 0.
-
-    The sum (not the row count) is right also for a struct nested in a list, whose length is
-    an item count.
-    """
-    if not pages:
-        raise ValueError("no struct pages to merge")
-    merged = Page()
-    merged.CopyFrom(pages[0])
-    merged.length = sum(page.length for page in pages)
-    merged.priority = 0
-    return merged
-
-
-def relocate_page(page: file2_pb2.ColumnMetadata.Page, new_offsets: Sequence[int], row_offset: int) -> Page:
-    """Copy of ``page`` with new absolute buffer offsets and ``priority += row_offset``.
-
-    Everything else (sizes, length, encoding bytes, unknown fields) stays byte-identical.
-    """
-    if len(new_offsets) != len(page.buffer_offsets):
-        raise ValueError(f"{len(new_offsets)} offsets for {len(page.buffer_offsets)} buffers")
-    if page.encoding.WhichOneof("location") == "indirect":
-        raise ValueError("page has a deferred encoding at an absolute position; refuse the file")
-    moved = Page()
-    moved.CopyFrom(page)
-    moved.buffer_offsets[:] = [int(o) for o in new_offsets]
-    moved.priority = page.priority + row_offset
-    return moved
-
-
 def merge_column(
     parts: Sequence[file2_pb2.ColumnMetadata],
     relocations: Sequence[int | Callable[[int], int]],

@@ -229,10 +229,6 @@ class Storage:
         """Human-readable location of ``rel`` for error messages."""
         return f"{self.uri}/{rel}" if rel else self.uri
 
-    def local_path(self, rel: str) -> str | None:
-        """An OS path for ``rel`` when the root is on the local disk, else None."""
-        return self.path(rel) if self.is_local else None
-
     # -- reading -------------------------------------------------------------
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of ``rel`` (whole object by default)."""

@@ -1,6 +1,7 @@
 """The LanceDatasets resource: URIs, discovery, EnvVar secrets, and writing fragments from Dagster."""
 
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,20 @@ def test_append_lines_up_with_the_dataset_schema(root: Path) -> None:
     with pytest.raises(OSError, match="schema"):  # not castable: Lance's own error
         resource.append("a", pa.table({"id": ["not-a-number"], "value": [1.0], "name": ["z"]}))
     assert lance.dataset(str(root / "a.lance")).count_rows() == 12
+
+
+def test_append_takes_a_pyarrow_table_without_pandas(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pandas is an optional extra (``lance_assets[pandas]``): Tables append with it unimportable."""
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError):
+        import pandas  # noqa: F401
+    make_dataset(root / "a.lance", 1)
+    resource = LanceDatasets(root=str(root))
+    table = pa.table({"id": pa.array([100, 101], pa.int64()), "value": [0.5, 1.5], "name": ["x", "y"]})
+    assert resource.append("a", table) == 2
+    assert resource.append("new", table) == 2  # the first append creates the dataset
+    assert lance.dataset(str(root / "a.lance")).count_rows() == 12
+    assert lance.dataset(str(root / "new.lance")).to_table() == table
 
 
 # --- a real object store: moto's S3 server on loopback -----------------------------------

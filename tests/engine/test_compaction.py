@@ -568,7 +568,7 @@ def test_more_dataset_states(tmp_path: Path, state: str, version: str) -> None:
 @pytest.mark.parametrize("version", factory.V2_VERSIONS)
 @pytest.mark.parametrize("shape", ["equal", "mixed", "multi_page", "stable_row_ids"])
 def test_pylance_binary_copy_accepts_our_files(copy_of: Callable[[str, str], Path], shape: str, version: str) -> None:
-    """Our output files pass every check of pylance's own binary copy (§7.4) and merge again."""
+    """Our output files pass every check of pylance's own binary copy (``compaction_mode="force_binary_copy"``) and merge again."""
     path = copy_of(shape, version)
     compact(str(path), CompactionOptions())
     ds = lance.dataset(str(path))

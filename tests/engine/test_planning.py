@@ -1,6 +1,6 @@
 """The planner alone, on real pylance datasets: Lance's binning, skip reasons, JSON round trip.
 
-Where Lance has the same rule (fact sheet §7.2) its own planner
+Where Lance bins fragments by the same rule its own planner
 (``lance.optimize.Compaction.plan``) is the oracle: for datasets without
 deletions or indices our tasks must group exactly the fragments Lance groups.
 """
@@ -74,7 +74,7 @@ def assert_partition(plan: CompactionPlan, all_ids: Sequence[int]) -> None:
     assert skipped == sorted(skipped)
 
 
-# --- Lance's binning (§7.2), Lance's planner as the oracle -----------------------------------------
+# --- Lance's binning (runs of small neighbours), Lance's planner as the oracle -------------------
 BINNING_CASES = {
     # sizes, target -> expected tasks / skip reasons
     "breaks_at_large": ([10, 20, 500, 30, 40, 50, 600, 5], 100, [[0, 1], [3, 4, 5]], {2: "at_target_size", 6: "at_target_size", 7: "no_neighbour"}),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import itertools
 import struct
 import warnings
 from collections.abc import Iterator
@@ -32,23 +33,22 @@ from lance_assets.errors import (
     CorruptFileError,
     UnsupportedVersionError,
 )
-from lance_assets.format import v2file, v2safety
+from lance_assets.format import v2file
 from lance_assets.format.protobuf import varint, wire_fields
 from lance_assets.format.v2file import (
     ALIGNMENT,
     DEFAULT_TAIL_BYTES,
     FOOTER_SIZE,
+    ColumnMerger,
     FileVersion,
     NeedMore,
     V2FileMetadata,
     build_tail,
     is_struct_header_column,
     merge_column,
-    merge_struct_header_pages,
     padding_for,
     parse_footer,
     parse_tail,
-    relocate_page,
     with_num_rows,
 )
 from lance_assets.format.v2safety import blob_fields, inspect_copy_safety
@@ -303,7 +303,7 @@ def test_parse_every_data_file(kind: str, version: str, request: pytest.FixtureR
             rows = 0
             for info in column.pages:
                 for offset, size in zip(info.buffer_offsets, info.buffer_sizes, strict=True):
-                    assert 0 <= offset and offset + size <= meta.data_end
+                    assert offset >= 0 and offset + size <= meta.data_end
                     if meta.version.aligned:
                         assert offset % ALIGNMENT == 0
                 if meta.version.aligned:  # 2.1+: priority = first row of the page
@@ -346,22 +346,36 @@ def test_rebuilt_tail_is_byte_identical(mixed_ds: str) -> None:
         tail = build_tail(meta.data_end, meta.columns, meta.descriptor, meta.version)
         assert tail == data[meta.data_end :]
         for column, (pos, size) in zip(meta.columns, meta.column_ranges, strict=True):
-            moved = [relocate_page(p, list(p.buffer_offsets), 0) for p in column.pages]
-            assert [m.SerializeToString() for m in moved] == [p.SerializeToString() for p in column.pages]
+            unmoved = merge_column([column], [0], [0], meta.version)
+            assert unmoved.SerializeToString() == column.SerializeToString()
             assert column.SerializeToString() == data[pos : pos + size]
 
 
-def test_relocate_page_changes_only_offsets_and_priority(mixed_ds: str) -> None:
+def test_column_merger_changes_only_offsets_and_priority(mixed_ds: str) -> None:
     _, path = data_files(mixed_ds)[0]
-    page = next(p for c in read_meta(path).columns for p in c.pages if len(p.buffer_offsets) >= 2)
-    moved = relocate_page(page, [o + 4096 for o in page.buffer_offsets], row_offset=250)
-    assert list(moved.buffer_offsets) == [o + 4096 for o in page.buffer_offsets]
-    assert moved.priority == page.priority + 250
-    assert moved.buffer_sizes == page.buffer_sizes and moved.length == page.length
-    assert moved.encoding.SerializeToString() == page.encoding.SerializeToString()
-    assert list(page.buffer_offsets) != list(moved.buffer_offsets)  # input untouched
-    with pytest.raises(ValueError):
-        relocate_page(page, [0], 0)
+    meta = read_meta(path)
+    column = next(c for c in meta.columns if any(len(p.buffer_offsets) >= 2 for p in c.pages))
+    before = column.SerializeToString()
+
+    def shifted(page: file2_pb2.ColumnMetadata.Page) -> list[int]:
+        return [o + 4096 for o in page.buffer_offsets]
+
+    def mapped(page: file2_pb2.ColumnMetadata.Page) -> list[int]:
+        # a relocation function is asked only about buffers that hold bytes
+        return [o + 4096 if n else 0 for o, n in zip(page.buffer_offsets, page.buffer_sizes, strict=True)]
+
+    for relocation, expected in ((4096, shifted), (lambda offset: offset + 4096, mapped)):
+        merger = ColumnMerger(meta.version)
+        merger.add(column, relocation, row_offset=250)
+        merged = merger.finish()
+        assert len(merged.pages) == len(column.pages)
+        for page, moved in zip(column.pages, merged.pages, strict=True):
+            assert list(moved.buffer_offsets) == expected(page)
+            assert moved.priority == page.priority + 250
+            assert moved.buffer_sizes == page.buffer_sizes and moved.length == page.length
+            assert moved.encoding.SerializeToString() == page.encoding.SerializeToString()
+        assert merged.encoding == column.encoding
+    assert column.SerializeToString() == before  # input untouched
 
 
 # ------------------------------------------------------------------------------------------
@@ -598,8 +612,8 @@ def test_deferred_and_missing_encodings(simple_files: dict[str, V2FileMetadata])
     changed = dataclasses.replace(meta, columns=(column,))
     assert "deferred page encoding" in _reasons(changed)
     assert inspect_copy_safety(changed).columns[0].deferred_encodings == ((128, 20),)
-    with pytest.raises(ValueError):
-        relocate_page(column.pages[0], list(column.pages[0].buffer_offsets), 0)
+    with pytest.raises(ValueError, match="deferred encoding"):
+        ColumnMerger(meta.version).add(column, 0, 0)
     column.pages[0].ClearField("encoding")
     assert "missing page encoding" in _reasons(dataclasses.replace(meta, columns=(column,)))
 
@@ -673,13 +687,17 @@ def test_struct_header_pages_collapse_to_their_summed_length(mixed_ds: str) -> N
     metas = [read_meta(p) for _, p in data_files(mixed_ds)]
     names = [f.name for f in metas[0].fields]
     nested = names.index("lst_st") + 1  # the list's struct item: length counts items, not rows
-    pages = [m.columns[nested].pages[0] for m in metas]
-    merged = merge_struct_header_pages(pages)
+    merger = ColumnMerger(metas[0].version)
+    for row_offset, meta in zip(itertools.accumulate([0] + [m.num_rows for m in metas]), metas):
+        assert is_struct_header_column(meta.columns[nested])
+        merger.add(meta.columns[nested], 0, row_offset)
+    (merged,) = merger.finish().pages
+    pages = [p for m in metas for p in m.columns[nested].pages]
     assert merged.length == sum(p.length for p in pages) != sum(m.num_rows for m in metas)
     assert merged.priority == 0 and not merged.buffer_offsets
     assert not is_struct_header_column(metas[0].columns[names.index("i64")])
     with pytest.raises(ValueError):
-        merge_struct_header_pages([])
+        ColumnMerger(metas[0].version).finish()
 
 
 # ------------------------------------------------------------------------------------------
