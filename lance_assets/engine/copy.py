@@ -305,6 +305,54 @@ def _write_output(
     return fragment, (rel, *sidecars), bytes_read, size
 
 
+@dataclass(frozen=True)
+class _Merge:
+    """One output file's inputs and how their fields line up: what every step of its copy reads."""
+
+    ds: Dataset
+    inputs: Sequence[table_pb2.DataFragment]
+    version: v2file.FileVersion  # the inputs' own file version (also the output's)
+    layout: list[tuple[int, bool]]  # (field id, owns a column) of the output, in schema order
+    out_fields: list[int]  # the fields owning an output column, in column order
+    lacking: list[list[int]]  # per input, the fields it lacks (given all-null pages)
+    read_batch_bytes: int
+    progress: ProgressCallback | None
+    verify: bool
+
+    @classmethod
+    def of(
+        cls,
+        ds: Dataset,
+        inputs: Sequence[table_pb2.DataFragment],
+        read_batch_bytes: int,
+        progress: ProgressCallback | None,
+        verify: bool,
+    ) -> _Merge:
+        """Check that the inputs can share one file: one file version, and the same live fields
+        stored the same way (the planner grouped them so), except fields an input lacks
+        altogether (added later without rewriting its file) that all-null pages can fill."""
+        order = _schema_order(ds.manifest)
+        versions = {mf.data_file_version(df) for frag in inputs for df in frag.files}
+        if len(versions) != 1:  # a mixed-version dataset merges each version separately
+            raise CompactionRefusedError(f"the inputs' data files have different versions {sorted(versions)}", path=ds.uri)
+        version = v2file.FileVersion(mf.storage_version_name(versions.pop()))
+        fillable = v2file.null_fillable_fields(ds.manifest.fields, version)
+        layouts = [
+            {fid: col >= 0 for df in frag.files for fid, col in zip(df.fields, df.column_indices) if fid in order}
+            for frag in inputs
+        ]
+        union = {fid: owns for fields in layouts for fid, owns in fields.items()}
+        lacking: list[list[int]] = []
+        for fields in layouts:
+            missing = [fid for fid in union if fid not in fields]
+            if any(fields[fid] != union[fid] for fid in fields) or not set(missing) <= fillable:
+                raise CompactionRefusedError("the inputs store different sets of fields", path=ds.uri)
+            lacking.append(missing)
+        layout = sorted(union.items(), key=lambda fc: order[fc[0]])
+        out_fields = [fid for fid, owns in layout if owns]
+        return cls(ds, inputs, version, layout, out_fields, lacking, read_batch_bytes, progress, verify)
+
+
 def _write_data_file(
     ds: Dataset,
     inputs: Sequence[table_pb2.DataFragment],
@@ -323,66 +371,20 @@ def _write_data_file(
     (``blob_copy``); with ``verify`` the finished file is read back and checked
     (``verify_output``, ``blob_copy.verify``) before it is handed to the commit.
     """
-    order = _schema_order(ds.manifest)
-    # The inputs' own file version (a mixed-version dataset merges each version separately).
-    versions = {mf.data_file_version(df) for frag in inputs for df in frag.files}
-    if len(versions) != 1:
-        raise CompactionRefusedError(f"the inputs' data files have different versions {sorted(versions)}", path=ds.uri)
-    version = v2file.FileVersion(mf.storage_version_name(versions.pop()))
-
-    # Every input must store the same live fields the same way (the planner grouped them so),
-    # except fields an input lacks altogether (added later without rewriting its file) that
-    # can be filled with all-null pages.
-    fillable = v2file.null_fillable_fields(ds.manifest.fields, version)
-    layouts = [
-        {fid: col >= 0 for df in frag.files for fid, col in zip(df.fields, df.column_indices) if fid in order} for frag in inputs
-    ]
-    union = {fid: owns for fields in layouts for fid, owns in fields.items()}
-    lacking: list[list[int]] = []
-    for fields in layouts:
-        missing = [fid for fid in union if fid not in fields]
-        if any(fields[fid] != union[fid] for fid in fields) or not set(missing) <= fillable:
-            raise CompactionRefusedError("the inputs store different sets of fields", path=ds.uri)
-        lacking.append(missing)
-    layout = sorted(union.items(), key=lambda fc: order[fc[0]])
-    out_fields = [fid for fid, owns in layout if owns]
+    merge = _Merge.of(ds, inputs, read_batch_bytes, progress, verify)
     names = repdef.field_paths(ds.manifest.fields)
     scratch = tempfile.mkdtemp(prefix="lance-assets-coalesce-")
     try:
-        native = coalesce.native_page_bytes(ds.manifest.fields, version, options, len(out_fields))
+        native = coalesce.native_page_bytes(ds.manifest.fields, merge.version, options, len(merge.out_fields))
+        lacking = {fid for missing in merge.lacking for fid in missing}
         forced: list[int] = []
         while True:
             attempt = coalesce.PageTally()
             coalesced = _coalesce_small_pages(
-                ds,
-                inputs,
-                version,
-                out_fields,
-                {fid for missing in lacking for fid in missing},
-                options,
-                attempt,
-                names,
-                scratch,
-                bool(native),
-                forced,
+                ds, inputs, merge.version, merge.out_fields, lacking, options, attempt, names, scratch, bool(native), forced
             )
             try:
-                written = _write_merged(
-                    ds,
-                    inputs,
-                    read_batch_bytes,
-                    progress,
-                    verify,
-                    sidecars,
-                    attempt,
-                    version,
-                    lacking,
-                    layout,
-                    out_fields,
-                    coalesced,
-                    native,
-                    retry=not forced and options is not None,
-                )
+                written = _write_merged(merge, sidecars, attempt, coalesced, native, retry=not forced and options is not None)
             except _PylanceWanted as wanted:
                 # Inputs after the first held small pages the copy cannot re-cut: once more, with
                 # pylance re-encoding those columns (the file written so far is gone).
@@ -465,17 +467,9 @@ def _coalesce_small_pages(
 
 
 def _write_merged(
-    ds: Dataset,
-    inputs: Sequence[table_pb2.DataFragment],
-    read_batch_bytes: int,
-    progress: ProgressCallback | None,
-    verify: bool,
+    merge: _Merge,
     sidecars: list[str],
     tally: coalesce.PageTally,
-    version: v2file.FileVersion,
-    lacking: list[list[int]],
-    layout: list[tuple[int, bool]],
-    out_fields: list[int],
     coalesced: coalesce.Coalesced | None,
     native_page_bytes: int = 0,
     *,
@@ -486,150 +480,37 @@ def _write_merged(
     pages the copy can decode are re-cut into pages of about that many bytes
     (``coalesce.NativeColumn``) instead of being copied; with ``retry``, a column where enough
     small pages could not be re-cut raises _PylanceWanted before the file is finished."""
+    ds, version = merge.ds, merge.version
     storage = ds.storage
-    order = _schema_order(ds.manifest)
-    names = repdef.field_paths(ds.manifest.fields)
-    skip = frozenset(coalesced.fields) if coalesced is not None else frozenset()
-
     name = mf.data_file_name(uuid.uuid4().bytes)
     rel = f"{DATA_DIR}/{name}"
-    # Inputs are read, copied and merged into the output's column metadata one file at a
-    # time, so memory holds the merged metadata only, never every input's.
-    where = storage.url(rel)
-    mergers = {fid: v2file.ColumnMerger(version, path=where) for fid in out_fields}
-    schema_metadata: dict[str, bytes] | None = None
-    bytes_read = 0
-    clone_block = storage.clone_block_size(DATA_DIR)
-    guarded = repdef.guarded_field_ids(ds.manifest.fields, version)
-    templates = repdef.fixed_size_templates(ds.manifest.fields)
-    # The guarded layers' kinds per field, as the first input holding the field has them; every
-    # later input must agree (a fragment's files each hold some fields, so compare per field).
-    kinds: dict[int, str] = {}
-    blob_out = blob_copy.OutputBlobs(rel)
-    logical_types = {f.id: f.logical_type for f in ds.manifest.fields}
-    natives = {
-        fid: coalesce.NativeColumn(version, native_page_bytes, logical_types.get(fid) == "bool")
-        for fid in out_fields
-        if fid not in skip and fid not in guarded and native_page_bytes
-    }
-    column_encodings: dict[int, file2_pb2.Encoding] = {}
-    foreign: dict[int, int] = {}  # field id -> its small pages the copy could not re-cut
+    rows = sum(frag.physical_rows for frag in merge.inputs)
     with storage.open_write(rel) as out:
-        pos = 0
-        starts = list(itertools.accumulate((frag.physical_rows for frag in inputs), initial=0))
-        filled = 0  # inputs whose all-null pages are in: they go in row order with the copied ones
-        # When every column is re-encoded, nothing is copied from the inputs (nor read again).
-        everything = coalesced is not None and set(coalesced.fields) == set(out_fields)
-        if everything and coalesced is not None:
-            schema_metadata = dict(coalesced.schema_metadata)
-            tally.pages_before += coalesced.pages_before
-        for row_offset, src in () if everything else _input_sources(ds, inputs, order, read_batch_bytes):
-            while filled < len(inputs) and starts[filled] <= row_offset:
-                for fid in lacking[filled]:
-                    mergers[fid].add_all_null(inputs[filled].physical_rows, starts[filled])
-                filled += 1
-            key = repdef.file_layer_key(src.meta.columns, src.columns, guarded, version, templates)
-            if isinstance(key, repdef.LayerConflict):
-                raise CompactionRefusedError(
-                    f"field {repdef.field_paths(ds.manifest.fields).get(key.field_id, key.field_id)!r}: {key.detail}",
-                    path=storage.url(src.rel_path),
-                )
-            for fid, found in key:
-                first = kinds.setdefault(fid, found)
-                if first != found:
-                    difference = repdef.describe_difference(
-                        ((fid, first),), ((fid, found),), repdef.field_paths(ds.manifest.fields)
-                    )
-                    raise CompactionRefusedError(difference, path=storage.url(src.rel_path))
-            if schema_metadata is None:
-                schema_metadata = dict(src.meta.descriptor.schema.metadata)
-            tally.pages_before += sum(len(src.meta.columns[col].pages) for col in src.columns.values())
-            kept = {fid: col for fid, col in src.columns.items() if fid not in skip}
-            decoded: dict[int, tuple[int, list[Any]]] = {}
-            takes = {fid: col for fid, col in kept.items() if fid in natives and natives[fid].takes(src.meta.columns[col].pages)}
-            data = _InputBytes(storage, src, [src.meta.columns[col] for col in takes.values()])
-            for fid, col in takes.items():
-                pages = src.meta.columns[col].pages
-                buffers = [[data.buffer(o, n) for o, n in zip(p.buffer_offsets, p.buffer_sizes)] for p in pages]
-                decoded[fid] = (col, natives[fid].decode(pages, buffers))
-            for fid, col in kept.items():
-                column_encodings.setdefault(fid, src.meta.columns[col].encoding)
-                if fid in natives and fid not in decoded:  # pending rows go before this file's copied pages
-                    pos = _write_encoded(out, pos, natives[fid].flush(), mergers[fid], column_encodings[fid])
-            for fid in natives.keys() & kept.keys() - decoded.keys():
-                foreign[fid] = foreign.get(fid, 0) + page_health.column_pages(src.meta.columns[kept[fid]].pages).small_pages
-            kept = {fid: col for fid, col in kept.items() if fid not in decoded}
-            extents = _extents(src.meta, sorted(kept.values()), pos, clone_block, whole=bool(src.blob_columns))
-            move = _relocator(extents)
-            copies: tuple[blob_copy.SidecarCopy, ...] = ()
-            if src.blob_columns:
-                shift = extents[0].dest - extents[0].start  # one extent: the whole data region
-                read = (src.tail, src.tail_offset)
-                rewrite = blob_copy.prepare(storage, src.rel_path, src.meta, read, src.blob_columns, shift, blob_out)
-                extents = _patched(extents, rewrite.patches)
-                copies = rewrite.sidecars
-            pos, n = _copy_extents(storage, src, extents, pos, out, read_batch_bytes, progress)
-            bytes_read += n
-            for copy in copies:
-                sidecars.append(copy.target)
-                storage.copy_object(copy.source, copy.target, copy.size, batch_bytes=read_batch_bytes, progress=progress)
-                bytes_read += copy.size
-            for fid, col in kept.items():
-                mergers[fid].add(src.meta.columns[col], move, row_offset)
-            for fid, (col, runs) in decoded.items():
-                for page, run in zip(src.meta.columns[col].pages, runs):
-                    bytes_read += sum(page.buffer_sizes)
-                    written = natives[fid].add(run, row_offset + page.priority)
-                    pos = _write_encoded(out, pos, written, mergers[fid], column_encodings[fid])
-        for fid, native in natives.items():
-            pos = _write_encoded(out, pos, native.flush(), mergers[fid], column_encodings.get(fid))
-            if native.coalesced:
-                tally.native.add(names.get(fid, str(fid)))
-            if native.left_small:
-                foreign[fid] = foreign.get(fid, 0) + native.left_small
-                tally.why_left.add(f"{names.get(fid, str(fid))}: {native.why_left}")
-        stuck = [fid for fid, small in foreign.items() if small >= page_health.MIN_SMALL_PAGES]
-        if retry and stuck and coalesce.pylance_writer_available():
-            tops = coalesce.top_level(ds.manifest.fields)
-            raise _PylanceWanted([fid for fid in out_fields if tops.get(fid) in {tops[f] for f in stuck}])
-        if coalesced is not None:
-            # The re-encoded columns' pages, after every input's: one source, rows from 0.
-            temp = _Source(coalesced.rel, coalesced.meta, {}, b"", coalesced.meta.file_size)
-            extents = _extents(coalesced.meta, range(coalesced.meta.num_columns), pos, whole=True)
-            move = _relocator(extents)
-            pos, n = _copy_extents(coalesced.storage, temp, extents, pos, out, read_batch_bytes, None)
-            bytes_read += coalesced.bytes_read
-            for fid, column in zip(coalesced.fields, coalesced.meta.columns):
-                mergers[fid].add(column, move, 0)
-            tally.by_pylance.update(names.get(fid, str(fid)) for fid in coalesced.fields)
-        rows = sum(frag.physical_rows for frag in inputs)
-        columns = [mergers[fid].finish() for fid in out_fields]
-        tally.pages_after += sum(len(c.pages) for c in columns)
-        tally.left_small.update(
-            names.get(fid, str(fid)) for fid, c in zip(out_fields, columns) if page_health.column_pages(c.pages).fragmented
-        )
+        written = _MergedFile(merge, rel, out, tally, coalesced, native_page_bytes)
+        written.copy_inputs(sidecars)
+        columns = written.finish_columns(retry)
         descriptor = file_pb2.FileDescriptor(length=rows)
-        descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
-        for meta_key, value in (schema_metadata or {}).items():
+        descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in merge.layout}))
+        for meta_key, value in (written.schema_metadata or {}).items():
             descriptor.schema.metadata[meta_key] = value
-        tail = v2file.build_tail(pos, columns, descriptor, version)
+        tail = v2file.build_tail(written.pos, columns, descriptor, version)
         out.write(tail)
-        size = pos + len(tail)
-    if verify:
+        size = written.pos + len(tail)
+    if merge.verify:
         try:
-            checked = {i: templates.get(fid) for i, fid in enumerate(out_fields) if fid in guarded}
+            checked = {i: written.templates.get(fid) for i, fid in enumerate(merge.out_fields) if fid in written.guarded}
             verify_output(storage, rel, size, rows, columns, version, checked)
-            blob_copy.verify(storage, blob_out, size)
+            blob_copy.verify(storage, written.blob_out, size)
         except BaseException:
             storage.delete(rel, missing_ok=True)
             raise
 
-    column_of = {fid: i for i, fid in enumerate(out_fields)}
+    column_of = {fid: i for i, fid in enumerate(merge.out_fields)}
     major, minor = version.manifest_pair
     data_file = table_pb2.DataFile(
         path=name,
-        fields=[fid for fid, _ in layout],
-        column_indices=[column_of.get(fid, -1) for fid, _ in layout],
+        fields=[fid for fid, _ in merge.layout],
+        column_indices=[column_of.get(fid, -1) for fid, _ in merge.layout],
         file_major_version=major,
         file_minor_version=minor,
         file_size_bytes=size,
@@ -637,8 +518,166 @@ def _write_merged(
     fragment = table_pb2.DataFragment(physical_rows=rows)
     fragment.files.append(data_file)
     if ds.stable_row_ids:
-        carry_row_sequences(ds, inputs, [fragment])
-    return fragment, rel, bytes_read, size + sum(c.size for c in blob_out.sidecars)
+        carry_row_sequences(ds, merge.inputs, [fragment])
+    return fragment, rel, written.bytes_read, size + sum(c.size for c in written.blob_out.sidecars)
+
+
+class _MergedFile:
+    """The output data file while it is written: its position, every column's merged metadata
+    and the natively re-cut columns' pending pages. Inputs are read, copied and merged one file
+    at a time, in row order, so memory holds the merged metadata only, never every input's."""
+
+    def __init__(
+        self,
+        merge: _Merge,
+        rel: str,
+        out: IO[bytes],
+        tally: coalesce.PageTally,
+        coalesced: coalesce.Coalesced | None,
+        native_page_bytes: int,
+    ) -> None:
+        ds = merge.ds
+        self.merge, self.out, self.tally, self.coalesced = merge, out, tally, coalesced
+        self.pos = 0
+        self.bytes_read = 0
+        self.schema_metadata: dict[str, bytes] | None = None
+        self.mergers = {fid: v2file.ColumnMerger(merge.version, path=ds.storage.url(rel)) for fid in merge.out_fields}
+        self.clone_block = ds.storage.clone_block_size(DATA_DIR)
+        self.guarded = repdef.guarded_field_ids(ds.manifest.fields, merge.version)
+        self.templates = repdef.fixed_size_templates(ds.manifest.fields)
+        # The guarded layers' kinds per field, as the first input holding the field has them;
+        # every later input must agree (a fragment's files each hold some fields: per field).
+        self.kinds: dict[int, str] = {}
+        self.blob_out = blob_copy.OutputBlobs(rel)
+        self.names = repdef.field_paths(ds.manifest.fields)
+        self.skip = frozenset(coalesced.fields) if coalesced is not None else frozenset()
+        logical_types = {f.id: f.logical_type for f in ds.manifest.fields}
+        self.natives = {
+            fid: coalesce.NativeColumn(merge.version, native_page_bytes, logical_types.get(fid) == "bool")
+            for fid in merge.out_fields
+            if fid not in self.skip and fid not in self.guarded and native_page_bytes
+        }
+        self.column_encodings: dict[int, file2_pb2.Encoding] = {}
+        self.foreign: dict[int, int] = {}  # field id -> its small pages the copy could not re-cut
+
+    def copy_inputs(self, sidecars: list[str]) -> None:
+        """Every input's pages, in row order, with all-null pages for the fields an input lacks."""
+        merge = self.merge
+        inputs = merge.inputs
+        starts = list(itertools.accumulate((frag.physical_rows for frag in inputs), initial=0))
+        filled = 0  # inputs whose all-null pages are in: they go in row order with the copied ones
+        # When every column is re-encoded, nothing is copied from the inputs (nor read again).
+        coalesced = self.coalesced
+        if coalesced is not None and set(coalesced.fields) == set(merge.out_fields):
+            self.schema_metadata = dict(coalesced.schema_metadata)
+            self.tally.pages_before += coalesced.pages_before
+            return
+        order = _schema_order(merge.ds.manifest)
+        for row_offset, src in _input_sources(merge.ds, inputs, order, merge.read_batch_bytes):
+            while filled < len(inputs) and starts[filled] <= row_offset:
+                for fid in merge.lacking[filled]:
+                    self.mergers[fid].add_all_null(inputs[filled].physical_rows, starts[filled])
+                filled += 1
+            self._check_layers(src)
+            if self.schema_metadata is None:
+                self.schema_metadata = dict(src.meta.descriptor.schema.metadata)
+            self.tally.pages_before += sum(len(src.meta.columns[col].pages) for col in src.columns.values())
+            self._add_input(row_offset, src, sidecars)
+
+    def _check_layers(self, src: _Source) -> None:
+        """Refuse an input whose guarded fields' layers may not share pages with earlier ones."""
+        key = repdef.file_layer_key(src.meta.columns, src.columns, self.guarded, self.merge.version, self.templates)
+        where = self.merge.ds.storage.url(src.rel_path)
+        if isinstance(key, repdef.LayerConflict):
+            raise CompactionRefusedError(f"field {self.names.get(key.field_id, key.field_id)!r}: {key.detail}", path=where)
+        for fid, found in key:
+            first = self.kinds.setdefault(fid, found)
+            if first != found:
+                raise CompactionRefusedError(repdef.describe_difference(((fid, first),), ((fid, found),), self.names), path=where)
+
+    def _add_input(self, row_offset: int, src: _Source, sidecars: list[str]) -> None:
+        """One input: its small pages re-cut natively where they can be, the rest copied."""
+        merge, storage = self.merge, self.merge.ds.storage
+        kept = {fid: col for fid, col in src.columns.items() if fid not in self.skip}
+        decoded = self._take_small_pages(src, kept)
+        kept = {fid: col for fid, col in kept.items() if fid not in decoded}
+        extents = _extents(src.meta, sorted(kept.values()), self.pos, self.clone_block, whole=bool(src.blob_columns))
+        move = _relocator(extents)
+        copies: tuple[blob_copy.SidecarCopy, ...] = ()
+        if src.blob_columns:
+            shift = extents[0].dest - extents[0].start  # one extent: the whole data region
+            read = (src.tail, src.tail_offset)
+            rewrite = blob_copy.prepare(storage, src.rel_path, src.meta, read, src.blob_columns, shift, self.blob_out)
+            extents = _patched(extents, rewrite.patches)
+            copies = rewrite.sidecars
+        self.pos, n = _copy_extents(storage, src, extents, self.pos, self.out, merge.read_batch_bytes, merge.progress)
+        self.bytes_read += n
+        for copy in copies:
+            sidecars.append(copy.target)
+            storage.copy_object(copy.source, copy.target, copy.size, batch_bytes=merge.read_batch_bytes, progress=merge.progress)
+            self.bytes_read += copy.size
+        for fid, col in kept.items():
+            self.mergers[fid].add(src.meta.columns[col], move, row_offset)
+        for fid, (col, parts) in decoded.items():
+            for page, part in zip(src.meta.columns[col].pages, parts):
+                self.bytes_read += sum(page.buffer_sizes)
+                self._write_encoded(fid, self.natives[fid].add(part, row_offset + page.priority))
+
+    def _take_small_pages(self, src: _Source, kept: dict[int, int]) -> dict[int, tuple[int, list[Any]]]:
+        """The kept columns whose pages in ``src`` are re-cut natively (field id -> column and
+        its pages from ``NativeColumn.decode``). A column that cannot be has its pending rows
+        written first (they precede this input's copied pages) and its small pages counted."""
+        natives = self.natives
+        takes = {fid: col for fid, col in kept.items() if fid in natives and natives[fid].takes(src.meta.columns[col].pages)}
+        data = _InputBytes(self.merge.ds.storage, src, [src.meta.columns[col] for col in takes.values()])
+        decoded: dict[int, tuple[int, list[Any]]] = {}
+        for fid, col in takes.items():
+            pages = src.meta.columns[col].pages
+            buffers = [[data.buffer(o, n) for o, n in zip(p.buffer_offsets, p.buffer_sizes)] for p in pages]
+            decoded[fid] = (col, natives[fid].decode(pages, buffers))
+        for fid, col in kept.items():
+            self.column_encodings.setdefault(fid, src.meta.columns[col].encoding)
+            if fid in natives and fid not in decoded:
+                self._write_encoded(fid, natives[fid].flush())
+                small = page_health.column_pages(src.meta.columns[col].pages).small_pages
+                self.foreign[fid] = self.foreign.get(fid, 0) + small
+        return decoded
+
+    def _write_encoded(self, fid: int, pages: Sequence[tuple[int, Any]]) -> None:
+        self.pos = _write_encoded(self.out, self.pos, pages, self.mergers[fid], self.column_encodings.get(fid))
+
+    def finish_columns(self, retry: bool) -> list[file2_pb2.ColumnMetadata]:
+        """The pending re-cut pages and the re-encoded columns written; every column's metadata.
+        With ``retry``, raises _PylanceWanted when enough small pages could not be re-cut."""
+        merge, tally, names = self.merge, self.tally, self.names
+        for fid, native in self.natives.items():
+            self._write_encoded(fid, native.flush())
+            if native.coalesced:
+                tally.native.add(names.get(fid, str(fid)))
+            if native.left_small:
+                self.foreign[fid] = self.foreign.get(fid, 0) + native.left_small
+                tally.why_left.add(f"{names.get(fid, str(fid))}: {native.why_left}")
+        stuck = [fid for fid, small in self.foreign.items() if small >= page_health.MIN_SMALL_PAGES]
+        if retry and stuck and coalesce.pylance_writer_available():
+            tops = coalesce.top_level(merge.ds.manifest.fields)
+            raise _PylanceWanted([fid for fid in merge.out_fields if tops.get(fid) in {tops[f] for f in stuck}])
+        coalesced = self.coalesced
+        if coalesced is not None:
+            # The re-encoded columns' pages, after every input's: one source, rows from 0.
+            temp = _Source(coalesced.rel, coalesced.meta, {}, b"", coalesced.meta.file_size)
+            extents = _extents(coalesced.meta, range(coalesced.meta.num_columns), self.pos, whole=True)
+            move = _relocator(extents)
+            self.pos, _ = _copy_extents(coalesced.storage, temp, extents, self.pos, self.out, merge.read_batch_bytes, None)
+            self.bytes_read += coalesced.bytes_read
+            for fid, column in zip(coalesced.fields, coalesced.meta.columns):
+                self.mergers[fid].add(column, move, 0)
+            tally.by_pylance.update(names.get(fid, str(fid)) for fid in coalesced.fields)
+        columns = [self.mergers[fid].finish() for fid in merge.out_fields]
+        tally.pages_after += sum(len(c.pages) for c in columns)
+        tally.left_small.update(
+            names.get(fid, str(fid)) for fid, c in zip(merge.out_fields, columns) if page_health.column_pages(c.pages).fragmented
+        )
+        return columns
 
 
 class _InputBytes:

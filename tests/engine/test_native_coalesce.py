@@ -237,12 +237,16 @@ def test_one_page_the_copy_cannot_recut_stays_between_large_ones(tmp_path: Path,
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_pages_that_cannot_be_recut_after_all_are_written_as_they_came(
-    tmp_path: Path, version: str, no_pylance_writer: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, version: str, no_pylance_writer: None, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     """The pages are decoded only when their run is written; a value found too long for a chunk
     then (here: the limit lowered to 8 bytes, which every string passes) leaves that run's pages
     unchanged in the output, as binary copy would have, and the report says why."""
-    monkeypatch.setattr("lance_assets.format.miniblock.MAX_VALUE_BYTES", 8)
+    from lance_assets.format import miniblock
+
+    monkeypatch.setattr(miniblock, "MAX_VALUE_BYTES", 8)
+    miniblock._codec.cache_clear()  # encodings judged under the usual limit are judged again
+    request.addfinalizer(miniblock._codec.cache_clear)  # and nothing judged under this one stays
     path = tmp_path / "ds.lance"
     tables = [streaming(k * 100, 100) for k in range(8)]
     write_appends(path, tables, version)
