@@ -478,8 +478,16 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose help, like every other output, lets a closed pipe reach
+    :func:`main` (argparse itself swallows the error and exits 0)."""
+
+    def print_help(self, file: typing.IO[str] | None = None) -> None:
+        (file or sys.stdout).write(self.format_help())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lance-assets", description="Keep Lance datasets compact.")
+    parser = _Parser(prog="lance-assets", description="Keep Lance datasets compact.")
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -596,6 +604,14 @@ class _DeferredConsole:
             self._console = _console(stderr=self._stderr)
         return getattr(self._console, name)
 
+    # rich's live displays (the progress bar) hold the console as a context manager, and
+    # ``with`` looks these up on the class, past ``__getattr__``
+    def __enter__(self) -> Any:
+        return self.__getattr__("__enter__")()
+
+    def __exit__(self, *exc: object) -> Any:
+        return self.__getattr__("__exit__")(*exc)
+
 
 def _console(*, stderr: bool) -> Console:
     from rich.console import Console
@@ -615,9 +631,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     quietly with :data:`EXIT_BROKEN_PIPE`: stdout is pointed at devnull so that neither we nor
     the interpreter's exit flush writes to the closed pipe again."""
     try:
-        code = _run(build_parser(), _attach_dashed_values(sys.argv[1:] if argv is None else argv))
-        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
-        return code
+        try:
+            return _run(build_parser(), _attach_dashed_values(sys.argv[1:] if argv is None else argv))
+        finally:  # --help and --version exit through here too
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
