@@ -4,9 +4,6 @@ names still written, deprecated, for one release), and a text listing capped lik
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +13,7 @@ import pytest
 from lance_assets.engine.cleanup import DEPRECATED_JSON_KEYS
 from tests.support import factory
 from tests.support.assertions import tree_digest
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / ".venv" / "bin" / "lance-assets"
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "lance_assets.cli"]
-ENV = {**os.environ, "COLUMNS": "200"}
-
-
-def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*COMMAND, *argv], capture_output=True, text=True, timeout=180, env=ENV)
+from tests.support.cli import run_cli as cli
 
 
 def cleanup_json(*argv: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ import pytest
 from lance_assets.cli import main
 from lance_assets.format import manifest as mf
 from tests.support.assertions import assert_one_error_line
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / ".venv" / "bin" / "lance-assets"
+from tests.support.cli import COMMAND
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -192,7 +189,7 @@ def test_missing_version_is_an_error(dataset_cache: Callable[[str, str], Path], 
 
 # --- the installed console script ------------------------------------------------------------
 def _command() -> list[str]:
-    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "lance_assets.cli"]
+    return COMMAND
 
 
 def test_console_script(dataset_cache: Callable[[str, str], Path], tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import pty
 import re
 import select
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -21,18 +20,12 @@ import pytest
 
 from lance_assets.cli import EXIT_BROKEN_PIPE, count, human_bytes
 from tests.support import factory
+from tests.support.cli import COMMAND, WIDE
+from tests.support.cli import run_cli as cli
 
 Copy = Callable[[str, str], Path]
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / ".venv" / "bin" / "lance-assets"
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "lance_assets.cli"]
-ENV = {**os.environ, "COLUMNS": "200"}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 DECIMAL_UNITS = re.compile(r"\d\s?(kB|MB|GB|TB)\b")
-
-
-def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*COMMAND, *argv], capture_output=True, text=True, timeout=180, env=ENV)
 
 
 def flat(text: str) -> str:
@@ -88,7 +81,7 @@ def _run_in_terminal(argv: list[str]) -> str:
     """The output of the console script under a pseudo-terminal (where the progress bar shows),
     control sequences removed."""
     master, child = pty.openpty()
-    proc = subprocess.Popen([*COMMAND, *argv], stdin=child, stdout=child, stderr=child, env={**ENV, "TERM": "xterm-256color"})
+    proc = subprocess.Popen([*COMMAND, *argv], stdin=child, stdout=child, stderr=child, env={**WIDE, "TERM": "xterm-256color"})
     os.close(child)
     chunks: list[bytes] = []
     deadline = time.monotonic() + 180
@@ -158,7 +151,7 @@ def test_missing_argument_shows_the_subcommands_usage() -> None:
 def _with_closed_reader(argv: list[str]) -> tuple[int, str]:
     """Run with stdout a pipe whose reading end is already closed: the first write fails, as it
     does when ``head`` has read its lines and left."""
-    proc = subprocess.Popen([*COMMAND, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    proc = subprocess.Popen([*COMMAND, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=WIDE)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()
     with proc.stderr:
@@ -196,7 +189,7 @@ def test_head_of_a_long_output(tmp_path: Path) -> None:
     command = " ".join(f"'{a}'" for a in COMMAND)
     for args in (f"inspect '{path}' --max-fragments 1000", f"inspect '{path}' --json"):
         proc = subprocess.run(
-            ["bash", "-c", f"set -o pipefail; {command} {args} 2>{tmp_path}/err | head -1"], capture_output=True, text=True, timeout=180, env=ENV
+            ["bash", "-c", f"set -o pipefail; {command} {args} 2>{tmp_path}/err | head -1"], capture_output=True, text=True, timeout=180, env=WIDE
         )
         assert len(proc.stdout.splitlines()) == 1
         assert (tmp_path / "err").read_text() == ""
