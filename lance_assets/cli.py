@@ -35,6 +35,7 @@ from lance_assets.engine.options import (
 from lance_assets.errors import LanceAssetsError
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
@@ -482,7 +483,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse's parser whose help, like every other output, lets a closed pipe reach
     :func:`main` (argparse itself swallows the error and exits 0)."""
 
-    def print_help(self, file: typing.IO[str] | None = None) -> None:
+    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
         (file or sys.stdout).write(self.format_help())
 
 
@@ -490,23 +491,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lance-assets", description="Keep Lance datasets compact.")
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_inspect(sub)
+    _add_compact(sub)
+    _add_cleanup(sub)
+    return parser
 
-    def common(p: argparse.ArgumentParser, with_target: bool = True) -> None:
-        p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
-        p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-        p.add_argument(
-            "--storage-option",
-            dest="storage_options",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="passed to the fsspec filesystem (repeatable)",
-        )
-        if with_target:
-            add_option_flags(p, ["target_rows_per_fragment"])
 
+def _common_flags(p: argparse.ArgumentParser, json_replaces: str) -> None:
+    """The dataset, ``--json`` and ``--storage-option``: every command has them."""
+    p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
+    p.add_argument("--json", action="store_true", help=f"print one JSON object instead of {json_replaces}")
+    p.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to the fsspec filesystem (repeatable)",
+    )
+
+
+def _add_inspect(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("inspect", help="versions, schema, fragments and a fragmentation summary")
-    common(p)
+    _common_flags(p, "tables")
+    add_option_flags(p, ["target_rows_per_fragment"])
     p.add_argument("--version", type=int, default=None, help="inspect this version instead of the latest")
     p.add_argument(
         "--max-fragments", type=int, default=50, metavar="N", help="fragments listed in the table output (default %(default)s)"
@@ -520,8 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_flags(p, ["max_concurrent_requests"])
     p.set_defaults(run=_cmd_inspect, parser=p)
 
+
+def _add_compact(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("compact", help="merge small fragments by binary copy and commit a new version")
-    common(p, with_target=False)
+    _common_flags(p, "text")
     add_option_flags(p)
     p.add_argument(
         "--runner",
@@ -543,19 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_compact, parser=p)
 
+
+def _add_cleanup(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "cleanup", help="remove old versions and the files only they (or no version) reference", epilog=CLEANUP_JSON_EPILOG
     )
-    p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument(
-        "--storage-option",
-        dest="storage_options",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="passed to the fsspec filesystem (repeatable)",
-    )
+    _common_flags(p, "text")
     p.add_argument(
         "--older-than",
         default=f"{int(DEFAULT_OLDER_THAN_SECONDS // 86400)}d",
@@ -589,7 +592,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="files listed in the text output (default %(default)s; --json lists all)",
     )
     p.set_defaults(run=_cmd_cleanup, parser=p)
-    return parser
 
 
 class _DeferredConsole:

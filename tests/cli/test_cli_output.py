@@ -56,7 +56,8 @@ def test_no_plural_after_one(tmp_path: Path) -> None:
     path = tmp_path / "one.lance"
     factory.appends(path, "2.1", [1, 1])  # two fragments of one row: one task of one output
     outputs = [cli("compact", str(path), "--dry-run"), cli("compact", str(path))]
-    outputs += [cli("inspect", str(path), "--target-rows-per-fragment", "1"), cli("cleanup", str(path), "--older-than", "0s", "--dry-run")]
+    outputs.append(cli("inspect", str(path), "--target-rows-per-fragment", "1"))
+    outputs.append(cli("cleanup", str(path), "--older-than", "0s", "--dry-run"))
     for proc in outputs:
         assert proc.returncode == 0, proc.stderr
     texts = [flat(p.stdout) for p in outputs]
@@ -188,9 +189,8 @@ def test_head_of_a_long_output(tmp_path: Path) -> None:
     factory.appends(path, "2.1", [1] * 120)
     command = " ".join(f"'{a}'" for a in COMMAND)
     for args in (f"inspect '{path}' --max-fragments 1000", f"inspect '{path}' --json"):
-        proc = subprocess.run(
-            ["bash", "-c", f"set -o pipefail; {command} {args} 2>{tmp_path}/err | head -1"], capture_output=True, text=True, timeout=180, env=WIDE
-        )
+        pipeline = f"set -o pipefail; {command} {args} 2>{tmp_path}/err | head -1"
+        proc = subprocess.run(["bash", "-c", pipeline], capture_output=True, text=True, timeout=180, env=WIDE)
         assert len(proc.stdout.splitlines()) == 1
         assert (tmp_path / "err").read_text() == ""
         assert proc.returncode in (0, EXIT_BROKEN_PIPE)  # 0 when the output fit before head left
