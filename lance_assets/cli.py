@@ -1,7 +1,10 @@
 """``lance-assets``: inspect and compact Lance datasets from the terminal.
 
 Parsing and presentation only; all work is done by ``lance_assets.engine``.
-Expected failures print one line and exit 2; only bugs show a traceback.
+Expected failures print one line and exit 2; only bugs show a traceback. A reader that goes
+away early (``| head``) ends the command quietly with 141, as a shell reports SIGPIPE.
+Sizes are printed in binary units (KiB, MiB, GiB) by :func:`human_bytes`, counts with their
+noun by :func:`count`, and long lists are cut by :func:`capped`: one way each, everywhere.
 
 Each command imports the engine modules (and rich) it runs when it runs: building the parser
 needs only the option declarations, so ``--help`` and a mistyped flag answer at once, and
@@ -12,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from lance_assets.engine.options import (
     DEFAULT_OLDER_THAN_SECONDS,
@@ -30,12 +35,21 @@ from lance_assets.engine.options import (
 from lance_assets.errors import LanceAssetsError
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
     from rich.console import Console
+    from rich.progress import Progress, TaskID
 
     from lance_assets.engine.inspect import Inspection
-    from lance_assets.engine.report import CompactionReport
+    from lance_assets.engine.plan import CompactionPlan
+    from lance_assets.engine.report import CompactionReport, RewriteResult
 
 EXIT_ERROR = 2
+#: 128 + SIGPIPE: what a shell reports for a command whose reader went away (``| head``).
+EXIT_BROKEN_PIPE = 141
+#: Names the distribution is installed under (``--version``).
+DISTRIBUTION = "lance_assets"
+
+T = TypeVar("T")
 
 
 def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -52,6 +66,8 @@ def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def human_bytes(n: float) -> str:
+    """A size in binary units (``512 B``, ``1.5 KiB``, ``3.0 GiB``): the one unit system of
+    every size the CLI prints, tables, summaries and the progress bar alike."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -59,7 +75,22 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def _print_inspection(report: Inspection, console: Console, max_fragments: int) -> None:
+def count(n: int, noun: str) -> str:
+    """``1 fragment``, ``0 fragments``, ``1,024 rows``: a count and its noun, in agreement.
+    Every noun the CLI counts makes its plural with an ``s``."""
+    return f"{n:,} {noun if n == 1 else noun + 's'}"
+
+
+def capped(items: Sequence[T], limit: int, flag: str) -> tuple[Sequence[T], int]:
+    """The first ``limit`` of ``items`` to list, and how many are left out: text output names
+    a screenful and counts the rest (``--json`` has them all). ``flag`` sets ``limit``; a
+    negative one is a usage error under that flag."""
+    if limit < 0:
+        raise argparse.ArgumentTypeError(f"{flag} must not be negative, not {limit}")
+    return items[:limit], max(0, len(items) - limit)
+
+
+def _print_inspection(report: Inspection, console: Console, fragments: Sequence[Any], more: int) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -89,12 +120,12 @@ def _print_inspection(report: Inspection, console: Console, max_fragments: int) 
     frags = Table(title=f"fragments ({s.fragments})", title_justify="left")
     for col in ("id", "physical rows", "deleted", "files", "bytes", "file version"):
         frags.add_column(col, justify="right" if col != "file version" else "left")
-    for f in report.fragments[:max_fragments]:
+    for f in fragments:
         frags.add_row(
             str(f.id), f"{f.physical_rows:,}", f"{f.deleted_rows:,}", str(f.files), human_bytes(f.bytes), f.file_version
         )
-    if len(report.fragments) > max_fragments:
-        frags.add_row("…", f"{len(report.fragments) - max_fragments} more", "", "", "", "")
+    if more:
+        frags.add_row("…", f"{more:,} more", "", "", "", "")
     console.print(frags)
     if report.indices:
         idx = Table(title="indices", title_justify="left")
@@ -104,8 +135,9 @@ def _print_inspection(report: Inspection, console: Console, max_fragments: int) 
             idx.add_row(escape(i.name), ",".join(map(str, i.fields)), "?" if i.fragment_ids is None else str(len(i.fragment_ids)))
         console.print(idx)
     console.print(
-        f"rows {s.rows:,} (+{s.deleted_rows:,} deleted) in {s.fragments:,} fragments, {s.data_files:,} data files, "
-        f"{human_bytes(s.bytes)}; [bold]{s.small_fragments:,}[/bold] fragments under {s.target_rows_per_fragment:,} rows"
+        f"rows {s.rows:,} (+{s.deleted_rows:,} deleted) in {count(s.fragments, 'fragment')}, "
+        f"{count(s.data_files, 'data file')}, {human_bytes(s.bytes)}; "
+        f"[bold]{count(s.small_fragments, 'fragment')}[/bold] under {count(s.target_rows_per_fragment, 'row')}"
     )
     console.print("size histogram: " + ", ".join(f"{k}: {v}" for k, v in s.histogram.items()))
     if report.columns:
@@ -125,13 +157,12 @@ def _print_inspection(report: Inspection, console: Console, max_fragments: int) 
         console.print(cols)
         console.print(
             f"pages {s.pages or 0:,}, [bold]{s.small_pages or 0:,}[/bold] small ({SMALL_PAGE_RULE}); "
-            f"{s.small_page_fragments or 0:,} fragments with columns made of small pages"
+            f"{count(s.small_page_fragments or 0, 'fragment')} with columns made of small pages"
         )
 
 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
-    if args.max_fragments < 0:
-        raise argparse.ArgumentTypeError(f"--max-fragments must not be negative, not {args.max_fragments}")
+    capped((), args.max_fragments, "--max-fragments")  # refused before any read
     _checked(
         lambda: CompactionOptions(
             target_rows_per_fragment=args.target_rows_per_fragment, max_concurrent_requests=args.max_concurrent_requests
@@ -150,25 +181,26 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
-        _print_inspection(report, console, args.max_fragments)
+        _print_inspection(report, console, *capped(report.fragments, args.max_fragments, "--max-fragments"))
     return 0
 
 
 def _print_report(report: CompactionReport, console: Console) -> None:
     if report.dry_run:
         console.print(
-            f"[bold]dry run[/bold] on version {report.read_version}: {report.tasks} tasks would merge "
-            f"{report.fragments_removed} fragments into {report.fragments_added}, reading {human_bytes(report.bytes_read)}"
+            f"[bold]dry run[/bold] on version {report.read_version}: {count(report.tasks, 'task')} would merge "
+            f"{count(report.fragments_removed, 'fragment')} into {report.fragments_added:,}, "
+            f"reading {human_bytes(report.bytes_read)}"
         )
     elif report.version is None:
         console.print(f"nothing to compact at version {report.read_version}")
     else:
-        rate = report.bytes_read / report.seconds / 2**20 if report.seconds else 0.0
+        rate = report.bytes_read / report.seconds if report.seconds else 0.0
         console.print(
             f"committed version [bold]{report.version}[/bold] (read {report.read_version}): "
-            f"{report.fragments_removed} fragments -> "
-            f"{report.fragments_added}, {report.files_removed} files removed, {report.files_added} added, {report.rows:,} rows, "
-            f"{human_bytes(report.bytes_written)} written in {report.seconds:.2f}s ({rate:.1f} MiB/s)"
+            f"{count(report.fragments_removed, 'fragment')} -> {report.fragments_added:,}, "
+            f"{count(report.files_removed, 'file')} removed, {report.files_added:,} added, {count(report.rows, 'row')}, "
+            f"{human_bytes(report.bytes_written)} written in {report.seconds:.2f}s ({human_bytes(rate)}/s)"
         )
     reasons: dict[str, int] = {}
     for s in report.skipped:
@@ -191,7 +223,7 @@ def _print_notes(report: CompactionReport, console: Console) -> None:
         else:
             by_reason.setdefault(n.reason, []).append(n.detail)
     for reason, details in sorted(by_reason.items()):
-        console.print(f"note: {reason}: {len(details)} fragments (e.g. {escape(details[0])})")
+        console.print(f"note: {reason}: {count(len(details), 'fragment')} (e.g. {escape(details[0])})")
     for i in report.indices:
         if i.get("covers_output") is False:
             console.print(
@@ -269,43 +301,99 @@ def _attach_dashed_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+class _CopyProgress:
+    """The terminal bar of one compaction: bytes copied of the plan's bytes, in the units of
+    the summary (:func:`human_bytes`).
 
-    from lance_assets.engine.compaction import compact, dry_run_report, run_plan
-    from lance_assets.engine.plan import plan_compaction
+    Copies report the page bytes they move as they go; a task that finishes counts its
+    planned bytes in full (its file metadata too, which no copy reports), so the bar reaches
+    100 % when the last task is done -- and says so while the commit runs. Runners that copy
+    elsewhere (processes, Ray) report only finished tasks: the bar moves a task at a time.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._lock = threading.Lock()  # copies report from several threads
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        self._task_bytes: dict[int, int] = {}
+        self._copied = self._finished = self._done = 0
+
+    def __enter__(self) -> _CopyProgress:
+        self._bar = _progress_bar(self._console)
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._bar is not None
+        self._bar.stop()
+
+    def planned(self, plan: CompactionPlan) -> None:
+        assert self._bar is not None
+        self._task_bytes = {t.task_id: t.bytes for t in plan.tasks}
+        self._task = self._bar.add_task(f"copying {count(len(plan.tasks), 'task')}", total=plan.bytes_to_read or None)
+
+    def copied(self, n: int) -> None:
+        with self._lock:
+            self._copied += n
+            self._show()
+
+    def task_done(self, result: RewriteResult) -> None:
+        with self._lock:
+            self._done += 1
+            self._finished += self._task_bytes.get(result.task_id, 0)
+            tasks = len(self._task_bytes)
+            self._show("committing" if self._done == tasks else f"task {self._done}/{tasks} done")
+
+    def _show(self, description: str | None = None) -> None:
+        if self._bar is None or self._task is None:
+            return
+        total = sum(self._task_bytes.values())
+        completed = total if self._done == len(self._task_bytes) else min(total, max(self._copied, self._finished))
+        self._bar.update(self._task, completed=completed, description=description)
+
+
+def _progress_bar(console: Console) -> Progress:
+    """rich's bar with sizes and speed through :func:`human_bytes` (rich's own byte columns
+    print decimal kB and MB)."""
+    from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    class Sizes(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            total = "?" if task.total is None else human_bytes(task.total)
+            return Text(f"{human_bytes(task.completed)}/{total}", style="progress.download")
+
+    class Speed(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{human_bytes(speed)}/s", style="progress.data.speed")
+
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), TaskProgressColumn(), Sizes(), Speed())
+    return Progress(*columns, TimeElapsedColumn(), console=console, transient=True)
+
+
+def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
+    from contextlib import nullcontext
+
+    from lance_assets.engine.compaction import compact
     from lance_assets.engine.runners import make_runner
 
     options = options_from_args(args)
     if args.workers < 1:
         raise argparse.ArgumentTypeError("--workers must be at least 1")
-    show_progress = not args.json and console.is_terminal
-    runner = make_runner(args.runner, max_workers=args.workers, ray_address=args.ray_address)
-    if show_progress:
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
-            planned = plan_compaction(args.uri, options)
-            copy_bar = bar.add_task(f"copying {len(planned.tasks)} tasks", total=planned.bytes_to_read or None)
-            if args.runner == RUNNER_LOCAL:
-                runner = make_runner(args.runner, max_workers=args.workers, progress=lambda n: bar.advance(copy_bar, n))
-            report = (
-                dry_run_report(planned)
-                if options.dry_run
-                else run_plan(
-                    planned,
-                    runner=runner,
-                    on_task_done=lambda r: bar.update(copy_bar, description=f"task {r.task_id + 1}/{len(planned.tasks)} done"),
-                )
-            )
-    else:
-        report = compact(args.uri, options, runner=runner)
+    shown = _CopyProgress(console) if not args.json and not options.dry_run and console.is_terminal else None
+    runner = make_runner(
+        args.runner, max_workers=args.workers, ray_address=args.ray_address, progress=shown.copied if shown else None
+    )
+    with shown or nullcontext():
+        report = compact(
+            args.uri,
+            options,
+            runner=runner,
+            on_plan=shown.planned if shown else None,
+            on_task_done=shown.task_done if shown else None,
+        )
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -324,6 +412,7 @@ def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
         raise argparse.ArgumentTypeError(f"--older-than: {exc}") from None
     if args.retain_versions is not None and args.retain_versions < 1:
         raise argparse.ArgumentTypeError("--retain-versions must be at least 1")
+    capped((), args.max_files, "--max-files")  # refused before anything is removed
     report = cleanup(
         args.uri,
         older_than=older_than,
@@ -337,47 +426,99 @@ def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
     verb = "would remove" if report.dry_run else "removed"
     if report.reuse_versions_trimmed:
         console.print(
-            f"{'would trim' if report.dry_run else 'trimmed'} {report.reuse_versions_trimmed} fragment-reuse "
-            "versions every index has caught up with"
+            f"{'would trim' if report.dry_run else 'trimmed'} {count(report.reuse_versions_trimmed, 'fragment-reuse version')} "
+            "every index has caught up with"
         )
     if args.retain_versions is not None:
-        console.print(f"{verb} {len(report.removed_versions)} old versions, kept {report.versions_kept}")
+        console.print(f"{verb} {count(len(report.removed_versions), 'old version')}, kept {report.versions_kept:,}")
     console.print(
-        f"{verb} {len(report.files)} unreferenced files ({human_bytes(report.bytes)}) older than {args.older_than}; "
-        f"kept {report.kept_too_young} younger ones; {report.versions} versions scanned"
+        f"{verb} {count(len(report.files), 'unreferenced file')} ({human_bytes(report.bytes)}) older than {args.older_than}; "
+        f"kept {count(report.kept_too_young, 'younger one')}; {count(report.versions, 'version')} scanned"
         + (
-            f"; {'would abort' if report.dry_run else 'aborted'} {report.aborted_uploads} unfinished uploads"
+            f"; {'would abort' if report.dry_run else 'aborted'} {count(report.aborted_uploads, 'unfinished upload')}"
             if report.aborted_uploads
             else ""
         )
     )
-    for f in report.files:
+    files, more = capped(report.files, args.max_files, "--max-files")
+    for f in files:
         console.print(f"  {escape(f.path)}  {human_bytes(f.bytes)}  ({f.kind})", highlight=False)
+    if more:
+        console.print(f"  … {count(more, 'more file')} (--max-files N lists more, --json lists all)", highlight=False)
     return 0
 
 
+#: What ``cleanup --help`` says about its JSON, the deprecated names above all (the names
+#: themselves: ``engine.cleanup.DEPRECATED_JSON_KEYS``, not imported here to keep ``--help`` fast).
+CLEANUP_JSON_EPILOG = (
+    "--json: files_removed, bytes_removed and versions_removed count what is removed (or would be); "
+    "removed_versions lists those version numbers and files every file with its size and kind. "
+    "Deprecated: 'removed' (read files_removed) and 'bytes' (read bytes_removed) are still written "
+    "in this release and go in the next one."
+)
+
+
+def package_version() -> str:
+    """The installed distribution's version; only ``--version`` pays for importlib.metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the package version, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose help, like every other output, lets a closed pipe reach
+    :func:`main` (argparse itself swallows the error and exits 0)."""
+
+    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+        (file or sys.stdout).write(self.format_help())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lance-assets", description="Keep Lance datasets compact.")
+    parser = _Parser(prog="lance-assets", description="Keep Lance datasets compact.")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_inspect(sub)
+    _add_compact(sub)
+    _add_cleanup(sub)
+    return parser
 
-    def common(p: argparse.ArgumentParser, with_target: bool = True) -> None:
-        p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
-        p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-        p.add_argument(
-            "--storage-option",
-            dest="storage_options",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="passed to the fsspec filesystem (repeatable)",
-        )
-        if with_target:
-            add_option_flags(p, ["target_rows_per_fragment"])
 
+def _common_flags(p: argparse.ArgumentParser, json_replaces: str) -> None:
+    """The dataset, ``--json`` and ``--storage-option``: every command has them."""
+    p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
+    p.add_argument("--json", action="store_true", help=f"print one JSON object instead of {json_replaces}")
+    p.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to the fsspec filesystem (repeatable)",
+    )
+
+
+def _add_inspect(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("inspect", help="versions, schema, fragments and a fragmentation summary")
-    common(p)
+    _common_flags(p, "tables")
+    add_option_flags(p, ["target_rows_per_fragment"])
     p.add_argument("--version", type=int, default=None, help="inspect this version instead of the latest")
-    p.add_argument("--max-fragments", type=int, default=50, help="fragments listed in the table output")
+    p.add_argument(
+        "--max-fragments", type=int, default=50, metavar="N", help="fragments listed in the table output (default %(default)s)"
+    )
     p.add_argument(
         "--pages",
         action=argparse.BooleanOptionalAction,
@@ -387,8 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_flags(p, ["max_concurrent_requests"])
     p.set_defaults(run=_cmd_inspect, parser=p)
 
+
+def _add_compact(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("compact", help="merge small fragments by binary copy and commit a new version")
-    common(p, with_target=False)
+    _common_flags(p, "text")
     add_option_flags(p)
     p.add_argument(
         "--runner",
@@ -410,17 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_compact, parser=p)
 
-    p = sub.add_parser("cleanup", help="remove old versions and the files only they (or no version) reference")
-    p.add_argument("uri", help="dataset path or URL (s3://, gs://, az://, memory://, local path)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument(
-        "--storage-option",
-        dest="storage_options",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="passed to the fsspec filesystem (repeatable)",
+
+def _add_cleanup(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "cleanup", help="remove old versions and the files only they (or no version) reference", epilog=CLEANUP_JSON_EPILOG
     )
+    _common_flags(p, "text")
     p.add_argument(
         "--older-than",
         default=f"{int(DEFAULT_OLDER_THAN_SECONDS // 86400)}d",
@@ -446,8 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove no version, only unreferenced files older than --older-than",
     )
     p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    p.add_argument(
+        "--max-files",
+        type=int,
+        default=50,
+        metavar="N",
+        help="files listed in the text output (default %(default)s; --json lists all)",
+    )
     p.set_defaults(run=_cmd_cleanup, parser=p)
-    return parser
 
 
 class _DeferredConsole:
@@ -459,23 +603,60 @@ class _DeferredConsole:
 
     def __getattr__(self, name: str) -> Any:
         if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(stderr=self._stderr)
+            self._console = _console(stderr=self._stderr)
         return getattr(self._console, name)
+
+    # rich's live displays (the progress bar) hold the console as a context manager, and
+    # ``with`` looks these up on the class, past ``__getattr__``
+    def __enter__(self) -> Any:
+        return self.__getattr__("__enter__")()
+
+    def __exit__(self, *exc: object) -> Any:
+        return self.__getattr__("__exit__")(*exc)
+
+
+def _console(*, stderr: bool) -> Console:
+    from rich.console import Console
+
+    class PipeAwareConsole(Console):
+        def on_broken_pipe(self) -> None:
+            """rich would exit 1 here; raised instead, a closed pipe ends every command the same way (:func:`main`)."""
+            raise BrokenPipeError
+
+    return PipeAwareConsole(stderr=stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(_attach_dashed_values(sys.argv[1:] if argv is None else argv))
+    """The ``lance-assets`` entry point: the command's exit code.
+
+    A reader that stops reading (``lance-assets inspect ds --json | head -1``) ends the command
+    quietly with :data:`EXIT_BROKEN_PIPE`: stdout is pointed at devnull so that neither we nor
+    the interpreter's exit flush writes to the closed pipe again."""
+    try:
+        try:
+            return _run(build_parser(), _attach_dashed_values(sys.argv[1:] if argv is None else argv))
+        finally:  # --help and --version exit through here too
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    args, unknown = parser.parse_known_args(argv)
+    # the subcommand's usage, not the top-level one, for a mistyped flag or a flag out of range:
+    # that is where the flag lives
+    usage = typing.cast("argparse.ArgumentParser", getattr(args, "parser", parser))
+    if unknown:
+        usage.error(f"unrecognized arguments: {' '.join(unknown)}")
     console = typing.cast("Console", _DeferredConsole(stderr=False))
     err = typing.cast("Console", _DeferredConsole(stderr=True))
     try:
         args.storage_options = _storage_options(args.storage_options)
         return int(args.run(args, console))
     except argparse.ArgumentTypeError as exc:
-        # the subcommand's usage line, not the top-level one: that is where the flag lives
-        getattr(args, "parser", parser).error(str(exc))
+        usage.error(str(exc))
     except LanceAssetsError as exc:
         from rich.markup import escape
 
@@ -485,7 +666,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def test_cli_module_and_parser_load_only_option_declarations() -> None:
     assert _loaded(code, NOT_FOR_THE_PARSER) == []
 
 
-def test_help_exits_before_loading_the_engine() -> None:
-    code = "import lance_assets.cli as c\ntry:\n    c.main(['compact', '--help'])\nexcept SystemExit:\n    pass"
+@pytest.mark.parametrize("argv", [["compact", "--help"], ["--version"], ["cleanup", "--no-such-flag"]])
+def test_help_exits_before_loading_the_engine(argv: list[str]) -> None:
+    code = f"import lance_assets.cli as c\ntry:\n    c.main({argv!r})\nexcept SystemExit:\n    pass"
     assert _loaded(code, NOT_FOR_THE_PARSER) == []
 
 

@@ -86,6 +86,11 @@ class RemovedFile:
     age_seconds: float
 
 
+#: Earlier names of ``CleanupReport.to_dict`` keys, still written for one release so that
+#: readers can move to the new name (old -> new); then they go.
+DEPRECATED_JSON_KEYS = {"removed": "files_removed", "bytes": "bytes_removed"}
+
+
 @dataclass(frozen=True)
 class CleanupReport:
     """What ``cleanup`` removed (or would remove, with ``dry_run``); JSON-ready."""
@@ -107,10 +112,15 @@ class CleanupReport:
         return sum(f.bytes for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields, plus the counts ``files_removed``, ``bytes_removed`` and
+        ``versions_removed`` (``removed_versions`` is the list of version numbers), plus the
+        deprecated names of two of those counts (:data:`DEPRECATED_JSON_KEYS`)."""
         out = asdict(self)
-        out["removed"] = out["files_removed"] = len(self.files)
-        out["bytes"] = out["bytes_removed"] = self.bytes
+        out["files_removed"] = len(self.files)
+        out["bytes_removed"] = self.bytes
         out["versions_removed"] = len(self.removed_versions)
+        for old, new in DEPRECATED_JSON_KEYS.items():
+            out[old] = out[new]
         return out
 
 

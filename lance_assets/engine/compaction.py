@@ -252,6 +252,7 @@ def compact(
     on_task_done: Callable[[RewriteResult], None] | None = None,
     max_workers: int = 1,
     runner: TaskRunner | None = None,
+    on_plan: Callable[[CompactionPlan], None] | None = None,
 ) -> CompactionReport:
     """Compact the latest version of ``uri``: plan, copy every task, commit all groups atomically.
 
@@ -271,6 +272,8 @@ def compact(
         max_workers: Tasks copied at once (see :func:`run_plan`; memory grows to about
             ``max_workers * options.read_batch_bytes``).
         runner: Puts the copies on local processes or a cluster instead (``engine.runners``).
+        on_plan: Called with the plan once it is made, before anything is copied (also on a
+            dry run): what a progress display needs to size itself -- the tasks and their bytes.
 
     Returns:
         What was removed, added, copied and skipped, and the versions committed.
@@ -296,6 +299,8 @@ def compact(
     started = time.monotonic()
     storage = storage_of(uri, options.storage_options)
     plan = plan_compaction(open_dataset(uri, options.storage_options), options)
+    if on_plan:
+        on_plan(plan)
     if options.dry_run:
         return dry_run_report(plan, time.monotonic() - started)
     report = run_plan(plan, storage=storage, progress=progress, on_task_done=on_task_done, max_workers=max_workers, runner=runner)

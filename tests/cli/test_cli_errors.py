@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,15 +14,13 @@ import pytest
 
 from tests.support import factory
 from tests.support.assertions import assert_one_error_line, tree_digest
+from tests.support.cli import run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / ".venv" / "bin" / "lance-assets"
 COMMANDS = ["inspect", "compact", "cleanup"]
 
 
 def cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "lance_assets.cli"]
-    done = subprocess.run([*command, *argv], capture_output=True, text=True, timeout=180, env=env)
+    done = run_cli(*argv, env=env or dict(os.environ))
     return done.returncode, done.stdout, done.stderr
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ import pytest
 from lance_assets.cli import main
 from lance_assets.format import manifest as mf
 from tests.support.assertions import assert_one_error_line
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / ".venv" / "bin" / "lance-assets"
+from tests.support.cli import COMMAND
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -66,12 +63,21 @@ def test_table_output(dataset_cache: Callable[[str, str], Path], capsys: pytest.
         assert f" {name} " in text
 
 
-@pytest.mark.parametrize(("target", "small"), [("1", 0), ("2", 1), ("100", 2), ("101", 3), ("251", 4)])
-def test_target_rows_changes_small_count(dataset_cache: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str], target: str, small: int) -> None:
+SMALL_COUNTS = [  # the sentence in the text output, in agreement (no "1 fragments", "1 rows")
+    ("1", 0, "0 fragments under 1 row"),
+    ("2", 1, "1 fragment under 2 rows"),
+    ("100", 2, "2 fragments under 100 rows"),
+    ("101", 3, "3 fragments under 101 rows"),
+    ("251", 4, "4 fragments under 251 rows"),
+]
+
+
+@pytest.mark.parametrize(("target", "small", "sentence"), SMALL_COUNTS)
+def test_target_rows_changes_small_count(dataset_cache: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str], target: str, small: int, sentence: str) -> None:
     path = str(dataset_cache("appends", "2.2"))
     code, out, _ = run(capsys, "inspect", path, "--target-rows-per-fragment", target)
     assert code == 0
-    assert f"{small} fragments under {int(target):,} rows" in flat(out)
+    assert sentence in flat(out)
     code, out, _ = run(capsys, "inspect", path, "--json", "--target-rows-per-fragment", target)
     summary = json.loads(out)["summary"]
     assert summary["small_fragments"] == small
@@ -183,7 +189,7 @@ def test_missing_version_is_an_error(dataset_cache: Callable[[str, str], Path], 
 
 # --- the installed console script ------------------------------------------------------------
 def _command() -> list[str]:
-    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "lance_assets.cli"]
+    return COMMAND
 
 
 def test_console_script(dataset_cache: Callable[[str, str], Path], tmp_path: Path) -> None:

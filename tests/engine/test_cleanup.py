@@ -201,12 +201,12 @@ def test_cli(dataset_copy, capsys: pytest.CaptureFixture[str]) -> None:  # type:
     root = dataset_copy("appends", "2.1")
     planted = _orphans(root, 2 * HOUR)
     assert main(["cleanup", str(root), "--dry-run", "--json"]) == 0  # default cutoff: two weeks
-    assert json.loads(capsys.readouterr().out)["removed"] == 0
+    assert json.loads(capsys.readouterr().out)["files_removed"] == 0
     assert main(["cleanup", str(root), "--older-than", "1h", "--dry-run", "--json"]) == 0
     dry = json.loads(capsys.readouterr().out)
-    assert dry["dry_run"] and dry["removed"] == len(planted) and dry["bytes"] == 6 * len(planted)
+    assert dry["dry_run"] and dry["files_removed"] == len(planted) and dry["bytes_removed"] == 6 * len(planted)
     assert main(["cleanup", str(root), "--older-than", "3h", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["removed"] == 0
+    assert json.loads(capsys.readouterr().out)["files_removed"] == 0
     assert main(["cleanup", str(root), "--older-than", "90m", "--orphans-only"]) == 0
     text = capsys.readouterr().out
     assert f"removed {len(planted)} unreferenced files" in text

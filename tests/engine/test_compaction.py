@@ -763,3 +763,25 @@ def test_pylance_restores_the_version_before_ours(copy_of: Callable[[str, str], 
     # and we can compact again on top of the restore
     plan, report, ds, _ = run_and_check(path, CompactionOptions())
     assert [f.fragment_id for f in ds.get_fragments()] == [before.max_fragment_id + 2]
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_on_plan_sees_the_plan_before_anything_is_copied(tmp_path: Path, dry_run: bool) -> None:
+    """The hook a progress display sizes itself with: called once, with the plan that is then
+    run, while the dataset is still as it was."""
+    path = tmp_path / "ds.lance"
+    factory.appends(path, "2.1", [5, 6, 7, 8])
+    digest = tree_digest(path)
+    seen: list[tuple[CompactionPlan, dict[str, str]]] = []
+    done: list[RewriteResult] = []
+    report = compact(
+        str(path), CompactionOptions(dry_run=dry_run), on_plan=lambda p: seen.append((p, tree_digest(path))), on_task_done=done.append
+    )
+    assert len(seen) == 1
+    plan, at_plan = seen[0]
+    assert at_plan == digest
+    assert plan.read_version == report.read_version and len(plan.tasks) == report.tasks == 1
+    if dry_run:
+        assert plan.bytes_to_read == report.bytes_read
+    assert [r.task_id for r in done] == ([] if dry_run else [t.task_id for t in plan.tasks])
+    assert lance.dataset(str(path)).to_table().to_pylist() == factory.simple_table(0, 26).to_pylist()

@@ -96,7 +96,7 @@ def test_cli_passes_storage_options_through(s3_dataset: str, s3_endpoint) -> Non
     assert cli("inspect", s3_dataset)["summary"]["fragments"] == 5
     report = cli("compact", s3_dataset, "--target-rows-per-fragment", "1000")
     assert report["fragments_removed"] == 5 and report["version"] == 6
-    assert cli("cleanup", s3_dataset, "--older-than", "0s", "--dry-run", "--orphans-only")["removed"] == 0
+    assert cli("cleanup", s3_dataset, "--older-than", "0s", "--dry-run", "--orphans-only")["files_removed"] == 0
     assert _ids(s3_dataset, s3_endpoint.pylance_options) == list(range(105))
 
 
