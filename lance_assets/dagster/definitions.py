@@ -215,7 +215,8 @@ def _resolve_duration(context: dg.ResolutionContext, value: str | int | None) ->
 
 def _about(description: str) -> dg.Resolver:
     """An attribute's description, shown by ``dg`` and in the YAML schema."""
-    return dg.Resolver.default(description=description)
+    resolver: dg.Resolver = dg.Resolver.default(description=description)  # (Dagster leaves it unannotated)
+    return resolver
 
 
 def _duration(description: str, *, optional: bool = False) -> dg.Resolver:
