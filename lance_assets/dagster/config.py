@@ -41,12 +41,12 @@ def duration(text: str | int | float) -> timedelta:
     return timedelta(seconds=parse_duration(str(text)))
 
 
-def python_duration(value: timedelta | str, name: str) -> timedelta:
+def python_duration(value: timedelta | str, name: str, *, stacklevel: int = 3) -> timedelta:
     """A duration a Python caller passed: a ``timedelta``. A string such as ``7d`` is still read,
     for one release, with a DeprecationWarning."""
     if isinstance(value, str):
         warnings.warn(
-            f"{name} as a string ({value!r}) is deprecated: pass a datetime.timedelta", DeprecationWarning, stacklevel=3
+            f"{name} as a string ({value!r}) is deprecated: pass a datetime.timedelta", DeprecationWarning, stacklevel=stacklevel
         )
         return duration(value)
     if value < timedelta(0):

@@ -78,24 +78,8 @@ def build_lance_compaction_defs(
     Example:
         >>> build_lance_compaction_defs("events", root="s3://lake/events", cleanup_older_than=timedelta(days=7))  # doctest: +SKIP
     """
-    cooldown = python_duration(cooldown, "cooldown")
-    if cooldown_minutes is not None:
-        warnings.warn(
-            "cooldown_minutes is deprecated: use cooldown (a timedelta in Python, e.g. 30m in YAML)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        cooldown = timedelta(minutes=cooldown_minutes)
-    cutoff = None if cleanup_older_than is None else python_duration(cleanup_older_than, "cleanup_older_than")
-    if partitioning == "none":
-        partitions_def: dg.PartitionsDefinition | None = None
-        template = uri_template or "{root}"
-    elif partitioning == "dynamic":
-        partitions_def = dg.DynamicPartitionsDefinition(name=f"{name}_datasets")
-        template = uri_template or "{root}/{partition_key}.lance"
-    else:
-        partitions_def = partitioning
-        template = uri_template or "{root}/{partition_key}.lance"
+    cooldown, cutoff = _durations(cooldown, cooldown_minutes, cleanup_older_than)
+    partitions_def, template = _partitions(name, partitioning, uri_template)
     resource = LanceDatasets(root=root, uri_template=template, storage_options=dict(storage_options or {}))
     keys = AssetKeys.for_name(name, key_prefix)
     group = group_name or name
@@ -115,9 +99,9 @@ def build_lance_compaction_defs(
         min_unindexed_rows=min_unindexed_rows,
         cooldown=cooldown,
     )
-    job_name, fanout_name = f"{name}_compaction", f"{name}_fanout_compaction"
+    job_name = f"{name}_compaction"
     condition = (
-        compaction_condition(keys.fragments, keys.compacted, thresholds, frozenset({job_name, fanout_name}))
+        compaction_condition(keys.fragments, keys.compacted, thresholds, frozenset({job_name, f"{name}_fanout_compaction"}))
         if trigger == "condition"
         else None
     )
@@ -140,43 +124,25 @@ def build_lance_compaction_defs(
         ray_resource_key=ray_key,
         automation_condition=condition,
     )
-    checks = build_compaction_checks(
-        keys, resource_key=resource_key, max_small_fragments=min_small_fragments, partitions_def=partitions_def
-    )
     job = dg.define_asset_job(
         job_name,
         selection=dg.AssetSelection.assets(keys.compacted),
         description="Binary-copy compaction of one dataset (partition) with its asset checks.",
         **dataset_run_tagging(name, partitions_def),
     )
-    sensors = [
-        build_small_fragment_sensor(
-            name,
-            keys,
-            job,
-            partitions_def,
-            resource_key=resource_key,
-            trigger=thresholds,
-            target_rows_per_fragment=target_rows_per_fragment,
-            minimum_interval_seconds=sensor_interval_seconds,
-            request_runs=trigger == "sensor",
-            default_status=sensor_status,
-        )
-    ]
-    if condition is not None:
-        sensors.append(
-            build_automation_sensor(name, keys, minimum_interval_seconds=sensor_interval_seconds, default_status=sensor_status)
-        )
-    if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
-        sensors.append(
-            build_discovery_sensor(
-                name,
-                partitions_def,
-                resource_key=resource_key,
-                minimum_interval_seconds=sensor_interval_seconds,
-                default_status=sensor_status,
-            )
-        )
+    sensors = _sensors(
+        name,
+        keys,
+        job,
+        partitions_def,
+        thresholds,
+        resource_key=resource_key,
+        request_runs=trigger == "sensor",
+        evaluate_condition=condition is not None,
+        target_rows_per_fragment=target_rows_per_fragment,
+        interval=sensor_interval_seconds,
+        status=sensor_status,
+    )
     jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [
         job,
         build_fanout_job(name, keys, partitions_def, resource_key=resource_key, pool=pool),
@@ -200,12 +166,83 @@ def build_lance_compaction_defs(
         )
     return dg.Definitions(
         assets=[fragments, compacted],
-        asset_checks=[checks],
+        asset_checks=[
+            build_compaction_checks(
+                keys, resource_key=resource_key, max_small_fragments=min_small_fragments, partitions_def=partitions_def
+            )
+        ],
         jobs=jobs,
         sensors=sensors,
         schedules=schedules,
         resources=resources,
     )
+
+
+def _durations(
+    cooldown: timedelta, cooldown_minutes: float | None, cleanup_older_than: timedelta | str | None
+) -> tuple[timedelta, timedelta | None]:
+    """The cool-down and the retention cutoff as timedeltas (the deprecated spellings read, with a warning)."""
+    if cooldown_minutes is not None:
+        warnings.warn(
+            "cooldown_minutes is deprecated: use cooldown (a timedelta in Python, e.g. 30m in YAML)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        cooldown = timedelta(minutes=cooldown_minutes)
+    cutoff = None if cleanup_older_than is None else python_duration(cleanup_older_than, "cleanup_older_than", stacklevel=4)
+    return python_duration(cooldown, "cooldown", stacklevel=4), cutoff
+
+
+def _partitions(
+    name: str, partitioning: Partitioning | dg.PartitionsDefinition, uri_template: str | None
+) -> tuple[dg.PartitionsDefinition | None, str]:
+    """The partitions (one per dataset, or none) and the URI template that finds a partition's dataset."""
+    if partitioning == "none":
+        return None, uri_template or "{root}"
+    if partitioning == "dynamic":
+        return dg.DynamicPartitionsDefinition(name=f"{name}_datasets"), uri_template or "{root}/{partition_key}.lance"
+    return partitioning, uri_template or "{root}/{partition_key}.lance"
+
+
+def _sensors(
+    name: str,
+    keys: AssetKeys,
+    job: dg.UnresolvedAssetJobDefinition,
+    partitions_def: dg.PartitionsDefinition | None,
+    thresholds: CompactionTrigger,
+    *,
+    resource_key: str,
+    request_runs: bool,
+    evaluate_condition: bool,
+    target_rows_per_fragment: int,
+    interval: int,
+    status: dg.DefaultSensorStatus,
+) -> list[dg.SensorDefinition]:
+    """The recording (and, with ``request_runs``, requesting) sensor, the condition's sensor and,
+    for dynamic partitions, the discovery sensor."""
+    sensors = [
+        build_small_fragment_sensor(
+            name,
+            keys,
+            job,
+            partitions_def,
+            resource_key=resource_key,
+            trigger=thresholds,
+            target_rows_per_fragment=target_rows_per_fragment,
+            minimum_interval_seconds=interval,
+            request_runs=request_runs,
+            default_status=status,
+        )
+    ]
+    if evaluate_condition:
+        sensors.append(build_automation_sensor(name, keys, minimum_interval_seconds=interval, default_status=status))
+    if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
+        sensors.append(
+            build_discovery_sensor(
+                name, partitions_def, resource_key=resource_key, minimum_interval_seconds=interval, default_status=status
+            )
+        )
+    return sensors
 
 
 def _resolve_duration(context: dg.ResolutionContext, value: str | int | None) -> timedelta | None:
