@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the asset-job type is not exported publicly
 from lance_assets.dagster.assets import DATASET_TAG, AssetKeys, dataset_tag, partition_keys
 from lance_assets.dagster.fragments import fragments_record, health_values
 from lance_assets.dagster.resources import LanceDatasets
-from lance_assets.dagster.triggers import CompactionTrigger
+from lance_assets.dagster.triggers import PARTITION_TAG, CompactionTrigger
 from lance_assets.errors import LanceAssetsError
 
 ACTIVE_STATUSES = [
@@ -32,9 +32,6 @@ ACTIVE_STATUSES = [
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
-
-
-PARTITION_TAG = "dagster/partition"
 
 
 def _compaction_active(instance: dg.DagsterInstance, compacted: dg.AssetKey, tag: str, partition_key: str | None) -> bool:
