@@ -11,6 +11,7 @@ path or URL) to use it on real data.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from lance_assets.dagster import build_lance_compaction_defs
@@ -21,9 +22,9 @@ defs = build_lance_compaction_defs(
     "demo",
     root=ROOT,
     min_small_fragments=16,
-    cooldown_minutes=2,  # the demo's appends are seconds apart: let automation act again soon
+    cooldown=timedelta(minutes=2),  # the demo's appends are seconds apart: let automation act again soon
     sensor_interval_seconds=30,
     cron_schedule="0 2 * * *",
-    cleanup_older_than="7d",  # retention after each compaction, and the demo_retention job and schedule
+    cleanup_older_than=timedelta(days=7),  # retention after each compaction, and the demo_retention job and schedule
     start_automation=True,
 )

@@ -5,7 +5,7 @@ fragment assets, compaction asset with checks, sensors, schedule, fan-out job);
 ``LanceCompactionComponent`` exposes the same from YAML for ``dg`` projects.
 """
 
-from lance_assets.dagster.assets import CompactionConfig
+from lance_assets.dagster.config import CompactionConfig
 from lance_assets.dagster.definitions import LanceCompactionComponent, build_lance_compaction_defs
 from lance_assets.dagster.resources import LanceDatasets, LanceRay
 

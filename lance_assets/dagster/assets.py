@@ -7,20 +7,18 @@ running the engine.
 """
 
 import time
-import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import Any
 
 import dagster as dg
-from pydantic import Field, create_model
 
+from lance_assets.dagster.config import CompactionConfig, duration
 from lance_assets.dagster.fragments import fragments_record, small_fragment_counts
 from lance_assets.dagster.resources import LanceDatasets
-from lance_assets.engine.cleanup import parse_duration
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.inspect import Inspection
-from lance_assets.engine.options import CompactionOptions, option_specs
 from lance_assets.engine.plan import plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult, SkippedFragment
 from lance_assets.engine.runners import RUNNER_RAY, TaskRunner, make_runner
@@ -29,61 +27,6 @@ DATASET_TAG = "lance_assets/dataset"
 ROWS_CHECK = "rows_preserved"
 SMALL_CHECK = "small_fragments_under_threshold"
 READ_BACK_CHECK = "new_version_reads_back"
-
-
-class _CompactionConfigBase(dg.Config):
-    """What a compaction run does beyond the engine's options: retention and index upkeep."""
-
-    cleanup_older_than: str | None = Field(
-        default=None,
-        description="After a compaction that committed, remove versions older than this (e.g. 7d) and the files "
-        "only they reference; unset: the definitions' default (no retention unless "
-        "build_lance_compaction_defs(cleanup_older_than=...)).",
-    )
-    retain_versions: int | None = Field(
-        default=None, description="Versions always kept by that retention (default: the definitions' value, 1)."
-    )
-    optimize_indices: bool = Field(
-        default=True,
-        description="After a compaction that committed, index unindexed rows with pylance's optimize_indices (when installed) "
-        "and trim the fragment-reuse versions every index has caught up with.",
-    )
-
-    def options(self) -> CompactionOptions:
-        """The engine options this run config holds (storage options come from the resource)."""
-        values = {spec.name: getattr(self, spec.name) for spec in option_specs() if spec.dagster}
-        values["excluded_fragment_ids"] = frozenset(values["excluded_fragment_ids"])
-        return CompactionOptions(**values)
-
-
-def _option_fields() -> dict[str, Any]:
-    """Config fields for the engine's options, from their one declaration (``engine.options``)."""
-    out: dict[str, Any] = {}
-    for spec in option_specs():
-        if not spec.dagster:
-            continue
-        if typing.get_origin(spec.type) is frozenset:  # run config holds lists
-            out[spec.name] = (list[int], Field(default_factory=list, description=spec.help))
-        else:
-            out[spec.name] = (spec.type, Field(default=spec.default, description=spec.help))
-    return out
-
-
-#: Run config of one compaction: every engine option (``CompactionOptions``: same names,
-#: defaults and descriptions) plus retention and index upkeep. ``config.options()`` gives the
-#: engine options.
-if TYPE_CHECKING:
-    # Type checkers cannot follow fields made at run time; to them the config is its base class,
-    # whose typed ``options()`` is how the engine options are read (never as attributes).
-    CompactionConfig = _CompactionConfigBase
-else:
-    CompactionConfig = create_model(
-        "CompactionConfig",
-        __base__=_CompactionConfigBase,
-        __module__=__name__,
-        __doc__=_CompactionConfigBase.__doc__,
-        **_option_fields(),
-    )
 
 
 def dataset_run_tagging(name: str, partitions_def: dg.PartitionsDefinition | None) -> dict[str, Any]:
@@ -102,6 +45,18 @@ def dataset_run_tagging(name: str, partitions_def: dg.PartitionsDefinition | Non
             tags_for_partition_key_fn=lambda key: {DATASET_TAG: f"{name}/{key}"},
         )
     }
+
+
+def dataset_tag(name: str, partition_key: str | None) -> str:
+    """The ``lance_assets/dataset`` tag value of one dataset: ``name`` or ``name/<partition key>``."""
+    return f"{name}/{partition_key}" if partition_key else name
+
+
+def partition_keys(partitions_def: dg.PartitionsDefinition | None, instance: dg.DagsterInstance) -> Sequence[str | None]:
+    """Every dataset's partition key now (``[None]`` for one unpartitioned dataset)."""
+    if partitions_def is None:
+        return [None]
+    return partitions_def.get_partition_keys(dynamic_partitions_store=instance)
 
 
 @dataclass(frozen=True)
@@ -179,7 +134,7 @@ def build_compaction_asset(
     resource_key: str = "lance",
     pool: str | None = None,
     group_name: str | None = None,
-    cleanup_older_than: str | None = None,
+    cleanup_older_than: timedelta | None = None,
     retain_versions: int = 1,
     runner: str = "local",
     max_workers: int = 1,
@@ -189,8 +144,6 @@ def build_compaction_asset(
     """The compaction asset: binary-copy compaction of the partition's dataset, then (with
     ``cleanup_older_than``) version retention, so the small files' space comes back; it records
     a fresh record of the fragments itself, so the UI never shows the pre-compaction dataset."""
-    if cleanup_older_than is not None:
-        parse_duration(cleanup_older_than)  # a typo fails when the definitions load, not at 2 am
 
     @dg.asset(
         key=keys.compacted,
@@ -208,6 +161,8 @@ def build_compaction_asset(
         lance: LanceDatasets = getattr(context.resources, resource_key)
         key = context.partition_key if partitions_def is not None else None
         options = config.options()
+        # a typo in the run config's cutoff fails here, before anything is written
+        cutoff = duration(config.cleanup_older_than) if config.cleanup_older_than else cleanup_older_than
         before = lance.inspect(key, options.target_rows_per_fragment)
         if options.dry_run:
             started = time.monotonic()
@@ -273,11 +228,10 @@ def build_compaction_asset(
                     "indices": dg.MetadataValue.json(report.indices),
                 }
             )
-        cutoff = config.cleanup_older_than or cleanup_older_than
         if cutoff is not None and report.version is not None:
             keep = config.retain_versions or retain_versions
             disk_before = lance.bytes_on_disk(key)
-            retention = lance.cleanup(key, parse_duration(cutoff), keep)
+            retention = lance.cleanup(key, cutoff, keep)
             disk_after = lance.bytes_on_disk(key)
             context.log.info(
                 f"retention: {len(retention.removed_versions)} versions and {len(retention.files)} files removed "

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from lance_assets.dagster.assets import AssetKeys, CompactionConfig, dataset_run_tagging
+from lance_assets.dagster.assets import AssetKeys, dataset_run_tagging
+from lance_assets.dagster.config import CompactionConfig
 from lance_assets.dagster.fragments import content_version, fragments_record, lineage_tags
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.commit import commit_compaction

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -207,7 +209,7 @@ class LanceDatasets(_LanceDatasetsBase):
             on_task_done=on_task_done,
         )
 
-    def cleanup(self, partition_key: str | None, older_than: float, retain_versions: int) -> CleanupReport:
+    def cleanup(self, partition_key: str | None, older_than: timedelta | float, retain_versions: int) -> CleanupReport:
         """Version retention on the partition's dataset (see ``lance_assets.engine.cleanup``).
 
         Compaction leaves the replaced files to old versions; retention is what gives the
@@ -215,7 +217,8 @@ class LanceDatasets(_LanceDatasetsBase):
 
         Args:
             partition_key: The partition's key (None when not partitioned).
-            older_than: Remove versions older than this many seconds.
+            older_than: Remove versions older than this (a number of seconds is still read, for one
+                release, with a DeprecationWarning).
             retain_versions: The newest versions always kept, whatever their age.
 
         Returns:
@@ -225,10 +228,20 @@ class LanceDatasets(_LanceDatasetsBase):
             LanceAssetsError: Not a dataset, or a storage failure (a typed subclass).
 
         Examples:
-            >>> lance.cleanup("events", older_than=7 * 86400, retain_versions=1).bytes
+            >>> lance.cleanup("events", older_than=timedelta(days=7), retain_versions=1).bytes
         """
+        if not isinstance(older_than, timedelta):
+            warnings.warn(
+                "LanceDatasets.cleanup(older_than=<seconds>) is deprecated: pass a datetime.timedelta",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            older_than = timedelta(seconds=older_than)
         return cleanup(
-            self.uri(partition_key), older_than=older_than, retain_versions=retain_versions, storage_options=self.options()
+            self.uri(partition_key),
+            older_than=older_than.total_seconds(),
+            retain_versions=retain_versions,
+            storage_options=self.options(),
         )
 
     def index_status(self, partition_key: str | None) -> tuple[int, int, bool]:

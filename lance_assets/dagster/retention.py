@@ -1,4 +1,4 @@
-"""Version retention as a job of its own, on its own schedule.
+"""Version retention as a job of its own (its schedule is in ``schedules``).
 
 The compaction asset already runs retention after each compaction that committed; this job is
 for the rest of the time: appends, deletes and pylance's own writers keep adding versions, and
@@ -7,15 +7,15 @@ was reclaimed, so the UI plots storage over time.
 """
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import dagster as dg
 from pydantic import Field
 
 from lance_assets.dagster.assets import AssetKeys, dataset_run_tagging
-from lance_assets.dagster.automation import build_nightly_schedule
+from lance_assets.dagster.config import duration
 from lance_assets.dagster.fragments import fragments_record
 from lance_assets.dagster.resources import LanceDatasets
-from lance_assets.engine.cleanup import parse_duration
 from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
 
 
@@ -25,17 +25,20 @@ def build_retention_job(
     partitions_def: dg.PartitionsDefinition | None,
     *,
     resource_key: str,
-    cleanup_older_than: str,
+    cleanup_older_than: timedelta,
     retain_versions: int,
     target_rows_per_fragment: int = DEFAULT_TARGET_ROWS_PER_FRAGMENT,
 ) -> dg.JobDefinition:
     """``<name>_retention``: remove versions older than ``cleanup_older_than`` (run config may
     override both values) from the partition's dataset."""
-    parse_duration(cleanup_older_than)
-    default_cutoff, default_keep = cleanup_older_than, retain_versions  # class bodies do not see same-named locals
+    default_keep = retain_versions  # class bodies do not see same-named locals
 
     class RetentionConfig(dg.Config):
-        older_than: str = Field(default=default_cutoff, description="Remove versions committed before this long ago (e.g. 7d).")
+        older_than: str | None = Field(
+            default=None,
+            description="Remove versions committed before this long ago (e.g. 7d; unset: the definitions' "
+            f"cutoff, {cleanup_older_than}).",
+        )
         retain_versions: int = Field(default=default_keep, description="Always keep this many newest versions (and tagged ones).")
 
     @dg.op(name=f"{name}_cleanup", out={}, required_resource_keys={resource_key})
@@ -43,7 +46,8 @@ def build_retention_job(
         lance: LanceDatasets = getattr(context.resources, resource_key)
         key = context.partition_key if partitions_def is not None else None
         disk_before = lance.bytes_on_disk(key)
-        report = lance.cleanup(key, parse_duration(config.older_than), config.retain_versions)
+        cutoff = duration(config.older_than) if config.older_than else cleanup_older_than
+        report = lance.cleanup(key, cutoff, config.retain_versions)
         disk_after = lance.bytes_on_disk(key)
         context.log.info(
             f"retention: {len(report.removed_versions)} versions and {len(report.files)} files removed ({report.bytes} bytes)"
@@ -72,22 +76,3 @@ def build_retention_job(
         retention_op()
 
     return _job
-
-
-def build_retention_schedule(
-    name: str,
-    job: dg.JobDefinition,
-    partitions_def: dg.PartitionsDefinition | None,
-    *,
-    cron_schedule: str,
-    default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
-) -> dg.ScheduleDefinition:
-    """``<name>_retention_schedule``: one retention run per dataset (stopped until turned on)."""
-    return build_nightly_schedule(
-        name,
-        job,
-        partitions_def,
-        cron_schedule=cron_schedule,
-        schedule_name=f"{name}_retention_schedule",
-        default_status=default_status,
-    )

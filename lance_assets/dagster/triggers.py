@@ -12,7 +12,7 @@ ones, because no built-in condition reads an upstream's metadata values or knows
 
 - ``FragmentsOverThreshold``: the latest fragments record of the partition crosses a threshold;
 - ``CompactionCoolingDown``: a compaction of the partition was requested (its run created) or
-  started less than ``cooldown_minutes`` ago, however it was launched (automation, UI,
+  started less than ``cooldown`` ago, however it was launched (automation, UI,
   sensor, schedule, fan-out job).
 
 Custom conditions run in the code location's process, so they are evaluated by an
@@ -40,7 +40,7 @@ class CompactionTrigger:
     A dataset qualifies when *any* threshold that is set is reached: enough mergeable small
     fragments (and, with ``min_small_bytes``, enough bytes in them), enough small pages (only
     known when the record read page health), a large enough share of deleted rows, or enough
-    rows no index covers. ``cooldown_minutes`` is the least time between two compactions of one
+    rows no index covers. ``cooldown`` is the least time between two compactions of one
     dataset that automation starts.
     """
 
@@ -49,7 +49,7 @@ class CompactionTrigger:
     min_small_pages: int | None = None
     min_deleted_ratio: float | None = None
     min_unindexed_rows: int | None = None
-    cooldown_minutes: float = 10.0
+    cooldown: datetime.timedelta = datetime.timedelta(minutes=10)
 
     @property
     def needs_pages(self) -> bool:
@@ -159,7 +159,7 @@ class FragmentsOverThreshold(_StatelessCondition):
 
 @dataclass(frozen=True, eq=False)
 class CompactionCoolingDown(_StatelessCondition):
-    """True for the partitions a compaction run was created or started for within ``minutes``.
+    """True for the partitions a compaction run was created or started for within ``cooldown``.
 
     Runs are found by what they compact: the compacted asset in their asset selection (runs
     launched by automation or the UI's Materialize button) or one of ``job_names`` (our own
@@ -169,16 +169,18 @@ class CompactionCoolingDown(_StatelessCondition):
     node_name: ClassVar[str] = "compaction_cooling_down"
     compacted_key: dg.AssetKey
     job_names: frozenset[str]
-    minutes: float
+    cooldown: datetime.timedelta
 
     @property
     def description(self) -> str:
-        return f"a compaction of this dataset was requested or started less than {self.minutes:g} minutes ago"
+        return (
+            f"a compaction of this dataset was requested or started less than {self.cooldown.total_seconds() / 60:g} minutes ago"
+        )
 
     def evaluate(self, context: dg.AutomationContext[dg.AssetKey]) -> dg.AutomationResult[dg.AssetKey]:
-        if self.minutes <= 0 or context.candidate_subset.is_empty:
+        if self.cooldown <= datetime.timedelta(0) or context.candidate_subset.is_empty:
             return dg.AutomationResult(context=context, true_subset=context.get_empty_subset())
-        cutoff = context.evaluation_time - datetime.timedelta(minutes=self.minutes)
+        cutoff = context.evaluation_time - self.cooldown
         instance = context.asset_graph_view.instance
         recent: set[str | None] = set()
         # a run requested or started after the cutoff was also last updated after it
@@ -215,7 +217,7 @@ def compaction_condition(
     condition = (
         recorded_since_request
         & ~dg.AutomationCondition.in_progress()
-        & ~CompactionCoolingDown(compacted_key, job_names, trigger.cooldown_minutes)
+        & ~CompactionCoolingDown(compacted_key, job_names, trigger.cooldown)
         & FragmentsOverThreshold(fragments_key, trigger)
     )
     return condition.with_label("lance compaction needed")

@@ -29,7 +29,7 @@ def test_one_request_per_crossing_none_below_or_during_the_cooldown(root: Path, 
     make_dataset(root / "a.lance", 2)
     make_dataset(root / "b.lance", 2)
     defs = build_lance_compaction_defs(
-        "t", root=str(root), target_rows_per_fragment=TARGET, min_small_fragments=4, cooldown_minutes=COOLDOWN
+        "t", root=str(root), target_rows_per_fragment=TARGET, min_small_fragments=4, cooldown=datetime.timedelta(minutes=COOLDOWN)
     )
     apply_partition_requests(instance, evaluate_sensor(defs, instance, "t_dataset_discovery_sensor"))
     sensor_cursor = record(defs, instance, None)

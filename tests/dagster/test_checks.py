@@ -90,7 +90,7 @@ def test_checks_cover_every_commit_of_a_compaction(root: Path, instance: dg.Dags
 
 def test_checks_cover_partial_progress_commits(root: Path, instance: dg.DagsterInstance) -> None:
     """``commit_every=1``: three tasks, three versions; all three groups are checked."""
-    from lance_assets.dagster.assets import CompactionConfig
+    from lance_assets.dagster import CompactionConfig
 
     if "commit_every" not in CompactionConfig.model_fields:
         pytest.skip("this build has no commit_every option")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 import lance
 import pytest
 
-from lance_assets.dagster import build_lance_compaction_defs
-from lance_assets.dagster.assets import CompactionConfig
+from lance_assets.dagster import CompactionConfig, build_lance_compaction_defs
 from tests.support.assertions import tree_digest
 from tests.support.dagster import (
     TARGET,
@@ -240,7 +240,7 @@ def test_retention_after_compaction_and_a_fresh_observation(root: Path, instance
     a = root / "a.lance"
     make_dataset(a, 6)
     expected = table_of(a)
-    defs = defs_for(root, ["a"], cleanup_older_than="0s", retain_versions=1)
+    defs = defs_for(root, ["a"], cleanup_older_than=timedelta(0), retain_versions=1)
     result = run(defs, instance, "a")
     assert result.success
     ds = lance.dataset(str(a))
@@ -255,7 +255,25 @@ def test_retention_after_compaction_and_a_fresh_observation(root: Path, instance
     assert record.metadata["fragments"].value == 1 and record.metadata["lance_version"].value == ds.version
 
 
-def test_a_bad_retention_duration_fails_at_load(root: Path) -> None:
-    with pytest.raises(ValueError, match="not a duration"):
+def test_retention_durations_from_python(root: Path) -> None:
+    """Python passes a timedelta; a string is still read for one release, with a DeprecationWarning,
+    and a typo or a negative duration fails when the definitions load, not at 2 am."""
+    with pytest.warns(DeprecationWarning, match="cleanup_older_than as a string"):
+        defs = defs_for(root, ["a"], cleanup_older_than="7d")
+    assert "t_retention" in {j.name for j in defs.jobs or []}
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="not a duration"):
         defs_for(root, ["a"], cleanup_older_than="seven days")
+    with pytest.raises(ValueError, match="cannot be negative"):
+        defs_for(root, ["a"], cleanup_older_than=timedelta(hours=-1))
+
+
+def test_a_bad_run_config_cutoff_fails_before_compacting(root: Path, instance: dg.DagsterInstance) -> None:
+    a = root / "a.lance"
+    make_dataset(a, 6)
+    before = tree_digest(a)
+    result = defs_for(root, ["a"]).resolve_job_def("t_compaction").execute_in_process(
+        run_config=compaction_config(cleanup_older_than="seven days"), instance=instance, partition_key="a", raise_on_error=False
+    )
+    assert not result.success
+    assert tree_digest(a) == before  # nothing was written
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +15,7 @@ import yaml
 from dagster.components.testing import create_defs_folder_sandbox
 
 from lance_assets.dagster import LanceCompactionComponent, LanceDatasets, build_lance_compaction_defs
+from lance_assets.dagster.triggers import CompactionCoolingDown
 from tests.support.dagster import TARGET, apply_partition_requests, evaluate_sensor, make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,6 +115,48 @@ def test_component_rejects_bad_attributes() -> None:
     assert (ok.name, ok.partitioning, ok.min_small_fragments, ok.pool) == ("lance", "dynamic", 16, "lance_compaction")
 
 
+def _cooldowns(condition: dg.AutomationCondition) -> list[timedelta]:
+    """The cool-downs in a condition tree."""
+    own = [condition.cooldown] if isinstance(condition, CompactionCoolingDown) else []
+    return own + [c for child in condition.children for c in _cooldowns(child)]
+
+
+def _compacted_cooldowns(defs: dg.Definitions, name: str) -> list[timedelta]:
+    condition = defs.resolve_assets_def(dg.AssetKey([name, "compacted"])).automation_conditions_by_key[dg.AssetKey([name, "compacted"])]
+    return _cooldowns(condition)
+
+
+def test_yaml_durations_become_timedeltas(tmp_path: Path) -> None:
+    """YAML spells durations 30m, 7d; the Component holds timedeltas and the definitions use them."""
+    attributes = {"name": "events", "root": str(tmp_path), "cooldown": "30m", "cleanup_older_than": "7d"}
+    with create_defs_folder_sandbox() as sandbox:
+        path = write_component(sandbox.defs_folder_path / "lance_events", attributes)
+        with sandbox.load_component_and_build_defs(defs_path=path) as (component, defs):
+            assert isinstance(component, LanceCompactionComponent)
+            assert (component.cooldown, component.cleanup_older_than) == (timedelta(minutes=30), timedelta(days=7))
+            assert _compacted_cooldowns(defs, "events") == [timedelta(minutes=30)]
+            assert {"events_retention"} <= {j.name for j in defs.jobs or []}
+    with create_defs_folder_sandbox() as sandbox:
+        path = write_component(sandbox.defs_folder_path / "typo", {**attributes, "cleanup_older_than": "seven days"})
+        with pytest.raises(Exception) as failure:  # noqa: PT011 (Dagster wraps the cause)
+            with sandbox.load_component_and_build_defs(defs_path=path):
+                pass
+    causes, error = [], failure.value
+    while error is not None:
+        causes.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any("not a duration: 'seven days'" in c for c in causes), causes
+
+
+def test_cooldown_from_python_and_its_deprecated_spelling(tmp_path: Path) -> None:
+    assert _compacted_cooldowns(build_lance_compaction_defs("a", root=str(tmp_path)), "a") == [timedelta(minutes=10)]
+    defs = build_lance_compaction_defs("b", root=str(tmp_path), cooldown=timedelta(seconds=90))
+    assert _compacted_cooldowns(defs, "b") == [timedelta(seconds=90)]
+    with pytest.warns(DeprecationWarning, match="cooldown_minutes is deprecated"):
+        old = build_lance_compaction_defs("c", root=str(tmp_path), cooldown_minutes=30)
+    assert _compacted_cooldowns(old, "c") == [timedelta(minutes=30)]
+
+
 def test_factory_partitioning_variants(tmp_path: Path) -> None:
     dynamic = build_lance_compaction_defs("d", root=str(tmp_path))
     assert {s.name for s in dynamic.sensors or []} == {"d_small_fragments_sensor", "d_dataset_discovery_sensor", "d_automation_sensor"}
@@ -155,6 +199,7 @@ IMPORT_AND_BUILD = """
 import dagster as dg
 import lance_assets.dagster as lad
 from lance_assets.dagster import LanceCompactionComponent, LanceDatasets, build_lance_compaction_defs
+from lance_assets.dagster.triggers import CompactionCoolingDown
 root = {root!r}
 for partitioning in ("dynamic", "none", dg.StaticPartitionsDefinition(["a"])):
     defs = build_lance_compaction_defs("w", root=root, partitioning=partitioning, storage_options={{"key": dg.EnvVar("W_KEY")}})

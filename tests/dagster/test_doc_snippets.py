@@ -65,7 +65,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "retention": {"cleanup_older_than": "7d", "retain_versions": 2, "retention_cron_schedule": "0 4 * * *"},
     "runner": {"runner": "processes", "max_workers": 2},
     "ray": {"runner": "ray", "ray_address": "ray://head:10001"},
-    "index_upkeep": {"min_unindexed_rows": 10_000, "min_deleted_ratio": 0.2, "min_small_pages": 64, "cooldown_minutes": 5},
+    "index_upkeep": {"min_unindexed_rows": 10_000, "min_deleted_ratio": 0.2, "min_small_pages": 64, "cooldown": "5m"},
     "sensor_trigger": {"trigger": "sensor", "min_small_bytes": 1_048_576},
 }
 

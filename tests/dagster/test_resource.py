@@ -3,6 +3,7 @@
 import logging
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -39,6 +40,17 @@ def test_discover_with_prefix_and_suffix(tmp_path: Path) -> None:
     nested = LanceDatasets(root=str(tmp_path), uri_template="{root}/{partition_key}/t.lance")
     with pytest.raises(dg.DagsterInvariantViolationError, match="last path segment"):
         nested.discover()
+
+
+def test_cleanup_takes_a_timedelta_and_still_reads_seconds(root: Path) -> None:
+    """Retention by age: a timedelta; seconds (the old form) still work for one release, with a warning."""
+    make_dataset(root / "a.lance", 4)
+    lance_ds = LanceDatasets(root=str(root))
+    assert lance_ds.cleanup("a", timedelta(days=1), 1).removed_versions == []  # nothing is a day old
+    with pytest.warns(DeprecationWarning, match="pass a datetime.timedelta"):
+        report = lance_ds.cleanup("a", 0, 1)
+    assert report.removed_versions == [1, 2, 3]
+    assert [v["version"] for v in lance.dataset(str(root / "a.lance")).versions()] == [4]
 
 
 def test_storage_options_decode_json_values() -> None:

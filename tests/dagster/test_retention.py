@@ -18,7 +18,7 @@ def test_retention_job_removes_old_versions_and_observes(root: Path, instance: d
     a = root / "a.lance"
     make_dataset(a, 5)
     rows = lance.dataset(str(a)).to_table()
-    defs = build_lance_compaction_defs("t", root=str(root), partitioning=dg.StaticPartitionsDefinition(["a"]), cleanup_older_than="14d")
+    defs = build_lance_compaction_defs("t", root=str(root), partitioning=dg.StaticPartitionsDefinition(["a"]), cleanup_older_than=dt.timedelta(days=14))
     job = defs.resolve_job_def("t_retention")
     # nothing is 14 days old
     result = job.execute_in_process(instance=instance, partition_key="a")
@@ -42,7 +42,7 @@ def test_retention_schedule_exists_only_with_a_cutoff(root: Path, instance: dg.D
     plain = build_lance_compaction_defs("t", root=str(root))
     assert all(s.name != "t_retention_schedule" for s in plain.schedules or [])
     defs = build_lance_compaction_defs(
-        "t", root=str(root), partitioning=dg.StaticPartitionsDefinition(["a", "b"]), cleanup_older_than="7d", retention_cron_schedule="0 4 * * 0"
+        "t", root=str(root), partitioning=dg.StaticPartitionsDefinition(["a", "b"]), cleanup_older_than=dt.timedelta(days=7), retention_cron_schedule="0 4 * * 0"
     )
     schedule = defs.resolve_schedule_def("t_retention_schedule")
     assert (schedule.cron_schedule, schedule.job_name, schedule.default_status) == ("0 4 * * 0", "t_retention", dg.DefaultScheduleStatus.STOPPED)

@@ -1,4 +1,4 @@
-"""Sensors and the schedule that record datasets and (optionally) decide when one gets compacted.
+"""The sensors: they record datasets and (optionally) decide when one gets compacted.
 
 The small-fragment sensor reads only manifests (one small read per dataset),
 records the fragments (a materialization of ``<name>/fragments``) whenever a
@@ -9,9 +9,10 @@ thresholds — at most once per Lance version (the run key) and never while a
 compaction of that dataset is already queued or running, however that run was launched.
 """
 
+from __future__ import annotations
+
 import json
 import warnings
-from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -19,10 +20,10 @@ import dagster as dg
 if TYPE_CHECKING:  # the asset-job type is not exported publicly
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from lance_assets.dagster.assets import DATASET_TAG, AssetKeys
+from lance_assets.dagster.assets import DATASET_TAG, AssetKeys, dataset_tag, partition_keys
 from lance_assets.dagster.fragments import fragments_record, health_values
 from lance_assets.dagster.resources import LanceDatasets
-from lance_assets.dagster.triggers import CompactionTrigger
+from lance_assets.dagster.triggers import PARTITION_TAG, CompactionTrigger
 from lance_assets.errors import LanceAssetsError
 
 ACTIVE_STATUSES = [
@@ -31,19 +32,6 @@ ACTIVE_STATUSES = [
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
-
-
-def dataset_tag(name: str, partition_key: str | None) -> str:
-    return f"{name}/{partition_key}" if partition_key else name
-
-
-def partition_keys(partitions_def: dg.PartitionsDefinition | None, instance: dg.DagsterInstance) -> Sequence[str | None]:
-    if partitions_def is None:
-        return [None]
-    return partitions_def.get_partition_keys(dynamic_partitions_store=instance)
-
-
-PARTITION_TAG = "dagster/partition"
 
 
 def _compaction_active(instance: dg.DagsterInstance, compacted: dg.AssetKey, tag: str, partition_key: str | None) -> bool:
@@ -64,7 +52,7 @@ def _compaction_active(instance: dg.DagsterInstance, compacted: dg.AssetKey, tag
 def build_small_fragment_sensor(
     name: str,
     keys: AssetKeys,
-    job: "UnresolvedAssetJobDefinition",
+    job: UnresolvedAssetJobDefinition,
     partitions_def: dg.PartitionsDefinition | None,
     *,
     resource_key: str,
@@ -181,32 +169,6 @@ def build_discovery_sensor(
         )
 
     return _sensor
-
-
-def build_nightly_schedule(
-    name: str,
-    job: "dg.JobDefinition | UnresolvedAssetJobDefinition",
-    partitions_def: dg.PartitionsDefinition | None,
-    *,
-    cron_schedule: str,
-    default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
-    schedule_name: str | None = None,
-) -> dg.ScheduleDefinition:
-    """One run of ``job`` per dataset (partition) at ``cron_schedule``; stopped until turned on."""
-
-    @dg.schedule(
-        name=schedule_name or f"{name}_compaction_schedule", cron_schedule=cron_schedule, job=job, default_status=default_status
-    )
-    def _schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
-        stamp = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "now"
-        for key in partition_keys(partitions_def, context.instance):
-            yield dg.RunRequest(
-                run_key=f"{dataset_tag(name, key)}@{stamp}",
-                partition_key=key,
-                tags={DATASET_TAG: dataset_tag(name, key)},
-            )
-
-    return _schedule
 
 
 def build_automation_sensor(
