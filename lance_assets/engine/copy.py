@@ -618,10 +618,14 @@ class _MergedFile:
             self.bytes_read += copy.size
         for fid, col in kept.items():
             self.mergers[fid].add(src.meta.columns[col], move, row_offset)
+        taken = 0
         for fid, (col, parts) in decoded.items():
             for page, part in zip(src.meta.columns[col].pages, parts):
-                self.bytes_read += sum(page.buffer_sizes)
+                taken += sum(page.buffer_sizes)
                 self._write_encoded(fid, self.natives[fid].add(part, row_offset + page.priority))
+        self.bytes_read += taken
+        if taken and merge.progress:
+            merge.progress(taken)  # the re-cut pages' input bytes, as a copy of them would count
 
     def _take_small_pages(self, src: _Source, kept: dict[int, int]) -> dict[int, tuple[int, list[Any]]]:
         """The kept columns whose pages in ``src`` are re-cut natively (field id -> column and
