@@ -151,8 +151,20 @@ def plan_child(path: str) -> None:
         inspect_s.append(time.perf_counter() - started)
         inspect_cpu.append(time.process_time() - cpu)
         tasks, fragments = len(plan.tasks), inspection.summary.fragments
-    print(json.dumps({"plan": plan_s, "inspect": inspect_s, "plan_cpu": plan_cpu, "inspect_cpu": inspect_cpu,
-                      "tasks": tasks, "fragments": fragments, "peak_rss_kib": _status_kib("VmHWM")}), flush=True)
+    print(
+        json.dumps(
+            {
+                "plan": plan_s,
+                "inspect": inspect_s,
+                "plan_cpu": plan_cpu,
+                "inspect_cpu": inspect_cpu,
+                "tasks": tasks,
+                "fragments": fragments,
+                "peak_rss_kib": _status_kib("VmHWM"),
+            }
+        ),
+        flush=True,
+    )
 
 
 # --- parent ---------------------------------------------------------------------------------------
@@ -240,7 +252,15 @@ def _run_variant(
 ) -> tuple[float, int, int, dict[str, Any]]:
     """Seconds, peak RSS (KiB), RSS before the call (KiB) and the child's report. ``files`` are relative to ``work``."""
     target = cat_out if variant == "cat" else work
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", variant, str(target), "--read-batch-bytes", str(read_batch_bytes)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        variant,
+        str(target),
+        "--read-batch-bytes",
+        str(read_batch_bytes),
+    ]
     # cat: one file holding every data file's bytes, the least any copier has to do.
     listing = b"\0".join(str(work / f).encode() for f in files) if variant == "cat" else None
     code, data = _spawn(argv, listing)
@@ -251,7 +271,9 @@ def _run_variant(
     return result["seconds"], result["peak_rss_kib"], result["rss_before_kib"], result
 
 
-def measure_case(case: str, version: str, shape: tuple[int, int], root: Path, runs: int, read_batch_bytes: int, rebuild: bool) -> CaseResult:
+def measure_case(
+    case: str, version: str, shape: tuple[int, int], root: Path, runs: int, read_batch_bytes: int, rebuild: bool
+) -> CaseResult:
     from datasets import Size, build  # numpy and pyarrow stay out of the measured children
 
     size = Size(*shape)
@@ -274,9 +296,9 @@ def measure_case(case: str, version: str, shape: tuple[int, int], root: Path, ru
     # state before every run: copying and deleting 10,000 files per run would dominate.
     works = {v: (src if v == "cat" else _fresh_copy(src, run_dir / f"{v}.lance", sync=False)) for v in VARIANTS}
     for run in range(runs):
-        order = VARIANTS[run % len(VARIANTS):] + VARIANTS[: run % len(VARIANTS)]
+        order = VARIANTS[run % len(VARIANTS) :] + VARIANTS[: run % len(VARIANTS)]
         t0 = time.perf_counter()
-        for variant, work in works.items():
+        for work in works.values():
             if work != src:
                 _reset(work, src, snapshot)
         (run_dir / "cat.out").unlink(missing_ok=True)
@@ -298,7 +320,7 @@ def measure_case(case: str, version: str, shape: tuple[int, int], root: Path, ru
                         raise RuntimeError("compacted dataset differs from the original (sorted by id)")
                     if info.get("fragments_added", 0) >= info.get("fragments_removed", 0) and size.fragments > 1:
                         raise RuntimeError(f"did not compact: {info}")
-            except Exception as exc:  # noqa: BLE001 - recorded in the table, the benchmark goes on
+            except Exception as exc:
                 m.error = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
                 print(f"    {variant}: ERROR {m.error}", flush=True)
                 continue
@@ -366,7 +388,9 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "—" if x != x else f"{x:.{digits}f}"  # NaN -> dash
 
 
-def render_markdown(results: list[CaseResult], planning: dict[str, Any] | None, args: argparse.Namespace, command: str, elapsed: float) -> str:
+def render_markdown(
+    results: list[CaseResult], planning: dict[str, Any] | None, args: argparse.Namespace, command: str, elapsed: float
+) -> str:
     budget_mib = args.read_batch_bytes / MIB + 100
     lines = [
         "# Compaction benchmark",
@@ -390,10 +414,10 @@ def render_markdown(results: list[CaseResult], planning: dict[str, Any] | None, 
     for r in results:
         v = r.variants
 
-        def secs(name: str) -> str:
+        def secs(name: str, v: dict[str, Any] = v) -> str:
             return f"error: {v[name].error}" if v[name].error else _fmt(v[name].median, 3)
 
-        def rss(name: str) -> str:
+        def rss(name: str, v: dict[str, Any] = v) -> str:
             return "—" if not v[name].peak_rss_kib else f"{max(v[name].peak_rss_kib) / 1024:.0f}"
 
         lines.append(
@@ -421,23 +445,30 @@ def render_markdown(results: list[CaseResult], planning: dict[str, Any] | None, 
         ("throughput ≥ pylance force_binary_copy", lambda r: _ratio(r, "pylance_binary_copy") >= 1.0),
         ("throughput ≥ 0.8 × cat", lambda r: _ratio(r, "cat") >= 0.8),
         ("throughput ≥ 10 × reencode", lambda r: _ratio(r, "pylance_reencode") >= 10.0),
-        (f"peak RSS ≤ read_batch_bytes + 100 MiB ({budget_mib:.0f} MiB)", lambda r: bool(r.variants["ours"].peak_rss_kib) and max(r.variants["ours"].peak_rss_kib) / 1024 <= budget_mib),
+        (
+            f"peak RSS ≤ read_batch_bytes + 100 MiB ({budget_mib:.0f} MiB)",
+            lambda r: bool(r.variants["ours"].peak_rss_kib) and max(r.variants["ours"].peak_rss_kib) / 1024 <= budget_mib,
+        ),
     ]
     for name, check in checks:
         failed = [f"{r.case} {r.version}" for r in results if not check(r)]
         met = len(results) - len(failed)
         lines.append(f"- {name}: met in {met} of {len(results)} cases" + (f" (missed: {', '.join(failed)})" if failed else ""))
     if planning:
-        for key, what in (("plan", f"planning a {planning['fragments']:,}-fragment dataset ({planning['tasks']} tasks)"),
-                          ("inspect", "a sensor tick (`inspect_dataset`) on it")):
+        for key, what in (
+            ("plan", f"planning a {planning['fragments']:,}-fragment dataset ({planning['tasks']} tasks)"),
+            ("inspect", "a sensor tick (`inspect_dataset`) on it"),
+        ):
             wall, cpu = statistics.median(planning[key]), statistics.median(planning[key + "_cpu"])
             lines.append(
                 f"- {what}: {wall:.2f} s median wall clock, {cpu:.2f} s CPU (first call {planning[key][0]:.2f} s), "
                 f"from the URI (manifest read and parsed each time) — {'met' if wall < 1 else 'missed'} (< 1 s)"
             )
     lines.append("")
-    lines.append(f"Load average (1 min) at start / end: {args.load_start:.1f} / {os.getloadavg()[0]:.1f} "
-                 "(other processes on the machine slow every variant; compare within a row).")
+    lines.append(
+        f"Load average (1 min) at start / end: {args.load_start:.1f} / {os.getloadavg()[0]:.1f} "
+        "(other processes on the machine slow every variant; compare within a row)."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -511,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             for version in versions:
                 print(f"{case} / {version}  ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
-                results.append(measure_case(case, version, profile["sizes"][case], root, args.runs, args.read_batch_bytes, args.rebuild))
+                results.append(
+                    measure_case(case, version, profile["sizes"][case], root, args.runs, args.read_batch_bytes, args.rebuild)
+                )
         planning = None
         if profile["synthetic_fragments"]:
             base_version = versions[min(1, len(versions) - 1)]
@@ -523,8 +556,11 @@ def main(argv: list[str] | None = None) -> int:
                 (base / ".complete").write_text("ok")
             print("planning / inspection", flush=True)
             planning = measure_planning(root, base, profile["synthetic_fragments"])
-            print(f"  plan {statistics.median(planning['plan']):.3f} s ({statistics.median(planning['plan_cpu']):.3f} s CPU), "
-                  f"inspect {statistics.median(planning['inspect']):.3f} s ({statistics.median(planning['inspect_cpu']):.3f} s CPU), median of 5", flush=True)
+            print(
+                f"  plan {statistics.median(planning['plan']):.3f} s ({statistics.median(planning['plan_cpu']):.3f} s CPU), "
+                f"inspect {statistics.median(planning['inspect']):.3f} s ({statistics.median(planning['inspect_cpu']):.3f} s CPU), median of 5",
+                flush=True,
+            )
     finally:
         shutil.rmtree(root / "run", ignore_errors=True)
         if not args.workdir:

@@ -42,7 +42,9 @@ def build(path: Path, fragments: int, rows: int) -> None:
     for i in range(fragments):
         ids = np.arange(i * rows, (i + 1) * rows, dtype=np.int64)
         vec = pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(rows * DIM).astype(np.float32)), DIM)
-        lance.write_dataset(pa.table({"id": ids, "vec": vec}), str(path), mode="append" if i else "create", data_storage_version="2.1")
+        lance.write_dataset(
+            pa.table({"id": ids, "vec": vec}), str(path), mode="append" if i else "create", data_storage_version="2.1"
+        )
     ds = lance.dataset(str(path))
     ds.create_scalar_index("id", "BTREE")
     ds.create_index("vec", "IVF_PQ", num_partitions=16, num_sub_vectors=8)
@@ -53,8 +55,12 @@ def queries(total: int) -> dict[str, Callable[[lance.LanceDataset], Any]]:
     q = np.random.default_rng(1).standard_normal(DIM).astype(np.float32)
     return {
         "filter id = x": lambda ds: ds.to_table(filter=f"id = {total // 2}", columns=["id"])["id"].to_pylist(),
-        "filter id range (100 rows)": lambda ds: sorted(ds.to_table(filter=f"id >= {total // 3} AND id < {total // 3 + 100}", columns=["id"])["id"].to_pylist()),
-        "vector top-10": lambda ds: ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "nprobes": 4}, columns=["id"])["id"].to_pylist(),
+        "filter id range (100 rows)": lambda ds: sorted(
+            ds.to_table(filter=f"id >= {total // 3} AND id < {total // 3 + 100}", columns=["id"])["id"].to_pylist()
+        ),
+        "vector top-10": lambda ds: ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "nprobes": 4}, columns=["id"])[
+            "id"
+        ].to_pylist(),
     }
 
 
@@ -115,7 +121,7 @@ def main() -> None:
         )
         note = (
             "\nIndexed queries after our compaction run as fast as before it (the fragment-reuse index maps the old "
-            "entries); with `index_remap=\"drop\"` the merged rows are scanned until `optimize_indices`. pylance's "
+            'entries); with `index_remap="drop"` the merged rows are scanned until `optimize_indices`. pylance\'s '
             "compaction re-encodes here (it does not binary-copy fragments with deletion files) and so drops the 1 % deleted "
             "rows: its reads skip the deletion mask, which is most of its lead on vector search. Ours keeps them as a "
             "deletion file, as before compaction, unless a fragment passes `materialize_deletions_threshold`.\n"

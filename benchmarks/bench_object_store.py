@@ -74,7 +74,9 @@ def child(variant: str, uri: str, endpoint: str, read_batch_bytes: int) -> None:
         if variant == "pylance_reencode":
             metrics = ds.optimize.compact_files()
         else:
-            metrics = ds.optimize.compact_files(compaction_mode="force_binary_copy", binary_copy_read_batch_bytes=read_batch_bytes)
+            metrics = ds.optimize.compact_files(
+                compaction_mode="force_binary_copy", binary_copy_read_batch_bytes=read_batch_bytes
+            )
         seconds = time.perf_counter() - started
         out = {"fragments_removed": metrics.fragments_removed, "fragments_added": metrics.fragments_added}
     print(json.dumps({"seconds": seconds, **out}), flush=True)
@@ -101,7 +103,9 @@ def _restore(client, bucket: str, pristine: list[str]) -> None:  # type: ignore[
 CASES = {"large": (8, 8_000), "small": (200, 100)}
 
 
-def measure(client, endpoint: str, case: str, shape: tuple[int, int], args: argparse.Namespace, proxy: Any = None) -> tuple[int, dict[str, list[float]], dict[str, list[int]]]:  # type: ignore[no-untyped-def]
+def measure(
+    client, endpoint: str, case: str, shape: tuple[int, int], args: argparse.Namespace, proxy: Any = None
+) -> tuple[int, dict[str, list[float]], dict[str, list[int]]]:  # type: ignore[no-untyped-def]
     import lance
     import numpy as np
     import pyarrow as pa
@@ -120,11 +124,19 @@ def measure(client, endpoint: str, case: str, shape: tuple[int, int], args: argp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lance.write_dataset(
-            table, f"s3://{bucket}/pristine", data_storage_version=args.version, max_rows_per_file=rows_per_fragment, storage_options=_options(endpoint)
+            table,
+            f"s3://{bucket}/pristine",
+            data_storage_version=args.version,
+            max_rows_per_file=rows_per_fragment,
+            storage_options=_options(endpoint),
         )
 
     def keys(prefix: str) -> list[dict[str, Any]]:
-        return [o for p in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix) for o in p.get("Contents", [])]
+        return [
+            o
+            for p in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in p.get("Contents", [])
+        ]
 
     pristine = [o["Key"] for o in keys("pristine/")]
     data_bytes = sum(o["Size"] for o in keys("pristine/data/"))
@@ -140,7 +152,16 @@ def measure(client, endpoint: str, case: str, shape: tuple[int, int], args: argp
             if proxy is not None:
                 proxy.reset()
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", variant, work_uri, proxy.url if proxy else endpoint, "--read-batch-bytes", str(args.read_batch_bytes)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    variant,
+                    work_uri,
+                    proxy.url if proxy else endpoint,
+                    "--read-batch-bytes",
+                    str(args.read_batch_bytes),
+                ],
                 capture_output=True,
                 text=True,
             )
@@ -219,7 +240,7 @@ def main() -> int:
         "| pylance force_binary_copy s | pylance reencode s | ÷ binary copy | ÷ binary copy (streamed) | ÷ reencode |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for case, (data_bytes, seconds, requests) in results.items():
+    for case, (data_bytes, seconds, _requests) in results.items():
         med = {v: statistics.median(s) for v, s in seconds.items()}
         lines.append(
             f"| {case} | {CASES[case][0]} | {data_bytes / 1e6:.0f} | {med['ours']:.3f} | {med['ours_streamed']:.3f} | "

@@ -62,7 +62,9 @@ def stream_table(rows: int, seed: int = 0, version: str = "2.1") -> pa.Table:
             "f64": pa.array(rng.standard_normal(rows)),
             "name": _strings(rng, rows, 4, 24),
             "flag": pa.array(rng.random(rows) < 0.5),
-            "tags": pa.ListArray.from_arrays(pa.array(offsets), pa.array(rng.integers(0, 1000, int(offsets[-1]), dtype=np.int32))),
+            "tags": pa.ListArray.from_arrays(
+                pa.array(offsets), pa.array(rng.integers(0, 1000, int(offsets[-1]), dtype=np.int32))
+            ),
         }
     )
 

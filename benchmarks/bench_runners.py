@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,7 +56,9 @@ def build(path: Path, tasks: int, fragments_per_task: int, rows: int) -> None:
     for i in range(tasks * fragments_per_task):
         ids = np.arange(i * rows, (i + 1) * rows, dtype=np.int64)
         vec = pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(rows * 128).astype(np.float32)), 128)
-        lance.write_dataset(pa.table({"id": ids, "vec": vec}), str(path), mode="append" if i else "create", data_storage_version="2.1")
+        lance.write_dataset(
+            pa.table({"id": ids, "vec": vec}), str(path), mode="append" if i else "create", data_storage_version="2.1"
+        )
 
 
 def main() -> None:
@@ -75,7 +76,12 @@ def main() -> None:
         import lance
 
         expected = lance.dataset(str(original)).to_table().sort_by("id")
-        variants = [("in-process, 1 thread", "local", 1), ("in-process, 2 threads", "local", 2), ("Ray, 1 worker", "ray", 1), ("Ray, 2 workers", "ray", 2)]
+        variants = [
+            ("in-process, 1 thread", "local", 1),
+            ("in-process, 2 threads", "local", 2),
+            ("Ray, 1 worker", "ray", 1),
+            ("Ray, 2 workers", "ray", 2),
+        ]
         figures: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         mb = 0.0
         import json
@@ -87,7 +93,10 @@ def main() -> None:
                 shutil.copytree(original, copy)
                 out = subprocess.run(
                     [sys.executable, "-c", CHILD, str(copy), kind, str(cpus), str(per_task * rows)],
-                    capture_output=True, text=True, check=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env={**os.environ, "RAY_AUTH_MODE": "disabled"},
                 )
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 assert result["tasks"] == tasks, result

@@ -79,7 +79,9 @@ def mixed_table(rows: int, seed: int = 0, version: str = "2.1") -> pa.Table:
             "f64": pa.array(rng.standard_normal(n), mask=_mask(rng, n)),
             "name": _with_nulls(_strings(rng, n), _mask(rng, n)),
             "flag": pa.array(rng.random(n) < 0.5, mask=_mask(rng, n)),
-            "ts": pa.array(1_700_000_000_000_000 + ids * 1000 + rng.integers(0, 1000, n), pa.timestamp("us", tz="UTC"), mask=_mask(rng, n)),
+            "ts": pa.array(
+                1_700_000_000_000_000 + ids * 1000 + rng.integers(0, 1000, n), pa.timestamp("us", tz="UTC"), mask=_mask(rng, n)
+            ),
             "tags": lst,
             "info": struct,
         }

@@ -85,7 +85,9 @@ def _summary(label: str, uri: Path) -> None:
 
     r = inspect_dataset(str(uri))
     s = r.summary
-    print(f"  {label:<7} {uri.name:<14} version {r.version:>4}  fragments {s.fragments:>4}  small {s.small_fragments:>4}  rows {s.rows:>8,}  bytes {s.bytes:>10,}")
+    print(
+        f"  {label:<7} {uri.name:<14} version {r.version:>4}  fragments {s.fragments:>4}  small {s.small_fragments:>4}  rows {s.rows:>8,}  bytes {s.bytes:>10,}"
+    )
 
 
 def main() -> int:
@@ -119,7 +121,9 @@ def main() -> int:
         _summary("before", DATA / f"{name}.lance")
 
     discovery = defs.resolve_sensor_def("demo_dataset_discovery_sensor")
-    result = discovery.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources, sensor_name=discovery.name))
+    result = discovery.evaluate_tick(
+        dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources, sensor_name=discovery.name)
+    )
     for request in result.dynamic_partitions_requests:
         if isinstance(request, dg.AddDynamicPartitionsRequest):
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -162,8 +166,12 @@ def main() -> int:
     handled = dg.evaluate_automation_conditions(defs, instance, asset_selection=compacted, cursor=automation.cursor)
     again = dg.evaluate_automation_conditions(defs, instance, asset_selection=compacted, cursor=handled.cursor)
     print(f"\nautomation condition again: {again.total_requested} run requests (handled; nothing new)")
-    print(f"\nOpen the UI with: DAGSTER_HOME={DAGSTER_HOME} .venv/bin/dagster dev -w workspace.yaml  (then http://127.0.0.1:3000)")
-    print(f"Within about a minute demo_automation_sensor compacts {LEFT_FOR_UI} (Runs; the demo/compacted asset's Automation tab says why).")
+    print(
+        f"\nOpen the UI with: DAGSTER_HOME={DAGSTER_HOME} .venv/bin/dagster dev -w workspace.yaml  (then http://127.0.0.1:3000)"
+    )
+    print(
+        f"Within about a minute demo_automation_sensor compacts {LEFT_FOR_UI} (Runs; the demo/compacted asset's Automation tab says why)."
+    )
     return 0
 
 

@@ -65,7 +65,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp)
         generate(fresh)
-        stale = [p.name for p in sorted(fresh.iterdir()) if not (OUT_DIR / p.name).exists() or (OUT_DIR / p.name).read_bytes() != p.read_bytes()]
+        stale = [
+            p.name
+            for p in sorted(fresh.iterdir())
+            if not (OUT_DIR / p.name).exists() or (OUT_DIR / p.name).read_bytes() != p.read_bytes()
+        ]
         # modules whose .proto was removed are stale too
         stale += [p.name for p in sorted(OUT_DIR.glob("*_pb2.py*")) if not (fresh / p.name).exists()]
     if stale:

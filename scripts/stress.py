@@ -61,7 +61,7 @@ def _appender(uri: str, worker: int, round_: int, count: int, rows: int, queue: 
             try:
                 lance.write_dataset(_table(start, rows), uri, mode="append")
                 break
-            except Exception:  # noqa: BLE001 - pylance gave up on a commit race; nothing was added
+            except Exception:
                 failures += 1
                 time.sleep(0.02)
     queue.put({"worker": worker, "failures": failures})
@@ -80,7 +80,7 @@ def _deleter(uri: str, candidates: list[int], seed: int, stop: Any, queue: Any) 
         try:
             lance.dataset(uri).delete(f"id = {x}")
             deleted.append(x)
-        except Exception:  # noqa: BLE001 - a conflict pylance did not retry: the row stays
+        except Exception:
             failures += 1
         time.sleep(0.01)
     queue.put({"deleted": deleted, "failures": failures})
@@ -102,7 +102,9 @@ def _fragment_id_violations(uri: str) -> tuple[int, int]:
     return len(versions), bad
 
 
-def appenders_vs_compactions(work: Path, appenders: int, rounds: int, appends: int, rows: int, deleters: int, seed: int) -> dict[str, Any]:
+def appenders_vs_compactions(
+    work: Path, appenders: int, rounds: int, appends: int, rows: int, deleters: int, seed: int
+) -> dict[str, Any]:
     import lance
 
     from lance_assets.engine.compaction import compact
@@ -113,17 +115,34 @@ def appenders_vs_compactions(work: Path, appenders: int, rounds: int, appends: i
     uri = str(work / "appenders.lance")
     lance.write_dataset(_table(0, 100), uri, mode="create", data_storage_version="2.1")
     expected = set(range(100))
-    stats = {"appenders": appenders, "deleters": deleters, "rounds": rounds, "appends": 0, "rows_appended": 0, "rows_deleted": 0,
-             "compactions": 0, "commit_retries": 0, "conflicts": 0, "pylance_append_retries": 0, "pylance_delete_failures": 0,
-             "rows_lost": 0, "rows_resurrected": 0, "rows_duplicated": 0}
+    stats = {
+        "appenders": appenders,
+        "deleters": deleters,
+        "rounds": rounds,
+        "appends": 0,
+        "rows_appended": 0,
+        "rows_deleted": 0,
+        "compactions": 0,
+        "commit_retries": 0,
+        "conflicts": 0,
+        "pylance_append_retries": 0,
+        "pylance_delete_failures": 0,
+        "rows_lost": 0,
+        "rows_resurrected": 0,
+        "rows_duplicated": 0,
+    }
     rnd = random.Random(seed)
     started = time.monotonic()
     for r in range(rounds):
         queue, del_queue, stop = SPAWN.Queue(), SPAWN.Queue(), SPAWN.Event()
         procs = [SPAWN.Process(target=_appender, args=(uri, w, r, appends, rows, queue)) for w in range(appenders)]
         pool = sorted(expected)
-        dels = [SPAWN.Process(target=_deleter, args=(uri, rnd.sample(pool, min(len(pool), 400)), seed * 1000 + r * 10 + d, stop, del_queue))
-                for d in range(deleters)]
+        dels = [
+            SPAWN.Process(
+                target=_deleter, args=(uri, rnd.sample(pool, min(len(pool), 400)), seed * 1000 + r * 10 + d, stop, del_queue)
+            )
+            for d in range(deleters)
+        ]
         for p in procs + dels:
             p.start()
         while any(p.is_alive() for p in procs):
@@ -192,7 +211,9 @@ def _compact_child(uri: str, throttle: float) -> None:
 def _spawn_child(uri: Path, throttle: float) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, __file__, "_compact_child", str(uri), str(throttle)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -224,8 +245,16 @@ def random_kills(work: Path, kills: int, seed: int, throttle: float = 0.01) -> d
     proc.communicate()
     shutil.rmtree(probe)
 
-    stats = {"kills": kills, "compaction_seconds": round(duration, 3), "old_version": 0, "new_version": 0,
-             "illegal": 0, "orphans_removed": 0, "orphan_bytes": 0, "recovered": 0}
+    stats = {
+        "kills": kills,
+        "compaction_seconds": round(duration, 3),
+        "old_version": 0,
+        "new_version": 0,
+        "illegal": 0,
+        "orphans_removed": 0,
+        "orphan_bytes": 0,
+        "recovered": 0,
+    }
     for i in range(kills):
         uri = work / f"kill-{i}.lance"
         shutil.copytree(pristine, uri)
@@ -244,12 +273,17 @@ def random_kills(work: Path, kills: int, seed: int, throttle: float = 0.01) -> d
             stats["orphans_removed"] += len(report.files)
             stats["orphan_bytes"] += report.bytes
             storage = Storage(str(uri))
-            referenced = {f"data/{df.path}" for loc in list_versions(storage) for f in Dataset.open(storage, loc.version).manifest.fragments for df in f.files}
+            referenced = {
+                f"data/{df.path}"
+                for loc in list_versions(storage)
+                for f in Dataset.open(storage, loc.version).manifest.fragments
+                for df in f.files
+            }
             legal &= {f"data/{p.name}" for p in (uri / "data").iterdir()} == referenced
             compact(str(uri), CompactionOptions(target_rows_per_fragment=10_000_000))
             legal &= lance.dataset(str(uri)).to_table().sort_by("id").equals(expected)
             stats["recovered"] += legal
-        except Exception as exc:  # noqa: BLE001 - counted and reported
+        except Exception as exc:
             legal = False
             print(f"kill {i}: {type(exc).__name__}: {exc}", file=sys.stderr)
         stats["illegal"] += not legal
@@ -284,8 +318,16 @@ print(json.dumps(fuzzing.campaign(samples, {cases}, {seed})))
     per_kind = {k: sum(v.values()) for k, v in report["stats"].items()}
     typed = sum(n for v in report["stats"].values() for k, n in v.items() if k.startswith("typed:"))
     parsed = sum(v.get("ok", 0) for v in report["stats"].values())
-    return {"cases": cases, "seed": seed, "parsers": len(per_kind), "typed_errors": typed, "parsed_anyway": parsed,
-            "bugs": report["bugs"], "seconds": round(time.monotonic() - started, 1), "address_space_limit": "+512 MiB"}
+    return {
+        "cases": cases,
+        "seed": seed,
+        "parsers": len(per_kind),
+        "typed_errors": typed,
+        "parsed_anyway": parsed,
+        "bugs": report["bugs"],
+        "seconds": round(time.monotonic() - started, 1),
+        "address_space_limit": "+512 MiB",
+    }
 
 
 def main() -> int:
@@ -306,30 +348,44 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="lance-assets-stress-"))
     try:
         result = {
-            "appenders": appenders_vs_compactions(work, args.appenders, args.rounds, args.appends_per_round, args.rows_per_append, args.deleters, args.seed),
+            "appenders": appenders_vs_compactions(
+                work, args.appenders, args.rounds, args.appends_per_round, args.rows_per_append, args.deleters, args.seed
+            ),
             "kills": random_kills(work, args.kills, args.seed),
             "fuzz": fuzz(work, args.fuzz_cases, args.seed),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    ok = (result["appenders"]["rows_lost"] == 0 and result["appenders"]["rows_duplicated"] == 0 and result["appenders"]["rows_resurrected"] == 0
-          and result["appenders"]["fragment_id_reuse"] == 0 and result["kills"]["illegal"] == 0 and not result["fuzz"]["bugs"])
+    ok = (
+        result["appenders"]["rows_lost"] == 0
+        and result["appenders"]["rows_duplicated"] == 0
+        and result["appenders"]["rows_resurrected"] == 0
+        and result["appenders"]["fragment_id_reuse"] == 0
+        and result["kills"]["illegal"] == 0
+        and not result["fuzz"]["bugs"]
+    )
     result["ok"] = ok
     if args.json:
         print(json.dumps(result))
         return 0 if ok else 1
     a, k, f = result["appenders"], result["kills"], result["fuzz"]
-    print(f"appenders: {a['appenders']} pylance appender + {a['deleters']} deleter processes x {a['rounds']} rounds: {a['appends']} appends "
-          f"({a['rows_appended']:,} rows), {a['rows_deleted']} single-row deletes vs {a['compactions']} compactions committed; "
-          f"commit retries {a['commit_retries']}, conflicts {a['conflicts']}, pylance append retries {a['pylance_append_retries']}, "
-          f"pylance delete failures {a['pylance_delete_failures']}; rows lost {a['rows_lost']}, resurrected {a['rows_resurrected']}, "
-          f"duplicated {a['rows_duplicated']}, "
-          f"fragment ids reused {a['fragment_id_reuse']} over {a['versions']} versions; {a['final_fragments']} fragments left; {a['seconds']}s")
-    print(f"kills: {k['kills']} SIGKILLs during a {k['compaction_seconds']}s compaction: {k['old_version']} left the old version, "
-          f"{k['new_version']} the new one, {k['illegal']} illegal states; cleanup removed {k['orphans_removed']} orphans "
-          f"({k['orphan_bytes']:,} bytes); {k['recovered']} recovered (cleanup + compaction + pylance check)")
-    print(f"fuzz: {f['cases']:,} cases over {f.get('parsers', '?')} parsers ({f.get('typed_errors', 0):,} typed errors, "
-          f"{f.get('parsed_anyway', 0):,} still parsed), {len(f['bugs'])} bugs, address space limited to {f.get('address_space_limit')}; {f.get('seconds')}s")
+    print(
+        f"appenders: {a['appenders']} pylance appender + {a['deleters']} deleter processes x {a['rounds']} rounds: {a['appends']} appends "
+        f"({a['rows_appended']:,} rows), {a['rows_deleted']} single-row deletes vs {a['compactions']} compactions committed; "
+        f"commit retries {a['commit_retries']}, conflicts {a['conflicts']}, pylance append retries {a['pylance_append_retries']}, "
+        f"pylance delete failures {a['pylance_delete_failures']}; rows lost {a['rows_lost']}, resurrected {a['rows_resurrected']}, "
+        f"duplicated {a['rows_duplicated']}, "
+        f"fragment ids reused {a['fragment_id_reuse']} over {a['versions']} versions; {a['final_fragments']} fragments left; {a['seconds']}s"
+    )
+    print(
+        f"kills: {k['kills']} SIGKILLs during a {k['compaction_seconds']}s compaction: {k['old_version']} left the old version, "
+        f"{k['new_version']} the new one, {k['illegal']} illegal states; cleanup removed {k['orphans_removed']} orphans "
+        f"({k['orphan_bytes']:,} bytes); {k['recovered']} recovered (cleanup + compaction + pylance check)"
+    )
+    print(
+        f"fuzz: {f['cases']:,} cases over {f.get('parsers', '?')} parsers ({f.get('typed_errors', 0):,} typed errors, "
+        f"{f.get('parsed_anyway', 0):,} still parsed), {len(f['bugs'])} bugs, address space limited to {f.get('address_space_limit')}; {f.get('seconds')}s"
+    )
     for bug in f["bugs"][:20]:
         print("  BUG", bug)
     print("OK" if ok else "FAILED")

@@ -27,6 +27,7 @@ def dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, st
 
     return build
 
+
 @pytest.fixture
 def dataset_copy(dataset_cache: Callable[[str, str], Path], tmp_path: Path) -> Callable[[str, str], Path]:
     """``copy(shape, version)`` -> a private copy a test may modify or corrupt."""
@@ -37,6 +38,7 @@ def dataset_copy(dataset_cache: Callable[[str, str], Path], tmp_path: Path) -> C
         return dst
 
     return copy
+
 
 # --- a real S3 API on loopback (moto's server mode) ---------------------------------------
 class S3Endpoint:
@@ -65,7 +67,9 @@ class S3Endpoint:
     def client(self):  # type: ignore[no-untyped-def]
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=self.key, aws_secret_access_key=self.secret, region_name=self.region)
+        return boto3.client(
+            "s3", endpoint_url=self.url, aws_access_key_id=self.key, aws_secret_access_key=self.secret, region_name=self.region
+        )
 
     def new_bucket(self) -> str:
         import uuid
@@ -73,6 +77,7 @@ class S3Endpoint:
         name = f"test-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=name)
         return name
+
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> S3Endpoint:
@@ -91,6 +96,7 @@ def s3_endpoint() -> S3Endpoint:
         yield S3Endpoint(f"http://127.0.0.1:{port}")
     finally:
         server.stop()
+
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:

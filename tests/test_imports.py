@@ -16,10 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lance
 import pyarrow as pa
 import pytest
-
-import lance
 
 HEAVY = ("pyarrow", "numpy", "pandas", "dagster", "lance")
 # What building the CLI's parser must not need: the engine's work, the stores, the terminal UI.

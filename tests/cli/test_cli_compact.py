@@ -19,8 +19,18 @@ from tests.support.assertions import assert_one_error_line, tree_digest
 Copy = Callable[[str, str], Path]
 SCRIPT = Path(sys.executable).parent / "lance-assets"
 REPORT_KEYS = {
-    "read_version", "version", "fragments_removed", "fragments_added", "files_removed", "files_added",
-    "rows", "bytes_read", "bytes_written", "seconds", "tasks", "skipped",
+    "read_version",
+    "version",
+    "fragments_removed",
+    "fragments_added",
+    "files_removed",
+    "files_added",
+    "rows",
+    "bytes_read",
+    "bytes_written",
+    "seconds",
+    "tasks",
+    "skipped",
 }
 
 
@@ -35,12 +45,8 @@ def one_json(out: str) -> dict[str, Any]:
     assert len(lines) == 1, f"expected one JSON line, got {out!r}"
     data = json.loads(lines[0])
     assert isinstance(data, dict)
-    assert REPORT_KEYS <= data.keys()
+    assert data.keys() >= REPORT_KEYS
     return data
-
-
-
-
 
 
 def assert_usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -94,20 +100,58 @@ def test_compact_json_subprocess(dataset_copy: Copy) -> None:
 def test_options_reach_the_plan(dataset_copy: Copy, capsys: pytest.CaptureFixture[str]) -> None:
     path = dataset_copy("appends", "2.1")
     code, out, _ = run(
-        capsys, "compact", str(path), "--json", "--dry-run", "--target-rows-per-fragment", "200",
-        "--max-rows-per-file", "1000", "--max-bytes-per-file", "1000000", "--read-batch-bytes", "4096",
-        "--max-source-fragments", "10", "--exclude", "3", "--exclude", "7",
-        "--no-materialize-deletions", "--materialize-deletions-threshold", "0.25", "--commit-every", "3", "--no-reencode-fallback", "--no-verify-output", "--index-remap", "drop",
-        "--pages", "copy", "--max-concurrent-requests", "5",
+        capsys,
+        "compact",
+        str(path),
+        "--json",
+        "--dry-run",
+        "--target-rows-per-fragment",
+        "200",
+        "--max-rows-per-file",
+        "1000",
+        "--max-bytes-per-file",
+        "1000000",
+        "--read-batch-bytes",
+        "4096",
+        "--max-source-fragments",
+        "10",
+        "--exclude",
+        "3",
+        "--exclude",
+        "7",
+        "--no-materialize-deletions",
+        "--materialize-deletions-threshold",
+        "0.25",
+        "--commit-every",
+        "3",
+        "--no-reencode-fallback",
+        "--no-verify-output",
+        "--index-remap",
+        "drop",
+        "--pages",
+        "copy",
+        "--max-concurrent-requests",
+        "5",
     )
     assert code == 0
     report = one_json(out)
     options = report["plan"]["options"]
     assert options == {
-        "target_rows_per_fragment": 200, "max_rows_per_file": 1000, "max_bytes_per_file": 1000000,
-        "read_batch_bytes": 4096, "max_source_fragments": 10, "excluded_fragment_ids": [3, 7], "dry_run": True,
-        "materialize_deletions": False, "materialize_deletions_threshold": 0.25, "commit_every": 3, "reencode_fallback": False,
-        "verify_output": False, "index_remap": "drop", "pages": "copy", "max_concurrent_requests": 5,
+        "target_rows_per_fragment": 200,
+        "max_rows_per_file": 1000,
+        "max_bytes_per_file": 1000000,
+        "read_batch_bytes": 4096,
+        "max_source_fragments": 10,
+        "excluded_fragment_ids": [3, 7],
+        "dry_run": True,
+        "materialize_deletions": False,
+        "materialize_deletions_threshold": 0.25,
+        "commit_every": 3,
+        "reencode_fallback": False,
+        "verify_output": False,
+        "index_remap": "drop",
+        "pages": "copy",
+        "max_concurrent_requests": 5,
     }
     # 100, 1 merge; 250 is at the target; 30 is excluded
     assert [t["fragment_ids"] for t in report["plan"]["tasks"]] == [[0, 1]]
@@ -220,12 +264,21 @@ def test_bad_options_are_usage_errors(dataset_copy: Copy, capsys: pytest.Capture
 def test_storage_option_parsing() -> None:
     assert _storage_options([]) == {}
     assert _storage_options(["a=1", "b=true", "c=plain", 'd={"k": [1, 2]}', "e=x=y", "f=", "g=null", "h=1.5"]) == {
-        "a": 1, "b": True, "c": "plain", "d": {"k": [1, 2]}, "e": "x=y", "f": "", "g": None, "h": 1.5,
+        "a": 1,
+        "b": True,
+        "c": "plain",
+        "d": {"k": [1, 2]},
+        "e": "x=y",
+        "f": "",
+        "g": None,
+        "h": 1.5,
     }
     assert _storage_options(["k=1", "k=2"]) == {"k": 2}  # the last one wins
 
 
-def test_storage_options_reach_the_filesystem(dataset_copy: Copy, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storage_options_reach_the_filesystem(
+    dataset_copy: Copy, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The parsed options are handed to fsspec unchanged (a spy around the real call)."""
     seen: list[tuple[str, dict[str, Any]]] = []
     real = fsspec.core.url_to_fs
@@ -236,7 +289,16 @@ def test_storage_options_reach_the_filesystem(dataset_copy: Copy, capsys: pytest
 
     monkeypatch.setattr(fsspec.core, "url_to_fs", spy)
     path = dataset_copy("appends", "2.1")
-    code, out, _ = run(capsys, "compact", str(path), "--json", "--storage-option", "auto_mkdir=true", "--storage-option", "use_listings_cache=false")
+    code, out, _ = run(
+        capsys,
+        "compact",
+        str(path),
+        "--json",
+        "--storage-option",
+        "auto_mkdir=true",
+        "--storage-option",
+        "use_listings_cache=false",
+    )
     assert code == 0
     assert one_json(out)["version"] == lance.dataset(str(path)).version
     # every filesystem opened for the dataset (not the local scratch folder small pages are

@@ -62,14 +62,23 @@ def _options(s3_endpoint) -> list[str]:  # type: ignore[no-untyped-def]
     return [arg for k, v in pairs.items() for arg in ("--storage-option", f"{k}={v}")]
 
 
-@pytest.mark.parametrize(("command", "spelling"), [("inspect", "client_kwargs"), ("compact", "aws_endpoint"), ("cleanup", "client_kwargs")])
+@pytest.mark.parametrize(
+    ("command", "spelling"), [("inspect", "client_kwargs"), ("compact", "aws_endpoint"), ("cleanup", "client_kwargs")]
+)
 def test_s3_endpoint_that_does_not_answer(command: str, spelling: str) -> None:
     """Port 1 on loopback refuses connections: the store cannot be reached, said in one line
     (after the S3 client's own retries: about 15 s)."""
     endpoint = "http://127.0.0.1:1"
     option = f'client_kwargs={{"endpoint_url": "{endpoint}"}}' if spelling == "client_kwargs" else f"aws_endpoint={endpoint}"
     code, out, err = cli(
-        command, "s3://bucket/x.lance", "--storage-option", option, "--storage-option", "key=a", "--storage-option", "secret=b",
+        command,
+        "s3://bucket/x.lance",
+        "--storage-option",
+        option,
+        "--storage-option",
+        "key=a",
+        "--storage-option",
+        "secret=b",
         env=no_credentials_env(),
     )
     assert_one_error_line(code, out, err)
@@ -115,6 +124,8 @@ def test_option_out_of_range(dataset_copy: Callable[[str, str], Path], argv: lis
 
 def test_zero_max_fragments_lists_none(dataset_cache: Callable[[str, str], Path]) -> None:
     """0 is a valid answer to "how many fragments to list": none, and how many there are."""
-    code, out, err = cli("inspect", str(dataset_cache("appends", "2.1")), "--max-fragments", "0", env={**os.environ, "COLUMNS": "200"})
+    code, out, err = cli(
+        "inspect", str(dataset_cache("appends", "2.1")), "--max-fragments", "0", env={**os.environ, "COLUMNS": "200"}
+    )
     assert code == 0, err
     assert "4 more" in out

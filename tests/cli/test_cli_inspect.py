@@ -46,8 +46,6 @@ def pylance_fragments(path: Path | str, version: int | None = None) -> list[dict
     return out
 
 
-
-
 # --- table output ------------------------------------------------------------------------------
 def test_table_output(dataset_cache: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str]) -> None:
     path = dataset_cache("appends", "2.1")  # fragments of 100, 1, 250 and 30 rows
@@ -73,7 +71,9 @@ SMALL_COUNTS = [  # the sentence in the text output, in agreement (no "1 fragmen
 
 
 @pytest.mark.parametrize(("target", "small", "sentence"), SMALL_COUNTS)
-def test_target_rows_changes_small_count(dataset_cache: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str], target: str, small: int, sentence: str) -> None:
+def test_target_rows_changes_small_count(
+    dataset_cache: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str], target: str, small: int, sentence: str
+) -> None:
     path = str(dataset_cache("appends", "2.2"))
     code, out, _ = run(capsys, "inspect", path, "--target-rows-per-fragment", target)
     assert code == 0
@@ -84,7 +84,9 @@ def test_target_rows_changes_small_count(dataset_cache: Callable[[str, str], Pat
     assert summary["target_rows_per_fragment"] == int(target)
 
 
-def test_table_output_with_deletions_and_indices(dataset_cache: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_output_with_deletions_and_indices(
+    dataset_cache: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(capsys, "inspect", str(dataset_cache("deletes_arrow", "2.0")))
     assert code == 0
     assert "rows 896 (+4 deleted)" in flat(out)
@@ -100,11 +102,20 @@ def test_max_fragments_truncates_the_table(dataset_cache: Callable[[str, str], P
 
 
 # --- JSON output -------------------------------------------------------------------------------
-SHAPES = [("appends", "2.1"), ("deletes_arrow", "2.2"), ("deletes_bitmap", "legacy"), ("multi_file", "2.0"), ("stable_row_ids", "2.3"), ("scalar_index", "2.2")]
+SHAPES = [
+    ("appends", "2.1"),
+    ("deletes_arrow", "2.2"),
+    ("deletes_bitmap", "legacy"),
+    ("multi_file", "2.0"),
+    ("stable_row_ids", "2.3"),
+    ("scalar_index", "2.2"),
+]
 
 
 @pytest.mark.parametrize(("shape", "version"), SHAPES, ids=[f"{s}-{v}" for s, v in SHAPES])
-def test_json_matches_pylance(dataset_cache: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str], shape: str, version: str) -> None:
+def test_json_matches_pylance(
+    dataset_cache: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str], shape: str, version: str
+) -> None:
     path = dataset_cache(shape, version)
     code, out, err = run(capsys, "inspect", str(path), "--json")
     assert code == 0 and err == ""
@@ -117,7 +128,9 @@ def test_json_matches_pylance(dataset_cache: Callable[[str, str], Path], capsys:
     assert report["stable_row_ids"] == ds.has_stable_row_ids
     got = [{k: f[k] for k in ("id", "physical_rows", "deleted_rows", "files", "bytes")} for f in report["fragments"]]
     assert got == pylance_fragments(path)
-    assert [f["has_deletion_file"] for f in report["fragments"]] == [f.metadata.deletion_file is not None for f in ds.get_fragments()]
+    assert [f["has_deletion_file"] for f in report["fragments"]] == [
+        f.metadata.deletion_file is not None for f in ds.get_fragments()
+    ]
     summary = report["summary"]
     assert summary["fragments"] == len(ds.get_fragments())
     assert summary["rows"] == ds.count_rows()
@@ -171,7 +184,9 @@ BAD: dict[str, Callable[[Path, Callable[[str, str], Path]], Path]] = {
 
 @pytest.mark.parametrize("kind", sorted(BAD))
 @pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
-def test_bad_input_prints_one_error_line(tmp_path: Path, dataset_copy: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str], kind: str, as_json: bool) -> None:
+def test_bad_input_prints_one_error_line(
+    tmp_path: Path, dataset_copy: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str], kind: str, as_json: bool
+) -> None:
     path = BAD[kind](tmp_path, dataset_copy)
     code, out, err = run(capsys, "inspect", str(path), *(["--json"] if as_json else []))
     assert_one_error_line(code, out, err)
@@ -201,11 +216,19 @@ def test_console_script(dataset_cache: Callable[[str, str], Path], tmp_path: Pat
     got = [{k: f[k] for k in ("id", "physical_rows", "deleted_rows", "files", "bytes")} for f in report["fragments"]]
     assert got == pylance_fragments(path)
 
-    table = subprocess.run([*_command(), "inspect", str(path), "--target-rows-per-fragment", "1000"], capture_output=True, text=True, timeout=120, env=env)
+    table = subprocess.run(
+        [*_command(), "inspect", str(path), "--target-rows-per-fragment", "1000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert table.returncode == 0, table.stderr
     assert "2 fragments under 1,000 rows" in flat(table.stdout)
 
-    bad = subprocess.run([*_command(), "inspect", str(tmp_path / ("not-a-dataset-" * 10))], capture_output=True, text=True, timeout=120, env=env)
+    bad = subprocess.run(
+        [*_command(), "inspect", str(tmp_path / ("not-a-dataset-" * 10))], capture_output=True, text=True, timeout=120, env=env
+    )
     assert bad.returncode == 2
     assert bad.stdout == ""
     assert len(bad.stderr.splitlines()) == 1 and bad.stderr.startswith("error: "), bad.stderr

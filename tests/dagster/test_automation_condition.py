@@ -107,7 +107,11 @@ def test_deleted_rows_and_unindexed_rows_trigger_too(root: Path, instance: dg.Da
     ).records
     meta = latest.asset_materialization.metadata  # type: ignore[union-attr]
     # only the deleted share is over its threshold now
-    assert (meta["deleted_row_ratio"].value, meta["unindexed_rows"].value, meta["small_fragments"].value) == (round(150 / 350, 6), 0, 0)
+    assert (meta["deleted_row_ratio"].value, meta["unindexed_rows"].value, meta["small_fragments"].value) == (
+        round(150 / 350, 6),
+        0,
+        0,
+    )
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=11)
     deleted = dg.evaluate_automation_conditions(defs, instance, cursor=handled.cursor, evaluation_time=later)
     assert deleted.get_requested_partitions(COMPACTED) == {"a"}

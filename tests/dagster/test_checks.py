@@ -21,19 +21,29 @@ PARTITIONS = dg.StaticPartitionsDefinition(["a"])
 
 
 def defs_for(root: Path, min_small_fragments: int = 4, extra_jobs: list | None = None) -> dg.Definitions:
-    base = build_lance_compaction_defs("t", root=str(root), partitioning=PARTITIONS, target_rows_per_fragment=TARGET, min_small_fragments=min_small_fragments)
+    base = build_lance_compaction_defs(
+        "t", root=str(root), partitioning=PARTITIONS, target_rows_per_fragment=TARGET, min_small_fragments=min_small_fragments
+    )
     return dg.Definitions.merge(base, dg.Definitions(jobs=extra_jobs or []))
 
 
 def test_checks_pass_in_the_same_run(root: Path, instance: dg.DagsterInstance) -> None:
     path = root / "a.lance"
     make_dataset(path, 9)
-    result = defs_for(root).resolve_job_def("t_compaction").execute_in_process(run_config=compaction_config(), instance=instance, partition_key="a")
+    result = (
+        defs_for(root)
+        .resolve_job_def("t_compaction")
+        .execute_in_process(run_config=compaction_config(), instance=instance, partition_key="a")
+    )
     checks = check_evaluations(result)
     assert set(checks) == {ROWS_CHECK, SMALL_CHECK, READ_BACK_CHECK}
     assert all(c.passed for c in checks.values()), {k: c.metadata for k, c in checks.items()}
     assert all(c.asset_key == COMPACTED for c in checks.values())
-    assert checks[ROWS_CHECK].metadata["rows_in_rewritten_fragments"].value == checks[ROWS_CHECK].metadata["rows_in_new_fragments"].value == 90
+    assert (
+        checks[ROWS_CHECK].metadata["rows_in_rewritten_fragments"].value
+        == checks[ROWS_CHECK].metadata["rows_in_new_fragments"].value
+        == 90
+    )
     # the one merged fragment is under the target but has nothing to merge with: not work left behind (#25.6)
     assert checks[SMALL_CHECK].metadata["small_fragments"].value == 0
     assert checks[SMALL_CHECK].metadata["lone_small_fragments"].value == 1
@@ -51,8 +61,10 @@ def test_small_fragment_check_fails_when_fragments_remain(root: Path, instance: 
     """A row cap far under the target leaves every output small: the check must say so."""
     path = root / "a.lance"
     make_dataset(path, 8)
-    result = defs_for(root, min_small_fragments=3).resolve_job_def("t_compaction").execute_in_process(
-        run_config=compaction_config(max_rows_per_file=20), instance=instance, partition_key="a"
+    result = (
+        defs_for(root, min_small_fragments=3)
+        .resolve_job_def("t_compaction")
+        .execute_in_process(run_config=compaction_config(max_rows_per_file=20), instance=instance, partition_key="a")
     )
     assert result.success  # a WARN check does not fail the run
     assert fragment_rows(path) == [20, 20, 20, 20]
@@ -74,8 +86,10 @@ def test_checks_cover_every_commit_of_a_compaction(root: Path, instance: dg.Dags
     lance.dataset(str(path)).delete("(id >= 20 AND id < 25) OR (id >= 50 AND id < 55)")
     old_max_id = max(f.fragment_id for f in lance.dataset(str(path)).get_fragments())
     expected = table_of(path)
-    result = defs_for(root, min_small_fragments=100).resolve_job_def("t_compaction").execute_in_process(
-        run_config=compaction_config(), instance=instance, partition_key="a"
+    result = (
+        defs_for(root, min_small_fragments=100)
+        .resolve_job_def("t_compaction")
+        .execute_in_process(run_config=compaction_config(), instance=instance, partition_key="a")
     )
     checks = check_evaluations(result)
     assert all(c.passed for c in checks.values()), {k: dict(c.metadata) for k, c in checks.items()}
@@ -97,8 +111,12 @@ def test_checks_cover_partial_progress_commits(root: Path, instance: dg.DagsterI
     path = root / "a.lance"
     make_dataset(path, 12)
     read_version = lance.dataset(str(path)).version
-    result = defs_for(root).resolve_job_def("t_compaction").execute_in_process(
-        run_config=compaction_config(target_rows_per_fragment=40, commit_every=1), instance=instance, partition_key="a"
+    result = (
+        defs_for(root)
+        .resolve_job_def("t_compaction")
+        .execute_in_process(
+            run_config=compaction_config(target_rows_per_fragment=40, commit_every=1), instance=instance, partition_key="a"
+        )
     )
     assert lance.dataset(str(path)).version == read_version + 3
     checks = check_evaluations(result)
@@ -112,7 +130,11 @@ def test_checks_pass_for_every_storage_version(root: Path, instance: dg.DagsterI
     path = root / "a.lance"
     make_dataset(path, 5, version=version)
     expected = table_of(path)
-    result = defs_for(root).resolve_job_def("t_compaction").execute_in_process(run_config=compaction_config(), instance=instance, partition_key="a")
+    result = (
+        defs_for(root)
+        .resolve_job_def("t_compaction")
+        .execute_in_process(run_config=compaction_config(), instance=instance, partition_key="a")
+    )
     checks = check_evaluations(result)
     assert all(c.passed for c in checks.values()), {k: dict(c.metadata) for k, c in checks.items()}
     assert checks[ROWS_CHECK].metadata["groups"].value == 1
@@ -147,8 +169,10 @@ def _run_with_corruption(root: Path, instance: dg.DagsterInstance, how: str) -> 
     make_dataset(path, 6)
     hook = _corrupting_hook(path, set(tree_digest(path)), how)
     job = dg.define_asset_job("corrupting_compaction", selection=dg.AssetSelection.assets(COMPACTED), hooks={hook})
-    result = defs_for(root, extra_jobs=[job]).resolve_job_def("corrupting_compaction").execute_in_process(
-        run_config=compaction_config(), instance=instance, partition_key="a", raise_on_error=False
+    result = (
+        defs_for(root, extra_jobs=[job])
+        .resolve_job_def("corrupting_compaction")
+        .execute_in_process(run_config=compaction_config(), instance=instance, partition_key="a", raise_on_error=False)
     )
     # the checks ran to completion and reported: no step crashed
     assert not [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -188,7 +212,8 @@ def test_check_only_run_needs_a_materialization_in_the_same_run(root: Path, inst
     defs.resolve_job_def("t_compaction").execute_in_process(run_config=compaction_config(), instance=instance, partition_key="a")
     expected = table_of(path)
     checks_only = defs.resolve_implicit_global_asset_job_def().get_subset(
-        asset_selection=set(), asset_check_selection={dg.AssetCheckKey(COMPACTED, n) for n in (ROWS_CHECK, SMALL_CHECK, READ_BACK_CHECK)}
+        asset_selection=set(),
+        asset_check_selection={dg.AssetCheckKey(COMPACTED, n) for n in (ROWS_CHECK, SMALL_CHECK, READ_BACK_CHECK)},
     )
     result = checks_only.execute_in_process(instance=instance, partition_key="a")
     assert not any(e.event_type_value == "ASSET_MATERIALIZATION" for e in result.all_events)

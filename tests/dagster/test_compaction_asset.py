@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import lance
+import pydantic
 import pytest
 
 from lance_assets.dagster import CompactionConfig, build_lance_compaction_defs
@@ -24,17 +25,46 @@ from tests.support.dagster import (
 COMPACTED = dg.AssetKey(["t", "compacted"])
 FRAGMENTS = dg.AssetKey(["t", "fragments"])
 BEFORE_AFTER_KEYS = {
-    "read_version", "lance_version", "fragments_before", "files_before", "rows_before", "bytes_before",
-    "fragments_removed", "fragments_added", "bytes_copied", "bytes_written", "seconds", "mb_per_s", "tasks",
-    "skipped", "target_rows_per_fragment", "fragments_after", "files_after", "rows_after", "bytes_after",
-    "small_fragments_after", "reencoded_fragments", "runner", "workers", "task_retries",
-    "pages_before", "pages_after", "columns_coalesced_native", "columns_coalesced_pylance", "columns_left_small",
+    "read_version",
+    "lance_version",
+    "fragments_before",
+    "files_before",
+    "rows_before",
+    "bytes_before",
+    "fragments_removed",
+    "fragments_added",
+    "bytes_copied",
+    "bytes_written",
+    "seconds",
+    "mb_per_s",
+    "tasks",
+    "skipped",
+    "target_rows_per_fragment",
+    "fragments_after",
+    "files_after",
+    "rows_after",
+    "bytes_after",
+    "small_fragments_after",
+    "reencoded_fragments",
+    "runner",
+    "workers",
+    "task_retries",
+    "pages_before",
+    "pages_after",
+    "columns_coalesced_native",
+    "columns_coalesced_pylance",
+    "columns_left_small",
 }
 
 
 def defs_for(root: Path, keys: list[str], **kwargs: object) -> dg.Definitions:
     return build_lance_compaction_defs(
-        "t", root=str(root), partitioning=dg.StaticPartitionsDefinition(keys), target_rows_per_fragment=TARGET, min_small_fragments=4, **kwargs  # type: ignore[arg-type]
+        "t",
+        root=str(root),
+        partitioning=dg.StaticPartitionsDefinition(keys),
+        target_rows_per_fragment=TARGET,
+        min_small_fragments=4,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -51,8 +81,15 @@ def materialization(result: dg.ExecuteInProcessResult, key: dg.AssetKey = COMPAC
 
 def test_config_schema_is_typed() -> None:
     fields = CompactionConfig.model_fields
-    assert set(fields) >= {"read_batch_bytes", "target_rows_per_fragment", "max_rows_per_file", "max_bytes_per_file", "max_source_fragments", "dry_run"}
-    with pytest.raises(Exception):
+    assert set(fields) >= {
+        "read_batch_bytes",
+        "target_rows_per_fragment",
+        "max_rows_per_file",
+        "max_bytes_per_file",
+        "max_source_fragments",
+        "dry_run",
+    }
+    with pytest.raises(pydantic.ValidationError):
         CompactionConfig(read_batch_bytes="lots")  # type: ignore[arg-type]
 
 
@@ -93,7 +130,9 @@ def test_materialize_one_partition_with_tiny_read_batches(root: Path, instance: 
     assert tree_digest(b) == b_files
 
     # the data version is what Dagster records for the asset partition
-    record = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=COMPACTED, asset_partitions=["a"]), limit=1).records[0]
+    record = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=COMPACTED, asset_partitions=["a"]), limit=1).records[
+        0
+    ]
     assert record.asset_materialization.tags["dagster/data_version"] == str(ds.version)  # type: ignore[union-attr]
 
 
@@ -151,7 +190,9 @@ def test_dry_run_materializes_nothing_and_reports_the_plan(root: Path, instance:
     meta = metadata_values(obs.metadata)
     assert meta["tasks"] == 3  # under a row cap: one group per output file
     assert meta["fragments_to_compact"] == 8
-    assert meta["bytes_to_copy"] == sum(df.file_size_bytes for f in lance.dataset(str(path)).get_fragments() for df in f.metadata.files)
+    assert meta["bytes_to_copy"] == sum(
+        df.file_size_bytes for f in lance.dataset(str(path)).get_fragments() for df in f.metadata.files
+    )
     plan = meta["dry_run_plan"]
     assert plan["read_version"] == lance.dataset(str(path)).version
     assert [o["rows"] for t in plan["tasks"] for o in t["outputs"]] == [30, 30, 20]
@@ -180,7 +221,9 @@ def test_unpartitioned_and_uri_template(tmp_path: Path, instance: dg.DagsterInst
         uri_template="{root}/{partition_key}/events.lance",
         target_rows_per_fragment=TARGET,
     )
-    result = defs.resolve_job_def("t_compaction").execute_in_process(run_config=compaction_config(), instance=instance, partition_key="us")
+    result = defs.resolve_job_def("t_compaction").execute_in_process(
+        run_config=compaction_config(), instance=instance, partition_key="us"
+    )
     assert materialization(result).partition == "us"
     assert fragment_rows(tmp_path / "tables" / "us" / "events.lance") == [30]
     assert fragment_rows(tmp_path / "tables" / "eu" / "events.lance") == [10, 10, 10]
@@ -196,7 +239,9 @@ def test_asset_carries_pool_kind_and_dependency(root: Path) -> None:
     # the compaction job (what the sensor and schedule launch) carries the three checks
     job = defs.resolve_job_def("t_compaction")
     assert {c.name for c in job.asset_layer.asset_graph.asset_check_keys} == {
-        "rows_preserved", "small_fragments_under_threshold", "new_version_reads_back",
+        "rows_preserved",
+        "small_fragments_under_threshold",
+        "new_version_reads_back",
     }
     assert build_lance_compaction_defs("t", root=str(root)).resolve_assets_def(COMPACTED).op.pool == "lance_compaction"
 
@@ -209,7 +254,9 @@ def test_concurrent_materializations_of_two_partitions(root: Path, instance: dg.
     run(defs, instance, "a")
     run(defs, instance, "b")
     for key, rows in (("a", 40), ("b", 70)):
-        record = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=COMPACTED, asset_partitions=[key]), limit=1).records[0]
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=COMPACTED, asset_partitions=[key]), limit=1
+        ).records[0]
         assert record.asset_materialization.metadata["rows_after"].value == rows  # type: ignore[union-attr]
         assert fragment_rows(root / f"{key}.lance") == [rows]
 
@@ -271,9 +318,15 @@ def test_a_bad_run_config_cutoff_fails_before_compacting(root: Path, instance: d
     a = root / "a.lance"
     make_dataset(a, 6)
     before = tree_digest(a)
-    result = defs_for(root, ["a"]).resolve_job_def("t_compaction").execute_in_process(
-        run_config=compaction_config(cleanup_older_than="seven days"), instance=instance, partition_key="a", raise_on_error=False
+    result = (
+        defs_for(root, ["a"])
+        .resolve_job_def("t_compaction")
+        .execute_in_process(
+            run_config=compaction_config(cleanup_older_than="seven days"),
+            instance=instance,
+            partition_key="a",
+            raise_on_error=False,
+        )
     )
     assert not result.success
     assert tree_digest(a) == before  # nothing was written
-

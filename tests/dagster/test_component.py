@@ -58,10 +58,14 @@ def test_component_from_yaml(root: Path, instance: dg.DagsterInstance, monkeypat
             assert defs.resolve_assets_def(compacted).op.pool == "lance_pool"
             assert isinstance(defs.resolve_assets_def(compacted).partitions_def, dg.DynamicPartitionsDefinition)
             assert {c.name for c in defs.resolve_asset_graph().asset_check_keys} == {
-                "rows_preserved", "small_fragments_under_threshold", "new_version_reads_back",
+                "rows_preserved",
+                "small_fragments_under_threshold",
+                "new_version_reads_back",
             }
             assert {s.name for s in defs.sensors or []} == {
-                "events_small_fragments_sensor", "events_dataset_discovery_sensor", "events_automation_sensor",
+                "events_small_fragments_sensor",
+                "events_dataset_discovery_sensor",
+                "events_automation_sensor",
             }
             assert defs.resolve_sensor_def("events_small_fragments_sensor").minimum_interval_seconds == 90
             assert defs.resolve_schedule_def("events_compaction_schedule").cron_schedule == "30 4 * * *"
@@ -102,7 +106,12 @@ def test_two_components_in_one_project(tmp_path: Path) -> None:
             assert {s.key.path[0] for s in defs.resolve_all_asset_specs()} == {"hot", "cold"}
             assert set(defs.resources) >= {"lance", "cold_lance"}
             assert defs.resources["cold_lance"].partitioned is False
-            assert {j.name for j in defs.jobs or []} >= {"hot_compaction", "cold_compaction", "hot_fanout_compaction", "cold_fanout_compaction"}
+            assert {j.name for j in defs.jobs or []} >= {
+                "hot_compaction",
+                "cold_compaction",
+                "hot_fanout_compaction",
+                "cold_fanout_compaction",
+            }
             assert defs.resolve_implicit_global_asset_job_def() is not None
 
 
@@ -122,7 +131,9 @@ def _cooldowns(condition: dg.AutomationCondition) -> list[timedelta]:
 
 
 def _compacted_cooldowns(defs: dg.Definitions, name: str) -> list[timedelta]:
-    condition = defs.resolve_assets_def(dg.AssetKey([name, "compacted"])).automation_conditions_by_key[dg.AssetKey([name, "compacted"])]
+    condition = defs.resolve_assets_def(dg.AssetKey([name, "compacted"])).automation_conditions_by_key[
+        dg.AssetKey([name, "compacted"])
+    ]
     return _cooldowns(condition)
 
 
@@ -138,9 +149,8 @@ def test_yaml_durations_become_timedeltas(tmp_path: Path) -> None:
             assert {"events_retention"} <= {j.name for j in defs.jobs or []}
     with create_defs_folder_sandbox() as sandbox:
         path = write_component(sandbox.defs_folder_path / "typo", {**attributes, "cleanup_older_than": "seven days"})
-        with pytest.raises(Exception) as failure:  # noqa: PT011 (Dagster wraps the cause)
-            with sandbox.load_component_and_build_defs(defs_path=path):
-                pass
+        with pytest.raises(Exception) as failure, sandbox.load_component_and_build_defs(defs_path=path):
+            pass
     causes, error = [], failure.value
     while error is not None:
         causes.append(str(error))
@@ -159,11 +169,20 @@ def test_cooldown_from_python_and_its_deprecated_spelling(tmp_path: Path) -> Non
 
 def test_factory_partitioning_variants(tmp_path: Path) -> None:
     dynamic = build_lance_compaction_defs("d", root=str(tmp_path))
-    assert {s.name for s in dynamic.sensors or []} == {"d_small_fragments_sensor", "d_dataset_discovery_sensor", "d_automation_sensor"}
+    assert {s.name for s in dynamic.sensors or []} == {
+        "d_small_fragments_sensor",
+        "d_dataset_discovery_sensor",
+        "d_automation_sensor",
+    }
     none = build_lance_compaction_defs("n", root=str(tmp_path / "x.lance"), partitioning="none")
     assert none.resolve_assets_def(dg.AssetKey(["n", "compacted"])).partitions_def is None
     assert {s.name for s in none.sensors or []} == {"n_small_fragments_sensor", "n_automation_sensor"}
-    static = build_lance_compaction_defs("s", root=str(tmp_path), partitioning=dg.StaticPartitionsDefinition(["p", "q"]), uri_template="{root}/{partition_key}/t.lance")
+    static = build_lance_compaction_defs(
+        "s",
+        root=str(tmp_path),
+        partitioning=dg.StaticPartitionsDefinition(["p", "q"]),
+        uri_template="{root}/{partition_key}/t.lance",
+    )
     assert static.resources["lance"].uri("p") == f"{tmp_path}/p/t.lance"
     assert {s.name for s in static.sensors or []} == {"s_small_fragments_sensor", "s_automation_sensor"}
     by_sensor = build_lance_compaction_defs("b", root=str(tmp_path), trigger="sensor")
@@ -189,7 +208,11 @@ def test_workspace_validates_with_the_cli(tmp_path: Path, root: Path) -> None:
     make_dataset(root / "events.lance", 3)
     proc = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO, env=dagster_env(tmp_path, root), capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=dagster_env(tmp_path, root),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "All code locations passed validation" in proc.stdout + proc.stderr
@@ -218,7 +241,9 @@ print("clean")
 def test_import_and_build_raise_no_warnings(tmp_path: Path) -> None:
     code = IMPORT_AND_BUILD.format(root=str(tmp_path), example=str(REPO / "examples" / "definitions.py"))
     env = dict(os.environ, LANCE_ASSETS_ROOT=str(tmp_path), W_KEY="secret")
-    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "clean"
     assert "Warning" not in proc.stderr

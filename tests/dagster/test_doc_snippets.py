@@ -52,7 +52,11 @@ def test_python_snippet_passes_dagster_definitions_validate(where: str, code: st
     env = dict(os.environ, DAGSTER_HOME=str(home))
     proc = subprocess.run(
         [str(dagster), "definitions", "validate", "-f", "defs.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{where}:\n{code}\n{out[-3000:]}"

@@ -44,14 +44,20 @@ def recon(function_name: str) -> dg.ReconstructableJob:
 def data_file_digests(path: Path) -> list[str]:
     """sha256 of each data file of the latest version, in manifest order."""
     ds = lance.dataset(str(path))
-    return [hashlib.sha256((path / "data" / df.path).read_bytes()).hexdigest() for f in ds.get_fragments() for df in f.metadata.files]
+    return [
+        hashlib.sha256((path / "data" / df.path).read_bytes()).hexdigest() for f in ds.get_fragments() for df in f.metadata.files
+    ]
 
 
 def single_process_compaction(root: Path, instance: dg.DagsterInstance, key: str) -> None:
     """The reference: the compaction asset (and its checks) in this process."""
-    defs = build_lance_compaction_defs(fanout_target.NAME, root=str(root), partitioning=dg.StaticPartitionsDefinition(fanout_target.PARTITIONS))
+    defs = build_lance_compaction_defs(
+        fanout_target.NAME, root=str(root), partitioning=dg.StaticPartitionsDefinition(fanout_target.PARTITIONS)
+    )
     result = defs.resolve_job_def(f"{fanout_target.NAME}_compaction").execute_in_process(
-        run_config={"ops": {"fan__compacted": {"config": {"target_rows_per_fragment": TARGET}}}}, instance=instance, partition_key=key
+        run_config={"ops": {"fan__compacted": {"config": {"target_rows_per_fragment": TARGET}}}},
+        instance=instance,
+        partition_key=key,
     )
     assert result.success
     assert all(c.passed for c in check_evaluations(result).values())
@@ -81,7 +87,9 @@ def test_fanout_on_the_multiprocess_executor(fan_root: Path, instance: dg.Dagste
             }
         },
     }
-    with dg.execute_job(recon("multiprocess_fanout_job"), instance, run_config=run_config, tags={"dagster/partition": "a"}) as result:
+    with dg.execute_job(
+        recon("multiprocess_fanout_job"), instance, run_config=run_config, tags={"dagster/partition": "a"}
+    ) as result:
         assert result.success
         copy_steps = {e.step_key: e.pid for e in events(result, "STEP_SUCCESS") if e.step_key.startswith("fan_copy_task")}
         assert sorted(copy_steps) == ["fan_copy_task[task_0]", "fan_copy_task[task_1]", "fan_copy_task[task_2]"]
@@ -107,7 +115,9 @@ def test_fanout_on_the_multiprocess_executor(fan_root: Path, instance: dg.Dagste
 def dask_cluster() -> Iterator[str]:
     distributed = pytest.importorskip("distributed")
     pytest.importorskip("dagster_dask")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         yield cluster.scheduler_address
 
 
@@ -165,7 +175,9 @@ def test_fanout_dry_run_starts_no_copy_task(tmp_path: Path, instance: dg.Dagster
     before = tree_digest(tmp_path / "a.lance")
     defs = build_lance_compaction_defs("t", root=str(tmp_path), partitioning=dg.StaticPartitionsDefinition(["a"]))
     result = defs.resolve_job_def("t_fanout_compaction").execute_in_process(
-        run_config={"ops": {"t_plan": {"config": {"target_rows_per_fragment": TARGET, "dry_run": True}}}}, instance=instance, partition_key="a"
+        run_config={"ops": {"t_plan": {"config": {"target_rows_per_fragment": TARGET, "dry_run": True}}}},
+        instance=instance,
+        partition_key="a",
     )
     assert result.success
     assert not [e for e in events(result, "STEP_START") if e.step_key.startswith("t_copy_task")]
@@ -222,7 +234,9 @@ def test_fanout_result_stays_in_sync_like_the_asset_run(tmp_path: Path, instance
         )
         assert result.success
     reference = defs.resolve_job_def("t_compaction").execute_in_process(
-        run_config={"ops": {"t__compacted": {"config": {"target_rows_per_fragment": TARGET}}}}, instance=instance, partition_key="b"
+        run_config={"ops": {"t__compacted": {"config": {"target_rows_per_fragment": TARGET}}}},
+        instance=instance,
+        partition_key="b",
     )
     assert reference.success
 
@@ -231,7 +245,9 @@ def test_fanout_result_stays_in_sync_like_the_asset_run(tmp_path: Path, instance
         return resolver.get_status(compacted, key), [c.reason for c in resolver.get_stale_causes(compacted, key)]
 
     def tags(key: str) -> dict[str, str]:
-        [record] = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=compacted, asset_partitions=[key]), limit=1).records
+        [record] = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=compacted, asset_partitions=[key]), limit=1
+        ).records
         return dict(record.asset_materialization.tags or {})  # type: ignore[union-attr]
 
     assert set(tags("a")) == set(tags("b")) == set(tags("c"))  # the same lineage keys as the asset step writes

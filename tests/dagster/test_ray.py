@@ -14,8 +14,6 @@ from tests.support.dagster import compaction_config, make_dataset
 ray = pytest.importorskip("ray")
 
 
-
-
 def test_compaction_asset_runs_tasks_on_ray(root: Path, instance: dg.DagsterInstance, ray_cluster: None) -> None:
     a = root / "a.lance"
     make_dataset(a, 12)

@@ -54,7 +54,9 @@ def test_cleanup_takes_a_timedelta_and_still_reads_seconds(root: Path) -> None:
 
 
 def test_storage_options_decode_json_values() -> None:
-    resource = LanceDatasets(root="s3://b", storage_options={"client_kwargs": '{"endpoint_url": "http://127.0.0.1:9"}', "anon": "true", "key": "plain"})
+    resource = LanceDatasets(
+        root="s3://b", storage_options={"client_kwargs": '{"endpoint_url": "http://127.0.0.1:9"}', "anon": "true", "key": "plain"}
+    )
     assert resource.options() == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}, "anon": True, "key": "plain"}
 
 
@@ -81,13 +83,20 @@ def test_envvar_secrets_resolve_at_run_time_only(monkeypatch: pytest.MonkeyPatch
 def test_append_from_an_asset_then_the_sensor_sees_it(root: Path, instance: dg.DagsterInstance) -> None:
     """Writing fragments from Dagster: the resource creates the dataset, then appends."""
     partitions = dg.StaticPartitionsDefinition(["events"])
-    defs = build_lance_compaction_defs("t", root=str(root), partitioning=partitions, min_small_fragments=3, target_rows_per_fragment=TARGET, trigger="sensor")
+    defs = build_lance_compaction_defs(
+        "t", root=str(root), partitioning=partitions, min_small_fragments=3, target_rows_per_fragment=TARGET, trigger="sensor"
+    )
 
     @dg.asset(partitions_def=partitions)
     def ingest(context: dg.AssetExecutionContext, lance: LanceDatasets) -> dg.MaterializeResult:
         written = lance.append(context.partition_key, pd.DataFrame({"id": range(0, 10), "name": [f"n{i}" for i in range(10)]}))
         for start in (10, 20):
-            written += lance.append(context.partition_key, pa.table({"id": pa.array(range(start, start + 10), pa.int64()), "name": [f"n{i}" for i in range(start, start + 10)]}))
+            written += lance.append(
+                context.partition_key,
+                pa.table(
+                    {"id": pa.array(range(start, start + 10), pa.int64()), "name": [f"n{i}" for i in range(start, start + 10)]}
+                ),
+            )
         return dg.MaterializeResult(metadata={"rows_written": written})
 
     result = dg.materialize([ingest], resources=defs.resources, instance=instance, partition_key="events")
@@ -142,13 +151,17 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        boto3.client("s3", endpoint_url=url, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1").create_bucket(Bucket="lake")
+        boto3.client(
+            "s3", endpoint_url=url, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
+        ).create_bucket(Bucket="lake")
         yield url
     finally:
         server.stop()
 
 
-def test_s3_with_envvar_secrets_end_to_end(s3_endpoint: str, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_with_envvar_secrets_end_to_end(
+    s3_endpoint: str, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Append, observe, compact and check a dataset on S3, credentials only from the environment."""
     monkeypatch.setenv("LANCE_TEST_AWS_KEY", "testing-key")
     monkeypatch.setenv("LANCE_TEST_AWS_SECRET", "testing-secret")
@@ -161,7 +174,13 @@ def test_s3_with_envvar_secrets_end_to_end(s3_endpoint: str, instance: dg.Dagste
     }
     partitions = dg.StaticPartitionsDefinition(["ev"])
     defs = build_lance_compaction_defs(
-        "t", root="s3://lake/tables", partitioning=partitions, storage_options=options, min_small_fragments=4, target_rows_per_fragment=TARGET, trigger="sensor"
+        "t",
+        root="s3://lake/tables",
+        partitioning=partitions,
+        storage_options=options,
+        min_small_fragments=4,
+        target_rows_per_fragment=TARGET,
+        trigger="sensor",
     )
 
     @dg.asset(partitions_def=partitions)
@@ -178,8 +197,16 @@ def test_s3_with_envvar_secrets_end_to_end(s3_endpoint: str, instance: dg.Dagste
         run_config=compaction_config(), instance=instance, partition_key="ev", tags=request.tags
     )
     assert result.success
-    assert all(c.passed for c in check_evaluations(result).values()), {k: dict(c.metadata) for k, c in check_evaluations(result).items()}
-    pylance_options = {"aws_access_key_id": "testing-key", "aws_secret_access_key": "testing-secret", "aws_endpoint": s3_endpoint, "aws_region": "us-east-1", "allow_http": "true"}
+    assert all(c.passed for c in check_evaluations(result).values()), {
+        k: dict(c.metadata) for k, c in check_evaluations(result).items()
+    }
+    pylance_options = {
+        "aws_access_key_id": "testing-key",
+        "aws_secret_access_key": "testing-secret",
+        "aws_endpoint": s3_endpoint,
+        "aws_region": "us-east-1",
+        "allow_http": "true",
+    }
     ds = lance.dataset("s3://lake/tables/ev.lance", storage_options=pylance_options)
     assert [f.metadata.physical_rows for f in ds.get_fragments()] == [60]
     assert sorted(ds.to_table().column("id").to_pylist()) == list(range(60))

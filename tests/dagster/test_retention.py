@@ -18,14 +18,18 @@ def test_retention_job_removes_old_versions_and_observes(root: Path, instance: d
     a = root / "a.lance"
     make_dataset(a, 5)
     rows = lance.dataset(str(a)).to_table()
-    defs = build_lance_compaction_defs("t", root=str(root), partitioning=dg.StaticPartitionsDefinition(["a"]), cleanup_older_than=dt.timedelta(days=14))
+    defs = build_lance_compaction_defs(
+        "t", root=str(root), partitioning=dg.StaticPartitionsDefinition(["a"]), cleanup_older_than=dt.timedelta(days=14)
+    )
     job = defs.resolve_job_def("t_retention")
     # nothing is 14 days old
     result = job.execute_in_process(instance=instance, partition_key="a")
     assert result.success and len(lance.dataset(str(a)).versions()) == 5
     # run config overrides the definitions' cutoff
     result = job.execute_in_process(
-        run_config={"ops": {"t_cleanup": {"config": {"older_than": "0s", "retain_versions": 2}}}}, instance=instance, partition_key="a"
+        run_config={"ops": {"t_cleanup": {"config": {"older_than": "0s", "retain_versions": 2}}}},
+        instance=instance,
+        partition_key="a",
     )
     assert result.success
     ds = lance.dataset(str(a))
@@ -42,12 +46,23 @@ def test_retention_schedule_exists_only_with_a_cutoff(root: Path, instance: dg.D
     plain = build_lance_compaction_defs("t", root=str(root))
     assert all(s.name != "t_retention_schedule" for s in plain.schedules or [])
     defs = build_lance_compaction_defs(
-        "t", root=str(root), partitioning=dg.StaticPartitionsDefinition(["a", "b"]), cleanup_older_than=dt.timedelta(days=7), retention_cron_schedule="0 4 * * 0"
+        "t",
+        root=str(root),
+        partitioning=dg.StaticPartitionsDefinition(["a", "b"]),
+        cleanup_older_than=dt.timedelta(days=7),
+        retention_cron_schedule="0 4 * * 0",
     )
     schedule = defs.resolve_schedule_def("t_retention_schedule")
-    assert (schedule.cron_schedule, schedule.job_name, schedule.default_status) == ("0 4 * * 0", "t_retention", dg.DefaultScheduleStatus.STOPPED)
+    assert (schedule.cron_schedule, schedule.job_name, schedule.default_status) == (
+        "0 4 * * 0",
+        "t_retention",
+        dg.DefaultScheduleStatus.STOPPED,
+    )
     context = dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=dt.datetime(2026, 1, 4, 4, tzinfo=dt.timezone.utc), resources=defs.resources, repository_def=defs.get_repository_def()
+        instance=instance,
+        scheduled_execution_time=dt.datetime(2026, 1, 4, 4, tzinfo=dt.UTC),
+        resources=defs.resources,
+        repository_def=defs.get_repository_def(),
     )
     requests = schedule.evaluate_tick(context).run_requests or []
     assert [r.partition_key for r in requests] == ["a", "b"]

@@ -17,9 +17,23 @@ from tests.support.dagster import TARGET, append, apply_partition_requests, crea
 SENSOR = "t_small_fragments_sensor"
 DISCOVERY = "t_dataset_discovery_sensor"
 FRAGMENT_KEYS = {
-    "lance_version", "storage_version", "fragments", "small_fragments", "target_rows_per_fragment",
-    "rows", "deleted_rows", "bytes", "data_files", "size_histogram", "fragment_table", "uri", "lone_small_fragments", "content_version",
-    "small_fragment_bytes", "deleted_row_ratio", "unindexed_rows",
+    "lance_version",
+    "storage_version",
+    "fragments",
+    "small_fragments",
+    "target_rows_per_fragment",
+    "rows",
+    "deleted_rows",
+    "bytes",
+    "data_files",
+    "size_histogram",
+    "fragment_table",
+    "uri",
+    "lone_small_fragments",
+    "content_version",
+    "small_fragment_bytes",
+    "deleted_row_ratio",
+    "unindexed_rows",
 }
 
 
@@ -27,7 +41,11 @@ def static_defs(root: Path, keys: list[str], **kwargs: object) -> dg.Definitions
     kwargs.setdefault("min_small_fragments", 4)
     kwargs.setdefault("trigger", "sensor")  # these tests are about the sensor requesting runs itself
     return build_lance_compaction_defs(
-        "t", root=str(root), partitioning=dg.StaticPartitionsDefinition(keys), target_rows_per_fragment=TARGET, **kwargs  # type: ignore[arg-type]
+        "t",
+        root=str(root),
+        partitioning=dg.StaticPartitionsDefinition(keys),
+        target_rows_per_fragment=TARGET,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -86,11 +104,17 @@ def test_run_key_is_unique_per_version_without_a_cursor(root: Path, instance: dg
     defs = static_defs(root, ["a"])
     one = evaluate_sensor(defs, instance, SENSOR)
     two = evaluate_sensor(defs, instance, SENSOR)  # fresh cursor
-    assert [r.run_key for r in one.run_requests] == [r.run_key for r in two.run_requests] == [f"t/a@{lance.dataset(str(root / 'a.lance')).version}"]
+    assert (
+        [r.run_key for r in one.run_requests]
+        == [r.run_key for r in two.run_requests]
+        == [f"t/a@{lance.dataset(str(root / 'a.lance')).version}"]
+    )
 
 
 @pytest.mark.parametrize("status", [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTED])
-def test_no_request_while_a_compaction_of_the_dataset_is_active(root: Path, instance: dg.DagsterInstance, status: dg.DagsterRunStatus) -> None:
+def test_no_request_while_a_compaction_of_the_dataset_is_active(
+    root: Path, instance: dg.DagsterInstance, status: dg.DagsterRunStatus
+) -> None:
     make_dataset(root / "a.lance", 5)
     make_dataset(root / "b.lance", 5)
     defs = static_defs(root, ["a", "b"])
@@ -158,7 +182,9 @@ def test_observations_once_per_version(root: Path, instance: dg.DagsterInstance)
         assert event.metadata["rows"].value == ds.count_rows()
         assert event.metadata["deleted_rows"].value == 0
         assert event.metadata["bytes"].value == sum(df.file_size_bytes for f in ds.get_fragments() for df in f.metadata.files)
-        assert [r.data["id"] for r in event.metadata["fragment_table"].value.records] == [f.fragment_id for f in ds.get_fragments()]
+        assert [r.data["id"] for r in event.metadata["fragment_table"].value.records] == [
+            f.fragment_id for f in ds.get_fragments()
+        ]
         assert "| size | fragments |" in event.metadata["size_histogram"].value
         assert event.metadata["storage_version"].value == "2.1"
 
@@ -176,7 +202,9 @@ def test_observations_once_per_version(root: Path, instance: dg.DagsterInstance)
     # reported the way the daemon does, they become the asset's history
     for event in first.asset_events + third.asset_events:
         instance.report_runless_asset_event(event)
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(["t", "fragments"]), asset_partitions=["a"]), limit=10).records
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(["t", "fragments"]), asset_partitions=["a"]), limit=10
+    ).records
     assert [r.asset_materialization.tags["dagster/data_version"] for r in records] == [str(lance.dataset(str(path)).version), "2"]  # type: ignore[union-attr]
 
 
@@ -193,7 +221,9 @@ def test_unreadable_dataset_is_a_skip_reason_not_a_crash(root: Path, instance: d
 def test_unpartitioned_sensor(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     path = tmp_path / "single.lance"
     make_dataset(path, 4)
-    defs = build_lance_compaction_defs("t", root=str(path), partitioning="none", min_small_fragments=4, target_rows_per_fragment=TARGET, trigger="sensor")
+    defs = build_lance_compaction_defs(
+        "t", root=str(path), partitioning="none", min_small_fragments=4, target_rows_per_fragment=TARGET, trigger="sensor"
+    )
     result = evaluate_sensor(defs, instance, SENSOR)
     [request] = result.run_requests
     assert request.partition_key is None
@@ -204,7 +234,9 @@ def test_unpartitioned_sensor(tmp_path: Path, instance: dg.DagsterInstance) -> N
 
 
 def test_dynamic_partitions_follow_the_datasets(root: Path, instance: dg.DagsterInstance) -> None:
-    defs = build_lance_compaction_defs("t", root=str(root), min_small_fragments=4, target_rows_per_fragment=TARGET, trigger="sensor")
+    defs = build_lance_compaction_defs(
+        "t", root=str(root), min_small_fragments=4, target_rows_per_fragment=TARGET, trigger="sensor"
+    )
     empty = evaluate_sensor(defs, instance, DISCOVERY)
     assert empty.skip_message == "0 datasets, no change"
 
@@ -248,7 +280,9 @@ def test_every_compaction_run_carries_its_dataset_tag(root: Path, instance: dg.D
     defs = static_defs(root, ["a", "b"])
     config_op = "t__compacted" if job_name == "t_compaction" else "t_plan"
     result = defs.resolve_job_def(job_name).execute_in_process(
-        run_config={"ops": {config_op: {"config": {"target_rows_per_fragment": TARGET, "dry_run": True}}}}, instance=instance, partition_key="b"
+        run_config={"ops": {config_op: {"config": {"target_rows_per_fragment": TARGET, "dry_run": True}}}},
+        instance=instance,
+        partition_key="b",
     )
     assert result.dagster_run.tags[DATASET_TAG] == "t/b"
 
@@ -264,5 +298,7 @@ def test_every_compaction_run_carries_its_dataset_tag(root: Path, instance: dg.D
     single = build_lance_compaction_defs("solo", root=str(root / "a.lance"), partitioning="none", target_rows_per_fragment=TARGET)
     solo_job = "solo_compaction" if job_name == "t_compaction" else "solo_fanout_compaction"
     solo_op = "solo__compacted" if job_name == "t_compaction" else "solo_plan"
-    solo = single.resolve_job_def(solo_job).execute_in_process(run_config={"ops": {solo_op: {"config": {"dry_run": True}}}}, instance=instance)
+    solo = single.resolve_job_def(solo_job).execute_in_process(
+        run_config={"ops": {solo_op: {"config": {"dry_run": True}}}}, instance=instance
+    )
     assert solo.dagster_run.tags[DATASET_TAG] == "solo"

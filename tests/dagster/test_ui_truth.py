@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 
 from lance_assets.dagster import build_lance_compaction_defs
 from lance_assets.dagster.fragments import small_fragment_counts
-from tests.support.dagster import TARGET, append, apply_partition_requests, compaction_config, create_run_record, evaluate_sensor, make_dataset
+from tests.support.dagster import (
+    TARGET,
+    append,
+    apply_partition_requests,
+    compaction_config,
+    create_run_record,
+    evaluate_sensor,
+    make_dataset,
+)
 
 FRAGMENTS = dg.AssetKey(["t", "fragments"])
 COMPACTED = dg.AssetKey(["t", "compacted"])
@@ -67,7 +75,9 @@ def test_compacted_partition_stays_in_sync_and_goes_unsynced_on_new_data(root: P
     # the sensor sees the new Lance version and records the fragments again: still in sync
     tick = record_sensor_tick(defs, instance, tick.cursor)
     assert len(tick.asset_events) == 1
-    [latest] = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=FRAGMENTS, asset_partitions=["a"]), limit=1).records
+    [latest] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=FRAGMENTS, asset_partitions=["a"]), limit=1
+    ).records
     meta = latest.asset_materialization.metadata  # type: ignore[union-attr]
     assert meta["lance_version"].value == compacted_version
     assert meta["content_version"].value == 12  # the last version that changed rows: the 12th append
@@ -93,7 +103,9 @@ def test_fragments_partitions_are_materialized_records(root: Path, instance: dg.
     append(root / "b.lance", 1)
     job = defs.resolve_implicit_global_asset_job_def()
     assert job.execute_in_process(instance=instance, partition_key="b", asset_selection=[FRAGMENTS]).success
-    [record] = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=FRAGMENTS, asset_partitions=["b"]), limit=1).records
+    [record] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=FRAGMENTS, asset_partitions=["b"]), limit=1
+    ).records
     meta = record.asset_materialization.metadata  # type: ignore[union-attr]
     assert meta["fragments"].value == 6 and meta["lance_version"].value == lance.dataset(str(root / "b.lance")).version
     assert record.asset_materialization.tags["dagster/data_version"] == str(meta["lance_version"].value)  # type: ignore[union-attr]
@@ -111,7 +123,10 @@ def test_checks_are_per_partition(root: Path, instance: dg.DagsterInstance) -> N
     # the instance keeps one latest result per check and dataset
     check_key = dg.AssetCheckKey(COMPACTED, "rows_preserved")
     records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=10)
-    assert sorted(r.event.asset_check_evaluation.partition for r in records if r.event and r.event.asset_check_evaluation) == ["a", "b"]  # type: ignore[union-attr]
+    assert sorted(r.event.asset_check_evaluation.partition for r in records if r.event and r.event.asset_check_evaluation) == [
+        "a",
+        "b",
+    ]  # type: ignore[union-attr]
 
 
 def test_lone_small_fragment_is_not_work_left_behind(root: Path, instance: dg.DagsterInstance) -> None:
@@ -130,7 +145,9 @@ def test_lone_small_fragment_is_not_work_left_behind(root: Path, instance: dg.Da
     again = record_sensor_tick(defs, instance, tick.cursor)
     assert not again.run_requests
     assert "a: 0 small fragments < 1" in (again.skip_message or "")
-    [record] = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=FRAGMENTS, asset_partitions=["a"]), limit=1).records
+    [record] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=FRAGMENTS, asset_partitions=["a"]), limit=1
+    ).records
     meta = record.asset_materialization.metadata  # type: ignore[union-attr]
     assert (meta["small_fragments"].value, meta["lone_small_fragments"].value) == (0, 1)
 
@@ -145,7 +162,11 @@ def test_sensor_waits_for_a_ui_launched_run(root: Path, instance: dg.DagsterInst
 
     origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("tests"), "__repository__"), job.name)
     run = instance.create_run_for_job(
-        job, status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": "a"}, asset_selection={COMPACTED}, remote_job_origin=origin
+        job,
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/partition": "a"},
+        asset_selection={COMPACTED},
+        remote_job_origin=origin,
     )
     tick = record_sensor_tick(defs, instance)
     assert not tick.run_requests

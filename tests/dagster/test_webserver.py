@@ -90,7 +90,11 @@ def webserver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Webse
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(exe), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=dict(os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = Webserver(f"http://127.0.0.1:{port}", proc, log)
     try:
@@ -182,7 +186,9 @@ def wait_for_run(server: Webserver, run_id: str, timeout: float = 240) -> dict[s
         run = server.graphql(RUN, {"id": run_id})["runOrError"]
         if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
             return run
-        assert time.monotonic() < deadline, f"run {run_id} still {run['status']} after {timeout} s:\n{server.log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, (
+            f"run {run_id} still {run['status']} after {timeout} s:\n{server.log.read_text()[-3000:]}"
+        )
         time.sleep(1)
 
 
@@ -192,8 +198,16 @@ def browser() -> tuple[str, list[str]]:
     chromium = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
     assert chromium is not None
     return chromium, [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--virtual-time-budget=15000", "--window-size=1400,1000",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=15000",
+        "--window-size=1400,1000",
     ]
 
 
@@ -318,7 +332,11 @@ def dagster_dev(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(exe), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=dict(os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = Webserver(f"http://127.0.0.1:{port}", proc, log)
     try:

@@ -109,7 +109,9 @@ def appends_of_many_types(draw: st.DrawFn, version: str) -> list[pa.Table]:
             # compression, so a repeated byte would give tiny pages even in a fresh write)
             rng = np.random.default_rng(start)
             cols["big"] = pa.array([rng.bytes(70_000 + j) for j in range(n)], pa.large_binary())
-        cols["v"] = pa.array(draw(st.lists(nested.values(nested_type, nulls, version != "2.0"), min_size=n, max_size=n)), nested_type)
+        cols["v"] = pa.array(
+            draw(st.lists(nested.values(nested_type, nulls, version != "2.0"), min_size=n, max_size=n)), nested_type
+        )
         tables.append(pa.table(cols))
         start += n
     return tables
@@ -145,7 +147,9 @@ def _property(version: str, max_examples: int, judged: list[int]):  # type: igno
         health = inspect_dataset(str(path), pages=True)
         try:
             fresh = fresh_pages(pa.concat_tables(tables), version, root / "fresh.lance")
-            fresh_small = {c.name for c in inspect_dataset(str(root / "fresh.lance"), pages=True).columns if c.small_pages >= MIN_SMALL_PAGES}
+            fresh_small = {
+                c.name for c in inspect_dataset(str(root / "fresh.lance"), pages=True).columns if c.small_pages >= MIN_SMALL_PAGES
+            }
         except BaseException as exc:  # pylance panics on some data written in one go
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise

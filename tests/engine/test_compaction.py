@@ -37,8 +37,18 @@ from tests.support import factory
 from tests.support.assertions import Before, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
 
 REPORT_KEYS = {
-    "read_version", "version", "fragments_removed", "fragments_added", "files_removed", "files_added",
-    "rows", "bytes_read", "bytes_written", "seconds", "tasks", "skipped",
+    "read_version",
+    "version",
+    "fragments_removed",
+    "fragments_added",
+    "files_removed",
+    "files_added",
+    "rows",
+    "bytes_read",
+    "bytes_written",
+    "seconds",
+    "tasks",
+    "skipped",
 }
 
 
@@ -89,10 +99,13 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Pa
     def build(name: str, version: str) -> Path:
         if (name, version) not in built:
             path = root / f"{name}-{version}.lance"
-            builders = {**{k: b for k, (b, _) in SHAPES.items()}, "stable_indexed": _stable_indexed,
-                        "five_100": lambda p, v: factory.appends(p, v, [100] * 5),
-                        "big_middle": lambda p, v: factory.appends(p, v, [100, 300, 100, 100]),
-                        "two_bins": lambda p, v: factory.appends(p, v, [100, 100, 100, 5000, 100, 100, 100])}
+            builders = {
+                **{k: b for k, (b, _) in SHAPES.items()},
+                "stable_indexed": _stable_indexed,
+                "five_100": lambda p, v: factory.appends(p, v, [100] * 5),
+                "big_middle": lambda p, v: factory.appends(p, v, [100, 300, 100, 100]),
+                "two_bins": lambda p, v: factory.appends(p, v, [100, 100, 100, 5000, 100, 100, 100]),
+            }
             builders[name](path, version)
             built[(name, version)] = path
         return built[(name, version)]
@@ -188,7 +201,7 @@ def check_after(path: Path, before: Before, plan: CompactionPlan, report: Compac
 
     # the report
     d = report.to_dict()
-    assert REPORT_KEYS <= d.keys()
+    assert d.keys() >= REPORT_KEYS
     json.dumps(d)
     removed = [i for t in plan.tasks for i in t.fragment_ids]
     assert d["read_version"] == before.version
@@ -251,7 +264,9 @@ def pylance_keeps_working(path: Path, before: Before) -> None:
     if before.stable:
         # original rows keep their stable ids through pylance's own compaction too
         t = ds.to_table(with_row_id=True, columns=["id"])
-        original = {i: r for fid in before.fragment_ids for i, r in zip(before.tables[fid]["id"].to_pylist(), before.row_ids[fid])}
+        original = {
+            i: r for fid in before.fragment_ids for i, r in zip(before.tables[fid]["id"].to_pylist(), before.row_ids[fid])
+        }
         seen = {}
         for i, r in zip(t["id"].to_pylist(), t["_rowid"].to_pylist()):
             seen.setdefault(i, set()).add(r)
@@ -266,7 +281,7 @@ def pylance_keeps_working(path: Path, before: Before) -> None:
 def test_compact_shape(copy_of: Callable[[str, str], Path], shape: str, version: str) -> None:
     path = copy_of(shape, version)
     options = CompactionOptions(**SHAPES[shape][1])
-    plan, report, ds, before = run_and_check(path, options)
+    _plan, _report, ds, before = run_and_check(path, options)
     if shape == "large_between":
         # the large fragment keeps its id and now comes first
         assert [f.fragment_id for f in ds.get_fragments()] == [2, 5, 6]
@@ -283,7 +298,7 @@ def test_thousand_single_row_fragments(tmp_path: Path) -> None:
         lance.write_dataset(table, str(path), max_rows_per_file=1, data_storage_version="2.1")
     assert len(lance.dataset(str(path)).get_fragments()) == 1200
     started = time.monotonic()
-    plan, report, ds, _ = run_and_check(path, CompactionOptions())
+    _plan, report, ds, _ = run_and_check(path, CompactionOptions())
     assert time.monotonic() - started < 20
     assert len(ds.get_fragments()) == 1
     assert report.fragments_removed == 1200
@@ -302,7 +317,12 @@ def _vectors(start: int, n: int) -> pa.Table:
     import numpy as np
 
     vecs = np.random.default_rng(start).standard_normal((n, 16), dtype=np.float32)
-    return pa.table({"id": pa.array(range(start, start + n), pa.int64()), "vec": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 16)})
+    return pa.table(
+        {
+            "id": pa.array(range(start, start + n), pa.int64()),
+            "vec": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 16),
+        }
+    )
 
 
 def test_stable_row_ids_with_scalar_index(copy_of: Callable[[str, str], Path]) -> None:
@@ -315,7 +335,7 @@ def test_stable_row_ids_with_scalar_index(copy_of: Callable[[str, str], Path]) -
     (``index_remap="defer"``) re-indexes with pylance (tests/engine/test_indices.py); "drop" stops there.
     """
     path = copy_of("stable_indexed", "2.1")
-    plan, report, ds, before = run_and_check(path, CompactionOptions(index_remap="drop"))
+    plan, _report, ds, before = run_and_check(path, CompactionOptions(index_remap="drop"))
     assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1, 2, 3], [4, 5]]
     assert [f.fragment_id for f in ds.get_fragments()] == [6, 7]
     (index,) = ds.describe_indices()
@@ -347,7 +367,7 @@ def test_stable_row_ids_with_vector_index(tmp_path: Path) -> None:
     ds = lance.dataset(str(path))
     probes = _vectors(0, 900)["vec"].to_pylist()[::150]
     exact = [ds.to_table(nearest={"column": "vec", "q": q, "k": 3, "use_index": False})["id"].to_pylist() for q in probes]
-    plan, report, ds, _ = run_and_check(path, CompactionOptions(index_remap="drop"))
+    plan, _report, ds, _ = run_and_check(path, CompactionOptions(index_remap="drop"))
     assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1, 2]]
     for q, want in zip(probes, exact):
         got = ds.to_table(nearest={"column": "vec", "q": q, "k": 3})["id"].to_pylist()
@@ -399,7 +419,12 @@ def test_max_source_fragments(copy_of: Callable[[str, str], Path]) -> None:
     path = copy_of("two_bins", "2.1")  # 100,100,100 | 5000 | 100,100,100
     plan, _, ds, _ = run_and_check(path, CompactionOptions(target_rows_per_fragment=1000, max_source_fragments=4))
     assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1, 2]]
-    assert {s.fragment_id: s.reason for s in plan.skipped} == {3: "at_target_size", 4: "max_source_fragments", 5: "max_source_fragments", 6: "max_source_fragments"}
+    assert {s.fragment_id: s.reason for s in plan.skipped} == {
+        3: "at_target_size",
+        4: "max_source_fragments",
+        5: "max_source_fragments",
+        6: "max_source_fragments",
+    }
     assert [f.fragment_id for f in ds.get_fragments()] == [3, 4, 5, 6, 7]
 
 
@@ -436,7 +461,7 @@ def test_dry_run_changes_nothing(copy_of: Callable[[str, str], Path]) -> None:
     assert report.tasks == len(plan.tasks) == 1
     assert report.fragments_removed == 4 and report.fragments_added == 1
     assert report.bytes_read == plan.bytes_to_read
-    assert REPORT_KEYS <= report.to_dict().keys()
+    assert report.to_dict().keys() >= REPORT_KEYS
     assert lance.dataset(str(path)).version == report.read_version
 
 
@@ -479,7 +504,9 @@ def test_distributed_api_in_other_processes(copy_of: Callable[[str, str], Path],
     check_after(dist, before, plan, report)
     a, b = lance.dataset(str(one)), lance.dataset(str(dist))
     assert rows(a.to_table()) == rows(b.to_table())
-    assert [(f.fragment_id, f.metadata.physical_rows) for f in a.get_fragments()] == [(f.fragment_id, f.metadata.physical_rows) for f in b.get_fragments()]
+    assert [(f.fragment_id, f.metadata.physical_rows) for f in a.get_fragments()] == [
+        (f.fragment_id, f.metadata.physical_rows) for f in b.get_fragments()
+    ]
 
 
 # --- more dataset states ---------------------------------------------------------------------------------
@@ -545,9 +572,18 @@ def _multi_page_dropped(p: Path, v: str) -> None:
     lance.dataset(str(p)).drop_columns(["i8", "vec", "dec"])
 
 
-MORE = {"mixed_dropped": _mixed_dropped, "multi_page_dropped": _multi_page_dropped, "after_pylance_binary_copy": _after_pylance("force_binary_copy"), "after_pylance_reencode": _after_pylance("reencode"),
-        "after_our_compaction": _after_ours, "v1_manifest_names": _v1_names, "table_config": _with_config, "multi_file_drop_added": _multi_file_drop_added,
-        "multi_file_drop_base": _multi_file_drop_base, "renamed_column": _renamed}
+MORE = {
+    "mixed_dropped": _mixed_dropped,
+    "multi_page_dropped": _multi_page_dropped,
+    "after_pylance_binary_copy": _after_pylance("force_binary_copy"),
+    "after_pylance_reencode": _after_pylance("reencode"),
+    "after_our_compaction": _after_ours,
+    "v1_manifest_names": _v1_names,
+    "table_config": _with_config,
+    "multi_file_drop_added": _multi_file_drop_added,
+    "multi_file_drop_base": _multi_file_drop_base,
+    "renamed_column": _renamed,
+}
 
 
 @pytest.mark.parametrize("version", factory.V2_VERSIONS)
@@ -625,11 +661,15 @@ def test_vector_index_without_stable_row_ids_matches_flat_search(tmp_path: Path,
         return out
 
     before = recall(ds)
-    flat_before = [sorted(ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "use_index": False})["id"].to_pylist()) for q in queries]
+    flat_before = [
+        sorted(ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "use_index": False})["id"].to_pylist()) for q in queries
+    ]
     report = compact(str(path), CompactionOptions(index_remap="drop"))
     assert report.fragments_removed == 3
     ds = lance.dataset(str(path))
-    assert [sorted(ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "use_index": False})["id"].to_pylist()) for q in queries] == flat_before
+    assert [
+        sorted(ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "use_index": False})["id"].to_pylist()) for q in queries
+    ] == flat_before
     after = recall(ds)
     assert all(a >= b for a, b in zip(after, before))
     ds.optimize.optimize_indices()
@@ -648,7 +688,7 @@ def test_sizes_missing_from_the_manifest(tmp_path: Path) -> None:
         for df in frag.files:
             df.file_size_bytes = 0
     target.write_bytes(mf.build_manifest_file(parsed.manifest, parsed.transaction, parsed.index_section))
-    _, report, ds, _ = run_and_check(path, CompactionOptions())
+    _, _report, ds, _ = run_and_check(path, CompactionOptions())
     (frag,) = ds.get_fragments()
     assert frag.metadata.files[0].file_size_bytes == (path / "data" / frag.metadata.files[0].path).stat().st_size > 0
 
@@ -708,7 +748,7 @@ def test_legacy_whole_batches(tmp_path: Path, make: str) -> None:
     path = tmp_path / "legacy.lance"
     maker = factory.simple_table if make == "simple" else (lambda s, n: factory.mixed_table(s, n, "legacy"))
     factory.appends(path, "legacy", [1024, 1024, 300], make=maker)
-    _, report, ds, before = run_and_check(path, CompactionOptions())
+    _, _report, ds, before = run_and_check(path, CompactionOptions())
     assert [f.metadata.physical_rows for f in ds.get_fragments()] == [2348]
     pylance_keeps_working(path, before)
 
@@ -761,7 +801,7 @@ def test_pylance_restores_the_version_before_ours(copy_of: Callable[[str, str], 
     assert [f.fragment_id for f in ds.get_fragments()] == before.fragment_ids
     assert rows(ds.to_table()) == rows(before.table)
     # and we can compact again on top of the restore
-    plan, report, ds, _ = run_and_check(path, CompactionOptions())
+    _plan, _report, ds, _ = run_and_check(path, CompactionOptions())
     assert [f.fragment_id for f in ds.get_fragments()] == [before.max_fragment_id + 2]
 
 
@@ -775,7 +815,10 @@ def test_on_plan_sees_the_plan_before_anything_is_copied(tmp_path: Path, dry_run
     seen: list[tuple[CompactionPlan, dict[str, str]]] = []
     done: list[RewriteResult] = []
     report = compact(
-        str(path), CompactionOptions(dry_run=dry_run), on_plan=lambda p: seen.append((p, tree_digest(path))), on_task_done=done.append
+        str(path),
+        CompactionOptions(dry_run=dry_run),
+        on_plan=lambda p: seen.append((p, tree_digest(path))),
+        on_task_done=done.append,
     )
     assert len(seen) == 1
     plan, at_plan = seen[0]

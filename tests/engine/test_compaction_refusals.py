@@ -56,8 +56,6 @@ def copy_five(five: Callable[[str], Path], tmp_path: Path) -> Callable[[str], Pa
     return copy
 
 
-
-
 def listing(path: Path, folder: str) -> set[str]:
     d = path / folder
     return set(os.listdir(d)) if d.exists() else set()
@@ -227,7 +225,13 @@ def _add_column(ds: lance.LanceDataset) -> None:
     ds.add_columns({"doubled": "id * 2"})
 
 
-CONFLICTS = {"delete_row": _delete_one, "delete_fragment": _delete_fragment, "update": _update, "pylance_compaction": _pylance_compaction, "add_columns": _add_column}
+CONFLICTS = {
+    "delete_row": _delete_one,
+    "delete_fragment": _delete_fragment,
+    "update": _update,
+    "pylance_compaction": _pylance_compaction,
+    "add_columns": _add_column,
+}
 
 
 @pytest.mark.parametrize("other", list(CONFLICTS))
@@ -376,7 +380,9 @@ def test_many_compactions_committing_at_once(tmp_path: Path) -> None:
 def test_pylance_compaction_of_other_fragments_in_between(tmp_path: Path) -> None:
     path = tmp_path / "ds.lance"
     factory.appends(path, "2.2", [100, 100, 5000, 100, 100])
-    plan, results = plan_and_execute(path, CompactionOptions(target_rows_per_fragment=1000, excluded_fragment_ids=frozenset({3, 4})))
+    plan, results = plan_and_execute(
+        path, CompactionOptions(target_rows_per_fragment=1000, excluded_fragment_ids=frozenset({3, 4}))
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lance.dataset(str(path)).optimize.compact_files(target_rows_per_fragment=1000, excluded_fragment_ids=[0, 1])

@@ -36,7 +36,11 @@ LARGE = 200  # fragment 6: ids 1000..1199, at target size, never compacted
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != "latest_version_hint.json"}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "latest_version_hint.json"
+    }
 
 
 def _table(uri: str, version: int | None = None) -> list[tuple]:
@@ -156,7 +160,9 @@ def test_compaction_races_pylance_deleters_and_updaters(tmp_path: Path) -> None:
     for x in set(results["update"]["ids"]) - deleted:
         assert got[x] == results["update"]["ids"].count(x), x  # every update survived, once
     assert commits >= 1
-    print(f"mutator race: {commits} compactions committed, {conflicts} conflicts, pylance failures {[o[1]['failures'] for o in outcomes]}")
+    print(
+        f"mutator race: {commits} compactions committed, {conflicts} conflicts, pylance failures {[o[1]['failures'] for o in outcomes]}"
+    )
     writers.check_fragment_ids(writers.history(uri))
 
 
@@ -167,7 +173,10 @@ def test_two_compactions_of_the_same_fragments_never_both_commit(tmp_path: Path,
     before = _table(uri)
     barrier = writers.SPAWN.Barrier(2)
     queue = writers.SPAWN.Queue()
-    procs = [writers.SPAWN.Process(target=writers._run, args=(writers.compact_at_barrier, (uri, barrier, 1000), queue)) for _ in range(2)]
+    procs = [
+        writers.SPAWN.Process(target=writers._run, args=(writers.compact_at_barrier, (uri, barrier, 1000), queue))
+        for _ in range(2)
+    ]
     for p in procs:
         p.start()
     outcomes = [queue.get(timeout=120) for _ in procs]

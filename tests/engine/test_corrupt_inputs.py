@@ -38,8 +38,6 @@ from tests.support.assertions import tree_digest
 Copy = Callable[[str, str], Path]
 
 
-
-
 def outcomes(path: Path | str, **kwargs: object) -> list[LanceAssetsError | None]:
     """Run both entry points; typed errors are returned, anything else propagates (= test failure)."""
     results: list[LanceAssetsError | None] = []
@@ -133,7 +131,12 @@ def flip_target(dataset_copy: Copy, request: pytest.FixtureRequest) -> tuple[Pat
     return path, target, target.read_bytes()
 
 
-@pytest.mark.parametrize("flip_target", [("deletes_arrow", "2.1"), ("scalar_index", "2.2"), ("stable_row_ids", "2.0"), ("mixed", "legacy")], indirect=True, ids=str)
+@pytest.mark.parametrize(
+    "flip_target",
+    [("deletes_arrow", "2.1"), ("scalar_index", "2.2"), ("stable_row_ids", "2.0"), ("mixed", "legacy")],
+    indirect=True,
+    ids=str,
+)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(where=st.floats(0, 1, exclude_max=True), mask=st.integers(1, 255), section=st.sampled_from(["message", "anywhere"]))
 def test_flips_inside_the_manifest(flip_target: tuple[Path, Path, bytes], where: float, mask: int, section: str) -> None:

@@ -58,8 +58,14 @@ def assert_fragments_agree(d: Dataset, ds: lance.LanceDataset) -> None:
         meta = their.metadata
         assert mine.physical_rows == meta.physical_rows, f"fragment {mine.id}"
         # data files: same order, paths, field mapping, versions and sizes
-        got = [(df.path, list(df.fields), list(df.column_indices), df.file_major_version, df.file_minor_version, df.file_size_bytes) for df in mine.files]
-        want = [(df.path, list(df.fields), list(df.column_indices), df.file_major_version, df.file_minor_version, df.file_size_bytes) for df in meta.files]
+        got = [
+            (df.path, list(df.fields), list(df.column_indices), df.file_major_version, df.file_minor_version, df.file_size_bytes)
+            for df in mine.files
+        ]
+        want = [
+            (df.path, list(df.fields), list(df.column_indices), df.file_major_version, df.file_minor_version, df.file_size_bytes)
+            for df in meta.files
+        ]
         assert got == want, f"fragment {mine.id}"
         for df in mine.files:
             on_disk = Path(d.uri) / d.data_file_path(df)
@@ -91,7 +97,9 @@ def test_reader_agrees_with_pylance(dataset_cache: Callable[[str, str], Path], s
     assert d.stable_row_ids == ds.has_stable_row_ids
     assert our_schema(d) == pylance_schema(ds)
     assert_fragments_agree(d, ds)
-    assert sum(f.physical_rows for f in d.fragments) - sum(f.deletion_file.num_deleted_rows for f in d.fragments) == ds.count_rows()
+    assert (
+        sum(f.physical_rows for f in d.fragments) - sum(f.deletion_file.num_deleted_rows for f in d.fragments) == ds.count_rows()
+    )
     if d.fragments:
         assert d.manifest.max_fragment_id >= max(f.id for f in d.fragments)
 
@@ -103,7 +111,9 @@ def test_reader_agrees_with_pylance(dataset_cache: Callable[[str, str], Path], s
     ours = inspect_dataset(d).indices
     assert all(i.fragment_ids is not None for i in ours), "an index fragment bitmap did not decode"
     field_names = {f.id: f.name for f in d.manifest.fields}  # pylance lists index fields by name
-    assert sorted((i.name, i.uuid, tuple(field_names[f] for f in i.fields), tuple(sorted(i.fragment_ids or []))) for i in ours) == sorted(
+    assert sorted(
+        (i.name, i.uuid, tuple(field_names[f] for f in i.fields), tuple(sorted(i.fragment_ids or []))) for i in ours
+    ) == sorted(
         (i["name"], i["uuid"].replace("-", ""), tuple(i["fields"]), tuple(sorted(i["fragment_ids"]))) for i in their_indices
     )
 
@@ -138,7 +148,9 @@ def test_uri_forms_and_memory_filesystem(dataset_cache: Callable[[str, str], Pat
     def seen(uri: str) -> list[tuple[int, int, int]]:
         d = Dataset.open(uri)
         assert d.version == 4
-        return [(f.id, f.physical_rows, f.deletion_file.num_deleted_rows if f.HasField("deletion_file") else 0) for f in d.fragments]
+        return [
+            (f.id, f.physical_rows, f.deletion_file.num_deleted_rows if f.HasField("deletion_file") else 0) for f in d.fragments
+        ]
 
     monkeypatch.chdir(path.parent)
     for uri in (path.name, f"./{path.name}/", f"file://{path}", f"{path}/"):
@@ -152,7 +164,9 @@ def test_uri_forms_and_memory_filesystem(dataset_cache: Callable[[str, str], Pat
     try:
         assert seen(f"memory://{root}") == want
         report = inspect_dataset(f"memory://{root}")
-        assert [f.bytes for f in report.fragments] == [sum(df.file_size_bytes for df in f.metadata.files) for f in lance.dataset(str(path)).get_fragments()]
+        assert [f.bytes for f in report.fragments] == [
+            sum(df.file_size_bytes for df in f.metadata.files) for f in lance.dataset(str(path)).get_fragments()
+        ]
         mem.rm_file(f"{root}/{HINT_FILE}")
         assert Dataset.open(f"memory://{root}").version == 4
         assert Dataset.open(f"memory://{root}", version=2).version == 2
@@ -219,7 +233,21 @@ def test_versions_listing_ignores_foreign_files(dataset_copy: Callable[[str, str
 
 
 # --- property test: random schemas and appends ------------------------------------------------
-PRIMITIVES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint32(), pa.float32(), pa.float64(), pa.bool_(), pa.string(), pa.large_string(), pa.binary(), pa.date32()]
+PRIMITIVES = [
+    pa.int8(),
+    pa.int16(),
+    pa.int32(),
+    pa.int64(),
+    pa.uint8(),
+    pa.uint32(),
+    pa.float32(),
+    pa.float64(),
+    pa.bool_(),
+    pa.string(),
+    pa.large_string(),
+    pa.binary(),
+    pa.date32(),
+]
 NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
 
 
@@ -268,7 +296,11 @@ def _value(t: pa.DataType, nullable: bool, rng: random.Random, struct_nulls: boo
     if pa.types.is_boolean(t):
         return rng.random() < 0.5
     if pa.types.is_integer(t):
-        lo, hi = (0, 2 ** t.bit_width - 1) if pa.types.is_unsigned_integer(t) else (-(2 ** (t.bit_width - 1)), 2 ** (t.bit_width - 1) - 1)
+        lo, hi = (
+            (0, 2**t.bit_width - 1)
+            if pa.types.is_unsigned_integer(t)
+            else (-(2 ** (t.bit_width - 1)), 2 ** (t.bit_width - 1) - 1)
+        )
         return rng.randint(lo, hi)
     if pa.types.is_floating(t):
         return rng.uniform(-1e6, 1e6)
@@ -293,7 +325,9 @@ def test_random_datasets_agree_with_pylance(spec: tuple[str, pa.Schema], sizes: 
     try:
         path = f"{tmp}/ds.lance"
         for i, n in enumerate(sizes):
-            factory.write(_table(schema, n, rng, version not in ("legacy", "2.0")), path, version, mode="append" if i else "create")
+            factory.write(
+                _table(schema, n, rng, version not in ("legacy", "2.0")), path, version, mode="append" if i else "create"
+            )
         ds = lance.dataset(path)
         d = Dataset.open(path)
         assert d.version == ds.version == len(sizes)

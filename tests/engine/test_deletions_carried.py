@@ -46,7 +46,9 @@ def test_deleted_rows_stay_deleted(tmp_path: Path, version: str, stable: bool) -
     by_fragment = {f.fragment_id: f.to_table()["id"].to_pylist() for f in ds.get_fragments()}
     report = compact(str(path), CompactionOptions())
     assert report.fragments_removed == 4 and report.fragments_added == 1
-    assert report.files_removed == 4 + sum(1 for f in lance.dataset(str(path), version=report.read_version).get_fragments() if f.metadata.deletion_file)
+    assert report.files_removed == 4 + sum(
+        1 for f in lance.dataset(str(path), version=report.read_version).get_fragments() if f.metadata.deletion_file
+    )
     ds = lance.dataset(str(path))
     assert _rows(ds, stable) == before  # same live rows, same _rowid where stable
     assert ds.count_rows() == len(before)

@@ -16,7 +16,12 @@ from tests.support import factory
 # Legacy shapes whose appends end in partial batches (e.g. 100, 1, 250, 30 rows): merging them
 # re-cuts the batches, and the dry run must say so as the run does it.
 UNEVEN_LEGACY = {"appends", "deletes_bitmap", "stable_row_ids", "mixed"}
-CASES = [(shape, version) for shape in factory.SHAPES for version in factory.STORAGE_VERSIONS if (shape, version) not in factory.UNSUPPORTED]
+CASES = [
+    (shape, version)
+    for shape in factory.SHAPES
+    for version in factory.STORAGE_VERSIONS
+    if (shape, version) not in factory.UNSUPPORTED
+]
 
 
 @pytest.mark.parametrize("target", [1_000_000, 120], ids=["default_target", "small_target"])

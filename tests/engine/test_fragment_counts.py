@@ -34,12 +34,16 @@ def _rows(path: Path) -> pa.Table:
     """All rows by id, dictionary columns decoded (one file's dictionary may differ from several's),
     blob columns as their bytes (a scan returns descriptors, which a compaction rewrites)."""
     table = resolved(lance.dataset(str(path))).sort_by("id")
-    return pa.table({n: c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for n, c in zip(table.column_names, table.columns)})
+    return pa.table(
+        {n: c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for n, c in zip(table.column_names, table.columns)}
+    )
 
 
 @pytest.mark.parametrize("target", [1_000_000, 120], ids=["default_target", "small_target"])
 @pytest.mark.parametrize("shape,version", CASES)
-def test_no_more_fragments_than_pylance(dataset_copy: Callable[[str, str], Path], tmp_path: Path, shape: str, version: str, target: int) -> None:
+def test_no_more_fragments_than_pylance(
+    dataset_copy: Callable[[str, str], Path], tmp_path: Path, shape: str, version: str, target: int
+) -> None:
     ours = dataset_copy(shape, version)
     theirs = tmp_path / "theirs.lance"
     shutil.copytree(ours, theirs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
 
 import lance
 import numpy as np
@@ -41,7 +40,11 @@ def knn(ds: lance.LanceDataset, k: int = 10) -> list[list[int]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return [
-            sorted(ds.to_table(nearest={"column": "vec", "q": q, "k": k, "nprobes": 2}, columns=["id", "_distance"])["id"].to_pylist())
+            sorted(
+                ds.to_table(nearest={"column": "vec", "q": q, "k": k, "nprobes": 2}, columns=["id", "_distance"])[
+                    "id"
+                ].to_pylist()
+            )
             for q in QUERIES
         ]
 
@@ -62,7 +65,11 @@ def recall(ds: lance.LanceDataset) -> float:
 def unindexed(ds: lance.LanceDataset) -> dict[str, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {i["name"]: ds.stats.index_stats(i["name"])["num_unindexed_rows"] for i in ds.list_indices() if not i["name"].startswith("__")}
+        return {
+            i["name"]: ds.stats.index_stats(i["name"])["num_unindexed_rows"]
+            for i in ds.list_indices()
+            if not i["name"].startswith("__")
+        }
 
 
 def test_hnsw_survives_heavily_deleted_groups(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -159,7 +166,12 @@ def _compact_and_clean_like_pylance(path: Path) -> None:
     flt = ["id = 5", "id >= 250 AND id < 420", "z > 1000"]
     expect = {f: sorted(ds.to_table(filter=f, columns=["id"])["id"].to_pylist()) for f in flt}
     rows = ds.to_table().sort_by("id")
-    for args in (["compact", str(path)], ["cleanup", str(path)], ["compact", str(path)], ["cleanup", str(path), "--older-than", "0s"]):
+    for args in (
+        ["compact", str(path)],
+        ["cleanup", str(path)],
+        ["compact", str(path)],
+        ["cleanup", str(path), "--older-than", "0s"],
+    ):
         assert main(args) == 0, args
         ds = lance.dataset(str(path))
         assert {f: sorted(ds.to_table(filter=f, columns=["id"])["id"].to_pylist()) for f in flt} == expect
@@ -259,7 +271,11 @@ def _nullable(start: int, rows: int) -> pa.Table:
     ids = np.arange(start, start + rows)
     v = [None if i % 10 == 0 else int((i * 7) % 50) for i in ids]
     return pa.table(
-        {"id": pa.array(ids, pa.int64()), "v": pa.array(v, pa.int64()), "s": pa.array([None if x is None else f"s{x}" for x in v])}
+        {
+            "id": pa.array(ids, pa.int64()),
+            "v": pa.array(v, pa.int64()),
+            "s": pa.array([None if x is None else f"s{x}" for x in v]),
+        }
     )
 
 
@@ -291,7 +307,9 @@ def test_rewritten_btree_pages_with_nulls_and_dropped_rows(tmp_path: Path, versi
     assert all("ScalarIndexQuery" in ds.scanner(filter=f).explain_plan() for f in filters)
 
 
-@pytest.mark.parametrize(("stable", "kind", "why"), [(False, "IVF_HNSW_FLAT", "changed fragments"), (True, "IVF_PQ", "plan again")])
+@pytest.mark.parametrize(
+    ("stable", "kind", "why"), [(False, "IVF_HNSW_FLAT", "changed fragments"), (True, "IVF_PQ", "plan again")]
+)
 def test_index_created_after_planning_refuses_the_row_drop(tmp_path: Path, stable: bool, kind: str, why: str) -> None:
     """A heavily deleted group planned for a re-encode, then an index that must keep those
     rows (HNSW; any vector index with stable row ids, where an index build does not conflict

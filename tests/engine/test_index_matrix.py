@@ -90,9 +90,7 @@ def build(path: Path, version: str, vector: str, stable: bool) -> lance.LanceDat
 def exact_answers(ds: lance.LanceDataset, *, indexed: bool) -> dict[str, list[int]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = {
-            f: sorted(ds.to_table(filter=f, columns=["id"], use_scalar_index=indexed)["id"].to_pylist()) for f in FILTERS
-        }
+        out = {f: sorted(ds.to_table(filter=f, columns=["id"], use_scalar_index=indexed)["id"].to_pylist()) for f in FILTERS}
         if indexed:
             out["fts x77"] = sorted(ds.to_table(full_text_query="x77", columns=["id"])["id"].to_pylist())
             out["fts w3"] = sorted(ds.to_table(full_text_query="w3", columns=["id"])["id"].to_pylist())
@@ -121,7 +119,11 @@ def recall(ds: lance.LanceDataset) -> float:
 def unindexed(ds: lance.LanceDataset) -> dict[str, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {i["name"]: ds.stats.index_stats(i["name"])["num_unindexed_rows"] for i in ds.list_indices() if not i["name"].startswith("__")}
+        return {
+            i["name"]: ds.stats.index_stats(i["name"])["num_unindexed_rows"]
+            for i in ds.list_indices()
+            if not i["name"].startswith("__")
+        }
 
 
 def check(path: Path, version: str, vector: str, stable: bool) -> None:
@@ -201,7 +203,10 @@ def test_indices_over_blob_columns(tmp_path: Path, version: str, stable: bool) -
     truth = answers(ds, False)
     report = compact(str(path), CompactionOptions())
     assert report.committed_versions == [ds.version + 1]
-    assert {i["name"]: i["remap"] for i in report.indices} == {"id_idx": "rewritten", "tag_idx": "moved" if stable else "reuse_index"}
+    assert {i["name"]: i["remap"] for i in report.indices} == {
+        "id_idx": "rewritten",
+        "tag_idx": "moved" if stable else "reuse_index",
+    }
     ds = lance.dataset(str(path))
     assert len(ds.get_fragments()) == 1
     assert answers(ds, True) == truth

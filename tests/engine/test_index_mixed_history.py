@@ -57,16 +57,46 @@ def to_table(batch: list[dict[str, Any]]) -> pa.Table:
 
 
 STEPS = st.sampled_from(
-    ["ours_compact", "ours_cleanup", "append", "delete", "update", "optimize", "compact_defer", "compact_remap", "pylance_cleanup"]
+    [
+        "ours_compact",
+        "ours_cleanup",
+        "append",
+        "delete",
+        "update",
+        "optimize",
+        "compact_defer",
+        "compact_remap",
+        "pylance_cleanup",
+    ]
 )
 
 
 @example(steps=["ours_compact", "delete", "compact_remap"], stable=False, version="2.1", seed=0)  # BTree lost rows
-@example(steps=["compact_defer", "append", "optimize", "delete", "compact_defer", "ours_cleanup", "ours_compact"], stable=False, version="2.1", seed=1)
-@example(steps=["ours_compact", "update", "optimize", "compact_defer", "ours_compact", "ours_cleanup"], stable=False, version="2.2", seed=2)
+@example(
+    steps=["compact_defer", "append", "optimize", "delete", "compact_defer", "ours_cleanup", "ours_compact"],
+    stable=False,
+    version="2.1",
+    seed=1,
+)
+@example(
+    steps=["ours_compact", "update", "optimize", "compact_defer", "ours_compact", "ours_cleanup"],
+    stable=False,
+    version="2.2",
+    seed=2,
+)
 @example(steps=["ours_compact", "delete", "compact_remap", "ours_compact", "optimize"], stable=True, version="2.2", seed=3)
-@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(steps=st.lists(STEPS, min_size=3, max_size=7), stable=st.booleans(), version=st.sampled_from(["2.1", "2.2"]), seed=st.integers(0, 1000))
+@settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(STEPS, min_size=3, max_size=7),
+    stable=st.booleans(),
+    version=st.sampled_from(["2.1", "2.2"]),
+    seed=st.integers(0, 1000),
+)
 def test_mixed_histories_keep_answering(steps: list[str], stable: bool, version: str, seed: int) -> None:
     # pylance 14 alone breaks a BTree here: its deferred compaction leaves the BTree covering
     # through the reuse index, and its default compaction later remaps BTrees ignoring that index

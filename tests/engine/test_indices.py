@@ -57,7 +57,9 @@ def table(start: int, rows: int) -> pa.Table:
     )
 
 
-def indexed(path: Path, version: str, sizes: list[int], *, vector: bool = True, unindexed: list[int] = (), **kwargs: Any) -> lance.LanceDataset:
+def indexed(
+    path: Path, version: str, sizes: list[int], *, vector: bool = True, unindexed: list[int] = (), **kwargs: Any
+) -> lance.LanceDataset:
     """Small appends, some deleted rows, every index kind, then appends no index covers yet."""
     ds = factory.appends(path, version, sizes, make=table, **kwargs)
     ds.delete("id % 17 = 3")
@@ -75,7 +77,14 @@ def indexed(path: Path, version: str, sizes: list[int], *, vector: bool = True, 
 
 
 QUERY_VECTORS = [np.random.default_rng(k).standard_normal(DIM).astype(np.float32) for k in range(4)]
-FILTERS = ["id = 5", "id >= 290 AND id < 320", "cat = 'c3'", "array_has_any(tags, ['t4'])", "contains(txt2, 'ab12c')", "id > 100000"]
+FILTERS = [
+    "id = 5",
+    "id >= 290 AND id < 320",
+    "cat = 'c3'",
+    "array_has_any(tags, ['t4'])",
+    "contains(txt2, 'ab12c')",
+    "id > 100000",
+]
 
 
 def answers(ds: lance.LanceDataset, vector: bool = True) -> dict[str, Any]:
@@ -86,14 +95,22 @@ def answers(ds: lance.LanceDataset, vector: bool = True) -> dict[str, Any]:
         out["fts"] = sorted(ds.to_table(full_text_query="x77", columns=["id"])["id"].to_pylist())
         out["fts_word"] = sorted(ds.to_table(full_text_query="w3", columns=["id"])["id"].to_pylist())
         if vector:
-            out["flat"] = [sorted(ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "use_index": False}, columns=["id"])["id"].to_pylist()) for q in QUERY_VECTORS]
+            out["flat"] = [
+                sorted(
+                    ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "use_index": False}, columns=["id"])["id"].to_pylist()
+                )
+                for q in QUERY_VECTORS
+            ]
     return out
 
 
 def knn(ds: lance.LanceDataset) -> list[list[int]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return [ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "nprobes": 2}, columns=["id"])["id"].to_pylist() for q in QUERY_VECTORS]
+        return [
+            ds.to_table(nearest={"column": "vec", "q": q, "k": 10, "nprobes": 2}, columns=["id"])["id"].to_pylist()
+            for q in QUERY_VECTORS
+        ]
 
 
 def unindexed_rows(ds: lance.LanceDataset, names: list[str]) -> dict[str, int]:
@@ -148,7 +165,9 @@ def test_indices_keep_covering_merged_rows(tmp_path: Path, version: str) -> None
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lance.dataset(str(theirs)).optimize.compact_files(target_rows_per_fragment=2000, defer_index_remap=True, materialize_deletions=False)
+        lance.dataset(str(theirs)).optimize.compact_files(
+            target_rows_per_fragment=2000, defer_index_remap=True, materialize_deletions=False
+        )
     assert knn(ds) == knn(lance.dataset(str(theirs)))
 
     # The reuse record maps exactly the rows the merged fragments hold.
@@ -243,7 +262,9 @@ def test_external_reuse_content(tmp_path: Path) -> None:
     details = table_pb2.FragmentReuseIndexDetails()
     details.ParseFromString(meta.index_details.value)
     assert details.WhichOneof("content") == "external"
-    assert (path / "_indices" / str(__import__("uuid").UUID(bytes=meta.uuid.uuid)) / "details.binpb").stat().st_size == details.external.size
+    assert (
+        path / "_indices" / str(__import__("uuid").UUID(bytes=meta.uuid.uuid)) / "details.binpb"
+    ).stat().st_size == details.external.size
     ds = lance.dataset(str(path))
     assert {q: ds.to_table(filter=q)["id"].to_pylist() for q in before} == before
     assert unindexed_rows(ds, ["id_idx", "v_idx"]) == {"id_idx": 0, "v_idx": 0}
@@ -260,7 +281,9 @@ def test_stable_row_ids_keep_coverage_in_one_commit(tmp_path: Path) -> None:
     ds = indexed(path, "2.2", [100] * 5, vector=False, enable_stable_row_ids=True)
     before, ids_before = answers(ds, vector=False), ds.to_table(columns=["id"], with_row_id=True)
     report = compact(str(path), CompactionOptions(target_rows_per_fragment=1000))
-    assert {i["name"]: i["remap"] for i in report.indices} == {n: "rewritten" if k == "BTREE" else "moved" for n, k in SCALAR.items()}
+    assert {i["name"]: i["remap"] for i in report.indices} == {
+        n: "rewritten" if k == "BTREE" else "moved" for n, k in SCALAR.items()
+    }
     assert all(i["covers_output"] for i in report.indices)
     assert len(report.committed_versions) == 1 and report.version == ds.version + 1
     ds = lance.dataset(str(path))
@@ -384,7 +407,9 @@ def test_concurrent_deferred_compaction_is_rebased(tmp_path: Path) -> None:
     ds = indexed(path, "2.1", [300, 300, 300, 1000, 100, 100, 100], vector=False)
     before = answers(ds, vector=False)
     their_ids = [4, 5, 6]  # the only fragments under pylance's smaller target
-    plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=1000, excluded_fragment_ids=frozenset(their_ids)))
+    plan = plan_compaction(
+        str(path), CompactionOptions(target_rows_per_fragment=1000, excluded_fragment_ids=frozenset(their_ids))
+    )
     assert [list(t.fragment_ids) for t in plan.tasks] == [[0, 1, 2]]
     ours = [execute_task(str(path), plan, t) for t in plan.tasks]
     with warnings.catch_warnings():

@@ -43,7 +43,16 @@ from lance_assets.errors import CorruptFileError
 from lance_assets.format import manifest as mf
 from lance_assets.format.legacy import BitJoiner, LegacyEncoding, field_layouts, parse_file, shift_offsets, uniform_batches
 from tests.support import factory
-from tests.support.assertions import Before, assert_reads_every_way, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
+from tests.support.assertions import (
+    Before,
+    assert_reads_every_way,
+    capture,
+    expected_layout,
+    expected_row_ids,
+    expected_rows,
+    rows,
+    tree_digest,
+)
 
 lance = pytest.importorskip("lance")
 
@@ -86,9 +95,14 @@ def legacy_table(start: int, n: int) -> pa.Table:
             "fsl2": pa.array([[[i, i + 1], [i + 2, i + 3]] for i in r], pa.list_(pa.list_(pa.int32(), 2), 2)),
             "st": pa.array([{"a": i, "b": f"n{i}", "c": {"z": float(i)}} for i in r]),
             "st_l": pa.array([{"x": [i] * (i % 3)} for i in r], pa.struct([("x", pa.list_(pa.int64()))])),
-            "l_st": pa.array([[{"p": i, "q": f"q{i}"}] * (i % 2) for i in r], pa.list_(pa.struct([("p", pa.int64()), ("q", pa.string())]))),
+            "l_st": pa.array(
+                [[{"p": i, "q": f"q{i}"}] * (i % 2) for i in r], pa.list_(pa.struct([("p", pa.int64()), ("q", pa.string())]))
+            ),
             "lll": pa.array([[[i] * (i % 3), []][: i % 3] for i in r], pa.list_(pa.list_(pa.int16()))),
-            "st_ll": pa.array([{"x": [[f"s{i}"] * (i % 2)] * (i % 4), "y": i % 5 == 0} for i in r], pa.struct([("x", pa.large_list(pa.list_(pa.string()))), ("y", pa.bool_())])),
+            "st_ll": pa.array(
+                [{"x": [[f"s{i}"] * (i % 2)] * (i % 4), "y": i % 5 == 0} for i in r],
+                pa.struct([("x", pa.large_list(pa.list_(pa.string()))), ("y", pa.bool_())]),
+            ),
         }
     )
 
@@ -222,7 +236,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
         "uneven": lambda p: appends(p, [10, 25, 10], make=factory.simple_table),
         # inputs ending in partial batches: merged by re-cutting the batches
         "all_types_uneven": lambda p: appends(p, [10, 25, 3, 2, 16, 9]),
-        "uneven_multi_file": lambda p: (appends(p, [10, 25, 10], make=factory.simple_table), lance.dataset(str(p)).add_columns({"doubled": "id * 2"})),
+        "uneven_multi_file": lambda p: (
+            appends(p, [10, 25, 10], make=factory.simple_table),
+            lance.dataset(str(p)).add_columns({"doubled": "id * 2"}),
+        ),
         "uneven_stable": lambda p: appends(p, [10, 25, 10], make=factory.simple_table, enable_stable_row_ids=True),
         "dictionary": lambda p: appends(p, [7, 7, 7, 7, 3], make=dict_table),
         "dictionary_uneven": lambda p: appends(p, [10, 4, 9, 13, 2], make=dict_table),
@@ -251,7 +268,9 @@ def copy_of(built: Callable[[str], Path], tmp_path: Path) -> Callable[[str], Pat
 # --- merges ----------------------------------------------------------------------------------------
 def test_all_types(copy_of: Callable[[str], Path]) -> None:
     path = copy_of("all_types")
-    before_files = [parse_file((path / "data" / f.metadata.files[0].path).read_bytes()) for f in lance.dataset(str(path)).get_fragments()]
+    before_files = [
+        parse_file((path / "data" / f.metadata.files[0].path).read_bytes()) for f in lance.dataset(str(path)).get_fragments()
+    ]
     assert [m.batch_rows for m in before_files] == [(7, 7), (7, 7, 7), (7,), (5,)]
     assert all(m.statistics is not None for m in before_files)
     kinds = {lay.encoding for lay in field_layouts(before_files[0])}
@@ -272,7 +291,16 @@ def test_filters_agree_with_pylance(copy_of: Callable[[str], Path]) -> None:
     """Filters on merged files (no statistics) give what the same filters gave on the inputs."""
     path = copy_of("all_types")
     old = lance.dataset(str(path))
-    exprs = ["id > 10", "s = 'str12str12str12'", "f64 < 3", "flag", "st.a >= 20", "ls = 'L5L5'", "u32 BETWEEN 3 AND 30", "s IS NULL"]
+    exprs = [
+        "id > 10",
+        "s = 'str12str12str12'",
+        "f64 < 3",
+        "flag",
+        "st.a >= 20",
+        "ls = 'L5L5'",
+        "u32 BETWEEN 3 AND 30",
+        "s IS NULL",
+    ]
     wanted = {e: rows(old.to_table(filter=e)) for e in exprs}
     compact(str(path))
     ds = lance.dataset(str(path))
@@ -294,7 +322,14 @@ def test_pylance_updates_merged_fragments(copy_of: Callable[[str], Path]) -> Non
     t = lance.dataset(str(path)).to_table()
     assert t["id"].to_pylist() == [i for i in range(35) if i not in (3, 15, 30)]
     assert t["doubled"].to_pylist() == [2 * i for i in t["id"].to_pylist()]
-    new = pa.table({"id": pa.array([4, 20, 100], pa.int64()), "value": [-1.0, -2.0, -3.0], "name": ["a", "b", "c"], "doubled": pa.array([0, 0, 0], pa.int64())})
+    new = pa.table(
+        {
+            "id": pa.array([4, 20, 100], pa.int64()),
+            "value": [-1.0, -2.0, -3.0],
+            "name": ["a", "b", "c"],
+            "doubled": pa.array([0, 0, 0], pa.int64()),
+        }
+    )
     lance.dataset(str(path)).merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(new)
     got = {r["id"]: r for r in lance.dataset(str(path)).to_table().to_pylist()}
     assert len(got) == 33 and got[20]["name"] == "b" and got[100]["value"] == -3.0 and got[5]["doubled"] == 10
@@ -303,15 +338,18 @@ def test_pylance_updates_merged_fragments(copy_of: Callable[[str], Path]) -> Non
 @pytest.mark.parametrize("name", ["single_batches", "multi_file", "dropped_column", "reordered"])
 def test_shapes(copy_of: Callable[[str], Path], name: str) -> None:
     path = copy_of(name)
-    plan, report, ds, _ = run_and_check(path)
+    _plan, _report, ds, _ = run_and_check(path)
     assert len(ds.get_fragments()) == 1
     pylance_keeps_working(path)
 
 
 def test_dropped_column_is_not_copied(copy_of: Callable[[str], Path]) -> None:
     path = copy_of("dropped_column")  # fields id, value (dropped), name
-    old_sizes = [parse_file((path / "data" / f.metadata.files[0].path).read_bytes()).data_end for f in lance.dataset(str(path)).get_fragments()]
-    _, report, ds, _ = run_and_check(path)
+    old_sizes = [
+        parse_file((path / "data" / f.metadata.files[0].path).read_bytes()).data_end
+        for f in lance.dataset(str(path)).get_fragments()
+    ]
+    _, _report, ds, _ = run_and_check(path)
     (frag,) = ds.get_fragments()
     assert list(frag.metadata.files[0].fields) == [0, 2]
     merged = parse_file((path / "data" / frag.metadata.files[0].path).read_bytes())
@@ -348,14 +386,21 @@ def test_tiny_read_batches_give_identical_files(copy_of: Callable[[str], Path], 
     compact(str(a))
     run_and_check(b, CompactionOptions(read_batch_bytes=read_batch_bytes))
     files = [
-        [(p / "data" / df.path).read_bytes() for f in lance.dataset(str(p)).get_fragments() for df in f.metadata.files] for p in (a, b)
+        [(p / "data" / df.path).read_bytes() for f in lance.dataset(str(p)).get_fragments() for df in f.metadata.files]
+        for p in (a, b)
     ]
     assert files[0] == files[1]
 
 
 def big_table(start: int, n: int) -> pa.Table:
     r = range(start, start + n)
-    return pa.table({"id": pa.array(list(r), pa.int64()), "s": pa.array([f"value-{i}-" * (1 + i % 9) for i in r]), "l": pa.array([[i] * (i % 5) for i in r], pa.list_(pa.int32()))})
+    return pa.table(
+        {
+            "id": pa.array(list(r), pa.int64()),
+            "s": pa.array([f"value-{i}-" * (1 + i % 9) for i in r]),
+            "l": pa.array([[i] * (i % 5) for i in r], pa.list_(pa.int32())),
+        }
+    )
 
 
 def test_large_files_copied_by_range(tmp_path: Path) -> None:
@@ -366,9 +411,14 @@ def test_large_files_copied_by_range(tmp_path: Path) -> None:
     sizes = [f.metadata.files[0].file_size_bytes for f in lance.dataset(str(a)).get_fragments()]
     assert min(sizes[:2]) > 4 * 64 * 1024
     compact(str(a))
-    _, report, ds, _ = run_and_check(b, CompactionOptions(read_batch_bytes=4096))
-    assert parse_file((b / "data" / ds.get_fragments()[0].metadata.files[0].path).read_bytes()).batch_rows == (1000,) * 13 + (234,)
-    files = [[(p / "data" / df.path).read_bytes() for f in lance.dataset(str(p)).get_fragments() for df in f.metadata.files] for p in (a, b)]
+    _, _report, ds, _ = run_and_check(b, CompactionOptions(read_batch_bytes=4096))
+    assert parse_file((b / "data" / ds.get_fragments()[0].metadata.files[0].path).read_bytes()).batch_rows == (1000,) * 13 + (
+        234,
+    )
+    files = [
+        [(p / "data" / df.path).read_bytes() for f in lance.dataset(str(p)).get_fragments() for df in f.metadata.files]
+        for p in (a, b)
+    ]
     assert files[0] == files[1]
     pylance_keeps_working(b)
 
@@ -448,7 +498,9 @@ def test_all_types_repaged(copy_of: Callable[[str], Path]) -> None:
     bit-packed pages): fixed-width, booleans, var-binary, lists, lists of structs, structs of
     lists, fixed-size lists (nested too), null-typed columns."""
     path = copy_of("all_types_uneven")
-    inputs = [parse_file((path / "data" / f.metadata.files[0].path).read_bytes()) for f in lance.dataset(str(path)).get_fragments()]
+    inputs = [
+        parse_file((path / "data" / f.metadata.files[0].path).read_bytes()) for f in lance.dataset(str(path)).get_fragments()
+    ]
     assert [m.batch_rows for m in inputs] == [(7, 3), (7, 7, 7, 4), (3,), (2,), (7, 7, 2), (7, 2)]
     plan, report, _, _ = run_and_check(path)
     assert [list(o.fragment_ids) for t in plan.tasks for o in t.outputs] == [[0, 1, 2, 3, 4, 5]]
@@ -558,12 +610,17 @@ def test_large_files_repaged_in_bounded_pieces(tmp_path: Path, monkeypatch: pyte
     run_and_check(b, CompactionOptions(read_batch_bytes=4096))
     assert reads and max(reads) <= 4096
     assert merged_file(b).batch_rows == (1000,) * 12 + (834,)
-    files = [[(p / "data" / df.path).read_bytes() for f in lance.dataset(str(p)).get_fragments() for df in f.metadata.files] for p in (a, b)]
+    files = [
+        [(p / "data" / df.path).read_bytes() for f in lance.dataset(str(p)).get_fragments() for df in f.metadata.files]
+        for p in (a, b)
+    ]
     assert files[0] == files[1]
     pylance_keeps_working(b)
 
 
-def test_self_check_refuses_batches_legacy_readers_misplace(copy_of: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_self_check_refuses_batches_legacy_readers_misplace(
+    copy_of: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Were the uneven inputs concatenated anyway (a bug), reading the file back catches it:
     the task is refused and nothing is left behind."""
     import lance_assets.engine.copy_legacy as copy_legacy
@@ -696,7 +753,11 @@ def _pack_bits(bits: list[bool]) -> bytes:
     return np.packbits(np.array(bits, dtype=bool), bitorder="little").tobytes()
 
 
-@given(st.lists(st.tuples(st.lists(st.booleans(), max_size=40), st.integers(0, 40), st.integers(0, 40), st.integers(1, 6)), max_size=6))
+@given(
+    st.lists(
+        st.tuples(st.lists(st.booleans(), max_size=40), st.integers(0, 40), st.integers(0, 40), st.integers(1, 6)), max_size=6
+    )
+)
 def test_bit_joiner_concatenates_bit_ranges(runs: list[tuple[list[bool], int, int, int]]) -> None:
     """Bit ranges of bit-packed pages (LSB first), fed in byte chunks as the copier reads them."""
     joiner, out, want = BitJoiner(), b"", []
@@ -758,7 +819,9 @@ def _types() -> st.SearchStrategy[pa.DataType]:
     base = st.one_of(st.sampled_from(LEAVES), fixed_lists)
 
     def extend(children: st.SearchStrategy[pa.DataType]) -> st.SearchStrategy[pa.DataType]:
-        struct_ = st.lists(st.tuples(names, children), min_size=1, max_size=3, unique_by=lambda t: t[0]).map(lambda fs: pa.struct(fs))
+        struct_ = st.lists(st.tuples(names, children), min_size=1, max_size=3, unique_by=lambda t: t[0]).map(
+            lambda fs: pa.struct(fs)
+        )
         return st.one_of(children.map(pa.list_), children.map(pa.large_list), struct_)
 
     return st.recursive(base, extend, max_leaves=4)
@@ -794,10 +857,17 @@ def _value(t: pa.DataType, rng: random.Random) -> Any:
     st.lists(st.integers(1, 40), min_size=2, max_size=5),
     st.sampled_from(["none", "deletions", "stable", "stable_deletions"]),
     st.integers(0, 2**32),
-    st.sampled_from([None, (pa.string(), pa.int8()), (pa.string(), pa.int32()), (pa.large_string(), pa.uint16()), (pa.int64(), pa.int16())]),
+    st.sampled_from(
+        [None, (pa.string(), pa.int8()), (pa.string(), pa.int32()), (pa.large_string(), pa.uint16()), (pa.int64(), pa.int16())]
+    ),
 )
 def test_random_legacy_appends(
-    types: list[pa.DataType], group: int, sizes: list[int], extras: str, seed: int, dictionary: tuple[pa.DataType, pa.DataType] | None
+    types: list[pa.DataType],
+    group: int,
+    sizes: list[int],
+    extras: str,
+    seed: int,
+    dictionary: tuple[pa.DataType, pa.DataType] | None,
 ) -> None:
     """Appends of arbitrary sizes, many small batches, random nested types and values, maybe a
     dictionary column (one random dictionary, as pylance requires of appends; random keys, null
@@ -819,7 +889,9 @@ def test_random_legacy_appends(
         path = tmp / "ds.lance"
         start = 0
         for i, n in enumerate(sizes):
-            cols = [pa.array(range(start, start + n), pa.int64())] + [pa.array([_value(t, rng) for _ in range(n)], t) for t in types]
+            cols = [pa.array(range(start, start + n), pa.int64())] + [
+                pa.array([_value(t, rng) for _ in range(n)], t) for t in types
+            ]
             if dictionary is not None and dict_values is not None:
                 keys = [None if rng.random() < 0.1 else rng.randrange(len(dict_values)) for _ in range(n)]
                 cols.append(pa.DictionaryArray.from_arrays(pa.array(keys, dictionary[1]), dict_values))

@@ -147,7 +147,9 @@ def test_peak_memory_is_bounded_by_read_batch_bytes(big_dataset: Path, tmp_path:
 
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(work), path_kind, str(READ_BATCH_BYTES)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -155,8 +157,12 @@ def test_peak_memory_is_bounded_by_read_batch_bytes(big_dataset: Path, tmp_path:
     assert result["bytes_read"] >= data_bytes * 0.95  # every page was copied, not skipped
 
     growth = (result["peak_kib"] - result["before_kib"]) * 1024
-    print(f"{path_kind}: {data_bytes / 2**20:.0f} MiB of data, RSS {result['before_kib'] / 1024:.0f} MiB before, peak {result['peak_kib'] / 1024:.0f} MiB")
-    assert growth <= READ_BATCH_BYTES + MARGIN, f"compaction grew RSS by {growth / 2**20:.0f} MiB for {data_bytes / 2**20:.0f} MiB of data"
+    print(
+        f"{path_kind}: {data_bytes / 2**20:.0f} MiB of data, RSS {result['before_kib'] / 1024:.0f} MiB before, peak {result['peak_kib'] / 1024:.0f} MiB"
+    )
+    assert growth <= READ_BATCH_BYTES + MARGIN, (
+        f"compaction grew RSS by {growth / 2**20:.0f} MiB for {data_bytes / 2**20:.0f} MiB of data"
+    )
     _same_rows(big_dataset, work)
 
 
@@ -170,7 +176,9 @@ def test_peak_memory_on_s3_is_bounded_by_read_batch_bytes(big_dataset: Path, s3_
     options = {**s3_endpoint.pylance_options, "lance_assets_server_side_copy": "false"}
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, uri, "s3", str(READ_BATCH_BYTES), json.dumps(options)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -178,7 +186,9 @@ def test_peak_memory_on_s3_is_bounded_by_read_batch_bytes(big_dataset: Path, s3_
     assert (result["removed"], result["added"]) == (FRAGMENTS, 1)
     assert result["bytes_read"] >= data_bytes * 0.95
     growth = (result["peak_kib"] - result["before_kib"]) * 1024
-    print(f"s3: {data_bytes / 2**20:.0f} MiB of data, RSS {result['before_kib'] / 1024:.0f} MiB before, peak {result['peak_kib'] / 1024:.0f} MiB")
+    print(
+        f"s3: {data_bytes / 2**20:.0f} MiB of data, RSS {result['before_kib'] / 1024:.0f} MiB before, peak {result['peak_kib'] / 1024:.0f} MiB"
+    )
     # The multipart writer adds one 5 MiB part (S3's minimum) to the bound.
     assert growth <= READ_BATCH_BYTES + 5 * 2**20 + MARGIN, f"compaction grew RSS by {growth / 2**20:.0f} MiB"
     after = lance.dataset(uri, storage_options=s3_endpoint.pylance_options)

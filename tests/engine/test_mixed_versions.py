@@ -24,16 +24,25 @@ def _mixed(path: Path) -> None:
     factory.appends(path, "2.1", [10] * 6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lance.dataset(str(path)).optimize.compact_files(target_rows_per_fragment=20, data_storage_version="2.2", excluded_fragment_ids=[4, 5])
+        lance.dataset(str(path)).optimize.compact_files(
+            target_rows_per_fragment=20, data_storage_version="2.2", excluded_fragment_ids=[4, 5]
+        )
     ds = Dataset.open(str(path))
-    assert [(f.id, mf.data_file_version(f.files[0])) for f in ds.fragments] == [(4, (2, 1)), (5, (2, 1)), (6, (2, 2)), (7, (2, 2))]
+    assert [(f.id, mf.data_file_version(f.files[0])) for f in ds.fragments] == [
+        (4, (2, 1)),
+        (5, (2, 1)),
+        (6, (2, 2)),
+        (7, (2, 2)),
+    ]
     assert ds.manifest.reader_feature_flags & mf.FLAG_MIXED_FILE_VERSIONS
 
 
 def test_inspect_reads_a_mixed_version_dataset(tmp_path: Path) -> None:
     path = tmp_path / "ds.lance"
     _mixed(path)
-    out = subprocess.run([sys.executable, "-m", "lance_assets.cli", "inspect", str(path), "--json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "lance_assets.cli", "inspect", str(path), "--json"], capture_output=True, text=True, check=True
+    ).stdout
     report = json.loads(out)
     assert [f["file_version"] for f in report["fragments"]] == ["2.1", "2.1", "2.2", "2.2"]
     assert "mixed_data_file_versions" in report["reader_feature_flags"]

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lance_assets import CompactionOptions, compact
+from lance_assets import compact
 from lance_assets.errors import LanceAssetsError
 from lance_assets.format.pages import MIN_SMALL_PAGES
 from tests.engine.test_coalesce_pages import assert_reads_as, data_file_pages, fresh_pages, write_appends
@@ -76,7 +76,10 @@ def test_nulls_in_some_appends_and_all_null_appends_share_pages(tmp_path: Path, 
         kind = k % 3  # 0: no nulls, 1: some nulls, 2: all null
         ints = [None if kind == 2 or (kind == 1 and j % 4 == 0) else j * 3 for j in range(start, start + n)]
         text = [None if kind == 2 or (kind == 1 and j % 5 == 0) else f"t{j}" for j in range(start, start + n)]
-        lists = [None if kind == 1 and j % 6 == 0 else ([] if j % 7 == 0 else [j, None] if kind else [j]) for j in range(start, start + n)]
+        lists = [
+            None if kind == 1 and j % 6 == 0 else ([] if j % 7 == 0 else [j, None] if kind else [j])
+            for j in range(start, start + n)
+        ]
         tables.append(
             pa.table(
                 {
@@ -131,7 +134,18 @@ def test_small_fixed_size_lists_are_recut(tmp_path: Path, version: str, no_pylan
 
 
 # --- random data ---------------------------------------------------------------------------------
-_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint32(), pa.float32(), pa.float64(), pa.string(), pa.binary(), pa.bool_()]
+_TYPES = [
+    pa.int8(),
+    pa.int16(),
+    pa.int32(),
+    pa.int64(),
+    pa.uint32(),
+    pa.float32(),
+    pa.float64(),
+    pa.string(),
+    pa.binary(),
+    pa.bool_(),
+]
 
 
 def _values(t: pa.DataType) -> st.SearchStrategy[Any]:
@@ -169,14 +183,18 @@ def appends(draw: st.DrawFn) -> list[pa.Table]:
                 cols[f"c{k}"] = pa.array(draw(st.lists(one, min_size=n, max_size=n)), t)
         item = st.one_of(st.none(), _values(listed)) if nulls != "none" else _values(listed)
         lists = st.lists(item, max_size=4)
-        cols["l"] = pa.array(draw(st.lists(st.one_of(st.none(), lists) if nulls == "some" else lists, min_size=n, max_size=n)), pa.list_(listed))
+        cols["l"] = pa.array(
+            draw(st.lists(st.one_of(st.none(), lists) if nulls == "some" else lists, min_size=n, max_size=n)), pa.list_(listed)
+        )
         tables.append(pa.table(cols))
         start += n
     return tables
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_random_appends_read_back_the_same(tmp_path_factory: pytest.TempPathFactory, version: str, no_pylance_writer: None) -> None:
+def test_random_appends_read_back_the_same(
+    tmp_path_factory: pytest.TempPathFactory, version: str, no_pylance_writer: None
+) -> None:
     @settings(max_examples=12, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(tables=appends())
     def check(tables: list[pa.Table]) -> None:
@@ -221,7 +239,9 @@ def test_a_later_input_the_copy_cannot_recut_goes_to_pylance(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("odd", [["same"] * 100, ["same", None] * 50])
-def test_one_page_the_copy_cannot_recut_stays_between_large_ones(tmp_path: Path, odd: list[str | None], no_pylance_writer: None) -> None:
+def test_one_page_the_copy_cannot_recut_stays_between_large_ones(
+    tmp_path: Path, odd: list[str | None], no_pylance_writer: None
+) -> None:
     """2.2 stores a repeated string (with or without nulls) in layouts the copy does not decode;
     the second has the very encoding bytes of an all-null page, but buffers."""
     path = tmp_path / "ds.lance"

@@ -26,7 +26,6 @@ from lance_assets.cli import main as cli_main
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.copy import execute_task, verify_output
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile, plan_compaction
 from lance_assets.engine.report import Reason
 from lance_assets.engine.tail import read_v2_metadata
@@ -62,7 +61,9 @@ def assert_lance_order(path: Path, tables: list[pa.Table], plan: dict[str, Any])
     """Rows come back in Lance's order: fragments left alone by id, then each new fragment's
     inputs in order (fragment k of the dataset holds ``tables[k]``)."""
     merged = [i for t in plan["tasks"] for i in t["fragment_ids"]]
-    order = [i for i in range(len(tables)) if i not in merged] + [i for t in plan["tasks"] for o in t["outputs"] for i in o["fragment_ids"]]
+    order = [i for i in range(len(tables)) if i not in merged] + [
+        i for t in plan["tasks"] for o in t["outputs"] for i in o["fragment_ids"]
+    ]
     expected = [v for k in order for v in tables[k]["i"].to_pylist()]
     assert lance.dataset(str(path)).to_table(columns=["i"])["i"].to_pylist() == expected
 
@@ -73,7 +74,10 @@ def test_null_struct_then_empty_list(tmp_path: Path, version: str) -> None:
     """``struct<x: list<int64>>``: [None] then [{"x": []}] -- the layers differ above the list.
     Without re-encoding, the fragments are left apart with the reason."""
     t = pa.struct([("x", pa.list_(pa.int64()))])
-    tables = [pa.table({"i": pa.array([0], pa.int64()), "s": pa.array([None], t)}), pa.table({"i": pa.array([1], pa.int64()), "s": pa.array([{"x": []}], t)})]
+    tables = [
+        pa.table({"i": pa.array([0], pa.int64()), "s": pa.array([None], t)}),
+        pa.table({"i": pa.array([1], pa.int64()), "s": pa.array([{"x": []}], t)}),
+    ]
     path = tmp_path / "ds.lance"
     write_fragments(path, tables, version)
     before = tree_digest(path)
@@ -82,7 +86,14 @@ def test_null_struct_then_empty_list(tmp_path: Path, version: str) -> None:
     assert report["tasks"] == dry["tasks"] == 0
     assert {s["reason"] for s in report["skipped"]} == {Reason.INCOMPATIBLE_LAYERS}
     assert report["skipped"] == dry["skipped"]
-    assert dry["plan"]["splits"] == [{"left_fragment_id": 0, "right_fragment_id": 1, "reason": Reason.INCOMPATIBLE_LAYERS, "detail": dry["plan"]["splits"][0]["detail"]}]
+    assert dry["plan"]["splits"] == [
+        {
+            "left_fragment_id": 0,
+            "right_fragment_id": 1,
+            "reason": Reason.INCOMPATIBLE_LAYERS,
+            "detail": dry["plan"]["splits"][0]["detail"],
+        }
+    ]
     assert "'s.x.item'" in dry["plan"]["splits"][0]["detail"]
     assert tree_digest(path) == before
     assert_reads_as(path, pa.concat_tables(tables))
@@ -366,7 +377,11 @@ def test_fixed_size_list_of_structs_beside_other_columns_on_2_3(tmp_path: Path) 
 
     tables, start = [], 0
     for n in (3, 1, 4):
-        tables.append(pa.table({"i": pa.array(range(start, start + n), pa.int64()), "v": pa.array([make(k) for k in range(start, start + n)], t)}))
+        tables.append(
+            pa.table(
+                {"i": pa.array(range(start, start + n), pa.int64()), "v": pa.array([make(k) for k in range(start, start + n)], t)}
+            )
+        )
         start += n
     path = tmp_path / "ds.lance"
     write_fragments(path, tables, "2.3")
@@ -413,7 +428,7 @@ def test_a_fragment_whose_files_cannot_be_judged_is_left_alone(tmp_path: Path) -
     assert [(s["fragment_id"], s["reason"]) for s in report["skipped"]] == [(3, "not_copyable")]
     assert report["skipped"] == dry["skipped"] and "magic" in report["skipped"][0]["detail"]
     assert report["tasks"] == dry["tasks"] == 1 and report["fragments_removed"] == 3
-    assert [f.fragment_id for f in lance.dataset(str(path)).get_fragments()][0] == 3
+    assert next(f.fragment_id for f in lance.dataset(str(path)).get_fragments()) == 3
 
 
 # --- the rule itself ------------------------------------------------------------------------------
@@ -481,8 +496,12 @@ def test_copier_refuses_a_plan_that_mixes_layers(tmp_path: Path) -> None:
     before = tree_digest(path)
     plan = plan_compaction(str(path))
     forced = CompactionPlan(
-        plan.uri, plan.read_version, plan.storage_version,
-        (CompactionTask(0, (0, 1), 2, 0, (OutputFile((0, 1), 2, 0),), files=2),), (), plan.options,
+        plan.uri,
+        plan.read_version,
+        plan.storage_version,
+        (CompactionTask(0, (0, 1), 2, 0, (OutputFile((0, 1), 2, 0),), files=2),),
+        (),
+        plan.options,
     )
     result = execute_task(str(path), forced, forced.tasks[0])
     assert result.skipped_reason == "not_copyable"

@@ -53,7 +53,9 @@ def test_commit_every_two_matches_one_commit(tmp_path: Path) -> None:
     rb = compact(str(b), CompactionOptions(target_rows_per_fragment=200))
     assert len(ra.committed_versions) == 2 and len(rb.committed_versions) == 1
     assert (ra.fragments_removed, ra.fragments_added, ra.rows) == (rb.fragments_removed, rb.fragments_added, rb.rows)
-    assert [r["id"] for r in lance.dataset(str(a)).to_table().to_pylist()] == [r["id"] for r in lance.dataset(str(b)).to_table().to_pylist()]
+    assert [r["id"] for r in lance.dataset(str(a)).to_table().to_pylist()] == [
+        r["id"] for r in lance.dataset(str(b)).to_table().to_pylist()
+    ]
 
 
 def _compact_and_die_after_first_commit(path: str) -> None:

@@ -77,7 +77,12 @@ def assert_partition(plan: CompactionPlan, all_ids: Sequence[int]) -> None:
 # --- Lance's binning (runs of small neighbours), Lance's planner as the oracle -------------------
 BINNING_CASES = {
     # sizes, target -> expected tasks / skip reasons
-    "breaks_at_large": ([10, 20, 500, 30, 40, 50, 600, 5], 100, [[0, 1], [3, 4, 5]], {2: "at_target_size", 6: "at_target_size", 7: "no_neighbour"}),
+    "breaks_at_large": (
+        [10, 20, 500, 30, 40, 50, 600, 5],
+        100,
+        [[0, 1], [3, 4, 5]],
+        {2: "at_target_size", 6: "at_target_size", 7: "no_neighbour"},
+    ),
     "greedy_split": ([60, 60, 60, 60], 100, [[0, 1], [2, 3]], {}),
     "no_split_when_rest_too_small": ([60, 60, 60], 100, [[0, 1, 2]], {}),
     "exact_target_is_large": ([100, 99, 1, 100], 100, [[1, 2]], {0: "at_target_size", 3: "at_target_size"}),
@@ -115,7 +120,9 @@ def test_binning_matches_lance_property(sizes: list[int], target: int, excluded:
     try:
         path = tmp / "ds.lance"
         factory.appends(path, "2.1", sizes)
-        plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=target, excluded_fragment_ids=frozenset(excluded)))
+        plan = plan_compaction(
+            str(path), CompactionOptions(target_rows_per_fragment=target, excluded_fragment_ids=frozenset(excluded))
+        )
         theirs = lance_task_ids(path, target_rows_per_fragment=target, excluded_fragment_ids=sorted(excluded))
         assert task_ids(plan) == theirs
         assert_partition(plan, range(len(sizes)))
@@ -299,7 +306,9 @@ def test_reason_at_target_size_detail(planning_datasets: Build) -> None:
     assert "100" in plan.skipped[0].detail
 
 
-@pytest.mark.parametrize("shape", ["multi_file", "reordered", "dropped_column", "metadata_only_column", "stable_row_ids", "mixed"])
+@pytest.mark.parametrize(
+    "shape", ["multi_file", "reordered", "dropped_column", "metadata_only_column", "stable_row_ids", "mixed"]
+)
 def test_compactable_shapes_plan_like_lance(dataset_cache: Callable[[str, str], Path], shape: str) -> None:
     """Shapes Lance's binary copy refuses are still planned by binning (our copier handles them)."""
     path = dataset_cache(shape, "2.1")
@@ -326,7 +335,9 @@ def test_outputs_close_at_target_unless_the_rest_is_smaller(planning_datasets: B
 
 def test_output_byte_cap_closes_before_an_input_would_exceed_it(planning_datasets: Build) -> None:
     path = planning_datasets("five-100", sized("2.1", [100] * 5))
-    sizes = {f.id: sum(df.file_size_bytes for df in f.files) for f in (fr.metadata for fr in lance.dataset(str(path)).get_fragments())}
+    sizes = {
+        f.id: sum(df.file_size_bytes for df in f.files) for f in (fr.metadata for fr in lance.dataset(str(path)).get_fragments())
+    }
     cap = sizes[0] + sizes[1] + sizes[2] // 2  # room for two inputs, not three
     plan = plan_compaction(str(path), CompactionOptions(max_bytes_per_file=cap))
     outputs = [o for t in plan.tasks for o in t.outputs]

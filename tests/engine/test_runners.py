@@ -25,8 +25,6 @@ from tests.support import factory
 ray = pytest.importorskip("ray")
 
 
-
-
 def many_fragments(path: Path, fragments: int = 24, rows: int = 50) -> pa.Table:
     factory.appends(path, "2.1", [rows] * fragments)
     return lance.dataset(str(path)).to_table()
@@ -83,7 +81,9 @@ def test_killed_ray_worker_is_retried_and_committed_once(tmp_path: Path, ray_clu
 
     killer = threading.Thread(target=kill_first_task)
     killer.start()
-    report = compact(str(path), CompactionOptions(target_rows_per_fragment=400_000, max_rows_per_file=400_000), runner=RayRunner())
+    report = compact(
+        str(path), CompactionOptions(target_rows_per_fragment=400_000, max_rows_per_file=400_000), runner=RayRunner()
+    )
     killer.join()
     assert killed and report.task_retries >= 1
     assert report.committed_versions == [version + 1]
@@ -97,7 +97,9 @@ def test_ray_runner_on_s3(ray_cluster: None, s3_endpoint) -> None:  # type: igno
     uri = f"s3://{s3_endpoint.new_bucket()}/ds.lance"
     factory.appends(uri, "2.1", [40] * 6, storage_options=opts)
     before = lance.dataset(uri, storage_options=opts).to_table()
-    report = compact(uri, CompactionOptions(target_rows_per_fragment=100, max_rows_per_file=120, storage_options=opts), runner=RayRunner())
+    report = compact(
+        uri, CompactionOptions(target_rows_per_fragment=100, max_rows_per_file=120, storage_options=opts), runner=RayRunner()
+    )
     assert report.runner == "ray" and report.tasks == 2
     ds = lance.dataset(uri, storage_options=opts)
     assert len(ds.get_fragments()) == 2 and ds.to_table().equals(before)
@@ -115,9 +117,15 @@ def test_dask_runner_on_a_local_cluster(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     path = tmp_path / "ds.lance"
     before = many_fragments(path)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1") as cluster:
-        with distributed.Client(cluster) as client:
-            report = compact(str(path), CompactionOptions(target_rows_per_fragment=300, max_rows_per_file=300), runner=DaskRunner(client))
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        report = compact(
+            str(path), CompactionOptions(target_rows_per_fragment=300, max_rows_per_file=300), runner=DaskRunner(client)
+        )
     assert report.runner == "dask" and report.tasks == 4 and report.workers >= 1
     assert lance.dataset(str(path)).to_table().equals(before)
 
@@ -133,7 +141,9 @@ def test_task_error_on_a_worker_is_raised_and_nothing_committed(tmp_path: Path, 
         run_plan(plan, runner=RayRunner())
     assert lance.dataset(str(path)).version == plan.read_version
     assert sorted(p.name for p in (path / "data").iterdir()) == sorted(
-        Path(Dataset.open(str(path)).data_file_path(f.files[0])).name for f in Dataset.open(str(path)).manifest.fragments if f.id != 2
+        Path(Dataset.open(str(path)).data_file_path(f.files[0])).name
+        for f in Dataset.open(str(path)).manifest.fragments
+        if f.id != 2
     )
 
 
@@ -141,7 +151,9 @@ def test_cli_runner_without_ray_names_the_extra(tmp_path: Path) -> None:
     path = tmp_path / "ds.lance"
     many_fragments(path, 4)
     code = "import sys; sys.modules['ray'] = None; from lance_assets.cli import main; sys.exit(main(sys.argv[1:]))"
-    out = subprocess.run([sys.executable, "-c", code, "compact", str(path), "--runner", "ray"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code, "compact", str(path), "--runner", "ray"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().count("\n") == 0 and "lance_assets[ray]" in out.stderr
     assert lance.dataset(str(path)).version == 4

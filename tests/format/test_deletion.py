@@ -52,13 +52,9 @@ def _deletion_files(dataset_path: Path) -> list[Written]:
         info = meta["deletion_file"]
         if info is None:
             continue
-        file_type = {"array": DeletionFileType.ARROW_ARRAY, "bitmap": DeletionFileType.BITMAP}[
-            info["file_type"]
-        ]
+        file_type = {"array": DeletionFileType.ARROW_ARRAY, "bitmap": DeletionFileType.BITMAP}[info["file_type"]]
         name = deletion_file_name(meta["id"], info["read_version"], info["id"], file_type)
-        found.append(
-            Written(meta["id"], file_type, name, info["num_deleted_rows"], meta["physical_rows"])
-        )
+        found.append(Written(meta["id"], file_type, name, info["num_deleted_rows"], meta["physical_rows"]))
     return found
 
 
@@ -72,16 +68,16 @@ ALL_IDS = FIRST_IDS | set(range(1000, 7000))
 
 
 @pytest.fixture(scope="module", params=["2.0", "2.2"])
-def datasets(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, Path]:
+def datasets(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(after the first delete, after the second delete) copies of one dataset."""
     root = tmp_path_factory.mktemp(f"deletions-{request.param}")
     path = root / "ds"
     for i, (first, count) in enumerate(FRAGMENTS):
         table = pa.table({"id": pa.array(range(first, first + count), pa.int64())})
         lance.write_dataset(
-            table, str(path), mode="create" if i == 0 else "append",
+            table,
+            str(path),
+            mode="create" if i == 0 else "append",
             data_storage_version=request.param,
         )
     lance.dataset(str(path)).delete(FIRST_DELETE)
@@ -101,9 +97,7 @@ def test_pylance_first_delete_files_decode(datasets: tuple[Path, Path]) -> None:
     ]
     for w in written:
         data = (first / "_deletions" / w.name).read_bytes()
-        offsets = decode_deletion_file(
-            data, w.file_type, physical_rows=w.physical_rows, path=w.name
-        )
+        offsets = decode_deletion_file(data, w.file_type, physical_rows=w.physical_rows, path=w.name)
         assert offsets == _expected_offsets(w.fragment_id, FIRST_IDS)
         assert len(offsets) == w.num_deleted_rows
         assert deletion_file_type_for(len(offsets)) is w.file_type
@@ -151,9 +145,7 @@ def _scan_ids(path: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("use_runs", [False, True])
-def test_pylance_reads_our_files(
-    datasets: tuple[Path, Path], tmp_path: Path, use_runs: bool
-) -> None:
+def test_pylance_reads_our_files(datasets: tuple[Path, Path], tmp_path: Path, use_runs: bool) -> None:
     """Swap each deletion file for our encoding of a *different* set: pylance must
     then hide exactly our rows, which proves it read our bytes (arrow and bitmap)."""
     _, second = datasets
@@ -191,9 +183,7 @@ def test_pylance_reads_same_offsets_unchanged(datasets: tuple[Path, Path], tmp_p
 
 
 def test_file_names() -> None:
-    assert deletion_file_name(0, 3, 3434608076984466054, DeletionFileType.ARROW_ARRAY) == (
-        "0-3-3434608076984466054.arrow"
-    )
+    assert deletion_file_name(0, 3, 3434608076984466054, DeletionFileType.ARROW_ARRAY) == ("0-3-3434608076984466054.arrow")
     assert deletion_file_name(12, 1, 7, 1) == "12-1-7.bin"
 
 

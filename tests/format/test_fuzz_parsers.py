@@ -55,7 +55,9 @@ def test_every_sample_parses(samples: dict[str, list[bytes]]) -> None:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=FIXTURE_OK)
-@given(rnd=st.randoms(use_true_random=False), kind=st.sampled_from(sorted(fuzzing.PARSERS)), how=st.sampled_from(fuzzing.MUTATIONS))
+@given(
+    rnd=st.randoms(use_true_random=False), kind=st.sampled_from(sorted(fuzzing.PARSERS)), how=st.sampled_from(fuzzing.MUTATIONS)
+)
 def test_mutations_give_only_typed_errors(samples: dict[str, list[bytes]], rnd: random.Random, kind: str, how: str) -> None:
     _, data = fuzzing.mutate(rnd, rnd.choice(samples[kind]), kind, how)
     event(f"{kind}: {fuzzing.run_case(kind, data)}")
@@ -80,7 +82,9 @@ def test_damage_inside_index_section_and_inline_transaction(samples: dict[str, l
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=600), st.sampled_from(["transaction", "manifest", "row_ids", "row_versions", "bitmap", "deletion_arrow"]))
+@given(
+    st.binary(max_size=600), st.sampled_from(["transaction", "manifest", "row_ids", "row_versions", "bitmap", "deletion_arrow"])
+)
 def test_random_bytes(data: bytes, kind: str) -> None:
     fuzzing.run_case(kind, data)
 
@@ -222,7 +226,11 @@ def test_planner_on_a_damaged_latest_manifest(memory_dataset: tuple[str, dict[st
         _, data = fuzzing.mutate_manifest_section(rnd, files[rel])
     else:
         _, data = fuzzing.mutate(rnd, files[rel], "manifest")
-    event(_with_damaged(uri, rel, data, lambda: plan_compaction(Dataset.open(Storage(uri)), CompactionOptions(target_rows_per_fragment=1000))))
+    event(
+        _with_damaged(
+            uri, rel, data, lambda: plan_compaction(Dataset.open(Storage(uri)), CompactionOptions(target_rows_per_fragment=1000))
+        )
+    )
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=FIXTURE_OK)
@@ -259,7 +267,11 @@ def test_commit_over_a_corrupt_intermediate_version(tmp_path: Path) -> None:
     sections = fuzzing.manifest_sections(Path(latest).read_bytes())
     sections["transaction"] = b"\xff" * len(sections["transaction"])
     Path(latest).write_bytes(fuzzing.frame_manifest(sections))
-    before = {p: Path(p).read_bytes() for p in map(str, uri.rglob("*")) if os.path.isfile(p) and p not in {storage.path(r) for r in results[0].files_written}}
+    before = {
+        p: Path(p).read_bytes()
+        for p in map(str, uri.rglob("*"))
+        if os.path.isfile(p) and p not in {storage.path(r) for r in results[0].files_written}
+    }
     with pytest.raises(CorruptFileError):
         commit_compaction(storage, plan, results)
     after = {p: Path(p).read_bytes() for p in map(str, uri.rglob("*")) if os.path.isfile(p)}

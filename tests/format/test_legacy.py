@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import itertools
 import struct
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -53,19 +55,13 @@ def _table(start: int, n: int) -> pa.Table:
                 pa.timestamp("us"),
             ),
             "tstz": pa.array(list(r), pa.timestamp("ms", tz="UTC")),
-            "day": pa.array(
-                [datetime.date(2020, 1, 1) + datetime.timedelta(days=i) for i in r], pa.date32()
-            ),
+            "day": pa.array([datetime.date(2020, 1, 1) + datetime.timedelta(days=i) for i in r], pa.date32()),
             "dec": pa.array([decimal.Decimal(i) / 100 for i in r], pa.decimal128(10, 2)),
             "l": pa.array([[i] * (i % 3) for i in r], pa.list_(pa.int32())),
             "ll": pa.array([[f"x{i}"] * (i % 2) for i in r], pa.large_list(pa.string())),
-            "fsl": pa.array(
-                [[float(i) + k for k in range(8)] for i in r], pa.list_(pa.float32(), 8)
-            ),
+            "fsl": pa.array([[float(i) + k for k in range(8)] for i in r], pa.list_(pa.float32(), 8)),
             "st": pa.array([{"a": i, "b": f"n{i}", "c": {"z": float(i)}} for i in r]),
-            "dict": pa.DictionaryArray.from_arrays(
-                pa.array([i % 3 for i in r], pa.int32()), pa.array(COLORS)
-            ),
+            "dict": pa.DictionaryArray.from_arrays(pa.array([i % 3 for i in r], pa.int32()), pa.array(COLORS)),
         }
     )
 
@@ -150,9 +146,7 @@ def test_every_file_matches_pylance(legacy_ds: Path) -> None:
         seen += 1
         rows = frag.metadata.physical_rows
         assert meta.num_rows == rows == frag.count_rows()
-        expected = [ROWS_PER_GROUP] * (rows // ROWS_PER_GROUP) + (
-            [rows % ROWS_PER_GROUP] if rows % ROWS_PER_GROUP else []
-        )
+        expected = [ROWS_PER_GROUP] * (rows // ROWS_PER_GROUP) + ([rows % ROWS_PER_GROUP] if rows % ROWS_PER_GROUP else [])
         assert list(meta.batch_rows) == expected
         assert meta.num_batches == len(expected)
         assert meta.version == (df.file_major_version, df.file_minor_version) == (0, 2)
@@ -232,7 +226,7 @@ def test_field_layouts(legacy_ds: Path) -> None:
 
 def _var_binary(data: bytes, page: LegacyPage) -> list[bytes]:
     pos = struct.unpack_from(f"<{page.length + 1}q", data, page.position)
-    return [data[a:b] for a, b in zip(pos, pos[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(pos)]
 
 
 def _plain(data: bytes, page: LegacyPage, fmt: str) -> list:
@@ -250,9 +244,11 @@ def test_decode_pages_from_raw_bytes(legacy_ds: Path) -> None:
             lo, n = meta.batch_offsets[b], meta.batch_rows[b]
             want = table.slice(lo, n).to_pydict()
 
-            def page(name: str) -> LegacyPage:
+            def page(
+                name: str, meta: Any = meta, ids: dict[str, int] = ids, layouts: dict[int, Any] = layouts, b: int = b
+            ) -> LegacyPage:
                 p = meta.page(ids[name], b)
-                start, end = page_extent(layouts[ids[name]], p)
+                _start, end = page_extent(layouts[ids[name]], p)
                 assert end <= meta.data_end
                 return p
 
@@ -272,13 +268,11 @@ def test_decode_pages_from_raw_bytes(legacy_ds: Path) -> None:
             assert page("l").length == n + 1 and offs[0] == 0
             items = _plain(data, page("l.item"), "i")
             assert len(items) == offs[-1]
-            assert [items[a:c] for a, c in zip(offs, offs[1:])] == want["l"]
+            assert [items[a:c] for a, c in itertools.pairwise(offs)] == want["l"]
             # fixed_size_list<float32, 8>: 8 floats per row
             fsl = _plain(data, LegacyPage(page("fsl").position, 8 * n), "f")
             assert [fsl[8 * i : 8 * i + 8] for i in range(n)] == want["fsl"]
-            assert [v.decode() for v in _var_binary(data, page("st.b"))] == [
-                x["b"] for x in want["st"]
-            ]
+            assert [v.decode() for v in _var_binary(data, page("st.b"))] == [x["b"] for x in want["st"]]
             # dictionary: int32 keys here, values at Field.dictionary (absolute offset)
             d = layouts[ids["dict"]].dictionary
             assert d is not None
@@ -416,9 +410,7 @@ def test_v2_file_is_refused(tmp_path: Path, version: str, footer) -> None:
         parse_tail(data[-40:], len(data) - 40, len(data))
 
 
-@settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_truncations_and_flips(sample, data) -> None:
     raw, meta = sample

@@ -91,7 +91,9 @@ def test_rebuilt_tail_parses_back(legacy_file) -> None:
     assert not md.HasField("statistics") and md.manifest_position == again.manifest_position
     # the pylance file has the same shape, plus statistics between page table and manifest
     assert meta.page_table_position == meta.data_end and meta.statistics is not None
-    assert {lay.field_id: lay.encoding for lay in field_layouts(again)} == {lay.field_id: lay.encoding for lay in field_layouts(meta)}
+    assert {lay.field_id: lay.encoding for lay in field_layouts(again)} == {
+        lay.field_id: lay.encoding for lay in field_layouts(meta)
+    }
 
 
 def test_default_embedded_manifest_mirrors_pylance(legacy_file) -> None:
@@ -102,12 +104,16 @@ def test_default_embedded_manifest_mirrors_pylance(legacy_file) -> None:
         pages=meta.pages, batch_offsets=meta.batch_offsets, fields=list(emb.fields),
     )  # fmt: skip
     ours = table_pb2.Manifest.FromString(parse_file(data[: meta.data_end] + tail).embedded_manifest)
-    assert (ours.version, ours.data_format.file_format, ours.data_format.version) == (emb.version, "lance", "0.1") == (1, "lance", "0.1")
+    assert (
+        (ours.version, ours.data_format.file_format, ours.data_format.version)
+        == (emb.version, "lance", "0.1")
+        == (1, "lance", "0.1")
+    )
     assert list(ours.fields) == list(emb.fields)
 
 
 def test_build_legacy_tail_refuses_bad_input(legacy_file) -> None:
-    data, meta = legacy_file
+    _data, meta = legacy_file
     emb = table_pb2.Manifest.FromString(meta.embedded_manifest)
     base = dict(
         data_end=meta.data_end, min_field_id=meta.min_field_id, max_field_id=meta.max_field_id,
@@ -118,9 +124,9 @@ def test_build_legacy_tail_refuses_bad_input(legacy_file) -> None:
         {"batch_offsets": (0, 5, 5)},
         {"batch_offsets": (0, MAX_ROWS + 1), "pages": meta.pages[: len(meta.pages) // meta.num_batches]},
         {"pages": meta.pages[:-1]},
-        {"pages": (LegacyPage(meta.data_end + 1, 1),) + tuple(meta.pages[1:])},
+        {"pages": (LegacyPage(meta.data_end + 1, 1), *tuple(meta.pages[1:]))},
         {"max_field_id": meta.max_field_id + 1},
-        {"fields": list(emb.fields) + [emb.fields[0]]},
+        {"fields": [*list(emb.fields), emb.fields[0]]},
     ]
     for change in bad:
         with pytest.raises(ValueError):

@@ -170,7 +170,9 @@ def test_v1_naming_scheme(v1_dataset: Path) -> None:
     for loc in locs:
         ds = Dataset.open(str(v1_dataset), version=loc.version)
         assert ds.location.scheme is mf.NamingScheme.V1
-        assert [f.id for f in ds.fragments] == [f.fragment_id for f in lance.dataset(str(v1_dataset), version=loc.version).get_fragments()]
+        assert [f.id for f in ds.fragments] == [
+            f.fragment_id for f in lance.dataset(str(v1_dataset), version=loc.version).get_fragments()
+        ]
     assert Dataset.open(str(v1_dataset)).version == 3
 
 
@@ -200,7 +202,11 @@ def test_v1_name_round_trip(version: int) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(max_size=30), st.from_regex(r"\A[0-9]{1,25}\.manifest(-[a-f0-9]{4})?\Z"), st.text().map(lambda t: t + ".manifest")))
+@given(
+    st.one_of(
+        st.text(max_size=30), st.from_regex(r"\A[0-9]{1,25}\.manifest(-[a-f0-9]{4})?\Z"), st.text().map(lambda t: t + ".manifest")
+    )
+)
 def test_parse_manifest_name_accepts_only_u64_version_names(name: str) -> None:
     parsed = mf.parse_manifest_name(name)
     if parsed is None:

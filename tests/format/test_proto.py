@@ -30,7 +30,9 @@ def _python() -> str:
 
 # --- generated modules --------------------------------------------------------------------
 def test_generated_modules_are_current() -> None:
-    res = subprocess.run([_python(), str(ROOT / "scripts" / "gen_proto.py"), "--check"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [_python(), str(ROOT / "scripts" / "gen_proto.py"), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, f"lance_assets/_proto is stale, run ./dev proto:\n{res.stdout}{res.stderr}"
 
 
@@ -39,7 +41,9 @@ def _gen_proto_sandbox(tmp_path: Path) -> Path:
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "gen_proto.py", tmp_path / "scripts" / "gen_proto.py")
     shutil.copytree(ROOT / "proto", tmp_path / "proto")
-    shutil.copytree(ROOT / "lance_assets" / "_proto", tmp_path / "lance_assets" / "_proto", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "lance_assets" / "_proto", tmp_path / "lance_assets" / "_proto", ignore=shutil.ignore_patterns("__pycache__")
+    )
     return tmp_path
 
 
@@ -62,7 +66,9 @@ def test_gen_proto_check_detects_an_orphaned_module(tmp_path: Path) -> None:
     """A generated module whose .proto was deleted is stale as well."""
     box = _gen_proto_sandbox(tmp_path)
     (box / "proto" / "rowids.proto").unlink()
-    res = subprocess.run([_python(), str(box / "scripts" / "gen_proto.py"), "--check"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [_python(), str(box / "scripts" / "gen_proto.py"), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 1
     assert "rowids_pb2" in res.stderr
 
@@ -150,7 +156,11 @@ def first_payload(buf: bytes, field: int) -> bytes:
 
 # Unknown fields "a newer Lance" wrote, one set per message level (tags unused by our protos).
 UNKNOWN_MANIFEST = key(1000, VARINT) + enc_varint(123_456_789) + len_field(1001, b"from a newer lance")
-UNKNOWN_FRAGMENT = len_field(900, len_field(1, b"overlay-ish") + key(2, VARINT) + enc_varint(7)) + key(901, I64) + (2**60 + 5).to_bytes(8, "little")
+UNKNOWN_FRAGMENT = (
+    len_field(900, len_field(1, b"overlay-ish") + key(2, VARINT) + enc_varint(7))
+    + key(901, I64)
+    + (2**60 + 5).to_bytes(8, "little")
+)
 UNKNOWN_DATA_FILE = key(800, I32) + (0xDEADBEEF).to_bytes(4, "little") + key(801, VARINT) + enc_varint(2**40)
 UNKNOWN_FIELD = len_field(700, b"\x08\x01\x10\x02") + key(701, VARINT) + enc_varint(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 from array import array
@@ -74,7 +75,7 @@ def lance_rule(values: list[int]) -> str:
     """Lance's segment choice for one run of values, restated independently."""
     if not values:
         return "range"
-    if any(b <= a for a, b in zip(values, values[1:])):
+    if any(b <= a for a, b in itertools.pairwise(values)):
         return "array"
     span = values[-1] - values[0] + 1
     holes = span - len(values)
@@ -108,9 +109,7 @@ def test_row_id_round_trip_and_segment_rules(values: list[int]) -> None:
 
 def test_width_rule_of_encoded_arrays() -> None:
     def array_of(values: list[int]) -> rowids_pb2.EncodedU64Array:
-        segments = rowids_pb2.RowIdSequence.FromString(
-            encode_row_ids(RowIdSequence.from_values(values))
-        ).segments
+        segments = rowids_pb2.RowIdSequence.FromString(encode_row_ids(RowIdSequence.from_values(values))).segments
         assert [s.WhichOneof("segment") for s in segments] == ["array"]
         return segments[0].array
 
@@ -129,26 +128,26 @@ def test_each_segment_kind_decodes() -> None:
     message = rowids_pb2.RowIdSequence(
         segments=[
             Seg(range=Seg.Range(start=0, end=3)),
-            Seg(
-                range_with_holes=Seg.RangeWithHoles(
-                    start=10, end=15, holes=_u16(11, b"\x00\x00\x02\x00")
-                )
-            ),
-            Seg(
-                range_with_bitmap=Seg.RangeWithBitmap(
-                    start=20, end=30, bitmap=bytes([0b0000_0101, 0b10])
-                )
-            ),
-            Seg(
-                sorted_array=Arr(
-                    u32_array=Arr.U32Array(base=100, offsets=array("I", [0, 70000]).tobytes())
-                )
-            ),
+            Seg(range_with_holes=Seg.RangeWithHoles(start=10, end=15, holes=_u16(11, b"\x00\x00\x02\x00"))),
+            Seg(range_with_bitmap=Seg.RangeWithBitmap(start=20, end=30, bitmap=bytes([0b0000_0101, 0b10]))),
+            Seg(sorted_array=Arr(u32_array=Arr.U32Array(base=100, offsets=array("I", [0, 70000]).tobytes()))),
             Seg(array=Arr(u64_array=Arr.U64Array(values=array("Q", [5, 4]).tobytes()))),
         ]
     )
     assert decode_row_ids(message.SerializeToString()).to_list() == [
-        0, 1, 2, 10, 12, 14, 20, 22, 29, 100, 70100, 5, 4,
+        0,
+        1,
+        2,
+        10,
+        12,
+        14,
+        20,
+        22,
+        29,
+        100,
+        70100,
+        5,
+        4,
     ]
 
 
@@ -178,9 +177,7 @@ def test_concat_mask_split_match_list_model(parts: list[list[int]], data: st.Dat
     cuts = data.draw(st.lists(st.integers(0, len(model)), max_size=3))
     sizes = [b - a for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(model)])]
     chunks = kept.split(sizes)
-    assert [c.to_list() for c in chunks] == [
-        model[sum(sizes[:i]) : sum(sizes[: i + 1])] for i in range(len(sizes))
-    ]
+    assert [c.to_list() for c in chunks] == [model[sum(sizes[:i]) : sum(sizes[: i + 1])] for i in range(len(sizes))]
     for chunk in chunks:
         assert decode_row_ids(encode_row_ids(chunk)) == chunk
 
@@ -362,16 +359,10 @@ def _states(path: Path) -> list[FragmentState]:
         deleted: list[int] = []
         if meta["deletion_file"]:
             info = meta["deletion_file"]
-            kind = (
-                DeletionFileType.BITMAP
-                if info["file_type"] == "bitmap"
-                else DeletionFileType.ARROW_ARRAY
-            )
+            kind = DeletionFileType.BITMAP if info["file_type"] == "bitmap" else DeletionFileType.ARROW_ARRAY
             name = deletion_file_name(meta["id"], info["read_version"], info["id"], kind)
             deleted = decode_deletion_file((path / "_deletions" / name).read_bytes(), kind)
-        scan = fragment.to_table(
-            columns=["_row_created_at_version", "_row_last_updated_at_version"], with_row_id=True
-        )
+        scan = fragment.to_table(columns=["_row_created_at_version", "_row_last_updated_at_version"], with_row_id=True)
         states.append(
             FragmentState(
                 id=meta["id"],
@@ -399,15 +390,16 @@ def _assert_state_consistent(state: FragmentState) -> None:
 def _write(path: Path, first: int, count: int, version: str, create: bool) -> None:
     table = pa.table({"id": pa.array(range(first, first + count), pa.int64())})
     lance.write_dataset(
-        table, str(path), mode="create" if create else "append",
-        data_storage_version=version, enable_stable_row_ids=True,
+        table,
+        str(path),
+        mode="create" if create else "append",
+        data_storage_version=version,
+        enable_stable_row_ids=True,
     )
 
 
 @pytest.fixture(scope="module", params=["2.0", "2.1"])
-def compacted(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, Path]:
+def compacted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(before, after) copies of a stable-row-id dataset around ``compact_files``."""
     root = tmp_path_factory.mktemp(f"rowids-{request.param}")
     path = root / "ds"
@@ -482,17 +474,13 @@ def test_pylance_reads_our_encodings(compacted: tuple[Path, Path], tmp_path: Pat
             versions = [1 + (i % 3 == 0) for i in range(n)]
             shapes[fragment.id] = (ids, versions)
             fragment.inline_row_ids = encode_row_ids(RowIdSequence.from_values(ids))
-            fragment.inline_created_at_versions = encode_row_versions(
-                RowVersionSequence.from_versions(versions)
-            )
+            fragment.inline_created_at_versions = encode_row_versions(RowVersionSequence.from_versions(versions))
 
     _patch_latest_manifest(copy, mutate)
     kinds = {
         segment.WhichOneof("segment")
         for ids, _ in shapes.values()
-        for segment in rowids_pb2.RowIdSequence.FromString(
-            encode_row_ids(RowIdSequence.from_values(ids))
-        ).segments
+        for segment in rowids_pb2.RowIdSequence.FromString(encode_row_ids(RowIdSequence.from_values(ids))).segments
     }
     assert kinds == {"range_with_bitmap", "range_with_holes", "sorted_array", "array"}
     states = {s.id: s for s in _states(copy)}

@@ -84,9 +84,7 @@ def mixed_table(n: int, start: int, version: str) -> pa.Table:
         "lbin": pa.array([bytes([i % 256]) * (i % 9) for i in r], pa.large_binary()),
         "fsb": pa.array([bytes([i % 256]) * 4 for i in r], pa.binary(4)),
         "dec": pa.array([decimal.Decimal(i) / 100 for i in r], pa.decimal128(10, 2)),
-        "d32": pa.array(
-            [datetime.date(2020, 1, 1) + datetime.timedelta(days=i) for i in r], pa.date32()
-        ),
+        "d32": pa.array([datetime.date(2020, 1, 1) + datetime.timedelta(days=i) for i in r], pa.date32()),
         "ts": pa.array([i * 1_000_000 for i in r], pa.timestamp("us", tz="UTC")),
         "dict": pa.array([["a", "b", "c"][i % 3] for i in r]).dictionary_encode(),
         "lst": pa.array([list(range(i % 4)) if i % 8 else None for i in r], pa.list_(pa.int64())),
@@ -108,9 +106,7 @@ def mixed_table(n: int, start: int, version: str) -> pa.Table:
         "alln": pa.array([None] * n, pa.int32()),
     }
     if version not in ("2.0", "2.1"):  # maps need file version 2.2+
-        cols["map"] = pa.array(
-            [[(f"k{j}", j) for j in range(i % 3)] for i in r], pa.map_(pa.string(), pa.int32())
-        )
+        cols["map"] = pa.array([[(f"k{j}", j) for j in range(i % 3)] for i in r], pa.map_(pa.string(), pa.int32()))
     return pa.table(cols)
 
 
@@ -152,9 +148,7 @@ def multipage_ds(version: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     table = mixed_table(400, 0, version)
     reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=50))
     path = tmp_path_factory.mktemp(f"multipage{version}") / "ds"
-    lance.write_dataset(
-        reader, str(path), data_storage_version=version, max_rows_per_file=150, data_cache_bytes=1
-    )
+    lance.write_dataset(reader, str(path), data_storage_version=version, max_rows_per_file=150, data_cache_bytes=1)
     return str(path)
 
 
@@ -215,10 +209,7 @@ def merge_files(paths: list[str], out_path: str) -> V2FileMetadata:
         row_offsets.append(rows)
         out += Path(path).read_bytes()[: meta.data_end]
         rows += meta.num_rows
-    columns = [
-        merge_column([m.columns[i] for m in metas], deltas, row_offsets, version)
-        for i in range(metas[0].num_columns)
-    ]
+    columns = [merge_column([m.columns[i] for m in metas], deltas, row_offsets, version) for i in range(metas[0].num_columns)]
     out += build_tail(len(out), columns, with_num_rows(metas[0].descriptor, rows), version)
     Path(out_path).write_bytes(out)
     return read_meta(out_path)
@@ -416,9 +407,7 @@ def test_merged_file_reads_back(kind: str, version: str, request: pytest.Fixture
             assert page.priority == 0
             continue
         expected_priorities = [
-            p.priority + sum(m.num_rows for m in metas[:k])
-            for k, m in enumerate(metas)
-            for p in m.columns[i].pages
+            p.priority + sum(m.num_rows for m in metas[:k]) for k, m in enumerate(metas) for p in m.columns[i].pages
         ]
         assert [p.priority for p in column.pages] == expected_priorities
 
@@ -466,9 +455,7 @@ def test_encodings_do_not_depend_on_file_position(kind: str, version: str, tmp_p
             for page_a, page_b in zip(col_a.pages, col_b.pages, strict=True):
                 assert page_a.encoding == page_b.encoding
                 assert page_a.buffer_sizes == page_b.buffer_sizes
-                for off_a, off_b, size in zip(
-                    page_a.buffer_offsets, page_b.buffer_offsets, page_a.buffer_sizes, strict=True
-                ):
+                for off_a, off_b, size in zip(page_a.buffer_offsets, page_b.buffer_offsets, page_a.buffer_sizes, strict=True):
                     assert base_bytes[off_a : off_a + size] == data[off_b : off_b + size]
 
 
@@ -575,9 +562,7 @@ def test_v20_encodings_that_point_outside_the_page(simple_files: dict[str, V2Fil
     reasons = _reasons(with_page_encoding(meta, 0, url, tampered.SerializeToString()))
     assert "lance.encodings.Flat has unknown field(s) [9]" in reasons
     assert "selects no known variant" in _reasons(with_page_encoding(meta, 0, url, unknown_field(30)))
-    assert "unexpected page encoding type" in _reasons(
-        with_page_encoding(meta, 0, "/lance.encodings21.PageLayout", b"")
-    )
+    assert "unexpected page encoding type" in _reasons(with_page_encoding(meta, 0, "/lance.encodings21.PageLayout", b""))
 
 
 def test_column_encodings_and_buffers(simple_files: dict[str, V2FileMetadata]) -> None:
@@ -633,9 +618,7 @@ def test_v21_v22_layouts(simple_files: dict[str, V2FileMetadata]) -> None:
     extended = mini.SerializeToString() + b"\x50\x01"  # field 10, varint 1
     layout = b"\x0a" + varint(len(extended)) + extended
     assert inspect_copy_safety(with_page_encoding(simple_files["2.2"], 0, url, layout)).copyable
-    assert "MiniBlockLayout has unknown field(s) [10]" in _reasons(
-        with_page_encoding(simple_files["2.1"], 0, url, layout)
-    )
+    assert "MiniBlockLayout has unknown field(s) [10]" in _reasons(with_page_encoding(simple_files["2.1"], 0, url, layout))
 
 
 def test_v23_unknown_planar_shapes(simple_files: dict[str, V2FileMetadata]) -> None:
@@ -708,7 +691,7 @@ def test_struct_header_pages_collapse_to_their_summed_length(mixed_ds: str) -> N
 def sample_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("sample") / "ds"
     _write(path, "2.1", [mixed_table(40, 0, "2.1")])
-    (_, file_path), = data_files(str(path))
+    ((_, file_path),) = data_files(str(path))
     return Path(file_path).read_bytes()
 
 
@@ -788,7 +771,7 @@ def test_damaged_metadata_regions(sample_file: bytes, monkeypatch: pytest.Monkey
 
 def test_legacy_file_is_reported_as_legacy(tmp_path: Path) -> None:
     ds_path = _write(tmp_path / "legacy", "legacy", [pa.table({"x": list(range(10))})])
-    (_, path), = data_files(ds_path)
+    ((_, path),) = data_files(ds_path)
     with pytest.raises(UnsupportedVersionError, match="legacy"):
         read_meta(path)
 

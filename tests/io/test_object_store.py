@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any, ClassVar
 
 import fsspec
 import lance
@@ -144,7 +145,9 @@ def test_an_ambiguous_put_that_landed_is_a_commit(s3_dataset: str, s3_endpoint, 
     assert _ids(s3_dataset, opts) == list(range(105))
 
 
-def test_an_ambiguous_put_that_did_not_land_keeps_files_for_cleanup(s3_dataset: str, s3_endpoint, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_an_ambiguous_put_that_did_not_land_keeps_files_for_cleanup(
+    s3_dataset: str, s3_endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     """A remote PUT that failed may still land later, so its data files are not deleted; cleanup removes them."""
     opts = s3_endpoint.pylance_options
     real = Storage._put_if_absent
@@ -204,8 +207,8 @@ class NoConditionalFS(MemoryFileSystem):
     """An fsspec store without atomic create-if-absent (fsspec's generic pipe_file(mode="create") is racy)."""
 
     protocol = "nocond"
-    store: dict = {}
-    pseudo_dirs = [""]
+    store: ClassVar[dict[str, Any]] = {}
+    pseudo_dirs: ClassVar[list[str]] = [""]
 
     @classmethod
     def _strip_protocol(cls, path):  # type: ignore[no-untyped-def]
@@ -241,7 +244,11 @@ def test_non_s3_stores(protocol: str, dataset_cache, tmp_path: Path) -> None:  #
         with pytest.raises(StorageError, match="cannot create objects only-if-absent"):
             compact(uri, options)
         assert Dataset.open(uri).version == lance.dataset(str(src)).version
-        assert not [p for p in fs.find(root) if "/data/" in p and p.rsplit("/", 1)[-1] not in {f.path for frag in Dataset.open(uri).fragments for f in frag.files}]
+        assert not [
+            p
+            for p in fs.find(root)
+            if "/data/" in p and p.rsplit("/", 1)[-1] not in {f.path for frag in Dataset.open(uri).fragments for f in frag.files}
+        ]
         options = CompactionOptions(target_rows_per_fragment=1000, storage_options={UNSAFE_COMMIT_OPTION: "true"})
     report = compact(uri, options)
     assert report.version == lance.dataset(str(src)).version + 1
@@ -279,7 +286,14 @@ def test_commit_lock_serialises_exists_then_write(dataset_cache, tmp_path: Path)
 def test_option_translation() -> None:
     out = fsspec_options(
         "s3",
-        {"aws_access_key_id": "a", "aws_secret_access_key": "b", "aws_endpoint": "http://h", "aws_region": "r", "allow_http": "true", UNSAFE_COMMIT_OPTION: "1"},
+        {
+            "aws_access_key_id": "a",
+            "aws_secret_access_key": "b",
+            "aws_endpoint": "http://h",
+            "aws_region": "r",
+            "allow_http": "true",
+            UNSAFE_COMMIT_OPTION: "1",
+        },
     )
     assert out == {"key": "a", "secret": "b", "client_kwargs": {"endpoint_url": "http://h", "region_name": "r"}}
     # s3fs spellings win; non-S3 protocols only lose our own key
@@ -300,7 +314,7 @@ def _s3_appender(uri: str, options: dict, worker: int, count: int) -> int:
             try:
                 lance.write_dataset(factory.simple_table(start, 10), uri, mode="append", storage_options=options)
                 break
-            except Exception:  # noqa: BLE001 - pylance lost a commit race; nothing was added
+            except Exception:
                 failures += 1
                 assert failures < 50
     return failures
@@ -318,7 +332,9 @@ def test_pylance_appenders_race_our_compactions_on_s3(s3_dataset: str, s3_endpoi
     commits = 0
     while any(p.is_alive() for p in procs):
         try:
-            commits += compact(s3_dataset, CompactionOptions(target_rows_per_fragment=10_000, storage_options=opts)).version is not None
+            commits += (
+                compact(s3_dataset, CompactionOptions(target_rows_per_fragment=10_000, storage_options=opts)).version is not None
+            )
         except CommitConflictError:
             pass
     outcomes = [queue.get(timeout=60) for _ in procs]

@@ -9,6 +9,7 @@ at once.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -95,10 +96,14 @@ def test_in_turn_without_a_pool() -> None:
 
 
 def test_pieces_cover_the_range_exactly() -> None:
-    for start, end, budget, n in [(0, 10 * MIN_READ_PIECE + 3, 16 * MIN_READ_PIECE, 8), (5, 100, 10, 4), (0, 3 * MIN_READ_PIECE, 4 * MIN_READ_PIECE, 16)]:
+    for start, end, budget, n in [
+        (0, 10 * MIN_READ_PIECE + 3, 16 * MIN_READ_PIECE, 8),
+        (5, 100, 10, 4),
+        (0, 3 * MIN_READ_PIECE, 4 * MIN_READ_PIECE, 16),
+    ]:
         pieces = cut(start, end, budget, n)
         assert pieces[0][0] == start and pieces[-1][1] == end
-        assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
         assert all(0 < e - s <= budget for s, e in pieces)
 
 
@@ -131,7 +136,9 @@ def s3_vectors(s3_endpoint):  # type: ignore[no-untyped-def]
     start, parts = 0, []
     for i, rows in enumerate(SIZES):
         part = _table(start, rows, rng)
-        lance.write_dataset(part, uri, mode="append" if i else "create", data_storage_version="2.1", storage_options=s3_endpoint.pylance_options)
+        lance.write_dataset(
+            part, uri, mode="append" if i else "create", data_storage_version="2.1", storage_options=s3_endpoint.pylance_options
+        )
         parts.append(part)
         start += rows
     return uri, pa.concat_tables(parts)
@@ -169,7 +176,9 @@ def _data_files(uri: str, options: dict[str, str]) -> set[str]:
 
 
 @pytest.mark.parametrize("server_side_copy", [False, True], ids=["streamed", "server-side-copy"])
-def test_a_request_failing_mid_flight_leaves_nothing_and_a_retry_succeeds(s3_vectors, s3_endpoint, server_side_copy: bool) -> None:  # type: ignore[no-untyped-def]
+def test_a_request_failing_mid_flight_leaves_nothing_and_a_retry_succeeds(
+    s3_vectors, s3_endpoint, server_side_copy: bool
+) -> None:  # type: ignore[no-untyped-def]
     """One read of a piece of a large input's data region fails with 403 while other requests are
     in flight (inputs under two parts are read, not copied in the store, with server-side copy
     on too): the task fails with a typed error, nothing is committed or left behind (data
@@ -189,7 +198,12 @@ def test_a_request_failing_mid_flight_leaves_nothing_and_a_retry_succeeds(s3_vec
             return None
         rng = headers.get("Range", "")
         # a piece of the data region: not the first bytes, not the tail holding the metadata
-        if method == "GET" and unquote(path.split("?")[0]).endswith(largest) and rng.startswith("bytes=") and not rng.startswith("bytes=0-"):
+        if (
+            method == "GET"
+            and unquote(path.split("?")[0]).endswith(largest)
+            and rng.startswith("bytes=")
+            and not rng.startswith("bytes=0-")
+        ):
             first = int(rng.removeprefix("bytes=").split("-")[0])
             return 403 if 0 < first < 2 * 1024 * 1024 else None
         return None
@@ -238,7 +252,9 @@ def test_one_request_per_input_plus_a_constant(s3_endpoint, shape: str, pages: s
                     "vec": pa.FixedSizeListArray.from_arrays(pa.array(vectors), 768),
                 }
             )
-        lance.write_dataset(part, uri, mode="append" if i else "create", data_storage_version="2.2", storage_options=s3_endpoint.pylance_options)
+        lance.write_dataset(
+            part, uri, mode="append" if i else "create", data_storage_version="2.2", storage_options=s3_endpoint.pylance_options
+        )
         parts.append(part)
     with S3Proxy(s3_endpoint.url) as proxy:
         options = {**s3_endpoint.pylance_options, "aws_endpoint": proxy.url}

@@ -106,7 +106,9 @@ def test_option_turns_server_side_copy_off(s3_endpoint) -> None:  # type: ignore
 
 
 @pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])
-def test_compaction_of_large_fragments_copies_inside_the_store(s3_endpoint, version: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_compaction_of_large_fragments_copies_inside_the_store(
+    s3_endpoint, version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     """Fragments of ~12 MiB: most bytes never leave moto, and pylance reads the result unchanged."""
     bucket = s3_endpoint.new_bucket()
     uri = f"s3://{bucket}/vectors.lance"
@@ -174,9 +176,19 @@ def test_cleanup_aborts_a_killed_writers_upload(s3_endpoint) -> None:  # type: i
 
     # moto reports every upload as begun on one fixed date, so "young" is judged from that date.
     young = pending[0].initiated + 10  # type: ignore[operator]
-    assert cleanup(uri, older_than=3600, retain_versions=None, now=young, storage_options=s3_endpoint.pylance_options).aborted_uploads == 0
+    assert (
+        cleanup(
+            uri, older_than=3600, retain_versions=None, now=young, storage_options=s3_endpoint.pylance_options
+        ).aborted_uploads
+        == 0
+    )
     assert len(storage.pending_uploads("data")) == 1
-    assert cleanup(uri, older_than=0, retain_versions=None, dry_run=True, storage_options=s3_endpoint.pylance_options).aborted_uploads == 1
+    assert (
+        cleanup(
+            uri, older_than=0, retain_versions=None, dry_run=True, storage_options=s3_endpoint.pylance_options
+        ).aborted_uploads
+        == 1
+    )
     assert len(storage.pending_uploads("data")) == 1
     report = cleanup(uri, older_than=0, retain_versions=None, storage_options=s3_endpoint.pylance_options)
     assert report.aborted_uploads == 1 and report.to_dict()["aborted_uploads"] == 1

@@ -231,7 +231,9 @@ def test_unknown_writer_flag_appears_before_our_commit(ds: Path) -> None:
     plan = plan_compaction(Dataset.open(storage), OPTIONS)
     results = [execute_task(storage, plan, t) for t in plan.tasks]
     writers.build(ds, [5], start=50_000)  # another writer commits ...
-    _rewrite_manifest(_latest_manifest(ds), lambda m: setattr(m, "writer_feature_flags", m.writer_feature_flags | 4096))  # ... a newer Lance
+    _rewrite_manifest(
+        _latest_manifest(ds), lambda m: setattr(m, "writer_feature_flags", m.writer_feature_flags | 4096)
+    )  # ... a newer Lance
     ours = {p for r in results for p in r.files_written}
     before = {k: v for k, v in tree(ds).items() if k not in ours}
     with pytest.raises(UnknownFeatureFlagError):
@@ -241,7 +243,9 @@ def test_unknown_writer_flag_appears_before_our_commit(ds: Path) -> None:
 
 @pytest.mark.parametrize("word", ["reader", "writer"])
 def test_unknown_feature_flags_refuse_before_writing(ds: Path, word: str) -> None:
-    _rewrite_manifest(_latest_manifest(ds), lambda m: setattr(m, f"{word}_feature_flags", getattr(m, f"{word}_feature_flags") | 8192))
+    _rewrite_manifest(
+        _latest_manifest(ds), lambda m: setattr(m, f"{word}_feature_flags", getattr(m, f"{word}_feature_flags") | 8192)
+    )
     before = tree(ds)
     with pytest.raises(UnknownFeatureFlagError, match=word):
         compact(str(ds), OPTIONS)

@@ -44,7 +44,9 @@ def table_of(path: Path | str, version: int | None = None) -> pa.Table:
 def evaluate_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, cursor: str | None = None) -> dg.SensorResult:
     """One tick the way the daemon runs it: resources from the Definitions, partitions from the instance."""
     sensor = defs.resolve_sensor_def(name)
-    context = dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources, sensor_name=name, cursor=cursor)
+    context = dg.build_sensor_context(
+        instance=instance, definitions=defs, resources=defs.resources, sensor_name=name, cursor=cursor
+    )
     with dg.partition_loading_context(dynamic_partitions_store=instance):
         return sensor.evaluate_tick(context)
 
@@ -59,7 +61,9 @@ def apply_partition_requests(instance: dg.DagsterInstance, result: dg.SensorResu
                 instance.delete_dynamic_partition(request.partitions_def_name, key)
 
 
-def create_run_record(instance: dg.DagsterInstance, job: dg.JobDefinition, status: dg.DagsterRunStatus, tags: Mapping[str, str]) -> dg.DagsterRun:
+def create_run_record(
+    instance: dg.DagsterInstance, job: dg.JobDefinition, status: dg.DagsterRunStatus, tags: Mapping[str, str]
+) -> dg.DagsterRun:
     """A run record in ``status``, as the run coordinator would leave one (nothing executes).
 
     Dagster insists that a QUEUED run knows the code location it will be launched
@@ -88,7 +92,9 @@ def events(result: dg.ExecuteInProcessResult | Any, event_type: str) -> list[dg.
 
 def check_evaluations(result: Any) -> dict[str, Any]:
     """check name -> AssetCheckEvaluation of a run."""
-    return {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data for e in events(result, "ASSET_CHECK_EVALUATION")}
+    return {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data for e in events(result, "ASSET_CHECK_EVALUATION")
+    }
 
 
 def metadata_values(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -67,7 +67,9 @@ def mixed_table(start: int, rows: int, version: str = "2.2") -> pa.Table:
                 "llst": pa.array([[i, i + 1] for i in ids], pa.large_list(pa.int32())),
                 "nested": pa.array([[[i], [i, i]] for i in ids], pa.list_(pa.list_(pa.int16()))),
                 "st_lst": pa.array([{"x": [i] * (i % 3)} for i in ids], pa.struct([("x", pa.list_(pa.int64()))])),
-                "lst_st": pa.array([[{"p": i, "q": float(i)}] for i in ids], pa.list_(pa.struct([("p", pa.int64()), ("q", pa.float64())]))),
+                "lst_st": pa.array(
+                    [[{"p": i, "q": float(i)}] for i in ids], pa.list_(pa.struct([("p", pa.int64()), ("q", pa.float64())]))
+                ),
                 "all_null": pa.array([None] * rows, pa.int32()),
             }
         )
@@ -76,7 +78,9 @@ def mixed_table(start: int, rows: int, version: str = "2.2") -> pa.Table:
     return pa.table(cols)
 
 
-def appends(path: Path | str, version: str, sizes: list[int], make: Callable[[int, int], pa.Table] = simple_table, **kwargs: object) -> lance.LanceDataset:
+def appends(
+    path: Path | str, version: str, sizes: list[int], make: Callable[[int, int], pa.Table] = simple_table, **kwargs: object
+) -> lance.LanceDataset:
     """One fragment per append, each ``sizes[i]`` rows, ids contiguous across fragments."""
     start = 0
     ds = None
@@ -150,7 +154,12 @@ def vector_index(path: Path | str, version: str) -> lance.LanceDataset:
     def make(start: int, rows: int) -> pa.Table:
         rng = np.random.default_rng(start)
         vecs = rng.standard_normal((rows, 16), dtype=np.float32)
-        return pa.table({"id": pa.array(range(start, start + rows), pa.int64()), "vec": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 16)})
+        return pa.table(
+            {
+                "id": pa.array(range(start, start + rows), pa.int64()),
+                "vec": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), 16),
+            }
+        )
 
     ds = appends(path, version, [300, 300, 300], make=make)
     with warnings.catch_warnings():
@@ -160,10 +169,18 @@ def vector_index(path: Path | str, version: str) -> lance.LanceDataset:
 
 
 def blob_column(path: Path | str, version: str) -> lance.LanceDataset:
-    schema = pa.schema([pa.field("id", pa.int64()), pa.field("blob", pa.large_binary(), metadata={"lance-encoding:blob": "true"})])
+    schema = pa.schema(
+        [pa.field("id", pa.int64()), pa.field("blob", pa.large_binary(), metadata={"lance-encoding:blob": "true"})]
+    )
 
     def make(start: int, rows: int) -> pa.Table:
-        return pa.table({"id": pa.array(range(start, start + rows), pa.int64()), "blob": pa.array([b"x" * (i % 50 + 1) for i in range(rows)], pa.large_binary())}, schema=schema)
+        return pa.table(
+            {
+                "id": pa.array(range(start, start + rows), pa.int64()),
+                "blob": pa.array([b"x" * (i % 50 + 1) for i in range(rows)], pa.large_binary()),
+            },
+            schema=schema,
+        )
 
     return appends(path, version, [50, 50], make=make)
 

@@ -20,7 +20,9 @@ JOB = f"{NAME}_fanout_compaction"
 
 
 def _defs(executor: dg.ExecutorDefinition | None = None, pool: str | None = "lance_compaction") -> dg.Definitions:
-    base = build_lance_compaction_defs(NAME, root=os.environ[ROOT_ENV], partitioning=dg.StaticPartitionsDefinition(PARTITIONS), pool=pool)
+    base = build_lance_compaction_defs(
+        NAME, root=os.environ[ROOT_ENV], partitioning=dg.StaticPartitionsDefinition(PARTITIONS), pool=pool
+    )
     return dg.Definitions.merge(base, dg.Definitions(executor=executor)) if executor is not None else base
 
 

@@ -65,7 +65,9 @@ def values(t: pa.DataType, nulls: bool = True, null_structs: bool = True, emptie
         return values(c, nulls, null_structs, empties)
 
     if pa.types.is_struct(t):
-        inner: st.SearchStrategy[Any] = st.fixed_dictionaries({t.field(i).name: child(t.field(i).type) for i in range(t.num_fields)})
+        inner: st.SearchStrategy[Any] = st.fixed_dictionaries(
+            {t.field(i).name: child(t.field(i).type) for i in range(t.num_fields)}
+        )
         return st.one_of(st.none(), inner, inner) if nulls and null_structs else inner
     low = 0 if empties else 1
     if pa.types.is_map(t):

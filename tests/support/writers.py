@@ -31,7 +31,9 @@ def build(uri: str | Path, sizes: list[int], version: str = "2.1", start: int = 
     for i, n in enumerate(sizes):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            lance.write_dataset(table(start, n), str(uri), mode="append" if i or start else "create", data_storage_version=version, **kwargs)
+            lance.write_dataset(
+                table(start, n), str(uri), mode="append" if i or start else "create", data_storage_version=version, **kwargs
+            )
         start += n
     return start
 
@@ -39,7 +41,7 @@ def build(uri: str | Path, sizes: list[int], version: str = "2.1", start: int = 
 def _run(fn: Callable[..., Any], args: tuple, queue: Any) -> None:
     try:
         queue.put(("ok", fn(*args)))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+    except BaseException as exc:
         queue.put(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
 
@@ -111,7 +113,7 @@ def appender(uri: str, worker: int, count: int, rows: int) -> dict[str, int]:
             try:
                 lance.write_dataset(table(start, rows), uri, mode="append")
                 break
-            except Exception:  # noqa: BLE001 - pylance gave up on a commit race; nothing was added
+            except Exception:
                 failures += 1
                 if failures > 50:
                     raise
@@ -136,7 +138,7 @@ def mutator(uri: str, kind: str, seed: int, count: int, id_range: int) -> dict[s
             else:
                 ds.update({"v": "v + 1"}, where=f"id = {x}")
             done.append(x)
-        except Exception:  # noqa: BLE001 - a conflict pylance did not retry: the change did not happen
+        except Exception:
             failures += 1
     return {"kind": kind, "ids": done, "failures": failures}
 
@@ -160,7 +162,13 @@ def compact_at_barrier(uri: str, barrier: Any, target: int) -> dict[str, Any]:
         report = commit_compaction(storage, plan, results)
     except CommitConflictError as exc:
         return {"committed": False, "error": str(exc), "written": written, "read_version": plan.read_version}
-    return {"committed": True, "version": report.version, "written": written, "read_version": plan.read_version, "retries": report.retries}
+    return {
+        "committed": True,
+        "version": report.version,
+        "written": written,
+        "read_version": plan.read_version,
+        "retries": report.retries,
+    }
 
 
 # --- judging a dataset's whole history -------------------------------------------------------
@@ -213,7 +221,14 @@ def referenced_files(uri: str) -> set[str]:
 
 
 # --- dying at a chosen instant ------------------------------------------------------------------
-KILL_POINTS = ["copying", "data_files_written", "transaction_written", "manifest_staged", "manifest_committed", "hint_half_written"]
+KILL_POINTS = [
+    "copying",
+    "data_files_written",
+    "transaction_written",
+    "manifest_staged",
+    "manifest_committed",
+    "hint_half_written",
+]
 
 
 def compact_and_die(uri: str, point: str, target: int, read_batch_bytes: int = 1 << 20, throttle: float = 0.0) -> None:
