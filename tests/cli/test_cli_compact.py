@@ -14,24 +14,11 @@ import lance
 import pytest
 
 from lance_assets.cli import _storage_options, main
+from tests.engine.test_compaction import REPORT_KEYS
 from tests.support.assertions import assert_one_error_line, tree_digest
 
 Copy = Callable[[str, str], Path]
 SCRIPT = Path(sys.executable).parent / "lance-assets"
-REPORT_KEYS = {
-    "read_version",
-    "version",
-    "fragments_removed",
-    "fragments_added",
-    "files_removed",
-    "files_added",
-    "rows",
-    "bytes_read",
-    "bytes_written",
-    "seconds",
-    "tasks",
-    "skipped",
-}
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
