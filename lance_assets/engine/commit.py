@@ -50,10 +50,10 @@ from lance_assets.engine.indices import (
     reuse_index_metadata,
     reuse_versions,
 )
-from lance_assets.engine.plan import CompactionPlan, fragment_file_count
 from lance_assets.engine.reencode import pylance_available
 from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.rows import deleted_offsets
+from lance_assets.engine.tasks import CompactionPlan, fragment_file_count
 from lance_assets.engine.zone_remap import ZONED_KINDS, remap_zones
 from lance_assets.errors import (
     CommitConflictError,
@@ -191,7 +191,7 @@ def _refuse_graph_row_drops(latest: Dataset, groups: Sequence[_Group], views: Se
     The planner keeps such fragments' deleted rows, so this only happens when the index was
     created after the plan; planning again avoids it."""
     old_by_id = {f.id: f for f in latest.manifest.fragments}
-    keeps_rows = is_vector if latest.stable_row_ids else has_graph  # as the planner's _index_sets
+    keeps_rows = is_vector if latest.stable_row_ids else has_graph  # as the planner's candidates._index_sets
     for view in views:
         if view.fragments is None or not keeps_rows(view.meta):
             continue

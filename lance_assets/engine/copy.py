@@ -26,11 +26,11 @@ from lance_assets.engine.commit_loop import remove_files
 from lance_assets.engine.copy_legacy import write_legacy_output
 from lance_assets.engine.dataset import DATA_DIR, Dataset, DatasetRef, open_dataset
 from lance_assets.engine.options import PAGES_COALESCE, CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, CompactionTask
 from lance_assets.engine.reencode import reencode_task
 from lance_assets.engine.report import ProgressCallback, Reason, RewriteResult
 from lance_assets.engine.rows import carry_deletions, carry_row_sequences
 from lance_assets.engine.tail import read_v2_metadata, read_v2_tail
+from lance_assets.engine.tasks import CompactionPlan, CompactionTask
 from lance_assets.errors import CompactionRefusedError
 from lance_assets.format import manifest as mf
 from lance_assets.format import pages as page_health

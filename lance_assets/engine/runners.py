@@ -27,8 +27,8 @@ from lance_assets.engine.options import RUNNER_CHOICES as RUNNER_CHOICES
 from lance_assets.engine.options import RUNNER_LOCAL as RUNNER_LOCAL
 from lance_assets.engine.options import RUNNER_PROCESSES as RUNNER_PROCESSES
 from lance_assets.engine.options import RUNNER_RAY as RUNNER_RAY
-from lance_assets.engine.plan import CompactionPlan, CompactionTask
 from lance_assets.engine.report import ProgressCallback, RewriteResult
+from lance_assets.engine.tasks import CompactionPlan, CompactionTask
 from lance_assets.errors import MissingExtraError
 from lance_assets.io import Storage
 
