@@ -75,7 +75,7 @@ def test_inspect_cli_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert json.loads(capsys.readouterr().out)["columns"] == []
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "pages per column" in out and "1 fragments with columns made of small pages" in out
+    assert "pages per column" in out and "1 fragment with columns made of small pages" in out
 
 
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
