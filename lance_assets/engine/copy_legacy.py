@@ -37,10 +37,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO
 
 from lance_assets._proto import file_pb2, table_pb2
 from lance_assets.engine.dataset import DATA_DIR, Dataset
+from lance_assets.engine.legacy_io import LegacyCopier, LegacyInput
 from lance_assets.engine.legacy_repage import Repager, repage_batch_size
 from lance_assets.engine.report import ProgressCallback
 from lance_assets.engine.rows import carry_row_sequences
@@ -51,28 +51,7 @@ from lance_assets.format import manifest as mf
 from lance_assets.io import Storage
 
 
-@dataclass(frozen=True)
-class _Input:
-    """One input data file: its parsed tail, field layouts and the live field ids it provides.
-
-    ``tail`` is the file from ``tail_offset`` on, as read for the metadata (small files: all of
-    it); ranges inside it are served from memory instead of being read again.
-    """
-
-    rel_path: str
-    meta: legacy.LegacyFileMetadata
-    layouts: dict[int, legacy.FieldLayout]
-    field_ids: tuple[int, ...]
-    tail: bytes = b""
-    tail_offset: int = 0
-
-    def cached(self, start: int, end: int) -> bytes | None:
-        if start >= self.tail_offset and end - self.tail_offset <= len(self.tail):
-            return self.tail[start - self.tail_offset : end - self.tail_offset]
-        return None
-
-
-def _inputs(ds: Dataset, frag: table_pb2.DataFragment, schema: dict[int, file_pb2.Field]) -> list[_Input]:
+def _inputs(ds: Dataset, frag: table_pb2.DataFragment, schema: dict[int, file_pb2.Field]) -> list[LegacyInput]:
     out = []
     for df in frag.files:
         rel = ds.data_file_path(df)
@@ -106,7 +85,7 @@ def _inputs(ds: Dataset, frag: table_pb2.DataFragment, schema: dict[int, file_pb
                     f"{schema[fid].logical_type!r} in the dataset",
                     path=where,
                 )
-        out.append(_Input(rel, meta, layouts, live, tail, tail_offset))
+        out.append(LegacyInput(rel, meta, layouts, live, tail, tail_offset))
     return out
 
 
@@ -122,7 +101,7 @@ class _Dictionary:
     length: int
 
 
-def _read_dictionary(storage: Storage, src: _Input, layout: legacy.FieldLayout) -> _Dictionary:
+def _read_dictionary(storage: Storage, src: LegacyInput, layout: legacy.FieldLayout) -> _Dictionary:
     where = storage.url(src.rel_path)
     d = layout.dictionary
     assert d is not None
@@ -139,7 +118,7 @@ def _read_dictionary(storage: Storage, src: _Input, layout: legacy.FieldLayout) 
 
 
 def _dictionaries(
-    storage: Storage, sources: Sequence[Sequence[_Input]], schema: dict[int, file_pb2.Field]
+    storage: Storage, sources: Sequence[Sequence[LegacyInput]], schema: dict[int, file_pb2.Field]
 ) -> dict[int, _Dictionary]:
     """The dictionary of every live dictionary field, refusing inputs whose dictionaries differ.
 
@@ -166,7 +145,9 @@ def _dictionaries(
     return found
 
 
-def _write_dictionaries(copier: _Copier, found: dict[int, _Dictionary], fields: list[file_pb2.Field]) -> list[file_pb2.Field]:
+def _write_dictionaries(
+    copier: LegacyCopier, found: dict[int, _Dictionary], fields: list[file_pb2.Field]
+) -> list[file_pb2.Field]:
     """Write each dictionary after the pages; ``fields`` with their dictionaries pointing at them."""
     out = []
     for f in fields:
@@ -183,64 +164,14 @@ def _write_dictionaries(copier: _Copier, found: dict[int, _Dictionary], fields: 
     return out
 
 
-def _concatenable(sources: Sequence[Sequence[_Input]]) -> bool:
+def _concatenable(sources: Sequence[Sequence[LegacyInput]]) -> bool:
     """Whether the inputs' batches, one after the other, already form a file Lance reads right:
     the files of each fragment cut alike, and every batch but the last of the first one's size."""
     same_cut = all(src.meta.batch_offsets == files[0].meta.batch_offsets for files in sources for src in files)
     return same_cut and legacy.uniform_batches([n for files in sources for n in files[0].meta.batch_rows])
 
 
-class _Copier:
-    """Appends source extents to ``out``, coalescing adjacent ones into single range copies."""
-
-    def __init__(self, storage: Storage, out: IO[bytes], read_batch_bytes: int, progress: ProgressCallback | None) -> None:
-        self.storage, self.out, self.batch, self.progress = storage, out, read_batch_bytes, progress
-        self.pos = 0  # bytes in ``out``, including the pending run
-        self.bytes_read = 0
-        self._src: _Input | None = None
-        self._run: tuple[int, int] | None = None  # pending source range, not yet copied
-
-    def add(self, src: _Input, start: int, end: int) -> int:
-        """Queue source bytes [start, end) for copying; returns their output position."""
-        if self._run is not None and (src is not self._src or start != self._run[1]):
-            self.flush()
-        if self._run is None:
-            self._src, self._run = src, (start, start)
-        assert self._run is not None
-        self._run = (self._run[0], end)
-        dest = self.pos
-        self.pos += end - start
-        return dest
-
-    def flush(self) -> None:
-        run, src, self._run = self._run, self._src, None
-        if run is None or run[1] == run[0]:
-            return
-        assert src is not None
-        data = src.cached(*run)
-        if data is not None:
-            self.out.write(data)
-            if self.progress:
-                self.progress(len(data))
-        else:
-            self.storage.copy_range(src.rel_path, run[0], run[1], self.out, batch_bytes=self.batch, progress=self.progress)
-        self.bytes_read += run[1] - run[0]
-
-    def read(self, src: _Input, start: int, end: int) -> bytes:
-        """Source bytes [start, end), from memory when the metadata read already holds them."""
-        data = src.cached(start, end)
-        if data is None:
-            data = self.storage.read_exact(src.rel_path, start, end)
-        self.bytes_read += len(data)
-        return data
-
-    def write(self, data: bytes) -> None:
-        self.flush()
-        self.out.write(data)
-        self.pos += len(data)
-
-
-def _copy_pages(copier: _Copier, src: _Input, where: str) -> dict[tuple[int, int], legacy.LegacyPage]:
+def _copy_pages(copier: LegacyCopier, src: LegacyInput, where: str) -> dict[tuple[int, int], legacy.LegacyPage]:
     """Copy the live pages of one input; returns their new entries keyed by (field id, batch)."""
     meta = src.meta
     todo = []
@@ -355,7 +286,7 @@ def write_legacy_output(
     rel = f"{DATA_DIR}/{name}"
     lo, hi = out_ids[0], out_ids[-1]
     with storage.open_write(rel) as out:
-        copier = _Copier(storage, out, read_batch_bytes, progress)
+        copier = LegacyCopier(storage, out, read_batch_bytes, progress)
         if concatenate:
             batch_rows = [n for files in sources for n in files[0].meta.batch_rows]
             total = len(batch_rows)

@@ -35,14 +35,11 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from lance_assets._proto import file_pb2
+from lance_assets.engine.legacy_io import LegacyCopier, LegacyInput
 from lance_assets.errors import CompactionRefusedError, CorruptFileError
 from lance_assets.format import legacy
-
-if TYPE_CHECKING:
-    from lance_assets.engine.copy_legacy import _Copier, _Input
 
 #: Lance's default rows per legacy batch (``max_rows_per_group``).
 DEFAULT_ROWS_PER_BATCH = 1024
@@ -73,7 +70,7 @@ def repage_batch_size(batch_rows: Sequence[Sequence[int]]) -> int:
 class _Piece:
     """Values ``lo .. hi`` (rows, or items below a list) of one input page: (src, field, batch)."""
 
-    src: _Input
+    src: LegacyInput
     batch: int
     lo: int
     hi: int
@@ -97,9 +94,9 @@ class Repager:
 
     def __init__(
         self,
-        copier: _Copier,
+        copier: LegacyCopier,
         fields: Sequence[file_pb2.Field],
-        holders: Sequence[dict[int, _Input]],
+        holders: Sequence[dict[int, LegacyInput]],
         frag_rows: Sequence[int],
         batch_size: int,
     ) -> None:
@@ -316,7 +313,7 @@ def _int(data: bytes) -> int:
     return int.from_bytes(data, "little", signed=True)
 
 
-def _cut(src: _Input, first: int, end: int) -> Iterator[_Piece]:
+def _cut(src: LegacyInput, first: int, end: int) -> Iterator[_Piece]:
     """Rows ``first .. end`` of one input file as pieces of its batches."""
     offsets = src.meta.batch_offsets
     batch = bisect.bisect_right(offsets, first) - 1

@@ -36,6 +36,7 @@ from lance_assets._proto import table_pb2
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.copy import execute_task
 from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.legacy_io import LegacyCopier
 from lance_assets.engine.legacy_repage import repage_batch_size
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile, plan_compaction
@@ -583,7 +584,6 @@ def test_single_batch_appends_get_default_sized_batches(tmp_path: Path) -> None:
 def test_large_files_repaged_in_bounded_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Files far larger than ``read_batch_bytes``: every read of page bytes (offsets, positions,
     bits) and every range copy stays within it, and the output is the same as with one read."""
-    import lance_assets.engine.copy_legacy as copy_legacy
     from lance_assets.io import Storage
 
     def table(start: int, n: int) -> pa.Table:
@@ -595,7 +595,7 @@ def test_large_files_repaged_in_bounded_pieces(tmp_path: Path, monkeypatch: pyte
         factory.appends(p, "legacy", [5500, 6100, 1234], make=table, max_rows_per_group=1000)
     compact(str(a))
     reads: list[int] = []
-    original_read, original_copy = copy_legacy._Copier.read, Storage.copy_range
+    original_read, original_copy = LegacyCopier.read, Storage.copy_range
 
     def read(self, src, start, end):  # type: ignore[no-untyped-def]
         reads.append(end - start)
@@ -605,7 +605,7 @@ def test_large_files_repaged_in_bounded_pieces(tmp_path: Path, monkeypatch: pyte
         assert batch_bytes == 4096
         return original_copy(self, rel, start, end, out, batch_bytes=batch_bytes, progress=progress)
 
-    monkeypatch.setattr(copy_legacy._Copier, "read", read)
+    monkeypatch.setattr(LegacyCopier, "read", read)
     monkeypatch.setattr(Storage, "copy_range", copy_range)
     run_and_check(b, CompactionOptions(read_batch_bytes=4096))
     assert reads and max(reads) <= 4096
