@@ -136,8 +136,8 @@ def child(variant: str, path: str, read_batch_bytes: int) -> None:
 
 def plan_child(path: str) -> None:
     """Time planning and one inspection (a sensor tick) from the URI, five times each."""
-    from lance_assets.engine.inspect import inspect_dataset
-    from lance_assets.engine.plan import plan_compaction
+    from lance_assets.engine.maintenance.inspect import inspect_dataset
+    from lance_assets.engine.planning.plan import plan_compaction
 
     plan_s, inspect_s, plan_cpu, inspect_cpu = [], [], [], []
     tasks = fragments = 0

@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-    from lance_assets.engine.inspect import Inspection
-    from lance_assets.engine.plan import CompactionPlan
+    from lance_assets.engine.maintenance.inspect import Inspection
+    from lance_assets.engine.planning.plan import CompactionPlan
     from lance_assets.engine.report import CompactionReport, RewriteResult
 
 EXIT_ERROR = 2
@@ -94,7 +94,7 @@ def _print_inspection(report: Inspection, console: Console, fragments: Sequence[
     from rich.markup import escape
     from rich.table import Table
 
-    from lance_assets.engine.inspect import SMALL_PAGE_RULE
+    from lance_assets.engine.maintenance.inspect import SMALL_PAGE_RULE
 
     s = report.summary
     console.print(
@@ -168,7 +168,7 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
             target_rows_per_fragment=args.target_rows_per_fragment, max_concurrent_requests=args.max_concurrent_requests
         )
     )
-    from lance_assets.engine.inspect import inspect_dataset
+    from lance_assets.engine.maintenance.inspect import inspect_dataset
 
     report = inspect_dataset(
         args.uri,
@@ -404,7 +404,7 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
 def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
     from rich.markup import escape
 
-    from lance_assets.engine.cleanup import cleanup
+    from lance_assets.engine.maintenance.cleanup import cleanup
 
     try:
         older_than = parse_duration(args.older_than)
@@ -449,7 +449,7 @@ def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
 
 
 #: What ``cleanup --help`` says about its JSON, the deprecated names above all (the names
-#: themselves: ``engine.cleanup.DEPRECATED_JSON_KEYS``, not imported here to keep ``--help`` fast).
+#: themselves: ``engine.maintenance.cleanup.DEPRECATED_JSON_KEYS``, not imported here to keep ``--help`` fast).
 CLEANUP_JSON_EPILOG = (
     "--json: files_removed, bytes_removed and versions_removed count what is removed (or would be); "
     "removed_versions lists those version numbers and files every file with its size and kind. "

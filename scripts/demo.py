@@ -81,7 +81,7 @@ def _load_defs():  # type: ignore[no-untyped-def]
 
 
 def _summary(label: str, uri: Path) -> None:
-    from lance_assets.engine.inspect import inspect_dataset
+    from lance_assets.engine.maintenance.inspect import inspect_dataset
 
     r = inspect_dataset(str(uri))
     s = r.summary

@@ -220,9 +220,9 @@ def _spawn_child(uri: Path, throttle: float) -> subprocess.Popen:
 def random_kills(work: Path, kills: int, seed: int, throttle: float = 0.01) -> dict[str, Any]:
     import lance
 
-    from lance_assets.engine.cleanup import cleanup
     from lance_assets.engine.compaction import compact
     from lance_assets.engine.dataset import Dataset, list_versions
+    from lance_assets.engine.maintenance.cleanup import cleanup
     from lance_assets.engine.options import CompactionOptions
     from lance_assets.io import Storage
 

@@ -1,8 +1,8 @@
 """The docs name only files that exist.
 
 A renamed module or a moved test leaves its old path behind in prose, where nothing fails; this
-test reads README.md and the docs for repository paths (``lance_assets/engine/plan.py``,
-``tests/engine/...``, ``benchmarks/results.md``, ``engine/commit.py`` inside the package, relative
+test reads README.md and the docs for repository paths (``lance_assets/engine/planning/plan.py``,
+``tests/engine/...``, ``benchmarks/results.md``, ``engine/committing/commit.py`` inside the package, relative
 Markdown links) and fails on every one that names nothing in the checkout.
 """
 
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 #: Top-level folders of the repository, and the package's own sub-packages (which the docs name
-#: without the ``lance_assets/`` prefix, as in ``engine/commit_loop.py``).
+#: without the ``lance_assets/`` prefix, as in ``engine/committing/commit_loop.py``).
 _ROOTS = ("lance_assets", "tests", "benchmarks", "docs", "examples", "proto", "scripts")
 _PACKAGE_DIRS = ("engine", "format", "io", "dagster", "_proto")
 # A path: one of those folders, then at least one more segment; not part of a longer word, a URL
@@ -61,5 +61,5 @@ def test_docs_name_only_files_that_exist(doc: Path) -> None:
 def test_the_scan_finds_paths() -> None:
     """The check cannot pass by finding nothing: the docs' well-known paths are among its finds."""
     found = {path for doc in DOCS for _, _, path in mentioned_paths(doc)}
-    assert {"docs/format.md", "lance_assets/engine/commit_loop.py", "benchmarks/results-read-after.md"} <= found
+    assert {"docs/format.md", "lance_assets/engine/committing/commit_loop.py", "benchmarks/results-read-after.md"} <= found
     assert not _exists("lance_assets/engine/no_such_module.py")

@@ -18,8 +18,8 @@ from lance_assets.dagster.config import CompactionConfig, duration
 from lance_assets.dagster.fragments import fragments_record, small_fragment_counts
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.inspect import Inspection
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.maintenance.inspect import Inspection
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult, SkippedFragment
 from lance_assets.engine.runners import RUNNER_RAY, TaskRunner, make_runner
 

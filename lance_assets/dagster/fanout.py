@@ -15,11 +15,11 @@ from lance_assets.dagster.assets import AssetKeys, dataset_run_tagging
 from lance_assets.dagster.config import CompactionConfig
 from lance_assets.dagster.fragments import content_version, fragments_record, lineage_tags
 from lance_assets.dagster.resources import LanceDatasets
-from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.committing.commit import commit_compaction
 from lance_assets.engine.compaction import restore_index_coverage
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.plan import CompactionPlan, plan_compaction
+from lance_assets.engine.planning.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.report import RewriteResult
 from lance_assets.io import Storage
 

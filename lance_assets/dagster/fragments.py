@@ -19,7 +19,7 @@ import dagster as dg
 
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.inspect import Inspection
+from lance_assets.engine.maintenance.inspect import Inspection
 from lance_assets.errors import LanceAssetsError
 
 DATA_VERSION_TAG = "dagster/data_version"

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
-from lance_assets.engine.cleanup import CleanupReport, bytes_on_disk, cleanup
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.index_upkeep import IndexUpkeepReport, maintain_indices
 from lance_assets.engine.indices import index_coverage, reuse_versions
-from lance_assets.engine.inspect import Inspection, inspect_dataset
+from lance_assets.engine.maintenance.cleanup import CleanupReport, bytes_on_disk, cleanup
+from lance_assets.engine.maintenance.index_upkeep import IndexUpkeepReport, maintain_indices
+from lance_assets.engine.maintenance.inspect import Inspection, inspect_dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.report import CompactionReport, ProgressCallback, RewriteResult
 from lance_assets.engine.runners import RayRunner, TaskRunner
@@ -210,7 +210,7 @@ class LanceDatasets(_LanceDatasetsBase):
         )
 
     def cleanup(self, partition_key: str | None, older_than: timedelta | float, retain_versions: int) -> CleanupReport:
-        """Version retention on the partition's dataset (see ``lance_assets.engine.cleanup``).
+        """Version retention on the partition's dataset (see ``lance_assets.engine.maintenance.cleanup``).
 
         Compaction leaves the replaced files to old versions; retention is what gives the
         space back.

@@ -15,42 +15,42 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lance_assets.engine.cleanup import CleanupReport, bytes_on_disk, cleanup
-    from lance_assets.engine.commit import commit_compaction
+    from lance_assets.engine.committing.commit import commit_compaction
     from lance_assets.engine.compaction import compact, dry_run_report, run_plan
-    from lance_assets.engine.copy import execute_task
+    from lance_assets.engine.copying.copy import execute_task
     from lance_assets.engine.dataset import Dataset, DatasetRef
-    from lance_assets.engine.index_upkeep import IndexUpkeepReport, maintain_indices, trim_reuse_index
     from lance_assets.engine.indices import IndexCoverage, index_coverage
-    from lance_assets.engine.inspect import Inspection, inspect_dataset
+    from lance_assets.engine.maintenance.cleanup import CleanupReport, bytes_on_disk, cleanup
+    from lance_assets.engine.maintenance.index_upkeep import IndexUpkeepReport, maintain_indices, trim_reuse_index
+    from lance_assets.engine.maintenance.inspect import Inspection, inspect_dataset
     from lance_assets.engine.options import CompactionOptions
-    from lance_assets.engine.plan import CompactionPlan, CompactionTask, plan_compaction
+    from lance_assets.engine.planning.plan import CompactionPlan, CompactionTask, plan_compaction
     from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
     from lance_assets.engine.runners import DaskRunner, LocalRunner, ProcessRunner, RayRunner, TaskRunner
 
 #: Where each public name lives (module below ``lance_assets.engine``).
 _HOMES = {
-    "CleanupReport": "cleanup",
-    "bytes_on_disk": "cleanup",
-    "cleanup": "cleanup",
-    "commit_compaction": "commit",
+    "CleanupReport": "maintenance.cleanup",
+    "bytes_on_disk": "maintenance.cleanup",
+    "cleanup": "maintenance.cleanup",
+    "commit_compaction": "committing.commit",
     "compact": "compaction",
     "dry_run_report": "compaction",
     "run_plan": "compaction",
-    "execute_task": "copy",
+    "execute_task": "copying.copy",
     "Dataset": "dataset",
     "DatasetRef": "dataset",
-    "IndexUpkeepReport": "index_upkeep",
-    "maintain_indices": "index_upkeep",
-    "trim_reuse_index": "index_upkeep",
+    "IndexUpkeepReport": "maintenance.index_upkeep",
+    "maintain_indices": "maintenance.index_upkeep",
+    "trim_reuse_index": "maintenance.index_upkeep",
     "IndexCoverage": "indices",
     "index_coverage": "indices",
-    "Inspection": "inspect",
-    "inspect_dataset": "inspect",
+    "Inspection": "maintenance.inspect",
+    "inspect_dataset": "maintenance.inspect",
     "CompactionOptions": "options",
-    "CompactionPlan": "plan",
-    "CompactionTask": "plan",
-    "plan_compaction": "plan",
+    "CompactionPlan": "planning.plan",
+    "CompactionTask": "planning.plan",
+    "plan_compaction": "planning.plan",
     "CompactionReport": "report",
     "Reason": "report",
     "RewriteResult": "report",

@@ -7,13 +7,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.committing.commit import commit_compaction
+from lance_assets.engine.copying.reencode import pylance_available
 from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset, storage_of
-from lance_assets.engine.index_upkeep import maintain_indices
 from lance_assets.engine.indices import INDEX_REMAP_DEFER, index_views
+from lance_assets.engine.maintenance.index_upkeep import maintain_indices
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, plan_compaction
-from lance_assets.engine.reencode import pylance_available
+from lance_assets.engine.planning.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.report import CompactionReport, ProgressCallback, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.runners import LocalRunner, TaskRunner
 from lance_assets.io import Storage
@@ -65,7 +65,7 @@ def run_plan(
     keeps what it committed, and its report lists the rest as ``not_committed``).
 
     Args:
-        plan: What to copy, from :func:`~lance_assets.engine.plan.plan_compaction`.
+        plan: What to copy, from :func:`~lance_assets.engine.planning.plan.plan_compaction`.
         storage: An open Storage of the dataset to copy and commit through; default: one
             opened from ``plan.uri`` with the plan's storage options.
         progress: Called with the number of bytes copied, as they are copied (default runner).

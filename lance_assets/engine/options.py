@@ -26,7 +26,7 @@ PagesMode = Literal["copy", "coalesce"]
 PAGES_COPY: PagesMode = "copy"
 PAGES_COALESCE: PagesMode = "coalesce"
 
-# Where copy tasks run (``engine.runners``) and what retention keeps (``engine.cleanup``): declared
+# Where copy tasks run (``engine.runners``) and what retention keeps (``engine.maintenance.cleanup``): declared
 # here, with the compaction options, so the CLI builds its parser without importing the engine.
 RUNNER_LOCAL = "local"
 RUNNER_PROCESSES = "processes"

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any, Protocol
 
-from lance_assets.engine.commit_loop import remove_files
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.committing.commit_loop import remove_files
+from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.options import RUNNER_CHOICES as RUNNER_CHOICES
 from lance_assets.engine.options import RUNNER_LOCAL as RUNNER_LOCAL
 from lance_assets.engine.options import RUNNER_PROCESSES as RUNNER_PROCESSES
 from lance_assets.engine.options import RUNNER_RAY as RUNNER_RAY
+from lance_assets.engine.planning.tasks import CompactionPlan, CompactionTask
 from lance_assets.engine.report import ProgressCallback, RewriteResult
-from lance_assets.engine.tasks import CompactionPlan, CompactionTask
 from lance_assets.errors import MissingExtraError
 from lance_assets.io import Storage
 

@@ -13,7 +13,7 @@ given; the caller re-reads from there to the end and calls again. The offsets co
 footer (metadata position), then from Metadata (page table position), so there are at most two
 NeedMore in a row once the footer is in hand; one 64 KiB read is enough for typical files.
 
-For merging files (engine/copy_legacy.py, engine/legacy_repage.py) there are writers too:
+For merging files (engine/copying/copy_legacy.py, engine/copying/legacy_repage.py) there are writers too:
 :func:`shift_positions` / :func:`shift_offsets` rebase a VAR_BINARY page's absolute positions or a
 list's offsets, :class:`BitJoiner` re-cuts bit-packed pages at any value, :func:`uniform_batches`
 says whether Lance's readers locate a file's batches right, and :func:`build_legacy_tail` writes

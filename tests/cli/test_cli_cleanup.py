@@ -10,7 +10,7 @@ from typing import Any
 import lance
 import pytest
 
-from lance_assets.engine.cleanup import DEPRECATED_JSON_KEYS
+from lance_assets.engine.maintenance.cleanup import DEPRECATED_JSON_KEYS
 from tests.support import factory
 from tests.support.assertions import tree_digest
 from tests.support.cli import run_cli as cli

@@ -28,12 +28,12 @@ from lance.blob import blob_array
 
 from lance_assets._proto import encodings_v2_1_pb2 as enc21
 from lance_assets.cli import main
-from lance_assets.engine.cleanup import cleanup
 from lance_assets.engine.compaction import compact
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.maintenance.cleanup import cleanup
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.errors import CorruptFileError, MissingFileError
 from lance_assets.format import v2file
 from lance_assets.format.blobs import sidecar_dir

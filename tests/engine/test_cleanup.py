@@ -14,12 +14,12 @@ import lance
 import pytest
 
 from lance_assets.cli import main
-from lance_assets.engine.cleanup import cleanup, parse_duration
-from lance_assets.engine.commit import commit_compaction
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.committing.commit import commit_compaction
+from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.maintenance.cleanup import cleanup, parse_duration
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.errors import CorruptFileError, MissingFileError, UnknownFeatureFlagError, UnsupportedFeatureError
 from lance_assets.format import manifest as mf
 from lance_assets.io import Storage
@@ -373,8 +373,8 @@ def test_a_kill_at_any_deletion_leaves_the_kept_version_readable(tmp_path: Path)
 def test_compaction_then_retention_gives_the_space_back(tmp_path: Path) -> None:
     """1,000 small fragments compacted, then one version retained: the bytes on disk come within
     a few percent of the live table's data files."""
-    from lance_assets.engine.cleanup import bytes_on_disk
     from lance_assets.engine.compaction import compact
+    from lance_assets.engine.maintenance.cleanup import bytes_on_disk
 
     path = tmp_path / "ds.lance"
     factory.write(factory.simple_table(0, 200_000), path, "2.2", mode="create", max_rows_per_file=200)

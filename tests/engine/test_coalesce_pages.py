@@ -236,7 +236,7 @@ def test_without_pylance_2_0_pages_are_copied_and_named(tmp_path: Path, monkeypa
     path = tmp_path / "ds.lance"
     tables = [stream(k * 50, 50) for k in range(8)]
     write_appends(path, tables, "2.0")
-    monkeypatch.setattr("lance_assets.engine.coalesce.pylance_available", lambda: False)
+    monkeypatch.setattr("lance_assets.engine.copying.coalesce.pylance_available", lambda: False)
     report = compact(str(path))
     assert report.columns_coalesced_native == [] and report.columns_coalesced_pylance == []
     assert set(report.columns_left_small) >= {"b", "f", "i", "s"}
@@ -249,7 +249,7 @@ def test_without_pylance_2_2_pages_are_recut_by_the_copy(tmp_path: Path, monkeyp
     path = tmp_path / "ds.lance"
     tables = [stream(k * 50, 50) for k in range(8)]
     write_appends(path, tables, "2.2")
-    monkeypatch.setattr("lance_assets.engine.coalesce.pylance_available", lambda: False)
+    monkeypatch.setattr("lance_assets.engine.copying.coalesce.pylance_available", lambda: False)
     report = compact(str(path))
     assert report.pages_before == 8 * 5 and report.pages_after == 5
     assert report.columns_coalesced_native == ["b", "f", "i", "l.item", "s"] and report.columns_left_small == []
@@ -334,7 +334,7 @@ def test_a_fragment_whose_pages_cannot_be_coalesced_is_not_rewritten(tmp_path: P
     def fails(*args: Any, **kwargs: Any) -> Any:
         raise CompactionRefusedError("pylance could not re-encode the columns: simulated")
 
-    monkeypatch.setattr("lance_assets.engine.coalesce.write_with_pylance", fails)
+    monkeypatch.setattr("lance_assets.engine.copying.coalesce.write_with_pylance", fails)
     files = sorted(p.name for p in (path / "data").iterdir())
     report = compact(str(path), CompactionOptions(target_rows_per_fragment=100))
     assert report.version is None and lance.dataset(str(path)).version == version

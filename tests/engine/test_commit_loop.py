@@ -20,8 +20,8 @@ import pytest
 
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.dataset import TRANSACTIONS_DIR, Dataset
-from lance_assets.engine.index_upkeep import trim_reuse_index
 from lance_assets.engine.indices import load_reuse_versions, reuse_index_meta
+from lance_assets.engine.maintenance.index_upkeep import trim_reuse_index
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.io import Storage, s3
 from tests.support import factory

@@ -26,12 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.committing.commit import commit_compaction
 from lance_assets.engine.compaction import compact, run_plan
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, plan_compaction
+from lance_assets.engine.planning.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult
 from tests.support import factory
 from tests.support.assertions import Before, capture, expected_layout, expected_row_ids, expected_rows, rows, tree_digest
@@ -763,7 +763,7 @@ def test_legacy_appends_merge_into_one(dataset_copy: Callable[[str, str], Path])
 
 def test_one_task_refused_the_other_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A task the copier refuses is reported and leaves no file; the other tasks still commit."""
-    import lance_assets.engine.copy_legacy as copy_legacy
+    import lance_assets.engine.copying.copy_legacy as copy_legacy
     from lance_assets.errors import CompactionRefusedError
 
     def refuse(*args: Any) -> None:

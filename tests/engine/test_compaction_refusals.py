@@ -17,12 +17,12 @@ from pathlib import Path
 import lance
 import pytest
 
-from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.committing.commit import commit_compaction
 from lance_assets.engine.compaction import compact
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, plan_compaction
+from lance_assets.engine.planning.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.report import RewriteResult
 from lance_assets.errors import CommitConflictError, CorruptFileError, MissingFileError, UnknownFeatureFlagError
 from lance_assets.format import manifest as mf

@@ -19,12 +19,12 @@ from pathlib import Path
 import lance
 import pytest
 
-from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.committing.commit import commit_compaction
 from lance_assets.engine.compaction import compact
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.errors import CommitConflictError
 from lance_assets.io import Storage
 from tests.support import writers

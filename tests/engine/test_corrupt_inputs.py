@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.inspect import inspect_dataset
+from lance_assets.engine.maintenance.inspect import inspect_dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.engine.report import Reason
 from lance_assets.errors import (
     CorruptFileError,

@@ -23,9 +23,9 @@ import lance
 import pyarrow as pa
 import pytest
 
-from lance_assets.engine.cleanup import cleanup
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.maintenance.cleanup import cleanup
 from lance_assets.engine.options import CompactionOptions
 from tests.support import factory, writers
 

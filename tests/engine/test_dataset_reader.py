@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lance_assets.engine.dataset import HINT_FILE, Dataset, list_versions
-from lance_assets.engine.inspect import inspect_dataset
+from lance_assets.engine.maintenance.inspect import inspect_dataset
 from lance_assets.errors import VersionNotFoundError
 from lance_assets.format import manifest as mf
 from tests.support import factory

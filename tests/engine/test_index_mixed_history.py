@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from lance_assets.engine.cleanup import cleanup
 from lance_assets.engine.compaction import compact
+from lance_assets.engine.maintenance.cleanup import cleanup
 from lance_assets.engine.options import CompactionOptions
 from tests.support import factory
 

@@ -22,15 +22,15 @@ from lance_assets._proto import table_pb2
 from lance_assets.cli import main
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.index_upkeep import maintain_indices, trim_reuse_index
 from lance_assets.engine.indices import (
     REUSE_INDEX_NAME,
     index_coverage,
     load_reuse_versions,
     reuse_index_meta,
 )
+from lance_assets.engine.maintenance.index_upkeep import maintain_indices, trim_reuse_index
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.errors import CorruptFileError, UnsupportedFeatureError
 from lance_assets.format import manifest as mf
 from lance_assets.format.roaring import decode_treemap
@@ -400,8 +400,8 @@ def test_maintain_indices_reports_coverage(tmp_path: Path) -> None:
 def test_concurrent_deferred_compaction_is_rebased(tmp_path: Path) -> None:
     """pylance commits its own reuse version between our plan and our commit, on other
     fragments: ours is appended to its reuse index (neither lost nor overwriting it)."""
-    from lance_assets.engine.commit import commit_compaction
-    from lance_assets.engine.copy import execute_task
+    from lance_assets.engine.committing.commit import commit_compaction
+    from lance_assets.engine.copying.copy import execute_task
 
     path = tmp_path / "ds.lance"
     ds = indexed(path, "2.1", [300, 300, 300, 1000, 100, 100, 100], vector=False)

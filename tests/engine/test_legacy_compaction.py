@@ -34,12 +34,12 @@ from hypothesis import strategies as st
 
 from lance_assets._proto import table_pb2
 from lance_assets.engine.compaction import compact
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.copying.copy import execute_task
+from lance_assets.engine.copying.legacy_io import LegacyCopier
+from lance_assets.engine.copying.legacy_repage import repage_batch_size
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.legacy_io import LegacyCopier
-from lance_assets.engine.legacy_repage import repage_batch_size
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile, plan_compaction
+from lance_assets.engine.planning.plan import CompactionPlan, CompactionTask, OutputFile, plan_compaction
 from lance_assets.errors import CorruptFileError
 from lance_assets.format import manifest as mf
 from lance_assets.format.legacy import BitJoiner, LegacyEncoding, field_layouts, parse_file, shift_offsets, uniform_batches
@@ -623,7 +623,7 @@ def test_self_check_refuses_batches_legacy_readers_misplace(
 ) -> None:
     """Were the uneven inputs concatenated anyway (a bug), reading the file back catches it:
     the task is refused and nothing is left behind."""
-    import lance_assets.engine.copy_legacy as copy_legacy
+    import lance_assets.engine.copying.copy_legacy as copy_legacy
 
     path = copy_of("uneven")
     digest = tree_digest(path)
@@ -641,8 +641,8 @@ def test_concatenated_uneven_batches_would_break_pylance(copy_of: Callable[[str]
     """Why re-paging exists: with uneven batches simply concatenated (and the self-check off),
     plain scans of the merged file look right, but pylance's filtered scan assigns wrong row
     addresses and delete removes a wrong row."""
-    import lance_assets.engine.copy_legacy as copy_legacy
-    from lance_assets.engine.commit import commit_compaction
+    import lance_assets.engine.copying.copy_legacy as copy_legacy
+    from lance_assets.engine.committing.commit import commit_compaction
 
     path = copy_of("uneven")
     monkeypatch.setattr(copy_legacy, "_concatenable", lambda sources: True)

@@ -16,10 +16,10 @@ from pathlib import Path
 import lance
 import pytest
 
-from lance_assets.engine.cleanup import cleanup
 from lance_assets.engine.compaction import compact
+from lance_assets.engine.maintenance.cleanup import cleanup
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.io import local
 from tests.support import factory
 
@@ -39,7 +39,7 @@ def test_compaction_logs_the_plan_summary_at_info(tmp_path: Path, caplog: pytest
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lance_assets"):
         report = compact(str(path), OPTIONS)
-    (summary,) = _messages(caplog, "lance_assets.engine.plan", logging.INFO)
+    (summary,) = _messages(caplog, "lance_assets.engine.planning.plan", logging.INFO)
     assert f"at version {plan.read_version}:" in summary
     assert "6 fragments considered, 1 groups formed from 4 fragments" in summary
     assert f"{plan.bytes_to_read} bytes to read" in summary
@@ -54,9 +54,9 @@ def test_compaction_logs_the_plan_summary_at_info(tmp_path: Path, caplog: pytest
 def test_plan_detail_at_debug_names_every_fragment(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "ds.lance"
     factory.appends(path, "2.2", SIZES)
-    with caplog.at_level(logging.DEBUG, logger="lance_assets.engine.plan"):
+    with caplog.at_level(logging.DEBUG, logger="lance_assets.engine.planning.plan"):
         plan = plan_compaction(str(path), OPTIONS)
-    debug = _messages(caplog, "lance_assets.engine.plan", logging.DEBUG)
+    debug = _messages(caplog, "lance_assets.engine.planning.plan", logging.DEBUG)
     (task,) = plan.tasks
     assert f"group 0: fragments {list(task.fragment_ids)} -> {len(task.outputs)} file(s)" in debug[0]
     assert debug[0].endswith("by binary copy")
@@ -85,7 +85,7 @@ def test_a_lost_commit_race_is_logged_as_a_retry(
     with caplog.at_level(logging.INFO, logger="lance_assets"):
         report = compact(str(path), OPTIONS)
     assert raced and report.retries == 1
-    (retry,) = _messages(caplog, "lance_assets.engine.commit_loop", logging.INFO)
+    (retry,) = _messages(caplog, "lance_assets.engine.committing.commit_loop", logging.INFO)
     assert re.search(rf"version {raced[0]} was committed by another writer; .*commit retry 1 of \d+", retry), retry
     assert report.version == raced[0] + 1
     ds = lance.dataset(str(path))
@@ -97,12 +97,12 @@ def test_cleanup_logs_its_summary(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     path = tmp_path / "ds.lance"
     factory.appends(path, "2.1", SIZES)
     compact(str(path), OPTIONS)
-    with caplog.at_level(logging.DEBUG, logger="lance_assets.engine.cleanup"):
+    with caplog.at_level(logging.DEBUG, logger="lance_assets.engine.maintenance.cleanup"):
         report = cleanup(str(path), older_than=0)
-    (summary,) = _messages(caplog, "lance_assets.engine.cleanup", logging.INFO)
+    (summary,) = _messages(caplog, "lance_assets.engine.maintenance.cleanup", logging.INFO)
     removed = f"{len(report.removed_versions)} version(s) and {len(report.files)} file(s) ({report.bytes} bytes) removed"
     assert removed in summary and report.files
-    per_file = _messages(caplog, "lance_assets.engine.cleanup", logging.DEBUG)
+    per_file = _messages(caplog, "lance_assets.engine.maintenance.cleanup", logging.DEBUG)
     assert sorted(per_file) == sorted(
         f"cleanup {report.uri}: {f.kind} {f.path} ({f.bytes} bytes, {f.age_seconds:.0f} s old) removed" for f in report.files
     )
@@ -118,7 +118,7 @@ def test_nothing_is_printed_unless_the_application_configures_logging(tmp_path: 
         "import logging, sys\n"
         "from lance_assets import CompactionOptions, compact\n"
         f"compact({str(path)!r}, CompactionOptions(target_rows_per_fragment=1000))\n"
-        "logging.getLogger('lance_assets.engine.commit_loop').warning('a warning nobody asked to see')\n"
+        "logging.getLogger('lance_assets.engine.committing.commit_loop').warning('a warning nobody asked to see')\n"
         "logging.getLogger('elsewhere').warning('shown')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

@@ -49,7 +49,7 @@ CHILD = textwrap.dedent(
     from lance_assets.engine.compaction import compact, run_plan
     from lance_assets.engine.dataset import Dataset
     from lance_assets.engine.options import CompactionOptions
-    from lance_assets.engine.plan import plan_compaction
+    from lance_assets.engine.planning.plan import plan_compaction
     from lance_assets.io import Storage
     from lance_assets.io.storage import UNSAFE_COMMIT_OPTION
 

@@ -30,7 +30,7 @@ VERSIONS = ["2.1", "2.2"]
 
 @pytest.fixture
 def no_pylance_writer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("lance_assets.engine.coalesce.pylance_available", lambda: False)
+    monkeypatch.setattr("lance_assets.engine.copying.coalesce.pylance_available", lambda: False)
 
 
 def streaming(start: int, n: int, seed: int = 0) -> pa.Table:

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from lance_assets.cli import main as cli_main
 from lance_assets.engine.compaction import compact
-from lance_assets.engine.copy import execute_task, verify_output
+from lance_assets.engine.copying.copy import execute_task, verify_output
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.plan import CompactionPlan, CompactionTask, OutputFile, plan_compaction
+from lance_assets.engine.planning.plan import CompactionPlan, CompactionTask, OutputFile, plan_compaction
 from lance_assets.engine.report import Reason
 from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.errors import CompactionRefusedError

@@ -108,7 +108,7 @@ def test_planner_leaves_few_small_pages_and_fresh_writes_alone(tmp_path: Path) -
 def test_without_pylance_the_copy_heals_2_2_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ds.lance"
     before = _binary_copied(path, "2.2").to_table()
-    monkeypatch.setattr("lance_assets.engine.coalesce.pylance_available", lambda: False)
+    monkeypatch.setattr("lance_assets.engine.copying.coalesce.pylance_available", lambda: False)
     plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=100))
     assert len(plan.tasks) == 1
     report = compact(str(path), CompactionOptions(target_rows_per_fragment=100))
@@ -120,7 +120,7 @@ def test_without_pylance_the_copy_heals_2_2_itself(tmp_path: Path, monkeypatch: 
 def test_planner_says_why_small_pages_stay_without_pylance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ds.lance"
     _binary_copied(path, "2.0")  # 2.0 pages are not re-cut by the copy itself
-    monkeypatch.setattr("lance_assets.engine.coalesce.pylance_available", lambda: False)
+    monkeypatch.setattr("lance_assets.engine.copying.coalesce.pylance_available", lambda: False)
     plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=100))
     assert plan.tasks == ()
     (skip,) = plan.skipped

@@ -11,7 +11,7 @@ import lance
 
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from tests.support import factory
 
 
@@ -60,7 +60,7 @@ def test_commit_every_two_matches_one_commit(tmp_path: Path) -> None:
 
 def _compact_and_die_after_first_commit(path: str) -> None:
     """Commit the first group, then die (SIGKILL) while the second is being committed."""
-    import lance_assets.engine.commit as commit_mod
+    import lance_assets.engine.committing.commit as commit_mod
 
     original = commit_mod.commit_compaction
     calls = {"n": 0}

@@ -23,7 +23,7 @@ from lance.optimize import Compaction
 
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import CompactionPlan, plan_compaction
+from lance_assets.engine.planning.plan import CompactionPlan, plan_compaction
 from tests.support import factory
 
 Build = Callable[[str, Callable[[Path], object]], Path]

@@ -17,7 +17,7 @@ import pytest
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.engine.runners import DaskRunner, ProcessRunner, RayRunner
 from lance_assets.errors import LanceAssetsError
 from tests.support import factory

@@ -241,7 +241,7 @@ def test_segments_the_commit_cannot_rewrite_are_reindexed_after(tmp_path: Path, 
     ds = lance.dataset(str(path))
     filters = [f for f in FILTERS if f.split()[0] in ("id", "z", "b", "cat")]
     truth, rows, start = answers(ds, filters, indexed=False), ds.to_table(), ds.version
-    monkeypatch.setattr("lance_assets.engine.commit.pylance_available", lambda: False)
+    monkeypatch.setattr("lance_assets.engine.committing.commit.pylance_available", lambda: False)
     report = compact(str(path), CompactionOptions())
     ds = lance.dataset(str(path))
     assert report.committed_versions == [start + 1, start + 2] and ds.version == start + 2

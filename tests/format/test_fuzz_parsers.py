@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from lance_assets._proto import transaction_pb2
-from lance_assets.engine.commit import commit_compaction
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.committing.commit import commit_compaction
+from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.dataset import Dataset, list_versions
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.errors import CorruptFileError, LanceAssetsError
 from lance_assets.format import manifest as mf
 from lance_assets.format.deletion import DeletionFileType

@@ -20,13 +20,13 @@ import lance
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from lance_assets.engine.cleanup import cleanup
-from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.committing.commit import commit_compaction
 from lance_assets.engine.compaction import compact
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.maintenance.cleanup import cleanup
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.errors import CommitConflictError, StorageError
 from lance_assets.io import Storage
 from lance_assets.io.storage import UNSAFE_COMMIT_OPTION, AlreadyExistsError, fsspec_options

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 
 from lance_assets.engine.compaction import compact
-from lance_assets.engine.copy import CLONE_MIN_EXTENT, _extents
+from lance_assets.engine.copying.copy import CLONE_MIN_EXTENT, _extents
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.tail import read_v2_metadata

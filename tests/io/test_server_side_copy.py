@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lance_assets.engine.commit import commit_compaction
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.committing.commit import commit_compaction
+from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.errors import MissingFileError
 from lance_assets.io import Storage
 from lance_assets.io.multipart import MIN_PART_BYTES, MultipartComposer
@@ -160,7 +160,7 @@ def test_cleanup_aborts_a_killed_writers_upload(s3_endpoint) -> None:  # type: i
     import subprocess
     import sys
 
-    from lance_assets.engine.cleanup import cleanup
+    from lance_assets.engine.maintenance.cleanup import cleanup
     from tests.support import factory
 
     bucket = s3_endpoint.new_bucket()

@@ -20,13 +20,13 @@ from pathlib import Path
 import lance
 import pytest
 
-from lance_assets.engine import commit as commit_mod
-from lance_assets.engine.commit import commit_compaction
+from lance_assets.engine.committing import commit as commit_mod
+from lance_assets.engine.committing.commit import commit_compaction
 from lance_assets.engine.compaction import compact
-from lance_assets.engine.copy import execute_task
+from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan import plan_compaction
+from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.errors import (
     CorruptFileError,
     MissingFileError,
@@ -173,7 +173,7 @@ import os, sys
 from lance_assets.engine.compaction import compact
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.errors import StorageError
-import fsspec.implementations.local, google.protobuf, lance_assets.engine.copy  # everything imported before dropping root
+import fsspec.implementations.local, google.protobuf, lance_assets.engine.copying.copy  # everything imported before dropping root
 os.setgid(65534); os.setuid(65534)
 try:
     compact({str(uri)!r}, CompactionOptions(target_rows_per_fragment=100_000))

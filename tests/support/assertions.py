@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from lance_assets.cli import EXIT_ERROR
 from lance_assets.engine.dataset import Dataset
-from lance_assets.engine.plan import CompactionPlan
+from lance_assets.engine.planning.plan import CompactionPlan
 
 
 def tree_digest(root: Path | str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lance_assets._proto import transaction_pb2
-from lance_assets.engine import commit as commit_mod
+from lance_assets.engine.committing import commit as commit_mod
 from lance_assets.errors import LanceAssetsError
 from lance_assets.format import legacy, v2file, v2safety
 from lance_assets.format import manifest as mf

@@ -145,11 +145,11 @@ def mutator(uri: str, kind: str, seed: int, count: int, id_range: int) -> dict[s
 
 def compact_at_barrier(uri: str, barrier: Any, target: int) -> dict[str, Any]:
     """Plan and copy, wait for the rival at the barrier, then commit: the tightest race two compactions can run."""
-    from lance_assets.engine.commit import commit_compaction
-    from lance_assets.engine.copy import execute_task
+    from lance_assets.engine.committing.commit import commit_compaction
+    from lance_assets.engine.copying.copy import execute_task
     from lance_assets.engine.dataset import Dataset
     from lance_assets.engine.options import CompactionOptions
-    from lance_assets.engine.plan import plan_compaction
+    from lance_assets.engine.planning.plan import plan_compaction
     from lance_assets.errors import CommitConflictError
     from lance_assets.io import Storage
 
@@ -322,7 +322,7 @@ def cleanup_and_die(uri: str, deletions: int) -> None:
     import os
     import signal
 
-    from lance_assets.engine.cleanup import cleanup
+    from lance_assets.engine.maintenance.cleanup import cleanup
     from lance_assets.io import storage as storage_mod
 
     Storage = storage_mod.Storage

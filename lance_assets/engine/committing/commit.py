@@ -4,7 +4,7 @@ This module decides *what* the next version holds: the Rewrite transaction and i
 new fragment ids, carried deletion files, the fragment-reuse record and every index's
 coverage, and which commits that landed since our read version we may rebase over. *How* it
 lands — writing side files, create-if-absent, retrying lost races, telling a lost response
-from a lost race — is :mod:`lance_assets.engine.commit_loop`, shared by every kind of commit.
+from a lost race — is :mod:`lance_assets.engine.committing.commit_loop`, shared by every kind of commit.
 A real conflict removes the files we wrote and raises, leaving the dataset exactly as the
 other writer left it.
 """
@@ -22,8 +22,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lance_assets import __version__
 from lance_assets._proto import table_pb2, transaction_pb2
-from lance_assets.engine.btree_remap import BTREE_DETAILS_TYPE_URL, RowMoves, remap_btree, reuse_moves, row_moves
-from lance_assets.engine.commit_loop import (
+from lance_assets.engine.committing.btree_remap import BTREE_DETAILS_TYPE_URL, RowMoves, remap_btree, reuse_moves, row_moves
+from lance_assets.engine.committing.commit_loop import (
     DEFAULT_MAX_RETRIES,
     Attempt,
     Landed,
@@ -32,6 +32,8 @@ from lance_assets.engine.commit_loop import (
     remove_files,
     transaction_write,
 )
+from lance_assets.engine.committing.zone_remap import ZONED_KINDS, remap_zones
+from lance_assets.engine.copying.reencode import pylance_available
 from lance_assets.engine.dataset import DELETIONS_DIR, Dataset, DatasetRef, storage_of
 from lance_assets.engine.indices import (
     INDEX_REMAP_DEFER,
@@ -50,11 +52,9 @@ from lance_assets.engine.indices import (
     reuse_index_metadata,
     reuse_versions,
 )
-from lance_assets.engine.reencode import pylance_available
+from lance_assets.engine.planning.tasks import CompactionPlan, fragment_file_count
 from lance_assets.engine.report import CompactionReport, Reason, RewriteResult, SkippedFragment
 from lance_assets.engine.rows import deleted_offsets
-from lance_assets.engine.tasks import CompactionPlan, fragment_file_count
-from lance_assets.engine.zone_remap import ZONED_KINDS, remap_zones
 from lance_assets.errors import (
     CommitConflictError,
     MissingFileError,
@@ -550,7 +550,7 @@ def commit_compaction(
             or a Storage (e.g. one with a commit lock).
         plan: The plan the results belong to.
         results: One result per task, from
-            :func:`~lance_assets.engine.copy.execute_task`; the files of skipped ones are
+            :func:`~lance_assets.engine.copying.copy.execute_task`; the files of skipped ones are
             removed.
         max_retries: Races lost to other writers before giving up.
 

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lance_assets._proto import table_pb2
-from lance_assets.engine.btree_remap import (
+from lance_assets.engine.committing.btree_remap import (
     GONE,
     IndexFile,
     RowMoves,

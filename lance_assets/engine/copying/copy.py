@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from lance_assets._proto import file2_pb2, file_pb2, table_pb2
-from lance_assets.engine import blob_copy, coalesce
-from lance_assets.engine.commit_loop import remove_files
-from lance_assets.engine.copy_legacy import write_legacy_output
+from lance_assets.engine.committing.commit_loop import remove_files
+from lance_assets.engine.copying import blob_copy, coalesce
+from lance_assets.engine.copying.copy_legacy import write_legacy_output
+from lance_assets.engine.copying.reencode import reencode_task
 from lance_assets.engine.dataset import DATA_DIR, Dataset, DatasetRef, open_dataset
 from lance_assets.engine.options import PAGES_COALESCE, CompactionOptions
-from lance_assets.engine.reencode import reencode_task
+from lance_assets.engine.planning.tasks import CompactionPlan, CompactionTask
 from lance_assets.engine.report import ProgressCallback, Reason, RewriteResult
 from lance_assets.engine.rows import carry_deletions, carry_row_sequences
 from lance_assets.engine.tail import read_v2_metadata, read_v2_tail
-from lance_assets.engine.tasks import CompactionPlan, CompactionTask
 from lance_assets.errors import CompactionRefusedError
 from lance_assets.format import manifest as mf
 from lance_assets.format import pages as page_health
@@ -833,7 +833,7 @@ def execute_task(
 
     Returns:
         The new fragments and the files written, to pass to
-        :func:`~lance_assets.engine.commit.commit_compaction`; or a skipped result
+        :func:`~lance_assets.engine.committing.commit.commit_compaction`; or a skipped result
         (``skipped_reason``) that wrote nothing.
 
     Raises:

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lance_assets._proto import file2_pb2, file_pb2, table_pb2
+from lance_assets.engine.copying.reencode import pylance_available, pylance_storage_options
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import PAGES_COPY, CompactionOptions
 from lance_assets.engine.page_health import read_each
-from lance_assets.engine.reencode import pylance_available, pylance_storage_options
 from lance_assets.engine.tail import read_v2_metadata
 from lance_assets.errors import CompactionRefusedError
 from lance_assets.format import repdef, v2safety

@@ -1,7 +1,7 @@
 """A compaction plan as data: its tasks, the files each writes, the fragments left alone and why.
 
 Small and serialisable (``CompactionPlan.to_json``), so a plan made by a sensor or a dry run
-can be shipped to other machines and run there; ``engine.plan`` makes one.
+can be shipped to other machines and run there; ``engine.planning.plan`` makes one.
 """
 
 from __future__ import annotations

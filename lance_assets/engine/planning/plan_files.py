@@ -14,15 +14,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lance_assets._proto import table_pb2
-from lance_assets.engine.blob_copy import blob_columns
-from lance_assets.engine.coalesce import coalescible_fields, natively_coalescible, why_not_coalesce
+from lance_assets.engine.copying.blob_copy import blob_columns
+from lance_assets.engine.copying.coalesce import coalescible_fields, natively_coalescible, why_not_coalesce
+from lance_assets.engine.copying.reencode import pylance_available
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.page_health import fragments_pages, read_each
-from lance_assets.engine.reencode import pylance_available
+from lance_assets.engine.planning.tasks import PlanSplit
 from lance_assets.engine.report import Reason, SkippedFragment
 from lance_assets.engine.tail import read_v2_metadata
-from lance_assets.engine.tasks import PlanSplit
 from lance_assets.errors import CompactionRefusedError, CorruptFileError, UnsupportedFeatureError, UnsupportedVersionError
 from lance_assets.format import manifest as mf
 from lance_assets.format import repdef

@@ -1,6 +1,6 @@
 """The two ends of a legacy (0.x) copy: an input data file as read, and the output being written.
 
-Both the copy (``engine.copy_legacy``) and the re-paging of batches (``engine.legacy_repage``)
+Both the copy (``engine.copying.copy_legacy``) and the re-paging of batches (``engine.copying.legacy_repage``)
 work through them, so they live here rather than in either.
 """
 

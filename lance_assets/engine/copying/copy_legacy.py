@@ -15,7 +15,7 @@ ways to merge files:
   most ``read_batch_bytes``), shifted by how far its page moved, and written in place of the
   original, so the output has the same layout as if the source bytes had been copied verbatim;
 * **re-paging** otherwise: the concatenated rows are cut into batches of one size and every
-  page is assembled from slices of the input pages (engine/legacy_repage.py), still without
+  page is assembled from slices of the input pages (engine/copying/legacy_repage.py), still without
   decoding a value.
 
 Either way the tail is rebuilt (:func:`legacy.build_legacy_tail`): a page table for every output
@@ -39,9 +39,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lance_assets._proto import file_pb2, table_pb2
+from lance_assets.engine.copying.legacy_io import LegacyCopier, LegacyInput
+from lance_assets.engine.copying.legacy_repage import Repager, repage_batch_size
 from lance_assets.engine.dataset import DATA_DIR, Dataset
-from lance_assets.engine.legacy_io import LegacyCopier, LegacyInput
-from lance_assets.engine.legacy_repage import Repager, repage_batch_size
 from lance_assets.engine.report import ProgressCallback
 from lance_assets.engine.rows import carry_row_sequences
 from lance_assets.engine.tail import read_legacy_metadata, read_legacy_tail

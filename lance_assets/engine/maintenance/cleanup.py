@@ -55,7 +55,7 @@ from lance_assets.engine.dataset import (
     list_versions,
     storage_of,
 )
-from lance_assets.engine.index_upkeep import trim_reuse_index
+from lance_assets.engine.maintenance.index_upkeep import trim_reuse_index
 from lance_assets.engine.options import DEFAULT_OLDER_THAN_SECONDS as DEFAULT_OLDER_THAN_SECONDS
 from lance_assets.engine.options import parse_duration as parse_duration
 from lance_assets.errors import CorruptFileError, MissingFileError, UnsupportedFeatureError, VersionNotFoundError
@@ -262,7 +262,7 @@ def cleanup(
             are always kept.
         dry_run: report what would go, remove nothing.
         trim_reuse: first drop the fragment-reuse versions every index has caught up with
-            (one CreateIndex commit, see ``engine.index_upkeep.trim_reuse_index``), so the retention
+            (one CreateIndex commit, see ``engine.maintenance.index_upkeep.trim_reuse_index``), so the retention
             that follows can reclaim what only they kept.
 
     Returns:

@@ -26,7 +26,7 @@ from lance_assets.format.v2file import is_blob_field
 from lance_assets.io.storage import UNSAFE_COMMIT_OPTION
 
 if TYPE_CHECKING:  # the planner asks pylance_available(), so this module must not import it
-    from lance_assets.engine.tasks import CompactionPlan, CompactionTask
+    from lance_assets.engine.planning.tasks import CompactionPlan, CompactionTask
 
 
 def pylance_available() -> bool:

@@ -37,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from lance_assets._proto import file_pb2
-from lance_assets.engine.legacy_io import LegacyCopier, LegacyInput
+from lance_assets.engine.copying.legacy_io import LegacyCopier, LegacyInput
 from lance_assets.errors import CompactionRefusedError, CorruptFileError
 from lance_assets.format import legacy
 

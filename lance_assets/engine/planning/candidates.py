@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from lance_assets._proto import table_pb2
-from lance_assets.engine.blob_copy import blob_field_ids
+from lance_assets.engine.copying.blob_copy import blob_field_ids
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.indices import INDEX_REMAP_DROP, REUSE_INDEX_NAME, has_graph, index_views, is_system_index, is_vector
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan_files import KNOWN_FILE_VERSIONS, blob_refusals, small_page_fragments
+from lance_assets.engine.planning.plan_files import KNOWN_FILE_VERSIONS, blob_refusals, small_page_fragments
+from lance_assets.engine.planning.tasks import CompactionPlan
 from lance_assets.engine.report import Reason, SkippedFragment
-from lance_assets.engine.tasks import CompactionPlan
 from lance_assets.format import manifest as mf
 from lance_assets.format.protobuf import has_unknown_fields, unknown_field_numbers
 from lance_assets.format.v2file import FileVersion, null_fillable_fields

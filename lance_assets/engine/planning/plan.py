@@ -1,14 +1,14 @@
 """Which fragments to merge, into how many files, and why the others are left alone.
 
 Planning runs in stages, each in the module named for it: the candidates and why the others
-are left alone (``engine.candidates``), then bins of neighbours that may share a file, cut
+are left alone (``engine.planning.candidates``), then bins of neighbours that may share a file, cut
 into groups that become tasks, and the output files each writes (here). It reads the manifest
 only, so it is fast on datasets with 100,000 fragments and safe to run from a sensor, except
 where the plan must say what the copy will do from the data files themselves
-(``engine.plan_files``: nested lists below structs in 2.1+, blob columns, small pages). It
+(``engine.planning.plan_files``: nested lists below structs in 2.1+, blob columns, small pages). It
 follows Lance's own candidate selection and binning (docs/how-it-works.md), and additionally
 simulates the output files so that a task which would not reduce the number of fragments is
-never run. The plan itself is data (``engine.tasks``).
+never run. The plan itself is data (``engine.planning.tasks``).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from dataclasses import replace
 from typing import Any
 
 from lance_assets._proto import table_pb2
-from lance_assets.engine.candidates import Candidates
+from lance_assets.engine.copying.reencode import blob_reencode_refusal
 from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
 from lance_assets.engine.options import CompactionOptions
-from lance_assets.engine.plan_files import FileSplitter, why_not_reencode
-from lance_assets.engine.reencode import blob_reencode_refusal
+from lance_assets.engine.planning.candidates import Candidates
+from lance_assets.engine.planning.plan_files import FileSplitter, why_not_reencode
+from lance_assets.engine.planning.tasks import CompactionPlan, CompactionTask, OutputFile, PlanSplit, fragment_file_count
 from lance_assets.engine.report import Reason, SkippedFragment
 from lance_assets.engine.rows import live_rows
-from lance_assets.engine.tasks import CompactionPlan, CompactionTask, OutputFile, PlanSplit, fragment_file_count
 from lance_assets.format import manifest as mf
 
 __all__ = ["CompactionPlan", "CompactionTask", "OutputFile", "PlanSplit", "fragment_file_count", "plan_compaction"]
@@ -47,8 +47,8 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
 
     Planning writes nothing and reads little (the manifest; file metadata only for legacy,
     nested-list and blob datasets), so it can run from a sensor or a dry run, and the plan is small
-    enough to ship to other machines: :func:`~lance_assets.engine.copy.execute_task` runs its
-    tasks anywhere, :func:`~lance_assets.engine.commit.commit_compaction` commits them.
+    enough to ship to other machines: :func:`~lance_assets.engine.copying.copy.execute_task` runs its
+    tasks anywhere, :func:`~lance_assets.engine.committing.commit.commit_compaction` commits them.
 
     Args:
         uri: The dataset: a URI, an open Dataset (planned at its version) or a Storage.

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lance_assets._proto import table_pb2
-from lance_assets.engine.commit import IndexChange, commit_index_change
+from lance_assets.engine.committing.commit import IndexChange, commit_index_change
+from lance_assets.engine.copying.reencode import pylance_available, pylance_storage_options
 from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset
 from lance_assets.engine.indices import (
     Details,
@@ -26,7 +27,6 @@ from lance_assets.engine.indices import (
     reuse_version_count,
     total_unindexed_rows,
 )
-from lance_assets.engine.reencode import pylance_available, pylance_storage_options
 
 logger = logging.getLogger(__name__)
 

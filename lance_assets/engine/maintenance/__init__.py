@@ -1,0 +1,1 @@
+"""Maintenance beside compaction: retention of old versions, index upkeep, and inspection."""
