@@ -402,12 +402,14 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace, console: Console) -> int:
+    from datetime import timedelta
+
     from rich.markup import escape
 
     from lance_assets.engine.maintenance.cleanup import cleanup
 
     try:
-        older_than = parse_duration(args.older_than)
+        older_than = timedelta(seconds=parse_duration(args.older_than))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--older-than: {exc}") from None
     if args.retain_versions is not None and args.retain_versions < 1:

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +270,7 @@ def random_kills(work: Path, kills: int, seed: int, throttle: float = 0.01) -> d
             legal &= Dataset.open(str(uri)).version == ds.version
             legal &= all(lance.dataset(str(uri), version=v).count_rows() == sum(sizes[:v]) for v in range(1, old_version + 1))
             stats["new_version" if ds.version > old_version else "old_version"] += 1
-            report = cleanup(str(uri), older_than=0, retain_versions=None)
+            report = cleanup(str(uri), older_than=timedelta(seconds=0), retain_versions=None)
             stats["orphans_removed"] += len(report.files)
             stats["orphan_bytes"] += report.bytes
             storage = Storage(str(uri))

@@ -239,7 +239,7 @@ class LanceDatasets(_LanceDatasetsBase):
             older_than = timedelta(seconds=older_than)
         return cleanup(
             self.uri(partition_key),
-            older_than=older_than.total_seconds(),
+            older_than=older_than,
             retain_versions=retain_versions,
             storage_options=self.options(),
         )

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 from contextlib import redirect_stdout
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -382,7 +383,7 @@ def test_cleanup_reclaims_the_old_sidecars(tmp_path: Path, version: str) -> None
     before = see(path)
     old_files = {f.metadata.files[0].path for f in lance.dataset(str(path)).get_fragments()}
     compact(str(path))
-    report = cleanup(str(path), older_than=0, retain_versions=1)
+    report = cleanup(str(path), older_than=timedelta(seconds=0), retain_versions=1)
     left = _data_files(path)
     assert not any(f"data/{p}" in left for p in old_files)
     assert not any(f.startswith(tuple(f"data/{sidecar_dir(p)}/" for p in old_files)) for f in left)
@@ -524,6 +525,6 @@ def test_blob_v2_on_s3(s3_endpoint: Any, monkeypatch: pytest.MonkeyPatch) -> Non
     assert after.to_table(columns=["id"])["id"].to_pylist() == ids
     assert blobs.blobs_by_take(after, "blob", indices=list(range(n))) == want
     assert blobs.blobs_by_read(after, "blob", indices=list(range(n))) == want
-    cleanup(uri, older_than=0, storage_options=opts)
+    cleanup(uri, older_than=timedelta(seconds=0), storage_options=opts)
     again = lance.dataset(uri, storage_options=opts)
     assert blobs.blobs_by_take(again, "blob", indices=list(range(n))) == want

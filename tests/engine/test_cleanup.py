@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import lance
@@ -71,7 +72,7 @@ def test_removes_old_orphans_and_nothing_else(dataset_copy, tmp_path: Path) -> N
     before_rows = _all_versions_read(root)
     planted = _orphans(root, 2 * HOUR)
     keep = {k: v for k, v in _tree(root).items() if k not in planted}
-    report = cleanup(str(root), older_than=HOUR, retain_versions=None)  # orphans only
+    report = cleanup(str(root), older_than=timedelta(seconds=HOUR), retain_versions=None)  # orphans only
     assert {f.path: f.kind for f in report.files} == planted
     assert report.bytes == 6 * len(planted)
     assert _tree(root) == keep
@@ -81,16 +82,18 @@ def test_removes_old_orphans_and_nothing_else(dataset_copy, tmp_path: Path) -> N
 def test_young_files_are_kept(dataset_copy) -> None:  # type: ignore[no-untyped-def]
     root = dataset_copy("appends", "2.1")
     planted = _orphans(root, 30 * 60)  # 30 minutes old
-    report = cleanup(str(root), older_than=HOUR, retain_versions=None)
+    report = cleanup(str(root), older_than=timedelta(seconds=HOUR), retain_versions=None)
     assert report.files == [] and report.kept_too_young == len(planted)
-    assert len(cleanup(str(root), older_than=parse_duration("20m"), retain_versions=None).files) == len(planted)
+    assert len(cleanup(str(root), older_than=timedelta(seconds=parse_duration("20m")), retain_versions=None).files) == len(
+        planted
+    )
 
 
 def test_dry_run_removes_nothing(dataset_copy) -> None:  # type: ignore[no-untyped-def]
     root = dataset_copy("appends", "2.1")
     planted = _orphans(root, 2 * HOUR)
     before = _tree(root)
-    report = cleanup(str(root), older_than=HOUR, dry_run=True)
+    report = cleanup(str(root), older_than=timedelta(seconds=HOUR), dry_run=True)
     assert report.dry_run and sorted(f.path for f in report.files) == sorted(planted)
     assert _tree(root) == before
 
@@ -112,7 +115,7 @@ def test_manifests_and_files_of_unknown_purpose_are_never_touched(dataset_copy) 
         if p.is_file():
             _age(p, 100 * HOUR)
     before = _tree(root)
-    assert cleanup(str(root), older_than=0, retain_versions=None).files == []
+    assert cleanup(str(root), older_than=timedelta(seconds=0), retain_versions=None).files == []
     assert _tree(root) == before
     assert lance.dataset(str(root)).describe_indices()
 
@@ -126,7 +129,7 @@ def test_orphans_of_a_conflicting_compaction_are_collected(tmp_path: Path) -> No
     results = [execute_task(storage, plan, t) for t in plan.tasks]
     ours = {p for r in results for p in r.files_written}
     lance.dataset(str(uri)).optimize.compact_files(target_rows_per_fragment=1000)
-    report = cleanup(str(uri), older_than=0, retain_versions=None)
+    report = cleanup(str(uri), older_than=timedelta(seconds=0), retain_versions=None)
     assert {f.path for f in report.files} == ours  # pylance's own rewrite is referenced by its version
     assert lance.dataset(str(uri)).to_table().num_rows == 50
     assert _all_versions_read(uri)[-1] == 50
@@ -139,7 +142,7 @@ def test_a_compaction_whose_files_were_cleaned_up_commits_nothing(tmp_path: Path
     storage = Storage(str(uri))
     plan = plan_compaction(Dataset.open(storage), CompactionOptions(target_rows_per_fragment=1000))
     results = [execute_task(storage, plan, t) for t in plan.tasks]
-    assert cleanup(str(uri), older_than=0, retain_versions=None).files
+    assert cleanup(str(uri), older_than=timedelta(seconds=0), retain_versions=None).files
     before = _tree(uri)
     with pytest.raises(MissingFileError, match="vanished before the commit"):
         commit_compaction(storage, plan, results)
@@ -182,7 +185,7 @@ def test_refuses_when_references_are_uncertain(tmp_path: Path, damage: str) -> N
         error = UnsupportedFeatureError
     before = _tree(uri)
     with pytest.raises(error):
-        cleanup(str(uri), older_than=0)
+        cleanup(str(uri), older_than=timedelta(seconds=0))
     assert _tree(uri) == before
 
 
@@ -193,7 +196,7 @@ def test_after_pylance_removed_old_versions(tmp_path: Path) -> None:
     ds.optimize.compact_files(target_rows_per_fragment=1000)
     lance.dataset(str(uri)).cleanup_old_versions(older_than=__import__("datetime").timedelta(0), delete_unverified=True)
     planted = _orphans(uri, 2 * HOUR)
-    assert {f.path for f in cleanup(str(uri), older_than=HOUR).files} == set(planted)
+    assert {f.path for f in cleanup(str(uri), older_than=timedelta(seconds=HOUR)).files} == set(planted)
     assert lance.dataset(str(uri)).count_rows() == 40
 
 
@@ -240,7 +243,7 @@ def test_memory_store(dataset_cache) -> None:  # type: ignore[no-untyped-def]
             fs.pipe_file(f"{root}/{p.relative_to(src)}", p.read_bytes())
     fs.pipe_file(f"{root}/data/orphan.lance", b"abc")
     assert cleanup(f"memory://{root}").files == []  # just created: too young
-    report = cleanup(f"memory://{root}", older_than=0, retain_versions=None)
+    report = cleanup(f"memory://{root}", older_than=timedelta(seconds=0), retain_versions=None)
     assert [f.path for f in report.files] == ["data/orphan.lance"]
     fs.rm(root, recursive=True)
 
@@ -279,9 +282,9 @@ def test_retention_matches_pylance_cleanup_old_versions(tmp_path: Path, version:
     shutil.copytree(ours, theirs)
     rows = lance.dataset(str(ours)).to_table().to_pylist()
     before_bytes = sum((ours / f).stat().st_size for f in _files(ours))
-    dry = cleanup(str(ours), older_than=0, retain_versions=1, dry_run=True)
+    dry = cleanup(str(ours), older_than=timedelta(seconds=0), retain_versions=1, dry_run=True)
     assert _files(ours) == _files(theirs)  # a dry run removes nothing
-    report = cleanup(str(ours), older_than=0, retain_versions=1)
+    report = cleanup(str(ours), older_than=timedelta(seconds=0), retain_versions=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lance.dataset(str(theirs)).cleanup_old_versions(older_than=timedelta(seconds=0), delete_unverified=True)
@@ -305,14 +308,14 @@ def test_retention_keeps_recent_newest_and_tagged_versions(tmp_path: Path) -> No
     path = tmp_path / "ds.lance"
     factory.appends(path, "2.1", [10] * 6)  # versions 1..6
     lance.dataset(str(path)).tags.create("keep", 2)
-    report = cleanup(str(path), older_than=0, retain_versions=2)
+    report = cleanup(str(path), older_than=timedelta(seconds=0), retain_versions=2)
     assert report.removed_versions == [1, 3, 4]
     for v, rows in ((2, 20), (5, 50), (6, 60)):
         assert lance.dataset(str(path), version=v).count_rows() == rows
     with pytest.raises(ValueError):
         lance.dataset(str(path), version=3)
     # nothing is old enough with a one-hour cutoff
-    assert cleanup(str(path), older_than=HOUR, retain_versions=1).removed_versions == []
+    assert cleanup(str(path), older_than=timedelta(seconds=HOUR), retain_versions=1).removed_versions == []
 
 
 @pytest.mark.parametrize("damage", ["corrupt_old_manifest", "tag_to_missing_version"])
@@ -331,7 +334,7 @@ def test_retention_refuses_uncertain_references(tmp_path: Path, damage: str) -> 
         expected = VersionNotFoundError
     before = _tree(path)
     with pytest.raises(expected):
-        cleanup(str(path), older_than=0, retain_versions=1)
+        cleanup(str(path), older_than=timedelta(seconds=0), retain_versions=1)
     assert _tree(path) == before
 
 
@@ -354,7 +357,7 @@ def test_a_kill_at_any_deletion_leaves_the_kept_version_readable(tmp_path: Path)
     _history(pristine)
     reference = tmp_path / "reference.lance"
     shutil.copytree(pristine, reference)
-    total = len(cleanup(str(reference), older_than=0, retain_versions=1).files)
+    total = len(cleanup(str(reference), older_than=timedelta(seconds=0), retain_versions=1).files)
     rows = lance.dataset(str(reference)).to_table().to_pylist()
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])
@@ -366,7 +369,7 @@ def test_a_kill_at_any_deletion_leaves_the_kept_version_readable(tmp_path: Path)
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == -9, proc.stderr
         assert lance.dataset(str(path)).to_table().to_pylist() == rows, f"killed after {k} deletions"
-        cleanup(str(path), older_than=0, retain_versions=1)
+        cleanup(str(path), older_than=timedelta(seconds=0), retain_versions=1)
         assert _files(path) == _files(reference), f"killed after {k} deletions"
 
 
@@ -381,7 +384,7 @@ def test_compaction_then_retention_gives_the_space_back(tmp_path: Path) -> None:
     assert len(lance.dataset(str(path)).get_fragments()) == 1000
     compact(str(path), CompactionOptions())
     before = bytes_on_disk(str(path))
-    cleanup(str(path), older_than=0, retain_versions=1)
+    cleanup(str(path), older_than=timedelta(seconds=0), retain_versions=1)
     after = bytes_on_disk(str(path))
     live = sum(df.file_size_bytes for f in Dataset.open(str(path)).fragments for df in f.files)
     assert after < before / 2
@@ -406,7 +409,7 @@ def test_a_compaction_running_during_retention_commits(tmp_path: Path) -> None:
             _age(f, 3 * HOUR)
     plan = plan_compaction(str(path), CompactionOptions())
     results = [execute_task(str(path), plan, t) for t in plan.tasks]  # written, not committed
-    report = cleanup(str(path), older_than=HOUR, retain_versions=1)
+    report = cleanup(str(path), older_than=timedelta(seconds=HOUR), retain_versions=1)
     assert report.removed_versions == [1, 2, 3, 4, 5]
     assert all(p not in {f.path for f in report.files} for r in results for p in r.files_written)
     committed = commit_compaction(str(path), plan, results)
@@ -423,7 +426,7 @@ def test_retention_with_a_tag_matches_pylance(tmp_path: Path) -> None:
     _history(ours)
     lance.dataset(str(ours)).tags.create("audit", 2)
     shutil.copytree(ours, theirs)
-    report = cleanup(str(ours), older_than=0, retain_versions=1)
+    report = cleanup(str(ours), older_than=timedelta(seconds=0), retain_versions=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lance.dataset(str(theirs)).cleanup_old_versions(
@@ -462,7 +465,7 @@ def test_retention_removes_blob_sidecars_like_pylance(tmp_path: Path) -> None:
     sidecars = {f for f in _files(ours) if f.endswith(".blob")}
     assert len({f.rsplit("/", 1)[0] for f in sidecars}) == 4  # three appends and the overwrite
     shutil.copytree(ours, theirs)
-    report = cleanup(str(ours), older_than=0, retain_versions=1)
+    report = cleanup(str(ours), older_than=timedelta(seconds=0), retain_versions=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lance.dataset(str(theirs)).cleanup_old_versions(older_than=timedelta(seconds=0), delete_unverified=True)
@@ -493,9 +496,9 @@ def test_orphan_blob_sidecars_and_index_folders_go_when_old(dataset_copy) -> Non
         if p.is_file() and str(p.relative_to(root)) not in young:
             _age(p, 3 * HOUR)
     before = _tree(root)
-    dry = cleanup(str(root), older_than=HOUR, retain_versions=None, dry_run=True)
+    dry = cleanup(str(root), older_than=timedelta(seconds=HOUR), retain_versions=None, dry_run=True)
     assert {f.path: f.kind for f in dry.files} == old and _tree(root) == before
-    report = cleanup(str(root), older_than=HOUR, retain_versions=None)
+    report = cleanup(str(root), older_than=timedelta(seconds=HOUR), retain_versions=None)
     assert {f.path: f.kind for f in report.files} == old
     assert report.kept_too_young == len(young)
     assert all((root / rel).exists() for rel in young) and not any((root / rel).exists() for rel in old)
@@ -518,3 +521,13 @@ def test_cli_retains_one_version_by_default(tmp_path: Path, capsys: pytest.Captu
     assert [v["version"] for v in lance.dataset(str(path)).versions()] == [3]
     with pytest.raises(SystemExit):
         main(["cleanup", str(path), "--orphans-only", "--retain-versions", "2"])
+
+
+def test_a_cutoff_in_seconds_is_still_read_with_a_deprecation_warning(dataset_copy) -> None:  # type: ignore[no-untyped-def]
+    root = dataset_copy("appends", "2.1")
+    planted = _orphans(root, 2 * HOUR)
+    with pytest.warns(DeprecationWarning, match="pass a datetime.timedelta"):
+        report = cleanup(str(root), older_than=HOUR, retain_versions=None, dry_run=True)  # type: ignore[arg-type]
+    assert sorted(f.path for f in report.files) == sorted(planted)
+    with pytest.raises(ValueError, match="negative"):
+        cleanup(str(root), older_than=timedelta(seconds=-1))

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import lance
@@ -69,7 +70,7 @@ def check_legal(uri: Path, old_version: int, expected: list[dict]) -> int:
 
 def recover(uri: Path, expected: list[dict]) -> None:
     """After a crash: cleanup removes only orphans; compaction and pylance appends work again."""
-    report = cleanup(str(uri), older_than=0, retain_versions=None)
+    report = cleanup(str(uri), older_than=timedelta(seconds=0), retain_versions=None)
     assert all(f.kind in ("data", "transaction", "staging") for f in report.files)
     on_disk = {f"data/{p.name}" for p in (uri / "data").iterdir()}
     assert on_disk == writers.referenced_files(str(uri))
@@ -132,7 +133,7 @@ def _random_kills(pristine: Path, tmp_path: Path, kills: int, seed: int) -> dict
             outcomes["finished"] += 1
         version = check_legal(uri, old_version, expected)
         outcomes["new" if version > old_version else "old"] += 1
-        cleanup(str(uri), older_than=0, retain_versions=None)
+        cleanup(str(uri), older_than=timedelta(seconds=0), retain_versions=None)
         assert {f"data/{p.name}" for p in (uri / "data").iterdir()} == writers.referenced_files(str(uri))
         shutil.rmtree(uri)
     print(f"random kills over a {duration:.2f}s compaction: {outcomes}")

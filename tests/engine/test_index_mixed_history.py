@@ -152,7 +152,7 @@ def _run(path: Path, steps: list[str], stable: bool, version: str, seed: int) ->
             if step == "ours_compact":
                 compact(str(path), CompactionOptions(target_rows_per_fragment=100))
             elif step == "ours_cleanup":
-                cleanup(str(path), older_than=0)
+                cleanup(str(path), older_than=timedelta(seconds=0))
             elif step == "append":
                 batch = rows(next_id, int(rnd.integers(5, 40)))
                 factory.write(to_table(batch), path, version)

@@ -11,6 +11,7 @@ import logging
 import re
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import lance
@@ -98,7 +99,7 @@ def test_cleanup_logs_its_summary(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     factory.appends(path, "2.1", SIZES)
     compact(str(path), OPTIONS)
     with caplog.at_level(logging.DEBUG, logger="lance_assets.engine.maintenance.cleanup"):
-        report = cleanup(str(path), older_than=0)
+        report = cleanup(str(path), older_than=timedelta(seconds=0))
     (summary,) = _messages(caplog, "lance_assets.engine.maintenance.cleanup", logging.INFO)
     removed = f"{len(report.removed_versions)} version(s) and {len(report.files)} file(s) ({report.bytes} bytes) removed"
     assert removed in summary and report.files

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -162,7 +163,7 @@ def test_an_ambiguous_put_that_did_not_land_keeps_files_for_cleanup(
         compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))
     monkeypatch.undo()
     assert lance.dataset(s3_dataset, storage_options=opts).version == 5
-    report = cleanup(s3_dataset, older_than=0, retain_versions=None, storage_options=opts)
+    report = cleanup(s3_dataset, older_than=timedelta(seconds=0), retain_versions=None, storage_options=opts)
     assert sorted(f.kind for f in report.files) == ["data", "transaction"]
     assert _ids(s3_dataset, opts) == list(range(105))
     assert compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts)).version == 6
@@ -193,8 +194,8 @@ def test_cleanup_on_s3_removes_only_orphans(s3_dataset: str, s3_endpoint) -> Non
     storage.write("data/orphan.lance", b"x" * 10)
     storage.write("_transactions/9-orphan.txn", b"t")
     storage.write("data/orphan/0001.blob", b"bb")  # a blob sidecar folder of the orphan data file
-    assert cleanup(s3_dataset, older_than=3600, storage_options=opts).files == []  # too young
-    report = cleanup(s3_dataset, older_than=0, retain_versions=None, storage_options=opts)
+    assert cleanup(s3_dataset, older_than=timedelta(seconds=3600), storage_options=opts).files == []  # too young
+    report = cleanup(s3_dataset, older_than=timedelta(seconds=0), retain_versions=None, storage_options=opts)
     assert sorted(f.path for f in report.files) == ["_transactions/9-orphan.txn", "data/orphan.lance", "data/orphan/0001.blob"]
     assert report.bytes == 13
     assert not storage.exists("data/orphan/0001.blob")
@@ -256,7 +257,7 @@ def test_non_s3_stores(protocol: str, dataset_cache, tmp_path: Path) -> None:  #
     _download(fs, root, out)
     assert _ids(str(out)) == _ids(str(src))
     assert len(lance.dataset(str(out)).get_fragments()) == 1
-    assert cleanup(uri, older_than=0, retain_versions=None).files == []
+    assert cleanup(uri, older_than=timedelta(seconds=0), retain_versions=None).files == []
     fs.rm(root, recursive=True)
 
 
@@ -355,9 +356,9 @@ def test_version_retention_on_s3(s3_dataset: str, s3_endpoint) -> None:  # type:
     rows = _ids(s3_dataset, opts)
     storage = Storage(s3_dataset, opts)
     before = {e.name for e in storage.list("data")}
-    dry = cleanup(s3_dataset, older_than=0, retain_versions=1, dry_run=True, storage_options=opts)
+    dry = cleanup(s3_dataset, older_than=timedelta(seconds=0), retain_versions=1, dry_run=True, storage_options=opts)
     assert {e.name for e in storage.list("data")} == before
-    report = cleanup(s3_dataset, older_than=0, retain_versions=1, storage_options=opts)
+    report = cleanup(s3_dataset, older_than=timedelta(seconds=0), retain_versions=1, storage_options=opts)
     assert report.removed_versions == dry.removed_versions == list(range(1, latest.version))
     assert _ids(s3_dataset, opts) == rows
     assert [v["version"] for v in lance.dataset(s3_dataset, storage_options=opts).versions()] == [latest.version]

@@ -7,6 +7,7 @@ breaks them fails here as it would on AWS; pylance reads the compacted datasets 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import lance
 import numpy as np
@@ -178,19 +179,19 @@ def test_cleanup_aborts_a_killed_writers_upload(s3_endpoint) -> None:  # type: i
     young = pending[0].initiated + 10  # type: ignore[operator]
     assert (
         cleanup(
-            uri, older_than=3600, retain_versions=None, now=young, storage_options=s3_endpoint.pylance_options
+            uri, older_than=timedelta(seconds=3600), retain_versions=None, now=young, storage_options=s3_endpoint.pylance_options
         ).aborted_uploads
         == 0
     )
     assert len(storage.pending_uploads("data")) == 1
     assert (
         cleanup(
-            uri, older_than=0, retain_versions=None, dry_run=True, storage_options=s3_endpoint.pylance_options
+            uri, older_than=timedelta(seconds=0), retain_versions=None, dry_run=True, storage_options=s3_endpoint.pylance_options
         ).aborted_uploads
         == 1
     )
     assert len(storage.pending_uploads("data")) == 1
-    report = cleanup(uri, older_than=0, retain_versions=None, storage_options=s3_endpoint.pylance_options)
+    report = cleanup(uri, older_than=timedelta(seconds=0), retain_versions=None, storage_options=s3_endpoint.pylance_options)
     assert report.aborted_uploads == 1 and report.to_dict()["aborted_uploads"] == 1
     assert storage.pending_uploads("data") == []
     assert _ids_sorted(uri, s3_endpoint.pylance_options) == list(range(20))

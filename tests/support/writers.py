@@ -12,6 +12,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -336,4 +337,4 @@ def cleanup_and_die(uri: str, deletions: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     Storage.delete = delete
-    cleanup(uri, older_than=0, retain_versions=1)
+    cleanup(uri, older_than=timedelta(seconds=0), retain_versions=1)

@@ -38,8 +38,10 @@ import logging
 import re
 import time
 import uuid as uuid_mod
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from lance_assets._proto import table_pb2
@@ -65,6 +67,9 @@ from lance_assets.io import Storage
 from lance_assets.io.storage import Entry
 
 logger = logging.getLogger(__name__)
+
+#: Lance's cleanup_old_versions default cutoff: two weeks.
+DEFAULT_OLDER_THAN = timedelta(seconds=DEFAULT_OLDER_THAN_SECONDS)
 
 TAGS_DIR = "_refs/tags"
 
@@ -241,22 +246,23 @@ def _tagged_versions(storage: Storage, versions: set[int]) -> set[int]:
 def cleanup(
     uri: DatasetRef,
     *,
-    older_than: float = DEFAULT_OLDER_THAN_SECONDS,
+    older_than: timedelta = DEFAULT_OLDER_THAN,
     retain_versions: int | None = 1,
     dry_run: bool = False,
     trim_reuse: bool = True,
     storage_options: Mapping[str, Any] | None = None,
     now: float | None = None,
 ) -> CleanupReport:
-    """Remove old versions and every file older than ``older_than`` seconds that no kept
+    """Remove old versions and every file older than ``older_than`` that no kept
     version references -- the space a compaction frees comes back only here, because every older
     version still names the small files it merged.
 
     Args:
         uri: the dataset (or an open Storage).
-        older_than: the cutoff in seconds (default two weeks, as Lance's), for versions (their
-            commit time) and files (their modification time) alike; longer than any writer that
-            may run meanwhile.
+        older_than: the cutoff (default two weeks, as Lance's), for versions (their commit time)
+            and files (their modification time) alike; longer than any writer that may run
+            meanwhile. A number of seconds is still read, for one release, with a
+            DeprecationWarning.
         retain_versions: keep at least this many newest versions (default 1: only the latest);
             ``None`` removes no version (orphans only). The latest version and tagged versions
             are always kept.
@@ -275,13 +281,17 @@ def cleanup(
         ValueError: a negative cutoff or ``retain_versions`` below 1.
 
     Examples:
-        >>> report = cleanup("data/events.lance", older_than=7 * 86400, dry_run=True)
+        >>> report = cleanup("data/events.lance", older_than=timedelta(days=7), dry_run=True)
         >>> report.to_dict()["versions_removed"], report.bytes
         (41, 18203344)
-        >>> cleanup("data/events.lance", older_than=3600, retain_versions=None)  # orphans only
+        >>> cleanup("data/events.lance", older_than=timedelta(hours=1), retain_versions=None)  # orphans only
     """
-    if older_than < 0:
+    if not isinstance(older_than, timedelta):
+        warnings.warn("cleanup(older_than=<seconds>) is deprecated: pass a datetime.timedelta", DeprecationWarning, stacklevel=2)
+        older_than = timedelta(seconds=older_than)
+    if older_than < timedelta(0):
         raise ValueError("older_than must not be negative")
+    seconds = older_than.total_seconds()
     if retain_versions is not None and retain_versions < 1:
         raise ValueError("retain_versions must be at least 1")
     storage = storage_of(uri, storage_options)
@@ -329,7 +339,7 @@ def cleanup(
 
     def removable(name: str, committed: float) -> bool:
         parsed = mf.parse_manifest_name(name)
-        return parsed is not None and parsed[0] not in keep and committed < clock - older_than
+        return parsed is not None and parsed[0] not in keep and committed < clock - seconds
 
     refs = _References()
     doomed_manifests, gone = _read_references(storage, names, refs, removable if retain_versions is not None else None)
@@ -352,7 +362,7 @@ def cleanup(
             unknown_age += 1
             continue
         age = clock - modified
-        if age < older_than:
+        if age < seconds:
             too_young += 1
             continue
         doomed.append(RemovedFile(rel, size, kind, round(age, 3)))
@@ -375,7 +385,7 @@ def cleanup(
         storage.delete_many([f.path for f in doomed if f.kind != "manifest"])
         storage.remove_empty_dirs(f.path.rsplit("/", 1)[0] for f in doomed if f.kind == "blob")
     stale_uploads = [
-        u for u in storage.pending_uploads(DATA_DIR) if u.initiated is not None and clock - u.initiated >= older_than
+        u for u in storage.pending_uploads(DATA_DIR) if u.initiated is not None and clock - u.initiated >= seconds
     ]
     if not dry_run:
         for upload in stale_uploads:
@@ -383,7 +393,7 @@ def cleanup(
     report = CleanupReport(
         uri=storage.uri,
         dry_run=dry_run,
-        older_than_seconds=older_than,
+        older_than_seconds=seconds,
         versions=sum(1 for n in names if mf.parse_manifest_name(n)),
         removed_versions=sorted(parsed[0] for parsed in map(mf.parse_manifest_name, doomed_manifests) if parsed is not None),
         versions_kept=len(locations) - len(doomed_manifests),
