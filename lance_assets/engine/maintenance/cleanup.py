@@ -384,9 +384,7 @@ def cleanup(
                 storage.delete(f.path, missing_ok=True)
         storage.delete_many([f.path for f in doomed if f.kind != "manifest"])
         storage.remove_empty_dirs(f.path.rsplit("/", 1)[0] for f in doomed if f.kind == "blob")
-    stale_uploads = [
-        u for u in storage.pending_uploads(DATA_DIR) if u.initiated is not None and clock - u.initiated >= seconds
-    ]
+    stale_uploads = [u for u in storage.pending_uploads(DATA_DIR) if u.initiated is not None and clock - u.initiated >= seconds]
     if not dry_run:
         for upload in stale_uploads:
             storage.abort_upload(upload)
