@@ -921,57 +921,87 @@ def encode_page(run: Run) -> EncodedPage:
         return EncodedPage((), _NULL_PAGE, run.rows)
     if n == 0:
         raise NotNative("pages without values")
-    rep = np.concatenate([_levels(part.rep) for part in run.levels]) if shape.rep else None
-    defs = None
-    if shape.defs:
-        parts = []
-        for part in run.levels:
-            found = _levels(part.defs) if part.shape.defs else np.zeros(part.count, np.uint16)
-            if part.shape.null:
-                found = np.ones(part.count, np.uint16)  # a null item in its (only) nullable layer
-            if part.shape.layers != shape.layers:
-                found = _def_mapping(part.shape, shape).astype(np.uint16)[found]
-            parts.append(found)
-        defs = np.concatenate(parts)
+    rep, defs = _run_levels(run)
     levels = len(rep) if rep is not None else len(defs) if defs is not None else 0
-    if shape.variable:
-        lengths = np.concatenate([np.zeros(x, np.int64) if isinstance(x, int) else x for x in run.lengths])
-        data = np.concatenate(run.data) if run.data else np.zeros(0, np.uint8)
-        ends = np.concatenate(([0], np.cumsum(lengths)))
-        value_cost = ends + np.arange(n + 1) * (shape.bits // 8)  # bytes of values [0, i) with their offsets
-    else:
+    values = _Values.of(run)
+    level_end = _level_ends(shape, defs, levels, n)
+    if not shape.variable and values.per and rep is None and (levels == 0 or levels == n):
+        # fixed-width values with no levels or one definition level each (flat columns)
+        return _encode_fixed(values.fixed, values.per, n, shape, run.rows, defs if levels else None)
+    return _encode_chunked(run, rep, defs, level_end, values)
+
+
+def _run_levels(run: Run) -> tuple[U16 | None, U16 | None]:
+    """The run's repetition and definition levels in order, each page's definition levels
+    renumbered into the run's layers (``combine``); None where the shape has none."""
+    shape = run.shape
+    rep = np.concatenate([_levels(part.rep) for part in run.levels]) if shape.rep else None
+    if not shape.defs:
+        return rep, None
+    parts = []
+    for part in run.levels:
+        found = _levels(part.defs) if part.shape.defs else np.zeros(part.count, np.uint16)
+        if part.shape.null:
+            found = np.ones(part.count, np.uint16)  # a null item in its (only) nullable layer
+        if part.shape.layers != shape.layers:
+            found = _def_mapping(part.shape, shape).astype(np.uint16)[found]
+        parts.append(found)
+    return rep, np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class _Values:
+    """A run's values laid out to be cut into chunks: ``cost[i]`` is the bytes values [0, i)
+    take in a chunk (offsets included when variable-width)."""
+
+    cost: I64
+    per: int = 0  # bytes per fixed-width value (0: 1-bit values, or variable-width ones)
+    fixed: U8 = field(default_factory=lambda: np.zeros(0, np.uint8))  # fixed-width values' bytes
+    ends: I64 = field(default_factory=lambda: np.zeros(1, np.int64))  # variable-width: where each value ends
+    data: U8 = field(default_factory=lambda: np.zeros(0, np.uint8))  # variable-width: the values' bytes
+
+    @classmethod
+    def of(cls, run: Run) -> _Values:
+        shape, n = run.shape, run.num_values
+        if shape.variable:
+            lengths = np.concatenate([np.zeros(x, np.int64) if isinstance(x, int) else x for x in run.lengths])
+            data = np.concatenate(run.data) if run.data else np.zeros(0, np.uint8)
+            ends = np.concatenate(([0], np.cumsum(lengths)))
+            return cls(ends + np.arange(n + 1) * (shape.bits // 8), ends=ends, data=data)
         per = shape.value_bytes
-        fixed = np.concatenate(
-            [np.zeros(x * max(per, 1), np.uint8) if isinstance(x, int) else x.view(np.uint8) for x in _unpacked(run.fixed)]
-        )
-        value_cost = np.arange(n + 1) * per if per else np.arange(n + 1) // 8
-    # level_end[i]: levels that belong to the first i values (a chunk takes the levels up to
-    # its last value; levels of null or empty lists after it start the next chunk)
+        parts = _unpacked(run.fixed)
+        fixed = np.concatenate([np.zeros(x * max(per, 1), np.uint8) if isinstance(x, int) else x.view(np.uint8) for x in parts])
+        return cls(np.arange(n + 1) * per if per else np.arange(n + 1) // 8, per, fixed)
+
+
+def _level_ends(shape: Shape, defs: U16 | None, levels: int, n: int) -> I64:
+    """``level_end[i]``: the levels that belong to the first i values (a chunk takes the levels
+    up to its last value; levels of null or empty lists after it start the next chunk)."""
     visible = shape.max_visible_def
     if levels == 0:
-        level_end = np.zeros(n + 1, dtype=np.int64)
-    elif levels == n:
-        level_end = np.arange(n + 1)
-    elif visible is not None and defs is not None:
+        return np.zeros(n + 1, dtype=np.int64)
+    if levels == n:
+        return np.arange(n + 1)
+    if visible is not None and defs is not None:
         shown = np.flatnonzero(defs <= visible)
         if len(shown) != n:
             raise CorruptFileError(f"definition levels show {len(shown)} values, the pages hold {n}")
-        level_end = np.concatenate(([0], shown + 1))
-    else:
-        raise CorruptFileError(f"{levels} levels for {n} values without lists")
+        return np.concatenate(([0], shown + 1))
+    raise CorruptFileError(f"{levels} levels for {n} values without lists")
+
+
+def _encode_chunked(run: Run, rep: U16 | None, defs: U16 | None, level_end: I64, values: _Values) -> EncodedPage:
+    """``encode_page`` chunk by chunk: each takes as many values as fit (``_chunk_values``)."""
+    shape, n = run.shape, run.num_values
+    levels = len(rep) if rep is not None else len(defs) if defs is not None else 0
     level_bytes = 2 * ((1 if shape.rep else 0) + (1 if shape.defs else 0))
     header = _aligned(2 + 2 * (int(shape.rep) + int(shape.defs)) + (4 if shape.wide else 2))
-
-    if not shape.variable and per and rep is None and (levels == 0 or levels == n):
-        # fixed-width values with no levels or one definition level each (flat columns)
-        return _encode_fixed(fixed, per, n, shape, run.rows, defs if levels else None)
-
     meta: list[int] = []
     body = bytearray()
     rep_index: list[int] = []
     start = lstart = 0
     while start < n:
-        count = _chunk_values(value_cost, level_end, start, n, level_bytes, header)
+        count = _chunk_values(values.cost, level_end, start, n, level_bytes, header)
         end = start + count
         last = end >= n
         lend = levels if last else int(level_end[end])
@@ -980,22 +1010,14 @@ def encode_page(run: Run) -> EncodedPage:
             chunk += struct.pack("<H", 2 * (lend - lstart))
         if shape.defs:
             chunk += struct.pack("<H", 2 * (lend - lstart))
-        if shape.variable:
-            width = shape.bits // 8
-            offsets = ends[start : end + 1] - ends[start] + (count + 1) * width
-            values = offsets.astype(f"<u{width}").tobytes() + data[int(ends[start]) : int(ends[end])].tobytes()
-            values += bytes(-len(values) % width)  # the reader wants whole offset-width units
-        elif shape.bits == 1:
-            values = np.packbits(fixed[start:end], bitorder="little").tobytes()
-        else:
-            values = fixed[start * per : end * per].tobytes()
-        chunk += struct.pack("<I" if shape.wide else "<H", len(values))
+        value_bytes = _chunk_value_bytes(shape, values, start, end)
+        chunk += struct.pack("<I" if shape.wide else "<H", len(value_bytes))
         _pad(chunk)
         for stream in (rep, defs):
             if stream is not None:
                 chunk += stream[lstart:lend].astype("<u2").tobytes()
                 _pad(chunk)
-        chunk += values
+        chunk += value_bytes
         _pad(chunk)
         if len(chunk) > MAX_CHUNK_BYTES:
             raise NotNative(f"a chunk of {count} values needs {len(chunk)} bytes")
@@ -1011,6 +1033,19 @@ def encode_page(run: Run) -> EncodedPage:
             raise CorruptFileError(f"repetition levels end {sum(rep_index[0::2])} rows, the pages hold {run.rows}")
         buffers.append(np.array(rep_index, dtype="<u8").tobytes())
     return EncodedPage(tuple(buffers), _layout_bytes(shape, n), run.rows)
+
+
+def _chunk_value_bytes(shape: Shape, values: _Values, start: int, end: int) -> bytes:
+    """Values [start, end) as one chunk's value buffer."""
+    if shape.variable:
+        width = shape.bits // 8
+        ends = values.ends
+        offsets = ends[start : end + 1] - ends[start] + (end - start + 1) * width
+        out: bytes = offsets.astype(f"<u{width}").tobytes() + values.data[int(ends[start]) : int(ends[end])].tobytes()
+        return out + bytes(-len(out) % width)  # the reader wants whole offset-width units
+    if shape.bits == 1:
+        return bytes(np.packbits(values.fixed[start:end], bitorder="little").tobytes())
+    return bytes(values.fixed[start * values.per : end * values.per].tobytes())
 
 
 def _encode_fixed(fixed: U8, per: int, n: int, shape: Shape, rows: int, defs: U16 | None = None) -> EncodedPage:
