@@ -193,6 +193,7 @@ def decodable(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, boolean
 
 @lru_cache(maxsize=4096)
 def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Codec | str:
+    """How a page's encoding bytes read, or why this module does not decode it."""
     if version not in (FileVersion.V2_1, FileVersion.V2_2):
         return f"{version.value} pages are not mini-block pages this copier decodes"
     try:
@@ -203,28 +204,7 @@ def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Cod
     except DecodeError:
         return "page encoding does not parse"
     if layout.WhichOneof("layout") == "all_null_layout":
-        # 2.2 writes a page of one repeated fixed-width value as an all-null layout of a valid
-        # item carrying the value's bytes (field 6) and no buffers
-        fields = wire_fields(wrapper.value)
-        inner = wire_fields(fields[0][2]) if fields and len(fields) == 1 and isinstance(fields[0][2], bytes) else None
-        if (
-            inner is not None
-            and len(inner) == 2
-            and inner[0] == (5, 2, bytes([enc21.REPDEF_ALL_VALID_ITEM]))
-            and inner[1][:2] == (CONSTANT_VALUE_FIELD, 2)
-            and isinstance(inner[1][2], bytes)
-            and len(inner[1][2]) in (1, 2, 4, 8, 16)
-            and not (boolean and len(inner[1][2]) != 1)
-        ):
-            value = inner[1][2]
-            bits = 1 if boolean else 8 * len(value)
-            shape = Shape((enc21.REPDEF_ALL_VALID_ITEM,), False, False, False, bits, version is FileVersion.V2_2)
-            return _Codec(shape, None, None, enc21.CompressiveEncoding(), 0, 0, value)
-        simple = wire_fields(layout.all_null_layout.SerializeToString()) == [(5, 2, bytes([enc21.REPDEF_NULLABLE_ITEM]))]
-        if not simple or wire_fields(wrapper.value) != [(2, 2, layout.all_null_layout.SerializeToString())]:
-            return "all-null page of a nested column"
-        null = Shape((enc21.REPDEF_NULLABLE_ITEM,), False, True, False, 0, version is FileVersion.V2_2, null=True)
-        return _Codec(null, None, None, enc21.CompressiveEncoding(), 0)
+        return _all_null_codec(wrapper.value, layout, version, boolean)
     if layout.WhichOneof("layout") != "mini_block_layout":
         return f"{layout.WhichOneof('layout')} page"
     mb = layout.mini_block_layout
@@ -246,41 +226,73 @@ def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Cod
             return f"{what} levels: {_levels_reason(levels)}"
     if mb.repetition_index_depth not in ((1,) if rep is not None else (0,)):
         return f"repetition index of depth {mb.repetition_index_depth}"
-    values = mb.value_compression
-    kind = values.WhichOneof("compression")
-    items = 0
-    if kind == "flat" and not values.flat.HasField("data") and values.flat.bits_per_value in (1, 8, 16, 32, 64, 128):
-        variable, bits = False, values.flat.bits_per_value
-    elif kind == "inline_bitpacking" and not values.inline_bitpacking.HasField("values"):
-        variable, bits = False, values.inline_bitpacking.uncompressed_bits_per_value
-        if bits not in _UINT:
-            return f"bit-packed {bits}-bit values"
-    elif kind == "rle" and _rle_shape_ok(values.rle, (8, 16, 32, 64)):
-        variable, bits = False, values.rle.values.flat.bits_per_value
-    elif (
-        kind == "fixed_size_list"
-        and not values.fixed_size_list.has_validity
-        and values.fixed_size_list.items_per_value > 0
-        and values.fixed_size_list.values.WhichOneof("compression") == "flat"
-        and values.fixed_size_list.values.flat.bits_per_value in (8, 16, 32, 64, 128)
-        and not values.fixed_size_list.values.flat.HasField("data")
-    ):
-        variable, bits = False, values.fixed_size_list.values.flat.bits_per_value
-        items = values.fixed_size_list.items_per_value
-    elif (
-        kind == "variable"
-        and not values.variable.HasField("values")
-        and values.variable.offsets.WhichOneof("compression") == "flat"
-        and values.variable.offsets.flat.bits_per_value in (32, 64)
-        and not values.variable.offsets.flat.HasField("data")
-    ):
-        variable, bits = True, values.variable.offsets.flat.bits_per_value
-    else:
-        return f"{kind} values"
+    kind = _values_kind(mb.value_compression)
+    if isinstance(kind, str):
+        return kind
+    variable, bits, items = kind
     shape = Shape(tuple(mb.layers), rep is not None, defs is not None, variable, bits, wide, items=items)
     if shape.value_bytes > MAX_VALUE_BYTES:
         return f"values of {shape.value_bytes} bytes"
-    return _Codec(shape, rep, defs, values, mb.num_items, mb.num_buffers)
+    return _Codec(shape, rep, defs, mb.value_compression, mb.num_items, mb.num_buffers)
+
+
+def _all_null_codec(value: bytes, layout: enc21.PageLayout, version: FileVersion, boolean: bool) -> _Codec | str:
+    """An all-null layout: a flat column's all-null page, or (2.2) a page of one repeated
+    fixed-width value, written as an all-null layout of a valid item carrying the value's
+    bytes (field 6) and no buffers."""
+    fields = wire_fields(value)
+    inner = wire_fields(fields[0][2]) if fields and len(fields) == 1 and isinstance(fields[0][2], bytes) else None
+    if (
+        inner is not None
+        and len(inner) == 2
+        and inner[0] == (5, 2, bytes([enc21.REPDEF_ALL_VALID_ITEM]))
+        and inner[1][:2] == (CONSTANT_VALUE_FIELD, 2)
+        and isinstance(inner[1][2], bytes)
+        and len(inner[1][2]) in (1, 2, 4, 8, 16)
+        and not (boolean and len(inner[1][2]) != 1)
+    ):
+        constant = inner[1][2]
+        bits = 1 if boolean else 8 * len(constant)
+        shape = Shape((enc21.REPDEF_ALL_VALID_ITEM,), False, False, False, bits, version is FileVersion.V2_2)
+        return _Codec(shape, None, None, enc21.CompressiveEncoding(), 0, 0, constant)
+    simple = wire_fields(layout.all_null_layout.SerializeToString()) == [(5, 2, bytes([enc21.REPDEF_NULLABLE_ITEM]))]
+    if not simple or fields != [(2, 2, layout.all_null_layout.SerializeToString())]:
+        return "all-null page of a nested column"
+    null = Shape((enc21.REPDEF_NULLABLE_ITEM,), False, True, False, 0, version is FileVersion.V2_2, null=True)
+    return _Codec(null, None, None, enc21.CompressiveEncoding(), 0)
+
+
+def _values_kind(values: enc21.CompressiveEncoding) -> tuple[bool, int, int] | str:
+    """(variable-width, bits per value or offset, items per fixed-size list) of the value
+    encodings this module decodes, or why the others are not."""
+    kind = values.WhichOneof("compression")
+    if kind == "flat" and not values.flat.HasField("data") and values.flat.bits_per_value in (1, 8, 16, 32, 64, 128):
+        return False, values.flat.bits_per_value, 0
+    if kind == "inline_bitpacking" and not values.inline_bitpacking.HasField("values"):
+        bits = values.inline_bitpacking.uncompressed_bits_per_value
+        return (False, bits, 0) if bits in _UINT else f"bit-packed {bits}-bit values"
+    if kind == "rle" and _rle_shape_ok(values.rle, (8, 16, 32, 64)):
+        return False, values.rle.values.flat.bits_per_value, 0
+    fsl = values.fixed_size_list
+    if (
+        kind == "fixed_size_list"
+        and not fsl.has_validity
+        and fsl.items_per_value > 0
+        and fsl.values.WhichOneof("compression") == "flat"
+        and fsl.values.flat.bits_per_value in (8, 16, 32, 64, 128)
+        and not fsl.values.flat.HasField("data")
+    ):
+        return False, fsl.values.flat.bits_per_value, fsl.items_per_value
+    offsets = values.variable.offsets
+    if (
+        kind == "variable"
+        and not values.variable.HasField("values")
+        and offsets.WhichOneof("compression") == "flat"
+        and offsets.flat.bits_per_value in (32, 64)
+        and not offsets.flat.HasField("data")
+    ):
+        return True, offsets.flat.bits_per_value, 0
+    return f"{kind} values"
 
 
 def _rle_shape_ok(rle: enc21.Rle, value_bits: Sequence[int]) -> bool:
