@@ -357,21 +357,60 @@ def write_with_pylance(
     writes are never small ones). Raises CompactionRefusedError when pylance fails or the file
     is not one the copy can take pages from (the caller then copies the small pages as they are).
     """
-    import pyarrow as pa
-    from lance.file import LanceFileReader, LanceFileWriter
+    out = _PylanceFile(directory, owners_by_top, version, read_batch_bytes, storage_options)
+    try:
+        files = inputs
+        if scan is not None:
+            size = sum(s.bytes for frag_files in files for f in frag_files for fid, s in f.stats.items() if fid in out.owners)
+            expected = sum(frag_files[0].rows for frag_files in files)
+            for batch in scan.batches(read_batch_bytes * expected // max(size, 1), out.options):
+                out.write(batch)
+            if out.rows != expected:
+                raise CompactionRefusedError(f"pylance's scan returned {out.rows} rows of inputs holding {expected}")
+            files = ()  # read
+        out.write_inputs(files)
+        out.close()
+    except (CompactionRefusedError, KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pylance failing (its panics are BaseExceptions) means: copy the pages as they are
+        raise CompactionRefusedError(f"pylance could not re-encode the columns: {exc}") from exc
+    finally:
+        out.abandon()
+    return out.coalesced(inputs)
 
-    options = pylance_storage_options(storage_options)
-    files = inputs
-    tops = list(owners_by_top)
-    owners = [fid for t in tops for fid in owners_by_top[t]]
-    rel = f"coalesced-{uuid.uuid4().hex}.lance"  # a retry never meets an earlier attempt's file
 
-    def plan(frag_files: Sequence[InputFile]) -> tuple[list[tuple[InputFile, list[str]]], int]:
+class _PylanceFile:
+    """The local file pylance's writer fills with the chosen columns of every input, in row
+    order. Small inputs (the common case: thousands of them) are read several at a time, each
+    whole, within the memory bound, and written together; larger ones are streamed in batches."""
+
+    def __init__(
+        self,
+        directory: str,
+        owners_by_top: dict[int, list[int]],
+        version: FileVersion,
+        read_batch_bytes: int,
+        storage_options: dict[str, Any],
+    ) -> None:
+        self.directory, self.version, self.read_batch_bytes = directory, version, read_batch_bytes
+        self.options = pylance_storage_options(storage_options)
+        self.owners_by_top = owners_by_top
+        self.tops = list(owners_by_top)
+        self.owners = [fid for t in self.tops for fid in owners_by_top[t]]
+        self.rel = f"coalesced-{uuid.uuid4().hex}.lance"  # a retry never meets an earlier attempt's file
+        self.small = max(1, read_batch_bytes // (2 * _PYLANCE_READERS))
+        self.writer: Any = None
+        self.schema: Any = None
+        self.rows = 0
+        self.pending: list[Any] = []  # batches of small inputs, written together (fewer, larger writes)
+        self.pending_bytes = 0
+
+    def plan(self, frag_files: Sequence[InputFile]) -> tuple[list[tuple[InputFile, list[str]]], int]:
         """The files of one input fragment holding the chosen columns (with their names in the
         file's schema), and the bytes of those columns."""
         parts = []
         for f in frag_files:
-            held = [t for t in tops if any(fid in f.columns for fid in owners_by_top[t])]
+            held = [t for t in self.tops if any(fid in f.columns for fid in self.owners_by_top[t])]
             if any(t not in f.names for t in held):
                 raise CompactionRefusedError(f"{f.url}: a column's field is not top-level in the file's schema")
             if held:
@@ -379,15 +418,18 @@ def write_with_pylance(
         names = [n for _, held_names in parts for n in held_names]
         if len(names) != len(set(names)):
             raise CompactionRefusedError("a column is held by two data files of one fragment")
-        return parts, sum(s.bytes for f, _ in parts for fid, s in f.stats.items() if fid in owners)
+        return parts, sum(s.bytes for f, _ in parts for fid, s in f.stats.items() if fid in self.owners)
 
-    def batches(frag_files: Sequence[InputFile]) -> Iterator[Any]:
+    def batches(self, frag_files: Sequence[InputFile]) -> Iterator[Any]:
         """The chosen columns of one input fragment, in batches of about ``read_batch_bytes``."""
-        parts, size = plan(frag_files)
+        import pyarrow as pa
+        from lance.file import LanceFileReader
+
+        parts, size = self.plan(frag_files)
         frag_rows = frag_files[0].rows
-        batch = max(1, min(frag_rows, read_batch_bytes * frag_rows // max(size, 1)))
+        batch = max(1, min(frag_rows, self.read_batch_bytes * frag_rows // max(size, 1)))
         readers = [
-            LanceFileReader(f.url, storage_options=options, columns=names).read_all(batch_size=batch).to_batches()
+            LanceFileReader(f.url, storage_options=self.options, columns=names).read_all(batch_size=batch).to_batches()
             for f, names in parts
         ]
         got = 0
@@ -400,45 +442,8 @@ def write_with_pylance(
         if got != frag_rows:
             raise CompactionRefusedError(f"pylance read {got} rows of an input holding {frag_rows}")
 
-    # Small inputs (the common case: thousands of them) are read several at a time, each whole,
-    # within the memory bound; larger ones are streamed in batches as they come.
-    small = max(1, read_batch_bytes // (2 * _PYLANCE_READERS))
-    writer: Any = None
-    schema: Any = None
-    rows = 0
-    pending: list[Any] = []  # batches of small inputs, written together (fewer, larger writes)
-    pending_bytes = 0
-
-    def write(batch: Any) -> None:
-        nonlocal writer, schema, rows, pending_bytes
-        if schema is None:
-            schema = batch.schema
-            if len(schema) != len(tops):
-                raise CompactionRefusedError(f"the inputs hold {len(schema)} of the {len(tops)} columns to coalesce")
-            cache = max(read_batch_bytes, len(tops) * 4 * SMALL_PAGE_BYTES)
-            writer = LanceFileWriter(os.path.join(directory, rel), schema, version=version.value, data_cache_bytes=cache)
-        pending.append(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
-        pending_bytes += batch.nbytes
-        rows += len(batch)
-        if pending_bytes >= small:
-            flush()
-
-    def flush() -> None:
-        nonlocal pending_bytes
-        if pending:
-            writer.write_batch(pa.Table.from_batches(pending, schema=schema))
-            pending.clear()
-            pending_bytes = 0
-
-    try:
-        if scan is not None:
-            size = sum(s.bytes for frag_files in files for f in frag_files for fid, s in f.stats.items() if fid in owners)
-            expected = sum(frag_files[0].rows for frag_files in files)
-            for batch in scan.batches(read_batch_bytes * expected // max(size, 1), options):
-                write(batch)
-            if rows != expected:
-                raise CompactionRefusedError(f"pylance's scan returned {rows} rows of inputs holding {expected}")
-            files = ()  # read
+    def write_inputs(self, files: Sequence[Sequence[InputFile]]) -> None:
+        """Every input fragment's chosen columns, in order, small ones read ahead by a pool."""
         with ThreadPoolExecutor(_PYLANCE_READERS, thread_name_prefix="lance-assets-coalesce") as pool:
             window: deque[tuple[Sequence[InputFile], Future[list[Any]] | None]] = deque()
             todo = iter(files)
@@ -448,41 +453,71 @@ def write_with_pylance(
                         frag_files = next(todo, None)
                         if frag_files is None:
                             break
-                        whole = plan(frag_files)[1] <= small
-                        window.append((frag_files, pool.submit(lambda f: list(batches(f)), frag_files) if whole else None))
+                        whole = self.plan(frag_files)[1] <= self.small
+                        window.append((frag_files, pool.submit(lambda f: list(self.batches(f)), frag_files) if whole else None))
                     if not window:
                         break
                     frag_files, future = window.popleft()
-                    for batch in future.result() if future is not None else batches(frag_files):
-                        write(batch)
+                    for batch in future.result() if future is not None else self.batches(frag_files):
+                        self.write(batch)
             finally:
                 for _, future in window:
                     if future is not None:
                         future.cancel()
-        if writer is None:
+
+    def write(self, batch: Any) -> None:
+        import pyarrow as pa
+
+        if self.schema is None:
+            from lance.file import LanceFileWriter
+
+            self.schema = batch.schema
+            if len(self.schema) != len(self.tops):
+                raise CompactionRefusedError(f"the inputs hold {len(self.schema)} of the {len(self.tops)} columns to coalesce")
+            cache = max(self.read_batch_bytes, len(self.tops) * 4 * SMALL_PAGE_BYTES)
+            path = os.path.join(self.directory, self.rel)
+            self.writer = LanceFileWriter(path, self.schema, version=self.version.value, data_cache_bytes=cache)
+        self.pending.append(pa.RecordBatch.from_arrays(batch.columns, schema=self.schema))
+        self.pending_bytes += batch.nbytes
+        self.rows += len(batch)
+        if self.pending_bytes >= self.small:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.pending:
+            self.writer.write_batch(pa.Table.from_batches(self.pending, schema=self.schema))
+            self.pending.clear()
+            self.pending_bytes = 0
+
+    def close(self) -> None:
+        if self.writer is None:
             raise CompactionRefusedError("no input rows to coalesce")
-        flush()
-        writer.close()
-        writer = None
-    except (CompactionRefusedError, KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # pylance failing (its panics are BaseExceptions) means: copy the pages as they are
-        raise CompactionRefusedError(f"pylance could not re-encode the columns: {exc}") from exc
-    finally:
-        if writer is not None:
+        self.flush()
+        self.writer.close()
+        self.writer = None
+
+    def abandon(self) -> None:
+        """Close a writer a failure left open (its file goes with the scratch directory)."""
+        if self.writer is not None:
             with contextlib.suppress(Exception):
-                writer.close()
-    storage = Storage(directory)
-    meta = read_v2_metadata(storage, rel)
-    if meta.version is not version or meta.num_rows != rows or meta.num_columns != len(owners):
-        raise CompactionRefusedError(
-            f"pylance wrote {meta.num_columns} columns of {meta.num_rows} rows ({meta.version}), "
-            f"expected {len(owners)} of {rows} ({version})"
-        )
-    problems = v2safety.copy_refusals(meta, list(range(meta.num_columns)))
-    if problems:
-        raise CompactionRefusedError("pylance's pages cannot be moved: " + "; ".join(problems))
-    read = sum(s.bytes for frag_files in inputs for f in frag_files for fid, s in f.stats.items() if fid in owners)
-    before = sum(s.pages for frag_files in inputs for f in frag_files for fid, s in f.stats.items() if fid in owners)
-    first = inputs[0][0].schema_metadata if inputs and inputs[0] else {}
-    return Coalesced(storage, rel, meta, tuple(owners), read, before, first)
+                self.writer.close()
+
+    def coalesced(self, inputs: Sequence[Sequence[InputFile]]) -> Coalesced:
+        """The written file's metadata, checked: the version, rows and columns asked for, and
+        pages the copy may move."""
+        storage = Storage(self.directory)
+        meta = read_v2_metadata(storage, self.rel)
+        owners, version = self.owners, self.version
+        if meta.version is not version or meta.num_rows != self.rows or meta.num_columns != len(owners):
+            raise CompactionRefusedError(
+                f"pylance wrote {meta.num_columns} columns of {meta.num_rows} rows ({meta.version}), "
+                f"expected {len(owners)} of {self.rows} ({version})"
+            )
+        problems = v2safety.copy_refusals(meta, list(range(meta.num_columns)))
+        if problems:
+            raise CompactionRefusedError("pylance's pages cannot be moved: " + "; ".join(problems))
+        stats = [s for frag_files in inputs for f in frag_files for fid, s in f.stats.items() if fid in owners]
+        first = inputs[0][0].schema_metadata if inputs and inputs[0] else {}
+        return Coalesced(storage, self.rel, meta, tuple(owners), sum(s.bytes for s in stats), sum(s.pages for s in stats), first)
