@@ -307,24 +307,7 @@ def cleanup(
 
     # Candidates are listed before the manifests are read: a file written after this
     # listing is not a candidate, one committed meanwhile is protected by its age.
-    candidates: list[tuple[str, str, int, float | None]] = []
-    for e in storage.list(DATA_DIR, recursive=True):
-        kind = "data" if "/" not in e.name else "blob" if _SIDECAR.fullmatch(e.name) else None
-        if kind:
-            candidates.append((f"{DATA_DIR}/{e.name}", kind, e.size, e.modified))
-    for folder, kind in ((DELETIONS_DIR, "deletion"), (TRANSACTIONS_DIR, "transaction")):
-        candidates += [(f"{folder}/{e.name}", kind, e.size, e.modified) for e in storage.list(folder)]
-    candidates += [
-        (f"{INDICES_DIR}/{e.name}", "index", e.size, e.modified)
-        for e in storage.list(INDICES_DIR, recursive=True)
-        if _INDEX_FILE.fullmatch(e.name)
-    ]
-    listing = storage.list(VERSIONS_DIR)
-    candidates += [
-        (f"{VERSIONS_DIR}/{e.name}", "staging", e.size, e.modified)
-        for e in listing
-        if _STAGING.fullmatch(e.name) and f"{VERSIONS_DIR}/{e.name}" != HINT_FILE
-    ]
+    candidates, listing = _candidates(storage)
 
     names = _manifest_names(listing)
     if not any(mf.parse_manifest_name(n) for n in names):
@@ -348,42 +331,9 @@ def cleanup(
     released = gone.indices - refs.indices
     protected = refs.files | refs.indices  # what keeps a candidate: its own path or its owner's
 
-    doomed: list[RemovedFile] = []
-    too_young = unknown_age = 0
-    for rel, kind, size, modified in candidates:
-        owner = _owner(rel, kind)
-        if owner in protected or rel in refs.external or rel.rsplit("/", 1)[-1] in refs.external:
-            continue
-        if kind == "manifest" or (kind == "index" and owner in released):
-            # chosen by the version rules above, whatever the file age
-            doomed.append(RemovedFile(rel, size, kind, round(clock - modified, 3) if modified is not None else 0.0))
-            continue
-        if modified is None:
-            unknown_age += 1
-            continue
-        age = clock - modified
-        if age < seconds:
-            too_young += 1
-            continue
-        doomed.append(RemovedFile(rel, size, kind, round(age, 3)))
-
+    doomed, too_young, unknown_age = _doomed(candidates, refs, protected, released, clock, seconds)
     if doomed and not dry_run:
-        # Re-read _versions/ just before deleting: a version committed while we worked
-        # may reference a candidate (only possible for files older than the grace period
-        # if the grace period is shorter than that writer's run; cheap to check anyway).
-        new_names = sorted(set(_manifest_names(storage.list(VERSIONS_DIR))) - set(names))
-        if new_names:
-            logger.info("%s: %d version(s) committed during cleanup; their files are kept", storage.uri, len(new_names))
-            _read_references(storage, new_names, refs)
-            protected = refs.files | refs.indices
-            doomed = [f for f in doomed if _owner(f.path, f.kind) not in protected]
-        # Removed versions' manifests first: from then on no version references their files,
-        # so a kill at any later point leaves only unreferenced (old) files for the next run.
-        for f in doomed:
-            if f.kind == "manifest":
-                storage.delete(f.path, missing_ok=True)
-        storage.delete_many([f.path for f in doomed if f.kind != "manifest"])
-        storage.remove_empty_dirs(f.path.rsplit("/", 1)[0] for f in doomed if f.kind == "blob")
+        _remove(storage, doomed, names, refs)
     stale_uploads = [u for u in storage.pending_uploads(DATA_DIR) if u.initiated is not None and clock - u.initiated >= seconds]
     if not dry_run:
         for upload in stale_uploads:
@@ -403,6 +353,85 @@ def cleanup(
     )
     _log_cleanup(report)
     return report
+
+
+_Candidate = tuple[str, str, int, "float | None"]  # path, kind, size, modification time
+
+
+def _candidates(storage: Storage) -> tuple[list[_Candidate], list[Entry]]:
+    """Every file cleanup may remove (data files and sidecars, deletion files, transactions,
+    index files, staging leftovers in ``_versions/``), and the ``_versions/`` listing."""
+    candidates: list[_Candidate] = []
+    for e in storage.list(DATA_DIR, recursive=True):
+        kind = "data" if "/" not in e.name else "blob" if _SIDECAR.fullmatch(e.name) else None
+        if kind:
+            candidates.append((f"{DATA_DIR}/{e.name}", kind, e.size, e.modified))
+    for folder, kind in ((DELETIONS_DIR, "deletion"), (TRANSACTIONS_DIR, "transaction")):
+        candidates += [(f"{folder}/{e.name}", kind, e.size, e.modified) for e in storage.list(folder)]
+    candidates += [
+        (f"{INDICES_DIR}/{e.name}", "index", e.size, e.modified)
+        for e in storage.list(INDICES_DIR, recursive=True)
+        if _INDEX_FILE.fullmatch(e.name)
+    ]
+    listing = storage.list(VERSIONS_DIR)
+    candidates += [
+        (f"{VERSIONS_DIR}/{e.name}", "staging", e.size, e.modified)
+        for e in listing
+        if _STAGING.fullmatch(e.name) and f"{VERSIONS_DIR}/{e.name}" != HINT_FILE
+    ]
+    return candidates, listing
+
+
+def _doomed(
+    candidates: list[_Candidate],
+    refs: _References,
+    protected: set[str],
+    released: set[str],
+    clock: float,
+    seconds: float,
+) -> tuple[list[RemovedFile], int, int]:
+    """The candidates no kept version references that are old enough (removed versions'
+    manifests and the index files only they held go whatever their age), and how many were
+    kept for being too young or of unknown age."""
+    doomed: list[RemovedFile] = []
+    too_young = unknown_age = 0
+    for rel, kind, size, modified in candidates:
+        owner = _owner(rel, kind)
+        if owner in protected or rel in refs.external or rel.rsplit("/", 1)[-1] in refs.external:
+            continue
+        if kind == "manifest" or (kind == "index" and owner in released):
+            # chosen by the version rules, whatever the file age
+            doomed.append(RemovedFile(rel, size, kind, round(clock - modified, 3) if modified is not None else 0.0))
+            continue
+        if modified is None:
+            unknown_age += 1
+            continue
+        age = clock - modified
+        if age < seconds:
+            too_young += 1
+            continue
+        doomed.append(RemovedFile(rel, size, kind, round(age, 3)))
+    return doomed, too_young, unknown_age
+
+
+def _remove(storage: Storage, doomed: list[RemovedFile], names: list[str], refs: _References) -> None:
+    """Delete ``doomed`` (minus what a version committed meanwhile references), manifests first."""
+    # Re-read _versions/ just before deleting: a version committed while we worked may
+    # reference a candidate (only possible for files older than the grace period if the grace
+    # period is shorter than that writer's run; cheap to check anyway).
+    new_names = sorted(set(_manifest_names(storage.list(VERSIONS_DIR))) - set(names))
+    if new_names:
+        logger.info("%s: %d version(s) committed during cleanup; their files are kept", storage.uri, len(new_names))
+        _read_references(storage, new_names, refs)
+        protected = refs.files | refs.indices
+        doomed[:] = [f for f in doomed if _owner(f.path, f.kind) not in protected]
+    # Removed versions' manifests first: from then on no version references their files, so a
+    # kill at any later point leaves only unreferenced (old) files for the next run.
+    for f in doomed:
+        if f.kind == "manifest":
+            storage.delete(f.path, missing_ok=True)
+    storage.delete_many([f.path for f in doomed if f.kind != "manifest"])
+    storage.remove_empty_dirs(f.path.rsplit("/", 1)[0] for f in doomed if f.kind == "blob")
 
 
 def _log_cleanup(report: CleanupReport) -> None:
