@@ -9,6 +9,7 @@ coalesces here is the native path alone.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,7 @@ def _one_repeated_text(column: pa.ChunkedArray) -> bool:
     return len(set(column.to_pylist())) == 1
 
 
-def test_a_later_input_the_copy_cannot_recut_goes_to_pylance(tmp_path: Path) -> None:
+def test_a_later_input_the_copy_cannot_recut_goes_to_pylance(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The copy judges from the first input which columns it re-cuts; when later inputs hold
     small pages it cannot decode (here 2.2 constant string pages: one repeated value each), the
     output is written again with that column re-encoded by pylance, in the same single commit."""
@@ -231,7 +232,9 @@ def test_a_later_input_the_copy_cannot_recut_goes_to_pylance(tmp_path: Path) -> 
         tables[k] = tables[k].set_column(2, "s", pa.array([f"same-{k}"] * 100))
     write_appends(path, tables, "2.2")
     version = lance.dataset(str(path)).version
-    report = compact(str(path))
+    with caplog.at_level(logging.INFO, logger="lance_assets.engine.copying"):
+        report = compact(str(path))
+    assert any("writing the file again with pylance" in r.getMessage() for r in caplog.records)
     assert report.columns_coalesced_pylance == ["s"] and report.columns_coalesced_native == ["b", "f", "i", "l.item"]
     assert report.columns_left_small == [] and lance.dataset(str(path)).version == version + 1
     assert max(data_file_pages(path)[0]) == 1
@@ -257,7 +260,12 @@ def test_one_page_the_copy_cannot_recut_stays_between_large_ones(
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_pages_that_cannot_be_recut_after_all_are_written_as_they_came(
-    tmp_path: Path, version: str, no_pylance_writer: None, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    tmp_path: Path,
+    version: str,
+    no_pylance_writer: None,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The pages are decoded only when their run is written; a value found too long for a chunk
     then (here: the limit lowered to 8 bytes, which every string passes) leaves that run's pages
@@ -270,7 +278,9 @@ def test_pages_that_cannot_be_recut_after_all_are_written_as_they_came(
     path = tmp_path / "ds.lance"
     tables = [streaming(k * 100, 100) for k in range(8)]
     write_appends(path, tables, version)
-    report = compact(str(path))
+    with caplog.at_level(logging.INFO, logger="lance_assets.engine.copying.coalesce"):
+        report = compact(str(path))
+    assert any("written as they came" in r.getMessage() for r in caplog.records)
     assert report.columns_left_small == ["s"] and "s" not in report.columns_coalesced_native
     assert any("s: values longer than 8 bytes" in note.detail for note in report.notes)
     pages = dict(zip(["i", "f", "s", "b", "l"], data_file_pages(path)[0]))

@@ -14,6 +14,7 @@ picks what the copy would leave as it is.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from collections import deque
@@ -33,6 +34,8 @@ from lance_assets.format import repdef, v2safety
 from lance_assets.format.pages import SMALL_PAGE_BYTES, ColumnPages, column_pages
 from lance_assets.format.v2file import FileVersion, V2FileMetadata, is_blob_field
 from lance_assets.io import Storage
+
+logger = logging.getLogger(__name__)
 
 
 def coalescible_fields(fields: Sequence[file_pb2.Field], version: FileVersion) -> frozenset[int]:
@@ -179,6 +182,7 @@ class NativeColumn:
         try:
             encoded = self._mb.encode_page(self._mb.materialize([part for _, part in pending]))
         except self._mb.NotNative as exc:
+            logger.info("%d small pages written as they came: they cannot be re-cut (%s)", len(pending), exc)
             self.left_small += len(pending)
             self.why_left = str(exc)
             return [(first_row, part.as_page()) for first_row, part in pending]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import shutil
 import tempfile
 import time
@@ -37,6 +38,8 @@ from lance_assets.format import pages as page_health
 from lance_assets.format import repdef, v2file, v2safety
 from lance_assets.io import Storage
 from lance_assets.io.ahead import ordered_ahead
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -388,9 +391,27 @@ def _write_data_file(
             except _PylanceWanted as wanted:
                 # Inputs after the first held small pages the copy cannot re-cut: once more, with
                 # pylance re-encoding those columns (the file written so far is gone).
+                logger.info(
+                    "%s: later inputs hold small pages the copy cannot re-cut (fields %s); writing the file again "
+                    "with pylance re-encoding them",
+                    ds.uri,
+                    wanted.fields,
+                )
                 forced = wanted.fields
                 continue
             tally.merge(attempt)
+            logger.debug(
+                "%s: wrote %s from %d fragments (%d rows); pages %d -> %d; re-cut %s, by pylance %s, left small %s",
+                ds.uri,
+                written[1],
+                len(inputs),
+                written[0].physical_rows,
+                attempt.pages_before,
+                attempt.pages_after,
+                sorted(attempt.native),
+                sorted(attempt.by_pylance),
+                sorted(attempt.left_small),
+            )
             return written
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
