@@ -63,7 +63,7 @@ def child(variant: str, uri: str, endpoint: str, read_batch_bytes: int) -> None:
         if variant == "ours_streamed":
             options = {**options, "lance_assets_server_side_copy": "false"}
         started = time.perf_counter()
-        report = compact(uri, CompactionOptions(read_batch_bytes=read_batch_bytes, storage_options=options))
+        report = compact(uri, CompactionOptions(read_batch_bytes=read_batch_bytes), storage_options=options)
         seconds = time.perf_counter() - started
         out = {"fragments_removed": report.fragments_removed, "fragments_added": report.fragments_added}
     else:

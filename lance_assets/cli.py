@@ -242,7 +242,7 @@ def add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
     """One flag per compaction option (``engine.options``): type, default and help come from
     its declaration, so the CLI never drifts from the library or the Dagster config."""
     for spec in option_specs():
-        if spec.name == "storage_options" or (names is not None and spec.name not in names):
+        if names is not None and spec.name not in names:
             continue
         kind = _scalar(spec.type)
         kwargs: dict[str, Any] = {"dest": spec.name, "help": spec.help}
@@ -264,9 +264,9 @@ def add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
 
 
 def options_from_args(args: argparse.Namespace) -> CompactionOptions:
-    values = {spec.name: getattr(args, spec.name) for spec in option_specs() if spec.name != "storage_options"}
+    values = {spec.name: getattr(args, spec.name) for spec in option_specs()}
     values["excluded_fragment_ids"] = frozenset(values["excluded_fragment_ids"])
-    return _checked(lambda: CompactionOptions(**values, storage_options=args.storage_options))
+    return _checked(lambda: CompactionOptions(**values))
 
 
 def _checked(make: Callable[[], CompactionOptions]) -> CompactionOptions:
@@ -393,6 +393,7 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
             runner=runner,
             on_plan=shown.planned if shown else None,
             on_task_done=shown.task_done if shown else None,
+            storage_options=args.storage_options,
         )
     if args.json:
         print(json.dumps(report.to_dict()))

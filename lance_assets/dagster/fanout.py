@@ -89,7 +89,7 @@ def build_fanout_job(
     ) -> Iterator[dg.AssetMaterialization | dg.Output[str]]:
         lance: LanceDatasets = getattr(context.resources, resource_key)
         plan = CompactionPlan.from_dict(json.loads(plan_json), storage_options=lance.options())
-        storage = Storage(lance.uri(_key(context)), plan.options.storage_options)
+        storage = Storage(lance.uri(_key(context)), plan.storage_options)
         report = commit_compaction(storage, plan, [RewriteResult.from_dict(json.loads(r)) for r in results])
         report = restore_index_coverage(report, plan.options, storage)
         if report.version is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -203,7 +202,8 @@ class LanceDatasets(_LanceDatasetsBase):
         """
         return compact(
             self.uri(partition_key),
-            replace(options, storage_options=self.options()),
+            options,
+            storage_options=self.options(),
             progress=progress,
             runner=runner,
             on_task_done=on_task_done,

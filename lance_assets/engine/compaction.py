@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from lance_assets.engine.committing.commit import commit_compaction
 from lance_assets.engine.copying.reencode import pylance_available
-from lance_assets.engine.dataset import Dataset, DatasetRef, open_dataset, storage_of
+from lance_assets.engine.dataset import Dataset, DatasetRef, storage_of
 from lance_assets.engine.indices import INDEX_REMAP_DEFER, index_views
 from lance_assets.engine.maintenance.index_upkeep import maintain_indices
 from lance_assets.engine.options import CompactionOptions
@@ -96,7 +97,7 @@ def run_plan(
     if max_workers < 1:
         raise ValueError("max_workers must be positive")
     started = time.monotonic()
-    storage = storage or Storage(plan.uri, plan.options.storage_options)
+    storage = storage or Storage(plan.uri, plan.storage_options)
     runner = runner or LocalRunner(max_workers, progress, storage)
     step = plan.options.commit_every or max(1, len(plan.tasks))
     reports: list[CompactionReport] = []
@@ -190,7 +191,7 @@ def restore_index_coverage(report: CompactionReport, options: CompactionOptions,
     }
     logger.info("%s: re-indexing %s with pylance (the commit could not keep their coverage)", storage.uri, sorted(dropped))
     try:
-        upkeep = maintain_indices(storage.uri, options.storage_options, index_names=sorted(dropped))
+        upkeep = maintain_indices(storage, index_names=sorted(dropped))
     except Exception as exc:  # the compaction landed; say what is left undone
         logger.warning("%s: re-indexing failed (%s: %s); the merged rows stay unindexed", storage.uri, type(exc).__name__, exc)
         note = SkippedFragment(None, Reason.INDEX_UPKEEP_FAILED, f"{type(exc).__name__}: {exc}; run optimize_indices")
@@ -253,6 +254,7 @@ def compact(
     max_workers: int = 1,
     runner: TaskRunner | None = None,
     on_plan: Callable[[CompactionPlan], None] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> CompactionReport:
     """Compact the latest version of ``uri``: plan, copy every task, commit all groups atomically.
 
@@ -291,14 +293,15 @@ def compact(
         >>> from lance_assets.engine import CompactionOptions, compact
         >>> report = compact(
         ...     "s3://bucket/events.lance",
-        ...     CompactionOptions(target_rows_per_fragment=1_000_000, storage_options={"aws_region": "eu-west-1"}),
+        ...     CompactionOptions(target_rows_per_fragment=1_000_000),
+        ...     storage_options={"aws_region": "eu-west-1"},
         ... )
         >>> report.fragments_removed, report.fragments_added, report.version
     """
     options = options or CompactionOptions()
     started = time.monotonic()
-    storage = storage_of(uri, options.storage_options)
-    plan = plan_compaction(open_dataset(uri, options.storage_options), options)
+    storage = storage_of(uri, storage_options)  # one Storage for the whole run
+    plan = plan_compaction(storage, options)
     if on_plan:
         on_plan(plan)
     if options.dry_run:

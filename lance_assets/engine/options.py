@@ -138,7 +138,6 @@ class CompactionOptions:
         "pages with pylance when installed, other columns copied byte for byte, and fragments at target size "
         "whose columns have many small pages are rewritten too; copy: every page copied as it is.",
     )
-    storage_options: dict[str, Any] = _option({}, "Filesystem options (credentials, endpoint).", dagster=False)
     dry_run: bool = _option(False, "Only plan: report what would be read and written; write and commit nothing.")
 
     def __post_init__(self) -> None:
@@ -175,7 +174,6 @@ class CompactionOptions:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["excluded_fragment_ids"] = sorted(self.excluded_fragment_ids)
-        out.pop("storage_options")  # may hold secrets
         return out
 
     @classmethod

@@ -74,7 +74,7 @@ def _clean_up(plan: CompactionPlan, results: Sequence[RewriteResult], storage: S
         sum(len(r.files_written) for r in results),
         len(results),
     )
-    remove_files(storage or Storage(plan.uri, plan.options.storage_options), (p for r in results for p in r.files_written))
+    remove_files(storage or Storage(plan.uri, plan.storage_options), (p for r in results for p in r.files_written))
 
 
 def _gather(
@@ -124,7 +124,7 @@ class LocalRunner:
     name: str = RUNNER_LOCAL
 
     def run(self, plan: CompactionPlan, tasks: Sequence[CompactionTask], on_task_done: TaskDone | None = None) -> RunOutcome:
-        storage = self.storage or Storage(plan.uri, plan.options.storage_options)
+        storage = self.storage or Storage(plan.uri, plan.storage_options)
         if self.max_workers <= 1 or len(tasks) < 2:
             results: list[RewriteResult] = []
             try:

@@ -518,7 +518,7 @@ def test_blob_v2_on_s3(s3_endpoint: Any, monkeypatch: pytest.MonkeyPatch) -> Non
             return _original(self, rel, *args, **kwargs)
 
         monkeypatch.setattr(Storage, method, spy)
-    report = compact(uri, CompactionOptions(storage_options=opts))
+    report = compact(uri, CompactionOptions(), storage_options=opts)
     assert report.version == before.version + 1 and report.fragments_added == 1
     assert read and not [rel for rel in read if rel.endswith(".blob")]
     after = lance.dataset(uri, storage_options=opts)

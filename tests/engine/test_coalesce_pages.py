@@ -308,7 +308,7 @@ def test_object_store(s3_endpoint) -> None:  # type: ignore[no-untyped-def]
     uri = f"s3://{s3_endpoint.new_bucket()}/events.lance"
     tables = [stream(k * 50, 50) for k in range(6)]
     write_appends(uri, tables, "2.2", storage_options=opts)  # type: ignore[arg-type]
-    report = compact(uri, CompactionOptions(storage_options=opts))
+    report = compact(uri, CompactionOptions(), storage_options=opts)
     assert report.fragments_added == 1 and set(report.columns_coalesced_native) >= {"i", "f", "s", "b"}
     assert report.pages_after is not None and report.pages_after <= 6
     assert_reads_as(uri, pa.concat_tables(tables), opts)

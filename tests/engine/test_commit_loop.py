@@ -81,7 +81,7 @@ def test_compaction_whose_answer_was_lost_is_committed_once(indexed_s3, monkeypa
     uri, opts = indexed_s3
     before = lance.dataset(uri, storage_options=opts).version
     monkeypatch.setattr(s3, "put_if_absent", _lost_answer(kind))
-    report = compact(uri, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))
+    report = compact(uri, CompactionOptions(target_rows_per_fragment=1000), storage_options=opts)
     monkeypatch.undo()
     assert report.version == before + 1 and report.committed_versions == [before + 1]
     ds = lance.dataset(uri, storage_options=opts)
@@ -96,7 +96,7 @@ def test_compaction_whose_answer_was_lost_is_committed_once(indexed_s3, monkeypa
 @pytest.mark.parametrize("kind", ["timeout", "exists_on_retry"])
 def test_index_change_whose_answer_was_lost_is_committed_once(indexed_s3, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:  # type: ignore[no-untyped-def]
     uri, opts = indexed_s3
-    compact(uri, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))  # adds a reuse version
+    compact(uri, CompactionOptions(target_rows_per_fragment=1000), storage_options=opts)  # adds a reuse version
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lance.dataset(uri, storage_options=opts).create_scalar_index("cat", "BITMAP", name="cat_idx", replace=True)

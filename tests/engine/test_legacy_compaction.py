@@ -430,7 +430,7 @@ def test_s3(s3_endpoint) -> None:  # type: ignore[no-untyped-def]
     uri = f"s3://{s3_endpoint.new_bucket()}/legacy.lance"
     factory.appends(uri, "legacy", [3000, 3000, 500], make=big_table, max_rows_per_group=1000, storage_options=opts)
     before = lance.dataset(uri, storage_options=opts).to_table()
-    report = compact(uri, CompactionOptions(read_batch_bytes=10_000, storage_options=opts))
+    report = compact(uri, CompactionOptions(read_batch_bytes=10_000), storage_options=opts)
     assert report.fragments_removed == 3 and report.fragments_added == 1 and report.tasks_skipped == 0
     ds = lance.dataset(uri, storage_options=opts)
     assert len(ds.get_fragments()) == 1

@@ -19,8 +19,6 @@ def _compact_actions() -> dict[str, object]:
 def test_cli_flags_follow_the_declarations() -> None:
     actions = _compact_actions()
     for spec in option_specs():
-        if spec.name == "storage_options":
-            continue
         action = actions[spec.name]
         assert spec.flag in action.option_strings  # type: ignore[attr-defined]
         assert action.help.startswith(spec.help)  # type: ignore[attr-defined]

@@ -98,7 +98,7 @@ def test_ray_runner_on_s3(ray_cluster: None, s3_endpoint) -> None:  # type: igno
     factory.appends(uri, "2.1", [40] * 6, storage_options=opts)
     before = lance.dataset(uri, storage_options=opts).to_table()
     report = compact(
-        uri, CompactionOptions(target_rows_per_fragment=100, max_rows_per_file=120, storage_options=opts), runner=RayRunner()
+        uri, CompactionOptions(target_rows_per_fragment=100, max_rows_per_file=120), storage_options=opts, runner=RayRunner()
     )
     assert report.runner == "ray" and report.tasks == 2
     ds = lance.dataset(uri, storage_options=opts)

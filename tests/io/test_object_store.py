@@ -72,7 +72,7 @@ def test_pylance_writes_we_compact_pylance_reads(s3_dataset: str, s3_endpoint) -
     opts = s3_endpoint.pylance_options
     before = lance.dataset(s3_dataset, storage_options=opts)
     rows = before.to_table().sort_by("id")
-    report = compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))
+    report = compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000), storage_options=opts)
     assert report.version == before.version + 1 and report.fragments_removed == 5 and report.fragments_added == 1
     after = lance.dataset(s3_dataset, storage_options=opts)
     assert after.version == report.version and len(after.get_fragments()) == 1
@@ -105,7 +105,7 @@ def test_cli_passes_storage_options_through(s3_dataset: str, s3_endpoint) -> Non
 def test_rebase_over_a_pylance_append_on_s3(s3_dataset: str, s3_endpoint) -> None:  # type: ignore[no-untyped-def]
     opts = s3_endpoint.pylance_options
     storage = Storage(s3_dataset, opts)
-    plan = plan_compaction(Dataset.open(storage), CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))
+    plan = plan_compaction(Dataset.open(storage), CompactionOptions(target_rows_per_fragment=1000), storage_options=opts)
     results = [execute_task(storage, plan, t) for t in plan.tasks]
     factory.write(factory.simple_table(500, 9), s3_dataset, "2.1", storage_options=opts)  # lands first
     report = commit_compaction(storage, plan, results)
@@ -140,7 +140,7 @@ def test_an_ambiguous_put_that_landed_is_a_commit(s3_dataset: str, s3_endpoint, 
             raise StorageError("connection reset after upload", path=self.url(rel))
 
     monkeypatch.setattr(Storage, "_put_if_absent", put_then_fail)
-    report = compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))
+    report = compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000), storage_options=opts)
     monkeypatch.undo()
     assert report.version == 6
     assert _ids(s3_dataset, opts) == list(range(105))
@@ -160,13 +160,13 @@ def test_an_ambiguous_put_that_did_not_land_keeps_files_for_cleanup(
 
     monkeypatch.setattr(Storage, "_put_if_absent", fail)
     with pytest.raises(StorageError, match="timeout"):
-        compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))
+        compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000), storage_options=opts)
     monkeypatch.undo()
     assert lance.dataset(s3_dataset, storage_options=opts).version == 5
     report = cleanup(s3_dataset, older_than=timedelta(seconds=0), retain_versions=None, storage_options=opts)
     assert sorted(f.kind for f in report.files) == ["data", "transaction"]
     assert _ids(s3_dataset, opts) == list(range(105))
-    assert compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts)).version == 6
+    assert compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000), storage_options=opts).version == 6
 
 
 def test_a_server_ignoring_if_none_match_is_refused(s3_dataset: str, s3_endpoint, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
@@ -182,7 +182,7 @@ def test_a_server_ignoring_if_none_match_is_refused(s3_dataset: str, s3_endpoint
     keys = lambda: sorted(o["Key"] for o in s3_endpoint.client().list_objects_v2(Bucket=s3_dataset.split("/")[2])["Contents"])  # noqa: E731
     before = keys()
     with pytest.raises(StorageError, match="does not support conditional writes"):
-        compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))
+        compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000), storage_options=opts)
     monkeypatch.undo()
     assert keys() == before  # our data files and the probe object were removed
     assert lance.dataset(s3_dataset, storage_options=opts).version == 5
@@ -241,6 +241,7 @@ def test_non_s3_stores(protocol: str, dataset_cache, tmp_path: Path) -> None:  #
     _upload(fs, src, root)
     uri = f"{protocol}://{root}"
     options = CompactionOptions(target_rows_per_fragment=1000)
+    storage_options: dict[str, str] = {}
     if protocol == "nocond":
         with pytest.raises(StorageError, match="cannot create objects only-if-absent"):
             compact(uri, options)
@@ -250,8 +251,8 @@ def test_non_s3_stores(protocol: str, dataset_cache, tmp_path: Path) -> None:  #
             for p in fs.find(root)
             if "/data/" in p and p.rsplit("/", 1)[-1] not in {f.path for frag in Dataset.open(uri).fragments for f in frag.files}
         ]
-        options = CompactionOptions(target_rows_per_fragment=1000, storage_options={UNSAFE_COMMIT_OPTION: "true"})
-    report = compact(uri, options)
+        storage_options = {UNSAFE_COMMIT_OPTION: "true"}
+    report = compact(uri, options, storage_options=storage_options)
     assert report.version == lance.dataset(str(src)).version + 1
     out = tmp_path / "out.lance"
     _download(fs, root, out)
@@ -334,7 +335,7 @@ def test_pylance_appenders_race_our_compactions_on_s3(s3_dataset: str, s3_endpoi
     while any(p.is_alive() for p in procs):
         try:
             commits += (
-                compact(s3_dataset, CompactionOptions(target_rows_per_fragment=10_000, storage_options=opts)).version is not None
+                compact(s3_dataset, CompactionOptions(target_rows_per_fragment=10_000), storage_options=opts).version is not None
             )
         except CommitConflictError:
             pass
@@ -351,7 +352,7 @@ def test_pylance_appenders_race_our_compactions_on_s3(s3_dataset: str, s3_endpoi
 def test_version_retention_on_s3(s3_dataset: str, s3_endpoint) -> None:  # type: ignore[no-untyped-def]
     """Old versions and the files only they referenced go; the latest version reads as before."""
     opts = s3_endpoint.pylance_options
-    compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000, storage_options=opts))
+    compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000), storage_options=opts)
     latest = lance.dataset(s3_dataset, storage_options=opts)
     rows = _ids(s3_dataset, opts)
     storage = Storage(s3_dataset, opts)

@@ -13,6 +13,7 @@ import itertools
 import random
 import threading
 import time
+from typing import Any
 from urllib.parse import unquote
 
 import lance
@@ -144,25 +145,25 @@ def s3_vectors(s3_endpoint):  # type: ignore[no-untyped-def]
     return uri, pa.concat_tables(parts)
 
 
-def _options(proxy: S3Proxy, s3_endpoint, server_side_copy: bool) -> CompactionOptions:  # type: ignore[no-untyped-def]
-    return CompactionOptions(
-        target_rows_per_fragment=1_000_000,
-        read_batch_bytes=4 * 1024 * 1024,
-        max_concurrent_requests=8,
-        pages="copy",
-        storage_options={
+def _options(proxy: S3Proxy, s3_endpoint, server_side_copy: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """``compact``'s keywords: the options and the storage options through the proxy."""
+    return {
+        "options": CompactionOptions(
+            target_rows_per_fragment=1_000_000, read_batch_bytes=4 * 1024 * 1024, max_concurrent_requests=8, pages="copy"
+        ),
+        "storage_options": {
             **s3_endpoint.pylance_options,
             "aws_endpoint": proxy.url,
             "lance_assets_server_side_copy": str(server_side_copy).lower(),
         },
-    )
+    }
 
 
 @pytest.mark.parametrize("server_side_copy", [False, True], ids=["streamed", "server-side-copy"])
 def test_overlapped_reads_copy_the_same_data(s3_vectors, s3_endpoint, server_side_copy: bool) -> None:  # type: ignore[no-untyped-def]
     uri, expected = s3_vectors
     with S3Proxy(s3_endpoint.url, delay=0.01) as proxy:
-        report = compact(uri, _options(proxy, s3_endpoint, server_side_copy))
+        report = compact(uri, **_options(proxy, s3_endpoint, server_side_copy))
     assert report.fragments_removed == len(SIZES) and report.fragments_added == 1
     assert_reads_every_way(uri, expected, storage_options=s3_endpoint.pylance_options)
     # the reads overlapped: planning's metadata reads, small inputs fetched whole and (streamed)
@@ -210,7 +211,7 @@ def test_a_request_failing_mid_flight_leaves_nothing_and_a_retry_succeeds(
 
     with S3Proxy(s3_endpoint.url, delay=0.005, fail=fail) as proxy:
         with pytest.raises(StorageError):
-            compact(uri, _options(proxy, s3_endpoint, server_side_copy))
+            compact(uri, **_options(proxy, s3_endpoint, server_side_copy))
         assert proxy.failed >= 1
         after = lance.dataset(uri, storage_options=opts)
         assert after.version == before.version and _data_files(uri, opts) == referenced_before
@@ -219,7 +220,7 @@ def test_a_request_failing_mid_flight_leaves_nothing_and_a_retry_succeeds(
         assert_reads_every_way(uri, expected, storage_options=opts)
 
         armed.clear()
-        report = compact(uri, _options(proxy, s3_endpoint, server_side_copy))
+        report = compact(uri, **_options(proxy, s3_endpoint, server_side_copy))
     assert report.version == before.version + 1 and report.fragments_added == 1
     assert_reads_every_way(uri, expected, storage_options=opts)
 
@@ -258,7 +259,7 @@ def test_one_request_per_input_plus_a_constant(s3_endpoint, shape: str, pages: s
         parts.append(part)
     with S3Proxy(s3_endpoint.url) as proxy:
         options = {**s3_endpoint.pylance_options, "aws_endpoint": proxy.url}
-        report = compact(uri, CompactionOptions(storage_options=options, pages=pages))  # type: ignore[arg-type]
+        report = compact(uri, CompactionOptions(pages=pages), storage_options=options)  # type: ignore[arg-type]
     assert report.fragments_removed == inputs and report.fragments_added == 1
     data_reads = [path for method, path in proxy.log if method == "GET" and "/data/" in path]
     assert len(data_reads) <= inputs + 2, sorted(data_reads)  # + the output's self-check

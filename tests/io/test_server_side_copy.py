@@ -214,7 +214,7 @@ def test_every_storage_version_compacts_through_the_multipart_writer(s3_endpoint
     factory.appends(uri, version, [40, 40, 40, 40], storage_options=opts)
     before = lance.dataset(uri, storage_options=opts).to_table()
     ours = {**opts, SERVER_SIDE_COPY_OPTION: str(server_side).lower()}
-    report = compact(uri, CompactionOptions(target_rows_per_fragment=1000, storage_options=ours))
+    report = compact(uri, CompactionOptions(target_rows_per_fragment=1000), storage_options=ours)
     assert (report.fragments_removed, report.fragments_added) == (4, 1)
     after = lance.dataset(uri, storage_options=opts)
     assert len(after.get_fragments()) == 1

@@ -573,7 +573,7 @@ def commit_compaction(
         >>> report.version, report.retries
     """
     started = time.monotonic()
-    storage = storage_of(uri, plan.options.storage_options)
+    storage = storage_of(uri, plan.storage_options)
     done = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
     remove_files(storage, (p for r in failed for p in r.files_written))

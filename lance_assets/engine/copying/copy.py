@@ -468,7 +468,8 @@ def _coalesce_small_pages(
             top_names = {f.id: f.name for f in ds.manifest.fields if f.parent_id == -1}
             ids = tuple(f.id for f in inputs)
             scan = coalesce.DatasetScan(ds.storage.uri, ds.version, ids, tuple(top_names[t] for t in tops))
-        return coalesce.write_with_pylance(scratch, files, tops, version, options.read_batch_bytes, options.storage_options, scan)
+        storage_options = ds.storage.storage_options
+        return coalesce.write_with_pylance(scratch, files, tops, version, options.read_batch_bytes, storage_options, scan)
 
     try:
         return write(chosen)
@@ -871,7 +872,7 @@ def execute_task(
         >>> commit_compaction(plan.uri, plan, results).version
     """
     started = time.monotonic()
-    ds = open_dataset(uri, plan.options.storage_options, plan.read_version)
+    ds = open_dataset(uri, plan.storage_options, plan.read_version)
     storage = ds.storage
     storage.max_in_flight = plan.options.max_concurrent_requests
     by_id = {f.id: f for f in ds.manifest.fragments}

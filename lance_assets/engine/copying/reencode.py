@@ -82,7 +82,7 @@ def reencode_task(ds: Dataset, plan: CompactionPlan, task: CompactionTask, start
     inputs = [by_id[i] for i in task.fragment_ids]
     live = live_rows(inputs)
     version = mf.storage_version_name(ds.storage_version)
-    pylance_options = pylance_storage_options(options.storage_options)
+    pylance_options = pylance_storage_options(ds.storage.storage_options)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

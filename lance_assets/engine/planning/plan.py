@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -42,7 +42,9 @@ LEGACY_MAX_ROWS_PER_FILE = 2**31 - 1
 
 
 # --- planning ----------------------------------------------------------------------
-def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -> CompactionPlan:
+def plan_compaction(
+    uri: DatasetRef, options: CompactionOptions | None = None, *, storage_options: Mapping[str, Any] | None = None
+) -> CompactionPlan:
     """Plan a compaction of the latest version (or of the given open Dataset).
 
     Planning writes nothing and reads little (the manifest; file metadata only for legacy,
@@ -52,8 +54,9 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
 
     Args:
         uri: The dataset: a URI, an open Dataset (planned at its version) or a Storage.
-        options: What to merge and how; default ``CompactionOptions()``. Its storage options
-            open a URI.
+        options: What to merge and how; default ``CompactionOptions()``.
+        storage_options: Filesystem options (credentials, endpoint) that open a URI; the plan
+            carries them (never serialised) so that its tasks open the dataset anywhere.
 
     Returns:
         The tasks (groups of neighbouring fragments and the files each becomes) and every
@@ -73,12 +76,12 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
         >>> [(s.fragment_id, s.reason) for s in plan.skipped][:3]
     """
     options = options or CompactionOptions()
-    ds = open_dataset(uri, options.storage_options)
+    ds = open_dataset(uri, storage_options)
     ds.storage.max_in_flight = options.max_concurrent_requests
     mf.check_feature_flags(ds.manifest, path=ds.uri, for_write=True)
     found = Candidates.find(ds, options)
     if isinstance(found, CompactionPlan):
-        return _logged(found, len(ds.fragments))
+        return _logged(replace(found, storage_options=dict(ds.storage.storage_options)), len(ds.fragments))
     builder = _TaskBuilder(ds, options, found)
     for bin_ in _bins(found.candidates):
         for piece in builder.layers.split(bin_, found.skipped, builder.splits):
@@ -94,6 +97,7 @@ def plan_compaction(uri: DatasetRef, options: CompactionOptions | None = None) -
         options,
         tuple(builder.splits),
         tuple(builder.notes),
+        dict(ds.storage.storage_options),
     )
     return _logged(plan, len(ds.fragments))
 

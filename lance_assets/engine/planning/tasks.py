@@ -7,7 +7,7 @@ can be shipped to other machines and run there; ``engine.planning.plan`` makes o
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from lance_assets._proto import table_pb2
@@ -61,6 +61,9 @@ class CompactionPlan:
     splits: tuple[PlanSplit, ...] = ()
     #: Fragments merged with a caveat (e.g. deleted rows kept because nothing can re-encode them).
     notes: tuple[SkippedFragment, ...] = ()
+    #: The filesystem options the dataset was opened with (credentials, endpoint): tasks run on
+    #: other machines open it with them. Never serialised (they may hold secrets).
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def bytes_to_read(self) -> int:
@@ -73,6 +76,7 @@ class CompactionPlan:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["options"] = self.options.to_dict()
+        out.pop("storage_options")  # may hold secrets
         return out
 
     def to_json(self) -> str:
@@ -80,7 +84,7 @@ class CompactionPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], storage_options: dict[str, Any] | None = None) -> CompactionPlan:
-        options = CompactionOptions.from_dict({**data["options"], "storage_options": storage_options or {}})
+        options = CompactionOptions.from_dict(data["options"])
         tasks = tuple(
             CompactionTask(
                 task_id=t["task_id"],
@@ -98,7 +102,8 @@ class CompactionPlan:
         skipped = tuple(SkippedFragment.from_dict(s) for s in data["skipped"])
         splits = tuple(PlanSplit(**s) for s in data.get("splits", ()))
         notes = tuple(SkippedFragment.from_dict(s) for s in data.get("notes", ()))
-        return cls(data["uri"], data["read_version"], data["storage_version"], tasks, skipped, options, splits, notes)
+        plan = cls(data["uri"], data["read_version"], data["storage_version"], tasks, skipped, options, splits, notes)
+        return replace(plan, storage_options=dict(storage_options or {}))
 
 
 def fragment_file_count(fragment: table_pb2.DataFragment) -> int:
