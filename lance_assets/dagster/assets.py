@@ -19,6 +19,7 @@ from lance_assets.dagster.fragments import fragments_record, small_fragment_coun
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.maintenance.inspect import Inspection
+from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult, SkippedFragment
 from lance_assets.engine.runners import RUNNER_RAY, TaskRunner, make_runner
@@ -165,24 +166,7 @@ def build_compaction_asset(
         cutoff = duration(config.cleanup_older_than) if config.cleanup_older_than else cleanup_older_than
         before = lance.inspect(key, options.target_rows_per_fragment)
         if options.dry_run:
-            started = time.monotonic()
-            plan = plan_compaction(Dataset.open(lance.uri(key), storage_options=lance.options()), options)
-            context.log.info(
-                f"dry run: {len(plan.tasks)} tasks over {plan.fragments_to_compact} fragments, {plan.bytes_to_read} bytes"
-            )
-            yield dg.AssetObservation(
-                asset_key=keys.fragments,
-                partition=key,
-                metadata={
-                    "dry_run_plan": dg.MetadataValue.json(plan.to_dict()),
-                    "tasks": dg.MetadataValue.int(len(plan.tasks)),
-                    "fragments_to_compact": dg.MetadataValue.int(plan.fragments_to_compact),
-                    "bytes_to_copy": dg.MetadataValue.int(plan.bytes_to_read),
-                    "skipped": dg.MetadataValue.md(_skipped_markdown(plan.skipped)),
-                    "planning_seconds": dg.MetadataValue.float(round(time.monotonic() - started, 4)),
-                    "lance_version": dg.MetadataValue.int(plan.read_version),
-                },
-            )
+            yield _dry_run(context, keys, lance, key, options)
             return
         unindexed_before, _, indexed = lance.index_status(key)
         if runner == RUNNER_RAY and ray_resource_key:
@@ -199,17 +183,10 @@ def build_compaction_asset(
             context.log.info(f"task {result.task_id}: fragments {list(result.old_fragment_ids)} {state}")
 
         report = lance.compact(key, options, runner=task_runner, on_task_done=task_done)
-        upkept = False
         # Index upkeep after a compaction that committed, and also when only rows are unindexed
         # (automation's ``min_unindexed_rows`` requests a run for exactly that).
-        if indexed and config.optimize_indices and (report.version is not None or unindexed_before > 0):
-            upkeep = lance.maintain_indices(key)
-            upkept = bool(upkeep.committed_versions)
-            context.log.info(
-                f"index upkeep: unindexed rows {upkeep.unindexed_rows_before} -> {upkeep.unindexed_rows_after}, "
-                f"reuse versions {upkeep.reuse_versions_before} -> {upkeep.reuse_versions_after} "
-                f"(optimize_indices ran: {upkeep.optimized})"
-            )
+        wanted = indexed and config.optimize_indices and (report.version is not None or unindexed_before > 0)
+        upkept = _index_upkeep(context, lance, key) if wanted else False
         changed = report.version is not None or upkept
         after = lance.inspect(key, options.target_rows_per_fragment) if changed else before
         context.log.info(
@@ -229,22 +206,7 @@ def build_compaction_asset(
                 }
             )
         if cutoff is not None and report.version is not None:
-            keep = config.retain_versions or retain_versions
-            disk_before = lance.bytes_on_disk(key)
-            retention = lance.cleanup(key, cutoff, keep)
-            disk_after = lance.bytes_on_disk(key)
-            context.log.info(
-                f"retention: {len(retention.removed_versions)} versions and {len(retention.files)} files removed "
-                f"({retention.bytes} bytes)"
-            )
-            metadata.update(
-                {
-                    "versions_removed": dg.MetadataValue.int(len(retention.removed_versions)),
-                    "bytes_reclaimed": dg.MetadataValue.int(retention.bytes),
-                    "bytes_on_disk_before": dg.MetadataValue.int(disk_before),
-                    "bytes_on_disk_after": dg.MetadataValue.int(disk_after),
-                }
-            )
+            metadata.update(_retention(context, lance, key, cutoff, config.retain_versions or retain_versions))
         if changed:
             # The dataset's fresh state, recorded before the compacted materialization: the same
             # content version as before (a rewrite keeps every row), so this run's result stays in sync.
@@ -252,3 +214,55 @@ def build_compaction_asset(
         yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(str(after.version)))
 
     return _compacted
+
+
+def _dry_run(
+    context: dg.AssetExecutionContext, keys: AssetKeys, lance: LanceDatasets, key: str | None, options: CompactionOptions
+) -> dg.AssetObservation:
+    """A dry run's plan, recorded on the fragments asset (nothing is written)."""
+    started = time.monotonic()
+    plan = plan_compaction(Dataset.open(lance.uri(key), storage_options=lance.options()), options)
+    context.log.info(f"dry run: {len(plan.tasks)} tasks over {plan.fragments_to_compact} fragments, {plan.bytes_to_read} bytes")
+    return dg.AssetObservation(
+        asset_key=keys.fragments,
+        partition=key,
+        metadata={
+            "dry_run_plan": dg.MetadataValue.json(plan.to_dict()),
+            "tasks": dg.MetadataValue.int(len(plan.tasks)),
+            "fragments_to_compact": dg.MetadataValue.int(plan.fragments_to_compact),
+            "bytes_to_copy": dg.MetadataValue.int(plan.bytes_to_read),
+            "skipped": dg.MetadataValue.md(_skipped_markdown(plan.skipped)),
+            "planning_seconds": dg.MetadataValue.float(round(time.monotonic() - started, 4)),
+            "lance_version": dg.MetadataValue.int(plan.read_version),
+        },
+    )
+
+
+def _index_upkeep(context: dg.AssetExecutionContext, lance: LanceDatasets, key: str | None) -> bool:
+    """Rebuild indices over unindexed rows and trim the reuse index; whether a version landed."""
+    upkeep = lance.maintain_indices(key)
+    context.log.info(
+        f"index upkeep: unindexed rows {upkeep.unindexed_rows_before} -> {upkeep.unindexed_rows_after}, "
+        f"reuse versions {upkeep.reuse_versions_before} -> {upkeep.reuse_versions_after} "
+        f"(optimize_indices ran: {upkeep.optimized})"
+    )
+    return bool(upkeep.committed_versions)
+
+
+def _retention(
+    context: dg.AssetExecutionContext, lance: LanceDatasets, key: str | None, cutoff: timedelta, keep: int
+) -> dict[str, Any]:
+    """Version retention after a compaction that committed; its metadata (the space given back)."""
+    disk_before = lance.bytes_on_disk(key)
+    retention = lance.cleanup(key, cutoff, keep)
+    disk_after = lance.bytes_on_disk(key)
+    context.log.info(
+        f"retention: {len(retention.removed_versions)} versions and {len(retention.files)} files removed "
+        f"({retention.bytes} bytes)"
+    )
+    return {
+        "versions_removed": dg.MetadataValue.int(len(retention.removed_versions)),
+        "bytes_reclaimed": dg.MetadataValue.int(retention.bytes),
+        "bytes_on_disk_before": dg.MetadataValue.int(disk_before),
+        "bytes_on_disk_after": dg.MetadataValue.int(disk_after),
+    }
