@@ -21,6 +21,7 @@ from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.maintenance.inspect import Inspection
 from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.planning.plan import plan_compaction
+from lance_assets.engine.planning.tasks import CompactionPlan
 from lance_assets.engine.report import CompactionReport, RewriteResult, SkippedFragment
 from lance_assets.engine.runners import RUNNER_RAY, TaskRunner, make_runner
 
@@ -223,19 +224,24 @@ def _dry_run(
     started = time.monotonic()
     plan = plan_compaction(Dataset.open(lance.uri(key), storage_options=lance.options()), options)
     context.log.info(f"dry run: {len(plan.tasks)} tasks over {plan.fragments_to_compact} fragments, {plan.bytes_to_read} bytes")
-    return dg.AssetObservation(
-        asset_key=keys.fragments,
-        partition=key,
-        metadata={
-            "dry_run_plan": dg.MetadataValue.json(plan.to_dict()),
-            "tasks": dg.MetadataValue.int(len(plan.tasks)),
-            "fragments_to_compact": dg.MetadataValue.int(plan.fragments_to_compact),
-            "bytes_to_copy": dg.MetadataValue.int(plan.bytes_to_read),
-            "skipped": dg.MetadataValue.md(_skipped_markdown(plan.skipped)),
-            "planning_seconds": dg.MetadataValue.float(round(time.monotonic() - started, 4)),
-            "lance_version": dg.MetadataValue.int(plan.read_version),
-        },
-    )
+    return dry_run_observation(keys, key, plan, planning_seconds=time.monotonic() - started)
+
+
+def dry_run_observation(
+    keys: AssetKeys, key: str | None, plan: CompactionPlan, *, planning_seconds: float | None = None
+) -> dg.AssetObservation:
+    """What a dry run would do, recorded on the fragments asset (the asset and fan-out alike)."""
+    metadata: dict[str, Any] = {
+        "dry_run_plan": dg.MetadataValue.json(plan.to_dict()),
+        "tasks": dg.MetadataValue.int(len(plan.tasks)),
+        "fragments_to_compact": dg.MetadataValue.int(plan.fragments_to_compact),
+        "bytes_to_copy": dg.MetadataValue.int(plan.bytes_to_read),
+        "skipped": dg.MetadataValue.md(_skipped_markdown(plan.skipped)),
+        "lance_version": dg.MetadataValue.int(plan.read_version),
+    }
+    if planning_seconds is not None:
+        metadata["planning_seconds"] = dg.MetadataValue.float(round(planning_seconds, 4))
+    return dg.AssetObservation(asset_key=keys.fragments, partition=key, metadata=metadata)
 
 
 def _index_upkeep(context: dg.AssetExecutionContext, lance: LanceDatasets, key: str | None) -> bool:

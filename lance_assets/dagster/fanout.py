@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from lance_assets.dagster.assets import AssetKeys, dataset_run_tagging
+from lance_assets.dagster.assets import AssetKeys, dataset_run_tagging, dry_run_observation
 from lance_assets.dagster.config import CompactionConfig
 from lance_assets.dagster.fragments import content_version, fragments_record, lineage_tags
 from lance_assets.dagster.resources import LanceDatasets
@@ -20,7 +20,7 @@ from lance_assets.engine.compaction import restore_index_coverage
 from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.planning.plan import CompactionPlan, plan_compaction
-from lance_assets.engine.report import RewriteResult
+from lance_assets.engine.report import CompactionReport, RewriteResult
 from lance_assets.io import Storage
 
 
@@ -51,17 +51,7 @@ def build_fanout_job(
         context.log.info(f"{len(plan.tasks)} tasks over {plan.fragments_to_compact} fragments at version {plan.read_version}")
         yield dg.Output(plan.to_json(), "plan")
         if options.dry_run:  # report the plan, start no copy task (so nothing is written or committed)
-            yield dg.AssetObservation(
-                asset_key=keys.fragments,
-                partition=_key(context),
-                metadata={
-                    "dry_run_plan": dg.MetadataValue.json(plan.to_dict()),
-                    "tasks": dg.MetadataValue.int(len(plan.tasks)),
-                    "fragments_to_compact": dg.MetadataValue.int(plan.fragments_to_compact),
-                    "bytes_to_copy": dg.MetadataValue.int(plan.bytes_to_read),
-                    "lance_version": dg.MetadataValue.int(plan.read_version),
-                },
-            )
+            yield dry_run_observation(keys, _key(context), plan)
             return
         for task in plan.tasks:
             yield dg.DynamicOutput(
@@ -93,30 +83,7 @@ def build_fanout_job(
         report = commit_compaction(storage, plan, [RewriteResult.from_dict(json.loads(r)) for r in results])
         report = restore_index_coverage(report, plan.options, storage)
         if report.version is not None:
-            # lineage as the compaction asset's step records it, taken before the fresh record below
-            tags = lineage_tags(
-                context.instance,
-                keys.fragments,
-                _key(context),
-                context.run_id,
-                content_version(lance, _key(context), plan.read_version),
-                report.version,
-            )
-            after = lance.inspect(_key(context), plan.options.target_rows_per_fragment)
-            yield fragments_record(keys.fragments, lance, after, _key(context))
-            yield dg.AssetMaterialization(
-                asset_key=keys.compacted,
-                partition=_key(context),
-                metadata={
-                    "read_version": report.read_version,
-                    "lance_version": report.version,
-                    "fragments_removed": report.fragments_removed,
-                    "fragments_added": report.fragments_added,
-                    "bytes_copied": report.bytes_read,
-                    "tasks": report.tasks,
-                },
-                tags=tags,
-            )
+            yield from _committed_events(context, keys, lance, _key(context), plan, report, report.version)
         yield dg.Output(json.dumps(report.to_dict()))
 
     @dg.job(
@@ -134,3 +101,35 @@ def build_fanout_job(
         commit_op(plan, tasks.map(copy_op).collect())
 
     return _job
+
+
+def _committed_events(
+    context: dg.OpExecutionContext,
+    keys: AssetKeys,
+    lance: LanceDatasets,
+    key: str | None,
+    plan: CompactionPlan,
+    report: CompactionReport,
+    version: int,
+) -> Iterator[dg.AssetMaterialization]:
+    """A fan-out commit recorded as the compaction asset's step records it: the fragments'
+    fresh record, then the compacted asset's materialization with the run's lineage."""
+    # lineage taken before the fresh record below
+    tags = lineage_tags(
+        context.instance, keys.fragments, key, context.run_id, content_version(lance, key, plan.read_version), version
+    )
+    after = lance.inspect(key, plan.options.target_rows_per_fragment)
+    yield fragments_record(keys.fragments, lance, after, key)
+    yield dg.AssetMaterialization(
+        asset_key=keys.compacted,
+        partition=key,
+        metadata={
+            "read_version": report.read_version,
+            "lance_version": report.version,
+            "fragments_removed": report.fragments_removed,
+            "fragments_added": report.fragments_added,
+            "bytes_copied": report.bytes_read,
+            "tasks": report.tasks,
+        },
+        tags=tags,
+    )
