@@ -67,3 +67,27 @@ def test_no_private_name_crosses_a_module() -> None:
         if imported.startswith("_") and not imported.startswith("__")
     ]
     assert crossing == []
+
+
+def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> int:
+    """Lines of code in a function's body: its docstring, blank lines and comments left out."""
+    body = node.body
+    start = body[0].lineno
+    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        start = body[0].end_lineno + 1 if len(body) > 1 and body[0].end_lineno is not None else body[0].lineno
+    end = node.end_lineno or start
+    return sum(1 for line in lines[start - 1 : end] if line.strip() and not line.strip().startswith("#"))
+
+
+def test_no_function_is_longer_than_80_lines_of_code() -> None:
+    """A function a reader has to scroll through to follow is cut into named steps."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        if "_proto" in path.parts:
+            continue
+        text = path.read_text()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _code_lines(node, lines) > 80:
+                long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({_code_lines(node, lines)} lines)")
+    assert long == []

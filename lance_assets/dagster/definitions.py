@@ -92,25 +92,16 @@ def build_lance_compaction_defs(
         target_rows_per_fragment=target_rows_per_fragment,
     )
     thresholds = CompactionTrigger(
-        min_small_fragments=min_small_fragments,
-        min_small_bytes=min_small_bytes,
-        min_small_pages=min_small_pages,
-        min_deleted_ratio=min_deleted_ratio,
-        min_unindexed_rows=min_unindexed_rows,
-        cooldown=cooldown,
+        min_small_fragments, min_small_bytes, min_small_pages, min_deleted_ratio, min_unindexed_rows, cooldown
     )
     job_name = f"{name}_compaction"
-    condition = (
-        compaction_condition(keys.fragments, keys.compacted, thresholds, frozenset({job_name, f"{name}_fanout_compaction"}))
-        if trigger == "condition"
-        else None
-    )
+    jobs_it_runs = frozenset({job_name, f"{name}_fanout_compaction"})
+    condition = compaction_condition(keys.fragments, keys.compacted, thresholds, jobs_it_runs) if trigger == "condition" else None
     sensor_status = dg.DefaultSensorStatus.RUNNING if start_automation else dg.DefaultSensorStatus.STOPPED
     schedule_status = dg.DefaultScheduleStatus.RUNNING if start_automation else dg.DefaultScheduleStatus.STOPPED
-    resources: dict[str, LanceDatasets | LanceRay] = {resource_key: resource}
     ray_key = f"{resource_key}_ray"
-    if runner == "ray":
-        resources[ray_key] = LanceRay(address=ray_address)
+    resources: dict[str, LanceDatasets | LanceRay] = {resource_key: resource}
+    resources.update({ray_key: LanceRay(address=ray_address)} if runner == "ray" else {})
     compacted = build_compaction_asset(
         keys,
         partitions_def,
@@ -149,21 +140,12 @@ def build_lance_compaction_defs(
     ]
     schedules = [build_nightly_schedule(name, job, partitions_def, cron_schedule=cron_schedule, default_status=schedule_status)]
     if cutoff is not None:
-        retention = build_retention_job(
-            name,
-            keys,
-            partitions_def,
-            resource_key=resource_key,
-            cleanup_older_than=cutoff,
-            retain_versions=retain_versions,
-            target_rows_per_fragment=target_rows_per_fragment,
+        retention = (cutoff, retain_versions, retention_cron_schedule, schedule_status)
+        retention_job, retention_schedule = _retention(
+            name, keys, partitions_def, resource_key, target_rows_per_fragment, *retention
         )
-        jobs.append(retention)
-        schedules.append(
-            build_retention_schedule(
-                name, retention, partitions_def, cron_schedule=retention_cron_schedule, default_status=schedule_status
-            )
-        )
+        jobs.append(retention_job)
+        schedules.append(retention_schedule)
     return dg.Definitions(
         assets=[fragments, compacted],
         asset_checks=[
@@ -176,6 +158,30 @@ def build_lance_compaction_defs(
         schedules=schedules,
         resources=resources,
     )
+
+
+def _retention(
+    name: str,
+    keys: AssetKeys,
+    partitions_def: dg.PartitionsDefinition | None,
+    resource_key: str,
+    target_rows_per_fragment: int,
+    cleanup_older_than: timedelta,
+    retain_versions: int,
+    cron_schedule: str,
+    status: dg.DefaultScheduleStatus,
+) -> tuple[dg.JobDefinition, dg.ScheduleDefinition]:
+    """The retention job and its schedule (when a cutoff is set)."""
+    job = build_retention_job(
+        name,
+        keys,
+        partitions_def,
+        resource_key=resource_key,
+        cleanup_older_than=cleanup_older_than,
+        retain_versions=retain_versions,
+        target_rows_per_fragment=target_rows_per_fragment,
+    )
+    return job, build_retention_schedule(name, job, partitions_def, cron_schedule=cron_schedule, default_status=status)
 
 
 def _durations(

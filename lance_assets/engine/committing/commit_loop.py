@@ -188,25 +188,11 @@ def commit_loop(
                 _backoff(retries)
             except BaseException as exc:
                 # The outcome is unknown (network error, interrupt): look before cleaning up.
-                outcome = holds_transaction(storage, target, txn_uuid)
-                if outcome and isinstance(exc, Exception):
-                    logger.warning(
-                        "%s: version %d landed although its commit raised %s", storage.uri, target.version, type(exc).__name__
-                    )
-                    landed = target.version
-                elif outcome is False and (storage.is_local or "memory" in storage.protocols):
-                    raise  # a local link (or in-memory write) happened or not: nothing can land later
-                else:
-                    # Landed (and interrupted), or a remote PUT that may still land: the
-                    # files stay; `lance-assets cleanup` removes them if nothing references them.
-                    logger.warning(
-                        "%s: commit of version %d interrupted (%s) with an unknown outcome; keeping our files",
-                        storage.uri,
-                        target.version,
-                        type(exc).__name__,
-                    )
-                    keep_files = True
+                verdict = _outcome_after(storage, target, txn_uuid, exc)
+                if verdict != "landed":
+                    keep_files = verdict == "may_land"
                     raise
+                landed = target.version
     except BaseException:
         if not keep_files:
             remove_files(storage, [*owned, *sorted(written)])
@@ -220,6 +206,26 @@ def commit_loop(
     assert last is not None, "an attempt of ours landed, so one was built"
     logger.debug("%s: committed version %d after %d retries", storage.uri, landed, retries)
     return Committed(landed, retries, last.result)
+
+
+def _outcome_after(storage: Storage, target: VersionLocation, txn_uuid: str, exc: BaseException) -> str:
+    """After our commit of ``target`` raised ``exc``: whether our version landed anyway
+    ("landed"), surely did not ("gone") or may still land ("may_land")."""
+    outcome = holds_transaction(storage, target, txn_uuid)
+    if outcome and isinstance(exc, Exception):
+        logger.warning("%s: version %d landed although its commit raised %s", storage.uri, target.version, type(exc).__name__)
+        return "landed"
+    if outcome is False and (storage.is_local or "memory" in storage.protocols):
+        return "gone"  # a local link (or in-memory write) happened or not: nothing can land later
+    # Landed (and interrupted), or a remote PUT that may still land: the files stay;
+    # `lance-assets cleanup` removes them if nothing references them.
+    logger.warning(
+        "%s: commit of version %d interrupted (%s) with an unknown outcome; keeping our files",
+        storage.uri,
+        target.version,
+        type(exc).__name__,
+    )
+    return "may_land"
 
 
 def transaction_write(m_transaction_file: str, txn: transaction_pb2.Transaction) -> list[tuple[str, bytes]]:
