@@ -186,6 +186,8 @@ def decodable(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, boolean
     codec = _codec(page.encoding.direct.encoding, version, boolean)
     if isinstance(codec, str):
         return False
+    if codec.constant is not None and codec.shape.defs:
+        return list(page.buffer_sizes) == [0, 2 * page.length]
     if codec.shape.null or codec.constant is not None:
         return not page.buffer_sizes
     return len(page.buffer_sizes) == (3 if codec.shape.rep else 2)
@@ -238,14 +240,17 @@ def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Cod
 
 def _all_null_codec(value: bytes, layout: enc21.PageLayout, version: FileVersion, boolean: bool) -> _Codec | str:
     """An all-null layout: a flat column's all-null page, or (2.2) a page of one repeated
-    fixed-width value, written as an all-null layout of a valid item carrying the value's
-    bytes (field 6) and no buffers."""
+    fixed-width value, written as an all-null layout carrying the value's bytes (field 6): of
+    a valid item with no buffers, or of a nullable item with two buffers (no repetition
+    levels, then one little-endian u16 definition level per row)."""
     fields = wire_fields(value)
     inner = wire_fields(fields[0][2]) if fields and len(fields) == 1 and isinstance(fields[0][2], bytes) else None
+    item_layers = {bytes([enc21.REPDEF_ALL_VALID_ITEM]): False, bytes([enc21.REPDEF_NULLABLE_ITEM]): True}
     if (
         inner is not None
         and len(inner) == 2
-        and inner[0] == (5, 2, bytes([enc21.REPDEF_ALL_VALID_ITEM]))
+        and inner[0][:2] == (5, 2)
+        and inner[0][2] in item_layers
         and inner[1][:2] == (CONSTANT_VALUE_FIELD, 2)
         and isinstance(inner[1][2], bytes)
         and len(inner[1][2]) in (1, 2, 4, 8, 16)
@@ -253,7 +258,9 @@ def _all_null_codec(value: bytes, layout: enc21.PageLayout, version: FileVersion
     ):
         constant = inner[1][2]
         bits = 1 if boolean else 8 * len(constant)
-        shape = Shape((enc21.REPDEF_ALL_VALID_ITEM,), False, False, False, bits, version is FileVersion.V2_2)
+        nulls = item_layers[inner[0][2]]
+        layer = enc21.REPDEF_NULLABLE_ITEM if nulls else enc21.REPDEF_ALL_VALID_ITEM
+        shape = Shape((layer,), False, nulls, False, bits, version is FileVersion.V2_2)
         return _Codec(shape, None, None, enc21.CompressiveEncoding(), 0, 0, constant)
     simple = wire_fields(layout.all_null_layout.SerializeToString()) == [(5, 2, bytes([enc21.REPDEF_NULLABLE_ITEM]))]
     if not simple or fields != [(2, 2, layout.all_null_layout.SerializeToString())]:
@@ -389,14 +396,7 @@ def _decode_page(codec: _Codec, rows: int, buffers: Sequence[bytes | memoryview]
     page by page way, for pages ``_decode_batch`` does not take."""
     shape = codec.shape
     if codec.constant is not None:
-        if buffers:
-            raise CorruptFileError("constant page with buffers")
-        n = rows
-        if shape.bits == 1:
-            values = np.full(n, codec.constant[0] & 1, dtype=np.uint8)
-        else:
-            values = np.tile(np.frombuffer(codec.constant, dtype=np.uint8), n)
-        return Run(shape, n, [_Levels(shape, count=n)], [values], [], [], n, len(values))
+        return _constant_page(codec, rows, buffers)
     if shape.null:
         if buffers:
             raise CorruptFileError("all-null page with buffers")
@@ -455,6 +455,28 @@ def _decode_page(codec: _Codec, rows: int, buffers: Sequence[bytes | memoryview]
         else total
     )
     return run
+
+
+def _constant_page(codec: _Codec, rows: int, buffers: Sequence[bytes | memoryview]) -> Run:
+    """A page of one repeated value: the value once per row (a null row holds it too, as a
+    mini-block page's null items hold a placeholder), with the page's definition levels."""
+    shape = codec.shape
+    assert codec.constant is not None
+    levels = _Levels(shape, count=rows)
+    if shape.defs:
+        if len(buffers) != 2 or len(buffers[0]) or len(buffers[1]) != 2 * rows:
+            raise CorruptFileError("constant page with nulls whose buffers are not one u16 level per row")
+        defs = np.frombuffer(buffers[1], dtype="<u2")
+        if rows and int(defs.max()) > 1:
+            raise CorruptFileError("constant page with a definition level above a null item's")
+        levels.defs.append(defs.astype(np.uint16))
+    elif buffers:
+        raise CorruptFileError("constant page with buffers")
+    if shape.bits == 1:
+        values = np.full(rows, codec.constant[0] & 1, dtype=np.uint8)
+    else:
+        values = np.tile(np.frombuffer(codec.constant, dtype=np.uint8), rows)
+    return Run(shape, rows, [levels], [values], [], [], rows, len(values))
 
 
 def _aligned(n: int) -> int:

@@ -155,10 +155,7 @@ def _property(version: str, max_examples: int, judged: list[int]):  # type: igno
                 raise
             fresh, fresh_small = None, None
         left = report["columns_left_small"]
-        # Known limitation (test_flat_columns_beside_a_map_stay_small): in 2.2, flat columns of
-        # an append of one repeated value with nulls may stay small when the schema has a map.
-        has_map = any(pa.types.is_map(t.schema.field("v").type) for t in tables[:1])
-        if fresh_small is not None and not has_map:
+        if fresh_small is not None:
             assert all(c == "v" or c.startswith("v.") or c in fresh_small for c in left), report["notes"]
         still = [c.name for c in health.columns if c.small_pages >= MIN_SMALL_PAGES]
         assert all(name in left for name in still), (still, report)
@@ -185,7 +182,7 @@ def test_random_appends_coalesce_and_read_back(tmp_path_factory: pytest.TempPath
 
 #: Hypothesis's choices for one example of ``appends_of_many_types("2.2")`` (hypothesis is pinned
 #: in uv.lock): 2.2 appends with a map column and flat int columns holding one repeated value
-#: with nulls, whose small pages neither the copy re-cuts nor pylance is asked to re-encode.
+#: with nulls (pages of a constant with definition levels), which the copy once left small.
 _MAP_BESIDE_FLAT = b"AXiczVVdSBRRFD5nJ9AesgiK0pcoKHqMHvrBfs4XRQX6kthT4ENgD5VEgWCCbrtqpIT9KCGpIUQGRgvWQ2VGswRpRPWyEvRgBBHhS7sgRDN3u3d2Z//c1V6iZubOnDn3+757zuGeGRZi7yLZYJ6bWapY1rJYLAGWchYm1tPij6yV9dACK3eu1EzWXwxbap18bKG9eKSLrfgnGRWylsq5VIQkleBlMo5kHQIxcD24DeomnA6ZAh8FrwdvRLIVlIA7g0AzVAPUK6ge0DuoLXDWyQ4ZA1fB/QKuhVohZ4zzAGgO/B70EG4cgQbwcyR3GQGukE1Q9aBuWE80FOokrG+wmkATUBfkI5Lb4IzKBJxZ0DUjNgzSaw+DgWQ13JVQTQh8As1LXCNkK9QV+Q6uAX0FdRlNNwGrX27DOoVkmTyTQ1A/Ye0Gj8g0VB/UcaioZjs6vEfyRs7DGZG9MiM1cGNwf8nVtJAqlxc6ZF0fOQIKwxmA6oe734TF3G52K/kGG+vSiVV69wZr9a0j0XNjoMybMQAOVguntzh3xnsv99oPfFpKJWQ/bUkp+l6tt6fCsPhgYPLl3AdjRKdjFyuIQ2ftu76er5oKgzsTkcF79h3tDNmjLZkAMsL5K4TscKVQNpfQGi2sqdFbjd4jstOn5jI1rbstQ2m1H2s7H/W/n8X6qFSHFeu2hZ2Vr+RZsPrAlXCPQQ17TTaPwD5wF5KnwdtBn+GOw2qUCKzr4Ldwq8CrZTncATh1oNewzkFNgQZpkeOfl7JUUXO9DJotUqVCaHFfsW9hEY9ugWCzqQi3m8uzwomxobBuuB+DQ/ejQ2k3Bw97mM54aDJoR/Ip5iU/9KXS9do7Paj0v4Xy0VTYV3/hNClxe+4nIpVqJtc00IUVgdNEvwFP5obA"
 
 
@@ -193,10 +190,9 @@ class _Drawn(Exception):
     pass
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation: flat columns beside a map in 2.2 can stay made of small pages")
-def test_flat_columns_beside_a_map_stay_small(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The example the property found: c0-c2 are left small ("pylance does not re-encode them")
-    where a fresh write has large pages. Pinned here until the copy re-cuts such pages."""
+def test_flat_columns_beside_a_map_are_recut(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The example the property found: c0-c2 were left small ("pylance does not re-encode them")
+    where a fresh write has large pages; the copy now re-cuts their constant-with-nulls pages."""
     from hypothesis import __version__ as hypothesis_version
     from hypothesis import reproduce_failure
 
@@ -216,6 +212,57 @@ def test_flat_columns_beside_a_map_stay_small(tmp_path_factory: pytest.TempPathF
     report = cli_compact(path)
     assert_reads_as(path, pa.concat_tables(tables[0]))
     assert not [c for c in report["columns_left_small"] if c in ("c0", "c1", "c2")], report["notes"]
+    assert {"c0", "c1", "c2"} <= set(report["columns_coalesced_native"]), report
+
+
+def constant_with_nulls(start: int, n: int, k: int) -> pa.Table:
+    """An append whose flat columns hold one value (a different one per append for ``f``) with
+    nulls: pylance 14 writes each such column of a 2.2 file as one constant page with
+    definition levels, or a plain constant page when the append has no null."""
+    nulls = [j % (k + 2) == 1 for j in range(n)]
+
+    def col(value: Any, t: pa.DataType) -> pa.Array:
+        return pa.array([None if null else value for null in nulls], t)
+
+    return pa.table(
+        {
+            "i": pa.array(np.arange(start, start + n, dtype=np.int64)),
+            "i8": col(-3, pa.int8()),
+            "u16": col(7, pa.uint16()),
+            "i32": col(123456, pa.int32()),
+            "f": col(float(k), pa.float64()),
+            "b": col(k % 2 == 0, pa.bool_()),
+            "d": col(12, pa.decimal128(10, 2)),
+            "t": col(1_700_000_000_000 + k, pa.timestamp("ms")),
+            "m": pa.array([[("a", k)]] * n, pa.map_(pa.string(), pa.int64())),
+        }
+    )
+
+
+@pytest.mark.parametrize("version", factory.V2_VERSIONS)
+def test_columns_of_one_repeated_value_with_nulls_are_recut(tmp_path: Path, version: str) -> None:
+    path = tmp_path / "ds.lance"
+    tables = [constant_with_nulls(k * 50, 50, k) for k in range(30)]
+    if version in ("2.0", "2.1"):  # map columns came with 2.2
+        tables = [t.drop_columns(["m"]) for t in tables]
+    tables[7] = tables[7].set_column(2, "u16", pa.array([7] * 50, pa.uint16()))  # an append without nulls
+    write_appends(path, tables, version)
+    report = cli_compact(path)
+    assert report["fragments_added"] == 1
+    flat = {"i8", "u16", "i32", "f", "b", "d", "t"}
+    assert not flat & set(report["columns_left_small"]), report["notes"]
+    if version in ("2.1", "2.2"):
+        assert flat <= set(report["columns_coalesced_native"]), report
+    (after,) = data_file_pages(path)
+    fresh = fresh_pages(pa.concat_tables(tables), version, tmp_path / "fresh.lance")
+    # 2.3 describes such pages in their layout alone (no buffers): nothing small to read, and
+    # page health does not count them (pylance's writer makes one page of them all the same)
+    health = {c.name: c.small_pages for c in inspect_dataset(str(path), pages=True).columns}
+    names = [f.name for f in lance.dataset(str(path)).schema]
+    for name, a, f in zip(names, after, fresh):
+        if name in flat and (version != "2.3" or health[name] >= MIN_SMALL_PAGES):
+            assert a <= f + 1, (name, after, fresh)
+    assert_reads_as(path, pa.concat_tables(tables))
 
 
 # --- fixed shapes -------------------------------------------------------------------------------

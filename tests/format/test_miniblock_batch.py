@@ -213,3 +213,30 @@ def test_levels_compressed_differently_in_one_batch(tmp_path: Path) -> None:
     lists = columns[4]
     assert len({p.codec.levels_key for p in lists}) > 1 and len({p.codec.values_key for p in lists}) == 1
     assert assert_batches_decode_as_pages(columns) == 5 * 40
+
+
+def test_constant_pages_with_nulls_decode_as_pylance_reads_them(tmp_path: Path) -> None:
+    """2.2 writes a flat column of one repeated value with nulls as a constant page with one u16
+    definition level per row; decoded, it holds the value in every row and pylance's nulls."""
+    from tests.engine.test_coalesce_pages import constant_with_nulls
+
+    path = tmp_path / "ds.lance"
+    table = constant_with_nulls(0, 40, 3).drop_columns(["m"])
+    write_appends(path, [table], "2.2")
+    columns = column_pages(path, FileVersion.V2_2)
+    seen = 0
+    for name, parts in zip(table.column_names, columns):
+        constants = [p for p in parts if p.codec.constant is not None and p.shape.defs]
+        for part in constants:
+            run = miniblock.materialize([part])
+            (levels,) = run.levels
+            nulls = np.concatenate([np.asarray(d) for d in levels.defs]).astype(bool)
+            assert nulls.tolist() == table.column(name).is_null().to_pylist()
+            assert run.rows == run.num_values == len(table)
+            seen += 1
+    assert seen == 7  # every flat column but the key: i8, u16, i32, f, b, d, t
+
+    part = next(p for parts in columns for p in parts if p.codec.constant is not None and p.shape.defs)
+    for buffers in [(b"", part.buffers[1][:-2]), (b"\x00\x00", part.buffers[1]), (b"", b"\x02\x00" + part.buffers[1][2:])]:
+        with pytest.raises(CorruptFileError):
+            miniblock.materialize([dataclasses.replace(part, buffers=buffers)])
