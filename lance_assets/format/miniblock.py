@@ -177,20 +177,29 @@ class _Codec:
         return tuple(e.SerializeToString(deterministic=True) if e is not None else b"" for e in (self.rep, self.defs))  # type: ignore[return-value]
 
 
-def decodable(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, boolean: bool = False) -> bool:
-    """Whether ``decode_page`` takes this page: its encoding is one this module decodes and its
-    buffers are the ones that encoding has (none for all-null and constant pages: the same
-    encoding bytes with buffers mean another layout, e.g. a repeated string with nulls)."""
+def page_codec(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, boolean: bool = False) -> _Codec | None:
+    """How this page decodes, when this module decodes it (else None): its encoding is one this
+    module reads and its buffers are the ones that encoding has (none for all-null and constant
+    pages: the same encoding bytes with buffers mean another layout, e.g. a repeated string
+    with nulls). The copy asks once per small page and hands the answer to ``defer_page``."""
     if page.encoding.WhichOneof("location") != "direct":
-        return False
+        return None
     codec = _codec(page.encoding.direct.encoding, version, boolean)
     if isinstance(codec, str):
-        return False
-    if codec.constant is not None and codec.shape.defs:
-        return list(page.buffer_sizes) == [0, 2 * page.length]
-    if codec.shape.null or codec.constant is not None:
-        return not page.buffer_sizes
-    return len(page.buffer_sizes) == (3 if codec.shape.rep else 2)
+        return None
+    sizes = page.buffer_sizes
+    if codec.constant is not None:
+        fits = list(sizes) == [0, 2 * page.length] if codec.shape.defs else not sizes
+    elif codec.shape.null:
+        fits = not sizes
+    else:
+        fits = len(sizes) == (3 if codec.shape.rep else 2)
+    return codec if fits else None
+
+
+def decodable(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, boolean: bool = False) -> bool:
+    """Whether ``defer_page`` takes this page (``page_codec`` knows how it decodes)."""
+    return page_codec(page, version, boolean) is not None
 
 
 @lru_cache(maxsize=4096)
@@ -585,13 +594,20 @@ def _batchable(codec: _Codec) -> bool:
 
 
 def defer_page(
-    page: file2_pb2.ColumnMetadata.Page, buffers: Sequence[bytes | memoryview], version: FileVersion, boolean: bool = False
+    page: file2_pb2.ColumnMetadata.Page,
+    buffers: Sequence[bytes | memoryview],
+    version: FileVersion,
+    boolean: bool = False,
+    codec: _Codec | None = None,
 ) -> Undecoded:
-    """A page ``decodable`` says this module decodes, kept to be decoded by ``materialize``."""
+    """A page ``decodable`` says this module decodes, kept to be decoded by ``materialize``
+    (``codec``: what ``page_codec`` said of it, when the caller asked already)."""
     encoding = page.encoding.direct.encoding
-    codec = _codec(encoding, version, boolean)
-    if isinstance(codec, str):
-        raise NotNative(codec)
+    if codec is None:
+        found = _codec(encoding, version, boolean)
+        if isinstance(found, str):
+            raise NotNative(found)
+        codec = found
     kept = tuple(bytes(b) for b in buffers)
     # decoded: fixed-width values at their width, variable-width ones about their raw size (the
     # raw bytes held until then are at most that: encodings here only ever shrink values)

@@ -18,7 +18,7 @@ import logging
 import os
 import uuid
 from collections import deque
-from collections.abc import Collection, Container, Iterator, Sequence
+from collections.abc import Callable, Collection, Container, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,7 +108,7 @@ def pylance_fields(ds: Dataset, first: table_pb2.DataFragment, version: FileVers
                 continue
             pages = meta.columns[col].pages
             small = [p for p in pages if 0 < sum(p.buffer_sizes) < SMALL_PAGE_BYTES]
-            if small and (fid in guarded or not native.takes(small)):
+            if small and (fid in guarded or native.takes(small) is None):
                 foreign.add(fid)
     tops = top_level(ds.manifest.fields)
     foreign_tops = {tops[fid] for fid in foreign}
@@ -139,21 +139,35 @@ class NativeColumn:
         self.left_small = 0  # small pages written as they came: they could not be re-cut
         self.why_left = ""
 
-    def takes(self, pages: Sequence[file2_pb2.ColumnMetadata.Page]) -> bool:
-        """Whether every one of these pages is small (or has no buffers) and decodable."""
+    def takes(self, pages: Sequence[file2_pb2.ColumnMetadata.Page]) -> list[Any] | None:
+        """How each of these pages decodes (``miniblock.page_codec``) when every one is small (or
+        has no buffers) and decodable; None when one is not."""
+        codecs = []
+        page_codec, version, boolean = self._mb.page_codec, self._version, self._boolean
         for page in pages:
-            if page.buffer_sizes and not 0 < sum(page.buffer_sizes) < SMALL_PAGE_BYTES:
-                return False
-            if not self._mb.decodable(page, self._version, self._boolean):
-                return False
-        return True
+            sizes = page.buffer_sizes
+            if sizes and not 0 < sum(sizes) < SMALL_PAGE_BYTES:
+                return None
+            codec = page_codec(page, version, boolean)
+            if codec is None:
+                return None
+            codecs.append(codec)
+        return codecs
 
     def decode(
-        self, pages: Sequence[file2_pb2.ColumnMetadata.Page], buffers: Sequence[Sequence[bytes | memoryview]]
+        self,
+        pages: Sequence[file2_pb2.ColumnMetadata.Page],
+        codecs: Sequence[Any],
+        buffer: Callable[[int, int], bytes | memoryview],
     ) -> list[Any]:
-        """One input file's pages of the column (``takes`` said yes), kept to be decoded together
-        with the pages after them when the run is written (``miniblock.Undecoded``)."""
-        return [self._mb.defer_page(p, b, self._version, self._boolean) for p, b in zip(pages, buffers, strict=True)]
+        """One input file's pages of the column (with what ``takes`` said of them), their buffers
+        read through ``buffer(offset, size)``, kept to be decoded together with the pages after
+        them when the run is written (``miniblock.Undecoded``)."""
+        defer, version, boolean = self._mb.defer_page, self._version, self._boolean
+        return [
+            defer(p, [buffer(o, n) for o, n in zip(p.buffer_offsets, p.buffer_sizes)], version, boolean, codec)
+            for p, codec in zip(pages, codecs, strict=True)
+        ]
 
     def add(self, part: Any, first_row: int) -> list[tuple[int, Any]]:
         """Append one page from ``decode`` (its rows start at output row ``first_row``); returns

@@ -653,14 +653,16 @@ class _MergedFile:
         """The kept columns whose pages in ``src`` are re-cut natively (field id -> column and
         its pages from ``NativeColumn.decode``). A column that cannot be has its pending rows
         written first (they precede this input's copied pages) and its small pages counted."""
-        natives = self.natives
-        takes = {fid: col for fid, col in kept.items() if fid in natives and natives[fid].takes(src.meta.columns[col].pages)}
-        data = _InputBytes(self.merge.ds.storage, src, [src.meta.columns[col] for col in takes.values()])
-        decoded: dict[int, tuple[int, list[Any]]] = {}
-        for fid, col in takes.items():
-            pages = src.meta.columns[col].pages
-            buffers = [[data.buffer(o, n) for o, n in zip(p.buffer_offsets, p.buffer_sizes)] for p in pages]
-            decoded[fid] = (col, natives[fid].decode(pages, buffers))
+        natives, columns = self.natives, src.meta.columns
+        takes: dict[int, tuple[int, list[Any]]] = {}
+        for fid, col in kept.items():
+            native = natives.get(fid)
+            codecs = native.takes(columns[col].pages) if native is not None else None
+            if codecs is not None:
+                takes[fid] = (col, codecs)
+        data = _InputBytes(self.merge.ds.storage, src, [columns[col] for col, _ in takes.values()])
+        buffer = data.buffer
+        decoded = {fid: (col, natives[fid].decode(columns[col].pages, codecs, buffer)) for fid, (col, codecs) in takes.items()}
         for fid, col in kept.items():
             self.column_encodings.setdefault(fid, src.meta.columns[col].encoding)
             if fid in natives and fid not in decoded:
