@@ -15,7 +15,7 @@ from typing import Any
 import dagster as dg
 
 from lance_assets.dagster.config import CompactionConfig, duration
-from lance_assets.dagster.fragments import fragments_record, small_fragment_counts
+from lance_assets.dagster.fragments import RetentionSettings, fragments_record, small_fragment_counts
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.maintenance.inspect import Inspection
@@ -146,6 +146,7 @@ def build_compaction_asset(
     """The compaction asset: binary-copy compaction of the partition's dataset, then (with
     ``cleanup_older_than``) version retention, so the small files' space comes back; it records
     a fresh record of the fragments itself, so the UI never shows the pre-compaction dataset."""
+    settings = RetentionSettings.configured(cleanup_older_than, retain_versions)  # the record's bytes_reclaimable
 
     @dg.asset(
         key=keys.compacted,
@@ -211,7 +212,7 @@ def build_compaction_asset(
         if changed:
             # The dataset's fresh state, recorded before the compacted materialization: the same
             # content version as before (a rewrite keeps every row), so this run's result stays in sync.
-            yield fragments_record(keys.fragments, lance, after, key)
+            yield fragments_record(keys.fragments, lance, after, key, retention=settings)
         yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(str(after.version)))
 
     return _compacted

@@ -20,7 +20,7 @@ from lance_assets.dagster.assets import AssetKeys, build_compaction_asset, datas
 from lance_assets.dagster.checks import build_compaction_checks
 from lance_assets.dagster.config import duration, option_help, python_duration
 from lance_assets.dagster.fanout import build_fanout_job
-from lance_assets.dagster.fragments import build_fragments_asset
+from lance_assets.dagster.fragments import RetentionSettings, build_fragments_asset
 from lance_assets.dagster.resources import LanceDatasets, LanceRay
 from lance_assets.dagster.retention import build_retention_job
 from lance_assets.dagster.schedules import build_nightly_schedule, build_retention_schedule
@@ -83,6 +83,7 @@ def build_lance_compaction_defs(
     resource = LanceDatasets(root=root, uri_template=template, storage_options=dict(storage_options or {}))
     keys = AssetKeys.for_name(name, key_prefix)
     group = group_name or name
+    reckoned = RetentionSettings.configured(cutoff, retain_versions)  # the records' bytes_reclaimable
 
     fragments = build_fragments_asset(
         keys.fragments,
@@ -90,6 +91,7 @@ def build_lance_compaction_defs(
         resource_key=resource_key,
         group_name=group,
         target_rows_per_fragment=target_rows_per_fragment,
+        retention=reckoned,
     )
     thresholds = CompactionTrigger(
         min_small_fragments, min_small_bytes, min_small_pages, min_deleted_ratio, min_unindexed_rows, cooldown
@@ -133,11 +135,10 @@ def build_lance_compaction_defs(
         target_rows_per_fragment=target_rows_per_fragment,
         interval=sensor_interval_seconds,
         status=sensor_status,
+        retention=reckoned,
     )
-    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [
-        job,
-        build_fanout_job(name, keys, partitions_def, resource_key=resource_key, pool=pool),
-    ]
+    fanout = build_fanout_job(name, keys, partitions_def, resource_key=resource_key, pool=pool, retention=reckoned)
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [job, fanout]
     schedules = [build_nightly_schedule(name, job, partitions_def, cron_schedule=cron_schedule, default_status=schedule_status)]
     if cutoff is not None:
         retention = (cutoff, retain_versions, retention_cron_schedule, schedule_status)
@@ -223,6 +224,7 @@ def _sensors(
     target_rows_per_fragment: int,
     interval: int,
     status: dg.DefaultSensorStatus,
+    retention: RetentionSettings,
 ) -> list[dg.SensorDefinition]:
     """The recording (and, with ``request_runs``, requesting) sensor, the condition's sensor and,
     for dynamic partitions, the discovery sensor."""
@@ -238,6 +240,7 @@ def _sensors(
             minimum_interval_seconds=interval,
             request_runs=request_runs,
             default_status=status,
+            retention=retention,
         )
     ]
     if evaluate_condition:

@@ -13,7 +13,7 @@ import dagster as dg
 
 from lance_assets.dagster.assets import AssetKeys, dataset_run_tagging, dry_run_observation
 from lance_assets.dagster.config import CompactionConfig
-from lance_assets.dagster.fragments import content_version, fragments_record, lineage_tags
+from lance_assets.dagster.fragments import LANCE_RETENTION, RetentionSettings, content_version, fragments_record, lineage_tags
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.committing.commit import commit_compaction
 from lance_assets.engine.compaction import restore_index_coverage
@@ -32,7 +32,11 @@ def build_fanout_job(
     resource_key: str,
     pool: str | None = None,
     executor_def: dg.ExecutorDefinition | None = None,
+    retention: RetentionSettings = LANCE_RETENTION,
 ) -> dg.JobDefinition:
+    """``<name>_fanout_compaction``: plan, copy tasks as dynamic steps, one commit; the fresh
+    fragments record it makes carries what ``retention`` would free (see ``fragments_record``)."""
+
     def _key(context: dg.OpExecutionContext) -> str | None:
         return context.partition_key if partitions_def is not None else None
 
@@ -83,7 +87,7 @@ def build_fanout_job(
         report = commit_compaction(storage, plan, [RewriteResult.from_dict(json.loads(r)) for r in results])
         report = restore_index_coverage(report, plan.options, storage)
         if report.version is not None:
-            yield from _committed_events(context, keys, lance, _key(context), plan, report, report.version)
+            yield from _committed_events(context, keys, lance, _key(context), plan, report, report.version, retention)
         yield dg.Output(json.dumps(report.to_dict()))
 
     @dg.job(
@@ -111,6 +115,7 @@ def _committed_events(
     plan: CompactionPlan,
     report: CompactionReport,
     version: int,
+    retention: RetentionSettings,
 ) -> Iterator[dg.AssetMaterialization]:
     """A fan-out commit recorded as the compaction asset's step records it: the fragments'
     fresh record, then the compacted asset's materialization with the run's lineage."""
@@ -119,7 +124,7 @@ def _committed_events(
         context.instance, keys.fragments, key, context.run_id, content_version(lance, key, plan.read_version), version
     )
     after = lance.inspect(key, plan.options.target_rows_per_fragment)
-    yield fragments_record(keys.fragments, lance, after, key)
+    yield fragments_record(keys.fragments, lance, after, key, retention=retention)
     yield dg.AssetMaterialization(
         asset_key=keys.compacted,
         partition=key,

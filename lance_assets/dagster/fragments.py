@@ -10,15 +10,21 @@ Its data version is the dataset's *content version*: the Lance version of the la
 changed rows. Commits that keep every row (a compaction's rewrite, an index build, a config
 change) do not change it, so the compaction the compacted asset just ran does not make that
 same asset look out of date; a writer's append does, which is the truth the UI should show.
+
+The record also says what old versions cost: how many versions the dataset keeps and the bytes
+retention would give back now (a dry run of it, with the definitions' retention settings).
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
 
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.dataset import Dataset
+from lance_assets.engine.maintenance.cleanup import DEFAULT_OLDER_THAN, CleanupReport
 from lance_assets.engine.maintenance.inspect import Inspection
 from lance_assets.errors import LanceAssetsError
 
@@ -36,6 +42,34 @@ ROW_PRESERVING_OPERATIONS = frozenset({"rewrite", "create_index", "reserve_fragm
 #: How far back the content version is looked for; past it the version reached is used (an
 #: older version than the truth would only make Dagster think the data changed: never hides a change).
 MAX_VERSIONS_WALKED = 16
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """The retention ``bytes_reclaimable`` is reckoned for: the definitions' (``cleanup_older_than``,
+    ``retain_versions``) when they set a cutoff, else Lance's defaults (two weeks, keep one)."""
+
+    older_than: timedelta = DEFAULT_OLDER_THAN
+    retain_versions: int = 1
+
+    @classmethod
+    def configured(cls, cleanup_older_than: timedelta | None, retain_versions: int) -> "RetentionSettings":
+        """The definitions' retention, or Lance's defaults when they configure none (no cutoff)."""
+        return cls() if cleanup_older_than is None else cls(cleanup_older_than, retain_versions)
+
+
+#: Lance's own retention defaults (two weeks, keep one): what ``bytes_reclaimable`` is reckoned
+#: for when the definitions configure no retention.
+LANCE_RETENTION = RetentionSettings()
+
+
+def retention_preview(lance: LanceDatasets, partition_key: str | None, retention: RetentionSettings) -> CleanupReport | None:
+    """What retention would remove now (a dry run: one listing and every manifest read), or
+    None when it cannot tell (branches, an unreadable manifest...): that must not cost the record."""
+    try:
+        return lance.cleanup(partition_key, retention.older_than, retention.retain_versions, dry_run=True)
+    except LanceAssetsError:
+        return None
 
 
 def content_version(lance: LanceDatasets, partition_key: str | None, latest: int) -> int:
@@ -88,12 +122,16 @@ def mergeable_small_bytes(report: Inspection) -> int:
     )
 
 
-def health_values(report: Inspection, unindexed_rows: int | None = None) -> dict[str, int | float]:
+def health_values(
+    report: Inspection, unindexed_rows: int | None = None, retention: CleanupReport | None = None
+) -> dict[str, int | float]:
     """The numbers that say whether a dataset needs maintenance, by the names the fragments
     record carries them under (what the automation condition and the sensor compare with
     their thresholds: see ``triggers.CompactionTrigger``).
 
-    ``small_pages`` only when ``report`` read page health; ``unindexed_rows`` only when given.
+    ``small_pages`` only when ``report`` read page health; ``unindexed_rows`` only when given;
+    ``versions`` (manifests in ``_versions/``) and ``bytes_reclaimable`` only with a retention
+    dry run's report (``retention_preview``).
     """
     s = report.summary
     mergeable, lone = small_fragment_counts([f.physical_rows for f in report.fragments], s.target_rows_per_fragment)
@@ -109,10 +147,18 @@ def health_values(report: Inspection, unindexed_rows: int | None = None) -> dict
         out["small_pages"] = s.small_pages
     if unindexed_rows is not None:
         out["unindexed_rows"] = unindexed_rows
+    if retention is not None:
+        out["versions"] = retention.versions
+        out["bytes_reclaimable"] = retention.bytes
     return out
 
 
-def fragment_metadata(report: Inspection, data_version: int | None = None, unindexed_rows: int | None = None) -> dict[str, Any]:
+def fragment_metadata(
+    report: Inspection,
+    data_version: int | None = None,
+    unindexed_rows: int | None = None,
+    retention: CleanupReport | None = None,
+) -> dict[str, Any]:
     """What the UI shows about a dataset's fragments: counts, sizes, a histogram and a table.
 
     ``small_fragments`` counts the small fragments compaction can merge; ``lone_small_fragments``
@@ -120,7 +166,7 @@ def fragment_metadata(report: Inspection, data_version: int | None = None, unind
     over time on the asset's page and are what automation decides on.
     """
     s = report.summary
-    health = health_values(report, unindexed_rows)
+    health = health_values(report, unindexed_rows, retention)
     rows = [
         dg.TableRecord(
             {"id": f.id, "physical_rows": f.physical_rows, "deleted_rows": f.deleted_rows, "files": f.files, "bytes": f.bytes}
@@ -166,18 +212,22 @@ def fragments_record(
     report: Inspection,
     partition_key: str | None,
     extra_metadata: dict[str, Any] | None = None,
+    *,
+    retention: RetentionSettings,
 ) -> dg.AssetMaterialization:
-    """A record of the fragments as ``report`` saw them, with the content version as data version
-    and the rows no index covers yet (one more manifest read: records are made once per version)."""
+    """A record of the fragments as ``report`` saw them, with the content version as data version,
+    the rows no index covers yet (one more manifest read) and the versions kept with the bytes
+    ``retention`` would free (a dry run: a listing and every manifest; records are made once per version)."""
     version = content_version(lance, partition_key, report.version)
     try:
         unindexed: int | None = lance.index_status(partition_key)[0]
     except LanceAssetsError:  # an unreadable index must not cost the record (and the sensor's tick)
         unindexed = None
+    preview = retention_preview(lance, partition_key, retention)
     return dg.AssetMaterialization(
         asset_key=asset_key,
         partition=partition_key,
-        metadata={**fragment_metadata(report, version, unindexed), **(extra_metadata or {})},
+        metadata={**fragment_metadata(report, version, unindexed, preview), **(extra_metadata or {})},
         tags={DATA_VERSION_TAG: str(version), USER_DATA_VERSION_TAG: "true"},
     )
 
@@ -222,8 +272,10 @@ def build_fragments_asset(
     resource_key: str,
     group_name: str | None,
     target_rows_per_fragment: int,
+    retention: RetentionSettings = LANCE_RETENTION,
 ) -> dg.AssetsDefinition:
-    """``<name>/fragments``: materializing it inspects the dataset (manifest reads only) and records it."""
+    """``<name>/fragments``: materializing it inspects the dataset (manifest reads only) and records it,
+    with what ``retention`` would free now (default: Lance's retention defaults)."""
 
     @dg.asset(
         key=asset_key,
@@ -235,7 +287,10 @@ def build_fragments_asset(
             "The Lance dataset's fragments as last recorded: by the small-fragment sensor (once per Lance version), "
             "by each compaction after it commits, or by materializing this asset (reads manifests only). Its data "
             "version is the last Lance version that changed rows, so compaction and index builds keep it. Its health "
-            "numbers (small fragments, small pages, deleted-row ratio, unindexed rows) are what automation decides on."
+            "numbers (small fragments, small pages, deleted-row ratio, unindexed rows) are what automation decides on; "
+            "versions (manifests kept) and bytes_reclaimable (what version retention would free now, reckoned with "
+            f"older_than={retention.older_than}, retain_versions={retention.retain_versions}) say what old versions cost. "
+            "The numbers are plotted over time on this page."
         ),
     )
     def _fragments(context: dg.AssetExecutionContext) -> dg.MaterializeResult[None]:
@@ -244,8 +299,9 @@ def build_fragments_asset(
         report = lance.inspect(key, target_rows_per_fragment, pages=True)  # asked for: worth reading page health
         version = content_version(lance, key, report.version)
         unindexed, _, _ = lance.index_status(key)
+        preview = retention_preview(lance, key, retention)
         return dg.MaterializeResult(
-            metadata=fragment_metadata(report, version, unindexed), data_version=dg.DataVersion(str(version))
+            metadata=fragment_metadata(report, version, unindexed, preview), data_version=dg.DataVersion(str(version))
         )
 
     return _fragments

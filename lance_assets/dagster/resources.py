@@ -209,26 +209,31 @@ class LanceDatasets(_LanceDatasetsBase):
             on_task_done=on_task_done,
         )
 
-    def cleanup(self, partition_key: str | None, older_than: timedelta | float, retain_versions: int) -> CleanupReport:
+    def cleanup(
+        self, partition_key: str | None, older_than: timedelta | float, retain_versions: int, *, dry_run: bool = False
+    ) -> CleanupReport:
         """Version retention on the partition's dataset (see ``lance_assets.engine.maintenance.cleanup``).
 
         Compaction leaves the replaced files to old versions; retention is what gives the
-        space back.
+        space back. With ``dry_run`` nothing is removed: the report says what would go (the
+        fragments record's ``bytes_reclaimable``); it lists the dataset and reads every manifest.
 
         Args:
             partition_key: The partition's key (None when not partitioned).
             older_than: Remove versions older than this (a number of seconds is still read, for one
                 release, with a DeprecationWarning).
             retain_versions: The newest versions always kept, whatever their age.
+            dry_run: Report what would be removed, remove nothing.
 
         Returns:
-            The versions and files removed, and the bytes reclaimed.
+            The versions and files removed (or, with ``dry_run``, that would be), and the bytes.
 
         Raises:
             LanceAssetsError: Not a dataset, or a storage failure (a typed subclass).
 
         Examples:
             >>> lance.cleanup("events", older_than=timedelta(days=7), retain_versions=1).bytes
+            >>> lance.cleanup("events", timedelta(days=7), 1, dry_run=True).bytes  # what it would free
         """
         if not isinstance(older_than, timedelta):
             warnings.warn(
@@ -241,6 +246,7 @@ class LanceDatasets(_LanceDatasetsBase):
             self.uri(partition_key),
             older_than=older_than,
             retain_versions=retain_versions,
+            dry_run=dry_run,
             storage_options=self.options(),
         )
 

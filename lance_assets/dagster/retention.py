@@ -14,7 +14,7 @@ from pydantic import Field
 
 from lance_assets.dagster.assets import AssetKeys, dataset_run_tagging
 from lance_assets.dagster.config import duration
-from lance_assets.dagster.fragments import fragments_record
+from lance_assets.dagster.fragments import RetentionSettings, fragments_record
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.options import DEFAULT_TARGET_ROWS_PER_FRAGMENT
 
@@ -32,6 +32,8 @@ def build_retention_job(
     """``<name>_retention``: remove versions older than ``cleanup_older_than`` (run config may
     override both values) from the partition's dataset."""
     default_keep = retain_versions  # class bodies do not see same-named locals
+    # the record's bytes_reclaimable is reckoned with the definitions' settings, whatever a run overrides
+    settings = RetentionSettings(cleanup_older_than, retain_versions)
 
     class RetentionConfig(dg.Config):
         older_than: str | None = Field(
@@ -64,6 +66,7 @@ def build_retention_job(
                 "bytes_on_disk_before": dg.MetadataValue.int(disk_before),
                 "bytes_on_disk_after": dg.MetadataValue.int(disk_after),
             },
+            retention=settings,
         )
 
     @dg.job(

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the asset-job type is not exported publicly
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from lance_assets.dagster.assets import DATASET_TAG, AssetKeys, dataset_tag, partition_keys
-from lance_assets.dagster.fragments import fragments_record, health_values
+from lance_assets.dagster.fragments import LANCE_RETENTION, RetentionSettings, fragments_record, health_values
 from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.dagster.triggers import PARTITION_TAG, CompactionTrigger
 from lance_assets.errors import LanceAssetsError
@@ -61,9 +61,11 @@ def build_small_fragment_sensor(
     minimum_interval_seconds: int,
     request_runs: bool = True,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    retention: RetentionSettings = LANCE_RETENTION,
 ) -> dg.SensorDefinition:
     """``<name>_small_fragments_sensor``: records each dataset's fragments once per Lance version
     and, with ``request_runs``, requests a compaction when the dataset crosses ``trigger``.
+    Each record carries what ``retention`` would free then (a dry run of it).
 
     Without ``request_runs`` (the default ``trigger="condition"``), it only keeps the fragments
     record current; the compacted asset's automation condition decides from that record.
@@ -103,7 +105,7 @@ def build_small_fragment_sensor(
                 reasons.append(f"{label}: {exc}")
                 continue
             if changed:
-                events.append(fragments_record(keys.fragments, lance, report, key))
+                events.append(fragments_record(keys.fragments, lance, report, key, retention=retention))
                 observed[ck] = report.version
             if not request_runs:
                 reasons.append(f"{label}: version {report.version} {'recorded' if changed else 'unchanged'}")

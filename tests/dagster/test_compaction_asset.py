@@ -300,6 +300,8 @@ def test_retention_after_compaction_and_a_fresh_observation(root: Path, instance
     record = materialization(result, FRAGMENTS)
     assert record.partition == "a"
     assert record.metadata["fragments"].value == 1 and record.metadata["lance_version"].value == ds.version
+    # recorded after the retention: one version kept, nothing left for retention to free
+    assert (record.metadata["versions"].value, record.metadata["bytes_reclaimable"].value) == (1, 0)
 
 
 def test_retention_durations_from_python(root: Path) -> None:

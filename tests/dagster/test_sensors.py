@@ -34,6 +34,8 @@ FRAGMENT_KEYS = {
     "small_fragment_bytes",
     "deleted_row_ratio",
     "unindexed_rows",
+    "versions",
+    "bytes_reclaimable",
 }
 
 

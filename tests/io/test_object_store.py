@@ -365,3 +365,23 @@ def test_version_retention_on_s3(s3_dataset: str, s3_endpoint) -> None:  # type:
     assert [v["version"] for v in lance.dataset(s3_dataset, storage_options=opts).versions()] == [latest.version]
     live = {df.path for f in Dataset.open(storage).fragments for df in f.files}
     assert {e.name for e in storage.list("data")} == live
+
+
+def test_cleanup_reads_the_manifests_ahead_on_s3(s3_dataset: str, s3_endpoint) -> None:  # type: ignore[no-untyped-def]
+    """On an object store the manifests are read together (a request each); what cleanup decides
+    is the same as when they are read in turn."""
+    from tests.support.s3_proxy import S3Proxy
+
+    opts = s3_endpoint.pylance_options
+    compact(s3_dataset, CompactionOptions(target_rows_per_fragment=1000), storage_options=opts)
+    reports, overlap = [], []
+    for in_flight in (1, 8):
+        with S3Proxy(s3_endpoint.url, delay=0.01) as proxy:
+            storage = Storage(s3_dataset, {**opts, "aws_endpoint": proxy.url}, max_in_flight=in_flight)
+            reports.append(cleanup(storage, older_than=timedelta(seconds=0), retain_versions=1, dry_run=True))
+            overlap.append(proxy.max_in_flight["GET"])
+    in_turn, ahead = reports
+    assert overlap[0] == 1 and overlap[1] > 1
+    assert ahead.removed_versions == in_turn.removed_versions == list(range(1, ahead.versions))
+    assert [(f.path, f.bytes, f.kind) for f in ahead.files] == [(f.path, f.bytes, f.kind) for f in in_turn.files]
+    assert ahead.bytes > 0

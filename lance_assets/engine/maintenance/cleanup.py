@@ -64,6 +64,7 @@ from lance_assets.errors import CorruptFileError, MissingFileError, UnsupportedF
 from lance_assets.format import manifest as mf
 from lance_assets.format.protobuf import unknown_field_numbers
 from lance_assets.io import Storage
+from lance_assets.io.ahead import ordered_ahead
 from lance_assets.io.storage import Entry
 
 logger = logging.getLogger(__name__)
@@ -203,15 +204,22 @@ def _read_references(
     ``removable(name, commit_time)`` says go: returns their names and what they reference."""
     doomed: list[str] = []
     gone = _References()
-    for name in names:
+
+    def read(name: str) -> bytes:
         rel = f"{VERSIONS_DIR}/{name}"
         try:
-            raw = storage.read(rel)
+            return storage.read(rel)
         except MissingFileError:
             # One vanishing means another cleanup (ours or pylance's) is running. Do not guess.
             raise CorruptFileError(
                 "a manifest vanished while cleanup read it; run cleanup again", path=storage.url(rel)
             ) from None
+
+    # On an object store the manifests are read ahead (a request each, in flight together);
+    # they are still judged one by one, in order. Local disks read in turn.
+    in_flight = 1 if storage.is_local else storage.max_in_flight
+    for name, raw in ordered_ahead(names, read, max_in_flight=in_flight, thread_name="lance-assets-manifests"):
+        rel = f"{VERSIONS_DIR}/{name}"
         found = _References()
         committed = _collect(found, raw, storage.url(rel))
         if removable is not None and removable(name, committed):
