@@ -64,6 +64,7 @@ class CompactionConfig(dg.Config):
     max_bytes_per_file: int | None = option_field("max_bytes_per_file")
     read_batch_bytes: int = option_field("read_batch_bytes")
     max_concurrent_requests: int = option_field("max_concurrent_requests")
+    task_processes: int = option_field("task_processes")
     max_source_fragments: int | None = option_field("max_source_fragments")
     excluded_fragment_ids: list[int] = option_field("excluded_fragment_ids")
     materialize_deletions: bool = option_field("materialize_deletions")

@@ -104,6 +104,12 @@ class CompactionOptions:
         "Local disks read in turn.",
         metavar="N",
     )
+    task_processes: int = _option(
+        2,
+        "Processes that share the work of one output file merging many small files (at least 128, on a local "
+        "disk): the task's own and helpers it starts, at most one per CPU it may use; 1: its own alone.",
+        metavar="N",
+    )
     max_source_fragments: int | None = _option(None, "Compact at most this many fragments in one run.", metavar="N")
     excluded_fragment_ids: frozenset[int] = _option(
         frozenset(), "Never compact these fragments.", flag="--exclude", metavar="FRAGMENT_ID"
@@ -141,7 +147,7 @@ class CompactionOptions:
     dry_run: bool = _option(False, "Only plan: report what would be read and written; write and commit nothing.")
 
     def __post_init__(self) -> None:
-        for name in ("target_rows_per_fragment", "read_batch_bytes", "max_concurrent_requests"):
+        for name in ("target_rows_per_fragment", "read_batch_bytes", "max_concurrent_requests", "task_processes"):
             if getattr(self, name) <= 0:
                 raise OptionError(name, "must be positive")
         for name in ("max_rows_per_file", "max_bytes_per_file", "max_source_fragments", "commit_every"):

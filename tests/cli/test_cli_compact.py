@@ -119,6 +119,8 @@ def test_options_reach_the_plan(dataset_copy: Copy, capsys: pytest.CaptureFixtur
         "copy",
         "--max-concurrent-requests",
         "5",
+        "--task-processes",
+        "1",
     )
     assert code == 0
     report = one_json(out)
@@ -139,6 +141,7 @@ def test_options_reach_the_plan(dataset_copy: Copy, capsys: pytest.CaptureFixtur
         "index_remap": "drop",
         "pages": "copy",
         "max_concurrent_requests": 5,
+        "task_processes": 1,
     }
     # 100, 1 merge; 250 is at the target; 30 is excluded
     assert [t["fragment_ids"] for t in report["plan"]["tasks"]] == [[0, 1]]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -23,7 +24,7 @@ from typing import IO, Any
 
 from lance_assets._proto import file2_pb2, file_pb2, table_pb2
 from lance_assets.engine.committing.commit_loop import remove_files
-from lance_assets.engine.copying import blob_copy, coalesce
+from lance_assets.engine.copying import blob_copy, coalesce, parts
 from lance_assets.engine.copying.copy_legacy import write_legacy_output
 from lance_assets.engine.copying.reencode import reencode_task
 from lance_assets.engine.dataset import DATA_DIR, Dataset, DatasetRef, open_dataset
@@ -73,10 +74,16 @@ def _schema_order(manifest: table_pb2.Manifest) -> dict[int, int]:
     return {f.id: i for i, f in enumerate(manifest.fields)}
 
 
+#: One input data file to read: its fragment's first row in the output, the fragment, the file,
+#: its path and the fragment's index among the inputs.
+_Job = tuple[int, table_pb2.DataFragment, table_pb2.DataFile, str, int]
+
+
 def _input_sources(
-    ds: Dataset, inputs: Sequence[table_pb2.DataFragment], live: dict[int, int], read_batch_bytes: int
-) -> Iterator[tuple[int, _Source]]:
-    """Every input data file, in order, with the rows of the fragments before its own.
+    ds: Dataset, inputs: Sequence[table_pb2.DataFragment], live: dict[int, int], read_batch_bytes: int, start: int = 0
+) -> Iterator[tuple[int, int, _Source]]:
+    """Every input data file of the fragments from ``inputs[start]`` on, in order, with its
+    fragment's index and the rows of the fragments before its own.
 
     Local reads are fast and happen in order. On an object store a request's latency would
     dominate small files, so up to ``storage.max_in_flight`` (``max_concurrent_requests``) are
@@ -84,10 +91,11 @@ def _input_sources(
     data in one request, the size coming from the manifest). What is read ahead stays within
     ``read_batch_bytes`` plus the input being copied.
     """
-    jobs = []
-    rows = 0
-    for frag in inputs:
-        jobs += [(rows, frag, df, ds.data_file_path(df)) for df in frag.files]
+    jobs: list[_Job] = []
+    rows = sum(frag.physical_rows for frag in inputs[:start])
+    for index in range(start, len(inputs)):
+        frag = inputs[index]
+        jobs += [(rows, frag, df, ds.data_file_path(df), index) for df in frag.files]
         rows += frag.physical_rows
     storage = ds.storage
     in_flight = 1 if storage.is_local else storage.max_in_flight
@@ -96,19 +104,19 @@ def _input_sources(
     # what is in flight within read_batch_bytes whatever the share
     whole = max(v2file.DEFAULT_TAIL_BYTES, read_batch_bytes // in_flight)
 
-    def first(job: tuple[int, table_pb2.DataFragment, table_pb2.DataFile, str]) -> int:
+    def first(job: _Job) -> int:
         size = job[2].file_size_bytes
         return size if 0 < size <= whole and in_flight > 1 else v2file.DEFAULT_TAIL_BYTES
 
-    def fetch(job: tuple[int, table_pb2.DataFragment, table_pb2.DataFile, str]) -> tuple[v2file.V2FileMetadata, bytes, int]:
+    def fetch(job: _Job) -> tuple[v2file.V2FileMetadata, bytes, int]:
         if in_flight == 1:
             return read_v2_tail(storage, job[3], job[2].file_size_bytes)
         return read_v2_tail(storage, job[3], job[2].file_size_bytes, first(job))
 
-    for (rows, frag, df, rel), read in ordered_ahead(
+    for (rows, frag, df, rel, index), read in ordered_ahead(
         jobs, fetch, max_in_flight=in_flight, max_bytes=read_batch_bytes, cost=first
     ):
-        yield rows, _source(ds, frag, df, rel, live, read)
+        yield index, rows, _source(ds, frag, df, rel, live, read)
 
 
 def _source(
@@ -387,7 +395,15 @@ def _write_data_file(
                 ds, inputs, merge.version, merge.out_fields, lacking, options, attempt, names, scratch, bool(native), forced
             )
             try:
-                written = _write_merged(merge, sidecars, attempt, coalesced, native, retry=not forced and options is not None)
+                written = _write_merged(
+                    merge,
+                    sidecars,
+                    attempt,
+                    coalesced,
+                    native,
+                    retry=not forced and options is not None,
+                    sharing=(options.task_processes, scratch) if options is not None else None,
+                )
             except _PylanceWanted as wanted:
                 # Inputs after the first held small pages the copy cannot re-cut: once more, with
                 # pylance re-encoding those columns (the file written so far is gone).
@@ -496,12 +512,14 @@ def _write_merged(
     native_page_bytes: int = 0,
     *,
     retry: bool = False,
+    sharing: tuple[int, str] | None = None,
 ) -> tuple[table_pb2.DataFragment, str, int, int]:
     """Copy the inputs' pages (all but the coalesced columns') and then the coalesced columns'
     pages into one new data file, and write its metadata. With ``native_page_bytes`` the small
     pages the copy can decode are re-cut into pages of about that many bytes
     (``coalesce.NativeColumn``) instead of being copied; with ``retry``, a column where enough
-    small pages could not be re-cut raises _PylanceWanted before the file is finished."""
+    small pages could not be re-cut raises _PylanceWanted before the file is finished. With
+    ``sharing`` (processes, a local scratch folder) helper processes may copy some inputs."""
     ds, version = merge.ds, merge.version
     storage = ds.storage
     name = mf.data_file_name(uuid.uuid4().bytes)
@@ -509,7 +527,12 @@ def _write_merged(
     rows = sum(frag.physical_rows for frag in merge.inputs)
     with storage.open_write(rel) as out:
         written = _MergedFile(merge, rel, out, tally, coalesced, native_page_bytes)
-        written.copy_inputs(sidecars)
+        helpers = written.start_helpers(*sharing) if sharing is not None else None
+        try:
+            written.copy_inputs(sidecars, helpers)
+        finally:
+            if helpers is not None:
+                helpers.close()
         columns = written.finish_columns(retry)
         descriptor = file_pb2.FileDescriptor(length=rows)
         descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in merge.layout}))
@@ -544,6 +567,43 @@ def _write_merged(
     return fragment, rel, written.bytes_read, size + sum(c.size for c in written.blob_out.sidecars)
 
 
+@dataclass(frozen=True)
+class PartJob:
+    """A helper process's share of one output's inputs (``parts``, ``part_main``): the dataset
+    opened once, then the share written as a part file of the output's schema and layout."""
+
+    ds: Dataset
+    request: Mapping[str, Any]  # what ``_MergedFile.start_helpers`` sends
+
+    @classmethod
+    def open(cls, request: Mapping[str, Any]) -> PartJob:
+        return cls(open_dataset(request["uri"], request["storage_options"], request["version"]), request)
+
+    def write(self, share: Mapping[str, Any]) -> dict[str, Any]:
+        """Write inputs ``[share["first"], share["stop"])`` at ``share["path"]``; what the output's
+        report gains from them (``_MergedFile.part_report``)."""
+        request, ds = self.request, self.ds
+        first, stop = int(share["first"]), int(share["stop"])
+        by_id = {frag.id: frag for frag in ds.manifest.fragments}
+        inputs = [by_id[i] for i in request["fragment_ids"][first:stop]]
+        version = v2file.FileVersion(request["file_version"])
+        layout = [(int(fid), bool(owns)) for fid, owns in request["layout"]]
+        lacking = [list(fids) for fids in request["lacking"][first:stop]]
+        out_fields = list(request["out_fields"])
+        merge = _Merge(ds, inputs, version, layout, out_fields, lacking, request["read_batch_bytes"], None, False)
+        path = str(share["path"])
+        with open(path, "wb") as out:
+            written = _MergedFile(merge, path, out, coalesce.PageTally(), None, request["native_page_bytes"])
+            written.copy_inputs([])
+            written.flush_natives()
+            written.count_natives()
+            columns = [written.mergers[fid].finish() for fid in merge.out_fields]
+            descriptor = file_pb2.FileDescriptor(length=sum(frag.physical_rows for frag in inputs))
+            descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
+            out.write(v2file.build_tail(written.pos, columns, descriptor, version))
+        return written.part_report()
+
+
 class _MergedFile:
     """The output data file while it is written: its position, every column's merged metadata
     and the natively re-cut columns' pending pages. Inputs are read, copied and merged one file
@@ -559,7 +619,10 @@ class _MergedFile:
         native_page_bytes: int,
     ) -> None:
         ds = merge.ds
-        self.merge, self.out, self.tally, self.coalesced = merge, out, tally, coalesced
+        self.merge, self.rel, self.out, self.tally, self.coalesced = merge, rel, out, tally, coalesced
+        self.native_page_bytes = native_page_bytes
+        self.starts = list(itertools.accumulate((frag.physical_rows for frag in merge.inputs), initial=0))
+        self.order = _schema_order(ds.manifest)
         self.pos = 0
         self.bytes_read = 0
         self.schema_metadata: dict[str, bytes] | None = None
@@ -582,21 +645,66 @@ class _MergedFile:
         self.column_encodings: dict[int, file2_pb2.Encoding] = {}
         self.foreign: dict[int, int] = {}  # field id -> its small pages the copy could not re-cut
 
-    def copy_inputs(self, sidecars: list[str]) -> None:
-        """Every input's pages, in row order, with all-null pages for the fields an input lacks."""
+    def copy_inputs(self, sidecars: list[str], helpers: parts.PartHelpers | None = None) -> None:
+        """Every input's pages, in row order, with all-null pages for the fields an input lacks.
+        With ``helpers``, the inputs left when they are ready are shared out (``parts``) and
+        their part files appended in order."""
         merge = self.merge
-        inputs = merge.inputs
-        starts = list(itertools.accumulate((frag.physical_rows for frag in inputs), initial=0))
-        filled = 0  # inputs whose all-null pages are in: they go in row order with the copied ones
         # When every column is re-encoded, nothing is copied from the inputs (nor read again).
         coalesced = self.coalesced
         if coalesced is not None and set(coalesced.fields) == set(merge.out_fields):
             self.schema_metadata = dict(coalesced.schema_metadata)
             self.tally.pages_before += coalesced.pages_before
             return
-        order = _schema_order(merge.ds.manifest)
-        for row_offset, src in _input_sources(merge.ds, inputs, order, merge.read_batch_bytes):
-            while filled < len(inputs) and starts[filled] <= row_offset:
+        self._copy_share(0, len(merge.inputs), sidecars, helpers)
+        for share in helpers.finished() if helpers is not None else ():
+            if share.result is not None:
+                self._append_part(share.result, share.path, share.first)
+            else:
+                self._copy_share(share.first, share.stop, sidecars, None)
+
+    def start_helpers(self, processes: int, scratch: str) -> parts.PartHelpers | None:
+        """Helper processes for this output (``parts``), when it merges enough files to pay for
+        them: a v2 file on a local disk that does not share blocks, no blob columns, no columns
+        re-encoded by pylance. None when it is written by this process alone."""
+        merge, ds = self.merge, self.merge.ds
+        count = parts.usable_processes(processes) - 1
+        blobs = blob_copy.blob_field_ids(ds.manifest.fields)
+        if (
+            count < 1
+            or len(merge.inputs) < parts.MIN_INPUTS
+            or self.coalesced is not None
+            or not ds.storage.is_local
+            or self.clone_block
+            or any(fid in blobs for fid, _ in merge.layout)
+        ):
+            return None
+        request = {
+            "uri": ds.storage.uri,
+            "storage_options": ds.storage.storage_options,
+            "version": ds.version,
+            "file_version": merge.version.value,
+            "layout": merge.layout,
+            "out_fields": merge.out_fields,
+            "fragment_ids": [frag.id for frag in merge.inputs],
+            "lacking": merge.lacking,
+            "read_batch_bytes": merge.read_batch_bytes,
+            "native_page_bytes": self.native_page_bytes,
+        }
+        helpers = parts.PartHelpers(request, count, scratch)
+        return helpers if helpers else None
+
+    def _copy_share(self, start: int, stop: int, sidecars: list[str], helpers: parts.PartHelpers | None) -> None:
+        """Inputs ``[start, stop)`` (fewer once ``helpers`` are ready and take a share of them)."""
+        merge = self.merge
+        inputs, starts = merge.inputs, self.starts
+        filled = start  # inputs whose all-null pages are in: they go in row order with the copied ones
+        for index, row_offset, src in _input_sources(merge.ds, inputs, self.order, merge.read_batch_bytes, start):
+            if index >= filled and helpers is not None and helpers.ready():  # between two fragments
+                stop, helpers = helpers.share_out(index, stop), None
+            if index >= stop:
+                break
+            while filled <= index:
                 for fid in merge.lacking[filled]:
                     self.mergers[fid].add_all_null(inputs[filled].physical_rows, starts[filled])
                 filled += 1
@@ -605,6 +713,46 @@ class _MergedFile:
                 self.schema_metadata = dict(src.meta.descriptor.schema.metadata)
             self.tally.pages_before += sum(len(src.meta.columns[col].pages) for col in src.columns.values())
             self._add_input(row_offset, src, sidecars)
+
+    def _append_part(self, result: Mapping[str, Any], path: str, first: int) -> None:
+        """A helper's part file (its inputs from ``first`` on), after every row before it: its
+        data region copied, its pages added to the columns, its report to this file's."""
+        merge, tally = self.merge, self.tally
+        self.flush_natives()  # the pending re-cut rows come before the part's
+        where = merge.ds.storage.url(self.rel)
+        for key, found in result["kinds"].items():
+            fid = int(key)
+            known = self.kinds.setdefault(fid, found)
+            if known != found:
+                raise CompactionRefusedError(repdef.describe_difference(((fid, known),), ((fid, found),), self.names), path=where)
+        storage = Storage(os.path.dirname(path))
+        rel = os.path.basename(path)
+        meta, tail, tail_offset = read_v2_tail(storage, rel)
+        extents = _extents(meta, range(meta.num_columns), self.pos, whole=True)
+        move = _relocator(extents)
+        source = _Source(rel, meta, {}, tail, tail_offset)
+        self.pos, _ = _copy_extents(storage, source, extents, self.pos, self.out, merge.read_batch_bytes, None)
+        for fid, column in zip(merge.out_fields, meta.columns, strict=True):
+            self.mergers[fid].add(column, move, self.starts[first])
+        self.bytes_read += result["bytes_read"]
+        tally.pages_before += result["pages_before"]
+        tally.native.update(result["native"])
+        tally.why_left.update(result["why_left"])
+        for key, small in result["foreign"].items():
+            self.foreign[int(key)] = self.foreign.get(int(key), 0) + small
+        if merge.progress:
+            merge.progress(result["bytes_read"])
+
+    def part_report(self) -> dict[str, Any]:
+        """What a helper's part adds to the output's report (``_append_part`` reads it)."""
+        return {
+            "kinds": {str(fid): kind for fid, kind in self.kinds.items()},
+            "bytes_read": self.bytes_read,
+            "pages_before": self.tally.pages_before,
+            "native": sorted(self.tally.native),
+            "why_left": sorted(self.tally.why_left),
+            "foreign": {str(fid): small for fid, small in self.foreign.items()},
+        }
 
     def _check_layers(self, src: _Source) -> None:
         """Refuse an input whose guarded fields' layers may not share pages with earlier ones."""
@@ -641,8 +789,8 @@ class _MergedFile:
         for fid, col in kept.items():
             self.mergers[fid].add(src.meta.columns[col], move, row_offset)
         taken = 0
-        for fid, (col, parts) in decoded.items():
-            for page, part in zip(src.meta.columns[col].pages, parts):
+        for fid, (col, undecoded) in decoded.items():
+            for page, part in zip(src.meta.columns[col].pages, undecoded):
                 taken += sum(page.buffer_sizes)
                 self._write_encoded(fid, self.natives[fid].add(part, row_offset + page.priority))
         self.bytes_read += taken
@@ -674,17 +822,27 @@ class _MergedFile:
     def _write_encoded(self, fid: int, pages: Sequence[tuple[int, Any]]) -> None:
         self.pos = _write_encoded(self.out, self.pos, pages, self.mergers[fid], self.column_encodings.get(fid))
 
+    def flush_natives(self) -> None:
+        """Write every re-cut column's pending rows."""
+        for fid, native in self.natives.items():
+            self._write_encoded(fid, native.flush())
+
+    def count_natives(self) -> None:
+        """What the re-cut columns became, into the tally (after the last ``flush_natives``)."""
+        names = self.names
+        for fid, native in self.natives.items():
+            if native.coalesced:
+                self.tally.native.add(names.get(fid, str(fid)))
+            if native.left_small:
+                self.foreign[fid] = self.foreign.get(fid, 0) + native.left_small
+                self.tally.why_left.add(f"{names.get(fid, str(fid))}: {native.why_left}")
+
     def finish_columns(self, retry: bool) -> list[file2_pb2.ColumnMetadata]:
         """The pending re-cut pages and the re-encoded columns written; every column's metadata.
         With ``retry``, raises _PylanceWanted when enough small pages could not be re-cut."""
         merge, tally, names = self.merge, self.tally, self.names
-        for fid, native in self.natives.items():
-            self._write_encoded(fid, native.flush())
-            if native.coalesced:
-                tally.native.add(names.get(fid, str(fid)))
-            if native.left_small:
-                self.foreign[fid] = self.foreign.get(fid, 0) + native.left_small
-                tally.why_left.add(f"{names.get(fid, str(fid))}: {native.why_left}")
+        self.flush_natives()
+        self.count_natives()
         stuck = [fid for fid, small in self.foreign.items() if small >= page_health.MIN_SMALL_PAGES]
         if retry and stuck and coalesce.pylance_writer_available():
             tops = coalesce.top_level(merge.ds.manifest.fields)

@@ -1,0 +1,223 @@
+"""Helper processes that share one output file's inputs.
+
+Merging thousands of small files is bound by per-file work done in Python (reading and checking
+each file's metadata, keeping its small pages), and one process uses one core. So when an output
+merges many files, its task starts helper processes at once and goes on copying; when they are
+ready (an interpreter start and the dataset's manifest: about 0.2 s) the inputs not yet copied
+are cut into contiguous shares, one per process. Each helper writes its share as a part file
+(a complete Lance file of the output's schema) in a local scratch folder; the task appends the
+parts' data regions and pages after its own, in input order, so rows keep their order and the
+output is the file one process would have written, up to a page boundary per share.
+
+A helper is only an accelerator: if it fails to start, dies or reports an error, the task copies
+that share itself (a real problem with an input then raises there, typed, as it would have).
+Nothing here knows what a part holds: the request and the result are JSON objects the copy
+(``copy.PartJob``) defines, sent as lines over the helper's stdin and stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+logger = logging.getLogger(__name__)
+
+#: An output merging fewer input files than this is written by its task's process alone: the
+#: work left by the time a helper is ready would not pay for starting it.
+MIN_INPUTS = 128
+#: A share smaller than this many input fragments is not given to a helper.
+MIN_SHARE = 32
+#: How long ``ready`` may wait for the helpers (0: it never waits, the task goes on copying;
+#: tests that must see a share raise it).
+READY_TIMEOUT = 0.0
+#: The module a helper process runs.
+HELPER_MODULE = "lance_assets.engine.copying.part_main"
+
+
+def usable_processes(wanted: int) -> int:
+    """``wanted`` processes, at most as many as this process may run on (its CPU affinity)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(wanted, cpus))
+
+
+@dataclass
+class Share:
+    """Input fragments ``[first, stop)`` of the output, given to one helper to write at ``path``."""
+
+    first: int
+    stop: int
+    path: str
+    result: dict[str, Any] | None = None  # the helper's report, once it finished well
+    error: str = ""  # why the share falls back to the task's own process
+
+
+@dataclass
+class _Helper:
+    process: subprocess.Popen[bytes]
+    lines: queue.Queue[bytes | None]
+    stderr: IO[bytes]
+    ready: bool = False
+    failed: str = ""
+    share: Share | None = None
+    reader: threading.Thread | None = field(default=None, repr=False)
+
+
+class PartHelpers:
+    """Helper processes started for one output file (``count`` of them), each sent ``request``."""
+
+    def __init__(self, request: Mapping[str, Any], count: int, scratch: str) -> None:
+        self._scratch = scratch
+        self._helpers: list[_Helper] = []
+        self.shares: list[Share] = []
+        line = (json.dumps(request) + "\n").encode()
+        for _ in range(count):
+            try:
+                helper = self._start(line)
+            except OSError as exc:
+                logger.info("no helper process for this output (%s): it is written by one process", exc)
+                break
+            self._helpers.append(helper)
+
+    def _start(self, request_line: bytes) -> _Helper:
+        stderr = tempfile.TemporaryFile(dir=self._scratch)  # noqa: SIM115 (the helper's, closed by close())
+        # the helper imports the modules this process imported (its sys.path, not only the installed ones)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", HELPER_MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
+            )
+        except BaseException:
+            stderr.close()
+            raise
+        lines: queue.Queue[bytes | None] = queue.Queue()
+        assert process.stdin is not None and process.stdout is not None
+        helper = _Helper(process, lines, stderr)
+        stdout = process.stdout
+
+        def read() -> None:
+            for raw in stdout:
+                lines.put(raw)
+            lines.put(None)  # the helper closed its output: it has ended
+
+        helper.reader = threading.Thread(target=read, name="lance-assets-part-helper", daemon=True)
+        helper.reader.start()
+        try:
+            process.stdin.write(request_line)
+            process.stdin.flush()
+        except OSError as exc:
+            helper.failed = f"the helper did not take its request: {exc}"
+        return helper
+
+    def __bool__(self) -> bool:
+        return bool(self._helpers)
+
+    def ready(self) -> bool:
+        """Whether every helper has said it is ready (or has failed): the moment to share out
+        the inputs left. Waits at most ``READY_TIMEOUT`` seconds."""
+        for helper in self._helpers:
+            while not (helper.ready or helper.failed):
+                try:
+                    raw = helper.lines.get(timeout=READY_TIMEOUT) if READY_TIMEOUT else helper.lines.get_nowait()
+                    message = _message(raw, helper)
+                except queue.Empty:
+                    return False
+                if message is not None and message.get("ready"):
+                    helper.ready = True
+        return True
+
+    def share_out(self, first: int, stop: int) -> int:
+        """Cut the inputs ``[first, stop)`` not copied yet into one share per process (this one's
+        first), send the helpers theirs, and return where this process's share ends. Helpers
+        that failed, or shares too small to pay, are left out."""
+        ready = [h for h in self._helpers if h.ready and not h.failed]
+        parts = min(len(ready) + 1, (stop - first) // MIN_SHARE)
+        if parts < 2:
+            self.close()
+            return stop
+        bounds = [first + (stop - first) * k // parts for k in range(parts + 1)]
+        logger.debug("inputs %d-%d shared out among %d processes: %s", first, stop - 1, parts, bounds)
+        for k, helper in enumerate(ready[: parts - 1], start=1):
+            share = Share(bounds[k], bounds[k + 1], os.path.join(self._scratch, f"part-{k}.lance"))
+            self.shares.append(share)
+            helper.share = share
+            self._send(helper, {"first": share.first, "stop": share.stop, "path": share.path})
+        for helper in ready[parts - 1 :] + [h for h in self._helpers if not h.ready or h.failed]:
+            self._stop(helper)
+        return bounds[1]
+
+    def finished(self) -> Iterator[Share]:
+        """Each share in input order once its helper has ended: with ``result`` when it wrote its
+        part, else with ``error`` (the caller copies that share itself)."""
+        for helper in self._helpers:
+            share = helper.share
+            if share is None:
+                continue
+            while share.result is None and not share.error:
+                message = _message(helper.lines.get(), helper)
+                if message is None:
+                    share.error = helper.failed or "the helper ended without a result"
+                elif "result" in message:
+                    share.result = message["result"]
+                elif "error" in message:
+                    share.error = str(message["error"])
+            if share.error:
+                logger.info("inputs %d-%d are copied here after all: %s", share.first, share.stop - 1, share.error)
+            yield share
+
+    def _send(self, helper: _Helper, message: Mapping[str, Any]) -> None:
+        stdin = helper.process.stdin
+        try:
+            assert stdin is not None
+            stdin.write((json.dumps(message) + "\n").encode())
+            stdin.close()
+        except OSError as exc:
+            helper.failed = f"the helper did not take its share: {exc}"
+
+    def _stop(self, helper: _Helper) -> None:
+        if helper.process.poll() is None:
+            helper.process.kill()
+
+    def close(self) -> None:
+        """End every helper (a finished one has ended already) and release its pipes."""
+        for helper in self._helpers:
+            self._stop(helper)
+            helper.process.wait()
+            for stream in (helper.process.stdin, helper.process.stdout):
+                if stream is not None and not stream.closed:
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+            if helper.reader is not None:
+                helper.reader.join()
+            helper.stderr.close()
+        self._helpers = []
+
+
+def _message(raw: bytes | None, helper: _Helper) -> dict[str, Any] | None:
+    """One line from a helper as a JSON object; None when the helper has ended (its failure,
+    with what it wrote to stderr, recorded on it)."""
+    if raw is None:
+        if not helper.failed:
+            helper.process.wait()
+            helper.stderr.seek(0)
+            said = helper.stderr.read().decode(errors="replace").strip().splitlines()
+            helper.failed = f"the helper ended (exit code {helper.process.returncode}): {said[-1] if said else 'no message'}"
+        return None
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return {}
+    return message if isinstance(message, dict) else {}
