@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from lance_assets.engine.committing.commit import commit_compaction
+from lance_assets.engine.copying import parts
 from lance_assets.engine.copying.reencode import pylance_available
 from lance_assets.engine.dataset import Dataset, DatasetRef, storage_of
 from lance_assets.engine.indices import INDEX_REMAP_DEFER, index_views
@@ -301,10 +302,30 @@ def compact(
     options = options or CompactionOptions()
     started = time.monotonic()
     storage = storage_of(uri, storage_options)  # one Storage for the whole run
-    plan = plan_compaction(storage, options)
-    if on_plan:
-        on_plan(plan)
-    if options.dry_run:
-        return dry_run_report(plan, time.monotonic() - started)
-    report = run_plan(plan, storage=storage, progress=progress, on_task_done=on_task_done, max_workers=max_workers, runner=runner)
+    ds = Dataset.open(storage)
+    if _helpers_may_pay(ds, options, runner):
+        parts.start_early(parts.usable_processes(options.task_processes) - 1)  # they start while we plan
+    try:
+        plan = plan_compaction(ds, options)
+        if on_plan:
+            on_plan(plan)
+        if options.dry_run:
+            return dry_run_report(plan, time.monotonic() - started)
+        report = run_plan(
+            plan, storage=storage, progress=progress, on_task_done=on_task_done, max_workers=max_workers, runner=runner
+        )
+    finally:
+        parts.stop_early()
     return replace(report, seconds=time.monotonic() - started)
+
+
+def _helpers_may_pay(ds: Dataset, options: CompactionOptions, runner: TaskRunner | None) -> bool:
+    """Whether an output of this run may merge enough local files for helper processes
+    (``copying.parts``) to pay: then they are started before planning, which they overlap."""
+    return (
+        not options.dry_run
+        and options.task_processes > 1
+        and ds.storage.is_local
+        and (runner is None or isinstance(runner, LocalRunner))
+        and len(ds.manifest.fragments) >= parts.MIN_INPUTS
+    )

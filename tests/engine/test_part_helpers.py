@@ -10,6 +10,7 @@ thresholds that make them worth starting are lowered in most tests to keep datas
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import lance
@@ -60,6 +61,23 @@ def shared(caplog: pytest.LogCaptureFixture) -> bool:
     return any(SHARED in r.getMessage() for r in caplog.records)
 
 
+def helper_processes() -> list[int]:
+    """This process's children that run the part helper (Linux: read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), -1)
+        if ppid == os.getpid() and parts.HELPER_MODULE.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 def assert_same_order(path: Path, expected: pa.Table) -> None:
     assert lance.dataset(str(path)).to_table() == expected
     assert_reads_every_way(path, expected)
@@ -99,6 +117,7 @@ def test_default_thresholds_share_a_real_streaming_output(
     expected = write_fragments(path, "2.2", 600)
     report = compact(str(path))
     assert shared(caplog) == (parts.usable_processes(2) > 1)
+    assert helper_processes() == [], "a helper outlived the compaction"
     assert report.fragments_added == 1 and report.columns_left_small == []
     assert_same_order(path, expected)
 

@@ -74,51 +74,85 @@ class _Helper:
     reader: threading.Thread | None = field(default=None, repr=False)
 
 
+def _spawn() -> _Helper:
+    """A helper process: it imports what it needs, then waits for its request."""
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the helper's, closed with it)
+    # the helper imports the modules this process imported (its sys.path, not only the installed ones)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", HELPER_MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
+        )
+    except BaseException:
+        stderr.close()
+        raise
+    lines: queue.Queue[bytes | None] = queue.Queue()
+    assert process.stdout is not None
+    helper = _Helper(process, lines, stderr)
+    stdout = process.stdout
+
+    def read() -> None:
+        for raw in stdout:
+            lines.put(raw)
+        lines.put(None)  # the helper closed its output: it has ended
+
+    helper.reader = threading.Thread(target=read, name="lance-assets-part-helper", daemon=True)
+    helper.reader.start()
+    return helper
+
+
+_early: list[_Helper] = []  # started before their request (``start_early``), not taken yet
+_early_lock = threading.Lock()
+
+
+def start_early(count: int) -> None:
+    """Start ``count`` helpers now, before the output that will use them is known (while the
+    run plans), so that they are ready sooner; ``PartHelpers`` takes them first."""
+    with _early_lock:
+        for _ in range(count - len(_early)):
+            try:
+                _early.append(_spawn())
+            except OSError as exc:
+                logger.info("no helper process started early (%s)", exc)
+                return
+
+
+def stop_early() -> None:
+    """End the helpers ``start_early`` started that no output took."""
+    with _early_lock:
+        left = _early[:]
+        del _early[:]
+    for helper in left:
+        _close(helper)
+
+
 class PartHelpers:
-    """Helper processes started for one output file (``count`` of them), each sent ``request``."""
+    """Helper processes for one output file (``count`` of them, taken from those started early
+    first), each sent ``request``."""
 
     def __init__(self, request: Mapping[str, Any], count: int, scratch: str) -> None:
         self._scratch = scratch
         self._helpers: list[_Helper] = []
         self.shares: list[Share] = []
         line = (json.dumps(request) + "\n").encode()
-        for _ in range(count):
+        with _early_lock:
+            taken = _early[:count]
+            del _early[:count]
+        for _ in range(count - len(taken)):
             try:
-                helper = self._start(line)
+                taken.append(_spawn())
             except OSError as exc:
                 logger.info("no helper process for this output (%s): it is written by one process", exc)
                 break
+        for helper in taken:
+            stdin = helper.process.stdin
+            try:
+                assert stdin is not None
+                stdin.write(line)
+                stdin.flush()
+            except OSError as exc:
+                helper.failed = f"the helper did not take its request: {exc}"
             self._helpers.append(helper)
-
-    def _start(self, request_line: bytes) -> _Helper:
-        stderr = tempfile.TemporaryFile(dir=self._scratch)  # noqa: SIM115 (the helper's, closed by close())
-        # the helper imports the modules this process imported (its sys.path, not only the installed ones)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", HELPER_MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
-            )
-        except BaseException:
-            stderr.close()
-            raise
-        lines: queue.Queue[bytes | None] = queue.Queue()
-        assert process.stdin is not None and process.stdout is not None
-        helper = _Helper(process, lines, stderr)
-        stdout = process.stdout
-
-        def read() -> None:
-            for raw in stdout:
-                lines.put(raw)
-            lines.put(None)  # the helper closed its output: it has ended
-
-        helper.reader = threading.Thread(target=read, name="lance-assets-part-helper", daemon=True)
-        helper.reader.start()
-        try:
-            process.stdin.write(request_line)
-            process.stdin.flush()
-        except OSError as exc:
-            helper.failed = f"the helper did not take its request: {exc}"
-        return helper
 
     def __bool__(self) -> bool:
         return bool(self._helpers)
@@ -192,18 +226,23 @@ class PartHelpers:
     def close(self) -> None:
         """End every helper (a finished one has ended already) and release its pipes."""
         for helper in self._helpers:
-            self._stop(helper)
-            helper.process.wait()
-            for stream in (helper.process.stdin, helper.process.stdout):
-                if stream is not None and not stream.closed:
-                    try:
-                        stream.close()
-                    except OSError:
-                        pass
-            if helper.reader is not None:
-                helper.reader.join()
-            helper.stderr.close()
+            _close(helper)
         self._helpers = []
+
+
+def _close(helper: _Helper) -> None:
+    if helper.process.poll() is None:
+        helper.process.kill()
+    helper.process.wait()
+    for stream in (helper.process.stdin, helper.process.stdout):
+        if stream is not None and not stream.closed:
+            try:
+                stream.close()
+            except OSError:
+                pass
+    if helper.reader is not None:
+        helper.reader.join()
+    helper.stderr.close()
 
 
 def _message(raw: bytes | None, helper: _Helper) -> dict[str, Any] | None:
