@@ -109,12 +109,19 @@ def start_early(count: int) -> None:
     """Start ``count`` helpers now, before the output that will use them is known (while the
     run plans), so that they are ready sooner; ``PartHelpers`` takes them first."""
     with _early_lock:
-        for _ in range(count - len(_early)):
-            try:
-                _early.append(_spawn())
-            except OSError as exc:
-                logger.info("no helper process started early (%s)", exc)
-                return
+        _early.extend(_spawned(count - len(_early)))
+
+
+def _spawned(count: int) -> list[_Helper]:
+    """Up to ``count`` new helpers (fewer when the OS refuses a process: the work is shared by fewer)."""
+    out: list[_Helper] = []
+    for _ in range(count):
+        try:
+            out.append(_spawn())
+        except OSError as exc:
+            logger.info("no helper process started (%s)", exc)
+            break
+    return out
 
 
 def stop_early() -> None:
@@ -138,12 +145,7 @@ class PartHelpers:
         with _early_lock:
             taken = _early[:count]
             del _early[:count]
-        for _ in range(count - len(taken)):
-            try:
-                taken.append(_spawn())
-            except OSError as exc:
-                logger.info("no helper process for this output (%s): it is written by one process", exc)
-                break
+        taken += _spawned(count - len(taken))
         for helper in taken:
             stdin = helper.process.stdin
             try:
@@ -176,6 +178,9 @@ class PartHelpers:
         first), send the helpers theirs, and return where this process's share ends. Helpers
         that failed, or shares too small to pay, are left out."""
         ready = [h for h in self._helpers if h.ready and not h.failed]
+        for helper in self._helpers:
+            if helper.failed:
+                logger.info("a helper process is left out: %s", helper.failed)
         parts = min(len(ready) + 1, (stop - first) // MIN_SHARE)
         if parts < 2:
             self.close()
