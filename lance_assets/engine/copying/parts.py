@@ -141,7 +141,11 @@ class PartHelpers:
         self._scratch = scratch
         self._helpers: list[_Helper] = []
         self.shares: list[Share] = []
-        line = (json.dumps(request) + "\n").encode()
+        try:
+            line = (json.dumps(request) + "\n").encode()
+        except (TypeError, ValueError) as exc:  # e.g. storage options holding objects: no helpers
+            logger.info("no helper processes: their request does not serialise (%s)", exc)
+            return
         with _early_lock:
             taken = _early[:count]
             del _early[:count]
