@@ -839,14 +839,19 @@ class _MergedFile:
 
     def finish_columns(self, retry: bool) -> list[file2_pb2.ColumnMetadata]:
         """The pending re-cut pages and the re-encoded columns written; every column's metadata.
-        With ``retry``, raises _PylanceWanted when enough small pages could not be re-cut."""
+        With ``retry``, raises _PylanceWanted when a column is left made of small pages because
+        some of them could not be re-cut."""
         merge, tally, names = self.merge, self.tally, self.names
         self.flush_natives()
         self.count_natives()
-        stuck = [fid for fid, small in self.foreign.items() if small >= page_health.MIN_SMALL_PAGES]
-        if retry and stuck and coalesce.pylance_writer_available():
-            tops = coalesce.top_level(merge.ds.manifest.fields)
-            raise _PylanceWanted([fid for fid in merge.out_fields if tops.get(fid) in {tops[f] for f in stuck}])
+        finished: dict[int, file2_pb2.ColumnMetadata] = {}
+        if retry and self.foreign and coalesce.pylance_writer_available():
+            # (the re-cut columns take nothing more: finished now, they are not finished again below)
+            finished = {fid: self.mergers[fid].finish() for fid, small in self.foreign.items() if small}
+            stuck = [fid for fid, column in finished.items() if page_health.column_pages(column.pages).fragmented]
+            if stuck:
+                tops = coalesce.top_level(merge.ds.manifest.fields)
+                raise _PylanceWanted([fid for fid in merge.out_fields if tops.get(fid) in {tops[f] for f in stuck}])
         coalesced = self.coalesced
         if coalesced is not None:
             # The re-encoded columns' pages, after every input's: one source, rows from 0.
@@ -858,7 +863,7 @@ class _MergedFile:
             for fid, column in zip(coalesced.fields, coalesced.meta.columns):
                 self.mergers[fid].add(column, move, 0)
             tally.by_pylance.update(names.get(fid, str(fid)) for fid in coalesced.fields)
-        columns = [self.mergers[fid].finish() for fid in merge.out_fields]
+        columns = [finished[fid] if fid in finished else self.mergers[fid].finish() for fid in merge.out_fields]
         tally.pages_after += sum(len(c.pages) for c in columns)
         tally.left_small.update(
             names.get(fid, str(fid)) for fid, c in zip(merge.out_fields, columns) if page_health.column_pages(c.pages).fragmented
