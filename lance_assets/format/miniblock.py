@@ -4,13 +4,13 @@ Binary copy of many small appends leaves a column of thousands of one-chunk page
 reader pays per page. This module coalesces such pages without pylance and without changing a
 value: it decodes each small page's chunks (the encodings pylance's writer picks for small
 pages: flat, variable-width, fast-lanes bit-packed and run-length values, fixed-size lists of
-fixed-width values; flat, bit-packed and run-length levels; all-null and single-value pages)
-and writes the concatenation as a few large pages of plain encodings (flat values, flat 16-bit
-levels), cut into chunks that obey the mini-block rule: every chunk but a page's last holds a
-power of two of values, at most 4,096. The byte layout is described in docs/format.md
-("Mini-block pages"). Anything else (dictionaries, FSST, general compression, 2.0 and 2.3
-pages) is not decodable here (``decodable``): the caller copies those pages as they are or has
-pylance re-encode them.
+fixed-width values; flat, bit-packed and run-length levels; all-null pages and pages of one
+repeated value, fixed-width or a string's) and writes the concatenation as a few large pages of
+plain encodings (flat values, flat 16-bit levels), cut into chunks that obey the mini-block
+rule: every chunk but a page's last holds a power of two of values, at most 4,096. The byte
+layout is described in docs/format.md ("Mini-block pages"). Anything else (dictionaries, FSST,
+general compression, 2.0 and 2.3 pages) is not decodable here (``decodable``): the caller
+copies those pages as they are or has pylance re-encode them.
 
 numpy does the bit work; it is imported with this module, which the copy loads on first use.
 """
@@ -53,6 +53,14 @@ WIDE_SIZES_FIELD = 10
 #: AllNullLayout field 6: on 2.2 pages of one repeated fixed-width value, that value's bytes.
 CONSTANT_VALUE_FIELD = 6
 _WIDE_SIZES_BYTES = bytes([WIDE_SIZES_FIELD << 3, 1])
+#: Offset bits of the variable-width logical types (the manifest's names) whose pages of one
+#: repeated value this module decodes.
+_OFFSET_BITS = {"string": 32, "binary": 32, "large_string": 64, "large_binary": 64}
+#: A repeated-value buffer starts with a u32 buffer count (2) and a u32 size per buffer.
+_REPEATED_HEADER = 12
+#: A page of one repeated value decodes to rows x value bytes: beyond this many, it is left to
+#: pylance (a small page of millions of rows of one long value would not fit the memory bound).
+MAX_REPEATED_BYTES = 64 * 1024 * 1024
 _LIST_LAYERS = frozenset(
     {enc21.REPDEF_ALL_VALID_LIST, enc21.REPDEF_NULLABLE_LIST, enc21.REPDEF_EMPTYABLE_LIST, enc21.REPDEF_NULL_AND_EMPTY_LIST}
 )
@@ -164,6 +172,7 @@ class _Codec:
     num_items: int
     buffers: int = 1  # value buffers per chunk
     constant: bytes | None = None  # the one value of every row of a constant page
+    repeated: bool = False  # every row holds one variable-width value, kept in the first buffer
 
     @cached_property
     def values_key(self) -> tuple[Shape, bytes]:
@@ -177,33 +186,50 @@ class _Codec:
         return tuple(e.SerializeToString(deterministic=True) if e is not None else b"" for e in (self.rep, self.defs))  # type: ignore[return-value]
 
 
-def page_codec(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, boolean: bool = False) -> _Codec | None:
+def page_codec(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, logical_type: str = "") -> _Codec | None:
     """How this page decodes, when this module decodes it (else None): its encoding is one this
     module reads and its buffers are the ones that encoding has (none for all-null and constant
-    pages: the same encoding bytes with buffers mean another layout, e.g. a repeated string
-    with nulls). The copy asks once per small page and hands the answer to ``defer_page``."""
+    pages: the same encoding bytes with buffers mean a page of one repeated variable-width
+    value). ``logical_type`` is the column's (the manifest's name for it): pages of one value
+    do not say whether it is a boolean, nor how wide a string's offsets are. The copy asks once
+    per small page and hands the answer to ``defer_page``."""
+    found = _page_codec(page, version, logical_type)
+    return None if isinstance(found, str) else found
+
+
+def decodable(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, logical_type: str = "") -> bool:
+    """Whether ``defer_page`` takes this page (``page_codec`` knows how it decodes)."""
+    return page_codec(page, version, logical_type) is not None
+
+
+def _page_codec(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, logical_type: str) -> _Codec | str:
+    """``page_codec``, or why this module does not decode the page."""
     if page.encoding.WhichOneof("location") != "direct":
-        return None
-    codec = _codec(page.encoding.direct.encoding, version, boolean)
+        return "page encoding stored outside the page"
+    codec = _codec(page.encoding.direct.encoding, version, logical_type)
     if isinstance(codec, str):
-        return None
-    sizes = page.buffer_sizes
-    if codec.constant is not None:
-        fits = list(sizes) == [0, 2 * page.length] if codec.shape.defs else not sizes
+        return codec
+    sizes = list(page.buffer_sizes)
+    if codec.shape.null and sizes:  # the all-null encoding with buffers: one repeated value, with nulls
+        codec = _repeated_codec(version, logical_type, nulls=True)
+        if isinstance(codec, str):
+            return codec
+    if codec.repeated:
+        fits = bool(sizes) and sizes[1:] == ([0, 2 * page.length] if codec.shape.defs else [])
+        value_bytes = sizes[0] - _REPEATED_HEADER - 2 * codec.shape.bits // 8 if fits else 0
+        if value_bytes > MAX_VALUE_BYTES or value_bytes * page.length > MAX_REPEATED_BYTES:
+            return f"a page of {page.length} rows of one {value_bytes}-byte value"
+    elif codec.constant is not None:
+        fits = sizes == [0, 2 * page.length] if codec.shape.defs else not sizes
     elif codec.shape.null:
         fits = not sizes
     else:
         fits = len(sizes) == (3 if codec.shape.rep else 2)
-    return codec if fits else None
-
-
-def decodable(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, boolean: bool = False) -> bool:
-    """Whether ``defer_page`` takes this page (``page_codec`` knows how it decodes)."""
-    return page_codec(page, version, boolean) is not None
+    return codec if fits else f"{len(sizes)} buffers where its encoding has others"
 
 
 @lru_cache(maxsize=4096)
-def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Codec | str:
+def _codec(encoding: bytes, version: FileVersion, logical_type: str = "") -> _Codec | str:
     """How a page's encoding bytes read, or why this module does not decode it."""
     if version not in (FileVersion.V2_1, FileVersion.V2_2):
         return f"{version.value} pages are not mini-block pages this copier decodes"
@@ -215,7 +241,7 @@ def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Cod
     except DecodeError:
         return "page encoding does not parse"
     if layout.WhichOneof("layout") == "all_null_layout":
-        return _all_null_codec(wrapper.value, layout, version, boolean)
+        return _all_null_codec(wrapper.value, layout, version, logical_type)
     if layout.WhichOneof("layout") != "mini_block_layout":
         return f"{layout.WhichOneof('layout')} page"
     mb = layout.mini_block_layout
@@ -247,11 +273,14 @@ def _codec(encoding: bytes, version: FileVersion, boolean: bool = False) -> _Cod
     return _Codec(shape, rep, defs, mb.value_compression, mb.num_items, mb.num_buffers)
 
 
-def _all_null_codec(value: bytes, layout: enc21.PageLayout, version: FileVersion, boolean: bool) -> _Codec | str:
-    """An all-null layout: a flat column's all-null page, or (2.2) a page of one repeated
-    fixed-width value, written as an all-null layout carrying the value's bytes (field 6): of
-    a valid item with no buffers, or of a nullable item with two buffers (no repetition
-    levels, then one little-endian u16 definition level per row)."""
+def _all_null_codec(value: bytes, layout: enc21.PageLayout, version: FileVersion, logical_type: str) -> _Codec | str:
+    """An all-null layout: a flat column's all-null page, or (2.2) a page of one repeated value.
+    A fixed-width value is written as an all-null layout carrying the value's bytes (field 6):
+    of a valid item with no buffers, or of a nullable item with two buffers (no repetition
+    levels, then one little-endian u16 definition level per row). A variable-width value has no
+    field 6 but buffers (``_repeated_codec``): a valid item's page is told here, a nullable
+    one's only by its buffers (``_page_codec``), as its encoding is an all-null page's."""
+    boolean = logical_type == "bool"
     fields = wire_fields(value)
     inner = wire_fields(fields[0][2]) if fields and len(fields) == 1 and isinstance(fields[0][2], bytes) else None
     item_layers = {bytes([enc21.REPDEF_ALL_VALID_ITEM]): False, bytes([enc21.REPDEF_NULLABLE_ITEM]): True}
@@ -271,11 +300,27 @@ def _all_null_codec(value: bytes, layout: enc21.PageLayout, version: FileVersion
         layer = enc21.REPDEF_NULLABLE_ITEM if nulls else enc21.REPDEF_ALL_VALID_ITEM
         shape = Shape((layer,), False, nulls, False, bits, version is FileVersion.V2_2)
         return _Codec(shape, None, None, enc21.CompressiveEncoding(), 0, 0, constant)
+    if fields == [(2, 2, bytes([5 << 3 | 2, 1, enc21.REPDEF_ALL_VALID_ITEM]))]:
+        return _repeated_codec(version, logical_type, nulls=False)
     simple = wire_fields(layout.all_null_layout.SerializeToString()) == [(5, 2, bytes([enc21.REPDEF_NULLABLE_ITEM]))]
     if not simple or fields != [(2, 2, layout.all_null_layout.SerializeToString())]:
         return "all-null page of a nested column"
     null = Shape((enc21.REPDEF_NULLABLE_ITEM,), False, True, False, 0, version is FileVersion.V2_2, null=True)
     return _Codec(null, None, None, enc21.CompressiveEncoding(), 0)
+
+
+@lru_cache(maxsize=64)
+def _repeated_codec(version: FileVersion, logical_type: str, *, nulls: bool) -> _Codec | str:
+    """A page of one repeated variable-width value (2.2): the all-null layout of one item layer,
+    no field 6, and a first buffer holding the value as a tiny array of two buffers (``_one_value``);
+    with nulls (a nullable item layer) then an empty buffer and one u16 definition level per
+    row. The encoding is the same for 32- and 64-bit offsets: the column's logical type tells."""
+    bits = _OFFSET_BITS.get(logical_type)
+    if bits is None:
+        return f"a page of one repeated value of a column of type {logical_type or 'unknown'}"
+    layer = enc21.REPDEF_NULLABLE_ITEM if nulls else enc21.REPDEF_ALL_VALID_ITEM
+    shape = Shape((layer,), False, nulls, True, bits, version is FileVersion.V2_2)
+    return _Codec(shape, None, None, enc21.CompressiveEncoding(), 0, 0, repeated=True)
 
 
 def _values_kind(values: enc21.CompressiveEncoding) -> tuple[bool, int, int] | str:
@@ -404,7 +449,7 @@ def _decode_page(codec: _Codec, rows: int, buffers: Sequence[bytes | memoryview]
     """One mini-block page of ``rows`` rows (its buffers as read from the file) as a Run: the
     page by page way, for pages ``_decode_batch`` does not take."""
     shape = codec.shape
-    if codec.constant is not None:
+    if codec.constant is not None or codec.repeated:
         return _constant_page(codec, rows, buffers)
     if shape.null:
         if buffers:
@@ -467,25 +512,57 @@ def _decode_page(codec: _Codec, rows: int, buffers: Sequence[bytes | memoryview]
 
 
 def _constant_page(codec: _Codec, rows: int, buffers: Sequence[bytes | memoryview]) -> Run:
-    """A page of one repeated value: the value once per row (a null row holds it too, as a
-    mini-block page's null items hold a placeholder), with the page's definition levels."""
+    """A page of one repeated value, with the page's definition levels. A fixed-width value is
+    put in every row (a null row holds it too, as a mini-block page's null items hold a
+    placeholder); a variable-width one in every valid row, null rows holding an empty value."""
     shape = codec.shape
-    assert codec.constant is not None
+    rest = list(buffers)
+    value = codec.constant
+    if codec.repeated:
+        if not rest:
+            raise CorruptFileError("page of one repeated value without the value's buffer")
+        value = _one_value(rest.pop(0), shape.bits // 8)
+    assert value is not None
     levels = _Levels(shape, count=rows)
+    defs = None
     if shape.defs:
-        if len(buffers) != 2 or len(buffers[0]) or len(buffers[1]) != 2 * rows:
+        if len(rest) != 2 or len(rest[0]) or len(rest[1]) != 2 * rows:
             raise CorruptFileError("constant page with nulls whose buffers are not one u16 level per row")
-        defs = np.frombuffer(buffers[1], dtype="<u2")
+        defs = np.frombuffer(rest[1], dtype="<u2")
         if rows and int(defs.max()) > 1:
             raise CorruptFileError("constant page with a definition level above a null item's")
         levels.defs.append(defs.astype(np.uint16))
-    elif buffers:
+    elif rest:
         raise CorruptFileError("constant page with buffers")
+    if shape.variable:
+        valid = np.ones(rows, dtype=bool) if defs is None else defs == 0
+        data = np.frombuffer(value * int(np.count_nonzero(valid)), dtype=np.uint8)
+        return Run(shape, rows, [levels], [], [valid.astype(np.int64) * len(value)], [data], rows, len(data))
     if shape.bits == 1:
-        values = np.full(rows, codec.constant[0] & 1, dtype=np.uint8)
+        values = np.full(rows, value[0] & 1, dtype=np.uint8)
     else:
-        values = np.tile(np.frombuffer(codec.constant, dtype=np.uint8), rows)
+        values = np.tile(np.frombuffer(value, dtype=np.uint8), rows)
     return Run(shape, rows, [levels], [values], [], [], rows, len(values))
+
+
+def _one_value(raw: bytes | memoryview, width: int) -> bytes:
+    """The value of a page of one repeated variable-width value: its first buffer holds a u32
+    buffer count (2), a u32 size per buffer, then two offsets of ``width`` bytes (0 and the
+    value's length) and the value's bytes."""
+    head = _REPEATED_HEADER
+    if len(raw) < head + 2 * width:
+        raise CorruptFileError("a repeated value's buffer is shorter than its header")
+    count, offsets_size, value_size = struct.unpack_from("<III", raw, 0)
+    if count != 2 or offsets_size != 2 * width or len(raw) != head + offsets_size + value_size:
+        raise CorruptFileError(
+            f"a repeated value's buffer is not two buffers of {8 * width}-bit offsets and bytes, as the column's type says"
+        )
+    first, end = struct.unpack_from("<QQ" if width == 8 else "<II", raw, head)
+    if first != 0 or end != value_size:
+        raise CorruptFileError("a repeated value's offsets do not span its bytes")
+    if value_size > MAX_VALUE_BYTES:
+        raise NotNative(f"values longer than {MAX_VALUE_BYTES} bytes")
+    return bytes(raw[head + offsets_size :])
 
 
 def _aligned(n: int) -> int:
@@ -588,7 +665,7 @@ def _batchable(codec: _Codec) -> bool:
     """Pages ``_decode_batch`` decodes: one value buffer per chunk; flat, bit-packed,
     fixed-size-list or variable-width values; levels of every kind ``_codec`` takes (run-length
     encoded values, rare in small pages, and all-null and single-value pages go page by page)."""
-    if codec.shape.null or codec.constant is not None or codec.buffers != 1:
+    if codec.shape.null or codec.constant is not None or codec.repeated or codec.buffers != 1:
         return False
     return bool(codec.values.WhichOneof("compression") != "rle")
 
@@ -597,14 +674,14 @@ def defer_page(
     page: file2_pb2.ColumnMetadata.Page,
     buffers: Sequence[bytes | memoryview],
     version: FileVersion,
-    boolean: bool = False,
+    logical_type: str = "",
     codec: _Codec | None = None,
 ) -> Undecoded:
     """A page ``decodable`` says this module decodes, kept to be decoded by ``materialize``
     (``codec``: what ``page_codec`` said of it, when the caller asked already)."""
     encoding = page.encoding.direct.encoding
     if codec is None:
-        found = _codec(encoding, version, boolean)
+        found = _page_codec(page, version, logical_type)
         if isinstance(found, str):
             raise NotNative(found)
         codec = found
@@ -612,6 +689,8 @@ def defer_page(
     # decoded: fixed-width values at their width, variable-width ones about their raw size (the
     # raw bytes held until then are at most that: encodings here only ever shrink values)
     nbytes = codec.num_items * codec.shape.value_bytes if not codec.shape.variable else len(kept[1]) if len(kept) > 1 else 0
+    if codec.repeated and kept:  # one repeated value, copied into each row
+        nbytes = page.length * max(0, len(kept[0]) - _REPEATED_HEADER - codec.shape.bits // 4)
     nbytes = max(nbytes, sum(map(len, kept)))
     return Undecoded(encoding, codec, page.length, kept, nbytes)
 

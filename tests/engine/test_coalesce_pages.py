@@ -223,8 +223,8 @@ def test_flat_columns_beside_a_map_are_recut(tmp_path_factory: pytest.TempPathFa
 
 #: Hypothesis's choices for an example the property found: 2.2 appends of a binary column, some
 #: all null, most of one repeated value; the copy re-cut the first appends but could not decode
-#: the last three pages (one repeated variable-width value), and three such pages were too few to
-#: call pylance although the column ended with four small pages.
+#: the last three pages (one repeated variable-width value, which it now decodes too), and three
+#: such pages were too few to call pylance although the column ended with four small pages.
 _FEW_UNDECODABLE = b"AXicY3RkY3RkYHAEQkZHZkZHGUZHIUaQGCMEMQCFGQhDhgTcIJEI/SMTEhW0QxEyUCHiGRIIswFtIV/w"
 
 
@@ -238,10 +238,39 @@ def test_a_column_left_small_by_pages_the_copy_cannot_recut_goes_to_pylance(tmp_
     assert_reads_as(path, pa.concat_tables(tables))
 
 
+def few_names(n: int, k: int, nulls: bool = False) -> pa.Array:
+    """``n`` strings of five names, which pylance 14 writes (2.2) as a dictionary-encoded page:
+    one the copy does not decode."""
+    return pa.array([None if nulls and j % 2 else f"name-{(j + k) % 5}" for j in range(n)], pa.string())
+
+
+def test_a_few_pages_the_copy_cannot_recut_after_a_recut_one_go_to_pylance(tmp_path: Path) -> None:
+    """The shape of the example above, with pages the copy still cannot decode: three small
+    appends re-cut into one small page, then three dictionary pages; four small pages, so the
+    column goes to pylance's writer although only three could not be re-cut."""
+    tables = [
+        pa.table({"i": pa.array(range(20 * k, 20 * k + 20)), "s": pa.array([f"v{j}" for j in range(20)])}) for k in range(3)
+    ]
+    tables += [pa.table({"i": pa.array(range(60 + 100 * k, 160 + 100 * k)), "s": few_names(100, k)}) for k in range(3)]
+    path = tmp_path / "ds.lance"
+    write_appends(path, tables, "2.2")
+    report = cli_compact(path)
+    assert report["columns_left_small"] == [], report["notes"]
+    assert report["columns_coalesced_pylance"] == ["s"], report
+    assert data_file_pages(path)[0][1] == 1
+    assert_reads_as(path, pa.concat_tables(tables))
+
+
+#: The variable-width columns of ``constant_with_nulls``.
+TEXT_COLUMNS = ("s", "e", "ls", "bin", "lbin")
+
+
 def constant_with_nulls(start: int, n: int, k: int) -> pa.Table:
-    """An append whose flat columns hold one value (a different one per append for ``f``) with
-    nulls: pylance 14 writes each such column of a 2.2 file as one constant page with
-    definition levels, or a plain constant page when the append has no null."""
+    """An append whose flat columns hold one value (a different one per append for ``f``, ``s``
+    and ``lbin``) with nulls: pylance 14 writes each such column of a 2.2 file as one constant
+    page with definition levels, or a plain constant page when the append has no null (a
+    string's or binary's value in a buffer, a fixed-width one in the layout; ``e`` holds the
+    empty string)."""
     nulls = [j % (k + 2) == 1 for j in range(n)]
 
     def col(value: Any, t: pa.DataType) -> pa.Array:
@@ -257,9 +286,27 @@ def constant_with_nulls(start: int, n: int, k: int) -> pa.Table:
             "b": col(k % 2 == 0, pa.bool_()),
             "d": col(12, pa.decimal128(10, 2)),
             "t": col(1_700_000_000_000 + k, pa.timestamp("ms")),
+            "s": col(f"region-{k % 3}", pa.string()),
+            "e": col("", pa.string()),
+            "ls": col("hello large world", pa.large_string()),
+            "bin": col(b"\x00\xff", pa.binary()),
+            "lbin": col(bytes([k]) * 9, pa.large_binary()),
             "m": pa.array([[("a", k)]] * n, pa.map_(pa.string(), pa.int64())),
         }
     )
+
+
+def varied_text(table: pa.Table, seed: int) -> pa.Table:
+    """``table`` with its text columns holding a different value in each row (ordinary
+    variable-width pages), some null, some empty."""
+    n = len(table)
+    for name in TEXT_COLUMNS:
+        field = table.schema.field(name)
+        values = [None if j % 5 == 3 else "" if j % 7 == 0 else f"{name}-{seed}-{j}" for j in range(n)]
+        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            values = [None if v is None else v.encode() for v in values]  # type: ignore[misc]
+        table = table.set_column(table.column_names.index(name), name, pa.array(values, field.type))
+    return table
 
 
 @pytest.mark.parametrize("version", factory.V2_VERSIONS)
@@ -269,13 +316,20 @@ def test_columns_of_one_repeated_value_with_nulls_are_recut(tmp_path: Path, vers
     if version in ("2.0", "2.1"):  # map columns came with 2.2
         tables = [t.drop_columns(["m"]) for t in tables]
     tables[7] = tables[7].set_column(2, "u16", pa.array([7] * 50, pa.uint16()))  # an append without nulls
+    for k in (4, 9):  # appends of one repeated text value without nulls
+        for name in TEXT_COLUMNS:
+            column = tables[k].column(name)
+            tables[k] = tables[k].set_column(tables[k].column_names.index(name), name, column.fill_null(column.drop_null()[0]))
+    for k in (5, 6, 20):  # ordinary text pages between the repeated ones: they share a page
+        tables[k] = varied_text(tables[k], k)
     write_appends(path, tables, version)
     report = cli_compact(path)
     assert report["fragments_added"] == 1
-    flat = {"i8", "u16", "i32", "f", "b", "d", "t"}
+    flat = {"i8", "u16", "i32", "f", "b", "d", "t", *TEXT_COLUMNS}
     assert not flat & set(report["columns_left_small"]), report["notes"]
     if version in ("2.1", "2.2"):
         assert flat <= set(report["columns_coalesced_native"]), report
+        assert not flat & set(report["columns_coalesced_pylance"]), report
     (after,) = data_file_pages(path)
     fresh = fresh_pages(pa.concat_tables(tables), version, tmp_path / "fresh.lance")
     # 2.3 describes such pages in their layout alone (no buffers): nothing small to read, and

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from lance_assets import compact
 from lance_assets.errors import LanceAssetsError
 from lance_assets.format.pages import MIN_SMALL_PAGES
-from tests.engine.test_coalesce_pages import assert_reads_as, data_file_pages, fresh_pages, write_appends
+from tests.engine.test_coalesce_pages import assert_reads_as, data_file_pages, few_names, fresh_pages, write_appends
 from tests.support.assertions import tree_digest
 
 VERSIONS = ["2.1", "2.2"]
@@ -204,32 +204,21 @@ def test_random_appends_read_back_the_same(
         report = compact(str(path))
         assert report.fragments_added == 1
         assert_reads_as(path, pa.concat_tables(tables))
-        # Flat columns coalesce. Left small may be: a list column (pylance writes a list of
-        # nothing but nulls in another layout), and in 2.2 a string or binary column with an
-        # append of one repeated value (2.2 stores it as a constant page the copy does not decode).
-        allowed = {"l.item"}
-        if version == "2.2":
-            allowed |= {name for t in tables for name in t.column_names if _one_repeated_text(t[name])}
-        assert set(report.columns_left_small) <= allowed, report.notes
+        # Flat columns coalesce. Left small may be a list column (pylance writes a list of
+        # nothing but nulls in another layout).
+        assert set(report.columns_left_small) <= {"l.item"}, report.notes
 
     check()
 
 
-def _one_repeated_text(column: pa.ChunkedArray) -> bool:
-    """A string or binary column of one append that holds a single repeated value, no nulls."""
-    if not (pa.types.is_string(column.type) or pa.types.is_binary(column.type)) or column.null_count:
-        return False
-    return len(set(column.to_pylist())) == 1
-
-
 def test_a_later_input_the_copy_cannot_recut_goes_to_pylance(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The copy judges from the first input which columns it re-cuts; when later inputs hold
-    small pages it cannot decode (here 2.2 constant string pages: one repeated value each), the
-    output is written again with that column re-encoded by pylance, in the same single commit."""
+    small pages it cannot decode (here 2.2 dictionary-encoded string pages), the output is
+    written again with that column re-encoded by pylance, in the same single commit."""
     path = tmp_path / "ds.lance"
     tables = [streaming(k * 100, 100) for k in range(8)]
     for k in range(2, 2 + MIN_SMALL_PAGES):  # enough such pages that the column would read slowly
-        tables[k] = tables[k].set_column(2, "s", pa.array([f"same-{k}"] * 100))
+        tables[k] = tables[k].set_column(2, "s", few_names(100, k))
     write_appends(path, tables, "2.2")
     version = lance.dataset(str(path)).version
     with caplog.at_level(logging.INFO, logger="lance_assets.engine.copying"):
@@ -241,20 +230,33 @@ def test_a_later_input_the_copy_cannot_recut_goes_to_pylance(tmp_path: Path, cap
     assert_reads_as(path, pa.concat_tables(tables))
 
 
-@pytest.mark.parametrize("odd", [["same"] * 100, ["same", None] * 50])
-def test_one_page_the_copy_cannot_recut_stays_between_large_ones(
-    tmp_path: Path, odd: list[str | None], no_pylance_writer: None
-) -> None:
-    """2.2 stores a repeated string (with or without nulls) in layouts the copy does not decode;
-    the second has the very encoding bytes of an all-null page, but buffers."""
+@pytest.mark.parametrize("nulls", [False, True])
+def test_one_page_the_copy_cannot_recut_stays_between_large_ones(tmp_path: Path, nulls: bool, no_pylance_writer: None) -> None:
+    path = tmp_path / "ds.lance"
+    tables = [streaming(k * 100, 100) for k in range(8)]
+    tables[3] = tables[3].set_column(2, "s", few_names(100, 3, nulls))
+    write_appends(path, tables, "2.2")
+    report = compact(str(path))
+    assert report.columns_coalesced_native == ["b", "f", "i", "l.item", "s"] and report.columns_left_small == []
+    pages = dict(zip(["i", "f", "s", "b", "l"], data_file_pages(path)[0]))
+    assert pages["s"] == 3 and pages["i"] == 1  # rows 0-299 re-cut, the dictionary page, rows 400-799 re-cut
+    assert_reads_as(path, pa.concat_tables(tables))
+
+
+@pytest.mark.parametrize("odd", [["same"] * 100, ["same", None] * 50, [""] * 100, [None, ""] * 50])
+def test_a_repeated_string_is_recut_with_its_neighbours(tmp_path: Path, odd: list[str | None], no_pylance_writer: None) -> None:
+    """2.2 stores a string repeated in every row (with or without nulls) as an all-null layout
+    with the value in a buffer (the second has the very encoding bytes of an all-null page, but
+    buffers): the copy decodes it and re-cuts it with the ordinary pages around it."""
     path = tmp_path / "ds.lance"
     tables = [streaming(k * 100, 100) for k in range(8)]
     tables[3] = tables[3].set_column(2, "s", pa.array(odd, pa.string()))
     write_appends(path, tables, "2.2")
     report = compact(str(path))
     assert report.columns_coalesced_native == ["b", "f", "i", "l.item", "s"] and report.columns_left_small == []
+    assert report.columns_coalesced_pylance == []
     pages = dict(zip(["i", "f", "s", "b", "l"], data_file_pages(path)[0]))
-    assert pages["s"] == 3 and pages["i"] == 1  # rows 0-299 re-cut, the constant page, rows 400-799 re-cut
+    assert pages["s"] == 1 and pages["i"] == 1
     assert_reads_as(path, pa.concat_tables(tables))
 
 

@@ -18,12 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lance_assets._proto import file2_pb2
+from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.tail import read_v2_tail
 from lance_assets.errors import CorruptFileError
 from lance_assets.format import miniblock
 from lance_assets.format.v2file import FileVersion
 from lance_assets.io import Storage
-from tests.engine.test_coalesce_pages import appends_of_many_types, write_appends
+from tests.engine.test_coalesce_pages import TEXT_COLUMNS, appends_of_many_types, constant_with_nulls, varied_text, write_appends
 
 VERSIONS = {"2.1": FileVersion.V2_1, "2.2": FileVersion.V2_2}
 
@@ -31,21 +33,21 @@ VERSIONS = {"2.1": FileVersion.V2_1, "2.2": FileVersion.V2_2}
 def column_pages(path: Path, version: FileVersion) -> list[list[miniblock.Undecoded]]:
     """Per column (in file order), every decodable page of every data file, in row order."""
     storage = Storage(str(path))
+    logical_types = {f.id: f.logical_type for f in Dataset.open(str(path)).manifest.fields}
     columns: list[list[miniblock.Undecoded]] = []
     for frag in lance.dataset(str(path)).get_fragments():
         for df in frag.data_files():
             rel = f"data/{df.path}"
             meta, _, _ = read_v2_tail(storage, rel)
             raw = storage.read(rel)
-            booleans = {i for i, f in enumerate(meta.fields) if f.logical_type == "bool"}
+            types = {col: logical_types[fid] for fid, col in zip(df.fields, df.column_indices) if col >= 0}
             for i, column in enumerate(meta.columns):
                 while len(columns) <= i:
                     columns.append([])
                 for page in column.pages:
-                    # field order is column order for the flat schemas used here
-                    if miniblock.decodable(page, version, i in booleans):
+                    if miniblock.decodable(page, version, types.get(i, "")):
                         buffers = [raw[o : o + n] for o, n in zip(page.buffer_offsets, page.buffer_sizes)]
-                        columns[i].append(miniblock.defer_page(page, buffers, version, i in booleans))
+                        columns[i].append(miniblock.defer_page(page, buffers, version, types.get(i, "")))
     return columns
 
 
@@ -143,7 +145,9 @@ def test_damaged_pages_raise_typed_errors_only(damaged_source: list[list[miniblo
     NotNative, never a numpy or struct error, and never reads outside its buffers."""
     parts = data.draw(st.sampled_from([p for p in damaged_source if p]), label="column")
     k = data.draw(st.integers(0, len(parts) - 1), label="page")
-    which = data.draw(st.integers(0, 1), label="buffer")
+    if not parts[k].buffers:
+        return
+    which = data.draw(st.integers(0, len(parts[k].buffers) - 1), label="buffer")
     target = parts[k].buffers[which]
     if not target:
         return
@@ -179,7 +183,15 @@ def damaged_source(tmp_path_factory: pytest.TempPathFactory) -> list[list[minibl
         )
     path = tmp_path_factory.mktemp("damaged") / "ds.lance"
     write_appends(path, tables, "2.1")
-    return column_pages(path, FileVersion.V2_1)
+    # 2.2 pages of one repeated string or binary value (with and without nulls) beside ordinary ones
+    text = [constant_with_nulls(60 * k, 60, k).select(["i", *TEXT_COLUMNS]) for k in range(4)]
+    text[1] = varied_text(text[1], 1)
+    text[2] = text[2].filter(pa.array([j % (2 + 2) != 1 for j in range(60)]))  # the append without nulls
+    text_path = tmp_path_factory.mktemp("damaged") / "text.lance"
+    write_appends(text_path, text, "2.2")
+    repeated = column_pages(text_path, FileVersion.V2_2)
+    assert sum(p.codec.repeated for parts in repeated for p in parts) == 3 * len(TEXT_COLUMNS)
+    return column_pages(path, FileVersion.V2_1) + repeated
 
 
 @settings(max_examples=60, deadline=None, database=None, derandomize=True)
@@ -240,3 +252,64 @@ def test_constant_pages_with_nulls_decode_as_pylance_reads_them(tmp_path: Path) 
     for buffers in [(b"", part.buffers[1][:-2]), (b"\x00\x00", part.buffers[1]), (b"", b"\x02\x00" + part.buffers[1][2:])]:
         with pytest.raises(CorruptFileError):
             miniblock.materialize([dataclasses.replace(part, buffers=buffers)])
+
+
+def _texts(run: miniblock.Run) -> list[bytes | None]:
+    """The values of a decoded run of one flat variable-width column (None where null)."""
+    _, defs = miniblock._run_levels(run)  # each page's levels renumbered into the run's layers
+    nulls = defs.astype(bool) if defs is not None else np.zeros(run.rows, bool)
+    lengths = np.concatenate([np.asarray(x) for x in run.lengths])
+    data = b"".join(bytes(d) for d in run.data)
+    ends = np.cumsum(lengths).tolist()
+    return [None if null else data[end - n : end] for null, end, n in zip(nulls.tolist(), ends, lengths.tolist())]
+
+
+def test_repeated_text_pages_decode_as_pylance_reads_them(tmp_path: Path) -> None:
+    """2.2 writes a string or binary column whose rows hold one value as an all-null layout with
+    the value in a buffer (32- or 64-bit offsets, as the column's type says), and with nulls
+    one u16 definition level per row; decoded, the pages hold what pylance reads, in the shape
+    of the column's ordinary pages."""
+    path = tmp_path / "ds.lance"
+    with_nulls = constant_with_nulls(0, 40, 3).select(["i", *TEXT_COLUMNS])
+    without = constant_with_nulls(40, 40, 1).select(["i", *TEXT_COLUMNS]).filter(pa.array([j % 3 != 1 for j in range(40)]))
+    varied = varied_text(constant_with_nulls(80, 40, 2).select(["i", *TEXT_COLUMNS]), 2)
+    tables = [with_nulls, without, varied]
+    write_appends(path, tables, "2.2")
+    columns = column_pages(path, FileVersion.V2_2)
+    for name, parts in zip(with_nulls.column_names[1:], columns[1:]):
+        assert [p.codec.repeated for p in parts] == [True, True, False], name
+        assert [p.shape.defs for p in parts[:2]] == [True, False]
+        assert miniblock.combine(parts[0].shape, parts[2].shape) == parts[2].shape  # ordinary pages with nulls
+        assert miniblock.combine(parts[1].shape, parts[2].shape) == parts[2].shape
+        assert {p.shape.bits for p in parts} == {64 if name.startswith("l") else 32}
+        want = [v.encode() if isinstance(v, str) else v for t in tables for v in t.column(name).to_pylist()]
+        assert _texts(miniblock.materialize(parts)) == want, name
+        page = miniblock.encode_page(miniblock.materialize(parts))
+        assert page.rows == sum(map(len, tables))
+
+    s, ls = columns[1][0], columns[3][0]  # a string's page and a large string's, with nulls
+    wrong_width = dataclasses.replace(s, codec=ls.codec)  # read as if its offsets were 64-bit
+    value, empty, levels = s.buffers
+    for part in [
+        wrong_width,
+        dataclasses.replace(s, buffers=(value[:-1], empty, levels)),
+        dataclasses.replace(s, buffers=(b"\x03" + value[1:], empty, levels)),
+        dataclasses.replace(s, buffers=(value[:12] + b"\x01" + value[13:], empty, levels)),
+        dataclasses.replace(s, buffers=(value, b"\x00", levels)),
+        dataclasses.replace(s, buffers=(value, empty, levels[:-2])),
+        dataclasses.replace(s, buffers=(value, empty, b"\x02\x00" + levels[2:])),
+        dataclasses.replace(s, buffers=(value,)),
+    ]:
+        with pytest.raises(CorruptFileError):
+            miniblock.materialize([part])
+    # the encoding alone does not say the offsets' width: a column of another type is not decoded
+    assert miniblock.page_codec(_page_of(path, 1), FileVersion.V2_2, "int32") is None
+    assert miniblock.page_codec(_page_of(path, 1), FileVersion.V2_2, "string") is not None
+
+
+def _page_of(path: Path, column: int) -> file2_pb2.ColumnMetadata.Page:
+    """The first page of ``column`` in the dataset's first data file."""
+    df = lance.dataset(str(path)).get_fragments()[0].data_files()[0]
+    meta, _, _ = read_v2_tail(Storage(str(path)), f"data/{df.path}")
+    page: file2_pb2.ColumnMetadata.Page = meta.columns[column].pages[0]
+    return page

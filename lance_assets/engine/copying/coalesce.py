@@ -98,7 +98,7 @@ def pylance_fields(ds: Dataset, first: table_pb2.DataFragment, version: FileVers
     holds a column whose small pages, in the first input, the copy cannot re-cut itself. Later
     inputs usually share the first one's encodings; where they hold enough small pages the copy
     cannot re-cut, it writes the output once more with those fields given to pylance."""
-    native = NativeColumn(version, 0)
+    logical_types = {f.id: f.logical_type for f in ds.manifest.fields}
     guarded = repdef.guarded_field_ids(ds.manifest.fields, version)
     foreign = set()
     for df in first.files:
@@ -108,7 +108,7 @@ def pylance_fields(ds: Dataset, first: table_pb2.DataFragment, version: FileVers
                 continue
             pages = meta.columns[col].pages
             small = [p for p in pages if 0 < sum(p.buffer_sizes) < SMALL_PAGE_BYTES]
-            if small and (fid in guarded or native.takes(small) is None):
+            if small and (fid in guarded or NativeColumn(version, 0, logical_types.get(fid, "")).takes(small) is None):
                 foreign.add(fid)
     tops = top_level(ds.manifest.fields)
     foreign_tops = {tops[fid] for fid in foreign}
@@ -125,13 +125,15 @@ class NativeColumn:
     at most ``page_bytes`` of decoded values per column.
     """
 
-    def __init__(self, version: FileVersion, page_bytes: int, boolean: bool = False) -> None:
+    def __init__(self, version: FileVersion, page_bytes: int, logical_type: str = "") -> None:
         from lance_assets.format import miniblock  # numpy comes with it, only when compacting
 
         self._mb = miniblock
         self._version = version
         self._page_bytes = page_bytes
-        self._boolean = boolean  # the column holds booleans (pages of one value do not say)
+        # the column's logical type: pages of one value do not say whether it is a boolean, nor
+        # how wide a string's offsets are
+        self._type = logical_type
         self._pending: list[tuple[int, Any]] = []  # (first output row, miniblock.Undecoded) per page
         self._shape: Any = None  # the shape the pending pages share (miniblock.combine)
         self._nbytes = 0
@@ -143,12 +145,12 @@ class NativeColumn:
         """How each of these pages decodes (``miniblock.page_codec``) when every one is small (or
         has no buffers) and decodable; None when one is not."""
         codecs = []
-        page_codec, version, boolean = self._mb.page_codec, self._version, self._boolean
+        page_codec, version, logical_type = self._mb.page_codec, self._version, self._type
         for page in pages:
             sizes = page.buffer_sizes
             if sizes and not 0 < sum(sizes) < SMALL_PAGE_BYTES:
                 return None
-            codec = page_codec(page, version, boolean)
+            codec = page_codec(page, version, logical_type)
             if codec is None:
                 return None
             codecs.append(codec)
@@ -163,9 +165,9 @@ class NativeColumn:
         """One input file's pages of the column (with what ``takes`` said of them), their buffers
         read through ``buffer(offset, size)``, kept to be decoded together with the pages after
         them when the run is written (``miniblock.Undecoded``)."""
-        defer, version, boolean = self._mb.defer_page, self._version, self._boolean
+        defer, version, logical_type = self._mb.defer_page, self._version, self._type
         return [
-            defer(p, [buffer(o, n) for o, n in zip(p.buffer_offsets, p.buffer_sizes)], version, boolean, codec)
+            defer(p, [buffer(o, n) for o, n in zip(p.buffer_offsets, p.buffer_sizes)], version, logical_type, codec)
             for p, codec in zip(pages, codecs, strict=True)
         ]
 

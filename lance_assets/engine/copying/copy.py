@@ -638,7 +638,7 @@ class _MergedFile:
         self.skip = frozenset(coalesced.fields) if coalesced is not None else frozenset()
         logical_types = {f.id: f.logical_type for f in ds.manifest.fields}
         self.natives = {
-            fid: coalesce.NativeColumn(merge.version, native_page_bytes, logical_types.get(fid) == "bool")
+            fid: coalesce.NativeColumn(merge.version, native_page_bytes, logical_types.get(fid, ""))
             for fid in merge.out_fields
             if fid not in self.skip and fid not in self.guarded and native_page_bytes
         }
