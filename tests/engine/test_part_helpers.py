@@ -55,6 +55,7 @@ def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parts, "MIN_INPUTS", 8)
     monkeypatch.setattr(parts, "MIN_SHARE", 2)
     monkeypatch.setattr(parts, "READY_TIMEOUT", 60.0)
+    monkeypatch.setattr(parts, "LOAD_AWARE", False)
 
 
 def shared(caplog: pytest.LogCaptureFixture) -> bool:
@@ -113,6 +114,7 @@ def test_default_thresholds_share_a_real_streaming_output(
     """The default thresholds and options: 600 files of 20 rows are enough to share."""
     caplog.set_level(logging.DEBUG, logger=parts.__name__)
     monkeypatch.setattr(parts, "READY_TIMEOUT", 60.0)
+    monkeypatch.setattr(parts, "LOAD_AWARE", False)
     path = tmp_path / "ds.lance"
     expected = write_fragments(path, "2.2", 600)
     report = compact(str(path))
@@ -181,3 +183,13 @@ def test_a_damaged_input_in_a_helpers_share_raises_and_changes_nothing(tmp_path:
         compact(str(path), CompactionOptions(task_processes=2))
     assert lance.dataset(str(path)).version == ds.version
     assert sorted(p.name for p in (path / "data").iterdir()) == files
+
+
+def test_usable_processes_follow_the_cpus_and_their_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(parts, "LOAD_AWARE", False)
+    assert [parts.usable_processes(n) for n in (1, 2, 64)] == [1, min(2, cpus), cpus]
+    monkeypatch.setattr(parts, "LOAD_AWARE", True)
+    others = max(0.0, os.getloadavg()[0] - 1.0)
+    assert parts.usable_processes(64) in range(max(1, int(cpus - others + 0.5) - 1), cpus + 1)
+    assert parts.usable_processes(1) == 1

@@ -43,13 +43,27 @@ READY_TIMEOUT = 0.0
 HELPER_MODULE = "lance_assets.engine.copying.part_main"
 
 
+#: Whether ``usable_processes`` leaves out CPUs other work keeps busy (tests that must see a
+#: share turn it off: their machine's load is not theirs to choose).
+LOAD_AWARE = True
+
+
 def usable_processes(wanted: int) -> int:
-    """``wanted`` processes, at most as many as this process may run on (its CPU affinity)."""
+    """``wanted`` processes, at most as many as this process may run on (its CPU affinity) and,
+    with ``LOAD_AWARE``, as the CPUs other work leaves idle (the last minute's load average,
+    this process counted as one): on a busy machine a helper only competes for the same core."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(wanted, cpus))
+    free = cpus
+    if LOAD_AWARE:
+        try:
+            others = max(0.0, os.getloadavg()[0] - 1.0)
+        except (AttributeError, OSError):  # no load average on this system
+            others = 0.0
+        free = int(cpus - others + 0.5)
+    return max(1, min(wanted, cpus, free))
 
 
 @dataclass
