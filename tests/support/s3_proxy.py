@@ -34,6 +34,9 @@ class S3Proxy:
         self.fail = fail
         self.requests: Counter[str] = Counter()
         self.log: list[tuple[str, str]] = []  # (method, path with query) of every request, in arrival order
+        # (start, end, method, path) of every request, seconds of time.monotonic(): when it arrived
+        # and when its answer was sent, so overlaps and sequential chains can be told apart
+        self.timeline: list[tuple[float, float, str, str]] = []
         self.failed = 0
         self.in_flight: Counter[str] = Counter()  # by method
         self.max_in_flight: Counter[str] = Counter()
@@ -73,6 +76,7 @@ class S3Proxy:
         with self._lock:
             self.requests.clear()
             self.log.clear()
+            self.timeline.clear()
             self.failed = 0
             self.max_in_flight = Counter(self.in_flight)
 
@@ -98,6 +102,7 @@ class S3Proxy:
         return handler.rfile.read(length) if length else b""
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        started = time.monotonic()
         with self._lock:
             method = handler.command
             self.requests[method] += 1
@@ -147,3 +152,4 @@ class S3Proxy:
         finally:
             with self._lock:
                 self.in_flight[method] -= 1
+                self.timeline.append((started, time.monotonic(), method, handler.path))
