@@ -32,6 +32,8 @@ _S3_CREDENTIAL_KEYS = {
     "aws_session_token": "token",
     "session_token": "token",
 }
+#: Connections s3fs's client may keep open to the store (botocore's default is 10).
+POOL_CONNECTIONS = 256
 _S3_ENDPOINT_KEYS = ("aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url")
 _S3_REGION_KEYS = ("aws_region", "region", "aws_default_region")
 _S3_IGNORED_KEYS = (
@@ -62,6 +64,12 @@ def translate_options(options: dict[str, Any]) -> dict[str, Any]:
         out.pop(key, None)
     if client_kwargs:
         out["client_kwargs"] = client_kwargs
+    # botocore keeps at most 10 connections unless told otherwise, which would cap the requests
+    # in flight (``max_concurrent_requests``, the part uploads) at 10 whatever was asked for;
+    # connections are opened only as requests need them
+    config = dict(out.get("config_kwargs") or {})
+    config.setdefault("max_pool_connections", POOL_CONNECTIONS)
+    out["config_kwargs"] = config
     return out
 
 
