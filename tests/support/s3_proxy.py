@@ -24,6 +24,13 @@ FailRule = Callable[[str, str, dict[str, str]], "int | None"]
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a client opening dozens of connections at once (64
+    # requests in flight) overflowed it, and the dropped connects waited for the kernel's
+    # retransmit (up to a second) with nothing in flight: the proxy, not the store, was the wait
+    request_queue_size = 1024
+
+
 class S3Proxy:
     """``with S3Proxy(upstream_url, delay=0.02) as proxy: ... proxy.url ...``"""
 
@@ -55,7 +62,7 @@ class S3Proxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
