@@ -73,7 +73,7 @@ def _read_hint(storage: Storage) -> int | None:
 def _probe(storage: Storage, version: int) -> VersionLocation | None:
     for scheme in (mf.NamingScheme.V2, mf.NamingScheme.V1):
         loc = VersionLocation(version, scheme)
-        if storage.exists(loc.rel_path):
+        if storage.file_exists(loc.rel_path):
             return loc
     return None
 
@@ -91,7 +91,7 @@ def latest_version(storage: Storage) -> VersionLocation:
         if loc is not None:
             while True:
                 nxt = VersionLocation(loc.version + 1, loc.scheme)
-                if not storage.exists(nxt.rel_path):
+                if not storage.file_exists(nxt.rel_path):
                     return loc
                 loc = nxt
     versions = list_versions(storage)

@@ -79,6 +79,17 @@ def has_raw_calls(fs: Any, protocols: Sequence[str]) -> bool:
     return "s3" in protocols and callable(getattr(fs, "call_s3", None))
 
 
+def head_exists(fs: Any, path: str) -> bool:
+    """Whether the object at ``path`` exists: one HEAD (s3fs's ``exists`` lists the prefix too
+    when the object is missing, to find a folder)."""
+    bucket, key = fs.split_path(path)[:2]
+    try:
+        fs.call_s3("head_object", dict(getattr(fs, "req_kw", None) or {}), Bucket=bucket, Key=key)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def has_conditional_put(fs: Any) -> bool:
     """Whether ``fs.pipe_file(mode="create")`` is an atomic conditional PUT.
 

@@ -303,6 +303,15 @@ class Storage:
                 return os.path.exists(self.path(rel))
             return bool(self.fs.exists(self.path(rel)))
 
+    def file_exists(self, rel: str) -> bool:
+        """Whether the object ``rel`` (a file, not a folder) exists: on S3 one HEAD, where
+        ``exists`` follows a missing object with a listing (a folder of that name would exist)."""
+        if not self._s3_calls:
+            return self.exists(rel)
+        self._refresh(rel)
+        with self._errors(rel):
+            return s3.head_exists(self.fs, self.path(rel))
+
     def list(self, rel_dir: str, *, recursive: bool = False) -> list[Entry]:
         """Objects directly below ``rel_dir`` (with ``recursive``, at any depth, named by their
         path below ``rel_dir``, e.g. ``<stem>/<id>.blob``); an absent folder lists as empty."""
