@@ -336,7 +336,8 @@ def main() -> int:
         server.wait()
     command = " ".join(["python benchmarks/bench_object_store.py", *sys.argv[1:]])
     lines = [
-        "# Compaction on an object store (moto S3 on loopback" + (f", {args.latency_ms} ms per request)" if proxy else ")"),
+        "# Compaction on an object store (moto S3 on loopback"
+        + (f", {' and '.join(f'{x:g}' for x in args.latencies)} ms per request)" if proxy else ")"),
         "",
         f"Command: `{command}` — {(time.perf_counter() - started_all) / 60:.1f} min, "
         f"{platform.python_implementation()} {platform.python_version()}, pylance {getattr(lance, '__version__', '?')}, "
