@@ -1,6 +1,6 @@
 """Compaction on an object store: lance_assets against pylance on the same S3 data.
 
-A moto S3 server runs on loopback (the same one the tests use); pylance writes a vector dataset
+A moto S3 server runs on loopback (the same one the tests use, in a process of its own); pylance writes a vector dataset
 into it, once of a few large fragments and once of many small ones. Each run restores the
 dataset's pristine objects, then times one variant in a subprocess:
 
@@ -15,7 +15,11 @@ latency and bandwidth; ``--latency-ms`` puts a proxy (tests/support/s3_proxy.py)
 variants and moto that waits that long before each request, as a real store's round trip does,
 and counts the requests each variant made.
 
-    python benchmarks/bench_object_store.py [--cases large,small] [--runs 5] [--latency-ms 20]
+    python benchmarks/bench_object_store.py [--cases large,small,small300,many] [--runs 5] [--latency-ms 20,50]
+        [--variants ours,pylance_reencode] [--max-concurrent-requests 64]
+
+Each variant runs in a process of its own, which reports its peak RSS (``VmHWM``) and its
+RSS when the clock started (after the imports).
 """
 
 from __future__ import annotations
@@ -50,8 +54,20 @@ def _options(endpoint: str) -> dict[str, str]:
     }
 
 
-def child(variant: str, uri: str, endpoint: str, read_batch_bytes: int) -> None:
-    """One variant; the clock covers opening the dataset and compacting it (imports excluded)."""
+def _rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident set now (``VmRSS``) or its peak (``VmHWM``) from Linux's /proc,
+    MiB. (Not ``ru_maxrss``: a process started by fork and exec inherits its parent's.)"""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def child(variant: str, uri: str, endpoint: str, read_batch_bytes: int, max_requests: int) -> None:
+    """One variant; the clock covers opening the dataset and compacting it (imports excluded).
+    Prints seconds, the peak RSS of the process and its RSS when the clock started (after the
+    imports), MiB."""
     warnings.simplefilter("ignore")
     options = _options(endpoint)
     if variant.startswith("ours"):
@@ -62,13 +78,19 @@ def child(variant: str, uri: str, endpoint: str, read_batch_bytes: int) -> None:
 
         if variant == "ours_streamed":
             options = {**options, "lance_assets_server_side_copy": "false"}
+        rss_before = _rss_mib()
         started = time.perf_counter()
-        report = compact(uri, CompactionOptions(read_batch_bytes=read_batch_bytes), storage_options=options)
+        report = compact(
+            uri,
+            CompactionOptions(read_batch_bytes=read_batch_bytes, max_concurrent_requests=max_requests),
+            storage_options=options,
+        )
         seconds = time.perf_counter() - started
         out = {"fragments_removed": report.fragments_removed, "fragments_added": report.fragments_added}
     else:
         import lance
 
+        rss_before = _rss_mib()
         started = time.perf_counter()
         ds = lance.dataset(uri, storage_options=options)
         if variant == "pylance_reencode":
@@ -79,7 +101,7 @@ def child(variant: str, uri: str, endpoint: str, read_batch_bytes: int) -> None:
             )
         seconds = time.perf_counter() - started
         out = {"fragments_removed": metrics.fragments_removed, "fragments_added": metrics.fragments_added}
-    print(json.dumps({"seconds": seconds, **out}), flush=True)
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": _rss_mib("VmHWM"), "rss_before_mib": rss_before, **out}), flush=True)
 
 
 def _client(endpoint: str):  # type: ignore[no-untyped-def]
@@ -98,19 +120,20 @@ def _restore(client, bucket: str, pristine: list[str]) -> None:  # type: ignore[
         client.copy_object(Bucket=bucket, Key="work/" + key[len("pristine/") :], CopySource={"Bucket": bucket, "Key": key})
 
 
-# (fragments, rows per fragment) per case: a few large fragments (server-side copy matters) and
-# many small ones (request latency and overlap matter).
-CASES = {"large": (8, 8_000), "small": (200, 100)}
+# (fragments, rows per fragment, vector dimension) per case: a few large fragments (server-side
+# copy matters) and many small ones (request latency and overlap matter); "many" has 3,000
+# fragments of 100 rows of small columns (an 8-dim vector) so that it stays affordable.
+CASES = {"large": (8, 8_000, 768), "small": (200, 100, 768), "small300": (300, 100, 768), "many": (3_000, 100, 8)}
+DEFAULT_CASES = ("large", "small")
 
 
-def measure(
-    client, endpoint: str, case: str, shape: tuple[int, int], args: argparse.Namespace, proxy: Any = None
-) -> tuple[int, dict[str, list[float]], dict[str, list[int]]]:  # type: ignore[no-untyped-def]
+def _write_case(client, endpoint: str, case: str, shape: tuple[int, int, int], version: str):  # type: ignore[no-untyped-def]
+    """The case's dataset under ``pristine/`` of a new bucket; (bucket, pristine keys, data bytes, table)."""
     import lance
     import numpy as np
     import pyarrow as pa
 
-    fragments, rows_per_fragment = shape
+    fragments, rows_per_fragment, dim = shape
     bucket = f"bench-{case}"
     client.create_bucket(Bucket=bucket)
     rows = fragments * rows_per_fragment
@@ -118,7 +141,7 @@ def measure(
     table = pa.table(
         {
             "id": pa.array(np.arange(rows, dtype=np.int64)),
-            "vec": pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(rows * args.dim, dtype=np.float32)), args.dim),
+            "vec": pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(rows * dim, dtype=np.float32)), dim),
         }
     )
     with warnings.catch_warnings():
@@ -126,7 +149,7 @@ def measure(
         lance.write_dataset(
             table,
             f"s3://{bucket}/pristine",
-            data_storage_version=args.version,
+            data_storage_version=version,
             max_rows_per_file=rows_per_fragment,
             storage_options=_options(endpoint),
         )
@@ -138,127 +161,204 @@ def measure(
             for o in p.get("Contents", [])
         ]
 
-    pristine = [o["Key"] for o in keys("pristine/")]
-    data_bytes = sum(o["Size"] for o in keys("pristine/data/"))
+    return bucket, [o["Key"] for o in keys("pristine/")], sum(o["Size"] for o in keys("pristine/data/")), table
+
+
+def _run_variant(variant: str, work_uri: str, endpoint: str, args: argparse.Namespace) -> dict[str, Any]:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            work_uri,
+            endpoint,
+            "--read-batch-bytes",
+            str(args.read_batch_bytes),
+            "--max-concurrent-requests",
+            str(args.max_concurrent_requests),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{variant}: {proc.stderr[-2000:]}")
+    info: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return info
+
+
+def measure(client, endpoint: str, case: str, args: argparse.Namespace, proxy: Any = None) -> dict[float, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """Per latency: data bytes and, per variant, seconds, requests and RSS of each run."""
+    import lance
+
+    bucket, pristine, data_bytes, table = _write_case(client, endpoint, case, CASES[case], args.version)
     expected = table.sort_by("id")
     work_uri = f"s3://{bucket}/work"
-    print(f"{case}: {fragments} fragments, {data_bytes / 1e6:.0f} MB of data files, storage version {args.version}", flush=True)
-    seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    requests: dict[str, list[int]] = {v: [] for v in VARIANTS}
-    for run in range(args.runs):
-        order = VARIANTS[run % len(VARIANTS) :] + VARIANTS[: run % len(VARIANTS)]
-        for variant in order:
-            _restore(client, bucket, pristine)
-            if proxy is not None:
-                proxy.reset()
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    variant,
-                    work_uri,
-                    proxy.url if proxy else endpoint,
-                    "--read-batch-bytes",
-                    str(args.read_batch_bytes),
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"{variant}: {proc.stderr[-2000:]}")
-            info = json.loads(proc.stdout.strip().splitlines()[-1])
-            requests[variant].append(proxy.total if proxy is not None else 0)
-            got = lance.dataset(work_uri, storage_options=_options(endpoint))
-            if not got.to_table().sort_by("id").equals(expected) or len(got.get_fragments()) != 1:
-                raise RuntimeError(f"{variant}: compacted dataset differs from the original")
-            seconds[variant].append(info["seconds"])
-            print(f"  run {run + 1} {variant:20s} {info['seconds']:7.3f} s {requests[variant][-1]} requests", flush=True)
-    return data_bytes, seconds, requests
+    print(
+        f"{case}: {CASES[case][0]} fragments, {data_bytes / 1e6:.0f} MB of data files, storage version {args.version}", flush=True
+    )
+    out: dict[float, dict[str, Any]] = {}
+    for latency in args.latencies:
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
+        for run in range(args.runs):
+            order = args.variants[run % len(args.variants) :] + args.variants[: run % len(args.variants)]
+            for variant in order:
+                _restore(client, bucket, pristine)
+                if proxy is not None:
+                    proxy.delay = latency / 1000
+                    proxy.reset()
+                info = _run_variant(variant, work_uri, proxy.url if proxy else endpoint, args)
+                info["requests"] = proxy.total if proxy is not None else 0
+                got = lance.dataset(work_uri, storage_options=_options(endpoint))
+                if not got.to_table().sort_by("id").equals(expected) or len(got.get_fragments()) != 1:
+                    raise RuntimeError(f"{variant}: compacted dataset differs from the original")
+                runs[variant].append(info)
+                print(
+                    f"  {latency:g} ms run {run + 1} {variant:20s} {info['seconds']:7.3f} s {info['requests']} requests "
+                    f"peak RSS {info['peak_rss_mib']:.0f} MiB ({info['rss_before_mib']:.0f} before)",
+                    flush=True,
+                )
+        out[latency] = {"data_bytes": data_bytes, "runs": runs}
+    return out
+
+
+def _med(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def _tables(results: dict[str, dict[float, dict[str, Any]]], args: argparse.Namespace) -> list[str]:
+    titles = {
+        "ours": "lance_assets (server-side copy) s",
+        "ours_streamed": "lance_assets, `lance_assets_server_side_copy=false` s",
+        "pylance_binary_copy": "pylance force_binary_copy s",
+        "pylance_reencode": "pylance reencode s",
+    }
+    ratios = [
+        (b, "ours", f"{b} ÷ ours")
+        for b in ("pylance_binary_copy", "pylance_reencode")
+        if b in args.variants and "ours" in args.variants
+    ]
+    head = ["case", "ms per request", "fragments", "MB", *(titles[v] for v in args.variants), *(r[2] for r in ratios)]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for case, per_latency in results.items():
+        for latency, got in per_latency.items():
+            med = {v: _med(r, "seconds") for v, r in got["runs"].items()}
+            cells = [case, f"{latency:g}", str(CASES[case][0]), f"{got['data_bytes'] / 1e6:.0f}"]
+            cells += [f"{med[v]:.3f}" for v in args.variants] + [f"{med[b] / med[o]:.2f}×" for b, o, _ in ratios]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Requests per run and peak RSS of the variant's process (median; peak RSS: `VmHWM` of the variant's process, and in brackets the "
+        "RSS when the clock started, after the imports):",
+        "",
+        "| case | ms per request | " + " | ".join(f"{v} requests | {v} peak RSS MiB" for v in args.variants) + " |",
+        "|---|---:|" + "---:|---:|" * len(args.variants),
+    ]
+    for case, per_latency in results.items():
+        for latency, got in per_latency.items():
+            cells = [case, f"{latency:g}"]
+            for v in args.variants:
+                r = got["runs"][v]
+                cells += [f"{_med(r, 'requests'):.0f}", f"{_med(r, 'peak_rss_mib'):.0f} ({_med(r, 'rss_before_mib'):.0f})"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+_MOTO = (
+    "import logging, sys, time\n"
+    "from moto.server import ThreadedMotoServer\n"
+    "logging.getLogger('werkzeug').setLevel(logging.ERROR)\n"
+    "ThreadedMotoServer(ip_address='127.0.0.1', port=int(sys.argv[1]), verbose=False).start()\n"
+    "time.sleep(1e9)\n"
+)
+
+
+def _start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    """moto's threaded server in a process of its own: with the proxy in this one, the two do not
+    share one interpreter lock (which made every request wait for the other's work)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", _MOTO, str(port)])
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.1)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
-    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated subset of " + ",".join(CASES))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    parser.add_argument("--dim", type=int, default=768, help="vector dimension of the large and small cases")
     parser.add_argument("--version", default="2.1")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--read-batch-bytes", type=int, default=16 * 1024 * 1024)
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="wait before each request (a proxy in front of moto)")
-    parser.add_argument("--out", default=str(HERE / "results-object-store.md"))
+    parser.add_argument("--max-concurrent-requests", type=int, default=64, help="lance_assets' max_concurrent_requests")
+    parser.add_argument(
+        "--latency-ms", default="0", help="wait before each request (a proxy in front of moto); comma-separated: each in turn"
+    )
+    parser.add_argument("--out", default=None, help="results file (default results-object-store[-latency].md)")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "URI", "ENDPOINT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.read_batch_bytes)
+        child(*args.child, args.read_batch_bytes, args.max_concurrent_requests)
         return 0
-
-    import logging
+    args.latencies = [float(x) for x in args.latency_ms.split(",")]
+    args.variants = tuple(v for v in VARIANTS if v in args.variants.split(","))
+    for case in ("large", "small", "small300"):
+        CASES[case] = (*CASES[case][:2], args.dim)
 
     import lance
-    from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    server, endpoint = _start_moto()
     started_all = time.perf_counter()
     results = {}
     proxy = None
     try:
         client = _client(endpoint)
-        if args.latency_ms:
+        if any(args.latencies):
             from tests.support.s3_proxy import S3Proxy
 
-            proxy = S3Proxy(endpoint, delay=args.latency_ms / 1000).__enter__()
+            proxy = S3Proxy(endpoint).__enter__()
         for case in args.cases.split(","):
-            results[case] = measure(client, endpoint, case, CASES[case], args, proxy)
+            results[case] = measure(client, endpoint, case, args, proxy)
     finally:
         if proxy is not None:
             proxy.__exit__(None, None, None)
-        server.stop()
-    latency = f" --latency-ms {args.latency_ms:g}" if args.latency_ms else ""
-    cases = "" if args.cases == ",".join(CASES) else f" --cases {args.cases}"
+        server.kill()
+        server.wait()
+    command = " ".join(["python benchmarks/bench_object_store.py", *sys.argv[1:]])
     lines = [
-        "# Compaction on an object store (moto S3 on loopback" + (f", {args.latency_ms:g} ms per request)" if latency else ")"),
+        "# Compaction on an object store (moto S3 on loopback"
+        + (f", {' and '.join(f'{x:g}' for x in args.latencies)} ms per request)" if proxy else ")"),
         "",
-        f"Command: `python benchmarks/bench_object_store.py --runs {args.runs}{cases}{latency}` — {(time.perf_counter() - started_all) / 60:.1f} min, "
+        f"Command: `{command}` — {(time.perf_counter() - started_all) / 60:.1f} min, "
         f"{platform.python_implementation()} {platform.python_version()}, pylance {getattr(lance, '__version__', '?')}, "
-        f"`read_batch_bytes` = {args.read_batch_bytes // (1024 * 1024)} MiB; load average {os.getloadavg()[0]:.1f} at the end "
+        f"`read_batch_bytes` = {args.read_batch_bytes // (1024 * 1024)} MiB, lance_assets' `max_concurrent_requests` = "
+        f"{args.max_concurrent_requests}; load average {os.getloadavg()[0]:.1f} at the end "
         f"on {os.cpu_count()} CPUs (other jobs share the machine: compare variants within one run, not across runs).",
         "",
-        f"Each case: fragments of an id and a {args.dim}-dim float32 vector, storage version {args.version}, compacted "
-        f"into one fragment. Seconds cover opening the dataset and compacting it (imports excluded), median of "
-        f"{args.runs} runs; every result is verified with pylance. moto is a Python server (a thread of the "
-        "benchmark's parent process) that copies and concatenates parts in memory at a few hundred MB/s, "
-        "for every variant alike; a real store adds network latency and bandwidth to every byte that "
-        "passes through the client, which server-side copies avoid.",
+        f"Each case: fragments of an id and a float32 vector (dimension: large {CASES['large'][2]}, small "
+        f"{CASES['small'][2]}, small300 {CASES['small300'][2]}, many {CASES['many'][2]}), storage version {args.version}, "
+        f"compacted into one fragment. Seconds cover opening the dataset and compacting it (imports excluded), median "
+        f"of {args.runs} runs; every result is verified with pylance. moto is a threaded Python server (in a "
+        "process of its own; the latency proxy is threaded too, in the benchmark's process) that copies and concatenates parts in memory at a few "
+        "hundred MB/s, for every variant alike; a real store adds network latency and bandwidth to every byte that "
+        "passes through the client, which server-side copies avoid. Requests count everything the variant sent "
+        "through the proxy (listing, metadata, reads, writes, commit).",
         "",
-        "| case | fragments | MB | lance_assets (server-side copy) s | lance_assets, `lance_assets_server_side_copy=false` s "
-        "| pylance force_binary_copy s | pylance reencode s | ÷ binary copy | ÷ binary copy (streamed) | ÷ reencode |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *_tables(results, args),
     ]
-    for case, (data_bytes, seconds, _requests) in results.items():
-        med = {v: statistics.median(s) for v, s in seconds.items()}
-        lines.append(
-            f"| {case} | {CASES[case][0]} | {data_bytes / 1e6:.0f} | {med['ours']:.3f} | {med['ours_streamed']:.3f} | "
-            f"{med['pylance_binary_copy']:.3f} | {med['pylance_reencode']:.3f} | {med['pylance_binary_copy'] / med['ours']:.2f}× | "
-            f"{med['pylance_binary_copy'] / med['ours_streamed']:.2f}× | {med['pylance_reencode'] / med['ours']:.2f}× |"
-        )
-    if proxy is not None:
-        lines += [
-            "",
-            "Requests per run (median, every request the variant made through the proxy: listing, metadata, reads, writes, commit):",
-            "",
-            "| case | " + " | ".join(VARIANTS) + " |",
-            "|---|" + "---:|" * len(VARIANTS),
-        ]
-        for case, (_, _, requests) in results.items():
-            lines.append(f"| {case} | " + " | ".join(f"{statistics.median(requests[v]):.0f}" for v in VARIANTS) + " |")
     text = "\n".join(lines) + "\n"
-    Path(args.out).write_text(text)
+    default = "results-object-store-latency.md" if proxy else "results-object-store.md"
+    Path(args.out or HERE / default).write_text(text)
     print(text)
     return 0
 

@@ -108,35 +108,39 @@ def run_plan(
         logger.info(
             "%s: copying %d groups (%d bytes) on the %s runner", plan.uri, len(plan.tasks), plan.bytes_to_read, runner.name
         )
-    for first in range(0, max(1, len(plan.tasks)), step):
-        tasks = plan.tasks[first : first + step]
-        try:
-            outcome = runner.run(plan, tasks, on_task_done)
-            worker_ids.update(outcome.worker_ids)
-            retries += outcome.task_retries
-            _log_skipped_groups(plan.uri, outcome.results)
-            reports.append(commit_compaction(storage, plan, outcome.results))
-        except Exception as exc:
-            if not any(r.committed_versions for r in reports):
-                raise  # nothing landed: the dataset is as it was, so this run failed
-            logger.warning(
-                "%s: stopped after committing version(s) %s: %s: %s; %d group(s) left uncommitted",
-                plan.uri,
-                [v for r in reports for v in r.committed_versions],
-                type(exc).__name__,
-                exc,
-                len(plan.tasks) - first,
-            )
-            # Earlier partial commits landed: report them (a caller must not retry them as
-            # failed) and list what this and later chunks left uncommitted.
-            left = plan.tasks[first:]
-            failed = [
-                SkippedFragment(i, Reason.NOT_COMMITTED, f"{type(exc).__name__}: {exc}") for t in left for i in t.fragment_ids
-            ]
-            reports[-1] = replace(
-                reports[-1], skipped=reports[-1].skipped + failed, tasks_skipped=reports[-1].tasks_skipped + len(left)
-            )
-            break
+        storage.start_commit_check()  # the commit's one-off store probe overlaps the copies
+    try:
+        for first in range(0, max(1, len(plan.tasks)), step):
+            tasks = plan.tasks[first : first + step]
+            try:
+                outcome = runner.run(plan, tasks, on_task_done)
+                worker_ids.update(outcome.worker_ids)
+                retries += outcome.task_retries
+                _log_skipped_groups(plan.uri, outcome.results)
+                reports.append(commit_compaction(storage, plan, outcome.results))
+            except Exception as exc:
+                if not any(r.committed_versions for r in reports):
+                    raise  # nothing landed: the dataset is as it was, so this run failed
+                logger.warning(
+                    "%s: stopped after committing version(s) %s: %s: %s; %d group(s) left uncommitted",
+                    plan.uri,
+                    [v for r in reports for v in r.committed_versions],
+                    type(exc).__name__,
+                    exc,
+                    len(plan.tasks) - first,
+                )
+                # Earlier partial commits landed: report them (a caller must not retry them as
+                # failed) and list what this and later chunks left uncommitted.
+                left = plan.tasks[first:]
+                failed = [
+                    SkippedFragment(i, Reason.NOT_COMMITTED, f"{type(exc).__name__}: {exc}") for t in left for i in t.fragment_ids
+                ]
+                reports[-1] = replace(
+                    reports[-1], skipped=reports[-1].skipped + failed, tasks_skipped=reports[-1].tasks_skipped + len(left)
+                )
+                break
+    finally:
+        storage.settle_commit_check()  # a failed run leaves no probe object behind
     report = restore_index_coverage(_combine(plan, reports), plan.options, storage)
     report = replace(
         report, seconds=time.monotonic() - started, runner=runner.name, workers=len(worker_ids), task_retries=retries

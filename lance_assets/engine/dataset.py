@@ -7,6 +7,7 @@ CLI, the planner and the Dagster sensor all see a dataset the same way.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,6 +25,12 @@ DELETIONS_DIR = "_deletions"
 TRANSACTIONS_DIR = "_transactions"
 INDICES_DIR = "_indices"
 HINT_FILE = f"{VERSIONS_DIR}/latest_version_hint.json"
+
+# The manifest last opened through each Storage: a committed manifest never changes, so opening
+# that version again through the same Storage (planning, then the copy, then the commit finding
+# it is still the latest) reads it once; finding it (listing, probe) is still done each time, so a
+# version cleaned up meanwhile is still refused. On an object store each read is a round trip.
+_LAST_OPENED: weakref.WeakKeyDictionary[Storage, tuple[VersionLocation, mf.ManifestFile]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ def _read_hint(storage: Storage) -> int | None:
 def _probe(storage: Storage, version: int) -> VersionLocation | None:
     for scheme in (mf.NamingScheme.V2, mf.NamingScheme.V1):
         loc = VersionLocation(version, scheme)
-        if storage.exists(loc.rel_path):
+        if storage.file_exists(loc.rel_path):
             return loc
     return None
 
@@ -84,7 +91,7 @@ def latest_version(storage: Storage) -> VersionLocation:
         if loc is not None:
             while True:
                 nxt = VersionLocation(loc.version + 1, loc.scheme)
-                if not storage.exists(nxt.rel_path):
+                if not storage.file_exists(nxt.rel_path):
                     return loc
                 loc = nxt
     versions = list_versions(storage)
@@ -100,6 +107,17 @@ def locate_version(storage: Storage, version: int) -> VersionLocation:
             raise NotADatasetError("no manifest under _versions/ (not a Lance dataset)", path=storage.uri)
         raise VersionNotFoundError(f"version {version} does not exist", path=storage.uri)
     return loc
+
+
+def _read_manifest(storage: Storage, loc: VersionLocation) -> mf.ManifestFile:
+    try:
+        raw = storage.read(loc.rel_path)
+    except MissingFileError:
+        raise VersionNotFoundError(f"manifest of version {loc.version} vanished while reading", path=storage.uri) from None
+    parsed = mf.parse_manifest_file(raw, path=storage.url(loc.rel_path))
+    if parsed.manifest.version != loc.version:
+        raise NotADatasetError(f"{loc.rel_path} claims version {parsed.manifest.version}", path=storage.uri)
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -128,7 +146,9 @@ class Dataset:
             uri: A URI (local path, ``s3://``, ``gs://``, ``az://``, ``memory://``) or an
                 open :class:`~lance_assets.io.Storage` to reuse.
             version: The version to open; default the latest (found from the version hint,
-                else by listing ``_versions/``).
+                else by listing ``_versions/``). Its manifest is not read again when it is
+                the one last opened through the same Storage (committed manifests never
+                change; that it still exists is checked all the same).
             storage_options: Filesystem options (credentials, endpoint) for a URI.
 
         Returns:
@@ -150,13 +170,9 @@ class Dataset:
         """
         storage = uri if isinstance(uri, Storage) else Storage(uri, storage_options)
         loc = latest_version(storage) if version is None else locate_version(storage, version)
-        try:
-            raw = storage.read(loc.rel_path)
-        except MissingFileError:
-            raise VersionNotFoundError(f"manifest of version {loc.version} vanished while reading", path=storage.uri) from None
-        parsed = mf.parse_manifest_file(raw, path=storage.url(loc.rel_path))
-        if parsed.manifest.version != loc.version:
-            raise NotADatasetError(f"{loc.rel_path} claims version {parsed.manifest.version}", path=storage.uri)
+        last = _LAST_OPENED.get(storage)  # (the manifest is known to be there still: listed or probed)
+        parsed = last[1] if last is not None and last[0] == loc else _read_manifest(storage, loc)
+        _LAST_OPENED[storage] = (loc, parsed)
         ds = cls(storage, loc, parsed)
         mf.check_feature_flags(parsed.manifest, path=storage.uri, for_write=False)
         return ds

@@ -9,9 +9,11 @@ S3's rules shape the writer: every part but the last holds at least 5 MiB, a cop
 5 GiB, an upload at most 10,000 parts. Bytes written are buffered until they make a part; a
 copied range that follows a partly filled buffer first tops it up with its own leading bytes
 (read, at most 5 MiB), and ranges too small to stand as a part are read and buffered. Memory is
-bounded by about ``batch_bytes`` plus one part: parts go out in the background (a few requests
-in flight, at most one of them an upload) while the next piece is read, in halves of
-``batch_bytes``. With server-side copy off (for stores without UploadPartCopy) every range is
+bounded by about ``batch_bytes`` plus ``MAX_UPLOADS_IN_FLIGHT + 1`` parts: parts go out in the
+background (up to ``PART_WORKERS`` requests in flight, at most ``MAX_UPLOADS_IN_FLIGHT`` of them
+uploads holding their bytes) while the next piece is read, in halves of ``batch_bytes``. On a
+store with tens of milliseconds per request, one upload at a time would make the output's parts
+the copy's sequential chain. With server-side copy off (for stores without UploadPartCopy) every range is
 read and re-uploaded that way.
 """
 
@@ -27,8 +29,8 @@ MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_COPY_PART_BYTES = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
 #: Part requests in flight at once; of those, uploads (which hold their bytes) at most one.
-PART_WORKERS = 4
-MAX_UPLOADS_IN_FLIGHT = 1
+PART_WORKERS = 8
+MAX_UPLOADS_IN_FLIGHT = 4
 
 
 class MultipartComposer:

@@ -32,6 +32,8 @@ _S3_CREDENTIAL_KEYS = {
     "aws_session_token": "token",
     "session_token": "token",
 }
+#: Connections s3fs's client may keep open to the store (botocore's default is 10).
+POOL_CONNECTIONS = 256
 _S3_ENDPOINT_KEYS = ("aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url")
 _S3_REGION_KEYS = ("aws_region", "region", "aws_default_region")
 _S3_IGNORED_KEYS = (
@@ -62,6 +64,12 @@ def translate_options(options: dict[str, Any]) -> dict[str, Any]:
         out.pop(key, None)
     if client_kwargs:
         out["client_kwargs"] = client_kwargs
+    # botocore keeps at most 10 connections unless told otherwise, which would cap the requests
+    # in flight (``max_concurrent_requests``, the part uploads) at 10 whatever was asked for;
+    # connections are opened only as requests need them
+    config = dict(out.get("config_kwargs") or {})
+    config.setdefault("max_pool_connections", POOL_CONNECTIONS)
+    out["config_kwargs"] = config
     return out
 
 
@@ -69,6 +77,17 @@ def has_raw_calls(fs: Any, protocols: Sequence[str]) -> bool:
     """Whether ``fs`` exposes the raw S3 calls (s3fs's ``call_s3``) the multipart writer,
     bulk deletes and upload listings need."""
     return "s3" in protocols and callable(getattr(fs, "call_s3", None))
+
+
+def head_exists(fs: Any, path: str) -> bool:
+    """Whether the object at ``path`` exists: one HEAD (s3fs's ``exists`` lists the prefix too
+    when the object is missing, to find a folder)."""
+    bucket, key = fs.split_path(path)[:2]
+    try:
+        fs.call_s3("head_object", dict(getattr(fs, "req_kw", None) or {}), Bucket=bucket, Key=key)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def has_conditional_put(fs: Any) -> bool:

@@ -21,6 +21,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -195,6 +196,7 @@ class Storage:
         self._s3_calls = s3.has_raw_calls(self._fs, self.protocols)
         self.server_side_copy = self._s3_calls and _truthy(options.get(SERVER_SIDE_COPY_OPTION, True))
         self._conditional_put_verified = False
+        self._commit_probe: Future[None] | None = None
 
     @property
     def fs(self) -> Any:
@@ -240,6 +242,12 @@ class Storage:
             except OSError as exc:
                 raise self._translate(rel, exc) from None
         with self._errors(rel):
+            if start is None and end is None and self._s3_calls:
+                # s3fs asks for the size first (a HEAD) to split objects over 50 MiB into
+                # concurrent ranges; whole reads here are of metadata (manifests, hints,
+                # deletion and transaction files, index files): one GET, one round trip
+                whole: bytes = self.fs.cat_file(self.path(rel), max_concurrency=1)
+                return whole
             data: bytes = self.fs.cat_file(self.path(rel), start=start, end=end)
             return data
 
@@ -294,6 +302,15 @@ class Storage:
             if self.is_local:
                 return os.path.exists(self.path(rel))
             return bool(self.fs.exists(self.path(rel)))
+
+    def file_exists(self, rel: str) -> bool:
+        """Whether the object ``rel`` (a file, not a folder) exists: on S3 one HEAD, where
+        ``exists`` follows a missing object with a listing (a folder of that name would exist)."""
+        if not self._s3_calls:
+            return self.exists(rel)
+        self._refresh(rel)
+        with self._errors(rel):
+            return s3.head_exists(self.fs, self.path(rel))
 
     def list(self, rel_dir: str, *, recursive: bool = False) -> list[Entry]:
         """Objects directly below ``rel_dir`` (with ``recursive``, at any depth, named by their
@@ -503,6 +520,9 @@ class Storage:
         """
         if self.is_local or "memory" in self.protocols or self.commit_lock is not None or self.unsafe_commit:
             return
+        probe, self._commit_probe = self._commit_probe, None
+        if probe is not None:
+            probe.result()  # started by start_commit_check; raises what the probe raised
         if not self._has_conditional_put():
             raise StorageError(
                 f"filesystem {type(self.fs).__name__} cannot create objects only-if-absent, so two writers could "
@@ -512,6 +532,41 @@ class Storage:
                 path=self.uri,
             )
         self._verify_conditional_put()
+
+    def start_commit_check(self) -> None:
+        """Begin ``check_commit_support``'s one-off probe (S3) in a background thread, so its
+        requests overlap the copy instead of delaying the commit; ``check_commit_support``
+        waits for it and raises what it raised. Does nothing where no probe is needed."""
+        if (
+            self.is_local
+            or "memory" in self.protocols
+            or self.commit_lock is not None
+            or self.unsafe_commit
+            or self._conditional_put_verified
+            or self._commit_probe is not None
+            or not self._has_conditional_put()
+        ):
+            return
+        probe: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                self._verify_conditional_put()
+            except BaseException as exc:
+                probe.set_exception(exc)
+            else:
+                probe.set_result(None)
+
+        self._commit_probe = probe
+        threading.Thread(target=run, name="lance-assets-commit-probe", daemon=True).start()
+
+    def settle_commit_check(self) -> None:
+        """Wait for a probe ``start_commit_check`` began (its object is gone when this returns);
+        its outcome is kept for ``check_commit_support``."""
+        probe = self._commit_probe
+        if probe is not None:
+            with contextlib.suppress(BaseException):
+                probe.result()
 
     def _create_unconditionally(self, rel: str, data: bytes) -> None:
         """ "Exists? then write": only safe while the caller excludes other writers."""

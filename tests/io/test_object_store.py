@@ -30,6 +30,7 @@ from lance_assets.engine.options import CompactionOptions
 from lance_assets.engine.planning.plan import plan_compaction
 from lance_assets.errors import CommitConflictError, StorageError
 from lance_assets.io import Storage
+from lance_assets.io.s3 import POOL_CONNECTIONS
 from lance_assets.io.storage import UNSAFE_COMMIT_OPTION, AlreadyExistsError, fsspec_options
 from tests.support import factory
 
@@ -297,7 +298,15 @@ def test_option_translation() -> None:
             UNSAFE_COMMIT_OPTION: "1",
         },
     )
-    assert out == {"key": "a", "secret": "b", "client_kwargs": {"endpoint_url": "http://h", "region_name": "r"}}
+    assert out == {
+        "key": "a",
+        "secret": "b",
+        "client_kwargs": {"endpoint_url": "http://h", "region_name": "r"},
+        # botocore's pool of 10 connections would cap the requests in flight
+        "config_kwargs": {"max_pool_connections": POOL_CONNECTIONS},
+    }
+    # a pool size of the caller's own is kept
+    assert fsspec_options("s3", {"config_kwargs": {"max_pool_connections": 7}})["config_kwargs"] == {"max_pool_connections": 7}
     # s3fs spellings win; non-S3 protocols only lose our own key
     assert fsspec_options("s3", {"key": "x", "aws_access_key_id": "a"})["key"] == "x"
     assert fsspec_options("file", {"auto_mkdir": True, UNSAFE_COMMIT_OPTION: True}) == {"auto_mkdir": True}

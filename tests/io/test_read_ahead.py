@@ -22,6 +22,7 @@ import pyarrow as pa
 import pytest
 
 from lance_assets.engine.compaction import compact
+from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.options import DEFAULT_MAX_CONCURRENT_REQUESTS, CompactionOptions
 from lance_assets.errors import StorageError
 from lance_assets.io import Storage
@@ -265,3 +266,55 @@ def test_one_request_per_input_plus_a_constant(s3_endpoint, shape: str, pages: s
     assert len(data_reads) <= inputs + 2, sorted(data_reads)  # + the output's self-check
     assert proxy.total <= inputs + 30, proxy.log
     assert_reads_every_way(uri, pa.concat_tables(parts), storage_options=s3_endpoint.pylance_options)
+
+
+def test_requests_overlap_and_metadata_is_read_once(s3_endpoint) -> None:  # type: ignore[no-untyped-def]
+    """Compacting 40 inputs of ~600 KB at 64 requests in flight, 50 ms per request: one request
+    per input (a file over read_batch_bytes / 64 is still fetched whole), the manifest read once
+    (planning, the copy and the commit share it), no HEAD but the copy's check that the version
+    still exists and the commit's that the output does, the output's parts uploaded several at once, and the commit's store probe running
+    while the copy does (its requests start before the output is complete)."""
+    inputs, rows = 40, 200
+    rng = np.random.default_rng(11)
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(inputs * rows, dtype=np.int64)),
+            "vec": pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(inputs * rows * 768, dtype=np.float32)), 768),
+        }
+    )
+    uri = f"s3://{s3_endpoint.new_bucket()}/ds.lance"
+    lance.write_dataset(
+        table, uri, max_rows_per_file=rows, data_storage_version="2.1", storage_options=s3_endpoint.pylance_options
+    )
+    options = CompactionOptions(max_concurrent_requests=64, pages="copy")
+    assert options.read_batch_bytes // 64 < 768 * 4 * rows  # the share of one request is smaller than a file
+    with S3Proxy(s3_endpoint.url, delay=0.05) as proxy:
+        report = compact(uri, options, storage_options={**s3_endpoint.pylance_options, "aws_endpoint": proxy.url})
+    assert report.fragments_removed == inputs and report.fragments_added == 1
+    timeline = sorted(proxy.timeline)
+
+    def path(p: str) -> str:
+        return unquote(p.split("?")[0])
+
+    data_reads = [p for _, _, m, p in timeline if m == "GET" and "/data/" in p]
+    assert len(data_reads) == inputs + 1, data_reads  # + the output's self-check
+    # the manifest read once; the copy checks it still exists (a version cleaned up meanwhile is
+    # refused); then the commit writes ours
+    manifest = [(m, path(p)) for *_, m, p in timeline if path(p).endswith(".manifest")]
+    assert [m for m, _ in manifest] == ["GET", "HEAD", "PUT"], manifest
+    output = next(path(p) for *_, m, p in timeline if "uploadId=" in p)
+    assert [path(p) for *_, m, p in timeline if m == "HEAD"] == [manifest[0][1], output]
+    parts = [(s, e) for s, e, m, p in timeline if m == "PUT" and "uploadId=" in p]
+    assert len(parts) >= 4
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(parts)), "every part waited for the one before"
+    probe = [s for s, _, _, p in timeline if ".lance-assets-probe" in p]
+    completion = [s for s, _, m, p in timeline if m == "POST" and "uploadId=" in p]
+    assert len(probe) == 3 and len(completion) == 1 and max(probe) < completion[0]
+    assert_reads_every_way(uri, table, storage_options=s3_endpoint.pylance_options)
+
+    # Opening the dataset again finds the version from the hint our commit wrote: the hint, a
+    # HEAD of the hinted manifest and one of the next (missing: no listing after it), the manifest
+    with S3Proxy(s3_endpoint.url) as proxy:
+        ds = Dataset.open(uri, storage_options={**s3_endpoint.pylance_options, "aws_endpoint": proxy.url})
+    assert ds.version == report.version
+    assert [m for m, _ in proxy.log] == ["GET", "HEAD", "HEAD", "GET"], proxy.log

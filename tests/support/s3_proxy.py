@@ -24,6 +24,13 @@ FailRule = Callable[[str, str, dict[str, str]], "int | None"]
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a client opening dozens of connections at once (64
+    # requests in flight) overflowed it, and the dropped connects waited for the kernel's
+    # retransmit (up to a second) with nothing in flight: the proxy, not the store, was the wait
+    request_queue_size = 1024
+
+
 class S3Proxy:
     """``with S3Proxy(upstream_url, delay=0.02) as proxy: ... proxy.url ...``"""
 
@@ -34,6 +41,9 @@ class S3Proxy:
         self.fail = fail
         self.requests: Counter[str] = Counter()
         self.log: list[tuple[str, str]] = []  # (method, path with query) of every request, in arrival order
+        # (start, end, method, path) of every request, seconds of time.monotonic(): when it arrived
+        # and when its answer was sent, so overlaps and sequential chains can be told apart
+        self.timeline: list[tuple[float, float, str, str]] = []
         self.failed = 0
         self.in_flight: Counter[str] = Counter()  # by method
         self.max_in_flight: Counter[str] = Counter()
@@ -52,7 +62,7 @@ class S3Proxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -73,6 +83,7 @@ class S3Proxy:
         with self._lock:
             self.requests.clear()
             self.log.clear()
+            self.timeline.clear()
             self.failed = 0
             self.max_in_flight = Counter(self.in_flight)
 
@@ -98,6 +109,7 @@ class S3Proxy:
         return handler.rfile.read(length) if length else b""
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        started = time.monotonic()
         with self._lock:
             method = handler.command
             self.requests[method] += 1
@@ -147,3 +159,4 @@ class S3Proxy:
         finally:
             with self._lock:
                 self.in_flight[method] -= 1
+                self.timeline.append((started, time.monotonic(), method, handler.path))

@@ -601,7 +601,7 @@ def commit_compaction(
     cleared: set[int] = set()
     try:
         storage.check_commit_support()  # refuse stores without conditional writes before anything else
-        gone = [rel for rel in written if not storage.exists(rel)]
+        gone = [rel for rel in written if not storage.file_exists(rel)]
     except BaseException:
         remove_files(storage, written)
         raise

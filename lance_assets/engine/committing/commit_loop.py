@@ -82,7 +82,7 @@ def holds_transaction(storage: Storage, target: VersionLocation, txn_uuid: str) 
     """Whether ``target`` exists and holds our transaction: True, False, or None when that
     cannot be told (the store does not answer, the manifest cannot be read)."""
     try:
-        if not storage.exists(target.rel_path):
+        if not storage.file_exists(target.rel_path):
             return False
         ds = Dataset.open(storage, target.version)
         txn = load_transaction(storage, ds)

@@ -38,7 +38,7 @@ from lance_assets.format import manifest as mf
 from lance_assets.format import pages as page_health
 from lance_assets.format import repdef, v2file, v2safety
 from lance_assets.io import Storage
-from lance_assets.io.ahead import ordered_ahead
+from lance_assets.io.ahead import MIN_READ_PIECE, ordered_ahead
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +99,11 @@ def _input_sources(
         rows += frag.physical_rows
     storage = ds.storage
     in_flight = 1 if storage.is_local else storage.max_in_flight
-    # a file of up to a request's share of the budget comes in one request (metadata and data):
-    # one request per input is what a store's latency makes cheapest, and ordered_ahead keeps
-    # what is in flight within read_batch_bytes whatever the share
-    whole = max(v2file.DEFAULT_TAIL_BYTES, read_batch_bytes // in_flight)
+    # a file of up to a request's share of the budget (at least a read piece, so many requests
+    # in flight do not split small files in two) comes in one request (metadata and data): one
+    # request per input is what a store's latency makes cheapest, and ordered_ahead keeps what
+    # is in flight within read_batch_bytes whatever the share
+    whole = max(v2file.DEFAULT_TAIL_BYTES, min(read_batch_bytes, max(MIN_READ_PIECE, read_batch_bytes // in_flight)))
 
     def first(job: _Job) -> int:
         size = job[2].file_size_bytes
