@@ -6,7 +6,8 @@ value: it decodes each small page's chunks (the encodings pylance's writer picks
 pages: flat, variable-width, fast-lanes bit-packed and run-length values, fixed-size lists of
 fixed-width values; flat, bit-packed and run-length levels; all-null pages and pages of one
 repeated value, fixed-width or a string's) and writes the concatenation as a few large pages of
-plain encodings (flat values, flat 16-bit levels), cut into chunks that obey the mini-block
+plain encodings (flat values, or bit-packed ones where fixed-width values fit in fewer bits;
+flat 16-bit levels), cut into chunks that obey the mini-block
 rule: every chunk but a page's last holds a power of two of values, at most 4,096. The byte
 layout is described in docs/format.md ("Mini-block pages"). Anything else (dictionaries, FSST,
 general compression, 2.0 and 2.3 pages) is not decodable here (``decodable``): the caller
@@ -983,6 +984,28 @@ def _unpack_blocks(words: npt.NDArray[np.unsignedinteger], width: int, bits: int
     return out
 
 
+def _pack_blocks(values: npt.NDArray[np.unsignedinteger], width: int, bits: int) -> npt.NDArray[np.unsignedinteger]:
+    """The inverse of ``_unpack_blocks``: blocks of 1,024 ``bits``-bit values (one per row of
+    ``values``, each below ``2**width``) as ``width * 1024 / bits`` words each, in the
+    fast-lanes order."""
+    dtype = _UINT[bits]
+    lanes = 1024 // bits
+    k = len(values)
+    words = np.zeros((k, width, lanes), dtype=dtype)
+    if width == 0:
+        return words.reshape(k, 0)
+    runs = bits // 8
+    inverse = np.argsort(np.argsort(np.array(_FL_ORDER[:runs]) * bits // 64))
+    rows = values.astype(dtype, copy=False).reshape(k, 8, runs, lanes)[:, :, inverse, :].transpose(0, 2, 1, 3)
+    rows = rows.reshape(k, bits, lanes)
+    for r in range(bits):
+        word, shift = divmod(r * width, bits)
+        words[:, word, :] |= rows[:, r, :] << dtype(shift)
+        if shift + width > bits:
+            words[:, word + 1, :] |= rows[:, r, :] >> dtype(bits - shift)
+    return words.reshape(k, width * lanes)
+
+
 #: The encoding of an all-null page of a flat column (AllNullLayout with one nullable item layer).
 _NULL_PAGE = any_pb2.Any(
     type_url=LAYOUT_URL,
@@ -1041,9 +1064,10 @@ class EncodedPage:
 
 
 def encode_page(run: Run) -> EncodedPage:
-    """One page holding all of ``run``: flat values (offsets then bytes when variable-width),
-    flat 16-bit levels, chunks of a power of two of values, a repetition index when there are
-    lists. The bytes follow the layout pylance writes for the same file version."""
+    """One page holding all of ``run``: flat values (offsets then bytes when variable-width;
+    bit-packed when fixed-width values of a flat column fit in fewer bits), flat 16-bit levels,
+    chunks of a power of two of values, a repetition index when there are lists. The bytes
+    follow the layout pylance writes for the same file version."""
     shape = run.shape
     n = run.num_values
     if shape.null:
@@ -1056,7 +1080,12 @@ def encode_page(run: Run) -> EncodedPage:
     level_end = _level_ends(shape, defs, levels, n)
     if not shape.variable and values.per and rep is None and (levels == 0 or levels == n):
         # fixed-width values with no levels or one definition level each (flat columns)
-        return _encode_fixed(values.fixed, values.per, n, shape, run.rows, defs if levels else None)
+        flat_defs = defs if levels else None
+        if not shape.items and shape.bits in (8, 16, 32, 64):
+            packed = _encode_bitpacked(values.fixed, n, shape, run.rows, flat_defs)
+            if packed is not None:
+                return packed
+        return _encode_fixed(values.fixed, values.per, n, shape, run.rows, flat_defs)
     return _encode_chunked(run, rep, defs, level_end, values)
 
 
@@ -1223,6 +1252,54 @@ def _encode_fixed(fixed: U8, per: int, n: int, shape: Shape, rows: int, defs: U1
     return EncodedPage((meta, b"".join(parts)), _layout_bytes(shape, n), rows)
 
 
+#: Bit-packing is written when it takes at most this share of the flat values' bytes (pylance
+#: packs integers the same way; values near their full width gain nothing from it).
+BITPACK_MAX_SHARE = 0.75
+
+
+def _encode_bitpacked(fixed: U8, n: int, shape: Shape, rows: int, defs: U16 | None) -> EncodedPage | None:
+    """``_encode_fixed`` with the values bit-packed as fast-lanes blocks (chunks of 1,024 values,
+    each with the bit width of its largest value, read as unsigned), or None when that would not
+    save enough (``BITPACK_MAX_SHARE``)."""
+    bits = shape.bits
+    size, lanes = bits // 8, 1024 // bits
+    k = -(-n // 1024)
+    values = np.zeros(k * 1024, dtype=_UINT[bits])
+    values[:n] = fixed[: n * size].view(f"<u{size}")
+    blocks = values.reshape(k, 1024)
+    widths = [int(m).bit_length() for m in blocks.max(axis=1).tolist()]
+    value_sizes = [size * (1 + w * lanes) for w in widths]
+    if sum(value_sizes) > BITPACK_MAX_SHARE * n * size:
+        return None
+    packed: list[bytes] = [b""] * k
+    for width in set(widths):
+        sel = [i for i, w in enumerate(widths) if w == width]
+        words = _pack_blocks(blocks[sel], width, bits).astype(f"<u{size}", copy=False)
+        for i, row in zip(sel, words):
+            packed[i] = int(width).to_bytes(size, "little") + row.tobytes()
+    size_fmt = "<I" if shape.wide else "<H"
+    header = _aligned(2 + (2 if defs is not None else 0) + (4 if shape.wide else 2))
+    chunks, words_meta = [], []
+    for i in range(k):
+        count = min(1024, n - i * 1024)
+        chunk = bytearray(struct.pack("<H", count if defs is not None else 0))
+        if defs is not None:
+            chunk += struct.pack("<H", 2 * count)
+        chunk += struct.pack(size_fmt, value_sizes[i])
+        chunk += b"\xfe" * (header - len(chunk))
+        if defs is not None:
+            chunk += defs[i * 1024 : i * 1024 + count].astype("<u2").tobytes()
+            _pad(chunk)
+        chunk += packed[i]
+        _pad(chunk)
+        if len(chunk) > MAX_CHUNK_BYTES:
+            return None
+        chunks.append(bytes(chunk))
+        words_meta.append(((len(chunk) // CHUNK_ALIGNMENT - 1) << 4) | (10 if i < k - 1 else 0))
+    meta = np.array(words_meta, dtype="<u4" if shape.wide else "<u2").tobytes()
+    return EncodedPage((meta, b"".join(chunks)), _layout_bytes(shape, n, bitpacked=True), rows)
+
+
 def _pad(buf: bytearray) -> None:
     buf += b"\xfe" * (-len(buf) % CHUNK_ALIGNMENT)
 
@@ -1261,9 +1338,11 @@ def _index_chunk(index: list[int], rep: U16, max_rep: int, *, first: bool, last:
         index += [ended, leftovers]
 
 
-def _layout_bytes(shape: Shape, num_items: int) -> bytes:
+def _layout_bytes(shape: Shape, num_items: int, *, bitpacked: bool = False) -> bytes:
     flat16 = enc21.CompressiveEncoding(flat=enc21.Flat(bits_per_value=16))
-    if shape.variable:
+    if bitpacked:
+        values = enc21.CompressiveEncoding(inline_bitpacking=enc21.InlineBitpacking(uncompressed_bits_per_value=shape.bits))
+    elif shape.variable:
         values = enc21.CompressiveEncoding(
             variable=enc21.Variable(offsets=enc21.CompressiveEncoding(flat=enc21.Flat(bits_per_value=shape.bits)))
         )

@@ -343,6 +343,54 @@ def test_columns_of_one_repeated_value_with_nulls_are_recut(tmp_path: Path, vers
 
 
 # --- fixed shapes -------------------------------------------------------------------------------
+def value_encodings(path: Path | str) -> dict[str, str]:
+    """Per column of the (one) data file, how the values of its first page are compressed
+    (``flat``, ``inline_bitpacking`` …), read with our own protobufs."""
+    from google.protobuf import any_pb2
+
+    from lance_assets._proto import encodings_v2_1_pb2 as enc21
+    from lance_assets.engine.dataset import Dataset
+    from lance_assets.engine.tail import read_v2_metadata
+
+    ds = Dataset.open(str(path))
+    names = {f.id: f.name for f in ds.manifest.fields}
+    ((df,),) = [list(frag.files) for frag in ds.manifest.fragments]
+    meta = read_v2_metadata(ds.storage, ds.data_file_path(df), df.file_size_bytes)
+    out = {}
+    for fid, col in zip(df.fields, df.column_indices):
+        if col < 0:
+            continue
+        layout = enc21.PageLayout.FromString(any_pb2.Any.FromString(meta.columns[col].pages[0].encoding.direct.encoding).value)
+        if layout.WhichOneof("layout") == "mini_block_layout":
+            out[names[fid]] = layout.mini_block_layout.value_compression.WhichOneof("compression") or ""
+    return out
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+def test_recut_integer_pages_are_bitpacked(tmp_path: Path, version: str) -> None:
+    """Re-cut pages of integers that fit in fewer bits are bit-packed, as pylance's writer packs
+    them (a scan of a few columns then reads as few bytes); values at their full width stay flat."""
+    path = tmp_path / "ds.lance"
+    tables = [
+        pa.table(
+            {
+                "i": pa.array(np.arange(k * 60, k * 60 + 60, dtype=np.int64)),
+                "small": pa.array([None if j % 9 == 0 else j % 100 for j in range(60)], pa.int32()),
+                "neg": pa.array(-np.arange(60, dtype=np.int64) - 1),
+                "f": pa.array(np.random.default_rng(k).standard_normal(60)),
+            }
+        )
+        for k in range(50)
+    ]
+    write_appends(path, tables, version)
+    report = compact(str(path), CompactionOptions(task_processes=1))
+    assert {"i", "small", "neg", "f"} <= set(report.columns_coalesced_native)
+    encodings = value_encodings(path)
+    assert encodings["i"] == encodings["small"] == "inline_bitpacking", encodings
+    assert encodings["neg"] == encodings["f"] == "flat", encodings
+    assert_reads_as(path, pa.concat_tables(tables))
+
+
 def stream(start: int, n: int) -> pa.Table:
     rng = np.random.default_rng(start)
     return pa.table(

@@ -214,6 +214,25 @@ def test_fast_lanes_blocks_unpack_as_the_layout_says(bits: int, data: st.DataObj
                 assert int(got[block, 128 * (row % 8) + 16 * order[row // 8] + lane]) == want
 
 
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
+@given(bits=st.sampled_from([8, 16, 32, 64]), data=st.data())
+def test_fast_lanes_blocks_pack_as_they_unpack(bits: int, data: st.DataObject) -> None:
+    """Packing (what the copy writes for re-cut integer pages) is the inverse of unpacking, which
+    the test above checks against the layout itself."""
+    width = data.draw(st.integers(0, bits), label="width")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    dtype = miniblock._UINT[bits]
+    top = (1 << width) - 1
+    values = (
+        np.random.default_rng(seed).integers(0, top, (3, 1024), dtype=dtype, endpoint=True)
+        if width
+        else np.zeros((3, 1024), dtype)
+    )
+    words = miniblock._pack_blocks(values, width, bits)
+    assert words.shape == (3, width * 1024 // bits)
+    assert (miniblock._unpack_blocks(words, width, bits) == values).all()
+
+
 def test_levels_compressed_differently_in_one_batch(tmp_path: Path) -> None:
     """2.2 appends of a list column compress their definition levels by bit-packing in some
     files and run-length in others; the pages still decode in one batch, and as one by one."""
