@@ -21,28 +21,16 @@ import pytest
 from lance_assets import CompactionOptions, compact
 from lance_assets.engine.copying import parts
 from lance_assets.errors import CorruptFileError
+from tests.engine.test_coalesce_pages import stream
 from tests.support import factory
 from tests.support.assertions import assert_reads_every_way
 
 SHARED = "shared out among"
 
 
-def rows(start: int, n: int) -> pa.Table:
-    rng = np.random.default_rng(start)
-    return pa.table(
-        {
-            "id": pa.array(np.arange(start, start + n, dtype=np.int64)),
-            "f": pa.array(rng.standard_normal(n)),
-            "s": pa.array([f"v{j}" if j % 5 else None for j in range(start, start + n)]),
-            "b": pa.array(rng.random(n) < 0.5),
-            "l": pa.array([[j] * (j % 3) for j in range(start, start + n)], pa.list_(pa.int32())),
-        }
-    )
-
-
 def write_fragments(path: Path, version: str, fragments: int, per: int = 20, **kwargs: object) -> pa.Table:
     """``fragments`` files of ``per`` rows, as that many small appends leave them."""
-    table = rows(0, fragments * per)
+    table = stream(0, fragments * per)
     factory.write(table, path, version, mode="create", max_rows_per_file=per, max_rows_per_group=per, **kwargs)
     assert len(lance.dataset(str(path)).get_fragments()) == fragments
     return table
@@ -81,7 +69,7 @@ def helper_processes() -> list[int]:
 
 def assert_same_order(path: Path, expected: pa.Table) -> None:
     assert lance.dataset(str(path)).to_table() == expected
-    assert_reads_every_way(path, expected)
+    assert_reads_every_way(path, expected, key="i")
 
 
 # 2.0 and 2.3 small pages are re-encoded by pylance's writer, which writes the whole output: no
@@ -129,20 +117,20 @@ def test_deletions_stable_row_ids_and_an_added_column(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=parts.__name__)
     path = tmp_path / "ds.lance"
-    first = rows(0, 60 * 10)
+    first = stream(0, 60 * 10)
     factory.write(first, path, "2.1", mode="create", max_rows_per_file=10, enable_stable_row_ids=True)
     ds = lance.dataset(str(path))
     ds.add_columns(pa.field("extra", pa.int64()))
-    later = rows(600, 60 * 10).append_column("extra", pa.array(np.arange(600, 1200, dtype=np.int64)))
+    later = stream(600, 60 * 10).append_column("extra", pa.array(np.arange(600, 1200, dtype=np.int64)))
     factory.write(later, path, "2.1", mode="append", max_rows_per_file=10)
-    lance.dataset(str(path)).delete("id % 17 = 3")
+    lance.dataset(str(path)).delete("i % 17 = 3")
     before = lance.dataset(str(path)).to_table(with_row_id=True)
     report = compact(str(path), CompactionOptions(task_processes=2, materialize_deletions=False))
     assert shared(caplog)
     assert report.fragments_added == 1
     after = lance.dataset(str(path)).to_table(with_row_id=True)
     assert after == before
-    assert_reads_every_way(path, before.drop_columns(["_rowid"]))
+    assert_reads_every_way(path, before.drop_columns(["_rowid"]), key="i")
 
 
 @pytest.mark.parametrize(
