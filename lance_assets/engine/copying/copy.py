@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -535,11 +535,7 @@ def _write_merged(
             if helpers is not None:
                 helpers.close()
         columns = written.finish_columns(retry)
-        descriptor = file_pb2.FileDescriptor(length=rows)
-        descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in merge.layout}))
-        for meta_key, value in (written.schema_metadata or {}).items():
-            descriptor.schema.metadata[meta_key] = value
-        tail = v2file.build_tail(written.pos, columns, descriptor, version)
+        tail = written.tail(columns)
         out.write(tail)
         size = written.pos + len(tail)
     if merge.verify:
@@ -598,10 +594,7 @@ class PartJob:
             written.copy_inputs([])
             written.flush_natives()
             written.count_natives()
-            columns = [written.mergers[fid].finish() for fid in merge.out_fields]
-            descriptor = file_pb2.FileDescriptor(length=sum(frag.physical_rows for frag in inputs))
-            descriptor.schema.fields.extend(_output_schema(ds.manifest, {fid for fid, _ in layout}))
-            out.write(v2file.build_tail(written.pos, columns, descriptor, version))
+            out.write(written.tail([written.mergers[fid].finish() for fid in merge.out_fields]))
         return written.part_report()
 
 
@@ -720,21 +713,11 @@ class _MergedFile:
         data region copied, its pages added to the columns, its report to this file's."""
         merge, tally = self.merge, self.tally
         self.flush_natives()  # the pending re-cut rows come before the part's
-        where = merge.ds.storage.url(self.rel)
-        for key, found in result["kinds"].items():
-            fid = int(key)
-            known = self.kinds.setdefault(fid, found)
-            if known != found:
-                raise CompactionRefusedError(repdef.describe_difference(((fid, known),), ((fid, found),), self.names), path=where)
+        self._agree(((int(key), found) for key, found in result["kinds"].items()), merge.ds.storage.url(self.rel))
         storage = Storage(os.path.dirname(path))
         rel = os.path.basename(path)
         meta, tail, tail_offset = read_v2_tail(storage, rel)
-        extents = _extents(meta, range(meta.num_columns), self.pos, whole=True)
-        move = _relocator(extents)
-        source = _Source(rel, meta, {}, tail, tail_offset)
-        self.pos, _ = _copy_extents(storage, source, extents, self.pos, self.out, merge.read_batch_bytes, None)
-        for fid, column in zip(merge.out_fields, meta.columns, strict=True):
-            self.mergers[fid].add(column, move, self.starts[first])
+        self._append_file(storage, _Source(rel, meta, {}, tail, tail_offset), merge.out_fields, self.starts[first])
         self.bytes_read += result["bytes_read"]
         tally.pages_before += result["pages_before"]
         tally.native.update(result["native"])
@@ -743,6 +726,27 @@ class _MergedFile:
             self.foreign[int(key)] = self.foreign.get(int(key), 0) + small
         if merge.progress:
             merge.progress(result["bytes_read"])
+
+    def _append_file(self, storage: Storage, source: _Source, fields: Sequence[int], row_offset: int) -> None:
+        """Every column of a file this copy had written aside (a helper's part, pylance's
+        re-encode): its data region copied here whole, its columns' pages added to ``fields``'
+        columns, their rows from ``row_offset`` on."""
+        meta = source.meta
+        extents = _extents(meta, range(meta.num_columns), self.pos, whole=True)
+        move = _relocator(extents)
+        self.pos, _ = _copy_extents(storage, source, extents, self.pos, self.out, self.merge.read_batch_bytes, None)
+        for fid, column in zip(fields, meta.columns, strict=True):
+            self.mergers[fid].add(column, move, row_offset)
+
+    def tail(self, columns: Sequence[file2_pb2.ColumnMetadata]) -> bytes:
+        """The file's metadata after its data: the columns, the output schema (with the inputs'
+        schema metadata) and the rows of every input."""
+        merge = self.merge
+        descriptor = file_pb2.FileDescriptor(length=self.starts[-1])
+        descriptor.schema.fields.extend(_output_schema(merge.ds.manifest, {fid for fid, _ in merge.layout}))
+        for meta_key, value in (self.schema_metadata or {}).items():
+            descriptor.schema.metadata[meta_key] = value
+        return v2file.build_tail(self.pos, columns, descriptor, merge.version)
 
     def part_report(self) -> dict[str, Any]:
         """What a helper's part adds to the output's report (``_append_part`` reads it)."""
@@ -761,7 +765,12 @@ class _MergedFile:
         where = self.merge.ds.storage.url(src.rel_path)
         if isinstance(key, repdef.LayerConflict):
             raise CompactionRefusedError(f"field {self.names.get(key.field_id, key.field_id)!r}: {key.detail}", path=where)
-        for fid, found in key:
+        self._agree(key, where)
+
+    def _agree(self, kinds: Iterable[tuple[int, str]], where: str) -> None:
+        """Record the guarded layers' kinds of an input (or a helper's part); refuse it when a
+        field's kind differs from the first one seen."""
+        for fid, found in kinds:
             first = self.kinds.setdefault(fid, found)
             if first != found:
                 raise CompactionRefusedError(repdef.describe_difference(((fid, first),), ((fid, found),), self.names), path=where)
@@ -857,12 +866,8 @@ class _MergedFile:
         if coalesced is not None:
             # The re-encoded columns' pages, after every input's: one source, rows from 0.
             temp = _Source(coalesced.rel, coalesced.meta, {}, b"", coalesced.meta.file_size)
-            extents = _extents(coalesced.meta, range(coalesced.meta.num_columns), self.pos, whole=True)
-            move = _relocator(extents)
-            self.pos, _ = _copy_extents(coalesced.storage, temp, extents, self.pos, self.out, merge.read_batch_bytes, None)
+            self._append_file(coalesced.storage, temp, coalesced.fields, 0)
             self.bytes_read += coalesced.bytes_read
-            for fid, column in zip(coalesced.fields, coalesced.meta.columns):
-                self.mergers[fid].add(column, move, 0)
             tally.by_pylance.update(names.get(fid, str(fid)) for fid in coalesced.fields)
         columns = [finished[fid] if fid in finished else self.mergers[fid].finish() for fid in merge.out_fields]
         tally.pages_after += sum(len(c.pages) for c in columns)

@@ -154,7 +154,6 @@ class PartHelpers:
     def __init__(self, request: Mapping[str, Any], count: int, scratch: str) -> None:
         self._scratch = scratch
         self._helpers: list[_Helper] = []
-        self.shares: list[Share] = []
         try:
             line = (json.dumps(request) + "\n").encode()
         except (TypeError, ValueError) as exc:  # e.g. storage options holding objects: no helpers
@@ -165,13 +164,7 @@ class PartHelpers:
             del _early[:count]
         taken += _spawned(count - len(taken))
         for helper in taken:
-            stdin = helper.process.stdin
-            try:
-                assert stdin is not None
-                stdin.write(line)
-                stdin.flush()
-            except OSError as exc:
-                helper.failed = f"the helper did not take its request: {exc}"
+            _send(helper, line, "request", last=False)
             self._helpers.append(helper)
 
     def __bool__(self) -> bool:
@@ -207,11 +200,11 @@ class PartHelpers:
         logger.debug("inputs %d-%d shared out among %d processes: %s", first, stop - 1, parts, bounds)
         for k, helper in enumerate(ready[: parts - 1], start=1):
             share = Share(bounds[k], bounds[k + 1], os.path.join(self._scratch, f"part-{k}.lance"))
-            self.shares.append(share)
             helper.share = share
-            self._send(helper, {"first": share.first, "stop": share.stop, "path": share.path})
+            line = (json.dumps({"first": share.first, "stop": share.stop, "path": share.path}) + "\n").encode()
+            _send(helper, line, "share", last=True)
         for helper in ready[parts - 1 :] + [h for h in self._helpers if not h.ready or h.failed]:
-            self._stop(helper)
+            _kill(helper)
         return bounds[1]
 
     def finished(self) -> Iterator[Share]:
@@ -233,19 +226,6 @@ class PartHelpers:
                 logger.info("inputs %d-%d are copied here after all: %s", share.first, share.stop - 1, share.error)
             yield share
 
-    def _send(self, helper: _Helper, message: Mapping[str, Any]) -> None:
-        stdin = helper.process.stdin
-        try:
-            assert stdin is not None
-            stdin.write((json.dumps(message) + "\n").encode())
-            stdin.close()
-        except OSError as exc:
-            helper.failed = f"the helper did not take its share: {exc}"
-
-    def _stop(self, helper: _Helper) -> None:
-        if helper.process.poll() is None:
-            helper.process.kill()
-
     def close(self) -> None:
         """End every helper (a finished one has ended already) and release its pipes."""
         for helper in self._helpers:
@@ -253,9 +233,28 @@ class PartHelpers:
         self._helpers = []
 
 
-def _close(helper: _Helper) -> None:
+def _send(helper: _Helper, line: bytes, what: str, *, last: bool) -> None:
+    """Write one line to a helper (closing its input after the ``last`` one); a helper that
+    cannot take it is marked failed."""
+    stdin = helper.process.stdin
+    try:
+        assert stdin is not None
+        stdin.write(line)
+        if last:
+            stdin.close()
+        else:
+            stdin.flush()
+    except OSError as exc:
+        helper.failed = f"the helper did not take its {what}: {exc}"
+
+
+def _kill(helper: _Helper) -> None:
     if helper.process.poll() is None:
         helper.process.kill()
+
+
+def _close(helper: _Helper) -> None:
+    _kill(helper)
     helper.process.wait()
     for stream in (helper.process.stdin, helper.process.stdout):
         if stream is not None and not stream.closed:
