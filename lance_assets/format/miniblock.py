@@ -1211,19 +1211,14 @@ def _encode_fixed(fixed: U8, per: int, n: int, shape: Shape, rows: int, defs: U1
     with either no definition levels or one per value: every chunk but the last then holds the
     same power of two of values, so numpy lays the chunks out at once."""
     level_bytes = 2 if defs is not None else 0
-    header = _aligned(2 + (2 if defs is not None else 0) + (4 if shape.wide else 2))
+    header = len(_flat_chunk_header(0, 0, shape, defs is not None))
     count = 1 << (max(1, min(MAX_CHUNK_VALUES, (CHUNK_TARGET_BYTES - header) // (per + level_bytes))).bit_length() - 1)
     full, rest = divmod(n, count)
     if rest == 0 and full:
         full, rest = full - 1, count  # the last chunk holds whatever remains, here a whole one
-    size_fmt = "<I" if shape.wide else "<H"
 
     def chunk_header(values: int) -> bytes:
-        head = struct.pack("<H", values if defs is not None else 0)
-        if defs is not None:
-            head += struct.pack("<H", 2 * values)
-        head += struct.pack(size_fmt, values * per)
-        return head + b"\xfe" * (header - len(head))
+        return _flat_chunk_header(values, values * per, shape, defs is not None)
 
     parts = []
     level_span = _aligned(count * level_bytes)
@@ -1277,16 +1272,10 @@ def _encode_bitpacked(fixed: U8, n: int, shape: Shape, rows: int, defs: U16 | No
         words = _pack_blocks(blocks[sel], width, bits).astype(f"<u{size}", copy=False)
         for i, row in zip(sel, words):
             packed[i] = int(width).to_bytes(size, "little") + row.tobytes()
-    size_fmt = "<I" if shape.wide else "<H"
-    header = _aligned(2 + (2 if defs is not None else 0) + (4 if shape.wide else 2))
     chunks, words_meta = [], []
     for i in range(k):
         count = min(1024, n - i * 1024)
-        chunk = bytearray(struct.pack("<H", count if defs is not None else 0))
-        if defs is not None:
-            chunk += struct.pack("<H", 2 * count)
-        chunk += struct.pack(size_fmt, value_sizes[i])
-        chunk += b"\xfe" * (header - len(chunk))
+        chunk = bytearray(_flat_chunk_header(count, value_sizes[i], shape, defs is not None))
         if defs is not None:
             chunk += defs[i * 1024 : i * 1024 + count].astype("<u2").tobytes()
             _pad(chunk)
@@ -1295,9 +1284,24 @@ def _encode_bitpacked(fixed: U8, n: int, shape: Shape, rows: int, defs: U16 | No
         if len(chunk) > MAX_CHUNK_BYTES:
             return None
         chunks.append(bytes(chunk))
-        words_meta.append(((len(chunk) // CHUNK_ALIGNMENT - 1) << 4) | (10 if i < k - 1 else 0))
+        words_meta.append(((len(chunk) // CHUNK_ALIGNMENT - 1) << 4) | (_LOG2_BLOCK if i < k - 1 else 0))
     meta = np.array(words_meta, dtype="<u4" if shape.wide else "<u2").tobytes()
     return EncodedPage((meta, b"".join(chunks)), _layout_bytes(shape, n, bitpacked=True), rows)
+
+
+#: log2 of the values in a chunk of fast-lanes blocks (1,024), as a chunk size word says it.
+_LOG2_BLOCK = 10
+
+
+def _flat_chunk_header(values: int, value_bytes: int, shape: Shape, defs: bool) -> bytes:
+    """The header of a chunk of ``values`` values of a flat column (one definition level per
+    value, or none) with one value buffer of ``value_bytes`` bytes, padded to its aligned size:
+    the level count, the levels' bytes, the value buffer's size."""
+    head = struct.pack("<H", values if defs else 0)
+    if defs:
+        head += struct.pack("<H", 2 * values)
+    head += struct.pack("<I" if shape.wide else "<H", value_bytes)
+    return head + b"\xfe" * (_aligned(len(head)) - len(head))
 
 
 def _pad(buf: bytearray) -> None:
