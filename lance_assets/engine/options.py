@@ -106,7 +106,7 @@ class CompactionOptions:
     )
     task_processes: int = _option(
         2,
-        "Processes that share the work of one output file merging many small files (at least 128, on a local "
+        "Processes that share the work of one output file merging many small files (at least 1,024, on a local "
         "disk): the task's own and helpers it starts, at most one per CPU it may use; 1: its own alone.",
         metavar="N",
     )

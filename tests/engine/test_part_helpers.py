@@ -99,12 +99,12 @@ def test_a_shared_output_reads_as_one_process_writes_it(
 def test_default_thresholds_share_a_real_streaming_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The default thresholds and options: 600 files of 20 rows are enough to share."""
+    """The default thresholds and options: 1,200 files of 20 rows are enough to share."""
     caplog.set_level(logging.DEBUG, logger=parts.__name__)
     monkeypatch.setattr(parts, "READY_TIMEOUT", 60.0)
     monkeypatch.setattr(parts, "LOAD_AWARE", False)
     path = tmp_path / "ds.lance"
-    expected = write_fragments(path, "2.2", 600)
+    expected = write_fragments(path, "2.2", 1200)
     report = compact(str(path))
     assert shared(caplog) == (parts.usable_processes(2) > 1)
     assert helper_processes() == [], "a helper outlived the compaction"
