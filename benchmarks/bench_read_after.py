@@ -110,9 +110,9 @@ def build(case: Case, path: Path) -> None:
     assert len(lance.dataset(str(path)).get_fragments()) == case.fragments
 
 
-def _ours(pages: str) -> Callable[[Path], None]:
+def _ours(pages: str, processes: int = CompactionOptions().task_processes) -> Callable[[Path], None]:
     def run(path: Path) -> None:
-        compact(str(path), CompactionOptions(pages=pages))  # type: ignore[arg-type]
+        compact(str(path), CompactionOptions(pages=pages, task_processes=processes))  # type: ignore[arg-type]
 
     return run
 
@@ -128,6 +128,7 @@ def _pylance(mode: str) -> Callable[[Path], None]:
 
 WAYS: dict[str, Callable[[Path], None]] = {
     "lance-assets": _ours("coalesce"),
+    "lance-assets 1 process": _ours("coalesce", processes=1),  # no helper process (task_processes=1)
     "lance-assets copy": _ours("copy"),
     "pylance binary": _pylance("force_binary_copy"),
     "pylance reencode": _pylance("reencode"),
