@@ -331,5 +331,5 @@ def _helpers_may_pay(ds: Dataset, options: CompactionOptions, runner: TaskRunner
         and options.task_processes > 1
         and ds.storage.is_local
         and (runner is None or isinstance(runner, LocalRunner))
-        and len(ds.manifest.fragments) >= parts.MIN_INPUTS
+        and parts.worth_helpers(len(ds.manifest.fragments), len(ds.manifest.fields))
     )

@@ -106,8 +106,9 @@ class CompactionOptions:
     )
     task_processes: int = _option(
         2,
-        "Processes that share the work of one output file merging many small files (at least 1,024, on a local "
-        "disk): the task's own and helpers it starts, at most one per CPU it may use; 1: its own alone.",
+        "Processes that share the work of one output file merging many small files (at least 1,024, or 6,000 "
+        "column chunks, on a local disk): the task's own and helpers it starts, at most one per CPU it may use; "
+        "1: its own alone.",
         metavar="N",
     )
     max_source_fragments: int | None = _option(None, "Compact at most this many fragments in one run.", metavar="N")

@@ -181,3 +181,26 @@ def test_usable_processes_follow_the_cpus_and_their_load(monkeypatch: pytest.Mon
     others = max(0.0, os.getloadavg()[0] - 1.0)
     assert parts.usable_processes(64) in range(max(1, int(cpus - others + 0.5) - 1), cpus + 1)
     assert parts.usable_processes(1) == 1
+
+
+def test_default_thresholds_share_a_wide_output_of_few_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """64 files of 100 columns (6,400 column chunks) are work enough to share, though far
+    fewer than 1,024 files."""
+    caplog.set_level(logging.DEBUG, logger=parts.__name__)
+    monkeypatch.setattr(parts, "READY_TIMEOUT", 60.0)
+    monkeypatch.setattr(parts, "LOAD_AWARE", False)
+    rng = np.random.default_rng(7)
+    rows = 64 * 20
+    table = pa.table(
+        {"i": pa.array(np.arange(rows, dtype=np.int64))} | {f"c{k:03}": rng.standard_normal(rows) for k in range(99)}
+    )
+    path = tmp_path / "wide.lance"
+    factory.write(table, path, "2.2", mode="create", max_rows_per_file=20, max_rows_per_group=20)
+    assert parts.worth_helpers(64, 100) and not parts.worth_helpers(64, 50) and not parts.worth_helpers(40, 200)
+    report = compact(str(path))
+    assert shared(caplog) == (parts.usable_processes(2) > 1)
+    assert helper_processes() == [], "a helper outlived the compaction"
+    assert report.fragments_added == 1 and report.columns_left_small == []
+    assert_same_order(path, table)

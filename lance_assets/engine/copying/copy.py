@@ -666,7 +666,7 @@ class _MergedFile:
         blobs = blob_copy.blob_field_ids(ds.manifest.fields)
         if (
             count < 1
-            or len(merge.inputs) < parts.MIN_INPUTS
+            or not parts.worth_helpers(len(merge.inputs), len(merge.out_fields))
             or self.coalesced is not None
             or not ds.storage.is_local
             or self.clone_block
