@@ -7,6 +7,7 @@ propagates: nothing is committed. pylance judges the data.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import threading
 from pathlib import Path
@@ -88,3 +89,20 @@ def test_max_workers_must_be_positive(source: Path, tmp_path: Path) -> None:
     work = _copy(source, tmp_path / "work.lance")
     with pytest.raises(ValueError, match="max_workers"):
         compact(str(work), OPTIONS, max_workers=0)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_cycle_collector_pauses_while_tasks_copy_and_comes_back_as_it_was(
+    source: Path, tmp_path: Path, enabled: bool
+) -> None:
+    """Copying pauses Python's cycle collector (a full pass walks every object of the process)
+    and leaves it as it found it, also when tasks overlap on threads."""
+    seen: list[bool] = []
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        compact(str(_copy(source, tmp_path / "ds")), OPTIONS, max_workers=3, progress=lambda n: seen.append(gc.isenabled()))
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+    assert seen and not any(seen)

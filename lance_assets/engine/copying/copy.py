@@ -11,14 +11,17 @@ copied approximately.
 from __future__ import annotations
 
 import bisect
+import gc
 import itertools
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -589,7 +592,7 @@ class PartJob:
         out_fields = list(request["out_fields"])
         merge = _Merge(ds, inputs, version, layout, out_fields, lacking, request["read_batch_bytes"], None, False)
         path = str(share["path"])
-        with open(path, "wb") as out:
+        with _cycle_collector_paused(), open(path, "wb") as out:
             written = _MergedFile(merge, path, out, coalesce.PageTally(), None, request["native_page_bytes"])
             written.copy_inputs([])
             written.flush_natives()
@@ -995,6 +998,31 @@ class _PylanceWanted(Exception):
         self.fields = fields
 
 
+_collector_lock = threading.Lock()
+_collector_pauses = [0, False]  # tasks copying now; whether the collector was on before the first
+
+
+@contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while a task copies (back as it was when the last task of
+    the process ends). Keeping thousands of small pages allocates objects fast enough to set it
+    off every few milliseconds, and each full pass walks every object of the process (pylance's,
+    Dagster's): measured at about 10 % of merging 3,000 small files. The copy makes no cycles
+    of its own that would wait for it; what others make is collected afterwards."""
+    with _collector_lock:
+        if _collector_pauses[0] == 0:
+            _collector_pauses[1] = gc.isenabled()
+            gc.disable()
+        _collector_pauses[0] += 1
+    try:
+        yield
+    finally:
+        with _collector_lock:
+            _collector_pauses[0] -= 1
+            if _collector_pauses[0] == 0 and _collector_pauses[1]:
+                gc.enable()
+
+
 class _NothingCoalesced(CompactionRefusedError):
     """A task of fragments rewritten alone to coalesce their pages, none of which could be."""
 
@@ -1059,32 +1087,33 @@ def execute_task(
     deletions: list[str] = []
     bytes_read = bytes_written = 0
     try:
-        for output in task.outputs:
-            inputs = [by_id[i] for i in output.fragment_ids]
-            if legacy:
-                frag, files, n_read, n_written = write_legacy_output(
-                    ds, inputs, plan.options.read_batch_bytes, progress, plan.options.verify_output
-                )
-            else:
-                frag, files, n_read, n_written = _write_output(
-                    ds,
-                    inputs,
-                    plan.options.read_batch_bytes,
-                    progress,
-                    plan.options.verify_output,
-                    options=plan.options,
-                    tally=tally,
-                )
-            written.extend(files)
-            deletions.append(carry_deletions(ds, inputs, frag))
-            fragments.append(RewriteResult.encode_fragment(frag))
-            bytes_read += n_read
-            bytes_written += n_written
-        if all(len(o.fragment_ids) == 1 for o in task.outputs) and tally.pages_after >= tally.pages_before:
-            # Only fragments healed alone, and their pages could not be coalesced: committing
-            # the same pages again would change nothing but the version.
-            why = "; ".join(sorted(tally.why_left)) or "no column was coalesced"
-            raise _NothingCoalesced(f"small pages left as they were: {why}")
+        with _cycle_collector_paused():
+            for output in task.outputs:
+                inputs = [by_id[i] for i in output.fragment_ids]
+                if legacy:
+                    frag, files, n_read, n_written = write_legacy_output(
+                        ds, inputs, plan.options.read_batch_bytes, progress, plan.options.verify_output
+                    )
+                else:
+                    frag, files, n_read, n_written = _write_output(
+                        ds,
+                        inputs,
+                        plan.options.read_batch_bytes,
+                        progress,
+                        plan.options.verify_output,
+                        options=plan.options,
+                        tally=tally,
+                    )
+                written.extend(files)
+                deletions.append(carry_deletions(ds, inputs, frag))
+                fragments.append(RewriteResult.encode_fragment(frag))
+                bytes_read += n_read
+                bytes_written += n_written
+            if all(len(o.fragment_ids) == 1 for o in task.outputs) and tally.pages_after >= tally.pages_before:
+                # Only fragments healed alone, and their pages could not be coalesced: committing
+                # the same pages again would change nothing but the version.
+                why = "; ".join(sorted(tally.why_left)) or "no column was coalesced"
+                raise _NothingCoalesced(f"small pages left as they were: {why}")
     except CompactionRefusedError as exc:
         remove_files(storage, written)
         return RewriteResult(
