@@ -76,6 +76,21 @@ def test_inspect_json_of_a_local_dataset_needs_no_fsspec_rich_or_arrow(tmp_path:
     assert _loaded(code, (*HEAVY, "fsspec", "rich")) == []
 
 
+def test_compacting_a_local_dataset_needs_no_fsspec_or_arrow(tmp_path: Path) -> None:
+    """`lance-assets compact --json` on a local path, commit included: OS calls only, no store
+    library (a tenth of a second of imports) and no pyarrow (numpy is needed to re-cut pages)."""
+    uri = str(tmp_path / "d.lance")
+    for i in range(3):
+        lance.write_dataset(pa.table({"x": list(range(i * 10, i * 10 + 10))}), uri, mode="append" if i else "create")
+    code = (
+        "import contextlib, io, json\nimport lance_assets.cli as c\nout = io.StringIO()\n"
+        f"with contextlib.redirect_stdout(out):\n    assert c.main(['compact', '--json', {uri!r}]) == 0\n"
+        "assert json.loads(out.getvalue())['fragments_removed'] == 3"
+    )
+    assert _loaded(code, ("pyarrow", "pandas", "dagster", "lance", "fsspec")) == []
+    assert len(lance.dataset(uri).get_fragments()) == 1
+
+
 @pytest.mark.parametrize("path", ["/abs/dir", "/abs/dir/", "rel/dir", "./rel", ".", "~/x", "/", "a b/c"])
 def test_plain_local_root_is_what_fsspec_would_use(path: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A plain local path is opened without fsspec; its root must be fsspec's own answer."""
