@@ -173,7 +173,7 @@ class Storage:
         root = None if fsspec_options("file", options) else plain_local_root(self.uri)
         if root is not None:
             # A plain local path: reads, listings and sizes are OS calls (``local``), so fsspec
-            # (asyncio, its registry: a tenth of a second) is imported only if a write needs it.
+            # (asyncio, its registry: a tenth of a second) is imported only if a caller asks for `fs`.
             self.root, self.is_local = root, True
         else:
             import fsspec
