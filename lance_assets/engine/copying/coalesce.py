@@ -77,7 +77,7 @@ NATIVE_PAGE_BYTES = 16 * 1024 * 1024
 
 def natively_coalescible(version: FileVersion) -> bool:
     """Whether this copier can decode and re-cut small pages of files of ``version`` itself."""
-    return version in (FileVersion.V2_1, FileVersion.V2_2)
+    return version in (FileVersion.V2_0, FileVersion.V2_1, FileVersion.V2_2)
 
 
 def native_page_bytes(
@@ -126,9 +126,11 @@ class NativeColumn:
     """
 
     def __init__(self, version: FileVersion, page_bytes: int, logical_type: str = "") -> None:
-        from lance_assets.format import miniblock  # numpy comes with it, only when compacting
+        # numpy comes with these, only when compacting
+        from lance_assets.format import miniblock, pages20
 
-        self._mb = miniblock
+        # the format module that decodes and re-cuts this version's pages (same protocol)
+        self._mb: Any = pages20 if version is FileVersion.V2_0 else miniblock
         self._version = version
         self._page_bytes = page_bytes
         # the column's logical type: pages of one value do not say whether it is a boolean, nor
