@@ -442,10 +442,10 @@ def test_pages_copy_keeps_every_page(tmp_path: Path, version: str) -> None:
     assert plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=100)).tasks == ()
 
 
-def test_without_pylance_2_0_pages_are_copied_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_pylance_2_3_pages_are_copied_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ds.lance"
     tables = [stream(k * 50, 50) for k in range(8)]
-    write_appends(path, tables, "2.0")
+    write_appends(path, tables, "2.3")
     monkeypatch.setattr("lance_assets.engine.copying.coalesce.pylance_available", lambda: False)
     report = compact(str(path))
     assert report.columns_coalesced_native == [] and report.columns_coalesced_pylance == []
@@ -455,14 +455,17 @@ def test_without_pylance_2_0_pages_are_copied_and_named(tmp_path: Path, monkeypa
     assert_reads_as(path, pa.concat_tables(tables))
 
 
-def test_without_pylance_2_2_pages_are_recut_by_the_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("version", ["2.0", "2.2"])
+def test_without_pylance_pages_are_recut_by_the_copy(tmp_path: Path, version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2.0 stores a list as two columns (its offsets, named by the list, and its items)."""
     path = tmp_path / "ds.lance"
     tables = [stream(k * 50, 50) for k in range(8)]
-    write_appends(path, tables, "2.2")
+    write_appends(path, tables, version)
     monkeypatch.setattr("lance_assets.engine.copying.coalesce.pylance_available", lambda: False)
     report = compact(str(path))
-    assert report.pages_before == 8 * 5 and report.pages_after == 5
-    assert report.columns_coalesced_native == ["b", "f", "i", "l.item", "s"] and report.columns_left_small == []
+    columns = ["b", "f", "i", "l", "l.item", "s"] if version == "2.0" else ["b", "f", "i", "l.item", "s"]
+    assert report.pages_before == 8 * len(columns) and report.pages_after == len(columns)
+    assert report.columns_coalesced_native == columns and report.columns_left_small == []
     assert not [n for n in report.notes if n.reason == Reason.SMALL_PAGES]
     assert_reads_as(path, pa.concat_tables(tables))
 
@@ -537,7 +540,7 @@ def test_a_fragment_whose_pages_cannot_be_coalesced_is_not_rewritten(tmp_path: P
     (reason ``small_pages``): rewriting the same pages would only add a version."""
     path = tmp_path / "ds.lance"
     tables = [stream(k * 50, 50) for k in range(8)]
-    write_appends(path, tables, "2.0")  # 2.0 pages are coalesced by pylance alone
+    write_appends(path, tables, "2.3")  # 2.3 pages are coalesced by pylance alone
     compact(str(path), CompactionOptions(pages="copy"))
     version = lance.dataset(str(path)).version
 

@@ -26,7 +26,10 @@ from lance_assets.format.pages import MIN_SMALL_PAGES
 from tests.engine.test_coalesce_pages import assert_reads_as, data_file_pages, few_names, fresh_pages, write_appends
 from tests.support.assertions import tree_digest
 
-VERSIONS = ["2.1", "2.2"]
+VERSIONS = ["2.0", "2.1", "2.2"]
+#: The versions whose small pages are mini-block pages (``format.miniblock``); 2.0 pages are
+#: re-cut by ``format.pages20``.
+MINIBLOCK_VERSIONS = ["2.1", "2.2"]
 
 
 @pytest.fixture
@@ -51,6 +54,12 @@ def streaming(start: int, n: int, seed: int = 0) -> pa.Table:
     )
 
 
+def streaming_columns(version: str) -> list[str]:
+    """The columns of ``streaming`` as the report names them: in 2.0 a list is two columns (its
+    offsets, named by the list, and its items); later versions store it as one."""
+    return ["b", "f", "i", "l", "l.item", "s"] if version == "2.0" else ["b", "f", "i", "l.item", "s"]
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("rows", [100, 1000])
 def test_streaming_appends_become_one_page_per_column(tmp_path: Path, version: str, rows: int, no_pylance_writer: None) -> None:
@@ -59,10 +68,10 @@ def test_streaming_appends_become_one_page_per_column(tmp_path: Path, version: s
     write_appends(path, tables, version)
     report = compact(str(path))
     assert report.fragments_added == 1 and report.columns_coalesced_pylance == []
-    assert report.columns_coalesced_native == ["b", "f", "i", "l.item", "s"] and report.columns_left_small == []
+    assert report.columns_coalesced_native == streaming_columns(version) and report.columns_left_small == []
     (pages,) = data_file_pages(path)
     assert pages == fresh_pages(pa.concat_tables(tables), version, tmp_path / "fresh.lance")
-    assert report.pages_after == sum(pages) and report.pages_before == 5 * len(tables)
+    assert report.pages_after == sum(pages) and report.pages_before == len(streaming_columns(version)) * len(tables)
     assert_reads_as(path, pa.concat_tables(tables))
 
 
@@ -260,7 +269,7 @@ def test_a_repeated_string_is_recut_with_its_neighbours(tmp_path: Path, odd: lis
     assert_reads_as(path, pa.concat_tables(tables))
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", MINIBLOCK_VERSIONS)
 def test_pages_that_cannot_be_recut_after_all_are_written_as_they_came(
     tmp_path: Path,
     version: str,
@@ -291,7 +300,7 @@ def test_pages_that_cannot_be_recut_after_all_are_written_as_they_came(
 
 
 # --- bad input ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", MINIBLOCK_VERSIONS)
 def test_a_corrupt_page_leaves_the_dataset_as_it_was(tmp_path: Path, version: str, no_pylance_writer: None) -> None:
     path = tmp_path / "ds.lance"
     tables = [streaming(k * 100, 100) for k in range(6)]
@@ -312,4 +321,118 @@ def test_a_corrupt_page_leaves_the_dataset_as_it_was(tmp_path: Path, version: st
     with pytest.raises(LanceAssetsError) as caught:
         compact(str(path))
     assert "chunk" in str(caught.value)
+    assert tree_digest(path) == digest
+
+
+# --- 2.0 pages (format.pages20) -------------------------------------------------------------------
+def _typed_appends(appends: int, n: int) -> list[pa.Table]:
+    """Appends of the flat types streaming writers send, in the three null patterns (none,
+    some, all), strings sometimes of few distinct values (pylance writes those 2.0 pages as
+    dictionaries) and sometimes all distinct."""
+    rng = np.random.default_rng(23)
+    tables = []
+    for k in range(appends):
+        start, kind = k * n, k % 3  # 0: no nulls, 1: some nulls, 2: all null
+
+        def nulled(values: list[Any], every: int, kind: int = kind) -> list[Any]:
+            return [None if kind == 2 or (kind == 1 and j % every == 0) else v for j, v in enumerate(values)]
+
+        few = k % 2 == 0
+        text = [f"name-{j % 5}" if few else f"row-{start + j}-{'y' * (j % 9)}" for j in range(n)]
+        tables.append(
+            pa.table(
+                {
+                    "i": pa.array(range(start, start + n), pa.int64()),
+                    "i64": pa.array(nulled(rng.integers(-(2**40), 2**40, n).tolist(), 3), pa.int64()),
+                    "f64": pa.array(nulled(rng.standard_normal(n).tolist(), 4), pa.float64()),
+                    "f32": pa.array(nulled(rng.standard_normal(n).astype(np.float32).tolist(), 5), pa.float32()),
+                    "i32": pa.array(nulled(rng.integers(-100, 100, n).tolist(), 6), pa.int32()),
+                    "b": pa.array(nulled((rng.random(n) < 0.5).tolist(), 7), pa.bool_()),
+                    "s": pa.array(nulled(text, 3), pa.string()),
+                    "ls": pa.array(nulled(text, 4), pa.large_string()),
+                    "bin": pa.array(nulled([bytes([j % 256]) * (j % 6) for j in range(n)], 5), pa.binary()),
+                }
+            )
+        )
+    return tables
+
+
+def test_2_0_appends_of_every_flat_type_become_a_page_per_column(tmp_path: Path, no_pylance_writer: None) -> None:
+    """3,000 rows in 30 appends: each column ends as few pages as pylance's writer makes of the
+    rows (dictionary pages are written back as plain strings, with the others)."""
+    path = tmp_path / "ds.lance"
+    tables = _typed_appends(30, 100)
+    write_appends(path, tables, "2.0")
+    report = compact(str(path))
+    columns = sorted(tables[0].column_names)
+    assert report.columns_coalesced_native == columns and report.columns_left_small == []
+    (pages,) = data_file_pages(path)
+    assert max(pages) <= 2 and report.pages_before == len(columns) * 30 and report.pages_after == sum(pages)
+    assert_reads_as(path, pa.concat_tables(tables))
+
+
+def test_2_0_large_runs_are_cut_into_pages_of_the_native_size(tmp_path: Path, no_pylance_writer: None) -> None:
+    """With a small read budget the re-cut pages are bounded (``native_page_bytes``): several
+    pages per column, each larger than a small one, read back the same."""
+    from lance_assets import CompactionOptions
+
+    path = tmp_path / "ds.lance"
+    tables = _typed_appends(24, 2000)
+    write_appends(path, tables, "2.0")
+    report = compact(str(path), CompactionOptions(read_batch_bytes=4 * 1024 * 1024))
+    assert report.columns_left_small == []
+    (pages,) = data_file_pages(path)
+    assert 1 < max(pages) < 24
+    assert_reads_as(path, pa.concat_tables(tables))
+
+
+def test_2_0_compressed_pages_are_left_to_pylance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of a column with compression asked in its field metadata are not decoded here: with
+    pylance its writer re-encodes that column, without it the pages stay as they came."""
+    schema = pa.schema([pa.field("i", pa.int64()), pa.field("s", pa.string(), metadata={"lance-encoding:compression": "zstd"})])
+    tables = [
+        pa.table(
+            {"i": range(k * 100, k * 100 + 100), "s": [f"text-{j}" * 3 for j in range(k * 100, k * 100 + 100)]}, schema=schema
+        )
+        for k in range(8)
+    ]
+    with_pylance, without = tmp_path / "with.lance", tmp_path / "without.lance"
+    write_appends(with_pylance, tables, "2.0")
+    write_appends(without, tables, "2.0")
+    report = compact(str(with_pylance))
+    assert report.columns_coalesced_native == ["i"] and report.columns_coalesced_pylance == ["s"]
+    assert_reads_as(with_pylance, pa.concat_tables(tables))
+    monkeypatch.setattr("lance_assets.engine.copying.coalesce.pylance_available", lambda: False)
+    report = compact(str(without))
+    assert report.columns_coalesced_native == ["i"] and report.columns_left_small == ["s"]
+    assert data_file_pages(without)[0] == [1, 8]
+    assert_reads_as(without, pa.concat_tables(tables))
+
+
+@pytest.mark.parametrize("where", ["offsets", "dictionary"])
+def test_a_corrupt_2_0_page_leaves_the_dataset_as_it_was(tmp_path: Path, where: str, no_pylance_writer: None) -> None:
+    """A string page whose offsets point past its bytes, or a dictionary page whose index points
+    past its values: a typed error, and nothing changed."""
+    from lance.file import LanceFileReader
+
+    path = tmp_path / "ds.lance"
+    tables = _typed_appends(6, 100)
+    write_appends(path, tables, "2.0")
+    ds = lance.dataset(str(path))
+    # append 3: distinct strings without nulls; append 4: five names with nulls
+    name = ds.get_fragments()[3 if where == "offsets" else 4].data_files()[0].path
+    file_path = path / "data" / name
+    page = LanceFileReader(str(file_path)).metadata().columns[tables[0].column_names.index("s")].pages[0]
+    assert len(page.buffers) == (2 if where == "offsets" else 3)
+    raw = bytearray(file_path.read_bytes())
+    at = page.buffers[0].position
+    if where == "offsets":
+        raw[at + 8 : at + 16] = (2**62).to_bytes(8, "little")  # a null whose end lies far past the bytes
+    else:
+        raw[at + 1] = 200  # value 200 of a dictionary of five
+    file_path.write_bytes(bytes(raw))
+    digest = tree_digest(path)
+    with pytest.raises(LanceAssetsError) as caught:
+        compact(str(path))
+    assert ("offsets past" if where == "offsets" else "dictionary index") in str(caught.value)
     assert tree_digest(path) == digest

@@ -105,9 +105,10 @@ def test_planner_leaves_few_small_pages_and_fresh_writes_alone(tmp_path: Path) -
     assert plan.tasks == () and [s.reason for s in plan.skipped] == [Reason.AT_TARGET_SIZE]
 
 
-def test_without_pylance_the_copy_heals_2_2_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("version", ["2.0", "2.2"])
+def test_without_pylance_the_copy_heals_small_pages_itself(tmp_path: Path, version: str, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ds.lance"
-    before = _binary_copied(path, "2.2").to_table()
+    before = _binary_copied(path, version).to_table()
     monkeypatch.setattr("lance_assets.engine.copying.coalesce.pylance_available", lambda: False)
     plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=100))
     assert len(plan.tasks) == 1
@@ -119,7 +120,7 @@ def test_without_pylance_the_copy_heals_2_2_itself(tmp_path: Path, monkeypatch: 
 
 def test_planner_says_why_small_pages_stay_without_pylance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ds.lance"
-    _binary_copied(path, "2.0")  # 2.0 pages are not re-cut by the copy itself
+    _binary_copied(path, "2.3")  # 2.3 pages are not re-cut by the copy itself
     monkeypatch.setattr("lance_assets.engine.copying.coalesce.pylance_available", lambda: False)
     plan = plan_compaction(str(path), CompactionOptions(target_rows_per_fragment=100))
     assert plan.tasks == ()

@@ -72,9 +72,11 @@ def assert_same_order(path: Path, expected: pa.Table) -> None:
     assert_reads_every_way(path, expected, key="i")
 
 
-# 2.0 and 2.3 small pages are re-encoded by pylance's writer, which writes the whole output: no
-# helpers then; with pages copied as they are, they share the copy like the others
-@pytest.mark.parametrize(("version", "pages"), [("2.0", "copy"), ("2.1", "coalesce"), ("2.2", "coalesce"), ("2.3", "copy")])
+# 2.3 small pages are re-encoded by pylance's writer, which writes the whole output: no helpers
+# then; with pages copied as they are, they share the copy like the others
+@pytest.mark.parametrize(
+    ("version", "pages"), [("2.0", "copy"), ("2.0", "coalesce"), ("2.1", "coalesce"), ("2.2", "coalesce"), ("2.3", "copy")]
+)
 def test_a_shared_output_reads_as_one_process_writes_it(
     tmp_path: Path, version: str, pages: str, small_thresholds: None, caplog: pytest.LogCaptureFixture
 ) -> None:
