@@ -5,8 +5,9 @@ later versions (``format.pages``). This module coalesces such pages without pyla
 changing a value, for the page encodings pylance writes for small appends in 2.0 (the layouts
 are described in docs/format.md, "2.0 pages"):
 
-* fixed-width values (``Nullable`` over ``Flat``, or over a ``FixedSizeList`` of flat values),
-  with no nulls, some (a 1-bit validity bitmap) or only nulls (no buffers);
+* fixed-width values (``Nullable`` over ``Flat``, or over a ``FixedSizeList`` of flat values
+  whose items may be null), with no nulls, some (a 1-bit validity bitmap) or only nulls (no
+  buffers);
 * strings and binaries (``Binary``: u64 end offsets with nulls shifted up by an adjustment, then
   the bytes), and strings as ``Dictionary`` pages (u8 indices into a ``Binary`` of the page's
   distinct values), which are written back as plain ``Binary``;
@@ -51,22 +52,27 @@ Mask = npt.NDArray[np.bool_]
 @dataclass(frozen=True)
 class Shape:
     """What a 2.0 page holds, as far as concatenating pages needs: pages of one shape share a
-    page. An all-null fixed-width page (no buffers) says nothing of its width: ``values`` is
-    empty and it shares a page with any fixed-width page."""
+    page. An all-null fixed-width page (no buffers) says nothing of its width: ``bits`` is 0
+    and it shares a page with any fixed-width page."""
 
     kind: str
-    values: bytes = b""  # FIXED: the values' ArrayEncoding (buffer index 0), serialized
-    bits: int = 0  # FIXED: bits per row (0 on an all-null page)
+    bits: int = 0  # FIXED: bits per item (0 on an all-null page)
+    dimension: int = 0  # FIXED: items per row of a fixed-size list (0: flat values)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row's values (0 for 1-bit values, which are packed)."""
+        return self.bits // 8 * max(1, self.dimension)
 
 
 def combine(a: Shape, b: Shape) -> Shape | None:
     """The shape a page holding pages of shapes ``a`` and ``b`` takes, or None when they cannot
-    share a page (another kind, or fixed-width values of another encoding)."""
+    share a page (another kind, or fixed-width values of another width)."""
     if a.kind != b.kind:
         return None
-    if a.kind == FIXED and a.values and b.values and a.values != b.values:
+    if a.kind == FIXED and a.bits and b.bits and a != b:
         return None
-    return a if a.values or not b.values else b
+    return a if a.bits or not b.bits else b
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class _Codec:
     shape: Shape
     buffers: int  # page buffers the encoding refers to
     nulls: str = "none"  # FIXED: "none", "some" (a validity bitmap first) or "all" (no buffers)
+    item_nulls: bool = False  # FIXED: a fixed-size list's items have a validity bitmap (after the rows')
     null_adjustment: int = 0  # BINARY, LIST: offsets at or above this are nulls, shifted up by it
     items: int = 0  # LIST: items the page's rows hold; dictionary: distinct values
     items_adjustment: int = 0  # dictionary: the values' Binary null adjustment
@@ -139,10 +146,11 @@ def _nullable_codec(nullable: enc20.Nullable) -> _Codec | None:
         values, index, nulls = nullable.some_nulls.values, 1, "some"
     else:
         return None
-    bits = _fixed_bits(values, index)
-    if bits is None:
+    found = _fixed(values, index)
+    if found is None:
         return None
-    return _Codec(Shape(FIXED, _with_buffer(values, 0).SerializeToString(deterministic=True), bits), index + 1, nulls=nulls)
+    bits, dimension, item_nulls = found
+    return _Codec(Shape(FIXED, bits, dimension), index + 1 + item_nulls, nulls=nulls, item_nulls=item_nulls)
 
 
 def _binary_codec(binary: enc20.Binary, first: int) -> _Codec | None:
@@ -167,26 +175,25 @@ def _flat_bits(array: enc20.ArrayEncoding, index: int, *, nullable: bool = False
     return int(flat.bits_per_value)
 
 
-def _fixed_bits(values: enc20.ArrayEncoding, index: int) -> int | None:
-    """Bits per row of fixed-width values in page buffer ``index``: flat (1 bit, or whole bytes)
-    or a fixed-size list of flat values of whole bytes without item nulls."""
-    if values.WhichOneof("array_encoding") == "fixed_size_list":
-        fsl = values.fixed_size_list
-        bits = _flat_bits(fsl.items, index, nullable=True)
-        if fsl.has_validity or not bits or bits % 8 or fsl.dimension < 1:
+def _fixed(values: enc20.ArrayEncoding, index: int) -> tuple[int, int, bool] | None:
+    """Bits per item, items per row (0: flat) and whether items have their own validity bitmap,
+    of fixed-width values starting at page buffer ``index``: flat (1 bit, or whole bytes), or a
+    fixed-size list of flat values of whole bytes (their validity bitmap first, when some are
+    null: pylance marks the items of a null row null)."""
+    if values.WhichOneof("array_encoding") != "fixed_size_list":
+        bits = _flat_bits(values, index)
+        return (bits, 0, False) if bits is not None and (bits == 1 or (bits and bits % 8 == 0)) else None
+    fsl = values.fixed_size_list
+    if fsl.has_validity or fsl.dimension < 1:
+        return None
+    items, item_nulls = fsl.items, False
+    if items.WhichOneof("array_encoding") == "nullable" and items.nullable.WhichOneof("nullability") == "some_nulls":
+        if _flat_bits(items.nullable.some_nulls.validity, index) != 1:
             return None
-        return bits * fsl.dimension
-    bits = _flat_bits(values, index)
-    return bits if bits is not None and (bits == 1 or (bits and bits % 8 == 0)) else None
-
-
-def _with_buffer(values: enc20.ArrayEncoding, index: int) -> enc20.ArrayEncoding:
-    """A copy of fixed-width values' encoding (``_fixed_bits``) reading page buffer ``index``."""
-    out = enc20.ArrayEncoding()
-    out.CopyFrom(values)
-    flat = out.fixed_size_list.items.nullable.no_nulls.values.flat if out.HasField("fixed_size_list") else out.flat
-    flat.buffer.buffer_index = index
-    return out
+        bits, item_nulls = _flat_bits(items.nullable.some_nulls.values, index + 1), True
+    else:
+        bits = _flat_bits(items, index, nullable=True)
+    return (bits, int(fsl.dimension), item_nulls) if bits and bits % 8 == 0 else None
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -228,7 +235,7 @@ def defer_page(
     if codec.dictionary:  # every row a copy of its value: about the values' mean length each
         nbytes = 8 * rows + len(kept[2]) * rows // max(1, codec.items)
     elif codec.shape.kind == FIXED:
-        nbytes = max(nbytes, rows * max(1, codec.shape.bits) // 8)
+        nbytes = max(nbytes, rows * codec.shape.row_bytes)
     return Undecoded(page.encoding.direct.encoding, codec, rows, kept, nbytes)
 
 
@@ -241,6 +248,7 @@ class Run:
     valid: Mask  # per row: not null
     values: U8  # FIXED: the rows' bytes (one 0/1 byte per row when 1-bit); BINARY: the values' bytes
     lengths: I64  # BINARY, LIST: per row, bytes or items it holds (0 when null)
+    item_valid: Mask  # FIXED fixed-size lists: per item, not null (empty otherwise)
 
 
 def materialize(parts: Sequence[Undecoded]) -> Run:
@@ -261,6 +269,7 @@ def materialize(parts: Sequence[Undecoded]) -> Run:
         np.concatenate([p.valid for p in pieces]),
         np.concatenate([p.values for p in pieces]),
         np.concatenate([p.lengths for p in pieces]),
+        np.concatenate([p.item_valid for p in pieces]),
     )
 
 
@@ -274,29 +283,34 @@ def _decode(part: Undecoded, shape: Shape) -> Run:
         total = len(buffers[1]) if codec.shape.kind == BINARY else codec.items
         valid, ends = _offsets(buffers[0], rows, codec.null_adjustment, total)
         data = np.frombuffer(buffers[1], np.uint8, int(ends[-1]) if rows else 0) if codec.shape.kind == BINARY else _NONE
-        return Run(shape, rows, valid, data, np.diff(ends, prepend=0))
+        return Run(shape, rows, valid, data, np.diff(ends, prepend=0), _NO_MASK)
     except (ValueError, IndexError) as exc:  # numpy reading past a buffer's end
         raise CorruptFileError(f"2.0 page does not decode: {exc}") from exc
 
 
 _NONE: U8 = np.zeros(0, np.uint8)
+_NO_MASK: Mask = np.zeros(0, np.bool_)
 
 
 def _decode_fixed(codec: _Codec, rows: int, buffers: Sequence[bytes], shape: Shape) -> Run:
-    """A fixed-width page's rows: an all-null page's as zeros of the run's width."""
-    bits = shape.bits
+    """A fixed-width page's rows: an all-null page's as zeros of the run's width (null items)."""
+    items = rows * shape.dimension
     if codec.nulls == "all":
-        width = 1 if bits == 1 else bits // 8
-        return Run(shape, rows, np.zeros(rows, np.bool_), np.zeros(rows * width, np.uint8), _NO_LENGTHS)
+        width = 1 if shape.bits == 1 else shape.row_bytes
+        return Run(
+            shape, rows, np.zeros(rows, np.bool_), np.zeros(rows * width, np.uint8), _NO_LENGTHS, np.zeros(items, np.bool_)
+        )
     valid = _bits(buffers[0], rows) if codec.nulls == "some" else np.ones(rows, np.bool_)
+    item_valid = _bits(buffers[-2], items) if codec.item_nulls else np.ones(items, np.bool_)
     raw = buffers[-1]
-    if bits == 1:
+    if shape.bits == 1:
         values = _bits(raw, rows).view(np.uint8)
     else:
-        if len(raw) < rows * bits // 8:
-            raise CorruptFileError(f"2.0 page of {rows} rows of {bits} bits holds {len(raw)} bytes")
-        values = np.frombuffer(raw, np.uint8, rows * bits // 8)
-    return Run(shape, rows, valid, values, _NO_LENGTHS)
+        size = rows * shape.row_bytes
+        if len(raw) < size:
+            raise CorruptFileError(f"2.0 page of {rows} rows of {shape.row_bytes} bytes holds {len(raw)} bytes")
+        values = np.frombuffer(raw, np.uint8, size)
+    return Run(shape, rows, valid, values, _NO_LENGTHS, item_valid)
 
 
 _NO_LENGTHS: I64 = np.zeros(0, np.int64)
@@ -338,7 +352,7 @@ def _decode_dictionary(codec: _Codec, rows: int, buffers: Sequence[bytes]) -> Ru
     lengths = item_lengths[indices]
     data = buffers[2]
     joined = b"".join([data[s : s + n] for s, n in zip(starts[indices].tolist(), lengths.tolist()) if n])
-    return Run(Shape(BINARY), rows, valid, np.frombuffer(joined, np.uint8), lengths)
+    return Run(Shape(BINARY), rows, valid, np.frombuffer(joined, np.uint8), lengths, _NO_MASK)
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -378,14 +392,24 @@ def encode_page(run: Run) -> EncodedPage:
 
 
 def _encode_fixed(run: Run) -> EncodedPage:
+    """Fixed-width rows: [row validity,] [item validity,] values; the encoding names them."""
     shape, rows, valid = run.shape, run.rows, run.valid
-    if not shape.values or not valid.any():
+    if not shape.bits or not valid.any():
         all_nulls = enc20.Nullable(all_nulls=enc20.Nullable.AllNull())
         return EncodedPage((), _any(enc20.ArrayEncoding(nullable=all_nulls)), rows)
-    values = np.packbits(run.values, bitorder="little").tobytes() if shape.bits == 1 else run.values.tobytes()
-    template = enc20.ArrayEncoding.FromString(shape.values)
+    buffers: list[bytes] = []
+    if not valid.all():
+        buffers.append(np.packbits(valid, bitorder="little").tobytes())
+    values = _flat(shape.bits, len(buffers))
+    if shape.dimension:
+        items = _no_nulls(values)
+        if not run.item_valid.all():
+            buffers.append(np.packbits(run.item_valid, bitorder="little").tobytes())
+            some_items = enc20.Nullable.SomeNull(validity=_flat(1, len(buffers) - 1), values=_flat(shape.bits, len(buffers)))
+            items = enc20.ArrayEncoding(nullable=enc20.Nullable(some_nulls=some_items))
+        values = enc20.ArrayEncoding(fixed_size_list=enc20.FixedSizeList(dimension=shape.dimension, items=items))
+    buffers.append(np.packbits(run.values, bitorder="little").tobytes() if shape.bits == 1 else run.values.tobytes())
     if valid.all():
-        return EncodedPage((values,), _any(_no_nulls(template)), rows)
-    some = enc20.Nullable.SomeNull(validity=_flat(1, 0), values=_with_buffer(template, 1))
-    bitmap = np.packbits(valid, bitorder="little").tobytes()
-    return EncodedPage((bitmap, values), _any(enc20.ArrayEncoding(nullable=enc20.Nullable(some_nulls=some))), rows)
+        return EncodedPage(tuple(buffers), _any(_no_nulls(values)), rows)
+    some = enc20.Nullable.SomeNull(validity=_flat(1, 0), values=values)
+    return EncodedPage(tuple(buffers), _any(enc20.ArrayEncoding(nullable=enc20.Nullable(some_nulls=some))), rows)

@@ -371,6 +371,37 @@ def test_2_0_appends_of_every_flat_type_become_a_page_per_column(tmp_path: Path,
     assert_reads_as(path, pa.concat_tables(tables))
 
 
+def test_2_0_fixed_size_lists_with_null_rows_and_items_share_pages(tmp_path: Path, no_pylance_writer: None) -> None:
+    """pylance writes a null vector as null items too (a second bitmap); appends without nulls,
+    with null rows or items, and of nothing but nulls are re-cut into one page."""
+    path = tmp_path / "ds.lance"
+    rng = np.random.default_rng(5)
+    tables = []
+    for k in range(9):
+        n, kind = 40, k % 3  # 0: no nulls, 1: null rows and items, 2: all null
+        vectors: list[Any] = rng.standard_normal((n, 4)).astype(np.float32).tolist()
+        pairs: list[Any] = rng.integers(-(2**50), 2**50, (n, 2)).tolist()
+        if kind == 1:
+            vectors = [None if j % 3 == 0 else v for j, v in enumerate(vectors)]
+            pairs = [[p[0], None] if j % 4 == 0 else None if j % 5 == 0 else p for j, p in enumerate(pairs)]
+        elif kind == 2:
+            vectors, pairs = [None] * n, [None] * n
+        tables.append(
+            pa.table(
+                {
+                    "i": pa.array(range(k * n, k * n + n), pa.int64()),
+                    "emb": pa.array(vectors, pa.list_(pa.float32(), 4)),
+                    "pair": pa.array(pairs, pa.list_(pa.int64(), 2)),
+                }
+            )
+        )
+    write_appends(path, tables, "2.0")
+    report = compact(str(path))
+    assert report.columns_coalesced_native == ["emb", "i", "pair"] and report.columns_left_small == []
+    assert data_file_pages(path)[0] == [1, 1, 1]
+    assert_reads_as(path, pa.concat_tables(tables))
+
+
 def test_2_0_large_runs_are_cut_into_pages_of_the_native_size(tmp_path: Path, no_pylance_writer: None) -> None:
     """With a small read budget the re-cut pages are bounded (``native_page_bytes``): several
     pages per column, each larger than a small one, read back the same."""
