@@ -2,9 +2,9 @@
 
 Binary copy turns every small input file into one small page per column of the output
 (``format.pages``); Lance's reader pays per page. With ``pages="coalesce"`` (the default) the
-copy decodes the small 2.1/2.2 pages it can (``format.miniblock``) and writes them as large
-pages as it goes (``NativeColumn``); the columns made of many small pages it cannot decode are
-re-encoded -- and only those -- with pylance's file writer (``lance.file.LanceFileWriter``)
+copy decodes the small pages it can (2.1/2.2: ``format.miniblock``; 2.0: ``format.pages20``)
+and writes them as large pages as it goes (``NativeColumn``); the columns made of many small
+pages it cannot decode are re-encoded -- and only those -- with pylance's file writer (``lance.file.LanceFileWriter``)
 into a temporary file of the same file version, whose pages are copied into the output in
 place of the small ones. Every other column is still copied byte for byte. The planner uses
 the same rules to pick fragments at target size whose columns are worth healing, so it never
@@ -57,8 +57,8 @@ def why_not_coalesce(fields: Sequence[file_pb2.Field], options: CompactionOption
         return "datasets with blob columns are binary-copied page by page"
     if not pylance_available():
         return (
-            "coalescing pages the copy does not re-cut itself (2.0 and 2.3 files; dictionary, FSST, compressed or "
-            "fixed-size-list pages) needs pylance: pip install 'lance_assets[reencode]'"
+            "coalescing pages the copy does not re-cut itself (2.3 files; 2.1/2.2 dictionary, FSST, compressed or "
+            "fixed-size-list pages; compressed 2.0 pages) needs pylance: pip install 'lance_assets[reencode]'"
         )
     return ""
 
@@ -117,7 +117,8 @@ def pylance_fields(ds: Dataset, first: table_pb2.DataFragment, version: FileVers
 
 class NativeColumn:
     """One output column's small pages, decoded as the copy reaches them and written as large
-    pages (``format.miniblock``), in row order with the pages copied as they are.
+    pages (``format.miniblock``, or ``format.pages20`` for 2.0 files: the same protocol), in row
+    order with the pages copied as they are.
 
     The copy asks ``takes`` for each input file's pages of the column: when every one is a
     small page the module decodes, they are ``decode``-d and ``add``-ed instead of copied;
