@@ -91,11 +91,19 @@ class _Codec:
 
 def page_codec(page: file2_pb2.ColumnMetadata.Page, version: FileVersion, logical_type: str = "") -> _Codec | None:
     """How this page decodes when this module decodes it (else None): a 2.0 page of an encoding
-    named in the module's docstring, with the buffers that encoding refers to."""
+    named in the module's docstring, with the buffers that encoding refers to. ``logical_type``
+    is the column's (the manifest's name for it): an Arrow dictionary column (``dict:...``) is
+    stored with its own keys in pages shaped like pylance's dictionary-encoded strings (whose
+    index 0 means null), and must stay a dictionary, so only ``string`` columns' dictionary
+    pages are decoded and no page of a dictionary column is."""
     if version is not FileVersion.V2_0 or page.encoding.WhichOneof("location") != "direct":
+        return None
+    if logical_type.startswith("dict:"):
         return None
     codec = _codec(page.encoding.direct.encoding)
     if codec is None or len(page.buffer_sizes) != codec.buffers:
+        return None
+    if codec.dictionary and logical_type != "string":
         return None
     return codec
 

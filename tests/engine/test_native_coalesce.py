@@ -467,3 +467,23 @@ def test_a_corrupt_2_0_page_leaves_the_dataset_as_it_was(tmp_path: Path, where: 
         compact(str(path))
     assert ("offsets past" if where == "offsets" else "dictionary index") in str(caught.value)
     assert tree_digest(path) == digest
+
+
+def test_2_0_dictionary_typed_columns_keep_their_pages(tmp_path: Path, no_pylance_writer: None) -> None:
+    """An Arrow dictionary column is stored with its own keys (no null shift), in pages shaped
+    like pylance's dictionary-encoded strings: they are not decoded, and read back the same."""
+    path = tmp_path / "ds.lance"
+    tables = [
+        pa.table(
+            {
+                "i": pa.array(range(k * 120, k * 120 + 120), pa.int64()),
+                "d": pa.DictionaryArray.from_arrays(pa.array([j % 3 for j in range(120)], pa.int8()), pa.array(["a", "b", "c"])),
+            }
+        )
+        for k in range(6)
+    ]
+    write_appends(path, tables, "2.0")
+    report = compact(str(path))
+    assert report.columns_coalesced_native == ["i"] and report.columns_left_small == ["d"]
+    assert data_file_pages(path)[0] == [1, 6]
+    assert_reads_as(path, pa.concat_tables(tables))
