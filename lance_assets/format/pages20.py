@@ -290,7 +290,11 @@ def _decode(part: Undecoded, shape: Shape) -> Run:
             return _decode_dictionary(codec, rows, buffers)
         total = len(buffers[1]) if codec.shape.kind == BINARY else codec.items
         valid, ends = _offsets(buffers[0], rows, codec.null_adjustment, total)
-        data = np.frombuffer(buffers[1], np.uint8, int(ends[-1]) if rows else 0) if codec.shape.kind == BINARY else _NONE
+        end = int(ends[-1]) if rows else 0
+        if codec.shape.kind == LIST and end != total:
+            # a reader finds the next page's items after this page's num_items: they must agree
+            raise CorruptFileError(f"2.0 list offsets end at item {end} of a page of {total} items")
+        data = np.frombuffer(buffers[1], np.uint8, end) if codec.shape.kind == BINARY else _NONE
         return Run(shape, rows, valid, data, np.diff(ends, prepend=0), _NO_MASK)
     except (ValueError, IndexError) as exc:  # numpy reading past a buffer's end
         raise CorruptFileError(f"2.0 page does not decode: {exc}") from exc

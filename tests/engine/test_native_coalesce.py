@@ -558,3 +558,27 @@ def test_damaged_2_0_pages_give_only_typed_errors(tmp_path: Path) -> None:
             pass
 
     check()
+
+
+def test_2_0_list_offsets_that_disagree_with_their_item_count_are_refused(tmp_path: Path, no_pylance_writer: None) -> None:
+    """A list page's last row must end at the page's item count (the next page's items start
+    there): a page whose last row was cut short gives a typed error, and nothing changes."""
+    from lance.file import LanceFileReader
+
+    path = tmp_path / "ds.lance"
+    write_appends(path, [streaming(k * 100, 100) for k in range(6)], "2.0")
+    for fragment in lance.dataset(str(path)).get_fragments()[1:]:
+        file_path = path / "data" / fragment.data_files()[0].path
+        (page,) = LanceFileReader(str(file_path)).metadata().columns[4].pages  # the list's offsets
+        raw = bytearray(file_path.read_bytes())
+        last = page.buffers[0].position + page.buffers[0].size - 8
+        if raw[last : last + 8] != raw[last - 8 : last]:  # the last row holds items: end it where the one before ends
+            raw[last : last + 8] = raw[last - 8 : last]
+            file_path.write_bytes(bytes(raw))
+            break
+    else:
+        pytest.fail("no append ends with a non-empty list")
+    digest = tree_digest(path)
+    with pytest.raises(LanceAssetsError, match="list offsets end at item"):
+        compact(str(path))
+    assert tree_digest(path) == digest
