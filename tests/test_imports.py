@@ -63,32 +63,28 @@ def test_public_names_still_resolve() -> None:
         lance_assets.no_such_name  # noqa: B018
 
 
-def test_inspect_json_of_a_local_dataset_needs_no_fsspec_rich_or_arrow(tmp_path: Path) -> None:
-    """`lance-assets inspect --json` on a local path: OS reads, protobufs, no store library or UI."""
+@pytest.mark.parametrize(
+    ("argv", "check", "not_loaded"),
+    [
+        # inspect: OS reads and protobufs, no store library, terminal UI or arrow
+        (["inspect", "--json"], "['summary']['rows'] == 30", (*HEAVY, "fsspec", "rich")),
+        # compact, commit included: no store library (a tenth of a second of imports) and no
+        # pyarrow (numpy is needed to re-cut pages)
+        (["compact", "--json"], "['fragments_removed'] == 3", ("pyarrow", "pandas", "dagster", "lance", "fsspec")),
+    ],
+)
+def test_cli_json_on_a_local_dataset_needs_no_fsspec_or_arrow(
+    tmp_path: Path, argv: list[str], check: str, not_loaded: tuple[str, ...]
+) -> None:
     uri = str(tmp_path / "d.lance")
     for i in range(3):
         lance.write_dataset(pa.table({"x": list(range(i * 10, i * 10 + 10))}), uri, mode="append" if i else "create")
     code = (
         "import contextlib, io, json\nimport lance_assets.cli as c\nout = io.StringIO()\n"
-        f"with contextlib.redirect_stdout(out):\n    assert c.main(['inspect', '--json', {uri!r}]) == 0\n"
-        "assert json.loads(out.getvalue())['summary']['rows'] == 30"
+        f"with contextlib.redirect_stdout(out):\n    assert c.main({[*argv, uri]!r}) == 0\n"
+        f"assert json.loads(out.getvalue()){check}"
     )
-    assert _loaded(code, (*HEAVY, "fsspec", "rich")) == []
-
-
-def test_compacting_a_local_dataset_needs_no_fsspec_or_arrow(tmp_path: Path) -> None:
-    """`lance-assets compact --json` on a local path, commit included: OS calls only, no store
-    library (a tenth of a second of imports) and no pyarrow (numpy is needed to re-cut pages)."""
-    uri = str(tmp_path / "d.lance")
-    for i in range(3):
-        lance.write_dataset(pa.table({"x": list(range(i * 10, i * 10 + 10))}), uri, mode="append" if i else "create")
-    code = (
-        "import contextlib, io, json\nimport lance_assets.cli as c\nout = io.StringIO()\n"
-        f"with contextlib.redirect_stdout(out):\n    assert c.main(['compact', '--json', {uri!r}]) == 0\n"
-        "assert json.loads(out.getvalue())['fragments_removed'] == 3"
-    )
-    assert _loaded(code, ("pyarrow", "pandas", "dagster", "lance", "fsspec")) == []
-    assert len(lance.dataset(uri).get_fragments()) == 1
+    assert _loaded(code, not_loaded) == []
 
 
 @pytest.mark.parametrize("path", ["/abs/dir", "/abs/dir/", "rel/dir", "./rel", ".", "~/x", "/", "a b/c"])
