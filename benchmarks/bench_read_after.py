@@ -283,6 +283,7 @@ def _s3_case(case: Case, repeat: int, runs: int, endpoint: str, proxy: Any) -> l
     ways = list(S3_WAYS)
     seconds: dict[str, list[float]] = {way: [] for way in ways}
     requests: dict[str, list[int]] = {way: [] for way in ways}
+    cpu: dict[str, list[float]] = {way: [] for way in ways}
     for run in range(runs):  # the ways take turns, each run starting with the next one
         for way in ways[run % len(ways) :] + ways[: run % len(ways)]:
             prefix = way.replace(" ", "-")
@@ -291,12 +292,15 @@ def _s3_case(case: Case, repeat: int, runs: int, endpoint: str, proxy: Any) -> l
             info = run_compaction(S3_WAYS[way], f"s3://{bucket}/{prefix}", proxy.url)
             seconds[way].append(info["seconds"])
             requests[way].append(proxy.total)
+            cpu[way].append(info["cpu_seconds"])
     rows = []
     for way in ways:
         uri = f"s3://{bucket}/{way.replace(' ', '-')}"
         row = read_row(case, way, lance.dataset(uri, storage_options=through_proxy), original, repeat, proxy)
         row["compact"] = statistics.median(seconds[way])
         row["compact requests"] = statistics.median(requests[way])
+        row["compact runs"] = seconds[way]
+        row["compact cpu"] = statistics.median(cpu[way])
         health = inspect_dataset(uri, pages=True, storage_options=direct)
         row["pages/column"] = max(c.pages for c in health.columns) if health.columns else 0
         rows.append(row)
@@ -323,13 +327,16 @@ def table_md(rows: list[dict[str, Any]]) -> str:
 
 
 def requests_md(rows: list[dict[str, Any]]) -> str:
-    """Requests each way sent through the proxy: per compaction (median) and per read (one run after the timed ones)."""
+    """Requests each way sent through the proxy, per compaction (median) and per read (one run
+    after the timed ones); the CPU seconds of the compacting process (median) and the seconds of
+    each compaction run in the order they ran."""
     out = [
-        "| case | compacted by | compaction | full scan | 2-column scan | take(1000) | filter |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| case | compacted by | compaction | full scan | 2-column scan | take(1000) | filter | compaction CPU s | compaction runs s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        cells = [f"{r['compact requests']:.0f}", *(f"{r[f'{k} requests']}" for k in READS)]
+        cells = [f"{r['compact requests']:.0f}", *(f"{r[f'{k} requests']}" for k in READS), f"{r['compact cpu']:.2f}"]
+        cells.append(", ".join(f"{x:.2f}" for x in r["compact runs"]))
         out.append(f"| {r['case']} | {r['way']} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -398,8 +405,9 @@ def main() -> None:
         )
         body = (
             table_md(rows)
-            + "\n\nRequests sent through the proxy: per compaction (median) and per read (one more run after the timed ones):\n\n"
-            + requests_md(rows)
+            + "\n\nRequests sent through the proxy, per compaction (median) and per read (one more run after the timed "
+            "ones); CPU seconds of the compacting process over the timed span, all its threads (median); the seconds of "
+            "every compaction run, in the order they ran:\n\n" + requests_md(rows)
         )
         _write(
             args.s3_out,
