@@ -25,99 +25,22 @@ RSS when the clock started (after the imports).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from s3_common import client as s3_client
+from s3_common import objects, restore, run_compaction, start_moto, storage_options
+
 HERE = Path(__file__).resolve().parent
+
 VARIANTS = ("ours", "ours_streamed", "pylance_binary_copy", "pylance_reencode")
-sys.path.insert(0, str(HERE.parent))  # tests.support.s3_proxy
-KEY = SECRET = "testing"
-REGION = "us-east-1"
-
-
-def _options(endpoint: str) -> dict[str, str]:
-    return {
-        "aws_access_key_id": KEY,
-        "aws_secret_access_key": SECRET,
-        "aws_endpoint": endpoint,
-        "aws_region": REGION,
-        "allow_http": "true",
-    }
-
-
-def _rss_mib(field: str = "VmRSS") -> float:
-    """This process's resident set now (``VmRSS``) or its peak (``VmHWM``) from Linux's /proc,
-    MiB. (Not ``ru_maxrss``: a process started by fork and exec inherits its parent's.)"""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def child(variant: str, uri: str, endpoint: str, read_batch_bytes: int, max_requests: int) -> None:
-    """One variant; the clock covers opening the dataset and compacting it (imports excluded).
-    Prints seconds, the peak RSS of the process and its RSS when the clock started (after the
-    imports), MiB."""
-    warnings.simplefilter("ignore")
-    options = _options(endpoint)
-    if variant.startswith("ours"):
-        import s3fs  # noqa: F401 - imported before the clock starts, as pylance's client is
-
-        from lance_assets.engine.compaction import compact
-        from lance_assets.engine.options import CompactionOptions
-
-        if variant == "ours_streamed":
-            options = {**options, "lance_assets_server_side_copy": "false"}
-        rss_before = _rss_mib()
-        started = time.perf_counter()
-        report = compact(
-            uri,
-            CompactionOptions(read_batch_bytes=read_batch_bytes, max_concurrent_requests=max_requests),
-            storage_options=options,
-        )
-        seconds = time.perf_counter() - started
-        out = {"fragments_removed": report.fragments_removed, "fragments_added": report.fragments_added}
-    else:
-        import lance
-
-        rss_before = _rss_mib()
-        started = time.perf_counter()
-        ds = lance.dataset(uri, storage_options=options)
-        if variant == "pylance_reencode":
-            metrics = ds.optimize.compact_files()
-        else:
-            metrics = ds.optimize.compact_files(
-                compaction_mode="force_binary_copy", binary_copy_read_batch_bytes=read_batch_bytes
-            )
-        seconds = time.perf_counter() - started
-        out = {"fragments_removed": metrics.fragments_removed, "fragments_added": metrics.fragments_added}
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": _rss_mib("VmHWM"), "rss_before_mib": rss_before, **out}), flush=True)
-
-
-def _client(endpoint: str):  # type: ignore[no-untyped-def]
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET, region_name=REGION)
-
-
-def _restore(client, bucket: str, pristine: list[str]) -> None:  # type: ignore[no-untyped-def]
-    """Make ``work/`` hold exactly the pristine objects again (copied inside the store)."""
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix="work/"):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=bucket, Key=obj["Key"])
-    for key in pristine:
-        client.copy_object(Bucket=bucket, Key="work/" + key[len("pristine/") :], CopySource={"Bucket": bucket, "Key": key})
 
 
 # (fragments, rows per fragment, vector dimension) per case: a few large fragments (server-side
@@ -151,40 +74,15 @@ def _write_case(client, endpoint: str, case: str, shape: tuple[int, int, int], v
             f"s3://{bucket}/pristine",
             data_storage_version=version,
             max_rows_per_file=rows_per_fragment,
-            storage_options=_options(endpoint),
+            storage_options=storage_options(endpoint),
         )
 
-    def keys(prefix: str) -> list[dict[str, Any]]:
-        return [
-            o
-            for p in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in p.get("Contents", [])
-        ]
-
-    return bucket, [o["Key"] for o in keys("pristine/")], sum(o["Size"] for o in keys("pristine/data/")), table
-
-
-def _run_variant(variant: str, work_uri: str, endpoint: str, args: argparse.Namespace) -> dict[str, Any]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            variant,
-            work_uri,
-            endpoint,
-            "--read-batch-bytes",
-            str(args.read_batch_bytes),
-            "--max-concurrent-requests",
-            str(args.max_concurrent_requests),
-        ],
-        capture_output=True,
-        text=True,
+    return (
+        bucket,
+        [o["Key"] for o in objects(client, bucket, "pristine/")],
+        sum(o["Size"] for o in objects(client, bucket, "pristine/data/")),
+        table,
     )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{variant}: {proc.stderr[-2000:]}")
-    info: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return info
 
 
 def measure(client, endpoint: str, case: str, args: argparse.Namespace, proxy: Any = None) -> dict[float, dict[str, Any]]:  # type: ignore[no-untyped-def]
@@ -203,13 +101,15 @@ def measure(client, endpoint: str, case: str, args: argparse.Namespace, proxy: A
         for run in range(args.runs):
             order = args.variants[run % len(args.variants) :] + args.variants[: run % len(args.variants)]
             for variant in order:
-                _restore(client, bucket, pristine)
+                restore(client, bucket, pristine)
                 if proxy is not None:
                     proxy.delay = latency / 1000
                     proxy.reset()
-                info = _run_variant(variant, work_uri, proxy.url if proxy else endpoint, args)
+                info = run_compaction(
+                    variant, work_uri, proxy.url if proxy else endpoint, args.read_batch_bytes, args.max_concurrent_requests
+                )
                 info["requests"] = proxy.total if proxy is not None else 0
-                got = lance.dataset(work_uri, storage_options=_options(endpoint))
+                got = lance.dataset(work_uri, storage_options=storage_options(endpoint))
                 if not got.to_table().sort_by("id").equals(expected) or len(got.get_fragments()) != 1:
                     raise RuntimeError(f"{variant}: compacted dataset differs from the original")
                 runs[variant].append(info)
@@ -264,34 +164,6 @@ def _tables(results: dict[str, dict[float, dict[str, Any]]], args: argparse.Name
     return lines
 
 
-_MOTO = (
-    "import logging, sys, time\n"
-    "from moto.server import ThreadedMotoServer\n"
-    "logging.getLogger('werkzeug').setLevel(logging.ERROR)\n"
-    "ThreadedMotoServer(ip_address='127.0.0.1', port=int(sys.argv[1]), verbose=False).start()\n"
-    "time.sleep(1e9)\n"
-)
-
-
-def _start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    """moto's threaded server in a process of its own: with the proxy in this one, the two do not
-    share one interpreter lock (which made every request wait for the other's work)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", _MOTO, str(port)])
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.1)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated subset of " + ",".join(CASES))
@@ -305,11 +177,7 @@ def main() -> int:
         "--latency-ms", default="0", help="wait before each request (a proxy in front of moto); comma-separated: each in turn"
     )
     parser.add_argument("--out", default=None, help="results file (default results-object-store[-latency].md)")
-    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "URI", "ENDPOINT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        child(*args.child, args.read_batch_bytes, args.max_concurrent_requests)
-        return 0
     args.latencies = [float(x) for x in args.latency_ms.split(",")]
     args.variants = tuple(v for v in VARIANTS if v in args.variants.split(","))
     for case in ("large", "small", "small300"):
@@ -317,14 +185,14 @@ def main() -> int:
 
     import lance
 
-    server, endpoint = _start_moto()
+    server, endpoint = start_moto()
     started_all = time.perf_counter()
     results = {}
     proxy = None
     try:
-        client = _client(endpoint)
+        client = s3_client(endpoint)
         if any(args.latencies):
-            from tests.support.s3_proxy import S3Proxy
+            from tests.support.s3_proxy import S3Proxy  # the repository root is on sys.path through s3_common
 
             proxy = S3Proxy(endpoint).__enter__()
         for case in args.cases.split(","):
