@@ -103,6 +103,8 @@ def cases(quick: bool) -> list[Case]:
     for version in ("2.1", "2.2"):
         out.append(Case(f"stream-100-{version}", stream_table, version, 3000 // k, 100, ("id", "f64"), "f64 > 1.5"))
         out.append(Case(f"stream-1000-{version}", stream_table, version, 300 // k, 1000, ("id", "f64"), "f64 > 1.5"))
+    # 2.0 (re-cut by the copy since pages20): the streaming shape of many small appends
+    out.append(Case("stream-100-2.0", stream_table, "2.0", 3000 // k, 100, ("id", "f64"), "f64 > 1.5"))
     out.append(Case("vector-200-2.1", vector_table, "2.1", 100 // k, 200, ("id", "doc"), "id % 10 = 3"))
     out.append(Case("wide-1000-2.1", wide_table, "2.1", 100 // k, 1000, ("id", "c001"), "c001 > 1.5"))
     return out
