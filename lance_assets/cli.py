@@ -377,8 +377,10 @@ def _cmd_compact(args: argparse.Namespace, console: Console) -> int:
     from contextlib import nullcontext
 
     from lance_assets.engine.compaction import compact
+    from lance_assets.engine.copying.parts import tune_allocator
     from lance_assets.engine.runners import make_runner
 
+    tune_allocator()  # this process is ours: keep freed memory for the next page
     options = options_from_args(args)
     if args.workers < 1:
         raise argparse.ArgumentTypeError("--workers must be at least 1")

@@ -22,6 +22,7 @@ from multiprocessing import get_context
 from typing import Any, Protocol
 
 from lance_assets.engine.committing.commit_loop import remove_files
+from lance_assets.engine.copying import parts
 from lance_assets.engine.copying.copy import execute_task
 from lance_assets.engine.options import RUNNER_CHOICES as RUNNER_CHOICES
 from lance_assets.engine.options import RUNNER_LOCAL as RUNNER_LOCAL
@@ -64,7 +65,10 @@ def worker_id() -> str:
 
 
 def run_one(plan: CompactionPlan, task: CompactionTask) -> tuple[RewriteResult, str]:
-    """The entry point on a worker: one task, and who ran it."""
+    """The entry point on a worker: one task, and who ran it. A worker process (a process
+    pool's, Ray's, Dask's) exists to run such tasks, so its allocator keeps freed memory
+    (``parts.tune_allocator``)."""
+    parts.tune_allocator()
     return execute_task(plan.uri, plan, task), worker_id()
 
 

