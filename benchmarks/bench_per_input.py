@@ -103,7 +103,9 @@ def child(pages: str, path: str, warm: str) -> None:
     (imports, numpy's included, first calls) is counted in the whole-process times, not per
     input."""
     from lance_assets import CompactionOptions, compact
+    from lance_assets.engine.copying.parts import tune_allocator
 
+    tune_allocator()  # as the CLI does in its process
     options = CompactionOptions(pages=pages, task_processes=1)  # type: ignore[arg-type]
     compact(warm, options)
     wall, cpu = time.perf_counter(), time.process_time()
