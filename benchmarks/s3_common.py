@@ -69,8 +69,10 @@ def child(variant: str, uri: str, endpoint: str, read_batch_bytes: int, max_requ
         import s3fs  # noqa: F401 - imported before the clock starts, as pylance's client is
 
         from lance_assets.engine.compaction import compact
+        from lance_assets.engine.copying.parts import tune_allocator
         from lance_assets.engine.options import CompactionOptions
 
+        tune_allocator()  # a process of its own, as the CLI's compaction tunes it
         if variant == "ours_streamed":
             options = {**options, "lance_assets_server_side_copy": "false"}
         rss_before = rss_mib()
