@@ -34,7 +34,7 @@ from lance_assets.errors import (
     StorageError,
     UnsupportedFeatureError,
 )
-from lance_assets.io import local, s3
+from lance_assets.io import local, s3, s3_direct
 from lance_assets.io.ahead import cut, ordered_ahead
 from lance_assets.io.multipart import MultipartComposer
 
@@ -194,6 +194,12 @@ class Storage:
         # s3fs exposes the raw S3 calls our multipart writer needs (background parts, and
         # parts copied inside the store unless turned off).
         self._s3_calls = s3.has_raw_calls(self._fs, self.protocols)
+        # data reads as presigned GETs (``s3_direct``) where the store is plainly configured
+        self._direct = (
+            s3_direct.DirectReads(self._fs, s3.POOL_CONNECTIONS)
+            if self._s3_calls and s3_direct.plain(fsspec_options("s3", options))
+            else None
+        )
         self.server_side_copy = self._s3_calls and _truthy(options.get(SERVER_SIDE_COPY_OPTION, True))
         self._conditional_put_verified = False
         self._commit_probe: Future[None] | None = None
@@ -242,6 +248,10 @@ class Storage:
             except OSError as exc:
                 raise self._translate(rel, exc) from None
         with self._errors(rel):
+            if self._direct is not None:
+                direct = self._direct.read(self.path(rel), start, end)
+                if direct is not None:
+                    return direct
             if start is None and end is None and self._s3_calls:
                 # s3fs asks for the size first (a HEAD) to split objects over 50 MiB into
                 # concurrent ranges; whole reads here are of metadata (manifests, hints,
