@@ -71,6 +71,7 @@ def child(variant: str, uri: str, endpoint: str, read_batch_bytes: int, max_requ
         from lance_assets.engine.compaction import compact
         from lance_assets.engine.copying.parts import tune_allocator
         from lance_assets.engine.options import CompactionOptions
+        from lance_assets.format import miniblock  # noqa: F401 - numpy too, as pylance's native code is loaded
 
         tune_allocator()  # a process of its own, as the CLI's compaction tunes it
         if variant == "ours_streamed":

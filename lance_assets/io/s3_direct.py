@@ -10,9 +10,10 @@ added) and sent with urllib3: about 0.9 ms of CPU. The same credentials (taken f
 client, refreshed), endpoint, region and addressing style are used, so the request reaches
 the object s3fs would.
 
-Only the plain case is taken here: a GET answered with the bytes asked for. Any other answer
-(a missing object, a refused one, a throttle, a server error, a network error) returns None and
-the caller makes the same read through s3fs, whose retries and error translation then apply,
+Only the plain case is taken here: a GET answered with the bytes asked for, or a missing
+object (``FileNotFoundError``, as s3fs raises it). Any other answer (a refused object, a
+throttle, a server error, a network error) returns None and the caller makes the same read
+through s3fs, whose retries and error translation then apply,
 so an error costs one request more and never changes what the caller sees. After a few failures
 in a row the direct path turns itself off for that store. Stores configured beyond
 credentials, endpoint and region (custom TLS verification, requester pays, customer keys…) are
@@ -21,6 +22,7 @@ never read this way.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -99,7 +101,9 @@ class DirectReads:
         if response.status == 200:  # the server ignored the range: the whole object came
             self._succeeded()
             return data[first:end]
-        if response.status not in (403, 404, 416):  # absent or refused objects are s3fs's to name
+        if response.status == 404:  # what s3fs raises for an absent object, without asking again
+            raise FileNotFoundError(errno.ENOENT, "no such object", path)
+        if response.status not in (403, 416):  # refused objects and ranges are s3fs's to name
             self._failed(f"HTTP {response.status}")
         return None
 
