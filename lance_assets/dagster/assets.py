@@ -17,6 +17,7 @@ import dagster as dg
 from lance_assets.dagster.config import CompactionConfig, duration
 from lance_assets.dagster.fragments import RetentionSettings, fragments_record, small_fragment_counts
 from lance_assets.dagster.resources import LanceDatasets
+from lance_assets.engine.copying.parts import tune_allocator
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.maintenance.inspect import Inspection
 from lance_assets.engine.options import CompactionOptions
@@ -184,6 +185,7 @@ def build_compaction_asset(
             )
             context.log.info(f"task {result.task_id}: fragments {list(result.old_fragment_ids)} {state}")
 
+        tune_allocator()  # a step's process exists to run it (Dagster's default executor)
         report = lance.compact(key, options, runner=task_runner, on_task_done=task_done)
         # Index upkeep after a compaction that committed, and also when only rows are unindexed
         # (automation's ``min_unindexed_rows`` requests a run for exactly that).

@@ -18,6 +18,7 @@ from lance_assets.dagster.resources import LanceDatasets
 from lance_assets.engine.committing.commit import commit_compaction
 from lance_assets.engine.compaction import restore_index_coverage
 from lance_assets.engine.copying.copy import execute_task
+from lance_assets.engine.copying.parts import tune_allocator
 from lance_assets.engine.dataset import Dataset
 from lance_assets.engine.planning.plan import CompactionPlan, plan_compaction
 from lance_assets.engine.report import CompactionReport, RewriteResult
@@ -70,6 +71,7 @@ def build_fanout_job(
         payload = json.loads(task_json)
         plan = CompactionPlan.from_dict(payload["plan"], storage_options=lance.options())
         task = next(t for t in plan.tasks if t.task_id == payload["task_id"])
+        tune_allocator()  # a step's process exists to run it (Dagster's default executor)
         result = execute_task(lance.uri(_key(context)), plan, task)
         context.log.info(
             f"task {task.task_id}: {len(task.fragment_ids)} fragments, {result.bytes_read} bytes in "

@@ -72,8 +72,9 @@ def tune_allocator() -> bool:
     from fresh mappings and gives freed heap back to the OS above its trim threshold, so a
     process that copies once pays a page fault per 4 KiB it allocates: measured, 230,000 faults
     and 0.5 s of system time in a 1.35 s compaction of 1,000 files of 1,000 rows, against 20,000
-    and 0.08 s (0.9 s in all, the same peak RSS) with these thresholds. Called where lance_assets
-    owns the process (the CLI's compaction, helper processes); a host process can set the same
+    and 0.08 s (0.9 s in all, the same peak RSS) with these thresholds. Called where a process
+    exists to compact (the CLI's compaction, helper processes, task workers, Dagster's compaction
+    steps); another host process can set the same
     with ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in its environment. Returns
     whether the allocator took them (False off glibc)."""
     import ctypes
