@@ -68,7 +68,6 @@ class DirectReads:
         self._credentials_at = 0.0
         self._failures = 0
         self.enabled = True
-        self.served = 0  # reads answered here (the rest went to s3fs)
 
     def read(self, path: str, start: int | None, end: int | None) -> bytes | None:
         """Bytes ``[start, end)`` of the object at ``path`` (``bucket/key``; whole without a
@@ -124,7 +123,6 @@ class DirectReads:
 
     def _succeeded(self) -> None:
         self._failures = 0
-        self.served += 1
 
     def _failed(self, why: str) -> None:
         with self._lock:
