@@ -162,7 +162,10 @@ def _signing_client(fs: Any, credentials: Any) -> Any:
             "aws_secret_access_key": credentials.secret_key,
             "aws_session_token": credentials.token,
         }
-    return session.create_client("s3", region_name=meta.region_name, endpoint_url=meta.endpoint_url, config=config, **keys)
+    # the endpoint only when one was configured: otherwise botocore resolves AWS's own for the
+    # region and bucket (virtual-hosted addressing), as it does for s3fs's client
+    endpoint = (getattr(fs, "client_kwargs", None) or {}).get("endpoint_url")
+    return session.create_client("s3", region_name=meta.region_name, endpoint_url=endpoint, config=config, **keys)
 
 
 def _pool(connections: int) -> Any:
