@@ -22,7 +22,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -640,21 +640,32 @@ def _decode_values(codec: _Codec, parts: Sequence[memoryview], n: int, run: Run)
 
 
 # --- decoding many pages at once ------------------------------------------------------------
+class _Shaped(Protocol):
+    """What ``Undecoded`` asks of a page's codec (each format module has its own)."""
+
+    @property
+    def shape(self) -> Any: ...
+
+
+CodecT = TypeVar("CodecT", bound=_Shaped)
+
+
 @dataclass(frozen=True)
-class Undecoded:
+class Undecoded(Generic[CodecT]):
     """A small page kept as read, decoded when its run is encoded (``materialize``), together
     with the pages of the same encoding beside it: a column of 3,000 one-chunk pages then costs
     a few numpy passes, not 3,000 rounds of Python. Its bytes stay whole, so a run that cannot
-    be re-cut after all is written as these pages, unchanged."""
+    be re-cut after all is written as these pages, unchanged. (2.0 pages, ``pages20``, are kept
+    the same way with that module's codec.)"""
 
     encoding: bytes  # the page's encoding (Page.encoding.direct.encoding)
-    codec: _Codec
+    codec: CodecT
     rows: int
     buffers: tuple[bytes, ...]  # copies: a view would keep the whole input file alive
     nbytes: int  # about the bytes it decodes to (the memory bound counts them before decoding)
 
     @property
-    def shape(self) -> Shape:
+    def shape(self) -> Any:
         return self.codec.shape
 
     def as_page(self) -> EncodedPage:
@@ -677,7 +688,7 @@ def defer_page(
     version: FileVersion,
     logical_type: str = "",
     codec: _Codec | None = None,
-) -> Undecoded:
+) -> Undecoded[_Codec]:
     """A page ``decodable`` says this module decodes, kept to be decoded by ``materialize``
     (``codec``: what ``page_codec`` said of it, when the caller asked already)."""
     encoding = page.encoding.direct.encoding
@@ -696,7 +707,7 @@ def defer_page(
     return Undecoded(encoding, codec, page.length, kept, nbytes)
 
 
-def materialize(parts: Sequence[Undecoded]) -> Run:
+def materialize(parts: Sequence[Undecoded[_Codec]]) -> Run:
     """One Run of ``parts`` in order (their shapes must ``combine``): each stretch of pages of
     one encoding decoded in one batch. Raises NotNative (e.g. a value too long for a chunk) and
     CorruptFileError as ``decode_page`` does."""
@@ -777,7 +788,7 @@ def _unpack_chunks(data: U8, words_at: I64, widths: I64, counts: I64, bits: int)
     return out
 
 
-def _decode_batch(pages: Sequence[Undecoded]) -> Run:
+def _decode_batch(pages: Sequence[Undecoded[_Codec]]) -> Run:
     """Pages of one encoding (``_batch_key``) decoded at once: the same checks and the same Run
     as ``decode_page`` on each and ``Run.extend``, with numpy over all their chunks."""
     codec = pages[0].codec

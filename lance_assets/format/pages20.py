@@ -34,7 +34,7 @@ from google.protobuf.message import DecodeError
 from lance_assets._proto import encodings_v2_0_pb2 as enc20
 from lance_assets._proto import file2_pb2
 from lance_assets.errors import CorruptFileError
-from lance_assets.format.miniblock import EncodedPage, NotNative
+from lance_assets.format.miniblock import EncodedPage, NotNative, Undecoded
 from lance_assets.format.v2file import ARRAY_ENCODING_URL, FileVersion
 
 __all__ = ["EncodedPage", "NotNative", "Shape", "combine", "defer_page", "encode_page", "materialize", "page_codec"]
@@ -205,33 +205,13 @@ def _fixed(values: enc20.ArrayEncoding, index: int) -> tuple[int, int, bool] | N
 
 
 # --- decoding ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Undecoded:
-    """A small page kept as read, decoded when its run is encoded (``materialize``). Its bytes
-    stay whole, so a run that cannot be re-cut after all is written as these pages, unchanged."""
-
-    encoding: bytes
-    codec: _Codec
-    rows: int
-    buffers: tuple[bytes, ...]  # copies: a view would keep the whole input file alive
-    nbytes: int  # about the bytes it decodes to
-
-    @property
-    def shape(self) -> Shape:
-        return self.codec.shape
-
-    def as_page(self) -> EncodedPage:
-        """The page as it was read, to write unchanged."""
-        return EncodedPage(self.buffers, self.encoding, self.rows)
-
-
 def defer_page(
     page: file2_pb2.ColumnMetadata.Page,
     buffers: Sequence[bytes | memoryview],
     version: FileVersion,
     logical_type: str = "",
     codec: _Codec | None = None,
-) -> Undecoded:
+) -> Undecoded[_Codec]:
     """A page ``page_codec`` takes, kept to be decoded by ``materialize``."""
     if codec is None:
         codec = page_codec(page, version, logical_type)
@@ -259,7 +239,7 @@ class Run:
     item_valid: Mask  # FIXED fixed-size lists: per item, not null (empty otherwise)
 
 
-def materialize(parts: Sequence[Undecoded]) -> Run:
+def materialize(parts: Sequence[Undecoded[_Codec]]) -> Run:
     """One Run of ``parts`` in order (their shapes must ``combine``). Raises CorruptFileError
     when a page's buffers do not hold what its encoding says."""
     if not parts:
@@ -281,7 +261,7 @@ def materialize(parts: Sequence[Undecoded]) -> Run:
     )
 
 
-def _decode(part: Undecoded, shape: Shape) -> Run:
+def _decode(part: Undecoded[_Codec], shape: Shape) -> Run:
     codec, rows, buffers = part.codec, part.rows, part.buffers
     try:
         if codec.shape.kind == FIXED:
