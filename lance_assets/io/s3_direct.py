@@ -46,8 +46,8 @@ URL_SECONDS = 900
 
 
 def plain(options: Mapping[str, Any]) -> bool:
-    """Whether a store opened with these s3fs options (``translate_options``'s output) is one
-    this reader reaches exactly as s3fs does."""
+    """Whether a store opened with these s3fs options (the filesystem's ``storage_options``) is
+    one this reader reaches exactly as s3fs does."""
     if not set(options) <= _PLAIN_OPTIONS:
         return False
     client = options.get("client_kwargs") or {}

@@ -197,7 +197,7 @@ class Storage:
         # data reads as presigned GETs (``s3_direct``) where the store is plainly configured
         self._direct = (
             s3_direct.DirectReads(self._fs, s3.POOL_CONNECTIONS)
-            if self._s3_calls and s3_direct.plain(fsspec_options("s3", options))
+            if self._s3_calls and s3_direct.plain(self._fs.storage_options)
             else None
         )
         self.server_side_copy = self._s3_calls and _truthy(options.get(SERVER_SIDE_COPY_OPTION, True))
